@@ -1,0 +1,195 @@
+#!/usr/bin/env node
+/**
+ * The snapferry command line. Every failure is printed as one line, `snapferry: <message> [SNAPFERRY_E_...]`, with an
+ * exit code per error code (see util/errors.ts).
+ */
+import { Command, Option } from 'commander';
+import path from 'node:path';
+import os from 'node:os';
+import { writeNewSecret, readSecret } from './secret.js';
+import { SnapferryServer } from '../sync/server.js';
+import { pull, PullResult } from '../sync/pull.js';
+import { progressLine, summary } from './progress.js';
+import { runDemo } from './demo.js';
+import { makeCompany, mutateCompany, makeSmallFiles } from '../gen/company.js';
+import { parseRate } from '../util/rate.js';
+import { SnapferryError, ErrorCodes, fail, toSnapferryError } from '../util/errors.js';
+
+function parseListen(text: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(text);
+  if (!m) fail(ErrorCodes.USAGE, `--listen takes HOST:PORT, not ${JSON.stringify(text)}`);
+  const port = Number(m[3]);
+  if (port > 65535) fail(ErrorCodes.USAGE, `port ${port} out of range`);
+  return { host: m[1] ?? m[2]!, port };
+}
+
+function parseCompanies(list: string[]): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const item of list) {
+    const eq = item.indexOf('=');
+    if (eq <= 0 || eq === item.length - 1) fail(ErrorCodes.USAGE, `--company takes NAME=DIR, not ${JSON.stringify(item)}`);
+    const name = item.slice(0, eq);
+    if (!/^[A-Za-z0-9._-]{1,64}$/.test(name)) fail(ErrorCodes.USAGE, `company name ${JSON.stringify(name)}: use letters, digits, . _ - (at most 64)`);
+    if (out.has(name)) fail(ErrorCodes.USAGE, `company ${name} named twice`);
+    out.set(name, path.resolve(item.slice(eq + 1)));
+  }
+  if (out.size === 0) fail(ErrorCodes.USAGE, 'serve needs at least one --company NAME=DIR');
+  return out;
+}
+
+const collect = (v: string, prev: string[]) => [...prev, v];
+
+function printPull(r: PullResult, dir: string, json: boolean): void {
+  if (json) process.stdout.write(`${JSON.stringify(r)}\n`);
+  else process.stdout.write(`${summary(r, dir)}\n`);
+}
+
+export function buildProgram(): Command {
+  const program = new Command();
+  program
+    .name('snapferry')
+    .description('Seed a company folder to a branch over WebSocket, keep it current with deltas, verify and repair copies.')
+    .version('0.1.0')
+    .showHelpAfterError(false)
+    .configureOutput({ writeErr: (s) => process.stderr.write(s) })
+    .exitOverride();
+
+  program
+    .command('keygen')
+    .description('write a new random 256-bit site secret to FILE (mode 0600); refuses to overwrite')
+    .argument('<file>')
+    .action((file: string) => {
+      writeNewSecret(file);
+      process.stdout.write(`wrote a new secret to ${file}; give the same file to the sites that sync with each other\n`);
+    });
+
+  program
+    .command('serve')
+    .description('serve companies to branches')
+    .requiredOption('--listen <host:port>', 'address to listen on, e.g. 0.0.0.0:7373')
+    .requiredOption('--secret <file>', 'site secret file (from keygen)')
+    .option('--company <name=dir>', 'a company to serve (repeatable)', collect, [])
+    .option('--bwlimit <rate>', 'cap on bytes per second sent, e.g. 8M')
+    .option('--level <n>', 'zstd level for chunk data', '1')
+    .option('--max-connections <n>', 'connections at once', '256')
+    .action(async (o: { listen: string; secret: string; company: string[]; bwlimit?: string; level: string; maxConnections: string }) => {
+      const { host, port } = parseListen(o.listen);
+      const secret = readSecret(o.secret);
+      const companies = parseCompanies(o.company);
+      const server = new SnapferryServer({
+        host,
+        port,
+        secretFor: () => secret,
+        companies,
+        bwlimit: o.bwlimit ? parseRate(o.bwlimit) : undefined,
+        level: Number(o.level),
+        maxConnections: Number(o.maxConnections),
+        log: (line) => process.stderr.write(`${new Date().toISOString()} ${line}\n`),
+      });
+      const url = await server.start();
+      process.stdout.write(`listening on ${url}\n`);
+      await new Promise<void>((resolve) => {
+        const stop = () => {
+          process.stderr.write('shutting down\n');
+          server.close().then(resolve, resolve);
+        };
+        process.once('SIGINT', stop);
+        process.once('SIGTERM', stop);
+      });
+    });
+
+  program
+    .command('pull')
+    .description('seed DIR with company NAME from the site at URL, or bring it to the newest generation')
+    .argument('<url>', 'ws://HOST:PORT')
+    .argument('<name>', 'company name')
+    .argument('<dir>', 'destination folder')
+    .requiredOption('--secret <file>', 'site secret file')
+    .option('--json', 'print one JSON object when done')
+    .option('--bwlimit <rate>', 'cap on bytes per second received, e.g. 8M')
+    .option('--no-fsync', 'do not flush to disk before commit (faster; a power loss may then need a re-pull)')
+    .option('--wait', 'wait for another pull of the same DIR to finish instead of refusing')
+    .option('--retries <n>', 'reconnect attempts after a dropped link', '5')
+    .action(async (url: string, name: string, dir: string, o: { secret: string; json?: boolean; bwlimit?: string; fsync: boolean; wait?: boolean; retries: string }) => {
+      const secret = readSecret(o.secret);
+      const progress = progressLine(!o.json && process.stderr.isTTY === true);
+      const r = await pull({
+        url,
+        company: name,
+        dir,
+        secret,
+        bwlimit: o.bwlimit ? parseRate(o.bwlimit) : undefined,
+        durable: o.fsync,
+        lockWaitMs: o.wait ? 24 * 3600_000 : 0,
+        retries: Number(o.retries),
+        onProgress: progress.update,
+        log: (line) => {
+          progress.end();
+          process.stderr.write(`${line}\n`);
+        },
+      }).finally(progress.end);
+      printPull(r, path.resolve(dir), o.json === true);
+    });
+
+  program
+    .command('demo')
+    .description('make a sample company, seed it to a second folder over a local WebSocket, then show a delta')
+    .option('--size <MiB>', 'size of the sample company', '64')
+    .option('--dir <folder>', 'work in this folder (kept) instead of a temporary one')
+    .option('--keep', 'keep the temporary folder')
+    .action(async (o: { size: string; dir?: string; keep?: boolean }) => {
+      await runDemo({ sizeMiB: Number(o.size), workdir: o.dir, keep: o.keep === true });
+    });
+
+  program
+    .command('mkcompany')
+    .description('make a deterministic synthetic company folder (the reference workload)')
+    .argument('<dir>')
+    .argument('<sizeMiB>')
+    .argument('[seed]', 'seed', '1')
+    .addOption(new Option('--small-files <count>', 'instead, make COUNT small files'))
+    .action(async (dir: string, size: string, seed: string, o: { smallFiles?: string }) => {
+      const r = o.smallFiles ? await makeSmallFiles(dir, Number(o.smallFiles), Number(seed)) : await makeCompany(dir, Number(size), Number(seed));
+      process.stdout.write(`${JSON.stringify(r)}\n`);
+    });
+
+  program
+    .command('mutate')
+    .description('change a synthetic company the way a working day does (~1% of bytes)')
+    .argument('<dir>')
+    .argument('[seed]', 'seed', '2')
+    .action(async (dir: string, seed: string) => {
+      const r = await mutateCompany(dir, Number(seed));
+      process.stdout.write(`${JSON.stringify({ bytesChanged: r.bytesChanged, deleted: r.deleted.length, added: r.added.length, renamed: r.renamed.length })}\n`);
+    });
+
+  return program;
+}
+
+/** Runs the CLI; maps errors to one line and an exit code. */
+export async function main(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+    return 0;
+  } catch (err) {
+    const ce = err as { code?: string; exitCode?: number };
+    if (typeof ce.code === 'string' && ce.code.startsWith('commander.')) {
+      if (ce.code === 'commander.helpDisplayed' || ce.code === 'commander.version' || ce.code === 'commander.help') return 0;
+      return 64; // commander already printed its one-line message
+    }
+    const e = toSnapferryError(err);
+    process.stderr.write(`snapferry: ${e.message} [${e.code}]\n`);
+    if (process.env.SNAPFERRY_DEBUG && e.cause) process.stderr.write(`${(e.cause as Error).stack ?? e.cause}\n`);
+    return e.exitCode;
+  }
+}
+
+const invokedDirectly = process.argv[1] && path.resolve(process.argv[1]).replace(/\.ts$/, '.js') === new URL(import.meta.url).pathname.replace(/\.ts$/, '.js');
+if (invokedDirectly || process.argv[1]?.endsWith('snapferry')) {
+  main(process.argv).then((code) => {
+    process.exitCode = code;
+  });
+}
+void os;
+void SnapferryError;

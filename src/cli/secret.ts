@@ -1,0 +1,34 @@
+/** Site secrets on disk: 256 random bits as 64 hex digits, in a file only its owner can read. */
+import fs from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { fail, ErrorCodes } from '../util/errors.js';
+
+/** Writes a new secret; refuses to overwrite an existing file. */
+export function writeNewSecret(file: string): void {
+  let fd: number;
+  try {
+    fd = fs.openSync(file, 'wx', 0o600);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') fail(ErrorCodes.EXISTS, `${file} already exists; refusing to overwrite a secret`);
+    return fail(ErrorCodes.SECRET, `cannot create ${file}: ${(err as Error).message}`);
+  }
+  try {
+    fs.writeSync(fd, `${randomBytes(32).toString('hex')}\n`);
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  fs.chmodSync(file, 0o600);
+}
+
+/** Reads a secret file (64 hex digits). */
+export function readSecret(file: string): Buffer {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8').trim();
+  } catch (err) {
+    return fail(ErrorCodes.SECRET, `cannot read secret ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+  if (!/^[0-9a-fA-F]{64}$/.test(text)) fail(ErrorCodes.SECRET, `${file} is not a snapferry secret (expected 64 hex digits; make one with snapferry keygen)`);
+  return Buffer.from(text, 'hex');
+}

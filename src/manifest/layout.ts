@@ -1,0 +1,44 @@
+/**
+ * The flat chunk layout of a manifest: every chunk occurrence of every file numbered in manifest order (a "global
+ * chunk index"), with its entry, offset, length and id. Both ends derive the same numbering from the same manifest,
+ * so a request names chunks by number instead of by id. Pure.
+ */
+import type { Manifest } from './manifest.js';
+
+export interface Layout {
+  /** Number of chunk occurrences. */
+  total: number;
+  /** First global index of each entry (entries without chunks get the index their chunks would have). */
+  entryStart: Uint32Array;
+  /** Per occurrence: entry index, offset in file, length, id. */
+  entry: Uint32Array;
+  offset: Float64Array;
+  len: Uint32Array;
+  id: BigUint64Array;
+}
+
+/** Computes the layout of a manifest. */
+export function layoutOf(m: Manifest): Layout {
+  let total = 0;
+  for (const e of m.entries) total += e.lens?.length ?? 0;
+  const entryStart = new Uint32Array(m.entries.length + 1);
+  const entry = new Uint32Array(total);
+  const offset = new Float64Array(total);
+  const len = new Uint32Array(total);
+  const id = new BigUint64Array(total);
+  let g = 0;
+  m.entries.forEach((e, ei) => {
+    entryStart[ei] = g;
+    if (!e.lens) return;
+    let o = 0;
+    for (let i = 0; i < e.lens.length; i++, g++) {
+      entry[g] = ei;
+      offset[g] = o;
+      len[g] = e.lens[i]!;
+      id[g] = e.ids![i]!;
+      o += e.lens[i]!;
+    }
+  });
+  entryStart[m.entries.length] = g;
+  return { total, entryStart, entry, offset, len, id };
+}

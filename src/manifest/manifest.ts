@@ -1,0 +1,347 @@
+/**
+ * The manifest: one generation of a company as a sorted list of entries, in a canonical binary encoding whose
+ * SHA-256 is the generation's root hash. Pure: no I/O. The decoder is written for hostile input (see docs/SECURITY.md):
+ * every count and length is bounded before anything is allocated, and every path is checked by `checkTree`.
+ */
+import { createHash } from 'node:crypto';
+import { fail, ErrorCodes } from '../util/errors.js';
+import { ChunkParams, DEFAULT_CHUNK_PARAMS, validateChunkParams } from '../chunk/chunker.js';
+
+export type EntryKind = 'file' | 'dir' | 'symlink';
+
+/** One path of a generation. Paths are relative, '/'-separated, never '.' or '..' components. */
+export interface Entry {
+  path: string;
+  kind: EntryKind;
+  /** Permission bits (mode & 0o7777). */
+  mode: number;
+  /** Modification time in nanoseconds since the epoch. */
+  mtimeNs: bigint;
+  /** File size in bytes (0 for dirs and symlinks). */
+  size: number;
+  /** Chunk lengths of a file, in order; they sum to size. */
+  lens?: Uint32Array;
+  /** Chunk ids (xxh64) of a file, parallel to lens. */
+  ids?: BigUint64Array;
+  /** Link target of a symlink (relative, staying inside the tree). */
+  target?: string;
+}
+
+/** A decoded generation. */
+export interface Manifest {
+  params: ChunkParams;
+  entries: Entry[];
+}
+
+/** Limits that a decoder enforces on what a peer sends. */
+export const LIMITS = {
+  maxEntries: 5_000_000,
+  maxPathBytes: 4096,
+  maxComponentBytes: 255,
+  maxFileSize: 2 ** 50,
+  maxChunkLen: 1 << 20,
+  maxTotalChunks: 200_000_000,
+};
+
+const MAGIC = Buffer.from('SFM1');
+const KIND_CODE: Record<EntryKind, number> = { file: 1, dir: 2, symlink: 3 };
+const CODE_KIND: Record<number, EntryKind> = { 1: 'file', 2: 'dir', 3: 'symlink' };
+const END = 0xff;
+
+/** A growable byte buffer for encoders. */
+class Writer {
+  private buf = Buffer.allocUnsafe(1 << 16);
+  private len = 0;
+  private ensure(n: number): void {
+    if (this.len + n <= this.buf.length) return;
+    let cap = this.buf.length * 2;
+    while (cap < this.len + n) cap *= 2;
+    const next = Buffer.allocUnsafe(cap);
+    this.buf.copy(next, 0, 0, this.len);
+    this.buf = next;
+  }
+  u8(v: number): void {
+    this.ensure(1);
+    this.buf[this.len++] = v;
+  }
+  varint(v: number): void {
+    this.ensure(10);
+    while (v >= 0x80) {
+      this.buf[this.len++] = (v % 0x80) | 0x80;
+      v = Math.floor(v / 0x80);
+    }
+    this.buf[this.len++] = v;
+  }
+  u64(v: bigint): void {
+    this.ensure(8);
+    this.buf.writeBigUInt64BE(v, this.len);
+    this.len += 8;
+  }
+  i64(v: bigint): void {
+    this.ensure(8);
+    this.buf.writeBigInt64BE(v, this.len);
+    this.len += 8;
+  }
+  bytes(b: Uint8Array): void {
+    this.ensure(b.length);
+    this.buf.set(b, this.len);
+    this.len += b.length;
+  }
+  str(s: string): void {
+    const b = Buffer.from(s, 'utf8');
+    this.varint(b.length);
+    this.bytes(b);
+  }
+  get length(): number {
+    return this.len;
+  }
+  finish(): Buffer {
+    return this.buf.subarray(0, this.len);
+  }
+}
+
+/** A bounds-checked reader; every overrun is a BAD_MANIFEST error, never a crash. */
+export class Reader {
+  pos = 0;
+  constructor(private readonly buf: Uint8Array) {}
+  private need(n: number): void {
+    if (this.pos + n > this.buf.length) fail(ErrorCodes.BAD_MANIFEST, 'manifest truncated');
+  }
+  get remaining(): number {
+    return this.buf.length - this.pos;
+  }
+  u8(): number {
+    this.need(1);
+    return this.buf[this.pos++]!;
+  }
+  varint(max = Number.MAX_SAFE_INTEGER): number {
+    let v = 0;
+    let mul = 1;
+    for (let i = 0; i < 8; i++) {
+      const b = this.u8();
+      v += (b & 0x7f) * mul;
+      if ((b & 0x80) === 0) {
+        if (v > max) fail(ErrorCodes.BAD_MANIFEST, `manifest value ${v} over limit ${max}`);
+        return v;
+      }
+      mul *= 0x80;
+    }
+    return fail(ErrorCodes.BAD_MANIFEST, 'manifest varint too long');
+  }
+  u64(): bigint {
+    this.need(8);
+    const v = Buffer.from(this.buf.buffer, this.buf.byteOffset + this.pos, 8).readBigUInt64BE(0);
+    this.pos += 8;
+    return v;
+  }
+  i64(): bigint {
+    this.need(8);
+    const v = Buffer.from(this.buf.buffer, this.buf.byteOffset + this.pos, 8).readBigInt64BE(0);
+    this.pos += 8;
+    return v;
+  }
+  bytes(n: number): Uint8Array {
+    this.need(n);
+    const v = this.buf.subarray(this.pos, this.pos + n);
+    this.pos += n;
+    return v;
+  }
+  str(maxBytes: number): string {
+    const n = this.varint(maxBytes);
+    const b = this.bytes(n);
+    const s = Buffer.from(b.buffer, b.byteOffset, b.length).toString('utf8');
+    if (Buffer.byteLength(s) !== n) fail(ErrorCodes.BAD_MANIFEST, 'manifest string is not valid UTF-8');
+    return s;
+  }
+}
+
+/** Canonical encoding of a manifest. The same manifest always encodes to the same bytes. */
+export function encodeManifest(m: Manifest): Buffer {
+  const w = new Writer();
+  w.bytes(MAGIC);
+  w.varint(m.params.minSize);
+  w.varint(m.params.avgSize);
+  w.varint(m.params.maxSize);
+  for (const e of m.entries) {
+    w.u8(KIND_CODE[e.kind]);
+    w.str(e.path);
+    w.varint(e.mode);
+    w.i64(e.mtimeNs);
+    if (e.kind === 'file') {
+      w.varint(e.size);
+      const lens = e.lens!;
+      w.varint(lens.length);
+      for (let i = 0; i < lens.length; i++) {
+        w.varint(lens[i]!);
+        w.u64(e.ids![i]!);
+      }
+    } else if (e.kind === 'symlink') {
+      w.str(e.target!);
+    }
+  }
+  w.u8(END);
+  return w.finish();
+}
+
+/** Decodes and fully validates a manifest a peer sent (or that was read back from our own state). */
+export function decodeManifest(buf: Uint8Array): Manifest {
+  const r = new Reader(buf);
+  const magic = r.bytes(4);
+  if (Buffer.compare(Buffer.from(magic), MAGIC) !== 0) fail(ErrorCodes.BAD_MANIFEST, 'not a snapferry manifest');
+  const params: ChunkParams = { minSize: r.varint(1 << 20), avgSize: r.varint(1 << 20), maxSize: r.varint(1 << 20) };
+  if (!validateChunkParams(params)) fail(ErrorCodes.BAD_MANIFEST, 'manifest has invalid chunk parameters');
+  const entries: Entry[] = [];
+  let totalChunks = 0;
+  for (;;) {
+    const code = r.u8();
+    if (code === END) break;
+    const kind = CODE_KIND[code];
+    if (!kind) fail(ErrorCodes.BAD_MANIFEST, `manifest entry of unknown kind ${code}`);
+    if (entries.length >= LIMITS.maxEntries) fail(ErrorCodes.LIMIT, `manifest has more than ${LIMITS.maxEntries} entries`);
+    const path = r.str(LIMITS.maxPathBytes);
+    const mode = r.varint(0o7777);
+    const mtimeNs = r.i64();
+    const e: Entry = { path, kind, mode, mtimeNs, size: 0 };
+    if (kind === 'file') {
+      e.size = r.varint(LIMITS.maxFileSize);
+      const n = r.varint(LIMITS.maxTotalChunks);
+      // Each chunk takes at least 9 encoded bytes: refuse a count the remaining input cannot hold before allocating.
+      if (n * 9 > r.remaining) fail(ErrorCodes.BAD_MANIFEST, 'manifest chunk count exceeds its data');
+      totalChunks += n;
+      if (totalChunks > LIMITS.maxTotalChunks) fail(ErrorCodes.LIMIT, 'manifest has too many chunks');
+      const lens = new Uint32Array(n);
+      const ids = new BigUint64Array(n);
+      let sum = 0;
+      for (let i = 0; i < n; i++) {
+        const len = r.varint(LIMITS.maxChunkLen);
+        if (len === 0) fail(ErrorCodes.BAD_MANIFEST, `empty chunk in ${path}`);
+        lens[i] = len;
+        ids[i] = r.u64();
+        sum += len;
+      }
+      if (sum !== e.size) fail(ErrorCodes.BAD_MANIFEST, `chunk lengths of ${path} do not add up to its size`);
+      e.lens = lens;
+      e.ids = ids;
+    } else if (kind === 'symlink') {
+      e.target = r.str(LIMITS.maxPathBytes);
+    }
+    entries.push(e);
+  }
+  if (r.remaining !== 0) fail(ErrorCodes.BAD_MANIFEST, 'trailing bytes after manifest');
+  const m = { params, entries };
+  checkTree(m);
+  return m;
+}
+
+/** SHA-256 of the canonical encoding, hex: the generation's root hash. */
+export function rootHashOf(encoded: Uint8Array): string {
+  return createHash('sha256').update(encoded).digest('hex');
+}
+
+/** Bytewise UTF-8 order, the order entries are kept in. */
+export function comparePaths(a: string, b: string): number {
+  return Buffer.compare(Buffer.from(a, 'utf8'), Buffer.from(b, 'utf8'));
+}
+
+/** Whether one path component is acceptable on disk at a branch. */
+function badComponent(c: string): string | undefined {
+  if (c === '' || c === '.' || c === '..') return 'empty, "." or ".." component';
+  if (c.includes('\0')) return 'NUL byte';
+  if (c.includes('\\')) return 'backslash';
+  if (Buffer.byteLength(c) > LIMITS.maxComponentBytes) return 'name too long';
+  return undefined;
+}
+
+/**
+ * Validates the shape of a tree: safe relative paths, strictly sorted (so no duplicates), no two paths equal but for
+ * case, every parent present as a directory, every symlink target staying inside the tree. Throws UNSAFE_TREE.
+ */
+export function checkTree(m: Manifest): void {
+  const dirs = new Set<string>(['']);
+  const folded = new Set<string>();
+  let prev: Buffer | undefined;
+  for (const e of m.entries) {
+    const unsafe = (why: string): never => fail(ErrorCodes.UNSAFE_TREE, `refused path ${JSON.stringify(e.path)}: ${why}`);
+    if (e.path.startsWith('/')) unsafe('absolute path');
+    for (const c of e.path.split('/')) {
+      const why = badComponent(c);
+      if (why) unsafe(why);
+    }
+    const cur = Buffer.from(e.path, 'utf8');
+    if (prev && Buffer.compare(prev, cur) >= 0) unsafe('duplicate or out-of-order path');
+    prev = cur;
+    const lower = e.path.toLowerCase();
+    if (folded.has(lower)) unsafe('collides with another path that differs only in case');
+    folded.add(lower);
+    const slash = e.path.lastIndexOf('/');
+    const parent = slash < 0 ? '' : e.path.slice(0, slash);
+    if (!dirs.has(parent)) unsafe('its parent is not a directory of the tree');
+    if (e.kind === 'dir') dirs.add(e.path);
+    if (e.kind === 'symlink') {
+      const t = e.target ?? '';
+      if (t === '' || t.startsWith('/') || t.includes('\0')) unsafe('symlink target is absolute or empty');
+      const parts = parent === '' ? [] : parent.split('/');
+      for (const c of t.split('/')) {
+        if (c === '..') {
+          if (parts.length === 0) unsafe('symlink points outside the tree');
+          parts.pop();
+        } else if (c !== '.' && c !== '') parts.push(c);
+      }
+    }
+  }
+}
+
+/** An empty manifest with default parameters. */
+export function emptyManifest(params: ChunkParams = DEFAULT_CHUNK_PARAMS): Manifest {
+  return { params, entries: [] };
+}
+
+/** Total bytes of the files of a manifest. */
+export function totalBytes(m: Manifest): number {
+  let n = 0;
+  for (const e of m.entries) n += e.size;
+  return n;
+}
+
+/** Whether two file entries have the same content (same chunk lists). */
+export function sameContent(a: Entry, b: Entry): boolean {
+  if (a.kind !== 'file' || b.kind !== 'file' || a.size !== b.size) return false;
+  const al = a.lens!, bl = b.lens!, ai = a.ids!, bi = b.ids!;
+  if (al.length !== bl.length) return false;
+  for (let i = 0; i < al.length; i++) if (al[i] !== bl[i] || ai[i] !== bi[i]) return false;
+  return true;
+}
+
+/**
+ * Keeps the entries whose paths match any of the globs (plus the directories leading to them). Used by rules that
+ * send or accept only some kinds of data (masters/**, transactions/**).
+ */
+export function filterManifest(m: Manifest, globs: string[]): Manifest {
+  if (globs.length === 0) return m;
+  const res = globs.map(globToRegExp);
+  const keep = new Set(m.entries.filter((e) => e.kind !== 'dir' && res.some((re) => re.test(e.path))));
+  const dirs = new Set<string>();
+  for (const e of keep) {
+    const parts = e.path.split('/');
+    for (let i = 1; i < parts.length; i++) dirs.add(parts.slice(0, i).join('/'));
+  }
+  const entries = m.entries.filter((e) => (e.kind === 'dir' ? dirs.has(e.path) || res.some((re) => re.test(e.path)) : keep.has(e)));
+  return { params: m.params, entries };
+}
+
+/** `*` matches within a component, `**` across components, `?` one character. */
+export function globToRegExp(glob: string): RegExp {
+  let re = '';
+  for (let i = 0; i < glob.length; i++) {
+    const c = glob[i]!;
+    if (c === '*') {
+      if (glob[i + 1] === '*') {
+        re += '.*';
+        i++;
+        if (glob[i + 1] === '/') i++;
+      } else re += '[^/]*';
+    } else if (c === '?') re += '[^/]';
+    else re += c.replace(/[.+^${}()|[\]\\]/g, '\\$&');
+  }
+  return new RegExp(`^${re}$`);
+}

@@ -1,0 +1,228 @@
+/**
+ * Scans a company folder into a manifest. Files whose size, mtime, ctime and inode did not change since the last scan
+ * keep their cached chunk lists (nothing is re-read); others are chunked on the worker pool, segment by segment.
+ * The company may be open in its application: a file that changes while it is read (stat before and after differ)
+ * is read again; one that will not hold still delays the generation for a bounded time and is then reported by name.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { ChunkParams, DEFAULT_CHUNK_PARAMS, SEGMENT_SIZE } from '../chunk/chunker.js';
+import { Entry, Manifest, encodeManifest, rootHashOf, comparePaths, checkTree } from '../manifest/manifest.js';
+import { WorkerPool } from '../work/pool.js';
+import type { ChunkSegmentResult } from '../work/tasks.js';
+import { fail, ErrorCodes, SnapferryError } from '../util/errors.js';
+
+interface CachedFile {
+  size: number;
+  mtimeNs: bigint;
+  ctimeNs: bigint;
+  ino: bigint;
+  lens: Uint32Array;
+  ids: BigUint64Array;
+}
+
+/** A scanned generation, ready to serve. */
+export interface Generation {
+  manifest: Manifest;
+  encoded: Buffer;
+  rootHash: string;
+  generation: number;
+  /** Absolute path of each entry, parallel to manifest.entries. */
+  absPaths: string[];
+  scannedAt: number;
+}
+
+/** Options of a scan. */
+export interface ScanOptions {
+  /** Total time a file that keeps changing may delay the generation before it is reported. */
+  settleTimeoutMs?: number;
+}
+
+type StatB = fs.BigIntStats;
+
+function sameStat(a: StatB, b: StatB): boolean {
+  return a.size === b.size && a.mtimeNs === b.mtimeNs && a.ctimeNs === b.ctimeNs && a.ino === b.ino;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Keeps one company's scan cache and produces its generations. */
+export class CompanyScanner {
+  private cache = new Map<string, CachedFile>();
+  private last?: Generation;
+  private running?: Promise<Generation>;
+  private generationNo = 0;
+  /** Bytes read by the last scan (0 when everything came from the cache). */
+  lastBytesRead = 0;
+
+  constructor(
+    readonly root: string,
+    private readonly pool: WorkerPool,
+    private readonly params: ChunkParams = DEFAULT_CHUNK_PARAMS,
+  ) {}
+
+  /** The newest generation scanned, if any. */
+  get current(): Generation | undefined {
+    return this.last;
+  }
+
+  /** Scans now; concurrent callers share one scan. */
+  scan(opts: ScanOptions = {}): Promise<Generation> {
+    this.running ??= this.doScan(opts).finally(() => (this.running = undefined));
+    return this.running;
+  }
+
+  private async doScan(opts: ScanOptions): Promise<Generation> {
+    const settleTimeoutMs = opts.settleTimeoutMs ?? 30_000;
+    const started = Date.now();
+    let rootStat: fs.Stats;
+    try {
+      rootStat = fs.statSync(this.root);
+    } catch (err) {
+      return fail(ErrorCodes.IO, `company folder ${this.root} cannot be read: ${(err as Error).message}`);
+    }
+    if (!rootStat.isDirectory()) fail(ErrorCodes.IO, `company folder ${this.root} is not a directory`);
+    const listed = await this.walk();
+    this.lastBytesRead = 0;
+    const entries: Entry[] = [];
+    const absPaths: string[] = [];
+    const nextCache = new Map<string, CachedFile>();
+    const jobs: Array<Promise<void>> = [];
+    const inFlightLimit = this.pool.size * 3;
+    let inFlight = 0;
+    let wake: (() => void) | undefined;
+    let firstError: unknown;
+    for (const item of listed) {
+      const { rel, abs, st } = item;
+      const e: Entry = { path: rel, kind: 'file', mode: Number(st.mode & 0o7777n), mtimeNs: st.mtimeNs, size: 0 };
+      entries.push(e);
+      absPaths.push(abs);
+      if (st.isDirectory()) {
+        e.kind = 'dir';
+      } else if (st.isSymbolicLink()) {
+        e.kind = 'symlink';
+        e.target = fs.readlinkSync(abs);
+      } else {
+        e.size = Number(st.size);
+        const hit = this.cache.get(rel);
+        if (hit && hit.size === e.size && hit.mtimeNs === st.mtimeNs && hit.ctimeNs === st.ctimeNs && hit.ino === st.ino) {
+          e.lens = hit.lens;
+          e.ids = hit.ids;
+          nextCache.set(rel, hit);
+          continue;
+        }
+        while (inFlight >= inFlightLimit) await new Promise<void>((r) => (wake = r));
+        inFlight++;
+        jobs.push(
+          this.chunkFile(abs, rel, st, e, started, settleTimeoutMs)
+            .then((c) => void nextCache.set(rel, c))
+            .catch((err) => void (firstError ??= err))
+            .finally(() => {
+              inFlight--;
+              wake?.();
+            }),
+        );
+      }
+    }
+    await Promise.all(jobs);
+    if (firstError) throw firstError;
+    this.cache = nextCache;
+    const manifest: Manifest = { params: this.params, entries };
+    try {
+      checkTree(manifest);
+    } catch (err) {
+      if (err instanceof SnapferryError) fail(ErrorCodes.UNSAFE_TREE, `company ${this.root}: ${err.message}`);
+      throw err;
+    }
+    const encoded = encodeManifest(manifest);
+    const rootHash = rootHashOf(encoded);
+    if (!this.last || this.last.rootHash !== rootHash) this.generationNo++;
+    this.last = { manifest, encoded, rootHash, generation: this.generationNo, absPaths, scannedAt: started };
+    return this.last;
+  }
+
+  /** Lists the tree in manifest order, refusing special files and symlinks that leave the tree. */
+  private async walk(): Promise<Array<{ rel: string; abs: string; st: StatB }>> {
+    const out: Array<{ rel: string; abs: string; st: StatB }> = [];
+    const visit = async (relDir: string): Promise<void> => {
+      const absDir = relDir ? path.join(this.root, relDir) : this.root;
+      const names = (await fs.promises.readdir(absDir)).sort((a, b) => comparePaths(a, b));
+      const subdirs: string[] = [];
+      for (const name of names) {
+        const rel = relDir ? `${relDir}/${name}` : name;
+        const abs = path.join(absDir, name);
+        let st: StatB;
+        try {
+          st = fs.lstatSync(abs, { bigint: true });
+        } catch {
+          continue; // deleted while we listed: not part of this generation
+        }
+        if (st.isDirectory()) {
+          subdirs.push(rel);
+        } else if (st.isSymbolicLink()) {
+          const target = fs.readlinkSync(abs);
+          const resolved = path.resolve(path.dirname(abs), target);
+          if (path.isAbsolute(target) || !(resolved === this.root || resolved.startsWith(this.root + path.sep))) {
+            fail(ErrorCodes.UNSAFE_TREE, `refused ${rel}: symlink points outside the company folder (${target})`);
+          }
+        } else if (!st.isFile()) {
+          fail(ErrorCodes.UNSAFE_TREE, `refused ${rel}: special file (device, socket or FIFO) in the company folder`);
+        }
+        out.push({ rel, abs, st });
+      }
+      for (const rel of subdirs) await visit(rel);
+    };
+    await visit('');
+    out.sort((a, b) => comparePaths(a.rel, b.rel));
+    return out;
+  }
+
+  /** Chunks one file, re-reading it while it changes under us, within the settle budget. */
+  private async chunkFile(abs: string, rel: string, st0: StatB, e: Entry, started: number, settleTimeoutMs: number): Promise<CachedFile> {
+    let before = st0;
+    for (let attempt = 0; ; attempt++) {
+      const size = Number(before.size);
+      const segs: Array<Promise<ChunkSegmentResult>> = [];
+      for (let off = 0; off < size; off += SEGMENT_SIZE) {
+        segs.push(this.pool.run<ChunkSegmentResult>({ kind: 'chunkSegment', path: abs, offset: off, length: Math.min(SEGMENT_SIZE, size - off), params: this.params }));
+      }
+      let results: ChunkSegmentResult[] | undefined;
+      try {
+        results = await Promise.all(segs);
+      } catch (err) {
+        if (!(err instanceof SnapferryError && err.code === ErrorCodes.UNSTABLE_FILE)) throw err;
+      }
+      let after: StatB | undefined;
+      try {
+        after = fs.lstatSync(abs, { bigint: true });
+      } catch {
+        after = undefined;
+      }
+      if (results && after && sameStat(before, after)) {
+        this.lastBytesRead += size;
+        const n = results.reduce((s, r) => s + r.lens.length, 0);
+        const lens = new Uint32Array(n);
+        const ids = new BigUint64Array(n);
+        let k = 0;
+        for (const r of results) {
+          lens.set(r.lens, k);
+          ids.set(r.ids, k);
+          k += r.lens.length;
+        }
+        e.size = size;
+        e.mtimeNs = before.mtimeNs;
+        e.mode = Number(before.mode & 0o7777n);
+        e.lens = lens;
+        e.ids = ids;
+        return { size, mtimeNs: before.mtimeNs, ctimeNs: before.ctimeNs, ino: before.ino, lens, ids };
+      }
+      if (!after || !after.isFile()) fail(ErrorCodes.UNSTABLE_FILE, `${rel} disappeared while it was read; try again`);
+      if (Date.now() - started > settleTimeoutMs) {
+        fail(ErrorCodes.UNSTABLE_FILE, `${rel} kept changing for ${Math.round(settleTimeoutMs / 1000)} s while it was read; generation delayed, try again when it is idle`);
+      }
+      // Back off a little more each time so that an application mid-write can finish.
+      await sleep(Math.min(1000, 50 * 2 ** attempt));
+      before = after;
+    }
+  }
+}

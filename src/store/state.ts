@@ -1,0 +1,304 @@
+/**
+ * The puller's own state for one DIR, kept beside it in `<parent>/.<name>.snapferry/` (never inside DIR, so DIR holds
+ * exactly the company's files):
+ *
+ *   lock             pid of the process working on DIR (a second pull waits or refuses)
+ *   applied.json     the record of the generation DIR holds: company, generation, root hash, site
+ *   applied.manifest that generation's manifest (its SHA-256 must equal the recorded root hash)
+ *   applied.stats    inode and ctime of each file as committed (so unchanged files are trusted without reading)
+ *   next/            the next generation being built; next.json names its root hash
+ *   next.journal     what of next/ is verified (resume after kill -9 re-fetches none of it)
+ *   commit.json      present only while a commit swaps next/ into DIR; recovery rolls it forward
+ *   old/             the previous tree during a commit
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { decodeManifest, Manifest, rootHashOf } from '../manifest/manifest.js';
+import { fail, ErrorCodes, SnapferryError, toSnapferryError } from '../util/errors.js';
+
+/** The record of an applied generation. */
+export interface AppliedRecord {
+  format: 1;
+  company: string;
+  generation: number;
+  rootHash: string;
+  site: string;
+  committedAt: string;
+  files: number;
+  bytes: number;
+}
+
+/** Where things live for one DIR. */
+export class StatePaths {
+  readonly dir: string;
+  readonly state: string;
+  constructor(dir: string) {
+    this.dir = path.resolve(dir);
+    this.state = path.join(path.dirname(this.dir), `.${path.basename(this.dir)}.snapferry`);
+  }
+  get lock(): string {
+    return path.join(this.state, 'lock');
+  }
+  get appliedJson(): string {
+    return path.join(this.state, 'applied.json');
+  }
+  get appliedManifest(): string {
+    return path.join(this.state, 'applied.manifest');
+  }
+  get appliedStats(): string {
+    return path.join(this.state, 'applied.stats');
+  }
+  get next(): string {
+    return path.join(this.state, 'next');
+  }
+  get nextJson(): string {
+    return path.join(this.state, 'next.json');
+  }
+  get nextJournal(): string {
+    return path.join(this.state, 'next.journal');
+  }
+  get commitJson(): string {
+    return path.join(this.state, 'commit.json');
+  }
+  get old(): string {
+    return path.join(this.state, 'old');
+  }
+  get pendingJson(): string {
+    return path.join(this.state, 'pending.json');
+  }
+  get pendingManifest(): string {
+    return path.join(this.state, 'pending.manifest');
+  }
+}
+
+function exists(p: string): boolean {
+  try {
+    fs.lstatSync(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Writes a file durably: temp file, fsync, rename, fsync of the folder. */
+export function writeFileDurable(file: string, data: string | Uint8Array): void {
+  const tmp = `${file}.tmp`;
+  const fd = fs.openSync(tmp, 'w', 0o600);
+  try {
+    fs.writeFileSync(fd, data);
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  fs.renameSync(tmp, file);
+  fsyncDir(path.dirname(file));
+}
+
+/** fsync of a directory (makes renames and creations in it durable). */
+export function fsyncDir(dir: string): void {
+  let fd: number | undefined;
+  try {
+    fd = fs.openSync(dir, 'r');
+    fs.fsyncSync(fd);
+  } catch {
+    /* some filesystems refuse fsync on directories; nothing more to do there */
+  } finally {
+    if (fd !== undefined) fs.closeSync(fd);
+  }
+}
+
+/** Flushes the whole filesystem holding `p` (syncfs via coreutils `sync -f`): one call instead of an fsync per file. */
+export function syncFilesystem(p: string): void {
+  const r = spawnSync('sync', ['-f', p], { stdio: 'ignore' });
+  if (r.status !== 0) spawnSync('sync', [], { stdio: 'ignore' });
+}
+
+/** Removes a tree, including read-only folders in it. */
+export function removeTree(p: string): void {
+  if (!exists(p)) return;
+  try {
+    fs.rmSync(p, { recursive: true, force: true });
+  } catch {
+    const fix = (d: string) => {
+      try {
+        fs.chmodSync(d, 0o700);
+        for (const n of fs.readdirSync(d, { withFileTypes: true })) if (n.isDirectory()) fix(path.join(d, n.name));
+      } catch {
+        /* best effort */
+      }
+    };
+    fix(p);
+    fs.rmSync(p, { recursive: true, force: true });
+  }
+}
+
+/** An exclusive lock on one DIR: a second process gets DIR_LOCKED (or waits, if asked). A dead holder's lock is taken over. */
+export class DirLock {
+  private held = false;
+  constructor(private readonly paths: StatePaths) {}
+
+  /** Takes the lock, waiting up to waitMs for a live holder to finish. */
+  async acquire(waitMs = 0): Promise<void> {
+    const deadline = Date.now() + waitMs;
+    fs.mkdirSync(this.paths.state, { recursive: true, mode: 0o700 });
+    for (;;) {
+      try {
+        const fd = fs.openSync(this.paths.lock, 'wx', 0o600);
+        fs.writeSync(fd, `${process.pid}\n`);
+        fs.closeSync(fd);
+        this.held = true;
+        return;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw toSnapferryError(err, 'cannot lock');
+      }
+      const pid = Number.parseInt(fs.readFileSync(this.paths.lock, 'utf8').trim(), 10);
+      if (!Number.isFinite(pid) || !isAlive(pid)) {
+        // Stale lock of a killed process: remove it (rename first so two takers cannot both remove a fresh lock).
+        const stale = `${this.paths.lock}.stale.${process.pid}`;
+        try {
+          fs.renameSync(this.paths.lock, stale);
+          fs.rmSync(stale, { force: true });
+        } catch {
+          /* someone else took it over; retry */
+        }
+        continue;
+      }
+      if (Date.now() >= deadline) fail(ErrorCodes.DIR_LOCKED, `${this.paths.dir} is in use by snapferry process ${pid}`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+
+  release(): void {
+    if (!this.held) return;
+    this.held = false;
+    try {
+      fs.rmSync(this.paths.lock, { force: true });
+    } catch {
+      /* ignore */
+    }
+  }
+}
+
+function isAlive(pid: number): boolean {
+  if (pid === process.pid) return true;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** What DIR holds according to the state, checked: the manifest must hash to the recorded root. */
+export interface Applied {
+  record: AppliedRecord;
+  manifest: Manifest;
+  /** Per manifest entry: "ino:ctimeNs" as committed, or "" if unknown. */
+  stats: string[];
+}
+
+/** Reads the applied generation; undefined if DIR holds none. Throws STATE if the record was tampered with. */
+export function readApplied(paths: StatePaths): Applied | undefined {
+  if (!exists(paths.appliedJson)) return undefined;
+  let record: AppliedRecord;
+  let encoded: Buffer;
+  try {
+    record = JSON.parse(fs.readFileSync(paths.appliedJson, 'utf8')) as AppliedRecord;
+    encoded = fs.readFileSync(paths.appliedManifest);
+  } catch (err) {
+    return fail(ErrorCodes.STATE, `the record of what ${paths.dir} holds is unreadable (${(err as Error).message})`);
+  }
+  if (record.format !== 1 || typeof record.rootHash !== 'string') fail(ErrorCodes.STATE, `the record of what ${paths.dir} holds is malformed`);
+  if (rootHashOf(encoded) !== record.rootHash) {
+    fail(ErrorCodes.STATE, `the record of what ${paths.dir} holds does not match its manifest (tampered or damaged)`);
+  }
+  const manifest = decodeManifest(encoded);
+  let stats: string[] = [];
+  try {
+    const s = JSON.parse(fs.readFileSync(paths.appliedStats, 'utf8')) as { rootHash: string; stats: string[] };
+    if (s.rootHash === record.rootHash && s.stats.length === manifest.entries.length) stats = s.stats;
+  } catch {
+    /* no stats: files are then trusted by size and mtime only */
+  }
+  if (stats.length === 0) stats = manifest.entries.map(() => '');
+  return { record, manifest, stats };
+}
+
+/** Records inode and ctime of every entry of DIR as it is now (right after a commit). */
+export function writeStats(paths: StatePaths, rootHash: string, m: Manifest): void {
+  const stats = m.entries.map((e) => {
+    try {
+      const st = fs.lstatSync(path.join(paths.dir, e.path), { bigint: true });
+      return `${st.ino}:${st.ctimeNs}`;
+    } catch {
+      return '';
+    }
+  });
+  writeFileDurable(paths.appliedStats, JSON.stringify({ rootHash, stats }));
+}
+
+/**
+ * Commits next/ as DIR's new generation. Order: the new record is written aside (pending.*), commit.json makes the
+ * intent durable, then DIR is swapped with next/ by two renames, then the record replaces the old one. A crash at any
+ * point before commit.json leaves the old generation; after it, `recover` rolls forward to the new one.
+ */
+export function commit(paths: StatePaths, record: AppliedRecord, encodedManifest: Uint8Array, durable: boolean): void {
+  if (durable) syncFilesystem(paths.next);
+  writeFileDurable(paths.pendingManifest, encodedManifest);
+  writeFileDurable(paths.pendingJson, JSON.stringify(record, null, 1));
+  writeFileDurable(paths.commitJson, JSON.stringify({ rootHash: record.rootHash, at: new Date().toISOString() }));
+  rollForward(paths);
+}
+
+/** Finishes an interrupted commit, if any. Safe to call at any time with the lock held. */
+export function recover(paths: StatePaths): boolean {
+  if (!exists(paths.commitJson)) return false;
+  rollForward(paths);
+  return true;
+}
+
+function rollForward(paths: StatePaths): void {
+  const hasNext = exists(paths.next);
+  if (hasNext) {
+    if (exists(paths.dir)) {
+      removeTree(paths.old);
+      fs.renameSync(paths.dir, paths.old);
+    }
+    fs.renameSync(paths.next, paths.dir);
+    fsyncDir(path.dirname(paths.dir));
+  }
+  if (exists(paths.pendingManifest)) fs.renameSync(paths.pendingManifest, paths.appliedManifest);
+  if (exists(paths.pendingJson)) fs.renameSync(paths.pendingJson, paths.appliedJson);
+  fsyncDir(paths.state);
+  fs.rmSync(paths.nextJson, { force: true });
+  fs.rmSync(paths.nextJournal, { force: true });
+  fs.rmSync(paths.commitJson, { force: true });
+  fsyncDir(paths.state);
+  removeTree(paths.old);
+}
+
+/** Checks that DIR may be written: it is snapferry's (has a record), absent, or an empty folder. */
+export function checkDirUsable(paths: StatePaths): void {
+  const parent = path.dirname(paths.dir);
+  try {
+    fs.accessSync(parent, fs.constants.W_OK | fs.constants.X_OK);
+  } catch {
+    fail(ErrorCodes.DIR_NOT_WRITABLE, `cannot write into ${parent} (where ${path.basename(paths.dir)} and its state live)`);
+  }
+  if (!exists(paths.dir)) return;
+  const st = fs.lstatSync(paths.dir);
+  if (!st.isDirectory()) fail(ErrorCodes.DIR_FOREIGN, `${paths.dir} exists and is not a folder; refusing to replace it`);
+  if (exists(paths.appliedJson)) return;
+  if (fs.readdirSync(paths.dir).length > 0) {
+    fail(ErrorCodes.DIR_FOREIGN, `${paths.dir} already exists and was not made by snapferry; refusing to overwrite it (choose a new or empty folder)`);
+  }
+}
+
+/** A short fingerprint of a secret, to tell in a record which key was used without storing it. */
+export function keyFingerprint(secret: Buffer): string {
+  return createHash('sha256').update('snapferry/v1 fingerprint').update(secret).digest('hex').slice(0, 16);
+}
+
+export { SnapferryError };

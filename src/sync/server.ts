@@ -1,0 +1,380 @@
+/**
+ * The serving site: accepts WebSocket connections, authenticates each peer, and serves the generations of its
+ * companies. Chunks are read and compressed on the worker pool once per generation and pack (a shared, bounded cache
+ * serves concurrent branches), and sealed per session. Memory per session is bounded by the puller's request window
+ * and the channel's high-water mark.
+ */
+import http from 'node:http';
+import fs from 'node:fs';
+import path from 'node:path';
+import { WebSocketServer, WebSocket } from 'ws';
+import { Channel } from '../transport/channel.js';
+import { accept, SecureSession } from './session.js';
+import { CompanyScanner, Generation } from '../scan/scanner.js';
+import { WorkerPool } from '../work/pool.js';
+import { layoutOf, Layout } from '../manifest/layout.js';
+import {
+  MsgType,
+  MAX_FRAME,
+  MAX_GET_BYTES,
+  decodeJson,
+  decodeGet,
+  decodePatchGet,
+  encodeDataHeader,
+  encodePatchHeader,
+  OpenMsg,
+  ManifestMsg,
+} from '../protocol/messages.js';
+import type { ReadPackJob, ReadPackResult, MakePatchResult } from '../work/tasks.js';
+import { Compressor } from '../work/zstd.js';
+import { SnapferryError, ErrorCodes, fail, toSnapferryError } from '../util/errors.js';
+import { TokenBucket } from '../util/rate.js';
+
+/** Options of a serving site. */
+export interface ServeOptions {
+  host: string;
+  port: number;
+  /** Secret for a peer id (one site secret for all peers today; per-peer secrets plug in here). */
+  secretFor: (peerId: string) => Buffer | undefined;
+  /** Company name -> folder. */
+  companies: Map<string, string>;
+  /** Cap on bytes per second sent, all sessions together. */
+  bwlimit?: number;
+  /** zstd level for chunk data (default 1: the best ratio per CPU second on company data, see bench). */
+  level?: number;
+  /** Time allowed for a handshake. */
+  handshakeTimeoutMs?: number;
+  /** Connections allowed at once; more are refused at the HTTP upgrade. */
+  maxConnections?: number;
+  /** Close a session that sends nothing for this long. */
+  idleTimeoutMs?: number;
+  /** Bytes of compressed packs kept for concurrent branches. */
+  cacheBytes?: number;
+  /** Worker threads (default: cores, at most 4). */
+  workers?: number;
+  /** Total time a changing file may delay a generation. */
+  settleTimeoutMs?: number;
+  log?: (line: string) => void;
+}
+
+interface Company {
+  name: string;
+  scanner: CompanyScanner;
+  layouts: WeakMap<Generation, Layout>;
+}
+
+/** A bounded cache of compressed packs, keyed by generation and chunk ranges, shared by concurrent sessions. */
+class PackCache {
+  private map = new Map<string, { promise: Promise<ReadPackResult>; size: number }>();
+  private bytes = 0;
+  hits = 0;
+  misses = 0;
+  constructor(private readonly limit: number) {}
+
+  get(key: string, make: () => Promise<ReadPackResult>): Promise<ReadPackResult> {
+    const hit = this.map.get(key);
+    if (hit) {
+      this.hits++;
+      this.map.delete(key);
+      this.map.set(key, hit); // most recently used last
+      return hit.promise;
+    }
+    this.misses++;
+    const entry = { promise: make(), size: 0 };
+    this.map.set(key, entry);
+    entry.promise.then(
+      (r) => {
+        if (this.map.get(key) !== entry) return;
+        entry.size = 'payload' in r ? r.payload.length : 0;
+        if ('stale' in r) this.map.delete(key);
+        this.bytes += entry.size;
+        this.evict();
+      },
+      () => this.map.get(key) === entry && this.map.delete(key),
+    );
+    return entry.promise;
+  }
+
+  private evict(): void {
+    for (const [k, v] of this.map) {
+      if (this.bytes <= this.limit) break;
+      if (v.size === 0) continue; // in flight
+      this.map.delete(k);
+      this.bytes -= v.size;
+    }
+  }
+}
+
+/** A running site. */
+export class SnapferryServer {
+  private http?: http.Server;
+  private wss?: WebSocketServer;
+  private readonly companies = new Map<string, Company>();
+  private readonly sessions = new Set<Channel>();
+  private poolInstance?: WorkerPool;
+  private readonly cache: PackCache;
+  private readonly bucket?: TokenBucket;
+  private readonly log: (line: string) => void;
+  /** The URL the site listens on, once started. */
+  url = '';
+
+  constructor(private readonly opts: ServeOptions) {
+    this.cache = new PackCache(opts.cacheBytes ?? 64 << 20);
+    this.bucket = opts.bwlimit ? new TokenBucket(opts.bwlimit) : undefined;
+    this.log = opts.log ?? (() => undefined);
+  }
+
+  private get pool(): WorkerPool {
+    this.poolInstance ??= new WorkerPool(this.opts.workers);
+    return this.poolInstance;
+  }
+
+  /** Checks the companies, binds the port, and starts indexing the companies in the background. */
+  async start(): Promise<string> {
+    for (const [name, dir] of this.opts.companies) {
+      let real: string;
+      try {
+        real = fs.realpathSync(dir);
+        if (!fs.statSync(real).isDirectory()) throw new Error('not a directory');
+      } catch (err) {
+        fail(ErrorCodes.USAGE, `company ${name}: folder ${dir} cannot be served (${(err as Error).message})`);
+      }
+      this.companies.set(name, { name, scanner: new CompanyScanner(real, this.pool), layouts: new WeakMap() });
+    }
+    const server = http.createServer((_req, res) => {
+      res.writeHead(426, { 'content-type': 'text/plain' }).end('snapferry site: use a snapferry client\n');
+    });
+    const maxConnections = this.opts.maxConnections ?? 256;
+    const wss = new WebSocketServer({
+      noServer: true,
+      maxPayload: MAX_FRAME + 1024,
+      perMessageDeflate: false,
+    });
+    server.on('upgrade', (req, socket, head) => {
+      if (this.sessions.size >= maxConnections) {
+        socket.end('HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n\r\n');
+        return;
+      }
+      socket.on('error', () => socket.destroy());
+      wss.handleUpgrade(req, socket, head, (ws) => this.onConnection(ws));
+    });
+    // Idle or slow HTTP clients must not hold sockets forever.
+    server.headersTimeout = 10_000;
+    server.requestTimeout = 10_000;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(this.opts.port, this.opts.host, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    }).catch((err) => {
+      throw toSnapferryError(err, `cannot listen on ${this.opts.host}:${this.opts.port}`);
+    });
+    this.http = server;
+    this.wss = wss;
+    const addr = server.address() as { address: string; port: number };
+    const host = addr.address.includes(':') ? `[${addr.address}]` : addr.address;
+    this.url = `ws://${host}:${addr.port}`;
+    for (const c of this.companies.values()) {
+      c.scanner.scan({ settleTimeoutMs: this.opts.settleTimeoutMs }).then(
+        (g) => this.log(`indexed ${c.name}: generation ${g.generation}, ${g.manifest.entries.length} entries`),
+        (err) => this.log(`indexing ${c.name} failed: ${toSnapferryError(err).message}`),
+      );
+    }
+    return this.url;
+  }
+
+  /** Stops accepting, ends sessions, stops workers. */
+  async close(): Promise<void> {
+    for (const ch of this.sessions) ch.close(1001, 'site shutting down');
+    this.wss?.close();
+    await new Promise<void>((r) => (this.http ? this.http.close(() => r()) : r()));
+    this.http?.closeAllConnections?.();
+    await this.poolInstance?.close();
+  }
+
+  /** Cache statistics (fan-out). */
+  get cacheStats(): { hits: number; misses: number } {
+    return { hits: this.cache.hits, misses: this.cache.misses };
+  }
+
+  private onConnection(ws: WebSocket): void {
+    const channel = new Channel(ws, { highWater: 4 << 20 });
+    this.sessions.add(channel);
+    channel.onClose = () => this.sessions.delete(channel);
+    const remote = (ws as unknown as { _socket?: { remoteAddress?: string } })._socket?.remoteAddress ?? '?';
+    accept(channel, this.opts.secretFor, this.opts.handshakeTimeoutMs ?? 10_000)
+      .then((session) => this.serveSession(session))
+      .catch((err) => {
+        const e = toSnapferryError(err);
+        if (e.code === ErrorCodes.AUTH) this.log(`refused ${remote}: authentication failed`);
+        else if (e.code !== ErrorCodes.CONNECTION_LOST) this.log(`session from ${remote} ended: ${e.message}`);
+      })
+      .finally(() => channel.close());
+  }
+
+  private layoutFor(company: Company, gen: Generation): Layout {
+    let l = company.layouts.get(gen);
+    if (!l) {
+      l = layoutOf(gen.manifest);
+      company.layouts.set(gen, l);
+    }
+    return l;
+  }
+
+  /** One authenticated session: OPEN, then GET/PATCH_GET until BYE. */
+  private async serveSession(session: SecureSession): Promise<void> {
+    const idle = this.opts.idleTimeoutMs ?? 120_000;
+    let gen: Generation | undefined;
+    let company: Company | undefined;
+    let inFlight = 0;
+    const maxInFlight = 64;
+    let failure: SnapferryError | undefined;
+    const work: Array<Promise<void>> = [];
+    for (;;) {
+      if (failure) throw failure;
+      const msg = await session.recv(idle);
+      switch (msg[0]) {
+        case MsgType.OPEN: {
+          const open = decodeJson<OpenMsg>(msg);
+          company = this.companies.get(String(open.company));
+          if (!company) {
+            const e = new SnapferryError(ErrorCodes.UNKNOWN_COMPANY, `this site serves no company named ${JSON.stringify(String(open.company).slice(0, 100))}`);
+            await session.sendError(e);
+            return;
+          }
+          try {
+            gen = await company.scanner.scan({ settleTimeoutMs: this.opts.settleTimeoutMs });
+          } catch (err) {
+            await session.sendError(toSnapferryError(err));
+            return;
+          }
+          await this.sendManifest(session, company.name, gen, open.have);
+          break;
+        }
+        case MsgType.GET:
+        case MsgType.PATCH_GET: {
+          if (!gen || !company) fail(ErrorCodes.PROTOCOL, 'request before OPEN');
+          if (inFlight >= maxInFlight) fail(ErrorCodes.PROTOCOL, 'too many requests in flight');
+          inFlight++;
+          const g = gen;
+          const c = company;
+          const p = (msg[0] === MsgType.GET ? this.answerGet(session, c, g, msg) : this.answerPatch(session, c, g, msg))
+            .catch((err) => {
+              failure ??= toSnapferryError(err);
+              session.sendError(failure).finally(() => session.close());
+            })
+            .finally(() => inFlight--);
+          work.push(p);
+          if (work.length > 256) work.splice(0, 128);
+          break;
+        }
+        case MsgType.PING:
+          await session.send(Buffer.from([MsgType.PONG]));
+          break;
+        case MsgType.BYE:
+          await Promise.allSettled(work);
+          return;
+        default:
+          fail(ErrorCodes.PROTOCOL, `unexpected message type ${msg[0]}`);
+      }
+    }
+  }
+
+  private async sendManifest(session: SecureSession, name: string, gen: Generation, have: string | undefined): Promise<void> {
+    const unchanged = have === gen.rootHash;
+    const partSize = 1 << 20;
+    const parts = unchanged ? 0 : Math.ceil(gen.encoded.length / partSize);
+    const head: ManifestMsg & { unchanged: boolean } = {
+      company: name,
+      generation: gen.generation,
+      rootHash: gen.rootHash,
+      encodedSize: gen.encoded.length,
+      parts,
+      unchanged,
+    };
+    await session.sendJson(MsgType.MANIFEST, head);
+    const z = new Compressor();
+    for (let i = 0; i < parts; i++) {
+      const raw = gen.encoded.subarray(i * partSize, Math.min(gen.encoded.length, (i + 1) * partSize));
+      const packed = z.compress(raw, 3);
+      const hdr = Buffer.from([MsgType.MANIFEST_PART, packed ? 1 : 0, 0, 0, 0, 0]);
+      hdr.writeUInt32BE(raw.length, 2);
+      await session.send([hdr, packed ?? raw]);
+    }
+  }
+
+  private async answerGet(session: SecureSession, company: Company, gen: Generation, msg: Buffer): Promise<void> {
+    const req = decodeGet(msg);
+    const layout = this.layoutFor(company, gen);
+    let n = 0;
+    let bytes = 0;
+    for (const [s, e] of req.ranges) {
+      if (e > layout.total) fail(ErrorCodes.PROTOCOL, 'GET names chunks beyond the manifest');
+      n += e - s;
+      for (let g = s; g < e; g++) bytes += layout.len[g]!;
+      if (bytes > MAX_GET_BYTES) fail(ErrorCodes.LIMIT, 'GET asks for too many bytes at once');
+    }
+    const key = `${gen.rootHash}:${req.ranges.map(([s, e]) => `${s}-${e}`).join(',')}`;
+    const result = await this.cache.get(key, () => {
+      const job: ReadPackJob = {
+        kind: 'readPack',
+        paths: [],
+        pathIdx: new Uint32Array(n),
+        offsets: new Float64Array(n),
+        lens: new Uint32Array(n),
+        ids: new BigUint64Array(n),
+        level: this.opts.level ?? 1,
+      };
+      const pathIndex = new Map<number, number>();
+      let k = 0;
+      for (const [s, e] of req.ranges) {
+        for (let g = s; g < e; g++, k++) {
+          const ei = layout.entry[g]!;
+          let pi = pathIndex.get(ei);
+          if (pi === undefined) {
+            pi = job.paths.length;
+            job.paths.push(gen.absPaths[ei]!);
+            pathIndex.set(ei, pi);
+          }
+          job.pathIdx[k] = pi;
+          job.offsets[k] = layout.offset[g]!;
+          job.lens[k] = layout.len[g]!;
+          job.ids[k] = layout.id[g]!;
+        }
+      }
+      return this.pool.run<ReadPackResult>(job);
+    });
+    if ('stale' in result) {
+      await session.sendJson(MsgType.STALE, { reqId: req.reqId, path: path.relative(company.scanner.root, result.stale) });
+      return;
+    }
+    const payload = Buffer.from(result.payload.buffer, result.payload.byteOffset, result.payload.byteLength);
+    await this.bucket?.take(payload.length);
+    await session.send([encodeDataHeader(req.reqId, result.compressed, result.rawLen), payload]);
+  }
+
+  private async answerPatch(session: SecureSession, company: Company, gen: Generation, msg: Buffer): Promise<void> {
+    const req = decodePatchGet(msg);
+    const layout = this.layoutFor(company, gen);
+    if (req.chunk >= layout.total) fail(ErrorCodes.PROTOCOL, 'PATCH_GET names a chunk beyond the manifest');
+    const g = req.chunk;
+    const result = await this.pool.run<MakePatchResult>({
+      kind: 'makePatch',
+      path: gen.absPaths[layout.entry[g]!]!,
+      offset: layout.offset[g]!,
+      length: layout.len[g]!,
+      id: layout.id[g]!,
+      blockSize: req.blockSize,
+      sigs: req.sigs,
+      level: this.opts.level ?? 1,
+    });
+    if ('stale' in result) {
+      await session.sendJson(MsgType.STALE, { reqId: req.reqId, path: path.relative(company.scanner.root, result.stale) });
+      return;
+    }
+    const payload = Buffer.from(result.payload.buffer, result.payload.byteOffset, result.payload.byteLength);
+    await this.bucket?.take(payload.length + result.bitmap.length);
+    await session.send([encodePatchHeader(req.reqId, result.compressed, result.rawLen, result.bitmap), payload]);
+  }
+}

@@ -1,0 +1,156 @@
+/**
+ * An authenticated, sealed session over a Channel: the handshake of protocol/handshake.ts, then every frame sealed
+ * with protocol/seal.ts. Before authentication only handshake messages (and a pre-auth error) cross the wire.
+ */
+import WebSocket from 'ws';
+import { Channel } from '../transport/channel.js';
+import { ClientHandshake, ServerHandshake, MAX_HANDSHAKE_MESSAGE } from '../protocol/handshake.js';
+import { FrameSealer, FrameOpener, DIR_CLIENT_TO_SERVER, DIR_SERVER_TO_CLIENT } from '../protocol/seal.js';
+import { MsgType, MAX_FRAME, encodeJson, decodeJson, ErrorMsg } from '../protocol/messages.js';
+import { SnapferryError, ErrorCodes, ErrorCode, fail, toSnapferryError } from '../util/errors.js';
+
+/** First byte of an unsealed pre-authentication error. */
+const PREAUTH_ERROR = 0xee;
+
+/** A sealed session: send and receive typed messages. */
+export class SecureSession {
+  constructor(
+    readonly channel: Channel,
+    private readonly sealer: FrameSealer,
+    private readonly opener: FrameOpener,
+    /** The authenticated peer id. */
+    readonly peerId: string,
+  ) {}
+
+  /** Seals and sends one message (parts are concatenated). */
+  send(parts: Buffer | Buffer[]): Promise<void> {
+    return this.channel.send(this.sealer.seal(parts));
+  }
+
+  sendJson(type: number, body: unknown): Promise<void> {
+    return this.send(encodeJson(type, body));
+  }
+
+  /** Sends a typed error to the peer (best effort) — the peer prints it as its one-line error. */
+  async sendError(err: SnapferryError): Promise<void> {
+    try {
+      await this.sendJson(MsgType.ERROR, { code: err.code, message: err.message } satisfies ErrorMsg);
+    } catch {
+      /* peer gone */
+    }
+  }
+
+  /** Opens one received frame. Throws PROTOCOL on a forged/replayed/reordered frame. */
+  open(frame: Buffer): Buffer {
+    const msg = this.opener.open(frame);
+    if (msg.length === 0) fail(ErrorCodes.PROTOCOL, 'empty message');
+    return msg;
+  }
+
+  /** Receives and opens the next message; an ERROR message from the peer is thrown as its typed error. */
+  async recv(timeoutMs = 0): Promise<Buffer> {
+    const msg = this.open(await this.channel.next(timeoutMs));
+    if (msg[0] === MsgType.ERROR) throw peerError(msg);
+    return msg;
+  }
+
+  close(reason = ''): void {
+    this.channel.close(1000, reason);
+  }
+}
+
+/** Turns a peer's ERROR message into a SnapferryError with the peer's code. */
+export function peerError(msg: Buffer): SnapferryError {
+  const e = decodeJson<ErrorMsg>(msg);
+  const code = Object.values(ErrorCodes).includes(e.code as ErrorCode) ? (e.code as ErrorCode) : ErrorCodes.PROTOCOL;
+  return new SnapferryError(code, String(e.message ?? 'peer reported an error').slice(0, 500));
+}
+
+/** Options for connecting to a site. */
+export interface ConnectOptions {
+  secret: Buffer;
+  peerId?: string;
+  timeoutMs?: number;
+}
+
+/** Connects to ws://host:port, authenticates both ways and returns the session. */
+export async function connect(url: string, opts: ConnectOptions): Promise<SecureSession> {
+  const timeoutMs = opts.timeoutMs ?? 15_000;
+  if (!/^wss?:\/\//.test(url)) fail(ErrorCodes.USAGE, `not a site URL: ${url} (expected ws://HOST:PORT)`);
+  const ws = new WebSocket(url, { maxPayload: MAX_FRAME + 1024, perMessageDeflate: false, handshakeTimeout: timeoutMs });
+  const channel = new Channel(ws);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      ws.once('open', () => resolve());
+      ws.once('error', (err) => reject(err));
+      ws.once('unexpected-response', (_req, res) => reject(new SnapferryError(ErrorCodes.PROTOCOL, `${url} is not a snapferry site (HTTP ${res.statusCode})`)));
+    });
+  } catch (err) {
+    channel.abort(toSnapferryError(err, `cannot reach ${url}`));
+    const e = toSnapferryError(err, `cannot reach ${url}`);
+    if (e.code === ErrorCodes.INTERNAL || e.code === ErrorCodes.IO) {
+      throw new SnapferryError(ErrorCodes.UNREACHABLE, `cannot reach ${url}: ${e.message}`, { retryable: true });
+    }
+    throw e;
+  }
+  try {
+    const hs = new ClientHandshake(opts.secret, opts.peerId ?? 'anonymous');
+    await channel.send(hs.helloMessage());
+    const welcome = await channel.next(timeoutMs);
+    if (welcome[0] === PREAUTH_ERROR) throw peerPreauthError(welcome);
+    const { proof, keys } = hs.onWelcome(welcome);
+    await channel.send(proof);
+    const session = new SecureSession(channel, new FrameSealer(keys.clientToServer, DIR_CLIENT_TO_SERVER), new FrameOpener(keys.serverToClient, DIR_SERVER_TO_CLIENT), 'server');
+    const ready = await channel.next(timeoutMs).catch((err) => {
+      // The server closes right after a bad proof: for the client that means the secrets differ.
+      if (err instanceof SnapferryError && err.code === ErrorCodes.CONNECTION_LOST) throw new SnapferryError(ErrorCodes.AUTH, 'authentication failed');
+      throw err;
+    });
+    if (ready[0] === PREAUTH_ERROR) throw peerPreauthError(ready);
+    const msg = session.open(ready);
+    if (msg[0] === MsgType.ERROR) throw peerError(msg);
+    if (msg[0] !== MsgType.READY) fail(ErrorCodes.PROTOCOL, 'unexpected message after handshake');
+    return session;
+  } catch (err) {
+    const e = toSnapferryError(err);
+    channel.abort(e);
+    throw e;
+  }
+}
+
+function peerPreauthError(msg: Buffer): SnapferryError {
+  try {
+    const e = JSON.parse(msg.subarray(1, 1024).toString('utf8')) as ErrorMsg;
+    const code = Object.values(ErrorCodes).includes(e.code as ErrorCode) ? (e.code as ErrorCode) : ErrorCodes.PROTOCOL;
+    return new SnapferryError(code, String(e.message).slice(0, 300));
+  } catch {
+    return new SnapferryError(ErrorCodes.PROTOCOL, 'peer refused the handshake');
+  }
+}
+
+/** Server side: runs the handshake on a fresh channel within timeoutMs. */
+export async function accept(channel: Channel, secretFor: (peerId: string) => Buffer | undefined, timeoutMs: number): Promise<SecureSession> {
+  const hs = new ServerHandshake(secretFor);
+  const deadline = Date.now() + timeoutMs;
+  const left = () => Math.max(1, deadline - Date.now());
+  const preauthError = async (err: SnapferryError) => {
+    if (err.code === ErrorCodes.VERSION || err.code === ErrorCodes.PROTOCOL) {
+      const body = Buffer.from(JSON.stringify({ code: err.code, message: err.message }));
+      await channel.send(Buffer.concat([Buffer.from([PREAUTH_ERROR]), body])).catch(() => undefined);
+    }
+  };
+  try {
+    const hello = await channel.next(left());
+    if (hello.length > MAX_HANDSHAKE_MESSAGE) fail(ErrorCodes.PROTOCOL, 'handshake message too large');
+    await channel.send(hs.onHello(hello));
+    const proof = await channel.next(left());
+    const keys = hs.onProof(proof);
+    const session = new SecureSession(channel, new FrameSealer(keys.serverToClient, DIR_SERVER_TO_CLIENT), new FrameOpener(keys.clientToServer, DIR_CLIENT_TO_SERVER), hs.peerId);
+    await session.send(Buffer.from([MsgType.READY]));
+    return session;
+  } catch (err) {
+    const e = toSnapferryError(err);
+    await preauthError(e);
+    throw e;
+  }
+}

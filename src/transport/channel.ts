@@ -1,0 +1,139 @@
+/**
+ * A WebSocket as an ordered message channel with backpressure: `send` resolves once the bytes are handed to the
+ * kernel and waits while too much is still buffered, so a slow peer or link never makes us hold more than `highWater`
+ * bytes for it. Also counts every byte the socket received (HTTP upgrade and WebSocket framing included).
+ */
+import WebSocket from 'ws';
+import type { Socket } from 'node:net';
+import { SnapferryError, ErrorCodes, toSnapferryError } from '../util/errors.js';
+import { MAX_FRAME } from '../protocol/messages.js';
+
+/** Options of a channel. */
+export interface ChannelOptions {
+  highWater?: number;
+}
+
+export class Channel {
+  private queue: Buffer[] = [];
+  private waiters: Array<{ resolve: (b: Buffer) => void; reject: (e: unknown) => void }> = [];
+  private closedWith?: SnapferryError;
+  private buffered = 0;
+  private drainWaiters: Array<() => void> = [];
+  private readonly highWater: number;
+  /** Called for each message instead of queueing, when set. */
+  onMessage?: (msg: Buffer) => void;
+  /** Called once when the channel closes. */
+  onClose?: (err: SnapferryError) => void;
+
+  constructor(
+    readonly ws: WebSocket,
+    opts: ChannelOptions = {},
+  ) {
+    this.highWater = opts.highWater ?? 4 << 20;
+    ws.binaryType = 'nodebuffer';
+    ws.on('message', (data: Buffer, isBinary: boolean) => {
+      if (!isBinary) return this.abort(new SnapferryError(ErrorCodes.PROTOCOL, 'peer sent a text message'));
+      if (this.onMessage) return this.onMessage(data);
+      const w = this.waiters.shift();
+      if (w) w.resolve(data);
+      else this.queue.push(data);
+    });
+    ws.on('close', (code: number, reason: Buffer) => {
+      const why = reason.toString() || `connection closed (${code})`;
+      this.finish(new SnapferryError(ErrorCodes.CONNECTION_LOST, why, { retryable: true }));
+    });
+    ws.on('error', (err) => this.finish(toSnapferryError(err)));
+  }
+
+  /** The raw TCP socket (for byte counts). */
+  get socket(): Socket | undefined {
+    return (this.ws as unknown as { _socket?: Socket })._socket;
+  }
+
+  /** Bytes received on the socket so far. */
+  get bytesRead(): number {
+    return this.socket?.bytesRead ?? 0;
+  }
+
+  /** Bytes written to the socket so far. */
+  get bytesWritten(): number {
+    return this.socket?.bytesWritten ?? 0;
+  }
+
+  get isClosed(): boolean {
+    return this.closedWith !== undefined;
+  }
+
+  /** Next message, in order. Rejects when the channel closes or after timeoutMs. */
+  next(timeoutMs = 0): Promise<Buffer> {
+    const queued = this.queue.shift();
+    if (queued) return Promise.resolve(queued);
+    if (this.closedWith) return Promise.reject(this.closedWith);
+    return new Promise((resolve, reject) => {
+      let timer: NodeJS.Timeout | undefined;
+      const w = {
+        resolve: (b: Buffer) => {
+          if (timer) clearTimeout(timer);
+          resolve(b);
+        },
+        reject: (e: unknown) => {
+          if (timer) clearTimeout(timer);
+          reject(e);
+        },
+      };
+      this.waiters.push(w);
+      if (timeoutMs > 0) {
+        timer = setTimeout(() => {
+          this.waiters = this.waiters.filter((x) => x !== w);
+          reject(new SnapferryError(ErrorCodes.TIMEOUT, `peer sent nothing for ${Math.round(timeoutMs / 1000)} s`, { retryable: true }));
+        }, timeoutMs);
+      }
+    });
+  }
+
+  /** Sends one binary message; waits while more than highWater bytes are unsent. */
+  async send(data: Buffer | Buffer[]): Promise<void> {
+    if (this.closedWith) throw this.closedWith;
+    while (this.buffered > this.highWater) {
+      await new Promise<void>((r) => this.drainWaiters.push(r));
+      if (this.closedWith) throw this.closedWith;
+    }
+    const buf = Array.isArray(data) ? Buffer.concat(data) : data;
+    if (buf.length > MAX_FRAME + 1024) throw new SnapferryError(ErrorCodes.INTERNAL, 'message too large');
+    this.buffered += buf.length;
+    this.ws.send(buf, { binary: true, compress: false }, () => {
+      this.buffered -= buf.length;
+      if (this.buffered <= this.highWater) {
+        const ws = this.drainWaiters;
+        this.drainWaiters = [];
+        for (const w of ws) w();
+      }
+    });
+  }
+
+  /** Closes the channel; pending receivers and senders fail with `err` (or a normal close). */
+  close(code = 1000, reason = ''): void {
+    this.finish(new SnapferryError(ErrorCodes.CONNECTION_LOST, reason || 'closed', { retryable: false }));
+    try {
+      this.ws.close(code, reason.slice(0, 120));
+    } catch {
+      this.ws.terminate();
+    }
+  }
+
+  /** Ends the connection at once (hostile or broken peer). */
+  abort(err: SnapferryError): void {
+    this.finish(err);
+    this.ws.terminate();
+  }
+
+  private finish(err: SnapferryError): void {
+    if (this.closedWith) return;
+    this.closedWith = err;
+    for (const w of this.waiters) w.reject(err);
+    this.waiters = [];
+    for (const w of this.drainWaiters) w();
+    this.drainWaiters = [];
+    this.onClose?.(err);
+  }
+}

@@ -1,0 +1,114 @@
+/**
+ * Typed errors with stable codes. Every failure the CLI can report is one of these; the CLI maps the code to a
+ * one-line message and an exit code, so scripts can rely on both.
+ */
+
+/** Stable error codes. Never renumber or rename: operators grep logs and scripts for them. */
+export const ErrorCodes = {
+  USAGE: 'SNAPFERRY_E_USAGE',
+  AUTH: 'SNAPFERRY_E_AUTH',
+  PROTOCOL: 'SNAPFERRY_E_PROTOCOL',
+  VERSION: 'SNAPFERRY_E_VERSION',
+  UNKNOWN_COMPANY: 'SNAPFERRY_E_UNKNOWN_COMPANY',
+  UNREACHABLE: 'SNAPFERRY_E_UNREACHABLE',
+  CONNECTION_LOST: 'SNAPFERRY_E_CONNECTION_LOST',
+  TIMEOUT: 'SNAPFERRY_E_TIMEOUT',
+  PORT_IN_USE: 'SNAPFERRY_E_PORT_IN_USE',
+  DIR_FOREIGN: 'SNAPFERRY_E_DIR_FOREIGN',
+  DIR_NOT_WRITABLE: 'SNAPFERRY_E_DIR_NOT_WRITABLE',
+  DIR_LOCKED: 'SNAPFERRY_E_DIR_LOCKED',
+  DISK_FULL: 'SNAPFERRY_E_DISK_FULL',
+  SECRET: 'SNAPFERRY_E_SECRET',
+  EXISTS: 'SNAPFERRY_E_EXISTS',
+  UNSAFE_TREE: 'SNAPFERRY_E_UNSAFE_TREE',
+  UNSTABLE_FILE: 'SNAPFERRY_E_UNSTABLE_FILE',
+  BAD_MANIFEST: 'SNAPFERRY_E_BAD_MANIFEST',
+  BAD_CHUNK: 'SNAPFERRY_E_BAD_CHUNK',
+  LIMIT: 'SNAPFERRY_E_LIMIT',
+  STATE: 'SNAPFERRY_E_STATE',
+  NOT_A_COPY: 'SNAPFERRY_E_NOT_A_COPY',
+  STALE_SOURCE: 'SNAPFERRY_E_STALE_SOURCE',
+  IO: 'SNAPFERRY_E_IO',
+  INTERNAL: 'SNAPFERRY_E_INTERNAL',
+} as const;
+
+export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
+
+/** Exit codes by error code; anything unlisted exits 1. Kept apart from verify's 0/1/2 contract. */
+const EXIT_CODES: Partial<Record<ErrorCode, number>> = {
+  SNAPFERRY_E_USAGE: 64,
+  SNAPFERRY_E_AUTH: 77,
+  SNAPFERRY_E_SECRET: 77,
+  SNAPFERRY_E_UNREACHABLE: 69,
+  SNAPFERRY_E_CONNECTION_LOST: 69,
+  SNAPFERRY_E_TIMEOUT: 69,
+  SNAPFERRY_E_PORT_IN_USE: 69,
+  SNAPFERRY_E_DIR_FOREIGN: 73,
+  SNAPFERRY_E_DIR_NOT_WRITABLE: 73,
+  SNAPFERRY_E_DIR_LOCKED: 75,
+  SNAPFERRY_E_DISK_FULL: 74,
+  SNAPFERRY_E_IO: 74,
+  SNAPFERRY_E_PROTOCOL: 76,
+  SNAPFERRY_E_VERSION: 76,
+  SNAPFERRY_E_BAD_MANIFEST: 76,
+  SNAPFERRY_E_BAD_CHUNK: 76,
+  SNAPFERRY_E_UNSAFE_TREE: 65,
+  SNAPFERRY_E_LIMIT: 65,
+  SNAPFERRY_E_INTERNAL: 70,
+};
+
+/** An error that snapferry understands: a stable code and a one-line message fit for the operator. */
+export class SnapferryError extends Error {
+  readonly code: ErrorCode;
+  /** Whether retrying the same operation later may succeed (network faults), as opposed to a final refusal. */
+  readonly retryable: boolean;
+
+  constructor(code: ErrorCode, message: string, options: { cause?: unknown; retryable?: boolean } = {}) {
+    super(message.replace(/\s*\n\s*/g, ' '), { cause: options.cause });
+    this.name = 'SnapferryError';
+    this.code = code;
+    this.retryable = options.retryable ?? false;
+  }
+
+  /** Process exit code for this error. */
+  get exitCode(): number {
+    return EXIT_CODES[this.code] ?? 1;
+  }
+}
+
+/** Shorthand constructor. */
+export function fail(code: ErrorCode, message: string, options?: { cause?: unknown; retryable?: boolean }): never {
+  throw new SnapferryError(code, message, options);
+}
+
+/** Turns any thrown value into a SnapferryError, translating the OS errors an operator can act on. */
+export function toSnapferryError(err: unknown, context = ''): SnapferryError {
+  if (err instanceof SnapferryError) return err;
+  const e = err as NodeJS.ErrnoException;
+  const where = context ? `${context}: ` : '';
+  switch (e?.code) {
+    case 'ENOSPC':
+    case 'EDQUOT':
+      return new SnapferryError(ErrorCodes.DISK_FULL, `${where}disk full (${e.path ?? 'no space left on device'})`, { cause: err });
+    case 'EACCES':
+    case 'EPERM':
+    case 'EROFS':
+      return new SnapferryError(ErrorCodes.DIR_NOT_WRITABLE, `${where}permission denied: ${e.path ?? e.message}`, { cause: err });
+    case 'EADDRINUSE':
+      return new SnapferryError(ErrorCodes.PORT_IN_USE, `${where}address already in use`, { cause: err });
+    case 'ECONNREFUSED':
+    case 'EHOSTUNREACH':
+    case 'ENETUNREACH':
+    case 'ENOTFOUND':
+    case 'EAI_AGAIN':
+      return new SnapferryError(ErrorCodes.UNREACHABLE, `${where}site unreachable (${e.code})`, { cause: err, retryable: true });
+    case 'ECONNRESET':
+    case 'EPIPE':
+      return new SnapferryError(ErrorCodes.CONNECTION_LOST, `${where}connection lost (${e.code})`, { cause: err, retryable: true });
+    default:
+      if (e?.code && typeof e.code === 'string' && e.code.startsWith('E') && e.syscall) {
+        return new SnapferryError(ErrorCodes.IO, `${where}${e.message}`, { cause: err });
+      }
+      return new SnapferryError(ErrorCodes.INTERNAL, `${where}${e?.message ?? String(err)}`, { cause: err });
+  }
+}

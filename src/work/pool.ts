@@ -1,0 +1,100 @@
+/**
+ * A fixed pool of worker threads for CPU-bound jobs (chunk, hash, compress, decompress, verify, write), so that both
+ * cores work while the main thread runs the sockets. Callers bound how many jobs they have in flight; the pool only
+ * queues.
+ */
+import { Worker } from 'node:worker_threads';
+import os from 'node:os';
+import { SnapferryError, ErrorCodes, ErrorCode } from '../util/errors.js';
+import type { Job } from './tasks.js';
+
+interface Pending {
+  resolve: (v: unknown) => void;
+  reject: (e: unknown) => void;
+}
+
+interface Slot {
+  worker: Worker;
+  busy: number;
+}
+
+/** Collects the ArrayBuffers of a message that can be moved rather than copied (never a shared Buffer pool slab). */
+export function transferables(value: unknown, out: ArrayBuffer[] = [], depth = 0): ArrayBuffer[] {
+  if (depth > 3 || value === null || typeof value !== 'object') return out;
+  if (ArrayBuffer.isView(value)) {
+    const b = value.buffer;
+    if (b instanceof ArrayBuffer && value.byteOffset === 0 && value.byteLength === b.byteLength && !out.includes(b)) out.push(b);
+    return out;
+  }
+  for (const v of Object.values(value as Record<string, unknown>)) transferables(v, out, depth + 1);
+  return out;
+}
+
+/** Default number of worker threads: the machine's cores, at most 4. */
+export function defaultPoolSize(): number {
+  return Math.max(1, Math.min(4, os.availableParallelism()));
+}
+
+/** A pool of worker threads running `runJob` from tasks.ts. */
+export class WorkerPool {
+  private readonly slots: Slot[] = [];
+  private readonly pending = new Map<number, Pending>();
+  private nextId = 1;
+  private closed = false;
+
+  constructor(size = defaultPoolSize()) {
+    const url = new URL('./worker.js', import.meta.url);
+    for (let i = 0; i < size; i++) {
+      const worker = new Worker(url);
+      worker.unref();
+      const slot: Slot = { worker, busy: 0 };
+      worker.on('message', (msg: { id: number; ok: boolean; value?: unknown; code?: ErrorCode; message?: string }) => {
+        slot.busy--;
+        const p = this.pending.get(msg.id);
+        if (!p) return;
+        this.pending.delete(msg.id);
+        if (msg.ok) p.resolve(msg.value);
+        else p.reject(new SnapferryError(msg.code ?? ErrorCodes.INTERNAL, msg.message ?? 'worker job failed'));
+      });
+      worker.on('error', (err) => {
+        // A worker that dies takes its jobs with it: fail them all rather than hang.
+        for (const [id, p] of this.pending) {
+          p.reject(new SnapferryError(ErrorCodes.INTERNAL, `worker thread failed: ${err.message}`));
+          this.pending.delete(id);
+        }
+      });
+      this.slots.push(slot);
+    }
+  }
+
+  /** Number of worker threads. */
+  get size(): number {
+    return this.slots.length;
+  }
+
+  /** Runs a job on the least busy worker. Array buffers in the job are moved to the worker, not copied. */
+  run<T>(job: Job, transfer = true): Promise<T> {
+    if (this.closed) return Promise.reject(new SnapferryError(ErrorCodes.INTERNAL, 'worker pool closed'));
+    let slot = this.slots[0]!;
+    for (const s of this.slots) if (s.busy < slot.busy) slot = s;
+    const id = this.nextId++;
+    slot.busy++;
+    return new Promise<T>((resolve, reject) => {
+      this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject });
+      slot.worker.postMessage({ id, job }, transfer ? transferables(job) : []);
+    });
+  }
+
+  /** Stops the workers; pending jobs fail. */
+  async close(): Promise<void> {
+    this.closed = true;
+    await Promise.all(this.slots.map((s) => s.worker.terminate()));
+    for (const p of this.pending.values()) p.reject(new SnapferryError(ErrorCodes.INTERNAL, 'worker pool closed'));
+    this.pending.clear();
+  }
+}
+
+/** A Uint8Array that crossed a thread boundary, seen as a Buffer again without copying. */
+export function asBuffer(u8: Uint8Array): Buffer {
+  return Buffer.isBuffer(u8) ? u8 : Buffer.from(u8.buffer, u8.byteOffset, u8.byteLength);
+}

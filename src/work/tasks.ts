@@ -1,0 +1,397 @@
+/**
+ * The CPU-bound jobs that run on the worker pool: chunking and hashing segments, reading and compressing packs of
+ * chunks, and opening, verifying and writing them at the puller. Each job is a plain function of its message so that
+ * it runs the same inside a worker thread and in tests.
+ */
+import fs from 'node:fs';
+import { chunkLengths, ChunkParams } from '../chunk/chunker.js';
+import { Hasher, idHex } from '../chunk/hash.js';
+import { Compressor, Decompressor } from './zstd.js';
+import { fail, ErrorCodes } from '../util/errors.js';
+
+/** Chunk a segment of a file. */
+export interface ChunkSegmentJob {
+  kind: 'chunkSegment';
+  path: string;
+  offset: number;
+  length: number;
+  params: ChunkParams;
+}
+export interface ChunkSegmentResult {
+  lens: Uint32Array;
+  ids: BigUint64Array;
+}
+
+/** Read chunks (each at path/offset/len with an expected id), concatenate and compress them. */
+export interface ReadPackJob {
+  kind: 'readPack';
+  paths: string[];
+  /** Per chunk: index into paths. */
+  pathIdx: Uint32Array;
+  offsets: Float64Array;
+  lens: Uint32Array;
+  ids: BigUint64Array;
+  level: number;
+}
+export type ReadPackResult = { payload: Buffer; compressed: boolean; rawLen: number } | { stale: string };
+
+/** Decompress a pack, verify each chunk against its id and write it to every target. */
+export interface WritePackJob {
+  kind: 'writePack';
+  payload: Uint8Array;
+  compressed: boolean;
+  rawLen: number;
+  lens: Uint32Array;
+  ids: BigUint64Array;
+  /** Targets as flat triples: chunk index within the pack, fd, offset. */
+  tItem: Uint32Array;
+  tFd: Int32Array;
+  tOffset: Float64Array;
+}
+export interface WritePackResult {
+  written: number;
+}
+
+/** Copy verified local byte ranges into place (reuse of chunks the puller already holds). */
+export interface CopyRangesJob {
+  kind: 'copyRanges';
+  srcPaths: string[];
+  srcIdx: Uint32Array;
+  srcOffsets: Float64Array;
+  lens: Uint32Array;
+  /** Expected ids: a source that changed since it was recorded is detected and reported, never copied. */
+  ids: BigUint64Array;
+  dstFds: Int32Array;
+  dstOffsets: Float64Array;
+}
+export interface CopyRangesResult {
+  /** Indices of ranges whose source no longer held the expected bytes (to be fetched instead). */
+  failed: number[];
+}
+
+/** xxh32 signatures of fixed, file-aligned blocks of a byte range (the puller's old bytes). */
+export interface BlockSigsJob {
+  kind: 'blockSigs';
+  path: string;
+  offset: number;
+  length: number;
+  blockSize: number;
+}
+
+/** Server side of the patch level: compare a chunk's blocks with the puller's signatures. */
+export interface MakePatchJob {
+  kind: 'makePatch';
+  path: string;
+  offset: number;
+  length: number;
+  id: bigint;
+  blockSize: number;
+  sigs: Uint32Array;
+  level: number;
+}
+export type MakePatchResult = { bitmap: Uint8Array; payload: Buffer; compressed: boolean; rawLen: number } | { stale: string };
+
+/** Puller side of the patch level: old bytes + differing blocks -> verified chunk, written to its targets. */
+export interface ApplyPatchJob {
+  kind: 'applyPatch';
+  basePath: string;
+  baseOffset: number;
+  baseLength: number;
+  length: number;
+  id: bigint;
+  blockSize: number;
+  bitmap: Uint8Array;
+  payload: Uint8Array;
+  compressed: boolean;
+  rawLen: number;
+  tFd: Int32Array;
+  tOffset: Float64Array;
+}
+export interface ApplyPatchResult {
+  ok: boolean;
+}
+
+/** Hash the chunks of a file (verify --deep). */
+export interface HashChunksJob {
+  kind: 'hashChunks';
+  path: string;
+  offset: number;
+  lens: Uint32Array;
+}
+export interface HashChunksResult {
+  ids: BigUint64Array;
+  /** Bytes actually readable (less than the sum of lens if the file is shorter). */
+  readable: number;
+}
+
+export type Job = ChunkSegmentJob | ReadPackJob | WritePackJob | CopyRangesJob | BlockSigsJob | MakePatchJob | ApplyPatchJob | HashChunksJob;
+
+/** Per-thread state the jobs reuse. */
+export interface JobContext {
+  hasher: Hasher;
+  compressor: Compressor;
+  decompressor: Decompressor;
+}
+
+function readExactly(fd: number, buf: Uint8Array, position: number): number {
+  let done = 0;
+  while (done < buf.length) {
+    const n = fs.readSync(fd, buf, done, buf.length - done, position + done);
+    if (n === 0) break;
+    done += n;
+  }
+  return done;
+}
+
+function writeAll(fd: number, buf: Uint8Array, position: number): void {
+  let done = 0;
+  while (done < buf.length) done += fs.writeSync(fd, buf, done, buf.length - done, position + done);
+}
+
+function chunkSegment(ctx: JobContext, j: ChunkSegmentJob): ChunkSegmentResult {
+  const buf = Buffer.allocUnsafe(j.length);
+  const fd = fs.openSync(j.path, 'r');
+  try {
+    const n = readExactly(fd, buf, j.offset);
+    if (n !== j.length) fail(ErrorCodes.UNSTABLE_FILE, `${j.path} shrank while it was read`);
+  } finally {
+    fs.closeSync(fd);
+  }
+  const lensArr = chunkLengths(buf, j.params);
+  const lens = Uint32Array.from(lensArr);
+  const ids = new BigUint64Array(lens.length);
+  let o = 0;
+  for (let i = 0; i < lens.length; i++) {
+    ids[i] = ctx.hasher.h64(buf.subarray(o, o + lens[i]!));
+    o += lens[i]!;
+  }
+  return { lens, ids };
+}
+
+function readPack(ctx: JobContext, j: ReadPackJob): ReadPackResult {
+  let rawLen = 0;
+  for (let i = 0; i < j.lens.length; i++) rawLen += j.lens[i]!;
+  const raw = Buffer.allocUnsafe(rawLen);
+  const fds = new Map<number, number>();
+  try {
+    let o = 0;
+    for (let i = 0; i < j.lens.length; i++) {
+      const pi = j.pathIdx[i]!;
+      let fd = fds.get(pi);
+      if (fd === undefined) {
+        try {
+          fd = fs.openSync(j.paths[pi]!, 'r');
+        } catch {
+          return { stale: j.paths[pi]! };
+        }
+        fds.set(pi, fd);
+      }
+      const part = raw.subarray(o, o + j.lens[i]!);
+      // The company is live: a chunk whose bytes no longer match the scan means the file changed since. Never send it.
+      if (readExactly(fd, part, j.offsets[i]!) !== part.length || ctx.hasher.h64(part) !== j.ids[i]) return { stale: j.paths[pi]! };
+      o += part.length;
+    }
+  } finally {
+    for (const fd of fds.values()) fs.closeSync(fd);
+  }
+  const packed = j.level > -100 ? ctx.compressor.compress(raw, j.level) : undefined;
+  return packed ? { payload: packed, compressed: true, rawLen } : { payload: raw, compressed: false, rawLen };
+}
+
+function writePack(ctx: JobContext, j: WritePackJob): WritePackResult {
+  let expected = 0;
+  for (let i = 0; i < j.lens.length; i++) expected += j.lens[i]!;
+  if (expected !== j.rawLen) fail(ErrorCodes.BAD_CHUNK, 'pack size does not match the chunks asked for');
+  const raw = j.compressed ? ctx.decompressor.decompress(j.payload, j.rawLen) : j.payload;
+  if (raw.length !== expected) fail(ErrorCodes.BAD_CHUNK, 'pack size does not match the chunks asked for');
+  const starts = new Float64Array(j.lens.length);
+  let o = 0;
+  for (let i = 0; i < j.lens.length; i++) {
+    starts[i] = o;
+    const got = ctx.hasher.h64(raw.subarray(o, o + j.lens[i]!));
+    if (got !== j.ids[i]) fail(ErrorCodes.BAD_CHUNK, `chunk ${idHex(j.ids[i]!)} failed verification (got ${idHex(got)})`);
+    o += j.lens[i]!;
+  }
+  let written = 0;
+  for (let t = 0; t < j.tItem.length; t++) {
+    const i = j.tItem[t]!;
+    const part = raw.subarray(starts[i]!, starts[i]! + j.lens[i]!);
+    writeAll(j.tFd[t]!, part, j.tOffset[t]!);
+    written += part.length;
+  }
+  return { written };
+}
+
+function copyRanges(ctx: JobContext, j: CopyRangesJob): CopyRangesResult {
+  const failed: number[] = [];
+  const fds = new Map<number, number>();
+  let buf = Buffer.allocUnsafe(1 << 16);
+  try {
+    for (let i = 0; i < j.lens.length; i++) {
+      const len = j.lens[i]!;
+      if (buf.length < len) buf = Buffer.allocUnsafe(len);
+      const part = buf.subarray(0, len);
+      const si = j.srcIdx[i]!;
+      let fd = fds.get(si);
+      if (fd === undefined) {
+        try {
+          fd = fs.openSync(j.srcPaths[si]!, 'r');
+        } catch {
+          fd = -1;
+        }
+        fds.set(si, fd);
+      }
+      if (fd < 0 || readExactly(fd, part, j.srcOffsets[i]!) !== len || ctx.hasher.h64(part) !== j.ids[i]) {
+        failed.push(i);
+        continue;
+      }
+      writeAll(j.dstFds[i]!, part, j.dstOffsets[i]!);
+    }
+  } finally {
+    for (const fd of fds.values()) if (fd >= 0) fs.closeSync(fd);
+  }
+  return { failed };
+}
+
+/** Signatures of the blocks of [offset, offset+length) aligned to absolute multiples of blockSize. */
+export function blockSigsOf(ctx: JobContext, bytes: Uint8Array, offset: number, blockSize: number): Uint32Array {
+  const { starts, ends } = blockLayout(offset, bytes.length, blockSize);
+  const sigs = new Uint32Array(starts.length);
+  for (let b = 0; b < starts.length; b++) sigs[b] = ctx.hasher.h32(bytes.subarray(starts[b]!, ends[b]!));
+  return sigs;
+}
+
+/** Block boundaries (relative to offset) of a range, aligned to absolute file offsets: pages rewritten in place line up. */
+export function blockLayout(offset: number, length: number, blockSize: number): { starts: number[]; ends: number[] } {
+  const starts: number[] = [];
+  const ends: number[] = [];
+  let pos = 0;
+  while (pos < length) {
+    const abs = offset + pos;
+    const next = Math.min(length, Math.floor(abs / blockSize) * blockSize + blockSize - offset);
+    starts.push(pos);
+    ends.push(next);
+    pos = next;
+  }
+  return { starts, ends };
+}
+
+function readRange(path: string, offset: number, length: number): Buffer | undefined {
+  let fd: number;
+  try {
+    fd = fs.openSync(path, 'r');
+  } catch {
+    return undefined;
+  }
+  try {
+    const buf = Buffer.allocUnsafe(length);
+    const n = readExactly(fd, buf, offset);
+    return buf.subarray(0, n);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+function blockSigs(ctx: JobContext, j: BlockSigsJob): Uint32Array {
+  const bytes = readRange(j.path, j.offset, j.length) ?? Buffer.alloc(0);
+  // Blocks the old file cannot fill get signature 0 over a short read: they will differ and be sent.
+  const full = Buffer.alloc(j.length);
+  bytes.copy(full);
+  const sigs = blockSigsOf(ctx, full, j.offset, j.blockSize);
+  const { starts } = blockLayout(j.offset, j.length, j.blockSize);
+  for (let b = 0; b < starts.length; b++) if (starts[b]! >= bytes.length) sigs[b] = 0;
+  return sigs;
+}
+
+function makePatch(ctx: JobContext, j: MakePatchJob): MakePatchResult {
+  const bytes = readRange(j.path, j.offset, j.length);
+  if (!bytes || bytes.length !== j.length || ctx.hasher.h64(bytes) !== j.id) return { stale: j.path };
+  const { starts, ends } = blockLayout(j.offset, j.length, j.blockSize);
+  if (j.sigs.length !== starts.length) fail(ErrorCodes.PROTOCOL, 'patch request has the wrong number of block signatures');
+  const bitmap = new Uint8Array(Math.ceil(starts.length / 8));
+  const parts: Uint8Array[] = [];
+  for (let b = 0; b < starts.length; b++) {
+    const block = bytes.subarray(starts[b]!, ends[b]!);
+    if (ctx.hasher.h32(block) !== j.sigs[b]) {
+      bitmap[b >> 3]! |= 1 << (b & 7);
+      parts.push(block);
+    }
+  }
+  const raw = Buffer.concat(parts);
+  const packed = raw.length > 64 ? ctx.compressor.compress(raw, j.level) : undefined;
+  return packed
+    ? { bitmap, payload: packed, compressed: true, rawLen: raw.length }
+    : { bitmap, payload: raw, compressed: false, rawLen: raw.length };
+}
+
+function applyPatch(ctx: JobContext, j: ApplyPatchJob): ApplyPatchResult {
+  const raw = j.compressed ? ctx.decompressor.decompress(j.payload, j.rawLen) : Buffer.from(j.payload);
+  if (raw.length !== j.rawLen) fail(ErrorCodes.BAD_CHUNK, 'patch size does not match');
+  const base = readRange(j.basePath, j.baseOffset, j.baseLength) ?? Buffer.alloc(0);
+  const out = Buffer.alloc(j.length);
+  base.copy(out, 0, 0, Math.min(base.length, j.length));
+  const { starts, ends } = blockLayout(j.baseOffset, j.length, j.blockSize);
+  if (j.bitmap.length !== Math.ceil(starts.length / 8)) fail(ErrorCodes.BAD_CHUNK, 'patch bitmap has the wrong size');
+  let p = 0;
+  for (let b = 0; b < starts.length; b++) {
+    if (j.bitmap[b >> 3]! & (1 << (b & 7))) {
+      const n = ends[b]! - starts[b]!;
+      if (p + n > raw.length) fail(ErrorCodes.BAD_CHUNK, 'patch is shorter than its bitmap says');
+      raw.copy(out, starts[b]!, p, p + n);
+      p += n;
+    }
+  }
+  if (p !== raw.length) fail(ErrorCodes.BAD_CHUNK, 'patch is longer than its bitmap says');
+  // A block-signature collision or an old file that changed under us gives a wrong result: caught here, refetched whole.
+  if (ctx.hasher.h64(out) !== j.id) return { ok: false };
+  for (let t = 0; t < j.tFd.length; t++) writeAll(j.tFd[t]!, out, j.tOffset[t]!);
+  return { ok: true };
+}
+
+function hashChunks(ctx: JobContext, j: HashChunksJob): HashChunksResult {
+  const ids = new BigUint64Array(j.lens.length);
+  let fd: number;
+  try {
+    fd = fs.openSync(j.path, 'r');
+  } catch {
+    return { ids, readable: 0 };
+  }
+  let readable = 0;
+  try {
+    let total = 0;
+    for (let i = 0; i < j.lens.length; i++) total += j.lens[i]!;
+    const buf = Buffer.allocUnsafe(total);
+    readable = readExactly(fd, buf, j.offset);
+    let o = 0;
+    for (let i = 0; i < j.lens.length; i++) {
+      const end = o + j.lens[i]!;
+      ids[i] = end <= readable ? ctx.hasher.h64(buf.subarray(o, end)) : 0n;
+      o = end;
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+  return { ids, readable };
+}
+
+/** Runs one job. */
+export function runJob(ctx: JobContext, job: Job): unknown {
+  switch (job.kind) {
+    case 'chunkSegment':
+      return chunkSegment(ctx, job);
+    case 'readPack':
+      return readPack(ctx, job);
+    case 'writePack':
+      return writePack(ctx, job);
+    case 'copyRanges':
+      return copyRanges(ctx, job);
+    case 'blockSigs':
+      return blockSigs(ctx, job);
+    case 'makePatch':
+      return makePatch(ctx, job);
+    case 'applyPatch':
+      return applyPatch(ctx, job);
+    case 'hashChunks':
+      return hashChunks(ctx, job);
+  }
+}

@@ -1,0 +1,56 @@
+/**
+ * zstd through zstd-napi's low-level binding, so that decompression writes into a buffer of exactly the declared size:
+ * a frame that would grow beyond it (a zstd bomb) fails instead of allocating.
+ */
+import { createRequire } from 'node:module';
+import { fail, ErrorCodes } from '../util/errors.js';
+
+interface CCtxT {
+  compress(dst: Uint8Array, src: Uint8Array, level: number): number;
+}
+interface DCtxT {
+  decompress(dst: Uint8Array, src: Uint8Array): number;
+}
+interface Binding {
+  CCtx: new () => CCtxT;
+  DCtx: new () => DCtxT;
+  compressBound(n: number): number;
+}
+
+const binding = createRequire(import.meta.url)('zstd-napi/binding') as Binding;
+
+/** A reusable compressor (one per thread: contexts are not thread-safe). */
+export class Compressor {
+  private readonly cctx = new binding.CCtx();
+  private scratch = Buffer.allocUnsafe(0);
+
+  /**
+   * Compresses src at level; returns a fresh buffer, or undefined when compression does not shrink the data by at
+   * least 1/32 (already-compressed or random pages are then sent as they are, saving the receiver's time).
+   */
+  compress(src: Uint8Array, level: number): Buffer | undefined {
+    const bound = binding.compressBound(src.length);
+    if (this.scratch.length < bound) this.scratch = Buffer.allocUnsafe(Math.max(bound, 1 << 20));
+    const n = this.cctx.compress(this.scratch, src, level);
+    if (n >= src.length - (src.length >> 5)) return undefined;
+    return Buffer.from(this.scratch.subarray(0, n));
+  }
+}
+
+/** A reusable decompressor that refuses output beyond the expected size. */
+export class Decompressor {
+  private readonly dctx = new binding.DCtx();
+
+  /** Decompresses into a new buffer of exactly rawLen bytes; throws BAD_CHUNK on any mismatch. */
+  decompress(src: Uint8Array, rawLen: number): Buffer {
+    const dst = Buffer.allocUnsafe(rawLen);
+    let n: number;
+    try {
+      n = this.dctx.decompress(dst, src);
+    } catch (err) {
+      return fail(ErrorCodes.BAD_CHUNK, `compressed data is corrupt or larger than declared (${(err as Error).message})`);
+    }
+    if (n !== rawLen) fail(ErrorCodes.BAD_CHUNK, `compressed data has ${n} bytes, ${rawLen} declared`);
+    return dst;
+  }
+}
