@@ -5,7 +5,6 @@
  */
 import { Command, Option } from 'commander';
 import path from 'node:path';
-import os from 'node:os';
 import { writeNewSecret, readSecret } from './secret.js';
 import { SnapferryServer } from '../sync/server.js';
 import { pull, PullResult } from '../sync/pull.js';
@@ -13,7 +12,7 @@ import { progressLine, summary } from './progress.js';
 import { runDemo } from './demo.js';
 import { makeCompany, mutateCompany, makeSmallFiles } from '../gen/company.js';
 import { parseRate } from '../util/rate.js';
-import { SnapferryError, ErrorCodes, fail, toSnapferryError } from '../util/errors.js';
+import { ErrorCodes, fail, toSnapferryError } from '../util/errors.js';
 
 function parseListen(text: string): { host: string; port: number } {
   const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(text);
@@ -72,7 +71,8 @@ export function buildProgram(): Command {
     .option('--bwlimit <rate>', 'cap on bytes per second sent, e.g. 8M')
     .option('--level <n>', 'zstd level for chunk data', '1')
     .option('--max-connections <n>', 'connections at once', '256')
-    .action(async (o: { listen: string; secret: string; company: string[]; bwlimit?: string; level: string; maxConnections: string }) => {
+    .option('--settle-timeout <seconds>', 'how long a file that keeps changing may delay a generation', '30')
+    .action(async (o: { listen: string; secret: string; company: string[]; bwlimit?: string; level: string; maxConnections: string; settleTimeout: string }) => {
       const { host, port } = parseListen(o.listen);
       const secret = readSecret(o.secret);
       const companies = parseCompanies(o.company);
@@ -84,6 +84,7 @@ export function buildProgram(): Command {
         bwlimit: o.bwlimit ? parseRate(o.bwlimit) : undefined,
         level: Number(o.level),
         maxConnections: Number(o.maxConnections),
+        settleTimeoutMs: Number(o.settleTimeout) * 1000,
         log: (line) => process.stderr.write(`${new Date().toISOString()} ${line}\n`),
       });
       const url = await server.start();
@@ -187,9 +188,8 @@ export async function main(argv: string[]): Promise<number> {
 
 const invokedDirectly = process.argv[1] && path.resolve(process.argv[1]).replace(/\.ts$/, '.js') === new URL(import.meta.url).pathname.replace(/\.ts$/, '.js');
 if (invokedDirectly || process.argv[1]?.endsWith('snapferry')) {
+  // Exit explicitly once output is flushed: a failed start may leave handles (workers, sockets) that would keep us alive.
   main(process.argv).then((code) => {
-    process.exitCode = code;
+    process.stdout.write('', () => process.stderr.write('', () => process.exit(code)));
   });
 }
-void os;
-void SnapferryError;

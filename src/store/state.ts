@@ -13,7 +13,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { decodeManifest, Manifest, rootHashOf } from '../manifest/manifest.js';
 import { fail, ErrorCodes, SnapferryError, toSnapferryError } from '../util/errors.js';
@@ -113,6 +113,15 @@ export function fsyncDir(dir: string): void {
 export function syncFilesystem(p: string): void {
   const r = spawnSync('sync', ['-f', p], { stdio: 'ignore' });
   if (r.status !== 0) spawnSync('sync', [], { stdio: 'ignore' });
+}
+
+/** syncFilesystem without blocking the event loop: the transfer goes on while the disk catches up. */
+export function syncFilesystemAsync(p: string): Promise<void> {
+  return new Promise((resolve) => {
+    const child = spawn('sync', ['-f', p], { stdio: 'ignore' });
+    child.on('error', () => resolve());
+    child.on('exit', () => resolve());
+  });
 }
 
 /** Removes a tree, including read-only folders in it. */

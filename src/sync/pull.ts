@@ -35,7 +35,7 @@ import {
   commit,
   writeStats,
   removeTree,
-  syncFilesystem,
+  syncFilesystemAsync,
   Applied,
   AppliedRecord,
   writeFileDurable,
@@ -160,11 +160,6 @@ interface Need {
   patchBase?: string;
 }
 
-/** One file being written in next/. */
-interface OpenFile {
-  fd: number;
-  remaining: number;
-}
 
 /** One attempt of a pull over one connection. */
 class PullRun {
@@ -182,7 +177,6 @@ class PullRun {
   private journalBuf: number[] = [];
   private lastCheckpoint = performance.now();
   private remaining!: Int32Array;
-  private openFiles = new Map<number, OpenFile>();
   private bytesDone = 0;
   private bytesTotal = 0;
   private stats = { fetched: 0, patched: 0, reused: 0, written: 0 };
@@ -223,7 +217,6 @@ class PullRun {
     } finally {
       this.wireBytes = this.session.channel.bytesRead;
       this.session.close();
-      await this.closeFiles();
       await this.pool?.close();
     }
   }
@@ -265,7 +258,6 @@ class PullRun {
     this.progress('transfer');
     await this.transfer(needs);
     await this.flushJournal(true);
-    await this.closeFiles();
     this.finishTree();
     await s.send(Buffer.from([MsgType.BYE])).catch(() => undefined);
 
@@ -415,10 +407,8 @@ class PullRun {
         }
         continue;
       }
-      if (!fs.existsSync(dst)) {
-        const fd = fs.openSync(dst, 'w', 0o600);
-        fs.closeSync(fd);
-      }
+      // Files are created by the first write, on the workers; only empty ones are made here.
+      if (e.size === 0 && !fs.existsSync(dst)) fs.closeSync(fs.openSync(dst, 'w', 0o600));
       const oldAt = new Map<number, bigint>();
       if (old && e.size > 0) {
         if (!this.based.has(ei)) baseCopies.push({ ei, from: src });
@@ -492,55 +482,42 @@ class PullRun {
   }
 
   /**
-   * Appends journal records. With durability on, data is flushed first so that the journal never claims bytes that a
-   * power loss could lose; kill -9 alone loses nothing the kernel holds.
+   * Appends journal records. With durability on, the data they claim is flushed first (in the background, one
+   * checkpoint at a time) so that the journal never claims bytes a power loss could lose; kill -9 alone loses nothing
+   * the kernel holds.
    */
   private async flushJournal(force = false): Promise<void> {
     const now = performance.now();
-    if (!force && now - this.lastCheckpoint < 1000 && this.journalBuf.length < 65536) return;
+    if (!force && (this.syncing || (now - this.lastCheckpoint < 1000 && this.journalBuf.length < 65536))) return;
+    await this.syncing;
     this.lastCheckpoint = now;
     if (this.journalBuf.length === 0) return;
     const vals = this.journalBuf;
     this.journalBuf = [];
-    if (this.opts.durable !== false && !force) syncFilesystem(this.paths.next);
-    const b = Buffer.allocUnsafe(vals.length * 4);
-    for (let i = 0; i < vals.length; i++) b.writeUInt32LE(vals[i]! >>> 0, i * 4);
-    fs.appendFileSync(this.paths.nextJournal, b);
+    const append = () => {
+      const b = Buffer.allocUnsafe(vals.length * 4);
+      for (let i = 0; i < vals.length; i++) b.writeUInt32LE(vals[i]! >>> 0, i * 4);
+      fs.appendFileSync(this.paths.nextJournal, b);
+    };
+    if (this.opts.durable === false) return append();
+    const checkpoint = syncFilesystemAsync(this.paths.next).then(append);
+    if (force) return checkpoint;
+    this.syncing = checkpoint.finally(() => (this.syncing = undefined));
   }
 
-  private fdFor(ei: number): number {
-    let f = this.openFiles.get(ei);
-    if (!f) {
-      f = { fd: fs.openSync(path.join(this.paths.next, this.m.entries[ei]!.path), 'r+'), remaining: this.remaining[ei]! };
-      this.openFiles.set(ei, f);
-    }
-    return f.fd;
+  private syncing?: Promise<void>;
+
+  /** Path in next/ of the entry holding occurrence g. */
+  private targetPath(g: number): string {
+    return path.join(this.paths.next, this.m.entries[this.layout.entry[g]!]!.path);
   }
 
-  /** Counts a written occurrence; closes the file with its final mode and mtime when its last chunk is in. */
+  /** Counts a written occurrence. */
   private occurrenceDone(g: number): void {
     const ei = this.layout.entry[g]!;
     this.remaining[ei]!--;
     this.bytesDone += this.layout.len[g]!;
     this.done.add(g);
-    if (this.remaining[ei] === 0) {
-      const f = this.openFiles.get(ei);
-      if (f) {
-        fs.closeSync(f.fd);
-        this.openFiles.delete(ei);
-      }
-    }
-  }
-
-  private async closeFiles(): Promise<void> {
-    for (const f of this.openFiles.values()) {
-      try {
-        fs.closeSync(f.fd);
-      } catch {
-        /* already closed */
-      }
-    }
-    this.openFiles.clear();
   }
 
   /** Reads every message of the session and routes answers to their requests. */
@@ -614,7 +591,8 @@ class PullRun {
         srcOffsets: new Float64Array(batch.length),
         lens: new Uint32Array(batch.length),
         ids: new BigUint64Array(batch.length),
-        dstFds: new Int32Array(batch.length),
+        dstPaths: [],
+        dstIdx: new Uint32Array(batch.length),
         dstOffsets: new Float64Array(batch.length),
       };
       batch.forEach((c, k) => {
@@ -628,7 +606,7 @@ class PullRun {
         job.srcOffsets[k] = c.src.offset;
         job.lens[k] = L.len[c.g]!;
         job.ids[k] = L.id[c.g]!;
-        job.dstFds[k] = this.fdFor(L.entry[c.g]!);
+        job.dstIdx[k] = job.dstPaths.push(this.targetPath(c.g)) - 1;
         job.dstOffsets[k] = L.offset[c.g]!;
       });
       const r = await this.pool!.run<CopyRangesResult>(job);
@@ -694,27 +672,38 @@ class PullRun {
     const lens = new Uint32Array(needs.length);
     const ids = new BigUint64Array(needs.length);
     const tItem: number[] = [];
-    const tFd: number[] = [];
+    const paths: string[] = [];
+    const pathIdx = new Map<number, number>();
+    const tPath: number[] = [];
     const tOff: number[] = [];
     needs.forEach((n, i) => {
       lens[i] = L.len[n.g]!;
       ids[i] = L.id[n.g]!;
       for (const g of n.targets) {
         tItem.push(i);
-        tFd.push(this.fdFor(L.entry[g]!));
+        const ei = L.entry[g]!;
+        let pi = pathIdx.get(ei);
+        if (pi === undefined) {
+          pi = paths.push(this.targetPath(g)) - 1;
+          pathIdx.set(ei, pi);
+        }
+        tPath.push(pi);
         tOff.push(L.offset[g]!);
       }
     });
-    const payload = Buffer.from(data.payload); // own copy: the frame buffer is moved to the worker
+    // The decrypted frame is moved to the worker whole when it owns its memory, copied otherwise.
+    const owns = msg.byteOffset === 0 && msg.byteLength === msg.buffer.byteLength;
     const job: WritePackJob = {
       kind: 'writePack',
-      payload,
+      payload: owns ? msg : Buffer.from(data.payload),
+      payloadOffset: owns ? data.payload.byteOffset - msg.byteOffset : 0,
       compressed: data.compressed,
       rawLen: data.rawLen,
       lens,
       ids,
       tItem: Uint32Array.from(tItem),
-      tFd: Int32Array.from(tFd),
+      paths,
+      tPath: Uint32Array.from(tPath),
       tOffset: Float64Array.from(tOff),
     };
     const r = await this.pool!.run<WritePackResult>(job);
@@ -736,7 +725,7 @@ class PullRun {
     const msg = await this.request((reqId) => encodePatchGet({ reqId, chunk: n.g, blockSize: PATCH_BLOCK, sigs }));
     const patch = decodePatch(msg);
     await this.bucket?.take(msg.length);
-    const tFd = Int32Array.from(n.targets.map((g) => this.fdFor(L.entry[g]!)));
+    const tPaths = n.targets.map((g) => this.targetPath(g));
     const tOffset = Float64Array.from(n.targets.map((g) => L.offset[g]!));
     const r = await this.pool!.run<ApplyPatchResult>({
       kind: 'applyPatch',
@@ -750,7 +739,7 @@ class PullRun {
       payload: Buffer.from(patch.payload),
       compressed: patch.compressed,
       rawLen: patch.rawLen,
-      tFd,
+      tPaths,
       tOffset,
     });
     if (!r.ok) {

@@ -39,13 +39,17 @@ export type ReadPackResult = { payload: Buffer; compressed: boolean; rawLen: num
 export interface WritePackJob {
   kind: 'writePack';
   payload: Uint8Array;
+  /** Where the pack starts in payload (the decrypted frame is passed whole, header included, to avoid a copy). */
+  payloadOffset?: number;
   compressed: boolean;
   rawLen: number;
   lens: Uint32Array;
   ids: BigUint64Array;
-  /** Targets as flat triples: chunk index within the pack, fd, offset. */
+  /** Target files (created on first write: creation then runs on the workers, in parallel with the transfer). */
+  paths: string[];
+  /** Targets as flat triples: chunk index within the pack, index into paths, offset. */
   tItem: Uint32Array;
-  tFd: Int32Array;
+  tPath: Uint32Array;
   tOffset: Float64Array;
 }
 export interface WritePackResult {
@@ -61,7 +65,8 @@ export interface CopyRangesJob {
   lens: Uint32Array;
   /** Expected ids: a source that changed since it was recorded is detected and reported, never copied. */
   ids: BigUint64Array;
-  dstFds: Int32Array;
+  dstPaths: string[];
+  dstIdx: Uint32Array;
   dstOffsets: Float64Array;
 }
 export interface CopyRangesResult {
@@ -104,7 +109,7 @@ export interface ApplyPatchJob {
   payload: Uint8Array;
   compressed: boolean;
   rawLen: number;
-  tFd: Int32Array;
+  tPaths: string[];
   tOffset: Float64Array;
 }
 export interface ApplyPatchResult {
@@ -146,6 +151,23 @@ function readExactly(fd: number, buf: Uint8Array, position: number): number {
 function writeAll(fd: number, buf: Uint8Array, position: number): void {
   let done = 0;
   while (done < buf.length) done += fs.writeSync(fd, buf, done, buf.length - done, position + done);
+}
+
+/** Files a job writes into, opened (and created, owner-only until commit sets the mode) once per job. */
+class TargetFiles {
+  private fds = new Map<string, number>();
+  get(path: string): number {
+    let fd = this.fds.get(path);
+    if (fd === undefined) {
+      fd = fs.openSync(path, fs.constants.O_WRONLY | fs.constants.O_CREAT, 0o600);
+      this.fds.set(path, fd);
+    }
+    return fd;
+  }
+  close(): void {
+    for (const fd of this.fds.values()) fs.closeSync(fd);
+    this.fds.clear();
+  }
 }
 
 function chunkSegment(ctx: JobContext, j: ChunkSegmentJob): ChunkSegmentResult {
@@ -202,7 +224,8 @@ function writePack(ctx: JobContext, j: WritePackJob): WritePackResult {
   let expected = 0;
   for (let i = 0; i < j.lens.length; i++) expected += j.lens[i]!;
   if (expected !== j.rawLen) fail(ErrorCodes.BAD_CHUNK, 'pack size does not match the chunks asked for');
-  const raw = j.compressed ? ctx.decompressor.decompress(j.payload, j.rawLen) : j.payload;
+  const payload = j.payload.subarray(j.payloadOffset ?? 0);
+  const raw = j.compressed ? ctx.decompressor.decompressScratch(payload, j.rawLen) : payload;
   if (raw.length !== expected) fail(ErrorCodes.BAD_CHUNK, 'pack size does not match the chunks asked for');
   const starts = new Float64Array(j.lens.length);
   let o = 0;
@@ -212,12 +235,28 @@ function writePack(ctx: JobContext, j: WritePackJob): WritePackResult {
     if (got !== j.ids[i]) fail(ErrorCodes.BAD_CHUNK, `chunk ${idHex(j.ids[i]!)} failed verification (got ${idHex(got)})`);
     o += j.lens[i]!;
   }
+  // Targets come in pack order; runs that are contiguous both in the pack and in one file become one write.
   let written = 0;
-  for (let t = 0; t < j.tItem.length; t++) {
-    const i = j.tItem[t]!;
-    const part = raw.subarray(starts[i]!, starts[i]! + j.lens[i]!);
-    writeAll(j.tFd[t]!, part, j.tOffset[t]!);
-    written += part.length;
+  let t = 0;
+  const n = j.tItem.length;
+  const files = new TargetFiles();
+  try {
+    while (t < n) {
+      const pi = j.tPath[t]!;
+      const fileStart = j.tOffset[t]!;
+      const rawStart = starts[j.tItem[t]!]!;
+      let len = j.lens[j.tItem[t]!]!;
+      let u = t + 1;
+      while (u < n && j.tPath[u] === pi && j.tOffset[u] === fileStart + len && starts[j.tItem[u]!] === rawStart + len) {
+        len += j.lens[j.tItem[u]!]!;
+        u++;
+      }
+      writeAll(files.get(j.paths[pi]!), raw.subarray(rawStart, rawStart + len), fileStart);
+      written += len;
+      t = u;
+    }
+  } finally {
+    files.close();
   }
   return { written };
 }
@@ -225,6 +264,7 @@ function writePack(ctx: JobContext, j: WritePackJob): WritePackResult {
 function copyRanges(ctx: JobContext, j: CopyRangesJob): CopyRangesResult {
   const failed: number[] = [];
   const fds = new Map<number, number>();
+  const files = new TargetFiles();
   let buf = Buffer.allocUnsafe(1 << 16);
   try {
     for (let i = 0; i < j.lens.length; i++) {
@@ -245,10 +285,11 @@ function copyRanges(ctx: JobContext, j: CopyRangesJob): CopyRangesResult {
         failed.push(i);
         continue;
       }
-      writeAll(j.dstFds[i]!, part, j.dstOffsets[i]!);
+      writeAll(files.get(j.dstPaths[j.dstIdx[i]!]!), part, j.dstOffsets[i]!);
     }
   } finally {
     for (const fd of fds.values()) if (fd >= 0) fs.closeSync(fd);
+    files.close();
   }
   return { failed };
 }
@@ -344,7 +385,12 @@ function applyPatch(ctx: JobContext, j: ApplyPatchJob): ApplyPatchResult {
   if (p !== raw.length) fail(ErrorCodes.BAD_CHUNK, 'patch is longer than its bitmap says');
   // A block-signature collision or an old file that changed under us gives a wrong result: caught here, refetched whole.
   if (ctx.hasher.h64(out) !== j.id) return { ok: false };
-  for (let t = 0; t < j.tFd.length; t++) writeAll(j.tFd[t]!, out, j.tOffset[t]!);
+  const files = new TargetFiles();
+  try {
+    for (let t = 0; t < j.tPaths.length; t++) writeAll(files.get(j.tPaths[t]!), out, j.tOffset[t]!);
+  } finally {
+    files.close();
+  }
   return { ok: true };
 }
 

@@ -41,9 +41,23 @@ export class Compressor {
 export class Decompressor {
   private readonly dctx = new binding.DCtx();
 
+  private scratch = Buffer.allocUnsafe(0);
+
   /** Decompresses into a new buffer of exactly rawLen bytes; throws BAD_CHUNK on any mismatch. */
   decompress(src: Uint8Array, rawLen: number): Buffer {
-    const dst = Buffer.allocUnsafe(rawLen);
+    return this.decompressInto(Buffer.allocUnsafe(rawLen), src, rawLen);
+  }
+
+  /**
+   * Decompresses into a reused scratch buffer (valid until the next call): the hot path of the puller, where fresh
+   * buffers for every pack cost page faults and garbage collection.
+   */
+  decompressScratch(src: Uint8Array, rawLen: number): Buffer {
+    if (this.scratch.length < rawLen) this.scratch = Buffer.allocUnsafe(Math.max(rawLen, 1 << 20));
+    return this.decompressInto(this.scratch.subarray(0, rawLen), src, rawLen);
+  }
+
+  private decompressInto(dst: Buffer, src: Uint8Array, rawLen: number): Buffer {
     let n: number;
     try {
       n = this.dctx.decompress(dst, src);

@@ -1,0 +1,520 @@
+/**
+ * End-to-end scenarios over one link, each tool measured run by run, pairs interleaved in the same run (the order
+ * alternates between runs so neither tool always finds the page cache warmer):
+ *
+ *  company cycle (per run, on a fresh copy SRC of the generated company A):
+ *    seed       empty branch folder <- SRC                      snapferry pull | rsync push | tar pipeline
+ *    delta      mutateCompany(SRC) then the same command again   snapferry | rsync
+ *    unchanged  the same command once more, nothing changed      snapferry | rsync
+ *    verify     (loopback only) after damage: verify --deep vs cat of the same files
+ *    repair     damage the branch copy (a 4 KiB page flipped with size and mtime kept, a large file truncated by
+ *               1 KiB, a small file deleted, a stray file added), then snapferry repair | rsync -c
+ *  small-seed   makeSmallFiles(N) seeded into an empty folder    snapferry | rsync
+ *  fanout       one serve process: 1 pull, then N concurrent pulls; the server's whole-life CPU seconds
+ *
+ * After every transfer the branch folder is checked against the source (paths and sizes; after repair also the
+ * damaged bytes): a run that leaves a wrong copy is marked failed, not timed.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { makeCompany, mutateCompany, makeSmallFiles } from '../src/gen/company.js';
+import { Options, Budget, log, rmrf, freePort, lastLine, ScenarioName, ToolName } from './util.js';
+import { Results, Sample } from './report.js';
+import { Link } from './netns.js';
+import { RsyncDaemon, rsyncPush, tarPipeline, Transfer } from './peers.js';
+import * as sf from './snapferry.js';
+import { runTimed, failure, Server } from './measure.js';
+
+const exec = promisify(execFile);
+
+// ---------------------------------------------------------------------------------------------------------------
+// Data
+// ---------------------------------------------------------------------------------------------------------------
+
+/** Generated inputs, made once per bench and shared by every tool and link. */
+export class DataCache {
+  private readonly made = new Map<string, Promise<string>>();
+  constructor(private readonly dir: string) {}
+
+  company(sizeMiB: number): Promise<string> {
+    const key = `company-${sizeMiB}`;
+    let p = this.made.get(key);
+    if (!p) {
+      p = (async () => {
+        const d = path.join(this.dir, key);
+        const t0 = performance.now();
+        const r = await makeCompany(d, sizeMiB, 1);
+        log(`generated company ${sizeMiB} MiB: ${r.files} files, ${(r.bytes / 1048576).toFixed(0)} MiB in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+        return d;
+      })();
+      this.made.set(key, p);
+    }
+    return p;
+  }
+
+  small(count: number): Promise<string> {
+    const key = `small-${count}`;
+    let p = this.made.get(key);
+    if (!p) {
+      p = (async () => {
+        const d = path.join(this.dir, key);
+        const t0 = performance.now();
+        const r = await makeSmallFiles(d, count, 3);
+        log(`generated ${r.files} small files, ${(r.bytes / 1048576).toFixed(0)} MiB in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+        return d;
+      })();
+      this.made.set(key, p);
+    }
+    return p;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Tree checks and damage
+// ---------------------------------------------------------------------------------------------------------------
+
+const STATE_DIR = '.snapferry';
+
+/** path -> size of regular files (symlinks as 'L'), without snapferry's own state folder at the top. */
+function listing(root: string): Map<string, number | string> {
+  const out = new Map<string, number | string>();
+  const rec = (rel: string): void => {
+    let ents: fs.Dirent[];
+    try {
+      ents = fs.readdirSync(path.join(root, rel), { withFileTypes: true });
+    } catch {
+      return;
+    }
+    for (const e of ents) {
+      const p = rel ? `${rel}/${e.name}` : e.name;
+      if (!rel && e.name === STATE_DIR) continue;
+      if (e.isDirectory()) {
+        out.set(`${p}/`, 'D');
+        rec(p);
+      } else if (e.isSymbolicLink()) out.set(p, 'L');
+      else if (e.isFile()) out.set(p, fs.statSync(path.join(root, p)).size);
+    }
+  };
+  rec('');
+  return out;
+}
+
+/** undefined when dst has the same paths and sizes as src, else what differs first. */
+export function sameTree(src: string, dst: string): string | undefined {
+  if (!fs.existsSync(dst)) return 'branch folder missing';
+  const a = listing(src);
+  const b = listing(dst);
+  for (const [p, v] of a) {
+    const w = b.get(p);
+    if (w === undefined) return `missing ${p}`;
+    if (w !== v) return `${p}: size ${w}, expected ${v}`;
+  }
+  if (b.size !== a.size) for (const p of b.keys()) if (!a.has(p)) return `unexpected ${p}`;
+  return undefined;
+}
+
+interface Damage {
+  flipped: { file: string; offset: number };
+  truncated: string;
+  deleted: string;
+  stray: string;
+}
+
+function largestFiles(dir: string): string[] {
+  return [...listing(dir)].filter(([, v]) => typeof v === 'number').sort((x, y) => (y[1] as number) - (x[1] as number)).map(([p]) => p);
+}
+
+/** Damages a branch copy the way issue 4 describes. Deterministic: the same damage for every tool. */
+function damage(dir: string, run: number): Damage {
+  const files = largestFiles(dir);
+  const big = files[0]!;
+  const second = files[1]!;
+  // 1. bit rot: a 4 KiB page flipped in the middle of the largest file, size and mtime kept
+  const fp = path.join(dir, big);
+  const st = fs.statSync(fp);
+  const offset = Math.floor(st.size / 2 / 4096) * 4096;
+  const fd = fs.openSync(fp, 'r+');
+  const page = Buffer.alloc(4096);
+  fs.readSync(fd, page, 0, 4096, offset);
+  for (let i = 0; i < page.length; i++) page[i] = page[i]! ^ 0xff;
+  fs.writeSync(fd, page, 0, 4096, offset);
+  fs.closeSync(fd);
+  fs.utimesSync(fp, st.atime, st.mtime);
+  // 2. a large file truncated by 1 KiB
+  const tp = path.join(dir, second);
+  fs.truncateSync(tp, fs.statSync(tp).size - 1024);
+  // 3. one small file deleted (the smallest-named under masters/ or the smallest file)
+  const small = files.filter((f) => f.includes('/')).sort()[0] ?? files[files.length - 1]!;
+  fs.rmSync(path.join(dir, small));
+  // 4. a stray file
+  const stray = `stray-${run}.tmp`;
+  fs.writeFileSync(path.join(dir, stray), Buffer.alloc(10 << 10, 0x41));
+  return { flipped: { file: big, offset }, truncated: second, deleted: small, stray };
+}
+
+/** undefined when the damage is undone (tree equal, flipped page equal to the source's). */
+function repaired(src: string, dst: string, d: Damage): string | undefined {
+  const t = sameTree(src, dst);
+  if (t) return t;
+  const read = (root: string): Buffer => {
+    const fd = fs.openSync(path.join(root, d.flipped.file), 'r');
+    const b = Buffer.alloc(4096);
+    fs.readSync(fd, b, 0, 4096, d.flipped.offset);
+    fs.closeSync(fd);
+    return b;
+  };
+  if (!read(src).equals(read(dst))) return `flipped page in ${d.flipped.file} not repaired`;
+  return undefined;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Recording
+// ---------------------------------------------------------------------------------------------------------------
+
+function toSample(run: number, t: Transfer, check?: string): Sample {
+  const ok = t.ok && !check;
+  return {
+    run,
+    ok,
+    note: t.note ?? (check ? `wrong copy: ${check}` : undefined),
+    seconds: t.seconds,
+    bytesOnWire: t.bytesOnWire,
+    srcCpu: Number.isFinite(t.src.cpuSeconds) ? t.src.cpuSeconds : null,
+    srcRssKiB: t.src.peakRssKiB || null,
+    dstCpu: Number.isFinite(t.dst.cpuSeconds) ? t.dst.cpuSeconds : null,
+    dstRssKiB: t.dst.peakRssKiB || null,
+    extra: t.extra,
+  };
+}
+
+export interface E2EContext {
+  opts: Options;
+  results: Results;
+  budget: Budget;
+  data: DataCache;
+  /** Work folder for this bench (temp). */
+  work: string;
+  /** snapferry site secret (undefined: snapferry not available). */
+  secret?: string;
+  tarKey: string;
+  /** snapferry commands found missing ('repair', 'verify'): skipped from then on. */
+  sfMissing: Set<string>;
+}
+
+const has = (ctx: E2EContext, s: ScenarioName): boolean => ctx.opts.only.has(s);
+const tool = (ctx: E2EContext, t: ToolName): boolean => ctx.opts.tools.has(t) && (t !== 'snapferry' || ctx.secret !== undefined);
+
+class Ports {
+  private next: number;
+  constructor(private readonly link: Link) {
+    this.next = 7100;
+  }
+  async get(): Promise<number> {
+    return this.link.name === 'loopback' ? freePort() : this.next++;
+  }
+}
+
+/** Runs the selected e2e scenarios over one link. */
+export async function runLink(ctx: E2EContext, link: Link): Promise<void> {
+  const sizeMiB = link.name === 'loopback' ? ctx.opts.sizeMiB : ctx.opts.shapedSizeMiB;
+  const wantCycle = (['seed', 'delta', 'unchanged', 'verify', 'repair'] as const).some((s) => has(ctx, s));
+  const ports = new Ports(link);
+  const dir = path.join(ctx.work, link.name);
+  fs.mkdirSync(dir, { recursive: true });
+  try {
+    if (wantCycle && (tool(ctx, 'snapferry') || tool(ctx, 'rsync') || tool(ctx, 'tar'))) {
+      for (let run = 1; run <= ctx.opts.runs; run++) {
+        if (ctx.budget.spent) {
+          ctx.results.note(`time budget spent: company cycle run ${run} on ${link.name} skipped`);
+          break;
+        }
+        await guarded(ctx, `company cycle on ${link.name}, run ${run}`, () => companyCycle(ctx, link, dir, sizeMiB, run, ports));
+      }
+    }
+    if (has(ctx, 'small') && (tool(ctx, 'snapferry') || tool(ctx, 'rsync'))) {
+      for (let run = 1; run <= ctx.opts.runs; run++) {
+        if (ctx.budget.spent) {
+          ctx.results.note(`time budget spent: small-files run ${run} on ${link.name} skipped`);
+          break;
+        }
+        await guarded(ctx, `small files on ${link.name}, run ${run}`, () => smallFiles(ctx, link, dir, run, ports));
+      }
+    }
+    if (has(ctx, 'fanout')) {
+      if (!tool(ctx, 'snapferry')) ctx.results.note('fanout: needs snapferry, skipped');
+      else {
+        const fanSize = link.name === 'loopback' ? ctx.opts.sizeMiB : ctx.opts.shapedFanoutSizeMiB;
+        for (let run = 1; run <= ctx.opts.runs; run++) {
+          if (ctx.budget.spent) {
+            ctx.results.note(`time budget spent: fan-out run ${run} on ${link.name} skipped`);
+            break;
+          }
+          await guarded(ctx, `fan-out on ${link.name}, run ${run}`, () => fanout(ctx, link, dir, fanSize, run, ports));
+        }
+      }
+    }
+  } finally {
+    await rmrf(dir);
+  }
+}
+
+/** Runs a step; an unexpected error becomes a note instead of ending the bench. */
+async function guarded(ctx: E2EContext, what: string, fn: () => Promise<void>): Promise<void> {
+  try {
+    await fn();
+  } catch (err) {
+    const msg = `${what} failed: ${lastLine((err as Error).message ?? String(err))}`;
+    ctx.results.note(msg);
+    log(msg);
+  }
+}
+
+async function copyTree(from: string, to: string): Promise<void> {
+  await rmrf(to);
+  await exec('cp', ['-a', from, to], { maxBuffer: 1 << 20 });
+}
+
+/** Runs the steps of one run in alternating order. */
+async function pair(run: number, steps: Array<(() => Promise<void>) | false>): Promise<void> {
+  const list = steps.filter((s): s is () => Promise<void> => s !== false);
+  if (run % 2 === 0) list.reverse();
+  for (const s of list) await s();
+}
+
+async function companyCycle(ctx: E2EContext, link: Link, dir: string, sizeMiB: number, run: number, ports: Ports): Promise<void> {
+  const { results: R, opts } = ctx;
+  const T = opts.stepTimeoutMs;
+  const A = await ctx.data.company(sizeMiB);
+  const SRC = path.join(dir, 'src');
+  await copyTree(A, SRC);
+  const sfDst = path.join(dir, `sf-r${run}`);
+  const tarDst = path.join(dir, `tar-r${run}`);
+  const sub = `co-r${run}`;
+  const useSf = tool(ctx, 'snapferry');
+  const useRs = tool(ctx, 'rsync');
+  let serve: { server: Server; url: string } | undefined;
+  let daemon: RsyncDaemon | undefined;
+  const L = link.name;
+  log(`${L}: company ${sizeMiB} MiB, run ${run}/${opts.runs}`);
+  try {
+    if (useSf) {
+      try {
+        serve = await sf.startServe({ co: SRC }, ctx.secret!, link, await ports.get(), 60_000);
+        if (serve.server.readySeconds > 1) R.note(`snapferry serve took ${serve.server.readySeconds.toFixed(1)} s to listen (not in the seed's wall time; its CPU is)`);
+      } catch (err) {
+        R.add('seed', L, 'snapferry', toSample(run, { ok: false, note: (err as Error).message, seconds: NaN, bytesOnWire: null, src: { cpuSeconds: NaN, peakRssKiB: 0 }, dst: { cpuSeconds: NaN, peakRssKiB: 0 } }));
+      }
+    }
+    if (useRs) daemon = await RsyncDaemon.start(dir, path.join(dir, 'rsync-root'), link, await ports.get(), 30_000);
+
+    const sfStep = async (scenario: string, record: boolean, cmd: 'pull' | 'repair' = 'pull', check?: () => string | undefined): Promise<sf.PullJson | undefined> => {
+      if (!serve) return undefined;
+      if (cmd === 'repair' && ctx.sfMissing.has('repair')) return undefined;
+      const t = await sf.pull(serve.server, serve.url, 'co', sfDst, ctx.secret!, link, T, cmd);
+      if (t.unknownCommand) {
+        ctx.sfMissing.add(cmd);
+        R.note(`snapferry ${cmd}: the CLI does not have this command yet; ${scenario} skipped for snapferry`);
+        return undefined;
+      }
+      const c = t.ok ? (check ?? (() => sameTree(SRC, sfDst)))() : undefined;
+      if (record) R.add(scenario, L, 'snapferry', toSample(run, t, c));
+      if (!t.ok) log(`  snapferry ${scenario}: ${t.note}`);
+      else log(`  snapferry ${scenario}: ${t.seconds.toFixed(2)} s, ${t.bytesOnWire} B on wire${c ? `, WRONG COPY: ${c}` : ''}`);
+      return t.json;
+    };
+    const rsStep = async (scenario: string, record: boolean, checksum = false, check?: () => string | undefined): Promise<void> => {
+      if (!daemon) return;
+      const t = await rsyncPush(daemon, SRC, sub, link, { checksum, timeoutMs: T });
+      const c = t.ok ? (check ?? (() => sameTree(SRC, daemon!.dir(sub))))() : undefined;
+      if (record) R.add(scenario, L, 'rsync', toSample(run, t, c));
+      if (!t.ok) log(`  rsync ${scenario}: ${t.note}`);
+      else log(`  rsync ${scenario}: ${t.seconds.toFixed(2)} s, ${t.bytesOnWire} B on wire${c ? `, WRONG COPY: ${c}` : ''}`);
+    };
+    const tarStep = async (): Promise<void> => {
+      const t = await tarPipeline(SRC, tarDst, ctx.tarKey, link, await ports.get(), T);
+      const c = t.ok ? sameTree(SRC, tarDst) : undefined;
+      R.add('seed', L, 'tar', toSample(run, t, c));
+      log(`  tar pipeline seed: ${t.ok ? `${t.seconds.toFixed(2)} s, ${t.bytesOnWire} B on wire` : t.note}`);
+      await rmrf(tarDst);
+    };
+
+    // seed
+    let seedJson: sf.PullJson | undefined;
+    await pair(run, [
+      async () => {
+        seedJson = await sfStep('seed', has(ctx, 'seed'));
+      },
+      () => rsStep('seed', has(ctx, 'seed')),
+      has(ctx, 'seed') && tool(ctx, 'tar') && tarStep,
+    ]);
+
+    // delta
+    if (has(ctx, 'delta')) {
+      if (ctx.budget.spent) return R.note(`time budget spent: delta on ${L} run ${run} skipped`);
+      const t0 = performance.now();
+      const m = await mutateCompany(SRC, 2);
+      log(`  mutated: ${m.bytesChanged} B of pages, +${m.added.length} -${m.deleted.length} files, ${m.renamed.length} renamed (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
+      let deltaJson: sf.PullJson | undefined;
+      await pair(run, [
+        async () => {
+          deltaJson = await sfStep('delta', true);
+        },
+        () => rsStep('delta', true),
+      ]);
+      if (seedJson && deltaJson && String(seedJson.generation) === String(deltaJson.generation))
+        R.note(`snapferry delta on ${L}: the server offered the same generation after the company changed (${deltaJson.generation})`);
+    }
+
+    // unchanged
+    if (has(ctx, 'unchanged')) {
+      if (ctx.budget.spent) return R.note(`time budget spent: unchanged on ${L} run ${run} skipped`);
+      await pair(run, [() => sfStep('unchanged', true).then(() => undefined), () => rsStep('unchanged', true)]);
+    }
+
+    // verify and repair
+    if (has(ctx, 'verify') || has(ctx, 'repair')) {
+      if (ctx.budget.spent) return R.note(`time budget spent: verify/repair on ${L} run ${run} skipped`);
+      const dSf = serve && fs.existsSync(sfDst) ? damage(sfDst, run) : undefined;
+      const dRs = daemon && fs.existsSync(daemon.dir(sub)) ? damage(daemon.dir(sub), run) : undefined;
+      if (has(ctx, 'verify') && dSf && L === 'loopback') await verifyStep(ctx, sfDst, run);
+      if (has(ctx, 'repair')) {
+        await pair(run, [
+          !!dSf && (() => sfStep('repair', true, 'repair', () => repaired(SRC, sfDst, dSf!)).then(() => undefined)),
+          !!dRs && (() => rsStep('repair', true, true, () => repaired(SRC, daemon!.dir(sub), dRs!))),
+        ]);
+      }
+    }
+  } finally {
+    await serve?.server.stop();
+    await daemon?.stop();
+    await Promise.all([rmrf(sfDst), rmrf(tarDst), daemon ? rmrf(daemon.dir(sub)) : Promise.resolve()]);
+  }
+}
+
+/** verify --deep against cat over the same files (read-bound; no link involved). */
+async function verifyStep(ctx: E2EContext, dst: string, run: number): Promise<void> {
+  const R = ctx.results;
+  const T = ctx.opts.stepTimeoutMs;
+  await pair(run, [
+    async () => {
+      if (ctx.sfMissing.has('verify')) return;
+      const v = await sf.verifyDeep(dst, T);
+      if (v.unknownCommand) {
+        ctx.sfMissing.add('verify');
+        R.note('snapferry verify: the CLI does not have this command yet; verify skipped');
+        return;
+      }
+      // exit 1 = damaged: expected here (the copy was just damaged)
+      const bad = v.r.timedOut || (v.r.code !== 0 && v.r.code !== 1) || !v.json;
+      const found = v.json ? v.json.damaged.length : 0;
+      const note = bad ? `snapferry verify: ${failure(v.r) ?? 'no JSON'}` : found < 4 ? `verify found ${found} of 4 damaged paths` : undefined;
+      R.add('verify', 'loopback', 'snapferry', {
+        run,
+        ok: !bad,
+        note,
+        seconds: v.r.seconds,
+        bytesOnWire: null,
+        srcCpu: null,
+        srcRssKiB: null,
+        dstCpu: v.r.cpuSeconds,
+        dstRssKiB: v.r.peakRssKiB,
+        extra: { damagedFound: found, bytesRead: v.json?.bytesRead ?? null },
+      });
+      log(`  snapferry verify --deep: ${bad ? note : `${v.r.seconds.toFixed(2)} s, ${found} damaged paths`}`);
+    },
+    async () => {
+      const r = await runTimed('bash', ['-c', `find . -path ./${STATE_DIR} -prune -o -type f -exec cat {} + > /dev/null`], { cwd: dst, timeoutMs: T });
+      const err = failure(r);
+      R.add('verify', 'loopback', 'cat', { run, ok: !err, note: err, seconds: r.seconds, bytesOnWire: null, srcCpu: null, srcRssKiB: null, dstCpu: r.cpuSeconds, dstRssKiB: r.peakRssKiB });
+      log(`  cat (read all files): ${r.seconds.toFixed(2)} s`);
+    },
+  ]);
+}
+
+async function smallFiles(ctx: E2EContext, link: Link, dir: string, run: number, ports: Ports): Promise<void> {
+  const { results: R, opts } = ctx;
+  const T = opts.stepTimeoutMs;
+  const SRC = await ctx.data.small(opts.smallFiles);
+  const L = link.name;
+  const sfDst = path.join(dir, `small-sf-r${run}`);
+  const sub = `small-r${run}`;
+  let serve: { server: Server; url: string } | undefined;
+  let daemon: RsyncDaemon | undefined;
+  log(`${L}: ${opts.smallFiles} small files, run ${run}/${opts.runs}`);
+  try {
+    await pair(run, [
+      tool(ctx, 'snapferry') &&
+        (async () => {
+          try {
+            serve = await sf.startServe({ small: SRC }, ctx.secret!, link, await ports.get(), 60_000);
+          } catch (err) {
+            R.add('small-seed', L, 'snapferry', { run, ok: false, note: (err as Error).message, seconds: NaN, bytesOnWire: null, srcCpu: null, srcRssKiB: null, dstCpu: null, dstRssKiB: null });
+            return;
+          }
+          const t = await sf.pull(serve.server, serve.url, 'small', sfDst, ctx.secret!, link, T);
+          const c = t.ok ? sameTree(SRC, sfDst) : undefined;
+          R.add('small-seed', L, 'snapferry', toSample(run, t, c));
+          log(`  snapferry small-seed: ${t.ok ? `${t.seconds.toFixed(2)} s${c ? `, WRONG COPY: ${c}` : ''}` : t.note}`);
+        }),
+      tool(ctx, 'rsync') &&
+        (async () => {
+          daemon = await RsyncDaemon.start(dir, path.join(dir, 'rsync-small'), link, await ports.get(), 30_000);
+          const t = await rsyncPush(daemon, SRC, sub, link, { timeoutMs: T });
+          const c = t.ok ? sameTree(SRC, daemon.dir(sub)) : undefined;
+          R.add('small-seed', L, 'rsync', toSample(run, t, c));
+          log(`  rsync small-seed: ${t.ok ? `${t.seconds.toFixed(2)} s${c ? `, WRONG COPY: ${c}` : ''}` : t.note}`);
+        }),
+    ]);
+  } finally {
+    await serve?.server.stop();
+    await daemon?.stop();
+    await Promise.all([rmrf(sfDst), rmrf(path.join(dir, 'rsync-small'))]);
+  }
+}
+
+/** One pull, then N concurrent pulls, each from a fresh serve process: the server's whole-life CPU. */
+async function fanout(ctx: E2EContext, link: Link, dir: string, sizeMiB: number, run: number, ports: Ports): Promise<void> {
+  const { results: R, opts } = ctx;
+  const T = opts.stepTimeoutMs;
+  const L = link.name;
+  const SRC = path.join(dir, 'fan-src');
+  if (!fs.existsSync(SRC)) await copyTree(await ctx.data.company(sizeMiB), SRC);
+  log(`${L}: fan-out 1 and ${opts.fanout} pulls of ${sizeMiB} MiB, run ${run}/${opts.runs}`);
+  for (const n of [1, opts.fanout]) {
+    const scenario = `fanout-${n}`;
+    const dsts = Array.from({ length: n }, (_, i) => path.join(dir, `fan-r${run}-${n}-${i}`));
+    let serve: { server: Server; url: string } | undefined;
+    try {
+      serve = await sf.startServe({ co: SRC }, ctx.secret!, link, await ports.get(), 60_000);
+      const t0 = performance.now();
+      const running = dsts.map((d) => sf.startPull(serve!.url, 'co', d, ctx.secret!, link, T));
+      const rs = await Promise.all(running.map((x) => x.done));
+      const wall = (performance.now() - t0) / 1000;
+      await new Promise((r) => setTimeout(r, 50));
+      const tot = serve.server.totals();
+      const errs = rs.map((r) => failure(r) ?? (sf.lastJson<sf.PullJson>(r.stdout) ? undefined : 'no JSON')).filter(Boolean);
+      const wrong = errs.length ? undefined : dsts.map((d) => sameTree(SRC, d)).find(Boolean);
+      const bytes = rs.reduce((a, r) => a + (sf.lastJson<sf.PullJson>(r.stdout)?.bytesOnWire ?? 0), 0);
+      R.add(scenario, L, 'snapferry', {
+        run,
+        ok: errs.length === 0 && !wrong,
+        note: errs.length ? `${errs.length}/${n} pulls failed: ${errs[0]}` : wrong ? `wrong copy: ${wrong}` : undefined,
+        seconds: wall,
+        bytesOnWire: bytes,
+        srcCpu: tot?.cpuSeconds ?? null,
+        srcRssKiB: tot?.hwmKiB ?? null,
+        dstCpu: rs.reduce((a, r) => a + r.cpuSeconds, 0),
+        dstRssKiB: Math.max(...rs.map((r) => r.peakRssKiB)),
+        extra: { pulls: n, serverReadySeconds: serve.server.readySeconds },
+      });
+      log(`  ${n} pull(s): ${wall.toFixed(2)} s, server CPU ${tot?.cpuSeconds.toFixed(2)} s${errs.length ? `, ${errs[0]}` : ''}`);
+    } catch (err) {
+      R.add(scenario, L, 'snapferry', { run, ok: false, note: lastLine((err as Error).message), seconds: NaN, bytesOnWire: null, srcCpu: null, srcRssKiB: null, dstCpu: null, dstRssKiB: null });
+    } finally {
+      await serve?.server.stop();
+      await Promise.all(dsts.map(rmrf));
+    }
+  }
+}

@@ -1,0 +1,160 @@
+/**
+ * Test helpers over real parts: temp folders, the built CLI as a child process, a tree fingerprint.
+ * Tests run against dist/ (npm test builds first), so what they exercise is what users run.
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { spawn, ChildProcess } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { fileURLToPath } from 'node:url';
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+export const CLI = path.join(ROOT, 'dist', 'src', 'cli', 'main.js');
+
+/** A fresh temp folder, removed by the returned cleanup. */
+export function tempDir(prefix = 'sf-test-'): { dir: string; cleanup: () => void } {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  return { dir, cleanup: () => fs.rmSync(dir, { recursive: true, force: true }) };
+}
+
+/** Writes a random secret file and returns its path. */
+export function secretFile(dir: string, name = 'site.key'): string {
+  const p = path.join(dir, name);
+  fs.writeFileSync(p, `${randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
+  return p;
+}
+
+export interface CliResult {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs the CLI to completion (bounded by timeoutMs, then killed). */
+export function runCli(args: string[], opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<CliResult> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 60_000);
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, stdout, stderr });
+    });
+  });
+}
+
+/** A `snapferry serve` child process, resolved once it prints its URL. */
+export interface Served {
+  url: string;
+  child: ChildProcess;
+  stderr: () => string;
+  stop: () => Promise<void>;
+}
+
+export function startServe(args: string[], timeoutMs = 30_000): Promise<Served> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI, 'serve', '--listen', '127.0.0.1:0', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`serve did not start: ${err}`));
+    }, timeoutMs);
+    child.stderr.on('data', (d) => (err += d));
+    child.stdout.on('data', (d) => {
+      out += d;
+      const m = /listening on (ws:\/\/\S+)/.exec(out);
+      if (m) {
+        clearTimeout(timer);
+        resolve({
+          url: m[1]!,
+          child,
+          stderr: () => err,
+          stop: () =>
+            new Promise<void>((r) => {
+              if (child.exitCode !== null || child.signalCode !== null) return r();
+              const kill = setTimeout(() => child.kill('SIGKILL'), 5000);
+              child.once('exit', () => {
+                clearTimeout(kill);
+                r();
+              });
+              child.kill('SIGTERM');
+            }),
+        });
+      }
+    });
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`serve exited with ${code}: ${err}`));
+    });
+  });
+}
+
+/**
+ * A fingerprint of a tree: every path with its kind, mode, mtime (µs) and content hash, sorted. Two trees with the
+ * same fingerprint are the same generation.
+ */
+export function treeFingerprint(root: string): Map<string, string> {
+  const out = new Map<string, string>();
+  const walk = (rel: string) => {
+    const abs = rel ? path.join(root, rel) : root;
+    for (const name of fs.readdirSync(abs).sort()) {
+      const r = rel ? `${rel}/${name}` : name;
+      const p = path.join(root, r);
+      const st = fs.lstatSync(p, { bigint: true });
+      const mtimeUs = st.mtimeNs / 1000n;
+      const mode = (st.mode & 0o7777n).toString(8);
+      if (st.isDirectory()) {
+        out.set(r, `dir ${mode} ${mtimeUs}`);
+        walk(r);
+      } else if (st.isSymbolicLink()) {
+        out.set(r, `link ${fs.readlinkSync(p)}`);
+      } else {
+        out.set(r, `file ${mode} ${mtimeUs} ${createHash('sha256').update(fs.readFileSync(p)).digest('hex')}`);
+      }
+    }
+  };
+  walk('');
+  return out;
+}
+
+/** Differences between two fingerprints (for readable assertion failures); mtimes compared within 2 µs. */
+export function fingerprintDiff(a: Map<string, string>, b: Map<string, string>): string[] {
+  const diffs: string[] = [];
+  const norm = (v: string | undefined) => v;
+  for (const [k, v] of a) {
+    const w = b.get(k);
+    if (w === undefined) diffs.push(`missing ${k}`);
+    else if (!sameEntry(v, w)) diffs.push(`differs ${k}: ${norm(v)} vs ${norm(w)}`);
+  }
+  for (const k of b.keys()) if (!a.has(k)) diffs.push(`extra ${k}`);
+  return diffs;
+}
+
+function sameEntry(a: string, b: string): boolean {
+  if (a === b) return true;
+  const pa = a.split(' ');
+  const pb = b.split(' ');
+  if (pa.length !== pb.length || pa[0] !== pb[0] || pa[0] === 'link') return false;
+  for (let i = 0; i < pa.length; i++) {
+    if (i === 2) {
+      const d = BigInt(pa[i]!) - BigInt(pb[i]!);
+      if (d > 2n || d < -2n) return false;
+    } else if (pa[i] !== pb[i]) return false;
+  }
+  return true;
+}
+
+/** Waits for a condition, bounded in time. */
+export async function waitFor(cond: () => boolean, timeoutMs: number, stepMs = 50): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, stepMs));
+  }
+}

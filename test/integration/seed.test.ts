@@ -1,0 +1,160 @@
+/**
+ * Seeding a company between two real sites over 127.0.0.1: `snapferry serve` and `snapferry pull` as child processes.
+ */
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import fs from 'node:fs';
+import path from 'node:path';
+import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, Served } from '../helpers.js';
+import { makeCompany } from '../../src/gen/company.js';
+
+describe('seed over WebSocket (CLI, two processes)', () => {
+  let tmp: ReturnType<typeof tempDir>;
+  let company: string;
+  let key: string;
+  let served: Served;
+
+  beforeAll(async () => {
+    tmp = tempDir();
+    company = path.join(tmp.dir, 'head', 'acme');
+    await makeCompany(company, 8, 7);
+    // Exactness cases a real company folder can hold.
+    fs.mkdirSync(path.join(company, 'empty', 'deeper'), { recursive: true });
+    fs.writeFileSync(path.join(company, 'zero.dat'), '');
+    fs.writeFileSync(path.join(company, 'run.sh'), '#!/bin/sh\necho hi\n');
+    fs.chmodSync(path.join(company, 'run.sh'), 0o750);
+    fs.writeFileSync(path.join(company, 'secret.cfg'), 'x=1\n');
+    fs.chmodSync(path.join(company, 'secret.cfg'), 0o600);
+    fs.writeFileSync(path.join(company, 'Ledger – 2026 ₹.txt'), 'unicode name\n');
+    fs.symlinkSync('Journal.log', path.join(company, 'journal-link'));
+    fs.symlinkSync('../Company.900', path.join(company, 'masters', 'company-link'));
+    fs.utimesSync(path.join(company, 'zero.dat'), new Date('2020-01-02T03:04:05.678Z'), new Date('2020-01-02T03:04:05.678Z'));
+    key = secretFile(tmp.dir);
+    served = await startServe(['--secret', key, '--company', `acme=${company}`]);
+  });
+
+  afterAll(async () => {
+    await served?.stop();
+    tmp?.cleanup();
+  });
+
+  it('makes an exact copy: content, modes, mtimes, empty folders, symlinks, unicode names', async () => {
+    const dest = path.join(tmp.dir, 'branch1', 'acme');
+    fs.mkdirSync(path.dirname(dest));
+    const r = await runCli(['pull', served.url, 'acme', dest, '--secret', key, '--json']);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    const j = JSON.parse(r.stdout);
+    for (const k of ['company', 'generation', 'rootHash', 'files', 'bytes', 'bytesOnWire', 'chunksFetched', 'chunksReused', 'seconds']) expect(j).toHaveProperty(k);
+    expect(j.company).toBe('acme');
+    expect(j.rootHash).toMatch(/^[0-9a-f]{64}$/);
+    expect(j.chunksFetched).toBeGreaterThan(10);
+    // Company data compresses ~3x; the wire carries less than the data but more than nothing.
+    expect(j.bytesOnWire).toBeLessThan(j.bytes);
+    expect(j.bytesOnWire).toBeGreaterThan(j.bytes / 10);
+    expect(fingerprintDiff(treeFingerprint(company), treeFingerprint(dest))).toEqual([]);
+    expect(fs.readlinkSync(path.join(dest, 'masters', 'company-link'))).toBe('../Company.900');
+    expect(fs.statSync(path.join(dest, 'run.sh')).mode & 0o7777).toBe(0o750);
+    // snapferry's own state lives beside DIR, never inside it.
+    expect(fs.existsSync(path.join(dest, '.snapferry'))).toBe(false);
+    expect(fs.existsSync(path.join(path.dirname(dest), '.acme.snapferry', 'applied.json'))).toBe(true);
+  });
+
+  it('prints a one-paragraph summary without --json', async () => {
+    const dest = path.join(tmp.dir, 'branch2', 'acme');
+    fs.mkdirSync(path.dirname(dest));
+    const r = await runCli(['pull', served.url, 'acme', dest, '--secret', key]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/now holds generation \d+ of acme: \d+ files/);
+  });
+
+  it('serves several branches at once, each exact', async () => {
+    const dests = [1, 2, 3].map((i) => path.join(tmp.dir, `fan${i}`, 'acme'));
+    for (const d of dests) fs.mkdirSync(path.dirname(d));
+    const rs = await Promise.all(dests.map((d) => runCli(['pull', served.url, 'acme', d, '--secret', key, '--json'])));
+    const want = treeFingerprint(company);
+    for (const [i, r] of rs.entries()) {
+      expect(r.code, r.stderr).toBe(0);
+      expect(fingerprintDiff(want, treeFingerprint(dests[i]!))).toEqual([]);
+    }
+  });
+
+  it('refuses a wrong secret with "authentication failed" and writes nothing', async () => {
+    const other = secretFile(tmp.dir, 'other.key');
+    const dest = path.join(tmp.dir, 'wrong', 'acme');
+    fs.mkdirSync(path.dirname(dest));
+    const r = await runCli(['pull', served.url, 'acme', dest, '--secret', other]);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    expect(r.stderr).toMatch(/authentication failed/);
+    expect(r.stderr).toMatch(/SNAPFERRY_E_AUTH/);
+    expect(fs.existsSync(dest)).toBe(false);
+  });
+
+  it('refuses an unknown company by name', async () => {
+    const dest = path.join(tmp.dir, 'unknown', 'nope');
+    fs.mkdirSync(path.dirname(dest));
+    const r = await runCli(['pull', served.url, 'nope', dest, '--secret', key]);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/no company named "nope".*SNAPFERRY_E_UNKNOWN_COMPANY/);
+    expect(fs.existsSync(dest)).toBe(false);
+  });
+
+  it('never overwrites an existing folder it did not make', async () => {
+    const dest = path.join(tmp.dir, 'foreign', 'acme');
+    fs.mkdirSync(dest, { recursive: true });
+    fs.writeFileSync(path.join(dest, 'precious.txt'), 'do not touch');
+    const r = await runCli(['pull', served.url, 'acme', dest, '--secret', key]);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/not made by snapferry.*SNAPFERRY_E_DIR_FOREIGN/);
+    expect(fs.readdirSync(dest)).toEqual(['precious.txt']);
+    expect(fs.readFileSync(path.join(dest, 'precious.txt'), 'utf8')).toBe('do not touch');
+  });
+
+  it('fills an empty folder the user made for it', async () => {
+    const dest = path.join(tmp.dir, 'emptydest', 'acme');
+    fs.mkdirSync(dest, { recursive: true });
+    const r = await runCli(['pull', served.url, 'acme', dest, '--secret', key, '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(fingerprintDiff(treeFingerprint(company), treeFingerprint(dest))).toEqual([]);
+  });
+
+  it('says a site is unreachable', async () => {
+    const dest = path.join(tmp.dir, 'unreach', 'acme');
+    fs.mkdirSync(path.dirname(dest));
+    // Port 1 on loopback: nothing listens there.
+    const r = await runCli(['pull', 'ws://127.0.0.1:1', 'acme', dest, '--secret', key, '--retries', '0']);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/SNAPFERRY_E_UNREACHABLE/);
+    expect(fs.existsSync(dest)).toBe(false);
+  });
+
+  it('refuses a port already in use', async () => {
+    const port = new URL(served.url).port;
+    const r = await runCli(['serve', '--listen', `127.0.0.1:${port}`, '--secret', key, '--company', `acme=${company}`], { timeoutMs: 20_000 });
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/address already in use.*SNAPFERRY_E_PORT_IN_USE/);
+  });
+
+  it('keygen writes a 0600 secret and refuses to overwrite it', async () => {
+    const p = path.join(tmp.dir, 'new.key');
+    const a = await runCli(['keygen', p]);
+    expect(a.code).toBe(0);
+    expect(fs.statSync(p).mode & 0o777).toBe(0o600);
+    expect(fs.readFileSync(p, 'utf8').trim()).toMatch(/^[0-9a-f]{64}$/);
+    const before = fs.readFileSync(p, 'utf8');
+    const b = await runCli(['keygen', p]);
+    expect(b.code).not.toBe(0);
+    expect(b.stderr).toMatch(/already exists.*SNAPFERRY_E_EXISTS/);
+    expect(fs.readFileSync(p, 'utf8')).toBe(before);
+  });
+
+  it('caps the rate with --bwlimit', async () => {
+    const dest = path.join(tmp.dir, 'bw', 'acme');
+    fs.mkdirSync(path.dirname(dest));
+    const r = await runCli(['pull', served.url, 'acme', dest, '--secret', key, '--json', '--bwlimit', '1M']);
+    expect(r.code, r.stderr).toBe(0);
+    const j = JSON.parse(r.stdout);
+    // At 1 MiB/s (after a quarter-second burst) the transfer cannot finish faster than this.
+    expect(j.seconds).toBeGreaterThan(j.bytesOnWire / (1 << 20) - 0.5);
+  });
+});

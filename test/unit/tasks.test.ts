@@ -1,0 +1,693 @@
+import { describe, it, expect, beforeAll, afterAll, vi } from 'vitest';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import {
+  runJob,
+  blockLayout,
+  blockSigsOf,
+  type JobContext,
+  type ChunkSegmentResult,
+  type ReadPackResult,
+  type WritePackResult,
+  type CopyRangesResult,
+  type MakePatchResult,
+  type ApplyPatchResult,
+  type HashChunksResult,
+  type WritePackJob,
+  type ApplyPatchJob,
+} from '../../src/work/tasks.js';
+import { Compressor, Decompressor } from '../../src/work/zstd.js';
+import { loadHasher } from '../../src/chunk/hash.js';
+import { chunkLengths, DEFAULT_CHUNK_PARAMS, type ChunkParams } from '../../src/chunk/chunker.js';
+import { SnapferryError, ErrorCodes } from '../../src/util/errors.js';
+
+let ctx: JobContext;
+let dir: string;
+
+beforeAll(async () => {
+  ctx = { hasher: await loadHasher(), compressor: new Compressor(), decompressor: new Decompressor() };
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'snapferry-tasks-'));
+});
+afterAll(() => {
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+// ---------- helpers ----------
+
+function prng(n: number, seed = 1): Buffer {
+  const out = Buffer.allocUnsafe(n);
+  let s = seed >>> 0 || 1;
+  for (let i = 0; i < n; i++) {
+    s ^= s << 13;
+    s >>>= 0;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    s >>>= 0;
+    out[i] = s & 0xff;
+  }
+  return out;
+}
+
+/** Compressible, XML-ish bytes that still chunk at content-defined points. */
+function textish(n: number, seed = 1): Buffer {
+  const words = ['<record>', '</record>', '<amount>', '</amount>', 'ACME', 'invoice', '2024-01-', '\n', ' ', 'EUR'];
+  const r = prng(n, seed);
+  const parts: string[] = [];
+  let len = 0;
+  for (let i = 0; len < n; i++) {
+    const w = words[r[i % n]! % words.length]! + (r[(i * 7) % n]! % 100).toString();
+    parts.push(w);
+    len += w.length;
+  }
+  return Buffer.from(parts.join('')).subarray(0, n);
+}
+
+let fileCounter = 0;
+function writeTmp(data: Uint8Array, name = `f${fileCounter++}`): string {
+  const p = path.join(dir, name);
+  fs.writeFileSync(p, data);
+  return p;
+}
+/** A target path that does not exist yet (the jobs create their target files on first write). */
+function targetPath(name = `t${fileCounter++}`): string {
+  return path.join(dir, name);
+}
+
+function expectCode(fn: () => unknown, code: string): SnapferryError {
+  let caught: unknown;
+  try {
+    fn();
+  } catch (e) {
+    caught = e;
+  }
+  expect(caught, 'expected a throw').toBeInstanceOf(SnapferryError);
+  expect((caught as SnapferryError).code).toBe(code);
+  return caught as SnapferryError;
+}
+
+function chunksOf(data: Buffer, params: ChunkParams = DEFAULT_CHUNK_PARAMS) {
+  const lens = chunkLengths(data, params);
+  const offsets: number[] = [];
+  const ids: bigint[] = [];
+  let o = 0;
+  for (const l of lens) {
+    offsets.push(o);
+    ids.push(ctx.hasher.h64(data.subarray(o, o + l)));
+    o += l;
+  }
+  return { lens, offsets, ids };
+}
+
+// ---------- chunkSegment ----------
+
+describe('chunkSegment', () => {
+  it('chunks a whole file exactly as chunkLengths does, with xxh64 ids', () => {
+    const data = prng(600_000, 11);
+    const p = writeTmp(data);
+    const r = runJob(ctx, { kind: 'chunkSegment', path: p, offset: 0, length: data.length, params: DEFAULT_CHUNK_PARAMS }) as ChunkSegmentResult;
+    const want = chunksOf(data);
+    expect(r.lens).toBeInstanceOf(Uint32Array);
+    expect(r.ids).toBeInstanceOf(BigUint64Array);
+    expect(Array.from(r.lens)).toEqual(want.lens);
+    expect(Array.from(r.ids)).toEqual(want.ids);
+  });
+
+  it('chunks a segment in the middle of a file from its own first byte', () => {
+    const data = prng(300_000, 12);
+    const p = writeTmp(data);
+    const seg = data.subarray(100_000, 250_000);
+    const params = { minSize: 1024, avgSize: 4096, maxSize: 16384 };
+    const r = runJob(ctx, { kind: 'chunkSegment', path: p, offset: 100_000, length: 150_000, params }) as ChunkSegmentResult;
+    const want = chunksOf(Buffer.from(seg), params);
+    expect(Array.from(r.lens)).toEqual(want.lens);
+    expect(Array.from(r.ids)).toEqual(want.ids);
+    expect(Array.from(r.lens).reduce((a, b) => a + b, 0)).toBe(150_000);
+  });
+
+  it('an empty segment gives no chunks', () => {
+    const p = writeTmp(Buffer.alloc(0));
+    const r = runJob(ctx, { kind: 'chunkSegment', path: p, offset: 0, length: 0, params: DEFAULT_CHUNK_PARAMS }) as ChunkSegmentResult;
+    expect(r.lens.length).toBe(0);
+    expect(r.ids.length).toBe(0);
+  });
+
+  it('a file shorter than the segment is UNSTABLE_FILE', () => {
+    const p = writeTmp(prng(1000, 13));
+    expectCode(() => runJob(ctx, { kind: 'chunkSegment', path: p, offset: 0, length: 2000, params: DEFAULT_CHUNK_PARAMS }), ErrorCodes.UNSTABLE_FILE);
+    expectCode(() => runJob(ctx, { kind: 'chunkSegment', path: p, offset: 500, length: 501, params: DEFAULT_CHUNK_PARAMS }), ErrorCodes.UNSTABLE_FILE);
+  });
+});
+
+// ---------- readPack / writePack ----------
+
+describe('readPack and writePack', () => {
+  it('readPack compresses a pack that writePack decompresses, verifies and writes at offsets', () => {
+    const a = textish(400_000, 21);
+    const b = textish(150_000, 22);
+    const pa = writeTmp(a);
+    const pb = writeTmp(b);
+    const ca = chunksOf(a);
+    const cb = chunksOf(b);
+    expect(ca.lens.length).toBeGreaterThan(5);
+    // A pack: chunks 1..3 of a, all of b, then chunk 0 of a.
+    const pick: Array<[number, number]> = [[0, 1], [0, 2], [0, 3], ...cb.lens.map((_, i) => [1, i] as [number, number]), [0, 0]];
+    const src = [ca, cb];
+    const pathIdx = Uint32Array.from(pick.map(([f]) => f));
+    const offsets = Float64Array.from(pick.map(([f, i]) => src[f]!.offsets[i]!));
+    const lens = Uint32Array.from(pick.map(([f, i]) => src[f]!.lens[i]!));
+    const ids = BigUint64Array.from(pick.map(([f, i]) => src[f]!.ids[i]!));
+    const rawLen = Array.from(lens).reduce((x, y) => x + y, 0);
+
+    const r = runJob(ctx, { kind: 'readPack', paths: [pa, pb], pathIdx, offsets, lens, ids, level: 3 }) as ReadPackResult;
+    if ('stale' in r) throw new Error(`unexpected stale ${r.stale}`);
+    expect(r.compressed).toBe(true);
+    expect(r.rawLen).toBe(rawLen);
+    expect(r.payload.length).toBeLessThan(rawLen / 2);
+
+    // Write a's chunks back into a fresh a-sized file and b's into another; a's chunk 1 also goes to a second place.
+    // The pack arrives inside a larger frame (payloadOffset), as the puller passes it.
+    const ta = targetPath();
+    const tb = targetPath();
+    const tItem: number[] = [];
+    const tPath: number[] = [];
+    const tOffset: number[] = [];
+    pick.forEach(([f, i], k) => {
+      tItem.push(k);
+      tPath.push(f);
+      tOffset.push(src[f]!.offsets[i]!);
+    });
+    tItem.push(0);
+    tPath.push(1);
+    tOffset.push(b.length); // an extra copy of a's chunk 1 appended after b
+    const frame = Buffer.concat([Buffer.from('0123456789'), r.payload]);
+    const job: WritePackJob = {
+      kind: 'writePack',
+      payload: frame,
+      payloadOffset: 10,
+      compressed: true,
+      rawLen: r.rawLen,
+      lens,
+      ids,
+      paths: [ta, tb],
+      tItem: Uint32Array.from(tItem),
+      tPath: Uint32Array.from(tPath),
+      tOffset: Float64Array.from(tOffset),
+    };
+    const w = runJob(ctx, job) as WritePackResult;
+    expect(w.written).toBe(rawLen + ca.lens[1]!);
+
+    const gotA = fs.readFileSync(ta);
+    const want = a.subarray(0, ca.offsets[3]! + ca.lens[3]!);
+    expect(gotA.equals(want)).toBe(true);
+    // created owner-only
+    expect(fs.statSync(ta).mode & 0o777).toBe(0o600);
+    const gotB = fs.readFileSync(tb);
+    expect(gotB.subarray(0, b.length).equals(b)).toBe(true);
+    expect(gotB.subarray(b.length).equals(a.subarray(ca.offsets[1]!, ca.offsets[1]! + ca.lens[1]!))).toBe(true);
+  });
+
+  it('readPack sends incompressible data or level -100 uncompressed, and writePack accepts it', () => {
+    const data = prng(100_000, 23);
+    const p = writeTmp(data);
+    const c = chunksOf(data);
+    const job = {
+      kind: 'readPack' as const,
+      paths: [p],
+      pathIdx: new Uint32Array(c.lens.length),
+      offsets: Float64Array.from(c.offsets),
+      lens: Uint32Array.from(c.lens),
+      ids: BigUint64Array.from(c.ids),
+      level: 3,
+    };
+    const r = runJob(ctx, job) as ReadPackResult;
+    if ('stale' in r) throw new Error('stale');
+    expect(r.compressed).toBe(false);
+    expect(r.payload.equals(data)).toBe(true);
+
+    const t = textish(50_000, 24);
+    const pt = writeTmp(t);
+    const ct = chunksOf(t);
+    const r2 = runJob(ctx, { ...job, paths: [pt], pathIdx: new Uint32Array(ct.lens.length), offsets: Float64Array.from(ct.offsets), lens: Uint32Array.from(ct.lens), ids: BigUint64Array.from(ct.ids), level: -100 }) as ReadPackResult;
+    if ('stale' in r2) throw new Error('stale');
+    expect(r2.compressed).toBe(false);
+    expect(r2.payload.equals(t)).toBe(true);
+
+    const target = targetPath();
+    const w = runJob(ctx, {
+      kind: 'writePack',
+      payload: r.payload,
+      compressed: false,
+      rawLen: r.rawLen,
+      lens: job.lens,
+      ids: job.ids,
+      paths: [target],
+      tItem: Uint32Array.from(c.lens.map((_, i) => i)),
+      tPath: new Uint32Array(c.lens.length),
+      tOffset: Float64Array.from(c.offsets),
+    }) as WritePackResult;
+    expect(w.written).toBe(data.length);
+    expect(fs.readFileSync(target).equals(data)).toBe(true);
+  });
+
+  it('readPack returns {stale} when the file changed after its ids were computed', () => {
+    const data = textish(200_000, 25);
+    const p = writeTmp(data);
+    const c = chunksOf(data);
+    const job = {
+      kind: 'readPack' as const,
+      paths: [p],
+      pathIdx: new Uint32Array(c.lens.length),
+      offsets: Float64Array.from(c.offsets),
+      lens: Uint32Array.from(c.lens),
+      ids: BigUint64Array.from(c.ids),
+      level: 1,
+    };
+    expect('stale' in (runJob(ctx, job) as ReadPackResult)).toBe(false);
+    // same size, one byte changed in the last chunk
+    const fd = fs.openSync(p, 'r+');
+    fs.writeSync(fd, Buffer.from([data[data.length - 10]! ^ 0xff]), 0, 1, data.length - 10);
+    fs.closeSync(fd);
+    expect(runJob(ctx, job)).toEqual({ stale: p });
+    // truncated
+    fs.truncateSync(p, 100_000);
+    expect(runJob(ctx, job)).toEqual({ stale: p });
+    // gone
+    fs.unlinkSync(p);
+    expect(runJob(ctx, job)).toEqual({ stale: p });
+  });
+
+  describe('writePack refusals', () => {
+    const setup = () => {
+      const data = textish(120_000, 26);
+      const c = chunksOf(data);
+      const lens = Uint32Array.from(c.lens);
+      const ids = BigUint64Array.from(c.ids);
+      const payload = ctx.compressor.compress(data, 3)!;
+      expect(payload).toBeDefined();
+      const target = targetPath();
+      const job: WritePackJob = {
+        kind: 'writePack',
+        payload,
+        compressed: true,
+        rawLen: data.length,
+        lens,
+        ids,
+        paths: [target],
+        tItem: Uint32Array.from(c.lens.map((_, i) => i)),
+        tPath: new Uint32Array(c.lens.length),
+        tOffset: Float64Array.from(c.offsets),
+      };
+      return { data, job, target };
+    };
+
+    it('accepts the untouched job (control)', () => {
+      const { data, job, target } = setup();
+      expect((runJob(ctx, job) as WritePackResult).written).toBe(data.length);
+      expect(fs.readFileSync(target).equals(data)).toBe(true);
+    });
+
+    it('a wrong id is BAD_CHUNK and nothing is written', () => {
+      const { job, target } = setup();
+      const ids = BigUint64Array.from(job.ids);
+      ids[ids.length - 1] ^= 1n;
+      expectCode(() => runJob(ctx, { ...job, ids }), ErrorCodes.BAD_CHUNK);
+      expect(fs.existsSync(target)).toBe(false);
+    });
+
+    it('rawLen not matching the chunk lengths is BAD_CHUNK', () => {
+      const { job } = setup();
+      expectCode(() => runJob(ctx, { ...job, rawLen: job.rawLen - 1 }), ErrorCodes.BAD_CHUNK);
+      const lens = Uint32Array.from(job.lens);
+      lens[0] += 1;
+      expectCode(() => runJob(ctx, { ...job, lens }), ErrorCodes.BAD_CHUNK);
+    });
+
+    it('an uncompressed payload of the wrong length is BAD_CHUNK', () => {
+      const { data, job } = setup();
+      expectCode(() => runJob(ctx, { ...job, compressed: false, payload: data.subarray(1) }), ErrorCodes.BAD_CHUNK);
+    });
+
+    it('a corrupt compressed payload is BAD_CHUNK', () => {
+      const { job } = setup();
+      const bad = Buffer.from(job.payload);
+      bad[0] ^= 0xff; // zstd magic
+      expectCode(() => runJob(ctx, { ...job, payload: bad }), ErrorCodes.BAD_CHUNK);
+      expectCode(() => runJob(ctx, { ...job, payload: Buffer.from(job.payload).subarray(0, job.payload.length - 3) }), ErrorCodes.BAD_CHUNK);
+    });
+
+    it('a payload decompressing to less than rawLen is BAD_CHUNK', () => {
+      const { data, job } = setup();
+      const smaller = ctx.compressor.compress(data.subarray(0, data.length - 100), 3)!;
+      expectCode(() => runJob(ctx, { ...job, payload: smaller }), ErrorCodes.BAD_CHUNK);
+    });
+  });
+
+  it('a zstd bomb (64 MiB of zeros declared as 1000 bytes) is BAD_CHUNK without allocating the big size', () => {
+    const bomb = ctx.compressor.compress(Buffer.alloc(64 << 20), 1)!;
+    expect(bomb.length).toBeLessThan(64 << 10);
+    const zeros = Buffer.alloc(1000);
+    const target = targetPath();
+    const job: WritePackJob = {
+      kind: 'writePack',
+      payload: bomb,
+      compressed: true,
+      rawLen: 1000,
+      lens: Uint32Array.from([1000]),
+      ids: BigUint64Array.from([ctx.hasher.h64(zeros)]),
+      paths: [target],
+      tItem: Uint32Array.from([0]),
+      tPath: Uint32Array.from([0]),
+      tOffset: Float64Array.from([0]),
+    };
+    // a fresh decompressor: its reusable scratch buffer starts empty, so any allocation is seen below
+    const bctx: JobContext = { ...ctx, decompressor: new Decompressor() };
+    const sizes: number[] = [];
+    const spies = [vi.spyOn(Buffer, 'allocUnsafe'), vi.spyOn(Buffer, 'alloc'), vi.spyOn(Buffer, 'allocUnsafeSlow')];
+    const before = process.memoryUsage().arrayBuffers;
+    try {
+      expectCode(() => runJob(bctx, job), ErrorCodes.BAD_CHUNK);
+    } finally {
+      const grown = process.memoryUsage().arrayBuffers - before;
+      for (const s of spies) {
+        for (const call of s.mock.calls) sizes.push(Number(call[0]));
+        s.mockRestore();
+      }
+      expect(grown).toBeLessThan(16 << 20);
+    }
+    // at most the declared size (or the decompressor's 1 MiB minimum scratch), never anything near 64 MiB
+    expect(Math.max(0, ...sizes)).toBeLessThanOrEqual(1 << 20);
+    expect(fs.existsSync(target)).toBe(false);
+  });
+});
+
+// ---------- zstd ----------
+
+describe('Compressor / Decompressor', () => {
+  it('round-trips compressible data, declines incompressible data', () => {
+    const t = textish(100_000, 31);
+    const c = ctx.compressor.compress(t, 3)!;
+    expect(c.length).toBeLessThan(t.length);
+    expect(ctx.decompressor.decompress(c, t.length).equals(t)).toBe(true);
+    expect(ctx.compressor.compress(prng(100_000, 32), 3)).toBeUndefined();
+    expect(ctx.compressor.compress(new Uint8Array(0), 3)).toBeUndefined();
+  });
+
+  it('the returned buffer is not aliased to the scratch buffer', () => {
+    const a = ctx.compressor.compress(textish(50_000, 33), 3)!;
+    const copy = Buffer.from(a);
+    ctx.compressor.compress(textish(50_000, 34), 3);
+    expect(a.equals(copy)).toBe(true);
+  });
+
+  it('declared size too large or too small is BAD_CHUNK', () => {
+    const t = textish(10_000, 35);
+    const c = ctx.compressor.compress(t, 3)!;
+    expectCode(() => ctx.decompressor.decompress(c, t.length + 1), ErrorCodes.BAD_CHUNK);
+    expectCode(() => ctx.decompressor.decompress(c, t.length - 1), ErrorCodes.BAD_CHUNK);
+    expectCode(() => ctx.decompressor.decompress(Buffer.from('not zstd at all'), 10), ErrorCodes.BAD_CHUNK);
+  });
+});
+
+// ---------- copyRanges ----------
+
+describe('copyRanges', () => {
+  it('copies verified ranges and reports the indices whose source does not match', () => {
+    const src = prng(50_000, 41);
+    const ps = writeTmp(src);
+    const missing = path.join(dir, 'does-not-exist');
+    const dst = targetPath();
+    const h = (o: number, l: number) => ctx.hasher.h64(src.subarray(o, o + l));
+    const ranges = [
+      { si: 0, off: 0, len: 1000, id: h(0, 1000), dOff: 0 }, // ok
+      { si: 0, off: 1000, len: 1000, id: h(1000, 1000) ^ 1n, dOff: 1000 }, // wrong id
+      { si: 0, off: 30_000, len: 20_000, id: h(30_000, 20_000), dOff: 2000 }, // ok
+      { si: 1, off: 0, len: 10, id: 0n, dOff: 22_000 }, // source missing
+      { si: 0, off: 49_000, len: 2000, id: h(49_000, 1000), dOff: 22_010 }, // past EOF
+      { si: 0, off: 5, len: 70_000, id: 1n, dOff: 30_000 }, // longer than the reusable buffer, past EOF
+      { si: 0, off: 2, len: 3, id: h(2, 3), dOff: 24_010 }, // ok, tiny
+    ];
+    const r = runJob(ctx, {
+      kind: 'copyRanges',
+      srcPaths: [ps, missing],
+      srcIdx: Uint32Array.from(ranges.map((x) => x.si)),
+      srcOffsets: Float64Array.from(ranges.map((x) => x.off)),
+      lens: Uint32Array.from(ranges.map((x) => x.len)),
+      ids: BigUint64Array.from(ranges.map((x) => x.id)),
+      dstPaths: [dst],
+      dstIdx: new Uint32Array(ranges.length),
+      dstOffsets: Float64Array.from(ranges.map((x) => x.dOff)),
+    }) as CopyRangesResult;
+    expect(r.failed).toEqual([1, 3, 4, 5]);
+    const out = fs.readFileSync(dst);
+    expect(out.length).toBe(24_013);
+    expect(out.subarray(0, 1000).equals(src.subarray(0, 1000))).toBe(true);
+    expect(out.subarray(1000, 2000).equals(Buffer.alloc(1000))).toBe(true); // not copied: a hole
+    expect(out.subarray(2000, 22_000).equals(src.subarray(30_000, 50_000))).toBe(true);
+    expect(out.subarray(22_000, 24_010).equals(Buffer.alloc(2010))).toBe(true);
+    expect(out.subarray(24_010).equals(src.subarray(2, 5))).toBe(true);
+  });
+
+  it('copies a range larger than 64 KiB', () => {
+    const src = textish(300_000, 42);
+    const ps = writeTmp(src);
+    const dst = targetPath();
+    const dst2 = targetPath();
+    const r = runJob(ctx, {
+      kind: 'copyRanges',
+      srcPaths: [ps],
+      srcIdx: Uint32Array.from([0, 0]),
+      srcOffsets: Float64Array.from([10, 0]),
+      lens: Uint32Array.from([200_000, 10]),
+      ids: BigUint64Array.from([ctx.hasher.h64(src.subarray(10, 200_010)), ctx.hasher.h64(src.subarray(0, 10))]),
+      dstPaths: [dst2, dst],
+      dstIdx: Uint32Array.from([1, 1]),
+      dstOffsets: Float64Array.from([10, 0]),
+    }) as CopyRangesResult;
+    expect(r.failed).toEqual([]);
+    expect(fs.readFileSync(dst).equals(src.subarray(0, 200_010))).toBe(true);
+    // a destination nothing was copied to is not created
+    expect(fs.existsSync(dst2)).toBe(false);
+  });
+});
+
+// ---------- patch level ----------
+
+describe('blockLayout / blockSigsOf', () => {
+  it('aligns blocks to absolute multiples of the block size', () => {
+    expect(blockLayout(0, 10_000, 4096)).toEqual({ starts: [0, 4096, 8192], ends: [4096, 8192, 10_000] });
+    expect(blockLayout(10_000, 30_000, 4096)).toEqual({
+      starts: [0, 2288, 6384, 10_480, 14_576, 18_672, 22_768, 26_864],
+      ends: [2288, 6384, 10_480, 14_576, 18_672, 22_768, 26_864, 30_000],
+    });
+    expect(blockLayout(4096, 4096, 4096)).toEqual({ starts: [0], ends: [4096] });
+    expect(blockLayout(100, 10, 4096)).toEqual({ starts: [0], ends: [10] });
+    expect(blockLayout(4095, 2, 4096)).toEqual({ starts: [0, 1], ends: [1, 2] });
+    expect(blockLayout(123, 0, 4096)).toEqual({ starts: [], ends: [] });
+  });
+
+  it('blockSigsOf hashes each block with xxh32', () => {
+    const bytes = prng(9000, 51);
+    const sigs = blockSigsOf(ctx, bytes, 5000, 4096);
+    expect(Array.from(sigs)).toEqual([
+      ctx.hasher.h32(bytes.subarray(0, 3192)),
+      ctx.hasher.h32(bytes.subarray(3192, 7288)),
+      ctx.hasher.h32(bytes.subarray(7288, 9000)),
+    ]);
+  });
+});
+
+describe('blockSigs + makePatch + applyPatch', () => {
+  const OFF = 10_000;
+  const LEN = 30_000;
+  const BS = 4096;
+
+  /** Old (base) and new files that differ only in the 4 KiB page [16384, 20480). */
+  function pair(seed: number, compressiblePage = false) {
+    const oldData = prng(60_000, seed);
+    const newData = Buffer.from(oldData);
+    const page = compressiblePage ? Buffer.alloc(4096, 0x61) : prng(4096, seed + 1000);
+    page.copy(newData, 16_384);
+    const base = writeTmp(oldData);
+    const server = writeTmp(newData);
+    const id = ctx.hasher.h64(newData.subarray(OFF, OFF + LEN));
+    return { oldData, newData, base, server, id };
+  }
+
+  function sigsOf(p: string, offset = OFF, length = LEN): Uint32Array {
+    return runJob(ctx, { kind: 'blockSigs', path: p, offset, length, blockSize: BS }) as Uint32Array;
+  }
+
+  function patchJob(
+    p: ReturnType<typeof pair>,
+    mp: Exclude<MakePatchResult, { stale: string }>,
+    target: string,
+  ): ApplyPatchJob {
+    return {
+      kind: 'applyPatch',
+      basePath: p.base,
+      baseOffset: OFF,
+      baseLength: LEN,
+      length: LEN,
+      id: p.id,
+      blockSize: BS,
+      bitmap: mp.bitmap,
+      payload: mp.payload,
+      compressed: mp.compressed,
+      rawLen: mp.rawLen,
+      tPaths: [target],
+      tOffset: Float64Array.from([OFF]),
+    };
+  }
+
+  it('reconstructs a chunk whose one aligned 4 KiB page changed; the patch carries exactly 4096 bytes', () => {
+    const p = pair(61);
+    const sigs = sigsOf(p.base);
+    expect(sigs.length).toBe(8);
+    const mp = runJob(ctx, { kind: 'makePatch', path: p.server, offset: OFF, length: LEN, id: p.id, blockSize: BS, sigs, level: 3 }) as MakePatchResult;
+    if ('stale' in mp) throw new Error('stale');
+    expect(mp.rawLen).toBe(4096);
+    // block 2 of the layout is [16384, 20480) in the file
+    expect(Array.from(mp.bitmap)).toEqual([0b0000_0100]);
+    expect(mp.compressed).toBe(false);
+    expect(mp.payload.equals(p.newData.subarray(16_384, 20_480))).toBe(true);
+
+    const t = targetPath();
+    const r = runJob(ctx, patchJob(p, mp, t)) as ApplyPatchResult;
+    expect(r.ok).toBe(true);
+    const out = fs.readFileSync(t);
+    expect(out.length).toBe(OFF + LEN);
+    expect(out.subarray(OFF).equals(p.newData.subarray(OFF, OFF + LEN))).toBe(true);
+  });
+
+  it('works with a compressed patch too', () => {
+    const p = pair(62, true);
+    const mp = runJob(ctx, { kind: 'makePatch', path: p.server, offset: OFF, length: LEN, id: p.id, blockSize: BS, sigs: sigsOf(p.base), level: 3 }) as MakePatchResult;
+    if ('stale' in mp) throw new Error('stale');
+    expect(mp.compressed).toBe(true);
+    expect(mp.rawLen).toBe(4096);
+    expect(mp.payload.length).toBeLessThan(4096);
+    const t = targetPath();
+    expect((runJob(ctx, patchJob(p, mp, t)) as ApplyPatchResult).ok).toBe(true);
+    expect(fs.readFileSync(t).subarray(OFF).equals(p.newData.subarray(OFF, OFF + LEN))).toBe(true);
+  });
+
+  it('an unchanged chunk gives an empty patch that still applies', () => {
+    const p = pair(63);
+    const sigs = sigsOf(p.server);
+    const mp = runJob(ctx, { kind: 'makePatch', path: p.server, offset: OFF, length: LEN, id: p.id, blockSize: BS, sigs, level: 3 }) as MakePatchResult;
+    if ('stale' in mp) throw new Error('stale');
+    expect(mp.rawLen).toBe(0);
+    expect(Array.from(mp.bitmap)).toEqual([0]);
+    const t = targetPath();
+    const job = { ...patchJob(p, mp, t), basePath: p.server };
+    expect((runJob(ctx, job) as ApplyPatchResult).ok).toBe(true);
+  });
+
+  it('applyPatch returns ok:false (and writes nothing) when the base changed in an unsignalled block', () => {
+    const p = pair(64);
+    const sigs = sigsOf(p.base);
+    const mp = runJob(ctx, { kind: 'makePatch', path: p.server, offset: OFF, length: LEN, id: p.id, blockSize: BS, sigs, level: 3 }) as MakePatchResult;
+    if ('stale' in mp) throw new Error('stale');
+    // the base changes after its signatures were sent, in a block the patch does not carry
+    const fd = fs.openSync(p.base, 'r+');
+    fs.writeSync(fd, Buffer.from([p.oldData[30_000]! ^ 0x5a]), 0, 1, 30_000);
+    fs.closeSync(fd);
+    const t = targetPath();
+    expect((runJob(ctx, patchJob(p, mp, t)) as ApplyPatchResult).ok).toBe(false);
+    expect(fs.existsSync(t)).toBe(false);
+  });
+
+  it('applyPatch returns ok:false when the base file is gone', () => {
+    const p = pair(65);
+    const mp = runJob(ctx, { kind: 'makePatch', path: p.server, offset: OFF, length: LEN, id: p.id, blockSize: BS, sigs: sigsOf(p.base), level: 3 }) as MakePatchResult;
+    if ('stale' in mp) throw new Error('stale');
+    fs.unlinkSync(p.base);
+    const t = targetPath();
+    expect((runJob(ctx, patchJob(p, mp, t)) as ApplyPatchResult).ok).toBe(false);
+  });
+
+  it('applyPatch refuses a bitmap of the wrong size or a payload that disagrees with it (BAD_CHUNK)', () => {
+    const p = pair(66);
+    const mp = runJob(ctx, { kind: 'makePatch', path: p.server, offset: OFF, length: LEN, id: p.id, blockSize: BS, sigs: sigsOf(p.base), level: 3 }) as MakePatchResult;
+    if ('stale' in mp) throw new Error('stale');
+    const t = targetPath();
+    const job = patchJob(p, mp, t);
+    expectCode(() => runJob(ctx, { ...job, bitmap: Uint8Array.from([4, 0]) }), ErrorCodes.BAD_CHUNK);
+    expectCode(() => runJob(ctx, { ...job, bitmap: new Uint8Array(0) }), ErrorCodes.BAD_CHUNK);
+    // bitmap says two blocks but the payload holds one
+    expectCode(() => runJob(ctx, { ...job, bitmap: Uint8Array.from([0b0000_1100]) }), ErrorCodes.BAD_CHUNK);
+    // bitmap says nothing but the payload holds a block
+    expectCode(() => runJob(ctx, { ...job, bitmap: Uint8Array.from([0]) }), ErrorCodes.BAD_CHUNK);
+    // rawLen lies
+    expectCode(() => runJob(ctx, { ...job, rawLen: 4095 }), ErrorCodes.BAD_CHUNK);
+    expect(fs.existsSync(t)).toBe(false);
+  });
+
+  it('makePatch returns {stale} when the server file changed, and PROTOCOL for a wrong signature count', () => {
+    const p = pair(67);
+    const sigs = sigsOf(p.base);
+    const mk = (s: Uint32Array, id = p.id) =>
+      runJob(ctx, { kind: 'makePatch', path: p.server, offset: OFF, length: LEN, id, blockSize: BS, sigs: s, level: 3 }) as MakePatchResult;
+    expect(mk(sigs, p.id ^ 1n)).toEqual({ stale: p.server });
+    expectCode(() => mk(sigs.subarray(1)), ErrorCodes.PROTOCOL);
+    expectCode(() => mk(Uint32Array.from([...sigs, 0])), ErrorCodes.PROTOCOL);
+    fs.truncateSync(p.server, OFF + LEN - 1);
+    expect(mk(sigs)).toEqual({ stale: p.server });
+  });
+
+  it('blockSigs of a base shorter than the range: unreadable blocks get signature 0 and are sent', () => {
+    const p = pair(68);
+    fs.truncateSync(p.base, 25_000); // blocks starting at file offsets >= 25000 are beyond EOF
+    const sigs = sigsOf(p.base);
+    const { starts } = blockLayout(OFF, LEN, BS);
+    const full = Buffer.alloc(LEN);
+    p.oldData.copy(full, 0, OFF, 25_000);
+    for (let b = 0; b < starts.length; b++) {
+      if (OFF + starts[b]! >= 25_000) expect(sigs[b]).toBe(0);
+      else expect(sigs[b]).toBe(blockSigsOf(ctx, full, OFF, BS)[b]);
+    }
+    const mp = runJob(ctx, { kind: 'makePatch', path: p.server, offset: OFF, length: LEN, id: p.id, blockSize: BS, sigs, level: -5 }) as MakePatchResult;
+    if ('stale' in mp) throw new Error('stale');
+    // the changed page plus the block straddling EOF (partly zero-padded) and every block past EOF
+    expect(mp.rawLen).toBe(4096 + (40_000 - 24_576));
+    const t = targetPath();
+    expect((runJob(ctx, patchJob(p, mp, t)) as ApplyPatchResult).ok).toBe(true);
+    expect(fs.readFileSync(t).subarray(OFF).equals(p.newData.subarray(OFF, OFF + LEN))).toBe(true);
+    // a missing base: every signature is 0
+    expect(Array.from(sigsOf(path.join(dir, 'nope')))).toEqual(new Array(8).fill(0));
+  });
+});
+
+// ---------- hashChunks ----------
+
+describe('hashChunks', () => {
+  it('hashes every chunk of an intact file', () => {
+    const data = prng(10_000, 71);
+    const p = writeTmp(data);
+    const r = runJob(ctx, { kind: 'hashChunks', path: p, offset: 1000, lens: Uint32Array.from([3000, 4000, 2000]) }) as HashChunksResult;
+    expect(r.readable).toBe(9000);
+    expect(Array.from(r.ids)).toEqual([
+      ctx.hasher.h64(data.subarray(1000, 4000)),
+      ctx.hasher.h64(data.subarray(4000, 8000)),
+      ctx.hasher.h64(data.subarray(8000, 10_000)),
+    ]);
+  });
+
+  it('on a truncated file: chunks past the end get id 0 and readable tells how far it got', () => {
+    const data = prng(10_000, 72);
+    const p = writeTmp(data.subarray(0, 6500));
+    const r = runJob(ctx, { kind: 'hashChunks', path: p, offset: 1000, lens: Uint32Array.from([3000, 2000, 1000, 500]) }) as HashChunksResult;
+    expect(r.readable).toBe(5500);
+    expect(r.ids[0]).toBe(ctx.hasher.h64(data.subarray(1000, 4000)));
+    expect(r.ids[1]).toBe(ctx.hasher.h64(data.subarray(4000, 6000)));
+    expect(r.ids[2]).toBe(0n); // [6000, 7000) only half there
+    expect(r.ids[3]).toBe(0n);
+  });
+
+  it('on a missing file: readable 0, all ids 0', () => {
+    const r = runJob(ctx, { kind: 'hashChunks', path: path.join(dir, 'missing'), offset: 0, lens: Uint32Array.from([1, 2]) }) as HashChunksResult;
+    expect(r.readable).toBe(0);
+    expect(Array.from(r.ids)).toEqual([0n, 0n]);
+  });
+});
