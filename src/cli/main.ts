@@ -36,6 +36,14 @@ function parseCompanies(list: string[]): Map<string, string> {
   return out;
 }
 
+/**
+ * Fault injection for the fault suite: SNAPFERRY_FAULT_KILL_AT=<point> makes the process SIGKILL itself at that named
+ * point of a pull (plan, commit, before-intent, intent, swap, swapped, committed), exactly as a power cut or kill -9.
+ */
+function faultPoint(point: string): void {
+  if (process.env.SNAPFERRY_FAULT_KILL_AT === point) process.kill(process.pid, 'SIGKILL');
+}
+
 const collect = (v: string, prev: string[]) => [...prev, v];
 
 function printPull(r: PullResult, dir: string, json: boolean): void {
@@ -124,6 +132,7 @@ export function buildProgram(): Command {
         lockWaitMs: o.wait ? 24 * 3600_000 : 0,
         retries: Number(o.retries),
         onProgress: progress.update,
+        onPoint: faultPoint,
         log: (line) => {
           progress.end();
           process.stderr.write(`${line}\n`);

@@ -253,12 +253,14 @@ export function writeStats(paths: StatePaths, rootHash: string, m: Manifest): vo
  * intent durable, then DIR is swapped with next/ by two renames, then the record replaces the old one. A crash at any
  * point before commit.json leaves the old generation; after it, `recover` rolls forward to the new one.
  */
-export function commit(paths: StatePaths, record: AppliedRecord, encodedManifest: Uint8Array, durable: boolean): void {
+export function commit(paths: StatePaths, record: AppliedRecord, encodedManifest: Uint8Array, durable: boolean, onPoint?: (p: string) => void): void {
   if (durable) syncFilesystem(paths.next);
   writeFileDurable(paths.pendingManifest, encodedManifest);
   writeFileDurable(paths.pendingJson, JSON.stringify(record, null, 1));
+  onPoint?.('before-intent');
   writeFileDurable(paths.commitJson, JSON.stringify({ rootHash: record.rootHash, at: new Date().toISOString() }));
-  rollForward(paths);
+  onPoint?.('intent');
+  rollForward(paths, onPoint);
 }
 
 /** Finishes an interrupted commit, if any. Safe to call at any time with the lock held. */
@@ -268,14 +270,16 @@ export function recover(paths: StatePaths): boolean {
   return true;
 }
 
-function rollForward(paths: StatePaths): void {
+function rollForward(paths: StatePaths, onPoint?: (p: string) => void): void {
   const hasNext = exists(paths.next);
   if (hasNext) {
     if (exists(paths.dir)) {
       removeTree(paths.old);
       fs.renameSync(paths.dir, paths.old);
+      onPoint?.('swap');
     }
     fs.renameSync(paths.next, paths.dir);
+    onPoint?.('swapped');
     fsyncDir(path.dirname(paths.dir));
   }
   if (exists(paths.pendingManifest)) fs.renameSync(paths.pendingManifest, paths.appliedManifest);

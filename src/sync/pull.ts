@@ -273,7 +273,7 @@ class PullRun {
       files: this.m.entries.filter((e) => e.kind === 'file').length,
       bytes: this.bytesTotal,
     };
-    commit(this.paths, record, encoded, this.opts.durable !== false);
+    commit(this.paths, record, encoded, this.opts.durable !== false, this.opts.onPoint);
     writeStats(this.paths, this.rootHash, this.m);
     this.opts.onPoint?.('committed');
     return this.result(false);

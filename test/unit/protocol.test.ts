@@ -187,6 +187,12 @@ describe('handshake', () => {
     // and the keys work with the sealer
     const f = new FrameSealer(c.clientToServer, DIR_CLIENT_TO_SERVER).seal(Buffer.from('open'));
     expect(new FrameOpener(s.clientToServer, DIR_CLIENT_TO_SERVER).open(f).toString()).toBe('open');
+    // the other direction's key cannot open it, whatever direction label is used
+    expectCode(() => new FrameOpener(s.serverToClient, DIR_CLIENT_TO_SERVER).open(f), PROTOCOL);
+    expectCode(() => new FrameOpener(s.serverToClient, DIR_SERVER_TO_CLIENT).open(f), PROTOCOL);
+    const g = new FrameSealer(s.serverToClient, DIR_SERVER_TO_CLIENT).seal(Buffer.from('back'));
+    expect(new FrameOpener(c.serverToClient, DIR_SERVER_TO_CLIENT).open(g).toString()).toBe('back');
+    expectCode(() => new FrameOpener(c.clientToServer, DIR_SERVER_TO_CLIENT).open(g), PROTOCOL);
   });
 
   it('fresh nonces: two sessions with the same secret get different keys', () => {
