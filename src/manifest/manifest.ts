@@ -121,6 +121,8 @@ export class Reader {
       const b = this.u8();
       v += (b & 0x7f) * mul;
       if ((b & 0x80) === 0) {
+        // Canonical encoding only: one manifest, one byte string, one root hash.
+        if (b === 0 && i > 0) fail(ErrorCodes.BAD_MANIFEST, 'manifest varint not minimal');
         if (v > max) fail(ErrorCodes.BAD_MANIFEST, `manifest value ${v} over limit ${max}`);
         return v;
       }
@@ -149,8 +151,10 @@ export class Reader {
   str(maxBytes: number): string {
     const n = this.varint(maxBytes);
     const b = this.bytes(n);
-    const s = Buffer.from(b.buffer, b.byteOffset, b.length).toString('utf8');
-    if (Buffer.byteLength(s) !== n) fail(ErrorCodes.BAD_MANIFEST, 'manifest string is not valid UTF-8');
+    const raw = Buffer.from(b.buffer, b.byteOffset, b.length);
+    const s = raw.toString('utf8');
+    // Invalid sequences decode to U+FFFD; only an exact round trip proves the bytes were valid UTF-8.
+    if (!Buffer.from(s, 'utf8').equals(raw)) fail(ErrorCodes.BAD_MANIFEST, 'manifest string is not valid UTF-8');
     return s;
   }
 }
@@ -258,6 +262,7 @@ function badComponent(c: string): string | undefined {
  */
 export function checkTree(m: Manifest): void {
   const dirs = new Set<string>(['']);
+  const links = new Set<string>();
   const folded = new Set<string>();
   let prev: Buffer | undefined;
   for (const e of m.entries) {
@@ -277,15 +282,27 @@ export function checkTree(m: Manifest): void {
     const parent = slash < 0 ? '' : e.path.slice(0, slash);
     if (!dirs.has(parent)) unsafe('its parent is not a directory of the tree');
     if (e.kind === 'dir') dirs.add(e.path);
-    if (e.kind === 'symlink') {
-      const t = e.target ?? '';
-      if (t === '' || t.startsWith('/') || t.includes('\0')) unsafe('symlink target is absolute or empty');
-      const parts = parent === '' ? [] : parent.split('/');
-      for (const c of t.split('/')) {
-        if (c === '..') {
-          if (parts.length === 0) unsafe('symlink points outside the tree');
-          parts.pop();
-        } else if (c !== '.' && c !== '') parts.push(c);
+    if (e.kind === 'symlink') links.add(e.path);
+  }
+  // Symlink targets are checked once every path is known: a target must stay inside the tree lexically and must not
+  // pass through another symlink on its way (a link to "l/.." where l -> "." would leave the tree on disk).
+  for (const e of m.entries) {
+    if (e.kind !== 'symlink') continue;
+    const unsafe = (why: string): never => fail(ErrorCodes.UNSAFE_TREE, `refused path ${JSON.stringify(e.path)}: ${why}`);
+    const t = e.target ?? '';
+    if (t === '' || t.startsWith('/') || t.includes('\0')) unsafe('symlink target is absolute or empty');
+    const slash = e.path.lastIndexOf('/');
+    const parts = slash < 0 ? [] : e.path.slice(0, slash).split('/');
+    const comps = t.split('/');
+    for (let i = 0; i < comps.length; i++) {
+      const c = comps[i]!;
+      if (c === '..') {
+        if (parts.length === 0) unsafe('symlink points outside the tree');
+        parts.pop();
+      } else if (c !== '.' && c !== '') {
+        parts.push(c);
+        const more = comps.slice(i + 1).some((x) => x !== '' && x !== '.');
+        if (more && links.has(parts.join('/'))) unsafe('symlink target passes through another symlink');
       }
     }
   }
@@ -319,13 +336,14 @@ export function sameContent(a: Entry, b: Entry): boolean {
 export function filterManifest(m: Manifest, globs: string[]): Manifest {
   if (globs.length === 0) return m;
   const res = globs.map(globToRegExp);
-  const keep = new Set(m.entries.filter((e) => e.kind !== 'dir' && res.some((re) => re.test(e.path))));
+  const keep = new Set(m.entries.filter((e) => res.some((re) => re.test(e.path))));
   const dirs = new Set<string>();
   for (const e of keep) {
+    if (e.kind === 'dir') dirs.add(e.path);
     const parts = e.path.split('/');
     for (let i = 1; i < parts.length; i++) dirs.add(parts.slice(0, i).join('/'));
   }
-  const entries = m.entries.filter((e) => (e.kind === 'dir' ? dirs.has(e.path) || res.some((re) => re.test(e.path)) : keep.has(e)));
+  const entries = m.entries.filter((e) => (e.kind === 'dir' ? dirs.has(e.path) : keep.has(e)));
   return { params: m.params, entries };
 }
 
@@ -336,9 +354,12 @@ export function globToRegExp(glob: string): RegExp {
     const c = glob[i]!;
     if (c === '*') {
       if (glob[i + 1] === '*') {
-        re += '.*';
         i++;
-        if (glob[i + 1] === '/') i++;
+        if (glob[i + 1] === '/') {
+          // "**/" matches zero or more whole folders, never part of a name.
+          re += '(?:.*/)?';
+          i++;
+        } else re += '.*';
       } else re += '[^/]*';
     } else if (c === '?') re += '[^/]';
     else re += c.replace(/[.+^${}()|[\]\\]/g, '\\$&');

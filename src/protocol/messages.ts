@@ -97,7 +97,7 @@ export function decodeJson<T>(msg: Buffer): T {
   if (msg.length > 65536) fail(ErrorCodes.PROTOCOL, 'control message too large');
   try {
     const v = JSON.parse(msg.subarray(1).toString('utf8'));
-    if (typeof v !== 'object' || v === null) throw new Error('not an object');
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new Error('not an object');
     return v as T;
   } catch {
     return fail(ErrorCodes.PROTOCOL, 'malformed control message');
@@ -147,6 +147,7 @@ export function decodeData(b: Buffer): DataMsg {
   if (b.length < 10) fail(ErrorCodes.PROTOCOL, 'malformed DATA');
   const rawLen = b.readUInt32BE(6);
   if (rawLen > MAX_GET_BYTES) fail(ErrorCodes.LIMIT, 'DATA larger than any request');
+  if (b[5]! > 1) fail(ErrorCodes.PROTOCOL, 'DATA with unknown flags');
   return { reqId: b.readUInt32BE(1), compressed: b[5] === 1, rawLen, payload: b.subarray(10) };
 }
 
@@ -185,7 +186,7 @@ export function decodePatch(b: Buffer): PatchMsg {
   if (b.length < 14) fail(ErrorCodes.PROTOCOL, 'malformed PATCH');
   const rawLen = b.readUInt32BE(6);
   const bl = b.readUInt32BE(10);
-  if (rawLen > MAX_GET_BYTES || 14 + bl > b.length) fail(ErrorCodes.PROTOCOL, 'malformed PATCH');
+  if (rawLen > MAX_GET_BYTES || 14 + bl > b.length || b[5]! > 1) fail(ErrorCodes.PROTOCOL, 'malformed PATCH');
   return {
     reqId: b.readUInt32BE(1),
     compressed: b[5] === 1,
