@@ -20,7 +20,7 @@ import path from 'node:path';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { makeCompany, mutateCompany, makeSmallFiles } from '../src/gen/company.js';
-import { Options, Budget, log, rmrf, freePort, lastLine, ScenarioName, ToolName } from './util.js';
+import { Options, Budget, log, freePort, lastLine, ScenarioName, ToolName, Trash } from './util.js';
 import { Results, Sample } from './report.js';
 import { Link } from './netns.js';
 import { RsyncDaemon, rsyncPush, tarPipeline, Transfer } from './peers.js';
@@ -201,7 +201,12 @@ export interface E2EContext {
   tarKey: string;
   /** snapferry commands found missing ('repair', 'verify'): skipped from then on. */
   sfMissing: Set<string>;
+  /** Finished copies go here (see Trash: deleting them between runs would slow the next run's file creation). */
+  trash: Trash;
 }
+
+const MiB = 1 << 20;
+const GiB = 1 << 30;
 
 const has = (ctx: E2EContext, s: ScenarioName): boolean => ctx.opts.only.has(s);
 const tool = (ctx: E2EContext, t: ToolName): boolean => ctx.opts.tools.has(t) && (t !== 'snapferry' || ctx.secret !== undefined);
@@ -256,7 +261,7 @@ export async function runLink(ctx: E2EContext, link: Link): Promise<void> {
       }
     }
   } finally {
-    await rmrf(dir);
+    await ctx.trash.put(dir);
   }
 }
 
@@ -271,8 +276,8 @@ async function guarded(ctx: E2EContext, what: string, fn: () => Promise<void>): 
   }
 }
 
-async function copyTree(from: string, to: string): Promise<void> {
-  await rmrf(to);
+async function copyTree(ctx: E2EContext, from: string, to: string): Promise<void> {
+  await ctx.trash.put(to);
   await exec('cp', ['-a', from, to], { maxBuffer: 1 << 20 });
 }
 
@@ -288,7 +293,8 @@ async function companyCycle(ctx: E2EContext, link: Link, dir: string, sizeMiB: n
   const T = opts.stepTimeoutMs;
   const A = await ctx.data.company(sizeMiB);
   const SRC = path.join(dir, 'src');
-  await copyTree(A, SRC);
+  await ctx.trash.ensureFree(5 * sizeMiB * MiB + 2 * GiB);
+  await copyTree(ctx, A, SRC);
   const sfDst = path.join(dir, `sf-r${run}`);
   const tarDst = path.join(dir, `tar-r${run}`);
   const sub = `co-r${run}`;
@@ -337,7 +343,7 @@ async function companyCycle(ctx: E2EContext, link: Link, dir: string, sizeMiB: n
       const c = t.ok ? sameTree(SRC, tarDst) : undefined;
       R.add('seed', L, 'tar', toSample(run, t, c));
       log(`  tar pipeline seed: ${t.ok ? `${t.seconds.toFixed(2)} s, ${t.bytesOnWire} B on wire` : t.note}`);
-      await rmrf(tarDst);
+      await ctx.trash.put(tarDst);
     };
 
     // seed
@@ -389,7 +395,7 @@ async function companyCycle(ctx: E2EContext, link: Link, dir: string, sizeMiB: n
   } finally {
     await serve?.server.stop();
     await daemon?.stop();
-    await Promise.all([rmrf(sfDst), rmrf(tarDst), daemon ? rmrf(daemon.dir(sub)) : Promise.resolve()]);
+    for (const d of [sfDst, tarDst, ...(daemon ? [daemon.dir(sub)] : [])]) await ctx.trash.put(d);
   }
 }
 
@@ -470,7 +476,7 @@ async function smallFiles(ctx: E2EContext, link: Link, dir: string, run: number,
   } finally {
     await serve?.server.stop();
     await daemon?.stop();
-    await Promise.all([rmrf(sfDst), rmrf(path.join(dir, 'rsync-small'))]);
+    for (const d of [sfDst, path.join(dir, 'rsync-small')]) await ctx.trash.put(d);
   }
 }
 
@@ -480,7 +486,8 @@ async function fanout(ctx: E2EContext, link: Link, dir: string, sizeMiB: number,
   const T = opts.stepTimeoutMs;
   const L = link.name;
   const SRC = path.join(dir, 'fan-src');
-  if (!fs.existsSync(SRC)) await copyTree(await ctx.data.company(sizeMiB), SRC);
+  await ctx.trash.ensureFree((opts.fanout + 2) * sizeMiB * MiB + 2 * GiB);
+  if (!fs.existsSync(SRC)) await copyTree(ctx, await ctx.data.company(sizeMiB), SRC);
   log(`${L}: fan-out 1 and ${opts.fanout} pulls of ${sizeMiB} MiB, run ${run}/${opts.runs}`);
   for (const n of [1, opts.fanout]) {
     const scenario = `fanout-${n}`;
@@ -514,7 +521,7 @@ async function fanout(ctx: E2EContext, link: Link, dir: string, sizeMiB: number,
       R.add(scenario, L, 'snapferry', { run, ok: false, note: lastLine((err as Error).message), seconds: NaN, bytesOnWire: null, srcCpu: null, srcRssKiB: null, dstCpu: null, dstRssKiB: null });
     } finally {
       await serve?.server.stop();
-      await Promise.all(dsts.map(rmrf));
+      for (const d of dsts) await ctx.trash.put(d);
     }
   }
 }

@@ -22,6 +22,7 @@ import {
   log,
   runExitCleanups,
   Options,
+  Trash,
 } from './util.js';
 import { Results, computeChecks, renderMicro, renderRows, renderChecks, renderSvg, toJson, writeFileSafe } from './report.js';
 import { DataCache, runLink, E2EContext } from './e2e.js';
@@ -29,7 +30,7 @@ import { runMicro } from './micro.js';
 import { LOOPBACK, makeShapedLink } from './netns.js';
 import { makeTarKey } from './peers.js';
 import * as sf from './snapferry.js';
-import { haveGnuTime } from './measure.js';
+import { haveGnuTime, setScratchDir } from './measure.js';
 
 function have(cmd: string): boolean {
   return spawnSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' }).status === 0;
@@ -75,6 +76,7 @@ export async function runBench(argv: string[]): Promise<number> {
   const started = performance.now();
   checkPrograms(opts, R);
   const tmp = makeTempRoot(opts.tmp, opts.keep);
+  setScratchDir(tmp);
   const data = new DataCache(path.join(tmp, 'data'));
   const e2eScenarios = [...opts.only].filter((s) => s !== 'micro');
 
@@ -101,7 +103,7 @@ export async function runBench(argv: string[]): Promise<number> {
   const tarKey = path.join(tmp, 'tar.key');
   makeTarKey(tarKey);
 
-  const ctx: E2EContext = { opts, results: R, budget, data, work: path.join(tmp, 'work'), secret, tarKey, sfMissing: new Set() };
+  const ctx: E2EContext = { opts, results: R, budget, data, work: path.join(tmp, 'work'), secret, tarKey, sfMissing: new Set(), trash: new Trash(path.join(tmp, 'trash')) };
 
   try {
     // micro

@@ -272,6 +272,12 @@ export interface RunResult {
 }
 
 let tfileSeq = 0;
+let scratch = os.tmpdir();
+
+/** Where /usr/bin/time writes its reports (the bench's temp root, removed at exit). */
+export function setScratchDir(dir: string): void {
+  scratch = dir;
+}
 
 function signalName(n: number): NodeJS.Signals | null {
   const e = Object.entries(os.constants.signals).find(([, v]) => v === n);
@@ -292,7 +298,7 @@ export interface Running {
 
 /** Starts a command under /usr/bin/time (when present) in its own process group, with a /proc RSS poller. */
 export function startTimed(cmd: string, args: string[], opts: RunOptions): Running {
-  const tfile = path.join(os.tmpdir(), `sfbench-time-${process.pid}-${++tfileSeq}.txt`);
+  const tfile = path.join(scratch, `time-${process.pid}-${++tfileSeq}.txt`);
   const [c0, a0] = inNs(opts.ns, cmd, args);
   const argv = haveGnuTime ? [TIME_BIN, '-f', '%e %U %S %M', '-o', tfile, c0, ...a0] : [c0, ...a0];
   const startedAt = performance.now();

@@ -337,14 +337,35 @@ export function renderChecks(checks: Check[]): string {
 // JSON
 // ---------------------------------------------------------------------------------------------------------------
 
+/** Numbers to 3 decimals (JSON readability; the measurements are not more precise than that). */
+function rounded(v: unknown): unknown {
+  if (typeof v === 'number') return Number.isFinite(v) && !Number.isInteger(v) ? Math.round(v * 1000) / 1000 : Number.isFinite(v) ? v : null;
+  if (Array.isArray(v)) return v.map(rounded);
+  if (v && typeof v === 'object') return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, rounded(x)]));
+  return v;
+}
+
 export function toJson(r: Results, checks: Check[]): unknown[] {
   const out: unknown[] = [];
-  for (const row of r.rows()) out.push(row);
+  for (const row of r.rows()) {
+    const samples = r.get(row.scenario, row.link, row.tool).map((s) => ({
+      run: s.run,
+      ok: s.ok,
+      seconds: s.seconds,
+      bytesOnWire: s.bytesOnWire,
+      srcCpuSeconds: s.srcCpu,
+      dstCpuSeconds: s.dstCpu,
+      srcPeakRssMiB: s.srcRssKiB === null ? null : s.srcRssKiB / 1024,
+      dstPeakRssMiB: s.dstRssKiB === null ? null : s.dstRssKiB / 1024,
+      ...(s.note ? { note: s.note } : {}),
+    }));
+    out.push({ ...row, samples });
+  }
   for (const m of r.micro)
     out.push({ scenario: `micro:${m.name}`, link: 'in-process', tool: m.tool, seconds: null, bytesOnWire: null, cpuSeconds: null, peakRssMiB: null, value: m.value, unit: m.unit, detail: m.detail ?? null, ...(m.extra ?? {}) });
   for (const c of checks)
     out.push({ scenario: `check:${c.scenario}`, link: c.link, tool: 'check', seconds: null, bytesOnWire: null, cpuSeconds: null, peakRssMiB: null, check: c.name, metric: c.metric, value: c.value, unit: c.unit, floor: c.floor, pass: c.pass, source: c.source });
-  return out;
+  return out.map(rounded) as unknown[];
 }
 
 // ---------------------------------------------------------------------------------------------------------------

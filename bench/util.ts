@@ -259,6 +259,50 @@ export async function rmrf(p: string): Promise<void> {
   await fs.promises.rm(p, { recursive: true, force: true, maxRetries: 3 });
 }
 
+/**
+ * Deferred deletion. On ext4, creating files soon after many files were deleted costs CPU (the inode allocator
+ * skips "recently deleted" inodes, ext4 recently_deleted(), for 60-300 s): a bench that deleted the last run's
+ * 100,000-file copy just before the next measured run would time the filesystem, not the tool. So finished
+ * copies are moved here and deleted at the end, or earlier only when free disk space runs short.
+ */
+export class Trash {
+  private seq = 0;
+  private used = false;
+  constructor(private readonly dir: string) {}
+
+  /** Moves p out of the way (a rename: cheap, no inode freed). */
+  async put(p: string): Promise<void> {
+    if (!fs.existsSync(p)) return;
+    await fs.promises.mkdir(this.dir, { recursive: true });
+    try {
+      await fs.promises.rename(p, path.join(this.dir, `${++this.seq}-${path.basename(p)}`));
+      this.used = true;
+    } catch {
+      await rmrf(p);
+    }
+  }
+
+  /** Empties the trash if the filesystem has less than `needBytes` free. */
+  async ensureFree(needBytes: number): Promise<void> {
+    if (!this.used) return;
+    let free = Infinity;
+    try {
+      const st = fs.statfsSync(this.dir);
+      free = st.bavail * st.bsize;
+    } catch {
+      return;
+    }
+    if (free >= needBytes) return;
+    log(`emptying the bench's trash (${(free / 2 ** 30).toFixed(1)} GiB free, ${(needBytes / 2 ** 30).toFixed(1)} GiB wanted)`);
+    await this.purge();
+  }
+
+  async purge(): Promise<void> {
+    await rmrf(this.dir);
+    this.used = false;
+  }
+}
+
 /** The repository root (dist/bench/util.js -> ../..; also works from bench/util.ts under tsx). */
 export function repoRoot(): string {
   let dir = path.dirname(fileURLToPath(import.meta.url));

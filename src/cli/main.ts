@@ -10,6 +10,7 @@ import { SnapferryServer } from '../sync/server.js';
 import { pull, PullResult } from '../sync/pull.js';
 import { progressLine, summary } from './progress.js';
 import { runDemo } from './demo.js';
+import { follow } from '../sync/follow.js';
 import { makeCompany, mutateCompany, makeSmallFiles } from '../gen/company.js';
 import { parseRate } from '../util/rate.js';
 import { ErrorCodes, fail, toSnapferryError } from '../util/errors.js';
@@ -119,9 +120,38 @@ export function buildProgram(): Command {
     .option('--no-fsync', 'do not flush to disk before commit (faster; a power loss may then need a re-pull)')
     .option('--wait', 'wait for another pull of the same DIR to finish instead of refusing')
     .option('--retries <n>', 'reconnect attempts after a dropped link', '5')
-    .action(async (url: string, name: string, dir: string, o: { secret: string; json?: boolean; bwlimit?: string; fsync: boolean; wait?: boolean; retries: string }) => {
+    .option('--follow', 'stay connected and apply each new generation (one --json line per applied generation)')
+    .action(async (url: string, name: string, dir: string, o: { secret: string; json?: boolean; bwlimit?: string; fsync: boolean; wait?: boolean; retries: string; follow?: boolean }) => {
       const secret = readSecret(o.secret);
       const progress = progressLine(!o.json && process.stderr.isTTY === true);
+      if (o.follow) {
+        const stop = new AbortController();
+        process.once('SIGINT', () => stop.abort());
+        process.once('SIGTERM', () => stop.abort());
+        await follow(
+          {
+            url,
+            company: name,
+            dir,
+            secret,
+            bwlimit: o.bwlimit ? parseRate(o.bwlimit) : undefined,
+            durable: o.fsync,
+            lockWaitMs: o.wait ? 24 * 3600_000 : 0,
+            retries: Number(o.retries),
+            signal: stop.signal,
+            onProgress: progress.update,
+            log: (line) => {
+              progress.end();
+              process.stderr.write(`${line}\n`);
+            },
+          },
+          (r) => {
+            progress.end();
+            printPull(r, path.resolve(dir), o.json === true);
+          },
+        );
+        return;
+      }
       const r = await pull({
         url,
         company: name,

@@ -67,10 +67,14 @@ export interface DataMsg {
   payload: Buffer;
 }
 
-/** A PATCH_GET: one chunk, the block size, and xxh32 signatures of the puller's old bytes at the same offsets. */
+/**
+ * A PATCH_GET: a run of consecutive chunks of one file [chunk, chunk+count), the block size, and xxh32 signatures of
+ * the puller's old bytes at the same file offsets.
+ */
 export interface PatchGetMsg {
   reqId: number;
   chunk: number;
+  count: number;
   blockSize: number;
   sigs: Uint32Array;
 }
@@ -152,23 +156,26 @@ export function decodeData(b: Buffer): DataMsg {
 }
 
 export function encodePatchGet(m: PatchGetMsg): Buffer {
-  const b = Buffer.allocUnsafe(13 + m.sigs.length * 4);
+  const b = Buffer.allocUnsafe(17 + m.sigs.length * 4);
   b[0] = MsgType.PATCH_GET;
   b.writeUInt32BE(m.reqId, 1);
   b.writeUInt32BE(m.chunk, 5);
-  b.writeUInt32BE(m.blockSize, 9);
-  for (let i = 0; i < m.sigs.length; i++) b.writeUInt32BE(m.sigs[i]!, 13 + i * 4);
+  b.writeUInt32BE(m.count, 9);
+  b.writeUInt32BE(m.blockSize, 13);
+  for (let i = 0; i < m.sigs.length; i++) b.writeUInt32BE(m.sigs[i]!, 17 + i * 4);
   return b;
 }
 
 export function decodePatchGet(b: Buffer): PatchGetMsg {
-  if (b.length < 13 || (b.length - 13) % 4 !== 0) fail(ErrorCodes.PROTOCOL, 'malformed PATCH_GET');
-  const blockSize = b.readUInt32BE(9);
+  if (b.length < 17 || (b.length - 17) % 4 !== 0) fail(ErrorCodes.PROTOCOL, 'malformed PATCH_GET');
+  const count = b.readUInt32BE(9);
+  const blockSize = b.readUInt32BE(13);
   if (blockSize < 256 || blockSize > 65536) fail(ErrorCodes.PROTOCOL, 'malformed PATCH_GET block size');
-  const n = (b.length - 13) / 4;
+  if (count === 0 || count > MAX_GET_RANGES) fail(ErrorCodes.PROTOCOL, 'malformed PATCH_GET chunk count');
+  const n = (b.length - 17) / 4;
   const sigs = new Uint32Array(n);
-  for (let i = 0; i < n; i++) sigs[i] = b.readUInt32BE(13 + i * 4);
-  return { reqId: b.readUInt32BE(1), chunk: b.readUInt32BE(5), blockSize, sigs };
+  for (let i = 0; i < n; i++) sigs[i] = b.readUInt32BE(17 + i * 4);
+  return { reqId: b.readUInt32BE(1), chunk: b.readUInt32BE(5), count, blockSize, sigs };
 }
 
 export function encodePatchHeader(reqId: number, compressed: boolean, rawLen: number, bitmap: Uint8Array): Buffer {

@@ -635,11 +635,10 @@ class PullRun {
       const t = p.catch((err) => void (failure ??= err));
       tasks.push(t);
     };
-    for (const n of patches) {
+    for (const run of patchRunsOf(patches, L)) {
       if (failure || this.readerError) break;
-      const len = L.len[n.g]!;
-      await gate.take(len);
-      track(this.patchOne(n, gets).finally(() => gate.give(len)));
+      await gate.take(run.bytes);
+      track(this.patchRun(run.needs, gets).finally(() => gate.give(run.bytes)));
     }
     // Patches that fell back to whole chunks joined `gets`; wait for them before packing.
     await Promise.all(tasks);
@@ -717,40 +716,66 @@ class PullRun {
     this.progress('transfer');
   }
 
-  private async patchOne(n: Need, fallback: Need[]): Promise<void> {
+  /** Fetches a run of consecutive changed chunks of one file as a block patch against the old bytes at the same offsets. */
+  private async patchRun(run: Need[], fallback: Need[]): Promise<void> {
     const L = this.layout;
-    const offset = L.offset[n.g]!;
-    const len = L.len[n.g]!;
-    const sigs = await this.pool!.run<Uint32Array>({ kind: 'blockSigs', path: n.patchBase!, offset, length: len, blockSize: PATCH_BLOCK });
-    const msg = await this.request((reqId) => encodePatchGet({ reqId, chunk: n.g, blockSize: PATCH_BLOCK, sigs }));
+    const offset = L.offset[run[0]!.g]!;
+    const lens = Uint32Array.from(run.map((n) => L.len[n.g]!));
+    const ids = BigUint64Array.from(run.map((n) => L.id[n.g]!));
+    let length = 0;
+    for (const l of lens) length += l;
+    const base = run[0]!.patchBase!;
+    const sigs = await this.pool!.run<Uint32Array>({ kind: 'blockSigs', path: base, offset, length, blockSize: PATCH_BLOCK });
+    const msg = await this.request((reqId) => encodePatchGet({ reqId, chunk: run[0]!.g, count: run.length, blockSize: PATCH_BLOCK, sigs }));
     const patch = decodePatch(msg);
     await this.bucket?.take(msg.length);
-    const tPaths = n.targets.map((g) => this.targetPath(g));
-    const tOffset = Float64Array.from(n.targets.map((g) => L.offset[g]!));
+    const paths: string[] = [];
+    const pathIdx = new Map<number, number>();
+    const tItem: number[] = [];
+    const tPath: number[] = [];
+    const tOffset: number[] = [];
+    run.forEach((n, i) => {
+      for (const g of n.targets) {
+        const ei = L.entry[g]!;
+        let pi = pathIdx.get(ei);
+        if (pi === undefined) {
+          pi = paths.push(this.targetPath(g)) - 1;
+          pathIdx.set(ei, pi);
+        }
+        tItem.push(i);
+        tPath.push(pi);
+        tOffset.push(L.offset[g]!);
+      }
+    });
     const r = await this.pool!.run<ApplyPatchResult>({
       kind: 'applyPatch',
-      basePath: n.patchBase!,
-      baseOffset: offset,
-      baseLength: len,
-      length: len,
-      id: L.id[n.g]!,
+      basePath: base,
+      offset,
+      lens,
+      ids,
       blockSize: PATCH_BLOCK,
       bitmap: Buffer.from(patch.bitmap),
       payload: Buffer.from(patch.payload),
       compressed: patch.compressed,
       rawLen: patch.rawLen,
-      tPaths,
-      tOffset,
+      paths,
+      tItem: Uint32Array.from(tItem),
+      tPath: Uint32Array.from(tPath),
+      tOffset: Float64Array.from(tOffset),
     });
-    if (!r.ok) {
-      fallback.push({ g: n.g, targets: n.targets });
-      return;
-    }
-    this.stats.patched++;
-    this.stats.fetched++;
-    this.stats.written += len * n.targets.length;
-    this.journal(n.targets);
-    for (const g of n.targets) this.occurrenceDone(g);
+    const failed = new Set(r.failed);
+    const gs: number[] = [];
+    run.forEach((n, i) => {
+      if (failed.has(i)) fallback.push({ g: n.g, targets: n.targets });
+      else {
+        this.stats.patched++;
+        this.stats.fetched++;
+        gs.push(...n.targets);
+      }
+    });
+    this.stats.written += r.written;
+    this.journal(gs);
+    for (const g of gs) this.occurrenceDone(g);
     await this.flushJournal();
     this.progress('transfer');
   }
@@ -807,6 +832,24 @@ function* packsOf(needs: Need[], L: Layout): Generator<{ needs: Need[]; bytes: n
       ranges = 0;
     }
     if (cur.length === 0 || newRange) ranges++;
+    cur.push(n);
+    bytes += len;
+  }
+  if (cur.length) yield { needs: cur, bytes };
+}
+
+/** Groups patch candidates (sorted by g) into runs of consecutive chunks of one file, about PACK_BYTES each. */
+function* patchRunsOf(needs: Need[], L: Layout): Generator<{ needs: Need[]; bytes: number }> {
+  let cur: Need[] = [];
+  let bytes = 0;
+  for (const n of [...needs].sort((a, b) => a.g - b.g)) {
+    const len = L.len[n.g]!;
+    const prev = cur[cur.length - 1];
+    if (prev && (prev.g + 1 !== n.g || L.entry[prev.g] !== L.entry[n.g] || bytes + len > PACK_BYTES)) {
+      yield { needs: cur, bytes };
+      cur = [];
+      bytes = 0;
+    }
     cur.push(n);
     bytes += len;
   }

@@ -11,6 +11,7 @@ import { WebSocketServer, WebSocket } from 'ws';
 import { Channel } from '../transport/channel.js';
 import { accept, SecureSession } from './session.js';
 import { CompanyScanner, Generation } from '../scan/scanner.js';
+import { CompanyWatcher } from '../scan/watch.js';
 import { WorkerPool } from '../work/pool.js';
 import { layoutOf, Layout } from '../manifest/layout.js';
 import {
@@ -61,6 +62,8 @@ interface Company {
   name: string;
   scanner: CompanyScanner;
   layouts: WeakMap<Generation, Layout>;
+  /** Started on the first follower; announces new generations. */
+  watcher?: CompanyWatcher;
 }
 
 /** A bounded cache of compressed packs, keyed by generation and chunk ranges, shared by concurrent sessions. */
@@ -186,6 +189,7 @@ export class SnapferryServer {
 
   /** Stops accepting, ends sessions, stops workers. */
   async close(): Promise<void> {
+    for (const c of this.companies.values()) c.watcher?.stop();
     for (const ch of this.sessions) ch.close(1001, 'site shutting down');
     this.wss?.close();
     await new Promise<void>((r) => (this.http ? this.http.close(() => r()) : r()));
@@ -269,6 +273,16 @@ export class SnapferryServer {
           if (work.length > 256) work.splice(0, 128);
           break;
         }
+        case MsgType.FOLLOW: {
+          const f = decodeJson<{ company?: unknown; have?: unknown }>(msg);
+          const c = this.companies.get(String(f.company));
+          if (!c) {
+            await session.sendError(new SnapferryError(ErrorCodes.UNKNOWN_COMPANY, `this site serves no company named ${JSON.stringify(String(f.company).slice(0, 100))}`));
+            return;
+          }
+          this.followerOf(c, session, String(f.have ?? ''));
+          break;
+        }
         case MsgType.PING:
           await session.send(Buffer.from([MsgType.PONG]));
           break;
@@ -279,6 +293,30 @@ export class SnapferryServer {
           fail(ErrorCodes.PROTOCOL, `unexpected message type ${msg[0]}`);
       }
     }
+  }
+
+  /**
+   * A follower waits for a generation other than the one it holds: told at once if the company already moved on,
+   * otherwise as soon as the watcher announces one.
+   */
+  private followerOf(c: Company, session: SecureSession, have: string): void {
+    if (!c.watcher) {
+      c.watcher = new CompanyWatcher(c.scanner, { settleTimeoutMs: this.opts.settleTimeoutMs });
+      c.watcher.on('error', (err) => this.log(`watching ${c.name}: ${toSnapferryError(err).message}`));
+      c.watcher.setMaxListeners(0);
+      c.watcher.start();
+    }
+    const watcher = c.watcher;
+    let told = false;
+    const tell = (g: Generation) => {
+      if (told || g.rootHash === have) return;
+      told = true;
+      watcher.off('generation', tell);
+      session.sendJson(MsgType.CHANGED, { company: c.name, generation: g.generation, rootHash: g.rootHash }).catch(() => undefined);
+    };
+    watcher.on('generation', tell);
+    session.channel.ws.once('close', () => watcher.off('generation', tell));
+    c.scanner.scan({ settleTimeoutMs: this.opts.settleTimeoutMs }).then(tell, () => undefined);
   }
 
   private async sendManifest(session: SecureSession, name: string, gen: Generation, have: string | undefined): Promise<void> {
@@ -357,14 +395,21 @@ export class SnapferryServer {
   private async answerPatch(session: SecureSession, company: Company, gen: Generation, msg: Buffer): Promise<void> {
     const req = decodePatchGet(msg);
     const layout = this.layoutFor(company, gen);
-    if (req.chunk >= layout.total) fail(ErrorCodes.PROTOCOL, 'PATCH_GET names a chunk beyond the manifest');
     const g = req.chunk;
+    const end = g + req.count;
+    if (end > layout.total) fail(ErrorCodes.PROTOCOL, 'PATCH_GET names chunks beyond the manifest');
+    let bytes = 0;
+    for (let k = g; k < end; k++) {
+      if (layout.entry[k] !== layout.entry[g]) fail(ErrorCodes.PROTOCOL, 'PATCH_GET run spans files');
+      bytes += layout.len[k]!;
+    }
+    if (bytes > MAX_GET_BYTES) fail(ErrorCodes.LIMIT, 'PATCH_GET asks for too many bytes at once');
     const result = await this.pool.run<MakePatchResult>({
       kind: 'makePatch',
       path: gen.absPaths[layout.entry[g]!]!,
       offset: layout.offset[g]!,
-      length: layout.len[g]!,
-      id: layout.id[g]!,
+      lens: layout.len.slice(g, end),
+      ids: layout.id.slice(g, end),
       blockSize: req.blockSize,
       sigs: req.sigs,
       level: this.opts.level ?? 1,

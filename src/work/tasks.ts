@@ -87,33 +87,42 @@ export interface BlockSigsJob {
 export interface MakePatchJob {
   kind: 'makePatch';
   path: string;
+  /** The run of chunks: file offset of the first, and each chunk's length and id. */
   offset: number;
-  length: number;
-  id: bigint;
+  lens: Uint32Array;
+  ids: BigUint64Array;
   blockSize: number;
   sigs: Uint32Array;
   level: number;
 }
 export type MakePatchResult = { bitmap: Uint8Array; payload: Buffer; compressed: boolean; rawLen: number } | { stale: string };
 
-/** Puller side of the patch level: old bytes + differing blocks -> verified chunk, written to its targets. */
+/**
+ * Puller side of the patch level: old bytes of a run + differing blocks -> the run's chunks, each verified against
+ * its id and written to its targets.
+ */
 export interface ApplyPatchJob {
   kind: 'applyPatch';
   basePath: string;
-  baseOffset: number;
-  baseLength: number;
-  length: number;
-  id: bigint;
+  /** File offset of the run (the same in the old file and the new one). */
+  offset: number;
+  lens: Uint32Array;
+  ids: BigUint64Array;
   blockSize: number;
   bitmap: Uint8Array;
   payload: Uint8Array;
   compressed: boolean;
   rawLen: number;
-  tPaths: string[];
+  paths: string[];
+  /** Targets as triples: chunk index within the run, index into paths, offset. */
+  tItem: Uint32Array;
+  tPath: Uint32Array;
   tOffset: Float64Array;
 }
 export interface ApplyPatchResult {
-  ok: boolean;
+  /** Chunks of the run that did not verify (a signature collision or a changed base): to be fetched whole. */
+  failed: number[];
+  written: number;
 }
 
 /** Hash the chunks of a file (verify --deep). */
@@ -344,10 +353,20 @@ function blockSigs(ctx: JobContext, j: BlockSigsJob): Uint32Array {
   return sigs;
 }
 
+function sumOf(lens: Uint32Array): number {
+  let n = 0;
+  for (let i = 0; i < lens.length; i++) n += lens[i]!;
+  return n;
+}
+
 function makePatch(ctx: JobContext, j: MakePatchJob): MakePatchResult {
-  const bytes = readRange(j.path, j.offset, j.length);
-  if (!bytes || bytes.length !== j.length || ctx.hasher.h64(bytes) !== j.id) return { stale: j.path };
-  const { starts, ends } = blockLayout(j.offset, j.length, j.blockSize);
+  const length = sumOf(j.lens);
+  const bytes = readRange(j.path, j.offset, length);
+  if (!bytes || bytes.length !== length) return { stale: j.path };
+  for (let i = 0, o = 0; i < j.lens.length; o += j.lens[i]!, i++) {
+    if (ctx.hasher.h64(bytes.subarray(o, o + j.lens[i]!)) !== j.ids[i]) return { stale: j.path };
+  }
+  const { starts, ends } = blockLayout(j.offset, length, j.blockSize);
   if (j.sigs.length !== starts.length) fail(ErrorCodes.PROTOCOL, 'patch request has the wrong number of block signatures');
   const bitmap = new Uint8Array(Math.ceil(starts.length / 8));
   const parts: Uint8Array[] = [];
@@ -366,32 +385,46 @@ function makePatch(ctx: JobContext, j: MakePatchJob): MakePatchResult {
 }
 
 function applyPatch(ctx: JobContext, j: ApplyPatchJob): ApplyPatchResult {
-  const raw = j.compressed ? ctx.decompressor.decompress(j.payload, j.rawLen) : Buffer.from(j.payload);
-  if (raw.length !== j.rawLen) fail(ErrorCodes.BAD_CHUNK, 'patch size does not match');
-  const base = readRange(j.basePath, j.baseOffset, j.baseLength) ?? Buffer.alloc(0);
-  const out = Buffer.alloc(j.length);
-  base.copy(out, 0, 0, Math.min(base.length, j.length));
-  const { starts, ends } = blockLayout(j.baseOffset, j.length, j.blockSize);
+  const length = sumOf(j.lens);
+  const payload = j.compressed ? ctx.decompressor.decompress(j.payload, j.rawLen) : Buffer.from(j.payload);
+  if (payload.length !== j.rawLen) fail(ErrorCodes.BAD_CHUNK, 'patch size does not match');
+  const base = readRange(j.basePath, j.offset, length) ?? Buffer.alloc(0);
+  const out = Buffer.alloc(length);
+  base.copy(out, 0, 0, Math.min(base.length, length));
+  const { starts, ends } = blockLayout(j.offset, length, j.blockSize);
   if (j.bitmap.length !== Math.ceil(starts.length / 8)) fail(ErrorCodes.BAD_CHUNK, 'patch bitmap has the wrong size');
   let p = 0;
   for (let b = 0; b < starts.length; b++) {
     if (j.bitmap[b >> 3]! & (1 << (b & 7))) {
       const n = ends[b]! - starts[b]!;
-      if (p + n > raw.length) fail(ErrorCodes.BAD_CHUNK, 'patch is shorter than its bitmap says');
-      raw.copy(out, starts[b]!, p, p + n);
+      if (p + n > payload.length) fail(ErrorCodes.BAD_CHUNK, 'patch is shorter than its bitmap says');
+      payload.copy(out, starts[b]!, p, p + n);
       p += n;
     }
   }
-  if (p !== raw.length) fail(ErrorCodes.BAD_CHUNK, 'patch is longer than its bitmap says');
-  // A block-signature collision or an old file that changed under us gives a wrong result: caught here, refetched whole.
-  if (ctx.hasher.h64(out) !== j.id) return { ok: false };
+  if (p !== payload.length) fail(ErrorCodes.BAD_CHUNK, 'patch is longer than its bitmap says');
+  // A block-signature collision or an old file that changed under us gives a wrong chunk: caught here, fetched whole.
+  const failed: number[] = [];
+  const starts2 = new Float64Array(j.lens.length);
+  for (let i = 0, o = 0; i < j.lens.length; o += j.lens[i]!, i++) {
+    starts2[i] = o;
+    if (ctx.hasher.h64(out.subarray(o, o + j.lens[i]!)) !== j.ids[i]) failed.push(i);
+  }
+  const bad = new Set(failed);
   const files = new TargetFiles();
+  let written = 0;
   try {
-    for (let t = 0; t < j.tPaths.length; t++) writeAll(files.get(j.tPaths[t]!), out, j.tOffset[t]!);
+    for (let t = 0; t < j.tItem.length; t++) {
+      const i = j.tItem[t]!;
+      if (bad.has(i)) continue;
+      const part = out.subarray(starts2[i]!, starts2[i]! + j.lens[i]!);
+      writeAll(files.get(j.paths[j.tPath[t]!]!), part, j.tOffset[t]!);
+      written += part.length;
+    }
   } finally {
     files.close();
   }
-  return { ok: true };
+  return { failed, written };
 }
 
 function hashChunks(ctx: JobContext, j: HashChunksJob): HashChunksResult {

@@ -1,0 +1,103 @@
+/**
+ * Watches a company folder and announces each new generation once changes settle. fs.watch (recursive) makes it
+ * prompt; a stat-only poll catches whatever the watcher misses (network filesystems, overflowed event queues). Both
+ * only trigger a scan, and a scan re-reads only files whose size, mtime, ctime or inode changed.
+ */
+import fs from 'node:fs';
+import { EventEmitter } from 'node:events';
+import type { CompanyScanner, Generation } from './scanner.js';
+
+/** Options of a watcher. */
+export interface WatchOptions {
+  /** Quiet time after the last change before a scan (default 300 ms). */
+  settleMs?: number;
+  /** Longest a stream of changes may delay a scan (default 3 s). */
+  maxDelayMs?: number;
+  /** Poll interval (default 2 s, stretched to 5x the last scan's duration on large companies). */
+  pollMs?: number;
+  settleTimeoutMs?: number;
+}
+
+/** Emits 'generation' (Generation) when the company's root hash changes, 'error' (Error) when a scan fails. */
+export class CompanyWatcher extends EventEmitter {
+  private watcher?: fs.FSWatcher;
+  private pollTimer?: NodeJS.Timeout;
+  private settleTimer?: NodeJS.Timeout;
+  private firstEventAt = 0;
+  private scanning = false;
+  private again = false;
+  private stopped = false;
+  private lastScanMs = 0;
+
+  constructor(
+    private readonly scanner: CompanyScanner,
+    private readonly opts: WatchOptions = {},
+  ) {
+    super();
+  }
+
+  /** Starts watching. */
+  start(): void {
+    try {
+      this.watcher = fs.watch(this.scanner.root, { recursive: true, persistent: false }, () => this.changed());
+      this.watcher.on('error', () => this.watcher?.close());
+    } catch {
+      this.watcher = undefined; // polling alone still works
+    }
+    this.schedulePoll();
+  }
+
+  stop(): void {
+    this.stopped = true;
+    this.watcher?.close();
+    clearTimeout(this.pollTimer);
+    clearTimeout(this.settleTimer);
+  }
+
+  private schedulePoll(): void {
+    if (this.stopped) return;
+    const every = Math.max(this.opts.pollMs ?? 2000, this.lastScanMs * 5);
+    this.pollTimer = setTimeout(() => {
+      void this.scanNow().finally(() => this.schedulePoll());
+    }, every);
+    this.pollTimer.unref();
+  }
+
+  /** A change was seen: scan once things are quiet, or after maxDelayMs at the latest. */
+  private changed(): void {
+    if (this.stopped) return;
+    const now = Date.now();
+    if (!this.settleTimer) this.firstEventAt = now;
+    clearTimeout(this.settleTimer);
+    const settle = this.opts.settleMs ?? 300;
+    const wait = Math.min(settle, Math.max(0, this.firstEventAt + (this.opts.maxDelayMs ?? 3000) - now));
+    this.settleTimer = setTimeout(() => {
+      this.settleTimer = undefined;
+      void this.scanNow();
+    }, wait);
+    this.settleTimer.unref();
+  }
+
+  private async scanNow(): Promise<void> {
+    if (this.scanning) {
+      this.again = true;
+      return;
+    }
+    this.scanning = true;
+    const before = this.scanner.current?.rootHash;
+    const t0 = Date.now();
+    try {
+      const g: Generation = await this.scanner.scan({ settleTimeoutMs: this.opts.settleTimeoutMs });
+      this.lastScanMs = Date.now() - t0;
+      if (g.rootHash !== before) this.emit('generation', g);
+    } catch (err) {
+      this.emit('error', err);
+    } finally {
+      this.scanning = false;
+      if (this.again) {
+        this.again = false;
+        void this.scanNow();
+      }
+    }
+  }
+}

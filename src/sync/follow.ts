@@ -1,0 +1,88 @@
+/**
+ * Follow: after the seed (or delta), stay connected and apply each new generation the site announces. The site
+ * announces a generation other than the one we hold as soon as it is settled, including changes made while the seed
+ * ran, so nothing is missed and nothing is rescanned. A dropped link reconnects with capped backoff.
+ */
+import os from 'node:os';
+import { connect, SecureSession } from './session.js';
+import { pull, PullOptions, PullResult } from './pull.js';
+import { MsgType, decodeJson } from '../protocol/messages.js';
+import { SnapferryError, ErrorCodes, toSnapferryError } from '../util/errors.js';
+
+/** Options of follow: those of pull, plus a stop signal. */
+export interface FollowOptions extends PullOptions {
+  signal?: AbortSignal;
+  /** Keep-alive interval while waiting (default 15 s). */
+  pingMs?: number;
+  /** Longest backoff between reconnects (default 30 s). */
+  maxBackoffMs?: number;
+}
+
+const sleep = (ms: number, signal?: AbortSignal) =>
+  new Promise<void>((resolve) => {
+    const t = setTimeout(resolve, ms);
+    signal?.addEventListener('abort', () => {
+      clearTimeout(t);
+      resolve();
+    });
+  });
+
+/** Waits until the site holds a generation other than `have`. Resolves false if stopped. */
+async function waitForChange(opts: FollowOptions, have: string): Promise<boolean> {
+  let session: SecureSession | undefined;
+  try {
+    session = await connect(opts.url, { secret: opts.secret, peerId: opts.peerId ?? os.hostname(), timeoutMs: opts.timeoutMs });
+    await session.sendJson(MsgType.FOLLOW, { company: opts.company, have });
+    const s = session;
+    const ping = setInterval(() => void s.send(Buffer.from([MsgType.PING])).catch(() => undefined), opts.pingMs ?? 15_000);
+    const onAbort = () => s.close('stopped');
+    opts.signal?.addEventListener('abort', onAbort);
+    try {
+      for (;;) {
+        const msg = await s.recv((opts.pingMs ?? 15_000) * 4);
+        if (msg[0] === MsgType.CHANGED) {
+          decodeJson(msg);
+          return true;
+        }
+        if (msg[0] !== MsgType.PONG) throw new SnapferryError(ErrorCodes.PROTOCOL, `unexpected message type ${msg[0]} while following`);
+      }
+    } finally {
+      clearInterval(ping);
+      opts.signal?.removeEventListener('abort', onAbort);
+    }
+  } catch (err) {
+    if (opts.signal?.aborted) return false;
+    throw err;
+  } finally {
+    session?.close();
+  }
+}
+
+/**
+ * Pulls, then keeps DIR current until the signal aborts. `onApplied` gets each pull that changed DIR (the first one
+ * always). Final errors (authentication, unknown company, hostile data, disk full) end follow; network ones retry.
+ */
+export async function follow(opts: FollowOptions, onApplied: (r: PullResult) => void): Promise<void> {
+  let backoff = 500;
+  let have: string | undefined;
+  let first = true;
+  while (!opts.signal?.aborted) {
+    try {
+      if (have === undefined || (await waitForChange(opts, have))) {
+        if (opts.signal?.aborted) break;
+        const r = await pull(opts);
+        if (first || !r.unchanged) onApplied(r);
+        first = false;
+        have = r.rootHash;
+      }
+      backoff = 500;
+    } catch (err) {
+      const e = toSnapferryError(err);
+      if (!e.retryable && e.code !== ErrorCodes.CONNECTION_LOST && e.code !== ErrorCodes.TIMEOUT) throw e;
+      if (have === undefined && first && e.code === ErrorCodes.UNREACHABLE && backoff > (opts.maxBackoffMs ?? 30_000)) throw e;
+      opts.log?.(`${e.message}; reconnecting in ${(backoff / 1000).toFixed(1)} s`);
+      await sleep(backoff, opts.signal);
+      backoff = Math.min(opts.maxBackoffMs ?? 30_000, backoff * 2);
+    }
+  }
+}
