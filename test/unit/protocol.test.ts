@@ -424,16 +424,28 @@ describe('DATA', () => {
 describe('PATCH_GET / PATCH', () => {
   it('PATCH_GET round-trips', () => {
     const sigs = Uint32Array.from([0, 1, 0xffffffff, 0xdeadbeef]);
-    const b = encodePatchGet({ reqId: 9, chunk: 123456, blockSize: 4096, sigs });
+    const b = encodePatchGet({ reqId: 9, chunk: 123456, count: 7, blockSize: 4096, sigs });
     expect(b[0]).toBe(MsgType.PATCH_GET);
-    expect(b.length).toBe(13 + 16);
+    expect(b.length).toBe(17 + 16);
     const d = decodePatchGet(b);
     expect(d.reqId).toBe(9);
     expect(d.chunk).toBe(123456);
+    expect(d.count).toBe(7);
     expect(d.blockSize).toBe(4096);
     expect(Array.from(d.sigs)).toEqual(Array.from(sigs));
-    expect(Array.from(decodePatchGet(encodePatchGet({ reqId: 1, chunk: 0, blockSize: 256, sigs: new Uint32Array(0) })).sigs)).toEqual([]);
-    expect(decodePatchGet(encodePatchGet({ reqId: 1, chunk: 0, blockSize: 65536, sigs: new Uint32Array(1) })).blockSize).toBe(65536);
+    expect(Array.from(decodePatchGet(encodePatchGet({ reqId: 1, chunk: 0, count: 1, blockSize: 256, sigs: new Uint32Array(0) })).sigs)).toEqual([]);
+    expect(decodePatchGet(encodePatchGet({ reqId: 1, chunk: 0, count: 1, blockSize: 65536, sigs: new Uint32Array(1) })).blockSize).toBe(65536);
+    expect(decodePatchGet(encodePatchGet({ reqId: 1, chunk: 0, count: MAX_GET_RANGES, blockSize: 4096, sigs: new Uint32Array(1) })).count).toBe(MAX_GET_RANGES);
+  });
+
+  it('PATCH_GET rejects a chunk count of 0 or above the limit', () => {
+    const ok = encodePatchGet({ reqId: 1, chunk: 5, count: 3, blockSize: 4096, sigs: new Uint32Array(2) });
+    expect(decodePatchGet(ok).count).toBe(3);
+    const zero = Buffer.from(ok);
+    zero.writeUInt32BE(0, 9);
+    expectCode(() => decodePatchGet(zero), PROTOCOL);
+    expectCode(() => decodePatchGet(encodePatchGet({ reqId: 1, chunk: 5, count: 0, blockSize: 4096, sigs: new Uint32Array(2) })), PROTOCOL);
+    expectCode(() => decodePatchGet(encodePatchGet({ reqId: 1, chunk: 5, count: MAX_GET_RANGES + 1, blockSize: 4096, sigs: new Uint32Array(2) })), PROTOCOL);
   });
 
   it('PATCH_GET rejects bad lengths and block sizes', () => {

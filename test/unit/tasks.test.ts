@@ -501,6 +501,11 @@ describe('blockSigs + makePatch + applyPatch', () => {
   const OFF = 10_000;
   const LEN = 30_000;
   const BS = 4096;
+  /**
+   * A run of three chunks over [OFF, OFF+LEN): [10000, 15000), [15000, 32000), [32000, 40000). The changed page
+   * [16384, 20480) lies wholly inside the middle one.
+   */
+  const RUN3 = [5_000, 17_000, 8_000];
 
   /** Old (base) and new files that differ only in the 4 KiB page [16384, 20480). */
   function pair(seed: number, compressiblePage = false) {
@@ -510,109 +515,166 @@ describe('blockSigs + makePatch + applyPatch', () => {
     page.copy(newData, 16_384);
     const base = writeTmp(oldData);
     const server = writeTmp(newData);
-    const id = ctx.hasher.h64(newData.subarray(OFF, OFF + LEN));
-    return { oldData, newData, base, server, id };
+    return { oldData, newData, base, server };
+  }
+
+  /** The run of chunks with the given lengths starting at OFF, with ids of the new bytes. */
+  function runOf(p: ReturnType<typeof pair>, chunkLens: number[] = [LEN]) {
+    const lens = Uint32Array.from(chunkLens);
+    const ids = new BigUint64Array(lens.length);
+    const starts: number[] = [];
+    let o = OFF;
+    for (let i = 0; i < lens.length; i++) {
+      starts.push(o);
+      ids[i] = ctx.hasher.h64(p.newData.subarray(o, o + lens[i]!));
+      o += lens[i]!;
+    }
+    expect(o).toBe(OFF + LEN);
+    return { lens, ids, starts };
   }
 
   function sigsOf(p: string, offset = OFF, length = LEN): Uint32Array {
     return runJob(ctx, { kind: 'blockSigs', path: p, offset, length, blockSize: BS }) as Uint32Array;
   }
 
+  function makePatch(
+    p: ReturnType<typeof pair>,
+    run: ReturnType<typeof runOf>,
+    sigs: Uint32Array,
+    level = 3,
+  ): Exclude<MakePatchResult, { stale: string }> {
+    const mp = runJob(ctx, { kind: 'makePatch', path: p.server, offset: OFF, lens: run.lens, ids: run.ids, blockSize: BS, sigs, level }) as MakePatchResult;
+    if ('stale' in mp) throw new Error('stale');
+    return mp;
+  }
+
+  /** An applyPatch job writing chunk i of the run to targets[i] at the chunk's own file offset. */
   function patchJob(
     p: ReturnType<typeof pair>,
+    run: ReturnType<typeof runOf>,
     mp: Exclude<MakePatchResult, { stale: string }>,
-    target: string,
+    targets: string[],
   ): ApplyPatchJob {
+    expect(targets.length).toBe(run.lens.length);
     return {
       kind: 'applyPatch',
       basePath: p.base,
-      baseOffset: OFF,
-      baseLength: LEN,
-      length: LEN,
-      id: p.id,
+      offset: OFF,
+      lens: run.lens,
+      ids: run.ids,
       blockSize: BS,
       bitmap: mp.bitmap,
       payload: mp.payload,
       compressed: mp.compressed,
       rawLen: mp.rawLen,
-      tPaths: [target],
-      tOffset: Float64Array.from([OFF]),
+      paths: targets,
+      tItem: Uint32Array.from(targets.map((_, i) => i)),
+      tPath: Uint32Array.from(targets.map((_, i) => i)),
+      tOffset: Float64Array.from(run.starts),
     };
+  }
+
+  /** Target i holds exactly the new bytes of chunk i at the chunk's file offset. */
+  function expectWritten(p: ReturnType<typeof pair>, run: ReturnType<typeof runOf>, targets: string[], i: number): void {
+    const out = fs.readFileSync(targets[i]!);
+    const s = run.starts[i]!;
+    expect(out.length).toBe(s + run.lens[i]!);
+    expect(out.subarray(s).equals(p.newData.subarray(s, s + run.lens[i]!))).toBe(true);
   }
 
   it('reconstructs a chunk whose one aligned 4 KiB page changed; the patch carries exactly 4096 bytes', () => {
     const p = pair(61);
+    const run = runOf(p);
     const sigs = sigsOf(p.base);
     expect(sigs.length).toBe(8);
-    const mp = runJob(ctx, { kind: 'makePatch', path: p.server, offset: OFF, length: LEN, id: p.id, blockSize: BS, sigs, level: 3 }) as MakePatchResult;
-    if ('stale' in mp) throw new Error('stale');
+    const mp = makePatch(p, run, sigs);
     expect(mp.rawLen).toBe(4096);
     // block 2 of the layout is [16384, 20480) in the file
     expect(Array.from(mp.bitmap)).toEqual([0b0000_0100]);
     expect(mp.compressed).toBe(false);
     expect(mp.payload.equals(p.newData.subarray(16_384, 20_480))).toBe(true);
 
-    const t = targetPath();
-    const r = runJob(ctx, patchJob(p, mp, t)) as ApplyPatchResult;
-    expect(r.ok).toBe(true);
-    const out = fs.readFileSync(t);
-    expect(out.length).toBe(OFF + LEN);
-    expect(out.subarray(OFF).equals(p.newData.subarray(OFF, OFF + LEN))).toBe(true);
+    const t = [targetPath()];
+    const r = runJob(ctx, patchJob(p, run, mp, t)) as ApplyPatchResult;
+    expect(r).toEqual({ failed: [], written: LEN });
+    expectWritten(p, run, t, 0);
+  });
+
+  it('a run of 3 chunks where only the middle one changed: all three rebuilt and written, the patch carries 4096 bytes', () => {
+    const p = pair(69);
+    const run = runOf(p, RUN3);
+    // only the middle chunk differs between base and new
+    expect(ctx.hasher.h64(p.oldData.subarray(run.starts[0]!, run.starts[1]!))).toBe(run.ids[0]);
+    expect(ctx.hasher.h64(p.oldData.subarray(run.starts[1]!, run.starts[2]!))).not.toBe(run.ids[1]);
+    expect(ctx.hasher.h64(p.oldData.subarray(run.starts[2]!, OFF + LEN))).toBe(run.ids[2]);
+    const mp = makePatch(p, run, sigsOf(p.base));
+    expect(mp.rawLen).toBe(4096);
+    expect(Array.from(mp.bitmap)).toEqual([0b0000_0100]);
+    const t = [targetPath(), targetPath(), targetPath()];
+    const r = runJob(ctx, patchJob(p, run, mp, t)) as ApplyPatchResult;
+    expect(r.failed).toEqual([]);
+    expect(r.written).toBe(LEN);
+    for (let i = 0; i < 3; i++) expectWritten(p, run, t, i);
   });
 
   it('works with a compressed patch too', () => {
     const p = pair(62, true);
-    const mp = runJob(ctx, { kind: 'makePatch', path: p.server, offset: OFF, length: LEN, id: p.id, blockSize: BS, sigs: sigsOf(p.base), level: 3 }) as MakePatchResult;
-    if ('stale' in mp) throw new Error('stale');
+    const run = runOf(p);
+    const mp = makePatch(p, run, sigsOf(p.base));
     expect(mp.compressed).toBe(true);
     expect(mp.rawLen).toBe(4096);
     expect(mp.payload.length).toBeLessThan(4096);
-    const t = targetPath();
-    expect((runJob(ctx, patchJob(p, mp, t)) as ApplyPatchResult).ok).toBe(true);
-    expect(fs.readFileSync(t).subarray(OFF).equals(p.newData.subarray(OFF, OFF + LEN))).toBe(true);
+    const t = [targetPath()];
+    expect(runJob(ctx, patchJob(p, run, mp, t))).toEqual({ failed: [], written: LEN });
+    expectWritten(p, run, t, 0);
   });
 
-  it('an unchanged chunk gives an empty patch that still applies', () => {
+  it('an unchanged run gives an empty patch that still applies', () => {
     const p = pair(63);
-    const sigs = sigsOf(p.server);
-    const mp = runJob(ctx, { kind: 'makePatch', path: p.server, offset: OFF, length: LEN, id: p.id, blockSize: BS, sigs, level: 3 }) as MakePatchResult;
-    if ('stale' in mp) throw new Error('stale');
+    const run = runOf(p, RUN3);
+    const mp = makePatch(p, run, sigsOf(p.server));
     expect(mp.rawLen).toBe(0);
+    expect(mp.payload.length).toBe(0);
     expect(Array.from(mp.bitmap)).toEqual([0]);
-    const t = targetPath();
-    const job = { ...patchJob(p, mp, t), basePath: p.server };
-    expect((runJob(ctx, job) as ApplyPatchResult).ok).toBe(true);
+    const t = [targetPath(), targetPath(), targetPath()];
+    const job = { ...patchJob(p, run, mp, t), basePath: p.server };
+    expect(runJob(ctx, job)).toEqual({ failed: [], written: LEN });
+    for (let i = 0; i < 3; i++) expectWritten(p, run, t, i);
   });
 
-  it('applyPatch returns ok:false (and writes nothing) when the base changed in an unsignalled block', () => {
+  it('applyPatch reports the chunk as failed (and writes nothing for it) when the base changed in an unsignalled block', () => {
     const p = pair(64);
-    const sigs = sigsOf(p.base);
-    const mp = runJob(ctx, { kind: 'makePatch', path: p.server, offset: OFF, length: LEN, id: p.id, blockSize: BS, sigs, level: 3 }) as MakePatchResult;
-    if ('stale' in mp) throw new Error('stale');
-    // the base changes after its signatures were sent, in a block the patch does not carry
+    const run = runOf(p, RUN3);
+    const mp = makePatch(p, run, sigsOf(p.base));
+    // the base changes after its signatures were sent, in a block the patch does not carry (inside the middle chunk)
     const fd = fs.openSync(p.base, 'r+');
     fs.writeSync(fd, Buffer.from([p.oldData[30_000]! ^ 0x5a]), 0, 1, 30_000);
     fs.closeSync(fd);
-    const t = targetPath();
-    expect((runJob(ctx, patchJob(p, mp, t)) as ApplyPatchResult).ok).toBe(false);
-    expect(fs.existsSync(t)).toBe(false);
+    const t = [targetPath(), targetPath(), targetPath()];
+    const r = runJob(ctx, patchJob(p, run, mp, t)) as ApplyPatchResult;
+    expect(r.failed).toEqual([1]);
+    expect(r.written).toBe(RUN3[0]! + RUN3[2]!);
+    expect(fs.existsSync(t[1]!)).toBe(false);
+    expectWritten(p, run, t, 0);
+    expectWritten(p, run, t, 2);
   });
 
-  it('applyPatch returns ok:false when the base file is gone', () => {
+  it('applyPatch reports every chunk as failed when the base file is gone', () => {
     const p = pair(65);
-    const mp = runJob(ctx, { kind: 'makePatch', path: p.server, offset: OFF, length: LEN, id: p.id, blockSize: BS, sigs: sigsOf(p.base), level: 3 }) as MakePatchResult;
-    if ('stale' in mp) throw new Error('stale');
+    const run = runOf(p, RUN3);
+    const mp = makePatch(p, run, sigsOf(p.base));
     fs.unlinkSync(p.base);
-    const t = targetPath();
-    expect((runJob(ctx, patchJob(p, mp, t)) as ApplyPatchResult).ok).toBe(false);
+    const t = [targetPath(), targetPath(), targetPath()];
+    expect(runJob(ctx, patchJob(p, run, mp, t))).toEqual({ failed: [0, 1, 2], written: 0 });
+    for (const x of t) expect(fs.existsSync(x)).toBe(false);
   });
 
   it('applyPatch refuses a bitmap of the wrong size or a payload that disagrees with it (BAD_CHUNK)', () => {
     const p = pair(66);
-    const mp = runJob(ctx, { kind: 'makePatch', path: p.server, offset: OFF, length: LEN, id: p.id, blockSize: BS, sigs: sigsOf(p.base), level: 3 }) as MakePatchResult;
-    if ('stale' in mp) throw new Error('stale');
-    const t = targetPath();
-    const job = patchJob(p, mp, t);
+    const run = runOf(p);
+    const mp = makePatch(p, run, sigsOf(p.base));
+    const t = [targetPath()];
+    const job = patchJob(p, run, mp, t);
     expectCode(() => runJob(ctx, { ...job, bitmap: Uint8Array.from([4, 0]) }), ErrorCodes.BAD_CHUNK);
     expectCode(() => runJob(ctx, { ...job, bitmap: new Uint8Array(0) }), ErrorCodes.BAD_CHUNK);
     // bitmap says two blocks but the payload holds one
@@ -621,15 +683,21 @@ describe('blockSigs + makePatch + applyPatch', () => {
     expectCode(() => runJob(ctx, { ...job, bitmap: Uint8Array.from([0]) }), ErrorCodes.BAD_CHUNK);
     // rawLen lies
     expectCode(() => runJob(ctx, { ...job, rawLen: 4095 }), ErrorCodes.BAD_CHUNK);
-    expect(fs.existsSync(t)).toBe(false);
+    expect(fs.existsSync(t[0]!)).toBe(false);
   });
 
   it('makePatch returns {stale} when the server file changed, and PROTOCOL for a wrong signature count', () => {
     const p = pair(67);
+    const run = runOf(p, RUN3);
     const sigs = sigsOf(p.base);
-    const mk = (s: Uint32Array, id = p.id) =>
-      runJob(ctx, { kind: 'makePatch', path: p.server, offset: OFF, length: LEN, id, blockSize: BS, sigs: s, level: 3 }) as MakePatchResult;
-    expect(mk(sigs, p.id ^ 1n)).toEqual({ stale: p.server });
+    const mk = (s: Uint32Array, ids = run.ids) =>
+      runJob(ctx, { kind: 'makePatch', path: p.server, offset: OFF, lens: run.lens, ids, blockSize: BS, sigs: s, level: 3 }) as MakePatchResult;
+    // any chunk of the run that no longer matches its id makes the whole run stale
+    for (let i = 0; i < 3; i++) {
+      const ids = BigUint64Array.from(run.ids);
+      ids[i] = ids[i]! ^ 1n;
+      expect(mk(sigs, ids)).toEqual({ stale: p.server });
+    }
     expectCode(() => mk(sigs.subarray(1)), ErrorCodes.PROTOCOL);
     expectCode(() => mk(Uint32Array.from([...sigs, 0])), ErrorCodes.PROTOCOL);
     fs.truncateSync(p.server, OFF + LEN - 1);
@@ -647,13 +715,13 @@ describe('blockSigs + makePatch + applyPatch', () => {
       if (OFF + starts[b]! >= 25_000) expect(sigs[b]).toBe(0);
       else expect(sigs[b]).toBe(blockSigsOf(ctx, full, OFF, BS)[b]);
     }
-    const mp = runJob(ctx, { kind: 'makePatch', path: p.server, offset: OFF, length: LEN, id: p.id, blockSize: BS, sigs, level: -5 }) as MakePatchResult;
-    if ('stale' in mp) throw new Error('stale');
+    const run = runOf(p);
+    const mp = makePatch(p, run, sigs, -5);
     // the changed page plus the block straddling EOF (partly zero-padded) and every block past EOF
     expect(mp.rawLen).toBe(4096 + (40_000 - 24_576));
-    const t = targetPath();
-    expect((runJob(ctx, patchJob(p, mp, t)) as ApplyPatchResult).ok).toBe(true);
-    expect(fs.readFileSync(t).subarray(OFF).equals(p.newData.subarray(OFF, OFF + LEN))).toBe(true);
+    const t = [targetPath()];
+    expect(runJob(ctx, patchJob(p, run, mp, t))).toEqual({ failed: [], written: LEN });
+    expectWritten(p, run, t, 0);
     // a missing base: every signature is 0
     expect(Array.from(sigsOf(path.join(dir, 'nope')))).toEqual(new Array(8).fill(0));
   });

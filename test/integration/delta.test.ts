@@ -1,0 +1,130 @@
+/**
+ * After the seed: deltas, unchanged re-pulls and follow, between two real sites over 127.0.0.1 (CLI child processes).
+ */
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import fs from 'node:fs';
+import path from 'node:path';
+import { spawn } from 'node:child_process';
+import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, Served, CLI, waitFor } from '../helpers.js';
+import { makeCompany, mutateCompany } from '../../src/gen/company.js';
+
+describe('delta sync after the seed', () => {
+  let tmp: ReturnType<typeof tempDir>;
+  let key: string;
+
+  beforeAll(() => {
+    tmp = tempDir();
+    key = secretFile(tmp.dir);
+  });
+  afterAll(() => tmp?.cleanup());
+
+  async function seeded(name: string, mib: number): Promise<{ src: string; dest: string; served: Served; seed: Record<string, number> }> {
+    const src = path.join(tmp.dir, `${name}-src`, 'acme');
+    await makeCompany(src, mib, 21);
+    const served = await startServe(['--secret', key, '--company', `acme=${src}`]);
+    const dest = path.join(tmp.dir, `${name}-dst`, 'acme');
+    fs.mkdirSync(path.dirname(dest));
+    const r = await runCli(['pull', served.url, 'acme', dest, '--secret', key, '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    return { src, dest, served, seed: JSON.parse(r.stdout) };
+  }
+
+  it('moves only what changed: page rewrites as block patches, moved chunks reused, deletes/renames/adds applied', async () => {
+    const { src, dest, served, seed } = await seeded('mut', 16);
+    try {
+      await mutateCompany(src, 4);
+      const r = await runCli(['pull', served.url, 'acme', dest, '--secret', key, '--json']);
+      expect(r.code, r.stderr).toBe(0);
+      const j = JSON.parse(r.stdout);
+      expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
+      expect(j.generation).toBe(seed.generation! + 1);
+      expect(j.chunksPatched).toBeGreaterThan(0);
+      expect(j.chunksReused).toBeGreaterThan(j.chunksFetched);
+      // ~1% of the bytes changed (mostly incompressible pages): the delta costs a small fraction of the seed.
+      expect(j.bytesOnWire).toBeLessThan(seed.bytesOnWire! * 0.2);
+    } finally {
+      await served.stop();
+    }
+  });
+
+  it('an unchanged company transfers no chunk and almost no bytes', async () => {
+    const { dest, served } = await seeded('same', 4);
+    try {
+      const r = await runCli(['pull', served.url, 'acme', dest, '--secret', key, '--json']);
+      expect(r.code, r.stderr).toBe(0);
+      const j = JSON.parse(r.stdout);
+      expect(j.unchanged).toBe(true);
+      expect(j.chunksFetched).toBe(0);
+      expect(j.bytesOnWire).toBeLessThan(4096);
+    } finally {
+      await served.stop();
+    }
+  });
+
+  it('applies mode and mtime changes without fetching content', async () => {
+    const { src, dest, served } = await seeded('meta', 4);
+    try {
+      fs.chmodSync(path.join(src, 'Journal.log'), 0o600);
+      fs.utimesSync(path.join(src, 'Company.900'), new Date('2021-05-06T07:08:09Z'), new Date('2021-05-06T07:08:09Z'));
+      const r = await runCli(['pull', served.url, 'acme', dest, '--secret', key, '--json']);
+      expect(r.code, r.stderr).toBe(0);
+      const j = JSON.parse(r.stdout);
+      expect(j.chunksFetched).toBe(0);
+      expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
+    } finally {
+      await served.stop();
+    }
+  });
+
+  it('a delta never costs more than a fresh seed of the same generation, even when everything changed', async () => {
+    const { src, dest, served } = await seeded('all', 8);
+    try {
+      // Rewrite every big file with new content of the same shape (a restore from another backup).
+      const other = path.join(tmp.dir, 'all-other');
+      await makeCompany(other, 8, 99);
+      for (const f of ['Tranmgr.900', 'Company.900', 'LinkMgr.900', 'Manager.900', 'Journal.log']) fs.copyFileSync(path.join(other, f), path.join(src, f));
+      const delta = JSON.parse((await runCli(['pull', served.url, 'acme', dest, '--secret', key, '--json'])).stdout);
+      const freshDir = path.join(tmp.dir, 'all-fresh', 'acme');
+      fs.mkdirSync(path.dirname(freshDir));
+      const fresh = JSON.parse((await runCli(['pull', served.url, 'acme', freshDir, '--secret', key, '--json'])).stdout);
+      expect(delta.rootHash).toBe(fresh.rootHash);
+      expect(delta.bytesOnWire).toBeLessThanOrEqual(fresh.bytesOnWire * 1.02);
+      expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
+    } finally {
+      await served.stop();
+    }
+  });
+
+  it('--follow applies each new generation, prints one JSON line per generation, and survives a site restart', async () => {
+    const { src, dest, served } = await seeded('follow', 4);
+    const port = new URL(served.url).port;
+    const child = spawn(process.execPath, [CLI, 'pull', served.url, 'acme', dest, '--secret', key, '--follow', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    let site: Served | undefined = served;
+    try {
+      await waitFor(() => out.split('\n').filter(Boolean).length >= 1, 20_000);
+      fs.writeFileSync(path.join(src, 'masters', 'followed.xml'), '<new/>\n');
+      await waitFor(() => out.split('\n').filter(Boolean).length >= 2, 15_000);
+      const second = JSON.parse(out.split('\n').filter(Boolean)[1]!);
+      expect(second.unchanged).toBe(false);
+      expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
+      // The site goes away; a change made meanwhile arrives once it is back on the same address.
+      await site.stop();
+      site = undefined;
+      fs.appendFileSync(path.join(src, 'Journal.log'), 'VCH-after-restart|...\n');
+      // Back on the original address (startServe would pick a fresh port).
+      const again = spawn(process.execPath, [CLI, 'serve', '--listen', `127.0.0.1:${port}`, '--secret', key, '--company', `acme=${src}`], { stdio: 'ignore' });
+      try {
+        await waitFor(() => out.split('\n').filter(Boolean).length >= 3, 40_000, 100);
+        expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
+      } finally {
+        again.kill('SIGTERM');
+      }
+    } finally {
+      child.kill('SIGTERM');
+      await new Promise((r) => child.once('exit', r));
+      await site?.stop();
+    }
+  });
+});
