@@ -11,6 +11,8 @@ import { pull, PullResult } from '../sync/pull.js';
 import { progressLine, summary } from './progress.js';
 import { runDemo } from './demo.js';
 import { follow } from '../sync/follow.js';
+import { verifyDir, VerifyResult } from '../sync/verify.js';
+import { formatBytes } from '../util/rate.js';
 import { makeCompany, mutateCompany, makeSmallFiles } from '../gen/company.js';
 import { parseRate } from '../util/rate.js';
 import { ErrorCodes, fail, toSnapferryError } from '../util/errors.js';
@@ -172,6 +174,70 @@ export function buildProgram(): Command {
     });
 
   program
+    .command('verify')
+    .description('check DIR against the generation it last applied (exit 0 intact, 1 damaged, 2 could not check)')
+    .argument('<dir>')
+    .option('--deep', 'read every byte and check every chunk hash')
+    .option('--json', 'print one JSON object')
+    .option('--secret <file>', 'also check that the applied-generation record is authentic')
+    .action(async (dir: string, o: { deep?: boolean; json?: boolean; secret?: string }) => {
+      let r: VerifyResult;
+      try {
+        const full = await verifyDir(dir, { deep: o.deep === true, secret: o.secret ? readSecret(o.secret) : undefined });
+        const { good: _good, applied: _applied, ...rest } = full;
+        r = rest;
+      } catch (err) {
+        const e = toSnapferryError(err);
+        if (o.json) process.stdout.write(`${JSON.stringify({ intact: false, checked: false, error: { code: e.code, message: e.message } })}\n`);
+        process.stderr.write(`snapferry: could not check ${path.resolve(dir)}: ${e.message} [${e.code}]\n`);
+        process.exitCode = 2;
+        throw new ExitWith(2);
+      }
+      if (o.json) process.stdout.write(`${JSON.stringify(r)}\n`);
+      else {
+        const lines = r.damaged.map((d) => `  ${d.path}: ${d.problem}${d.ranges ? ` at ${d.ranges.map(([a, b]) => `${a}-${b}`).join(', ')}` : ''}${d.expectedSize !== undefined ? ` (${d.actualSize} bytes, ${d.expectedSize} expected)` : ''}${d.expectedMode ? ` (${d.actualMode}, ${d.expectedMode} expected)` : ''}`);
+        const head = r.intact
+          ? `${path.resolve(dir)} is intact: generation ${r.generation} of ${r.company}`
+          : `${path.resolve(dir)} is damaged: ${r.damaged.length} problem(s) against generation ${r.generation} of ${r.company}`;
+        process.stdout.write(`${head} (${o.deep ? `deep, ${formatBytes(r.bytesRead)} read` : 'metadata only'}, ${r.seconds.toFixed(2)} s)\n${lines.join('\n')}${lines.length ? '\n' : ''}`);
+      }
+      if (!r.intact) throw new ExitWith(1);
+    });
+
+  program
+    .command('repair')
+    .description('restore DIR from the site at URL, fetching only what is damaged (or the delta, if the site moved on)')
+    .argument('<dir>')
+    .argument('<url>')
+    .argument('<name>')
+    .requiredOption('--secret <file>', 'site secret file')
+    .option('--json', 'print one JSON object when done')
+    .option('--no-fsync', 'do not flush to disk before commit')
+    .action(async (dir: string, url: string, name: string, o: { secret: string; json?: boolean; fsync: boolean }) => {
+      const secret = readSecret(o.secret);
+      const progress = progressLine(!o.json && process.stderr.isTTY === true);
+      const r = await pull({
+        url,
+        company: name,
+        dir,
+        secret,
+        repair: true,
+        durable: o.fsync,
+        onProgress: progress.update,
+        onPoint: faultPoint,
+        log: (line) => {
+          progress.end();
+          process.stderr.write(`${line}\n`);
+        },
+      }).finally(progress.end);
+      if (o.json) process.stdout.write(`${JSON.stringify(r)}\n`);
+      else {
+        const what = r.unchanged ? 'nothing was damaged' : r.peerMovedOn ? 'the site had moved on: brought to its newest generation' : 'repaired';
+        process.stdout.write(`${what}. ${summary(r, path.resolve(dir))}\n`);
+      }
+    });
+
+  program
     .command('demo')
     .description('make a sample company, seed it to a second folder over a local WebSocket, then show a delta')
     .option('--size <MiB>', 'size of the sample company', '64')
@@ -206,6 +272,13 @@ export function buildProgram(): Command {
   return program;
 }
 
+/** Ends a command with an exit code after it has printed its own output (verify's 1 and 2). */
+class ExitWith extends Error {
+  constructor(readonly code: number) {
+    super(`exit ${code}`);
+  }
+}
+
 /** Runs the CLI; maps errors to one line and an exit code. */
 export async function main(argv: string[]): Promise<number> {
   const program = buildProgram();
@@ -213,6 +286,7 @@ export async function main(argv: string[]): Promise<number> {
     await program.parseAsync(argv);
     return 0;
   } catch (err) {
+    if (err instanceof ExitWith) return err.code;
     const ce = err as { code?: string; exitCode?: number };
     if (typeof ce.code === 'string' && ce.code.startsWith('commander.')) {
       if (ce.code === 'commander.helpDisplayed' || ce.code === 'commander.version' || ce.code === 'commander.help') return 0;

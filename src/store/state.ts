@@ -14,7 +14,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
+import { createHash, createHmac, hkdfSync, timingSafeEqual } from 'node:crypto';
 import { decodeManifest, Manifest, rootHashOf } from '../manifest/manifest.js';
 import { fail, ErrorCodes, SnapferryError, toSnapferryError } from '../util/errors.js';
 
@@ -28,6 +28,29 @@ export interface AppliedRecord {
   committedAt: string;
   files: number;
   bytes: number;
+  /** HMAC-SHA256 of the fields above under a key derived from the site secret: tampering is detectable by holders of the secret. */
+  mac?: string;
+}
+
+function recordKey(secret: Buffer): Buffer {
+  return Buffer.from(hkdfSync('sha256', secret, Buffer.alloc(0), 'snapferry/v1 applied record', 32));
+}
+
+function recordMac(r: AppliedRecord, secret: Buffer): string {
+  const { mac: _mac, ...fields } = r;
+  const canonical = JSON.stringify(fields, Object.keys(fields).sort());
+  return createHmac('sha256', recordKey(secret)).update(canonical).digest('hex');
+}
+
+/** Seals a record with the site secret. */
+export function signRecord(r: AppliedRecord, secret: Buffer): AppliedRecord {
+  return { ...r, mac: recordMac(r, secret) };
+}
+
+/** Whether a record carries a valid MAC for this secret. */
+export function recordAuthentic(r: AppliedRecord, secret: Buffer): boolean {
+  if (typeof r.mac !== 'string' || !/^[0-9a-f]{64}$/.test(r.mac)) return false;
+  return timingSafeEqual(Buffer.from(r.mac, 'hex'), Buffer.from(recordMac(r, secret), 'hex'));
 }
 
 /** Where things live for one DIR. */

@@ -25,7 +25,7 @@ import {
   ManifestMsg,
   OpenMsg,
 } from '../protocol/messages.js';
-import type { WritePackJob, WritePackResult, CopyRangesJob, CopyRangesResult, ApplyPatchResult } from '../work/tasks.js';
+import type { WritePackJob, WritePackResult, CopyRangesJob, CopyRangesResult, ApplyPatchResult, ChunkSegmentResult } from '../work/tasks.js';
 import {
   StatePaths,
   DirLock,
@@ -39,7 +39,10 @@ import {
   Applied,
   AppliedRecord,
   writeFileDurable,
+  signRecord,
 } from '../store/state.js';
+import { verifyDir, GoodChunks } from './verify.js';
+import { SEGMENT_SIZE } from '../chunk/chunker.js';
 import { SnapferryError, ErrorCodes, fail, toSnapferryError } from '../util/errors.js';
 import { TokenBucket } from '../util/rate.js';
 
@@ -74,6 +77,11 @@ export interface PullOptions {
   timeoutMs?: number;
   onProgress?: (p: PullProgress) => void;
   log?: (line: string) => void;
+  /**
+   * Repair: check DIR deeply first and trust only what verifies (chunks, not metadata); with a lost or tampered record,
+   * re-chunk the files DIR has and reuse whatever matches the site's generation.
+   */
+  repair?: boolean;
   /** Test hook: called at named points of the pull (fault tests kill the process there). */
   onPoint?: (point: string) => void;
 }
@@ -91,6 +99,10 @@ export interface PullResult {
   chunksReused: number;
   bytesWritten: number;
   unchanged: boolean;
+  /** Repair only: the site had moved on, so DIR was brought to the site's newest generation instead. */
+  peerMovedOn?: boolean;
+  /** Repair only: what the deep check found before repairing. */
+  damagedBefore?: number;
   seconds: number;
 }
 
@@ -203,9 +215,28 @@ class PullRun {
     });
   }
 
+  /** Repair mode: good chunks of the applied generation per file, from the deep check. */
+  private good?: GoodChunks;
+  private damagedBefore?: number;
+
   async execute(): Promise<PullResult> {
     this.progress('connect');
-    this.applied = readApplied(this.paths);
+    if (this.opts.repair) {
+      try {
+        const v = await verifyDir(this.paths.dir, { deep: true, secret: this.opts.secret, locked: true });
+        this.applied = v.applied;
+        this.good = v.good;
+        this.damagedBefore = v.damaged.length;
+      } catch (err) {
+        const e = toSnapferryError(err);
+        if (e.code !== ErrorCodes.STATE && e.code !== ErrorCodes.BAD_MANIFEST) throw e;
+        this.opts.log?.(`${e.message}; re-establishing it from the site`);
+        this.applied = undefined; // re-chunk what DIR has
+        this.damagedBefore = -1;
+      }
+    } else {
+      this.applied = readApplied(this.paths);
+    }
     try {
       this.session = await connect(this.opts.url, { secret: this.opts.secret, peerId: this.opts.peerId ?? os.hostname(), timeoutMs: this.opts.timeoutMs });
     } catch (err) {
@@ -244,7 +275,7 @@ class PullRun {
     this.layout = layoutOf(this.m);
     this.bytesTotal = totalBytes(this.m);
 
-    if (this.applied && this.applied.record.rootHash === this.rootHash && this.intact()) {
+    if (this.applied && this.applied.record.rootHash === this.rootHash && (this.opts.repair ? this.damagedBefore === 0 : this.intact())) {
       await s.send(Buffer.from([MsgType.BYE]));
       return this.result(true);
     }
@@ -252,7 +283,7 @@ class PullRun {
     this.progress('plan');
     this.opts.onPoint?.('plan');
     this.pool = new WorkerPool(this.opts.workers);
-    const needs = this.plan(encoded);
+    const needs = this.plan(encoded, await this.partialSources());
     this.checkSpace(needs);
     this.startReader();
     this.progress('transfer');
@@ -273,7 +304,7 @@ class PullRun {
       files: this.m.entries.filter((e) => e.kind === 'file').length,
       bytes: this.bytesTotal,
     };
-    commit(this.paths, record, encoded, this.opts.durable !== false, this.opts.onPoint);
+    commit(this.paths, signRecord(record, this.opts.secret), encoded, this.opts.durable !== false, this.opts.onPoint);
     writeStats(this.paths, this.rootHash, this.m);
     this.opts.onPoint?.('committed');
     return this.result(false);
@@ -292,6 +323,9 @@ class PullRun {
       chunksReused: this.stats.reused,
       bytesWritten: this.stats.written,
       unchanged,
+      ...(this.opts.repair
+        ? { peerMovedOn: this.applied !== undefined && this.applied.record.rootHash !== this.rootHash, damagedBefore: this.damagedBefore }
+        : {}),
       seconds: Math.round(performance.now() - this.started) / 1000,
     };
   }
@@ -327,8 +361,12 @@ class PullRun {
     return true;
   }
 
-  /** Whether a file of the applied generation is still as committed (size, mtime, inode, ctime). */
+  /** Whether a file of the applied generation is still as committed (size, mtime, inode, ctime; in repair, every chunk verified). */
   private trusted(e: Entry, idx: number): boolean {
+    if (this.good && e.kind === 'file') {
+      const ok = this.good.get(idx);
+      if (e.size > 0 && (!ok || ok.includes(0))) return false;
+    }
     let st: fs.BigIntStats;
     try {
       st = fs.lstatSync(path.join(this.paths.dir, e.path), { bigint: true });
@@ -342,8 +380,55 @@ class PullRun {
     return !rec || rec === `${st.ino}:${st.ctimeNs}`;
   }
 
+  /**
+   * Local files that are not trusted whole but still hold good chunks: in repair, damaged files of the applied
+   * generation (their verified chunks); with no record at all, every file of the site's generation that DIR has,
+   * re-chunked here. Each serves as a patch base for its own path and as a source of chunks by id (copies are
+   * verified against the id as they are made).
+   */
+  private async partialSources(): Promise<Map<string, { abs: string; size: number; chunks: Array<{ id: bigint; offset: number }> }>> {
+    const out = new Map<string, { abs: string; size: number; chunks: Array<{ id: bigint; offset: number }> }>();
+    if (!this.opts.repair) return out;
+    if (this.applied && this.good) {
+      const olds = this.applied.manifest.entries;
+      for (const [i, ok] of this.good) {
+        const oe = olds[i]!;
+        if (!ok.includes(0) && this.trusted(oe, i)) continue;
+        const abs = path.join(this.paths.dir, oe.path);
+        let size = 0;
+        try {
+          size = fs.statSync(abs).size;
+        } catch {
+          continue;
+        }
+        const chunks: Array<{ id: bigint; offset: number }> = [];
+        for (let k = 0, o = 0; k < oe.lens!.length; o += oe.lens![k]!, k++) if (ok[k]) chunks.push({ id: oe.ids![k]!, offset: o });
+        out.set(oe.path, { abs, size, chunks });
+      }
+      return out;
+    }
+    for (const e of this.m.entries) {
+      if (e.kind !== 'file') continue;
+      const abs = path.join(this.paths.dir, e.path);
+      let st: fs.Stats;
+      try {
+        st = fs.lstatSync(abs);
+      } catch {
+        continue;
+      }
+      if (!st.isFile()) continue;
+      const chunks: Array<{ id: bigint; offset: number }> = [];
+      for (let off = 0; off < st.size; off += SEGMENT_SIZE) {
+        const r = await this.pool!.run<ChunkSegmentResult>({ kind: 'chunkSegment', path: abs, offset: off, length: Math.min(SEGMENT_SIZE, st.size - off), params: this.m.params });
+        for (let k = 0, o = off; k < r.lens.length; o += r.lens[k]!, k++) chunks.push({ id: r.ids[k]!, offset: o });
+      }
+      out.set(e.path, { abs, size: st.size, chunks });
+    }
+    return out;
+  }
+
   /** Builds next/'s skeleton and decides where every chunk comes from. */
-  private plan(encoded: Buffer): Need[] {
+  private plan(encoded: Buffer, partial: Map<string, { abs: string; size: number; chunks: Array<{ id: bigint; offset: number }> }>): Need[] {
     const p = this.paths;
     // Resume only into a next/ built for this very generation; anything else is discarded.
     let resumable = false;
@@ -378,6 +463,7 @@ class PullRun {
         }
       }
     }
+    for (const src of partial.values()) for (const c of src.chunks) if (!localIndex.has(c.id)) localIndex.set(c.id, { path: src.abs, offset: c.offset });
     const needs = new Map<bigint, Need>();
     const copies: Array<{ g: number; src: { path: string; offset: number } }> = [];
     const baseCopies: Array<{ ei: number; from: string }> = [];
@@ -434,7 +520,11 @@ class PullRun {
         }
         const need = needs.get(id);
         if (need) need.targets.push(g);
-        else needs.set(id, { g, targets: [g], patchBase: old && L.offset[g]! < old.size ? src : undefined });
+        else {
+          const part = old ? undefined : partial.get(e.path);
+          const patchBase = old && L.offset[g]! < old.size ? src : part && L.offset[g]! < part.size ? part.abs : undefined;
+          needs.set(id, { g, targets: [g], patchBase });
+        }
       }
       this.remaining[ei] = remaining;
     }

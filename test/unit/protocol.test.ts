@@ -449,12 +449,12 @@ describe('PATCH_GET / PATCH', () => {
   });
 
   it('PATCH_GET rejects bad lengths and block sizes', () => {
-    const b = encodePatchGet({ reqId: 9, chunk: 1, blockSize: 4096, sigs: Uint32Array.from([1, 2]) });
+    const b = encodePatchGet({ reqId: 9, chunk: 1, count: 1, blockSize: 4096, sigs: Uint32Array.from([1, 2]) });
     expectCode(() => decodePatchGet(b.subarray(0, b.length - 1)), PROTOCOL);
     expectCode(() => decodePatchGet(b.subarray(0, 12)), PROTOCOL);
     expectCode(() => decodePatchGet(Buffer.concat([b, Buffer.from([0, 0])])), PROTOCOL);
     for (const bs of [0, 1, 255, 65537, 0xffffffff]) {
-      expectCode(() => decodePatchGet(encodePatchGet({ reqId: 1, chunk: 1, blockSize: bs, sigs: new Uint32Array(2) })), PROTOCOL);
+      expectCode(() => decodePatchGet(encodePatchGet({ reqId: 1, chunk: 1, count: 1, blockSize: bs, sigs: new Uint32Array(2) })), PROTOCOL);
     }
   });
 
