@@ -129,7 +129,8 @@ export async function pull(opts: PullOptions): Promise<PullResult> {
   const retries = opts.retries ?? 5;
   try {
     recover(paths);
-    checkDirUsable(paths);
+    // Repair may re-establish a lost record, but only for a DIR whose state folder shows snapferry made it.
+    if (!opts.repair || !fs.existsSync(paths.appliedManifest)) checkDirUsable(paths);
     for (let attempt = 0; ; attempt++) {
       const run = new PullRun(opts, paths, started);
       try {

@@ -1,0 +1,144 @@
+/**
+ * verify and repair of a damaged branch copy, with the damage produced for real on disk (page overwritten, file
+ * truncated, file deleted, stray file added, mode changed, state record tampered with or deleted).
+ */
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import fs from 'node:fs';
+import path from 'node:path';
+import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, Served } from '../helpers.js';
+import { makeCompany, mutateCompany } from '../../src/gen/company.js';
+
+describe('verify and repair', () => {
+  let tmp: ReturnType<typeof tempDir>;
+  let key: string;
+  let src: string;
+  let served: Served;
+  let n = 0;
+
+  beforeAll(async () => {
+    tmp = tempDir();
+    key = secretFile(tmp.dir);
+    src = path.join(tmp.dir, 'src', 'acme');
+    await makeCompany(src, 16, 31);
+    served = await startServe(['--secret', key, '--company', `acme=${src}`]);
+  });
+  afterAll(async () => {
+    await served?.stop();
+    tmp?.cleanup();
+  });
+
+  async function branch(): Promise<{ dest: string; seed: { bytesOnWire: number } }> {
+    const dest = path.join(tmp.dir, `b${++n}`, 'acme');
+    fs.mkdirSync(path.dirname(dest));
+    const r = await runCli(['pull', served.url, 'acme', dest, '--secret', key, '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    return { dest, seed: JSON.parse(r.stdout) };
+  }
+
+  function damage(dest: string): void {
+    const fd = fs.openSync(path.join(dest, 'Tranmgr.900'), 'r+');
+    fs.writeSync(fd, Buffer.alloc(4096, 0x5a), 0, 4096, 4096 * 37);
+    fs.closeSync(fd);
+    const big = path.join(dest, 'Company.900');
+    fs.truncateSync(big, fs.statSync(big).size - 1000);
+    fs.rmSync(path.join(dest, 'masters', 'g01', fs.readdirSync(path.join(dest, 'masters', 'g01'))[0]!));
+    fs.writeFileSync(path.join(dest, 'stray.tmp'), 'left by someone');
+    fs.chmodSync(path.join(dest, 'Journal.log'), 0o666);
+  }
+
+  it('verify reports an intact copy with exit 0, fast and deep', async () => {
+    const { dest } = await branch();
+    for (const args of [[], ['--deep']]) {
+      const r = await runCli(['verify', dest, '--json', ...args]);
+      expect(r.code, r.stderr).toBe(0);
+      const j = JSON.parse(r.stdout);
+      expect(j.intact).toBe(true);
+      expect(j.damaged).toEqual([]);
+      if (args.length) expect(j.bytesRead).toBeGreaterThan(15 << 20);
+    }
+  });
+
+  it('verify lists each damaged path with what is wrong and exits 1', async () => {
+    const { dest } = await branch();
+    damage(dest);
+    const r = await runCli(['verify', dest, '--deep', '--json']);
+    expect(r.code).toBe(1);
+    const j = JSON.parse(r.stdout);
+    expect(j.intact).toBe(false);
+    const by = new Map<string, { problem: string; ranges?: number[][] }[]>();
+    for (const d of j.damaged) by.set(d.path, [...(by.get(d.path) ?? []), d]);
+    expect(by.get('Tranmgr.900')![0]!.problem).toBe('content-changed');
+    const [[a, b]] = by.get('Tranmgr.900')![0]!.ranges! as [[number, number]];
+    expect(a).toBeLessThanOrEqual(4096 * 37);
+    expect(b).toBeGreaterThanOrEqual(4096 * 38);
+    expect(by.get('Company.900')![0]!.problem).toBe('truncated');
+    expect(by.get('stray.tmp')![0]!.problem).toBe('extra');
+    expect(by.get('Journal.log')![0]!.problem).toBe('mode-changed');
+    expect(j.damaged.some((d: { problem: string }) => d.problem === 'missing')).toBe(true);
+    const human = await runCli(['verify', dest]);
+    expect(human.code).toBe(1);
+    expect(human.stdout).toMatch(/damaged: \d+ problem/);
+  });
+
+  it('repair fetches only the damaged chunks (<= 2% of the seed) and restores the exact generation', async () => {
+    const { dest, seed } = await branch();
+    damage(dest);
+    const r = await runCli(['repair', dest, served.url, 'acme', '--secret', key, '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const j = JSON.parse(r.stdout);
+    expect(j.peerMovedOn).toBe(false);
+    expect(j.bytesOnWire).toBeLessThanOrEqual(seed.bytesOnWire * 0.02);
+    expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
+    expect((await runCli(['verify', dest, '--deep'])).code).toBe(0);
+  });
+
+  it('verify exits 2 on a folder snapferry never wrote, and on a tampered record when given the secret', async () => {
+    const plain = path.join(tmp.dir, 'plain');
+    fs.mkdirSync(plain);
+    const a = await runCli(['verify', plain]);
+    expect(a.code).toBe(2);
+    expect(a.stderr).toMatch(/could not check/);
+    const { dest } = await branch();
+    const rec = path.join(path.dirname(dest), '.acme.snapferry', 'applied.json');
+    const j = JSON.parse(fs.readFileSync(rec, 'utf8'));
+    j.generation = 999;
+    fs.writeFileSync(rec, JSON.stringify(j));
+    const b = await runCli(['verify', dest, '--secret', key]);
+    expect(b.code).toBe(2);
+    expect(b.stderr).toMatch(/not authentic/);
+  });
+
+  it('repair re-establishes a lost record from the site, reusing local data', async () => {
+    const { dest, seed } = await branch();
+    const state = path.join(path.dirname(dest), '.acme.snapferry');
+    fs.rmSync(path.join(state, 'applied.json'));
+    const v = await runCli(['verify', dest]);
+    expect(v.code).toBe(2);
+    damage(dest);
+    const r = await runCli(['repair', dest, served.url, 'acme', '--secret', key, '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const j = JSON.parse(r.stdout);
+    expect(j.bytesOnWire).toBeLessThan(seed.bytesOnWire * 0.05);
+    expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
+    expect((await runCli(['verify', dest, '--deep', '--secret', key])).code).toBe(0);
+  });
+
+  it('repair brings a copy to the site\'s newest generation when the site moved on, and says so', async () => {
+    const src2 = path.join(tmp.dir, 'moving', 'acme');
+    await makeCompany(src2, 4, 32);
+    const s2 = await startServe(['--secret', key, '--company', `acme=${src2}`]);
+    try {
+      const dest = path.join(tmp.dir, 'moving-b', 'acme');
+      fs.mkdirSync(path.dirname(dest));
+      expect((await runCli(['pull', s2.url, 'acme', dest, '--secret', key])).code).toBe(0);
+      damage(dest);
+      await mutateCompany(src2, 33);
+      const r = await runCli(['repair', dest, s2.url, 'acme', '--secret', key]);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout).toMatch(/site had moved on/);
+      expect(fingerprintDiff(treeFingerprint(src2), treeFingerprint(dest))).toEqual([]);
+    } finally {
+      await s2.stop();
+    }
+  });
+});
