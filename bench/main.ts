@@ -167,16 +167,14 @@ export async function runBench(argv: string[]): Promise<number> {
     out.push(`json: ${opts.json}`);
   }
   process.stdout.write(out.join('\n') + '\n');
+  runExitCleanups(); // children, namespaces, temp dirs: also when called from the CLI, which may not exit at once
   return 0;
 }
 
 const isMain = process.argv[1] !== undefined && fs.existsSync(process.argv[1]) && fs.realpathSync(process.argv[1]) === fileURLToPath(import.meta.url);
 if (isMain) {
   runBench(process.argv.slice(2)).then(
-    (code) => {
-      runExitCleanups();
-      process.exit(code);
-    },
+    (code) => process.exit(code),
     (err) => {
       process.stderr.write(`bench: ${(err as Error).stack ?? err}\n`);
       runExitCleanups();

@@ -214,16 +214,21 @@ export function atExit(name: string, fn: () => void): () => void {
 }
 
 let exiting = false;
+/** Kills every child group and runs the registered cleanups (each once). */
 export function runExitCleanups(): void {
   if (exiting) return;
   exiting = true;
-  killAllChildren('SIGKILL');
-  for (const c of syncCleanups.splice(0).reverse()) {
-    try {
-      c.fn();
-    } catch (err) {
-      process.stderr.write(`bench: cleanup '${c.name}' failed: ${(err as Error).message}\n`);
+  try {
+    killAllChildren('SIGKILL');
+    for (const c of syncCleanups.splice(0).reverse()) {
+      try {
+        c.fn();
+      } catch (err) {
+        process.stderr.write(`bench: cleanup '${c.name}' failed: ${(err as Error).message}\n`);
+      }
     }
+  } finally {
+    exiting = false;
   }
 }
 

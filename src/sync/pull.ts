@@ -45,6 +45,7 @@ import { verifyDir, GoodChunks } from './verify.js';
 import { SEGMENT_SIZE } from '../chunk/chunker.js';
 import { SnapferryError, ErrorCodes, fail, toSnapferryError } from '../util/errors.js';
 import { TokenBucket } from '../util/rate.js';
+import { noteGarbage } from '../util/gc.js';
 
 /** Progress of a pull, reported as it goes. */
 export interface PullProgress {
@@ -622,6 +623,7 @@ class PullRun {
     s.channel.onClose = fault;
     s.channel.onMessage = (frame) => {
       if (this.readerError) return;
+      noteGarbage(frame.length * 2);
       let msg: Buffer;
       try {
         msg = s.open(frame);

@@ -30,6 +30,7 @@ import type { ReadPackJob, ReadPackResult, MakePatchResult } from '../work/tasks
 import { Compressor } from '../work/zstd.js';
 import { SnapferryError, ErrorCodes, fail, toSnapferryError } from '../util/errors.js';
 import { TokenBucket } from '../util/rate.js';
+import { noteGarbage } from '../util/gc.js';
 
 /** Options of a serving site. */
 export interface ServeOptions {
@@ -122,7 +123,7 @@ export class SnapferryServer {
   url = '';
 
   constructor(private readonly opts: ServeOptions) {
-    this.cache = new PackCache(opts.cacheBytes ?? 64 << 20);
+    this.cache = new PackCache(opts.cacheBytes ?? 24 << 20);
     this.bucket = opts.bwlimit ? new TokenBucket(opts.bwlimit) : undefined;
     this.log = opts.log ?? (() => undefined);
   }
@@ -390,6 +391,7 @@ export class SnapferryServer {
     const payload = Buffer.from(result.payload.buffer, result.payload.byteOffset, result.payload.byteLength);
     await this.bucket?.take(payload.length);
     await session.send([encodeDataHeader(req.reqId, result.compressed, result.rawLen), payload]);
+    noteGarbage(payload.length * 2);
   }
 
   private async answerPatch(session: SecureSession, company: Company, gen: Generation, msg: Buffer): Promise<void> {

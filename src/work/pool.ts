@@ -45,7 +45,8 @@ export class WorkerPool {
   constructor(size = defaultPoolSize()) {
     const url = new URL('./worker.js', import.meta.url);
     for (let i = 0; i < size; i++) {
-      const worker = new Worker(url);
+      // Small young generations: the workers' garbage is large buffers, and big semi-spaces only raise peak memory.
+      const worker = new Worker(url, { resourceLimits: { maxYoungGenerationSizeMb: 4, maxOldGenerationSizeMb: 256 } });
       worker.unref();
       const slot: Slot = { worker, busy: 0 };
       worker.on('message', (msg: { id: number; ok: boolean; value?: unknown; code?: ErrorCode; message?: string }) => {

@@ -145,6 +145,14 @@ export interface JobContext {
   hasher: Hasher;
   compressor: Compressor;
   decompressor: Decompressor;
+  /** A read buffer reused by every job of the thread (never handed out of the job). */
+  readBuffer?: Buffer;
+}
+
+/** The thread's read buffer, at least n bytes: reading into it instead of fresh buffers keeps memory flat. */
+function readBuffer(ctx: JobContext, n: number): Buffer {
+  if (!ctx.readBuffer || ctx.readBuffer.length < n) ctx.readBuffer = Buffer.allocUnsafe(Math.max(n, 1 << 20));
+  return ctx.readBuffer.subarray(0, n);
 }
 
 function readExactly(fd: number, buf: Uint8Array, position: number): number {
@@ -180,7 +188,7 @@ class TargetFiles {
 }
 
 function chunkSegment(ctx: JobContext, j: ChunkSegmentJob): ChunkSegmentResult {
-  const buf = Buffer.allocUnsafe(j.length);
+  const buf = readBuffer(ctx, j.length);
   const fd = fs.openSync(j.path, 'r');
   try {
     const n = readExactly(fd, buf, j.offset);
@@ -202,7 +210,7 @@ function chunkSegment(ctx: JobContext, j: ChunkSegmentJob): ChunkSegmentResult {
 function readPack(ctx: JobContext, j: ReadPackJob): ReadPackResult {
   let rawLen = 0;
   for (let i = 0; i < j.lens.length; i++) rawLen += j.lens[i]!;
-  const raw = Buffer.allocUnsafe(rawLen);
+  const raw = readBuffer(ctx, rawLen);
   const fds = new Map<number, number>();
   try {
     let o = 0;
@@ -226,7 +234,8 @@ function readPack(ctx: JobContext, j: ReadPackJob): ReadPackResult {
     for (const fd of fds.values()) fs.closeSync(fd);
   }
   const packed = j.level > -100 ? ctx.compressor.compress(raw, j.level) : undefined;
-  return packed ? { payload: packed, compressed: true, rawLen } : { payload: raw, compressed: false, rawLen };
+  // The read buffer stays here; what leaves the job is a copy (compressed output is already one).
+  return packed ? { payload: packed, compressed: true, rawLen } : { payload: Buffer.from(raw), compressed: false, rawLen };
 }
 
 function writePack(ctx: JobContext, j: WritePackJob): WritePackResult {

@@ -5,6 +5,7 @@ import { Compressor, Decompressor } from './zstd.js';
 import { runJob, Job, JobContext } from './tasks.js';
 import { transferables } from './pool.js';
 import { toSnapferryError } from '../util/errors.js';
+import { noteGarbage } from '../util/gc.js';
 
 const ctx: JobContext = {
   hasher: await loadHasher(),
@@ -15,9 +16,31 @@ const ctx: JobContext = {
 parentPort!.on('message', (msg: { id: number; job: Job }) => {
   try {
     const value = runJob(ctx, msg.job);
-    parentPort!.postMessage({ id: msg.id, ok: true, value }, transferables(value));
+    const moved = transferables(value);
+    parentPort!.postMessage({ id: msg.id, ok: true, value }, moved);
+    noteGarbage(jobBytes(msg.job));
   } catch (err) {
     const e = toSnapferryError(err);
     parentPort!.postMessage({ id: msg.id, ok: false, code: e.code, message: e.message });
   }
 });
+
+/** Roughly how many bytes of buffers a job allocated or received. */
+function jobBytes(job: Job): number {
+  switch (job.kind) {
+    case 'chunkSegment':
+      return job.length;
+    case 'writePack':
+      return job.payload.byteLength + job.rawLen;
+    case 'readPack':
+    case 'copyRanges':
+    case 'makePatch':
+    case 'hashChunks': {
+      let n = 0;
+      for (const l of job.lens) n += l;
+      return n * 2;
+    }
+    default:
+      return 1 << 16;
+  }
+}
