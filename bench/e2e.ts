@@ -439,11 +439,32 @@ async function verifyStep(ctx: E2EContext, dst: string, run: number): Promise<vo
   ]);
 }
 
+/**
+ * Time to create an empty file in a new folder here, µs (ext4 makes this slow for a while after mass deletions,
+ * including other people's on a shared machine; shown so a reader can tell the filesystem was slow).
+ */
+async function createProbe(ctx: E2EContext, dir: string): Promise<number> {
+  const d = path.join(dir, `probe-${process.hrtime.bigint()}`);
+  fs.mkdirSync(d, { recursive: true });
+  const n = 400;
+  const t0 = performance.now();
+  for (let k = 0; k < n; k++) fs.closeSync(fs.openSync(path.join(d, `p${k}`), 'w'));
+  const us = ((performance.now() - t0) / n) * 1000;
+  await ctx.trash.put(d);
+  return us;
+}
+
+const SLOW_CREATE_US = 200;
+
 async function smallFiles(ctx: E2EContext, link: Link, dir: string, run: number, ports: Ports): Promise<void> {
   const { results: R, opts } = ctx;
   const T = opts.stepTimeoutMs;
   const SRC = await ctx.data.small(opts.smallFiles);
   const L = link.name;
+  const probe = await createProbe(ctx, dir);
+  if (probe > SLOW_CREATE_US)
+    R.note(`small files ${L} run ${run}: file creation was slow at the start (${probe.toFixed(0)} us per empty file; ext4 after mass deletions), times include it`);
+  const withProbe = (t: Transfer): Transfer => ({ ...t, extra: { ...(t.extra ?? {}), createProbeUs: Math.round(probe) } });
   const sfDst = path.join(dir, `small-sf-r${run}`);
   const sub = `small-r${run}`;
   let serve: { server: Server; url: string } | undefined;
@@ -459,7 +480,7 @@ async function smallFiles(ctx: E2EContext, link: Link, dir: string, run: number,
             R.add('small-seed', L, 'snapferry', { run, ok: false, note: (err as Error).message, seconds: NaN, bytesOnWire: null, srcCpu: null, srcRssKiB: null, dstCpu: null, dstRssKiB: null });
             return;
           }
-          const t = await sf.pull(serve.server, serve.url, 'small', sfDst, ctx.secret!, link, T);
+          const t = withProbe(await sf.pull(serve.server, serve.url, 'small', sfDst, ctx.secret!, link, T));
           const c = t.ok ? sameTree(SRC, sfDst) : undefined;
           R.add('small-seed', L, 'snapferry', toSample(run, t, c));
           log(`  snapferry small-seed: ${t.ok ? `${t.seconds.toFixed(2)} s${c ? `, WRONG COPY: ${c}` : ''}` : t.note}`);
@@ -467,7 +488,7 @@ async function smallFiles(ctx: E2EContext, link: Link, dir: string, run: number,
       tool(ctx, 'rsync') &&
         (async () => {
           daemon = await RsyncDaemon.start(dir, path.join(dir, 'rsync-small'), link, await ports.get(), 30_000);
-          const t = await rsyncPush(daemon, SRC, sub, link, { timeoutMs: T });
+          const t = withProbe(await rsyncPush(daemon, SRC, sub, link, { timeoutMs: T }));
           const c = t.ok ? sameTree(SRC, daemon.dir(sub)) : undefined;
           R.add('small-seed', L, 'rsync', toSample(run, t, c));
           log(`  rsync small-seed: ${t.ok ? `${t.seconds.toFixed(2)} s${c ? `, WRONG COPY: ${c}` : ''}` : t.note}`);

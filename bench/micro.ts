@@ -136,7 +136,7 @@ export async function runMicro(o: MicroOptions): Promise<void> {
       sink ^= h;
     }, minMs, o.quick ? 2 : 5);
     microSink ^= sink;
-    add({ name: 'chunker', tool: 'raw', value: segBytes / rawSec / MB, unit: 'MB/s', detail: 'plain JS byte loop, the floor of any JS scan' });
+    add({ name: 'chunker', tool: 'raw', value: segBytes / rawSec / MB, unit: 'MB/s', detail: 'plain JS loop reading every byte (the chunker skips minSize bytes per chunk)' });
   }
   if (o.budget.spent) return R.note('time budget spent: rest of micro skipped');
 

@@ -407,7 +407,8 @@ export function renderSvg(checks: Check[], subtitle: string[]): string {
     parts.push(`<text x="${labelW - 8}" y="${y + 16}" text-anchor="end">${esc(label)}</text>`);
     parts.push(`<rect x="${labelW}" y="${y + 4}" width="${Math.max(1, x(b.value!) - labelW)}" height="${rowH - 8}" fill="${color}"/>`);
     const over = b.value! > scaleMax ? ' ▸' : '';
-    parts.push(`<text x="${x(b.value!) + 4}" y="${y + 16}" fill="#222">${b.value!.toFixed(2)}x${over}${b.pass === null ? '' : b.pass ? ' PASS' : ' FAIL'}</text>`);
+    const labelX = Math.max(x(b.value!), b.floor !== null ? x(b.floor) + 2 : 0) + 4;
+    parts.push(`<text x="${labelX}" y="${y + 16}" fill="#222">${b.value!.toFixed(2)}x${over}${b.pass === null ? '' : b.pass ? ' PASS' : ' FAIL'}</text>`);
     if (b.floor !== null) {
       const fx = x(b.floor);
       parts.push(`<line x1="${fx}" y1="${y + 1}" x2="${fx}" y2="${y + rowH - 1}" stroke="#000" stroke-width="2.5"/>`);

@@ -5,6 +5,8 @@
  */
 import { Command, Option } from 'commander';
 import path from 'node:path';
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { writeNewSecret, readSecret } from './secret.js';
 import { SnapferryServer } from '../sync/server.js';
 import { pull, PullResult } from '../sync/pull.js';
@@ -245,6 +247,24 @@ export function buildProgram(): Command {
     .option('--keep', 'keep the temporary folder')
     .action(async (o: { size: string; dir?: string; keep?: boolean }) => {
       await runDemo({ sizeMiB: Number(o.size), workdir: o.dir, keep: o.keep === true });
+    });
+
+  program
+    .command('bench')
+    .description('measure snapferry against rsync and a tar|zstd|openssl|nc pipeline (see bench/README.md)')
+    .option('--quick', 'every scenario on small data, under 2 minutes')
+    .option('--json <file>', 'also write the results as JSON')
+    .allowUnknownOption(true)
+    .allowExcessArguments(true)
+    .helpOption(false)
+    .action(async () => {
+      // The bench is its own program (dist/bench/main.js); every argument after "bench" goes to it as given.
+      const script = fileURLToPath(new URL('../../bench/main.js', import.meta.url));
+      const code = await new Promise<number>((resolve) => {
+        const child = spawn(process.execPath, [script, ...process.argv.slice(process.argv.indexOf('bench') + 1)], { stdio: 'inherit' });
+        child.on('exit', (c) => resolve(c ?? 1));
+      });
+      if (code !== 0) throw new ExitWith(code);
     });
 
   program
