@@ -258,9 +258,14 @@ export function readApplied(paths: StatePaths): Applied | undefined {
   return { record, manifest, stats };
 }
 
-/** Records inode and ctime of every entry of DIR as it is now (right after a commit). */
-export function writeStats(paths: StatePaths, rootHash: string, m: Manifest): void {
-  const stats = m.entries.map((e) => {
+/**
+ * Records inode and ctime of every entry of DIR as it is now (right after a commit). `known` holds those already
+ * taken when the files were finished in next/ (a rename of the folder above changes neither).
+ */
+export function writeStats(paths: StatePaths, rootHash: string, m: Manifest, known?: Map<number, string>): void {
+  const stats = m.entries.map((e, i) => {
+    const k = known?.get(i);
+    if (k) return k;
     try {
       const st = fs.lstatSync(path.join(paths.dir, e.path), { bigint: true });
       return `${st.ino}:${st.ctimeNs}`;

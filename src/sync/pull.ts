@@ -25,7 +25,7 @@ import {
   ManifestMsg,
   OpenMsg,
 } from '../protocol/messages.js';
-import type { WritePackJob, WritePackResult, CopyRangesJob, CopyRangesResult, ApplyPatchResult, ChunkSegmentResult } from '../work/tasks.js';
+import type { WritePackJob, WritePackResult, CopyRangesJob, CopyRangesResult, ApplyPatchResult, ChunkSegmentResult, FinishFilesJob, FinishFilesResult } from '../work/tasks.js';
 import {
   StatePaths,
   DirLock,
@@ -291,7 +291,7 @@ class PullRun {
     this.progress('transfer');
     await this.transfer(needs);
     await this.flushJournal(true);
-    this.finishTree();
+    await this.finishTree();
     await s.send(Buffer.from([MsgType.BYE])).catch(() => undefined);
 
     this.progress('commit');
@@ -307,7 +307,7 @@ class PullRun {
       bytes: this.bytesTotal,
     };
     commit(this.paths, signRecord(record, this.opts.secret), encoded, this.opts.durable !== false, this.opts.onPoint);
-    writeStats(this.paths, this.rootHash, this.m);
+    writeStats(this.paths, this.rootHash, this.m, this.finishedStats);
     this.opts.onPoint?.('committed');
     return this.result(false);
   }
@@ -489,6 +489,7 @@ class PullRun {
         this.bytesDone += e.size;
         if (old.mode === e.mode && sameMtime(old.mtimeNs, e.mtimeNs)) {
           if (!fs.existsSync(dst)) fs.linkSync(src, dst);
+          this.linked.add(ei);
         } else if (!this.based.has(ei)) {
           // Same bytes, other mode or mtime: a hard link would change the old generation too, so copy.
           baseCopies.push({ ei, from: src });
@@ -604,12 +605,39 @@ class PullRun {
     return path.join(this.paths.next, this.m.entries[this.layout.entry[g]!]!.path);
   }
 
-  /** Counts a written occurrence. */
+  /** Counts a written occurrence; a file whose last chunk landed is queued to be finished (mode, mtime) on a worker. */
   private occurrenceDone(g: number): void {
     const ei = this.layout.entry[g]!;
     this.remaining[ei]!--;
     this.bytesDone += this.layout.len[g]!;
     this.done.add(g);
+    if (this.remaining[ei] === 0) {
+      this.toFinish.push(ei);
+      if (this.toFinish.length >= 256) this.finishBatch();
+    }
+  }
+
+  private toFinish: number[] = [];
+  private finishing: Array<Promise<void>> = [];
+  /** inode:ctime of files finished in next/, by entry index. */
+  private finishedStats = new Map<number, string>();
+
+  /** Sends the queued finished files to a worker for their final mode and mtime. */
+  private finishBatch(): void {
+    const batch = this.toFinish;
+    this.toFinish = [];
+    if (batch.length === 0) return;
+    const job: FinishFilesJob = {
+      kind: 'finishFiles',
+      paths: batch.map((ei) => path.join(this.paths.next, this.m.entries[ei]!.path)),
+      modes: Uint32Array.from(batch.map((ei) => this.m.entries[ei]!.mode)),
+      mtimes: Float64Array.from(batch.map((ei) => toTime(this.m.entries[ei]!.mtimeNs))),
+    };
+    this.finishing.push(
+      this.pool!.run<FinishFilesResult>(job).then((r) => {
+        batch.forEach((ei, i) => this.finishedStats.set(ei, r.stats[i]!));
+      }),
+    );
   }
 
   /** Reads every message of the session and routes answers to their requests. */
@@ -667,6 +695,8 @@ class PullRun {
     await runLimited(this.pendingBaseCopies, 4, async ({ ei, from }) => {
       const dst = path.join(this.paths.next, this.m.entries[ei]!.path);
       await fs.promises.copyFile(from, dst);
+      // copyFile keeps the source's mode, which may be read-only: the copy is ours to patch until it is finished.
+      await fs.promises.chmod(dst, 0o600);
       await fs.promises.truncate(dst, this.m.entries[ei]!.size);
       this.stats.written += this.m.entries[ei]!.size;
       this.journal([(J_BASED | ei) >>> 0]);
@@ -873,18 +903,27 @@ class PullRun {
     this.progress('transfer');
   }
 
-  /** Final modes and mtimes: files first, then folders deepest first (a read-only folder is closed last). */
-  private finishTree(): void {
+  /**
+   * Final modes and mtimes: files (most were finished on the workers as their last chunk landed; the rest now, except
+   * hard links, which already have them and must not be touched: they share the old generation's inode), then
+   * symlinks, then folders deepest first (a read-only folder is closed last).
+   */
+  private async finishTree(): Promise<void> {
     const entries = this.m.entries;
+    const finished = new Set(this.finishedStats.keys());
+    for (const ei of this.toFinish) finished.add(ei);
+    for (let ei = 0; ei < entries.length; ei++) {
+      const e = entries[ei]!;
+      if (e.kind !== 'file' || finished.has(ei) || this.linked.has(ei)) continue;
+      this.toFinish.push(ei);
+      if (this.toFinish.length >= 256) this.finishBatch();
+    }
+    this.finishBatch();
+    await Promise.all(this.finishing);
     for (const e of entries) {
-      const p = path.join(this.paths.next, e.path);
+      if (e.kind !== 'symlink') continue;
       const t = toTime(e.mtimeNs);
-      if (e.kind === 'file') {
-        fs.chmodSync(p, e.mode);
-        fs.utimesSync(p, t, t);
-      } else if (e.kind === 'symlink') {
-        fs.lutimesSync(p, t, t);
-      }
+      fs.lutimesSync(path.join(this.paths.next, e.path), t, t);
     }
     for (let i = entries.length - 1; i >= 0; i--) {
       const e = entries[i]!;
@@ -896,6 +935,9 @@ class PullRun {
     }
     fs.chmodSync(this.paths.next, 0o777 & ~process.umask());
   }
+
+  /** Entries of next/ that are hard links to the old generation. */
+  private linked = new Set<number>();
 }
 
 /** Seconds since the epoch with microsecond precision, as utimes takes them. */

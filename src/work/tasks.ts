@@ -138,7 +138,19 @@ export interface HashChunksResult {
   readable: number;
 }
 
-export type Job = ChunkSegmentJob | ReadPackJob | WritePackJob | CopyRangesJob | BlockSigsJob | MakePatchJob | ApplyPatchJob | HashChunksJob;
+/** Give finished files their final mode and mtime; answer their inode and ctime (for the applied record). */
+export interface FinishFilesJob {
+  kind: 'finishFiles';
+  paths: string[];
+  modes: Uint32Array;
+  /** Seconds since the epoch, microsecond precision. */
+  mtimes: Float64Array;
+}
+export interface FinishFilesResult {
+  stats: string[];
+}
+
+export type Job = FinishFilesJob | ChunkSegmentJob | ReadPackJob | WritePackJob | CopyRangesJob | BlockSigsJob | MakePatchJob | ApplyPatchJob | HashChunksJob;
 
 /** Per-thread state the jobs reuse. */
 export interface JobContext {
@@ -176,7 +188,14 @@ class TargetFiles {
   get(path: string): number {
     let fd = this.fds.get(path);
     if (fd === undefined) {
-      fd = fs.openSync(path, fs.constants.O_WRONLY | fs.constants.O_CREAT, 0o600);
+      try {
+        fd = fs.openSync(path, fs.constants.O_WRONLY | fs.constants.O_CREAT, 0o600);
+      } catch (err) {
+        // A file finished (made read-only) by an earlier, interrupted attempt: it is ours to write again.
+        if ((err as NodeJS.ErrnoException).code !== 'EACCES') throw err;
+        fs.chmodSync(path, 0o600);
+        fd = fs.openSync(path, fs.constants.O_WRONLY | fs.constants.O_CREAT, 0o600);
+      }
       this.fds.set(path, fd);
     }
     return fd;
@@ -462,9 +481,24 @@ function hashChunks(ctx: JobContext, j: HashChunksJob): HashChunksResult {
   return { ids, readable };
 }
 
+function finishFiles(j: FinishFilesJob): FinishFilesResult {
+  const stats: string[] = [];
+  for (let i = 0; i < j.paths.length; i++) {
+    const p = j.paths[i]!;
+    // A file that got no chunk (empty) exists already; chunks created all others.
+    fs.chmodSync(p, j.modes[i]!);
+    fs.utimesSync(p, j.mtimes[i]!, j.mtimes[i]!);
+    const st = fs.lstatSync(p, { bigint: true });
+    stats.push(`${st.ino}:${st.ctimeNs}`);
+  }
+  return { stats };
+}
+
 /** Runs one job. */
 export function runJob(ctx: JobContext, job: Job): unknown {
   switch (job.kind) {
+    case 'finishFiles':
+      return finishFiles(job);
     case 'chunkSegment':
       return chunkSegment(ctx, job);
     case 'readPack':
