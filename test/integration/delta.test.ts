@@ -127,4 +127,34 @@ describe('delta sync after the seed', () => {
       await site?.stop();
     }
   });
+
+  it('--follow: changes made while the seed runs arrive right after it (no gap)', async () => {
+    const src = path.join(tmp.dir, 'during-src', 'acme');
+    await makeCompany(src, 8, 23);
+    const served = await startServe(['--secret', key, '--company', `acme=${src}`]);
+    const dest = path.join(tmp.dir, 'during-dst', 'acme');
+    fs.mkdirSync(path.dirname(dest));
+    // A slow seed (--bwlimit) so that the change lands while it runs.
+    const child = spawn(process.execPath, [CLI, 'pull', served.url, 'acme', dest, '--secret', key, '--follow', '--json', '--bwlimit', '1M'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    try {
+      const journal = path.join(path.dirname(dest), '.acme.snapferry', 'next.json');
+      await waitFor(() => fs.existsSync(journal), 20_000);
+      fs.writeFileSync(path.join(src, 'masters', 'during-seed.xml'), '<made while the seed ran/>\n');
+      fs.appendFileSync(path.join(src, 'Journal.log'), 'VCH-during-seed|...\n');
+      await waitFor(() => {
+        try {
+          return fingerprintDiff(treeFingerprint(src), treeFingerprint(dest)).length === 0;
+        } catch {
+          return false;
+        }
+      }, 40_000, 200);
+      expect(fs.readFileSync(path.join(dest, 'masters', 'during-seed.xml'), 'utf8')).toContain('seed ran');
+    } finally {
+      child.kill('SIGTERM');
+      await new Promise((r) => child.once('exit', r));
+      await served.stop();
+    }
+  });
 });
