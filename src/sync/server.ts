@@ -65,6 +65,11 @@ interface Company {
   layouts: WeakMap<Generation, Layout>;
   /** Started on the first follower; announces new generations. */
   watcher?: CompanyWatcher;
+  /**
+   * Sessions transferring each generation (by root hash). The pack cache is used only while two or more share one:
+   * a lone branch gains nothing from it, and cached buffers that outlive a young-generation GC cost major GCs.
+   */
+  readers: Map<string, number>;
 }
 
 /** A bounded cache of compressed packs, keyed by generation and chunk ranges, shared by concurrent sessions. */
@@ -143,7 +148,7 @@ export class SnapferryServer {
       } catch (err) {
         fail(ErrorCodes.USAGE, `company ${name}: folder ${dir} cannot be served (${(err as Error).message})`);
       }
-      this.companies.set(name, { name, scanner: new CompanyScanner(real, this.pool), layouts: new WeakMap() });
+      this.companies.set(name, { name, scanner: new CompanyScanner(real, this.pool), layouts: new WeakMap(), readers: new Map() });
     }
     const server = http.createServer((_req, res) => {
       res.writeHead(426, { 'content-type': 'text/plain' }).end('snapferry site: use a snapferry client\n');
@@ -236,63 +241,78 @@ export class SnapferryServer {
     const maxInFlight = 64;
     let failure: SnapferryError | undefined;
     const work: Array<Promise<void>> = [];
-    for (;;) {
-      if (failure) throw failure;
-      const msg = await session.recv(idle);
-      switch (msg[0]) {
-        case MsgType.OPEN: {
-          const open = decodeJson<OpenMsg>(msg);
-          company = this.companies.get(String(open.company));
-          if (!company) {
-            const e = new SnapferryError(ErrorCodes.UNKNOWN_COMPANY, `this site serves no company named ${JSON.stringify(String(open.company).slice(0, 100))}`);
-            await session.sendError(e);
-            return;
+    let reading: { c: Company; root: string } | undefined;
+    const stopReading = () => {
+      if (!reading) return;
+      const n = (reading.c.readers.get(reading.root) ?? 1) - 1;
+      if (n <= 0) reading.c.readers.delete(reading.root);
+      else reading.c.readers.set(reading.root, n);
+      reading = undefined;
+    };
+    try {
+      for (;;) {
+        if (failure) throw failure;
+        const msg = await session.recv(idle);
+        switch (msg[0]) {
+          case MsgType.OPEN: {
+            const open = decodeJson<OpenMsg>(msg);
+            company = this.companies.get(String(open.company));
+            if (!company) {
+              const e = new SnapferryError(ErrorCodes.UNKNOWN_COMPANY, `this site serves no company named ${JSON.stringify(String(open.company).slice(0, 100))}`);
+              await session.sendError(e);
+              return;
+            }
+            try {
+              gen = await company.scanner.scan({ settleTimeoutMs: this.opts.settleTimeoutMs });
+            } catch (err) {
+              await session.sendError(toSnapferryError(err));
+              return;
+            }
+            stopReading();
+            reading = { c: company, root: gen.rootHash };
+            company.readers.set(gen.rootHash, (company.readers.get(gen.rootHash) ?? 0) + 1);
+            await this.sendManifest(session, company.name, gen, open.have);
+            break;
           }
-          try {
-            gen = await company.scanner.scan({ settleTimeoutMs: this.opts.settleTimeoutMs });
-          } catch (err) {
-            await session.sendError(toSnapferryError(err));
-            return;
+          case MsgType.GET:
+          case MsgType.PATCH_GET: {
+            if (!gen || !company) fail(ErrorCodes.PROTOCOL, 'request before OPEN');
+            if (inFlight >= maxInFlight) fail(ErrorCodes.PROTOCOL, 'too many requests in flight');
+            inFlight++;
+            const g = gen;
+            const c = company;
+            const p = (msg[0] === MsgType.GET ? this.answerGet(session, c, g, msg) : this.answerPatch(session, c, g, msg))
+              .catch((err) => {
+                failure ??= toSnapferryError(err);
+                session.sendError(failure).finally(() => session.close());
+              })
+              .finally(() => inFlight--);
+            work.push(p);
+            if (work.length > 256) work.splice(0, 128);
+            break;
           }
-          await this.sendManifest(session, company.name, gen, open.have);
-          break;
-        }
-        case MsgType.GET:
-        case MsgType.PATCH_GET: {
-          if (!gen || !company) fail(ErrorCodes.PROTOCOL, 'request before OPEN');
-          if (inFlight >= maxInFlight) fail(ErrorCodes.PROTOCOL, 'too many requests in flight');
-          inFlight++;
-          const g = gen;
-          const c = company;
-          const p = (msg[0] === MsgType.GET ? this.answerGet(session, c, g, msg) : this.answerPatch(session, c, g, msg))
-            .catch((err) => {
-              failure ??= toSnapferryError(err);
-              session.sendError(failure).finally(() => session.close());
-            })
-            .finally(() => inFlight--);
-          work.push(p);
-          if (work.length > 256) work.splice(0, 128);
-          break;
-        }
-        case MsgType.FOLLOW: {
-          const f = decodeJson<{ company?: unknown; have?: unknown }>(msg);
-          const c = this.companies.get(String(f.company));
-          if (!c) {
-            await session.sendError(new SnapferryError(ErrorCodes.UNKNOWN_COMPANY, `this site serves no company named ${JSON.stringify(String(f.company).slice(0, 100))}`));
-            return;
+          case MsgType.FOLLOW: {
+            const f = decodeJson<{ company?: unknown; have?: unknown }>(msg);
+            const c = this.companies.get(String(f.company));
+            if (!c) {
+              await session.sendError(new SnapferryError(ErrorCodes.UNKNOWN_COMPANY, `this site serves no company named ${JSON.stringify(String(f.company).slice(0, 100))}`));
+              return;
+            }
+            this.followerOf(c, session, String(f.have ?? ''));
+            break;
           }
-          this.followerOf(c, session, String(f.have ?? ''));
-          break;
+          case MsgType.PING:
+            await session.send(Buffer.from([MsgType.PONG]));
+            break;
+          case MsgType.BYE:
+            await Promise.allSettled(work);
+            return;
+          default:
+            fail(ErrorCodes.PROTOCOL, `unexpected message type ${msg[0]}`);
         }
-        case MsgType.PING:
-          await session.send(Buffer.from([MsgType.PONG]));
-          break;
-        case MsgType.BYE:
-          await Promise.allSettled(work);
-          return;
-        default:
-          fail(ErrorCodes.PROTOCOL, `unexpected message type ${msg[0]}`);
       }
+    } finally {
+      stopReading();
     }
   }
 
@@ -355,7 +375,8 @@ export class SnapferryServer {
       if (bytes > MAX_GET_BYTES) fail(ErrorCodes.LIMIT, 'GET asks for too many bytes at once');
     }
     const key = `${gen.rootHash}:${req.ranges.map(([s, e]) => `${s}-${e}`).join(',')}`;
-    const result = await this.cache.get(key, () => {
+    const shared = (company.readers.get(gen.rootHash) ?? 0) > 1;
+    const read = () => {
       const job: ReadPackJob = {
         kind: 'readPack',
         paths: [],
@@ -383,7 +404,8 @@ export class SnapferryServer {
         }
       }
       return this.pool.run<ReadPackResult>(job);
-    });
+    };
+    const result = await (shared ? this.cache.get(key, read) : read());
     if ('stale' in result) {
       await session.sendJson(MsgType.STALE, { reqId: req.reqId, path: path.relative(company.scanner.root, result.stale) });
       return;
