@@ -43,7 +43,7 @@ function version(cmd: string, args: string[]): string {
 
 /** Drops tools whose programs are missing, with a note. */
 function checkPrograms(opts: Options, R: Results): void {
-  const hint = 'run scripts/install-bench-deps.sh';
+  const hint = 'run scripts/install-deps.sh';
   if (opts.tools.has('rsync') && !have('rsync')) {
     opts.tools.delete('rsync');
     R.note(`rsync not installed: rsync runs skipped (${hint})`);

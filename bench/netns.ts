@@ -43,8 +43,8 @@ export interface ShapedLink extends Link {
 export function makeShapedLink(): ShapedLink | { skip: string } {
   if (process.platform !== 'linux') return { skip: 'network namespaces need Linux' };
   const hasIp = run(['ip', '-V']);
-  if (!hasIp.ok) return { skip: 'the `ip` command (iproute2) is missing: run scripts/install-bench-deps.sh' };
-  if (!run(['tc', '-V']).ok) return { skip: 'the `tc` command (iproute2) is missing: run scripts/install-bench-deps.sh' };
+  if (!hasIp.ok) return { skip: 'the `ip` command (iproute2) is missing: run scripts/install-deps.sh' };
+  if (!run(['tc', '-V']).ok) return { skip: 'the `tc` command (iproute2) is missing: run scripts/install-deps.sh' };
 
   const sfx = (process.pid % 46656).toString(36) + Math.floor(Math.random() * 1296).toString(36);
   const nsA = `sfb-a-${sfx}`;

@@ -58,8 +58,9 @@ export class RsyncDaemon {
       [
         `log file = ${path.join(workDir, `rsyncd-${link.name}-${port}.log`)}`,
         'use chroot = no',
-        'uid = root',
-        'gid = root',
+        // As root, the daemon would switch to nobody; keep root so it can set owners like the client's -a asks.
+        // As another user it cannot switch at all: leave uid/gid out and it runs as that user.
+        ...(process.getuid?.() === 0 ? ['uid = root', 'gid = root'] : []),
         'reverse lookup = no',
         'max connections = 0',
         '',

@@ -1,21 +1,51 @@
 #!/usr/bin/env bash
-# System packages the tests and bench use (rsync for comparisons, iproute2 for network namespaces, zstd/openssl/netcat
-# for the tar pipeline peer). Installed from Debian's packages when missing; quiet when all are present.
+# Installs what `npm run bench` needs besides Node, from Debian packages, if missing:
+#   rsync (peer), zstd + openssl + netcat-openbsd (tar pipeline peer), iproute2 (ip netns, tc: shaped link),
+#   time (/usr/bin/time, CPU/RSS of external peers).
+# Idempotent; silent when everything is present. Needs root (or sudo) only when something is missing.
 set -euo pipefail
-need=()
-command -v rsync >/dev/null || need+=(rsync)
-command -v zstd >/dev/null || need+=(zstd)
-command -v nc >/dev/null || need+=(netcat-openbsd)
-command -v ip >/dev/null || need+=(iproute2)
-command -v openssl >/dev/null || need+=(openssl)
-[ -x /usr/bin/time ] || need+=(time)
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" != 0 ]; then
-    echo "install-deps: missing ${need[*]}; run as root or install them (apt-get install ${need[*]})" >&2
-    exit 0
+
+# command to check -> Debian package providing it
+declare -A NEED=(
+  [rsync]=rsync
+  [zstd]=zstd
+  [openssl]=openssl
+  [nc.openbsd]=netcat-openbsd
+  [ip]=iproute2
+  [tc]=iproute2
+  [/usr/bin/time]=time
+)
+
+missing=()
+for cmd in "${!NEED[@]}"; do
+  if [[ $cmd == /* ]]; then [[ -x $cmd ]] && continue
+  else command -v "$cmd" >/dev/null 2>&1 && continue
   fi
-  echo "install-deps: installing ${need[*]}" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >/dev/null
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  pkg=${NEED[$cmd]}
+  [[ " ${missing[*]-} " == *" $pkg "* ]] || missing+=("$pkg")
+done
+
+((${#missing[@]} == 0)) && exit 0
+
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "install-deps: missing ${missing[*]} and no apt-get here; install them by hand" >&2
+  exit 1
 fi
+SUDO=()
+if ((EUID != 0)); then
+  if command -v sudo >/dev/null 2>&1; then SUDO=(sudo); else
+    echo "install-deps: missing ${missing[*]}; run as root to install them" >&2
+    exit 1
+  fi
+fi
+
+echo "install-deps: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+if ! { "${SUDO[@]}" apt-get update -qq && "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"; } >"$log" 2>&1; then
+  cat "$log" >&2
+  echo "install-deps: apt-get failed" >&2
+  exit 1
+fi
+echo "install-deps: done" >&2

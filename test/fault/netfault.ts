@@ -228,6 +228,8 @@ export class RawWs {
   readonly received: Buffer[] = [];
   readonly messages: Buffer[] = [];
   closedAt?: number;
+  /** When the peer's WebSocket close frame arrived (the peer started closing). */
+  closeFrameAt?: number;
   readonly openedAt = Date.now();
   closed: Promise<void>;
   private waiters: Array<(b: Buffer | undefined) => void> = [];
@@ -299,6 +301,7 @@ export class RawWs {
       const opcode = this.frameBuf[0]! & 0x0f;
       const payload = Buffer.from(this.frameBuf.subarray(ext.header, ext.total));
       this.frameBuf = this.frameBuf.subarray(ext.total);
+      if (opcode === 0x8) this.closeFrameAt ??= Date.now();
       if (opcode === 0x2 || opcode === 0x1) {
         const w = this.waiters.shift();
         if (w) w(payload);

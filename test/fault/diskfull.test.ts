@@ -1,0 +1,240 @@
+/**
+ * Disk full while pulling, produced for real on small tmpfs mounts the test makes (root only; skipped with a reason
+ * otherwise): a seed that cannot fit, a seed whose disk fills up mid-transfer, a delta that grows past the space and a
+ * delta whose disk fills up mid-transfer.
+ *
+ * What must hold: one clean line with SNAPFERRY_E_DISK_FULL and a non-zero exit; no DIR after a failed seed, the old
+ * generation intact after a failed delta; once space is freed the next pull completes exactly, and the space the
+ * failed attempt used is reused or reclaimed (nothing is left on the filesystem but DIR and its small state record).
+ */
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import fs from 'node:fs';
+import path from 'node:path';
+import { spawn, spawnSync } from 'node:child_process';
+import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, Served, CLI, CliResult } from '../helpers.js';
+import { makeCompany } from '../../src/gen/company.js';
+import { errorCodeOf, errorLines, sleep } from './netfault.js';
+
+const MiB = 1 << 20;
+
+function canMount(): string | undefined {
+  if (process.platform !== 'linux') return 'tmpfs mounts need Linux';
+  if (process.getuid?.() !== 0) return 'mounting a tmpfs needs root';
+  const probe = fs.mkdtempSync('/tmp/sf-mountprobe-');
+  try {
+    const r = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', probe], { encoding: 'utf8' });
+    if (r.status !== 0) return `mount -t tmpfs failed: ${(r.stderr || r.error?.message || '').trim()}`;
+    spawnSync('umount', [probe]);
+    return undefined;
+  } finally {
+    fs.rmSync(probe, { recursive: true, force: true });
+  }
+}
+
+const skipReason = canMount();
+if (skipReason) console.warn(`diskfull.test.ts skipped: ${skipReason}`);
+
+/** Bytes in use on the filesystem holding p. */
+function used(p: string): number {
+  const s = fs.statfsSync(p);
+  return (s.blocks - s.bfree) * s.bsize;
+}
+
+/** Bytes the files of a tree occupy (4 KiB pages, as tmpfs counts them), each inode once. */
+function occupied(root: string): number {
+  let n = 0;
+  const inodes = new Set<number>();
+  const walk = (d: string) => {
+    for (const e of fs.readdirSync(d, { withFileTypes: true })) {
+      const p = path.join(d, e.name);
+      const st = fs.lstatSync(p);
+      if (inodes.has(st.ino)) continue;
+      inodes.add(st.ino);
+      if (e.isDirectory()) walk(p);
+      else n += Math.ceil(st.size / 4096) * 4096;
+    }
+  };
+  walk(root);
+  return n;
+}
+
+/** Compressible, unique text: a ledger-like file of `size` bytes. */
+function ledgerText(size: number, seed: number): Buffer {
+  const lines: string[] = [];
+  let len = 0;
+  for (let i = 0; len < size; i++) {
+    const l = `${seed}|V${i}|2026-11-${String((i % 28) + 1).padStart(2, '0')}|ledger ${(i * 7919) % 100_003}|amount ${((i * 104_729) % 9_999_991) / 100}\n`;
+    lines.push(l);
+    len += l.length;
+  }
+  return Buffer.from(lines.join('')).subarray(0, size);
+}
+
+describe.skipIf(skipReason !== undefined)('disk full while pulling (real tmpfs)', () => {
+  let tmp: ReturnType<typeof tempDir>;
+  let key: string;
+  let big: string;
+  let grow: string;
+  let bigSite: Served;
+  let growSite: Served;
+  let bigFp: Map<string, string>;
+  const mounts: string[] = [];
+
+  function mount(name: string, size: string): string {
+    const m = path.join(tmp.dir, name);
+    fs.mkdirSync(m);
+    const r = spawnSync('mount', ['-t', 'tmpfs', '-o', `size=${size},mode=0755`, 'tmpfs', m], { encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(0);
+    mounts.push(m);
+    return m;
+  }
+
+  function remount(m: string, size: string): void {
+    const r = spawnSync('mount', ['-o', `remount,size=${size}`, m], { encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(0);
+  }
+
+  function expectDiskFull(r: CliResult): void {
+    expect(r.signal).toBeNull();
+    expect(r.code).toBe(74);
+    expect(errorLines(r.stderr), r.stderr).toHaveLength(1);
+    expect(errorCodeOf(r.stderr)).toBe('SNAPFERRY_E_DISK_FULL');
+  }
+
+  /** After a good pull: DIR exact, state only the applied record, and nothing else occupying the filesystem. */
+  function expectSettled(m: string, dest: string, want: Map<string, string>): void {
+    expect(fingerprintDiff(want, treeFingerprint(dest))).toEqual([]);
+    const state = path.join(path.dirname(dest), `.${path.basename(dest)}.snapferry`);
+    expect(fs.readdirSync(state).sort()).toEqual(['applied.json', 'applied.manifest', 'applied.stats']);
+    const leftover = used(m) - occupied(dest);
+    expect(leftover, `${(leftover / MiB).toFixed(1)} MiB in use beyond DIR: the failed attempt's space was not reclaimed`).toBeLessThan(1 * MiB);
+  }
+
+  /**
+   * Starts a pull and, once it has written `afterBytes` to the mount and journaled some verified chunks, fills the
+   * rest of the filesystem.
+   */
+  async function pullAndFill(m: string, url: string, dest: string, afterBytes: number, bwlimit: string): Promise<{ r: CliResult; filled: boolean }> {
+    const start = used(m);
+    const journal = path.join(m, '.acme.snapferry', 'next.journal');
+    const journaled = () => fs.existsSync(journal) && fs.statSync(journal).size >= 40;
+    const child = spawn(process.execPath, [CLI, 'pull', url, 'acme', dest, '--secret', key, '--bwlimit', bwlimit], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    const exited = new Promise<CliResult>((resolve) => child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr })));
+    const killer = setTimeout(() => child.kill('SIGKILL'), 60_000);
+    let filled = false;
+    const filler = path.join(m, 'filler.bin');
+    const deadline = Date.now() + 30_000;
+    while (child.exitCode === null && Date.now() < deadline) {
+      if (used(m) - start >= afterBytes && journaled()) {
+        const fd = fs.openSync(filler, 'w');
+        const block = Buffer.alloc(MiB, 0x5a);
+        try {
+          for (;;) fs.writeSync(fd, block);
+        } catch (err) {
+          expect((err as NodeJS.ErrnoException).code).toBe('ENOSPC');
+        } finally {
+          fs.closeSync(fd);
+        }
+        filled = true;
+        break;
+      }
+      await sleep(5);
+    }
+    const r = await exited;
+    clearTimeout(killer);
+    return { r, filled };
+  }
+
+  beforeAll(async () => {
+    tmp = tempDir('sf-diskfull-');
+    key = secretFile(tmp.dir);
+    big = path.join(tmp.dir, 'head', 'acme');
+    grow = path.join(tmp.dir, 'head2', 'acme');
+    await makeCompany(big, 32, 41);
+    await makeCompany(grow, 4, 42);
+    bigFp = treeFingerprint(big);
+    bigSite = await startServe(['--secret', key, '--company', `acme=${big}`]);
+    growSite = await startServe(['--secret', key, '--company', `acme=${grow}`]);
+  });
+
+  afterAll(async () => {
+    await bigSite?.stop();
+    await growSite?.stop();
+    for (const m of mounts.reverse()) {
+      const r = spawnSync('umount', [m]);
+      if (r.status !== 0) spawnSync('umount', ['-l', m]);
+    }
+    tmp?.cleanup();
+  });
+
+  it('a seed that cannot fit is refused cleanly (no DIR); after the disk grows the next pull is exact', async () => {
+    const m = mount('m1', '20m');
+    const dest = path.join(m, 'acme');
+    const r = await runCli(['pull', bigSite.url, 'acme', dest, '--secret', key]);
+    expectDiskFull(r);
+    expect(r.stderr).toMatch(/needs \d+ more bytes/);
+    expect(fs.existsSync(dest)).toBe(false);
+    remount(m, '64m');
+    const ok = await runCli(['pull', bigSite.url, 'acme', dest, '--secret', key, '--json']);
+    expect(ok.code, ok.stderr).toBe(0);
+    expectSettled(m, dest, bigFp);
+  });
+
+  it('a seed whose disk fills up mid-transfer fails cleanly (no DIR); freed, the next pull reuses what it verified', async () => {
+    const m = mount('m2', '48m');
+    const dest = path.join(m, 'acme');
+    const { r, filled } = await pullAndFill(m, bigSite.url, dest, 6 * MiB, '4M');
+    expect(filled, `the pull ended before the disk could be filled: ${r.stderr}`).toBe(true);
+    expectDiskFull(r);
+    expect(fs.existsSync(dest)).toBe(false);
+    const journal = path.join(m, '.acme.snapferry', 'next.journal');
+    const journaled = fs.existsSync(journal) ? fs.statSync(journal).size / 4 : 0;
+    fs.rmSync(path.join(m, 'filler.bin'));
+    const ok = await runCli(['pull', bigSite.url, 'acme', dest, '--secret', key, '--json']);
+    expect(ok.code, ok.stderr).toBe(0);
+    const j = JSON.parse(ok.stdout);
+    expect(journaled).toBeGreaterThan(0);
+    expect(j.chunksReused).toBeGreaterThanOrEqual(journaled);
+    expectSettled(m, dest, bigFp);
+  });
+
+  it('a delta that grows past the space is refused cleanly and the old generation stays; with more space it lands', async () => {
+    const m = mount('m3', '20m');
+    const dest = path.join(m, 'acme');
+    const seeded = await runCli(['pull', growSite.url, 'acme', dest, '--secret', key]);
+    expect(seeded.code, seeded.stderr).toBe(0);
+    const oldFp = treeFingerprint(dest);
+    const record = fs.readFileSync(path.join(m, '.acme.snapferry', 'applied.json'), 'utf8');
+    fs.writeFileSync(path.join(grow, 'Archive.900'), ledgerText(24 * MiB, 1));
+    const r = await runCli(['pull', growSite.url, 'acme', dest, '--secret', key]);
+    expectDiskFull(r);
+    expect(fingerprintDiff(oldFp, treeFingerprint(dest))).toEqual([]);
+    expect(fs.readFileSync(path.join(m, '.acme.snapferry', 'applied.json'), 'utf8')).toBe(record);
+    remount(m, '96m');
+    const ok = await runCli(['pull', growSite.url, 'acme', dest, '--secret', key, '--json']);
+    expect(ok.code, ok.stderr).toBe(0);
+    expectSettled(m, dest, treeFingerprint(grow));
+  });
+
+  it('a delta whose disk fills up mid-transfer fails cleanly and keeps the old generation; freed, it lands', async () => {
+    // Continues on m3 (96 MiB, holding ~28 MiB): the head grows by 24 MiB more, which fits until a filler takes the rest.
+    const m = mounts.find((x) => x.endsWith('m3'))!;
+    const dest = path.join(m, 'acme');
+    const oldFp = treeFingerprint(dest);
+    fs.writeFileSync(path.join(grow, 'Archive2.900'), ledgerText(24 * MiB, 2));
+    const { r, filled } = await pullAndFill(m, growSite.url, dest, 4 * MiB, '1M');
+    expect(filled, `the pull ended before the disk could be filled: ${r.stderr}`).toBe(true);
+    expectDiskFull(r);
+    expect(fingerprintDiff(oldFp, treeFingerprint(dest))).toEqual([]);
+    const journaled = fs.statSync(path.join(m, '.acme.snapferry', 'next.journal')).size / 4;
+    fs.rmSync(path.join(m, 'filler.bin'));
+    const ok = await runCli(['pull', growSite.url, 'acme', dest, '--secret', key, '--json']);
+    expect(ok.code, ok.stderr).toBe(0);
+    expect(JSON.parse(ok.stdout).chunksReused).toBeGreaterThanOrEqual(journaled);
+    expectSettled(m, dest, treeFingerprint(grow));
+  });
+});
