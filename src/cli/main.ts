@@ -82,10 +82,10 @@ export function buildProgram(): Command {
     .requiredOption('--secret <file>', 'site secret file (from keygen)')
     .option('--company <name=dir>', 'a company to serve (repeatable)', collect, [])
     .option('--bwlimit <rate>', 'cap on bytes per second sent, e.g. 8M')
-    .option('--level <n>', 'zstd level for chunk data', '1')
+    .option('--level <n>', 'zstd level for chunk data (default: adapted to the link, 1 or -1)')
     .option('--max-connections <n>', 'connections at once', '256')
     .option('--settle-timeout <seconds>', 'how long a file that keeps changing may delay a generation', '30')
-    .action(async (o: { listen: string; secret: string; company: string[]; bwlimit?: string; level: string; maxConnections: string; settleTimeout: string }) => {
+    .action(async (o: { listen: string; secret: string; company: string[]; bwlimit?: string; level?: string; maxConnections: string; settleTimeout: string }) => {
       const { host, port } = parseListen(o.listen);
       const secret = readSecret(o.secret);
       const companies = parseCompanies(o.company);
@@ -95,7 +95,7 @@ export function buildProgram(): Command {
         secretFor: () => secret,
         companies,
         bwlimit: o.bwlimit ? parseRate(o.bwlimit) : undefined,
-        level: Number(o.level),
+        level: o.level === undefined ? undefined : Number(o.level),
         maxConnections: Number(o.maxConnections),
         settleTimeoutMs: Number(o.settleTimeout) * 1000,
         log: (line) => process.stderr.write(`${new Date().toISOString()} ${line}\n`),

@@ -20,6 +20,8 @@ export class Channel {
   private buffered = 0;
   private drainWaiters: Array<() => void> = [];
   private readonly highWater: number;
+  /** How many sends had to wait for the peer or the link (backpressure): tells a slow link from a fast one. */
+  waits = 0;
   /** Called for each message instead of queueing, when set. */
   onMessage?: (msg: Buffer) => void;
   /** Called once when the channel closes. */
@@ -94,6 +96,7 @@ export class Channel {
   /** Sends one binary message; waits while more than highWater bytes are unsent. */
   async send(data: Buffer | Buffer[]): Promise<void> {
     if (this.closedWith) throw this.closedWith;
+    if (this.buffered > this.highWater) this.waits++;
     while (this.buffered > this.highWater) {
       await new Promise<void>((r) => this.drainWaiters.push(r));
       if (this.closedWith) throw this.closedWith;
