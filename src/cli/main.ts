@@ -9,7 +9,7 @@ import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { writeNewSecret, readSecret } from './secret.js';
 import { SnapferryServer } from '../sync/server.js';
-import { pull, PullResult } from '../sync/pull.js';
+import { pull, PullResult, PullProgress } from '../sync/pull.js';
 import { progressLine, summary } from './progress.js';
 import { runDemo } from './demo.js';
 import { follow } from '../sync/follow.js';
@@ -47,6 +47,18 @@ function parseCompanies(list: string[]): Map<string, string> {
  */
 function faultPoint(point: string): void {
   if (process.env.SNAPFERRY_FAULT_KILL_AT === point) process.kill(process.pid, 'SIGKILL');
+}
+
+/** SNAPFERRY_DEBUG: log each phase of a pull with its start time, for profiling. */
+function phaseLogger(next: (p: PullProgress) => void): (p: PullProgress) => void {
+  let last = '';
+  return (p) => {
+    if (p.phase !== last) {
+      last = p.phase;
+      process.stderr.write(`[${(p.elapsedMs / 1000).toFixed(3)} s] ${p.phase}\n`);
+    }
+    next(p);
+  };
 }
 
 const collect = (v: string, prev: string[]) => [...prev, v];
@@ -165,7 +177,7 @@ export function buildProgram(): Command {
         durable: o.fsync,
         lockWaitMs: o.wait ? 24 * 3600_000 : 0,
         retries: Number(o.retries),
-        onProgress: progress.update,
+        onProgress: process.env.SNAPFERRY_DEBUG ? phaseLogger(progress.update) : progress.update,
         onPoint: faultPoint,
         log: (line) => {
           progress.end();

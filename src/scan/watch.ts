@@ -13,7 +13,7 @@ export interface WatchOptions {
   settleMs?: number;
   /** Longest a stream of changes may delay a scan (default 3 s). */
   maxDelayMs?: number;
-  /** Poll interval (default 2 s, stretched to 5x the last scan's duration on large companies). */
+  /** Poll interval (default 15 s with a working fs.watch, else 2 s; stretched to 5x the last scan's duration). */
   pollMs?: number;
   settleTimeoutMs?: number;
 }
@@ -56,7 +56,7 @@ export class CompanyWatcher extends EventEmitter {
 
   private schedulePoll(): void {
     if (this.stopped) return;
-    const every = Math.max(this.opts.pollMs ?? 2000, this.lastScanMs * 5);
+    const every = Math.max(this.opts.pollMs ?? (this.watcher ? 15_000 : 2000), this.lastScanMs * 5);
     this.pollTimer = setTimeout(() => {
       void this.scanNow().finally(() => this.schedulePoll());
     }, every);

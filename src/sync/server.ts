@@ -60,6 +60,8 @@ export interface ServeOptions {
   workers?: number;
   /** Total time a changing file may delay a generation. */
   settleTimeoutMs?: number;
+  /** Watch the companies and re-index them as they change (default true). */
+  watch?: boolean;
   log?: (line: string) => void;
 }
 
@@ -193,6 +195,8 @@ export class SnapferryServer {
         (g) => this.log(`indexed ${c.name}: generation ${g.generation}, ${g.manifest.entries.length} entries`),
         (err) => this.log(`indexing ${c.name} failed: ${toSnapferryError(err).message}`),
       );
+      // Keep the index current as the company changes, so a pull finds its generation ready (and followers hear of it).
+      if (this.opts.watch !== false) this.watcherOf(c);
     }
     return this.url;
   }
@@ -324,14 +328,18 @@ export class SnapferryServer {
    * A follower waits for a generation other than the one it holds: told at once if the company already moved on,
    * otherwise as soon as the watcher announces one.
    */
-  private followerOf(c: Company, session: SecureSession, have: string): void {
+  private watcherOf(c: Company): CompanyWatcher {
     if (!c.watcher) {
       c.watcher = new CompanyWatcher(c.scanner, { settleTimeoutMs: this.opts.settleTimeoutMs });
       c.watcher.on('error', (err) => this.log(`watching ${c.name}: ${toSnapferryError(err).message}`));
       c.watcher.setMaxListeners(0);
       c.watcher.start();
     }
-    const watcher = c.watcher;
+    return c.watcher;
+  }
+
+  private followerOf(c: Company, session: SecureSession, have: string): void {
+    const watcher = this.watcherOf(c);
     let told = false;
     const tell = (g: Generation) => {
       if (told || g.rootHash === have) return;

@@ -467,7 +467,7 @@ function hashChunks(ctx: JobContext, j: HashChunksJob): HashChunksResult {
   try {
     let total = 0;
     for (let i = 0; i < j.lens.length; i++) total += j.lens[i]!;
-    const buf = Buffer.allocUnsafe(total);
+    const buf = readBuffer(ctx, total);
     readable = readExactly(fd, buf, j.offset);
     let o = 0;
     for (let i = 0; i < j.lens.length; i++) {
