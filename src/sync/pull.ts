@@ -110,7 +110,7 @@ export interface PullResult {
 /** Block size of the patch level: small enough that a rewritten 4 KiB page costs ~4 KiB, large enough that signatures stay cheap. */
 const PATCH_BLOCK = 1024;
 /** Raw bytes per GET. */
-const PACK_BYTES = 256 << 10;
+const PACK_BYTES = 512 << 10;
 const J_BASED = 0x80000000;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
