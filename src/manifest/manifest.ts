@@ -5,7 +5,7 @@
  */
 import { createHash } from 'node:crypto';
 import { fail, ErrorCodes } from '../util/errors.js';
-import { ChunkParams, DEFAULT_CHUNK_PARAMS, validateChunkParams } from '../chunk/chunker.js';
+import { ChunkParams, DEFAULT_CHUNK_PARAMS, SEGMENT_SIZE, validateChunkParams } from '../chunk/chunker.js';
 
 export type EntryKind = 'file' | 'dir' | 'symlink';
 
@@ -217,8 +217,13 @@ export function decodeManifest(buf: Uint8Array): Manifest {
       const ids = new BigUint64Array(n);
       let sum = 0;
       for (let i = 0; i < n; i++) {
-        const len = r.varint(LIMITS.maxChunkLen);
+        const len = r.varint(params.maxSize);
         if (len === 0) fail(ErrorCodes.BAD_MANIFEST, `empty chunk in ${path}`);
+        // The chunker cuts short chunks only at a segment's end: anything else inflates the chunk count (and the
+        // memory a branch spends on it) beyond what any real file produces.
+        if (len < params.minSize && i < n - 1 && (sum + len) % SEGMENT_SIZE !== 0) {
+          fail(ErrorCodes.BAD_MANIFEST, `chunk shorter than the minimum in ${path}`);
+        }
         lens[i] = len;
         ids[i] = r.u64();
         sum += len;
@@ -306,6 +311,14 @@ export function checkTree(m: Manifest): void {
       }
     }
   }
+}
+
+/**
+ * The mode a branch gives an entry: the site's permission bits and sticky bit, never setuid or setgid (a site must not
+ * be able to plant set-id programs at a branch, which often runs as a service account or root).
+ */
+export function appliedMode(mode: number): number {
+  return mode & 0o1777;
 }
 
 /** An empty manifest with default parameters. */

@@ -293,8 +293,17 @@ export function commit(paths: StatePaths, record: AppliedRecord, encodedManifest
 
 /** Finishes an interrupted commit, if any. Safe to call at any time with the lock held. */
 export function recover(paths: StatePaths): boolean {
-  if (!exists(paths.commitJson)) return false;
+  if (!exists(paths.commitJson)) {
+    // No declared commit: leftovers of one that was never declared, or of one whose cleanup was cut short.
+    removeTree(paths.old);
+    fs.rmSync(paths.pendingJson, { force: true });
+    fs.rmSync(paths.pendingManifest, { force: true });
+    return false;
+  }
   rollForward(paths);
+  // The inode/ctime record is written after a commit; a commit finished here needs it too.
+  const applied = readApplied(paths);
+  if (applied) writeStats(paths, applied.record.rootHash, applied.manifest);
   return true;
 }
 

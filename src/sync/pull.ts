@@ -10,11 +10,11 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import os from 'node:os';
-import { connect, SecureSession } from './session.js';
+import { connect, SecureSession, printable } from './session.js';
 import { WorkerPool } from '../work/pool.js';
 import { Decompressor } from '../work/zstd.js';
 import { layoutOf, Layout } from '../manifest/layout.js';
-import { decodeManifest, Entry, Manifest, rootHashOf, sameContent, totalBytes } from '../manifest/manifest.js';
+import { appliedMode, decodeManifest, Entry, Manifest, rootHashOf, sameContent, totalBytes } from '../manifest/manifest.js';
 import {
   MsgType,
   decodeJson,
@@ -127,6 +127,7 @@ export async function pull(opts: PullOptions): Promise<PullResult> {
     throw toSnapferryError(err, `cannot use ${paths.dir}`);
   }
   let wire = 0;
+  let everConnected = false;
   const retries = opts.retries ?? 5;
   try {
     recover(paths);
@@ -141,11 +142,14 @@ export async function pull(opts: PullOptions): Promise<PullResult> {
       } catch (err) {
         const e = toSnapferryError(err);
         wire += run.wireBytes;
+        everConnected ||= !run.neverConnected;
         if (e.code === ErrorCodes.STALE_SOURCE && attempt < retries + 20) {
           opts.log?.(`the company changed while it was sent (${e.message}); fetching the newer generation`);
           continue;
         }
-        if (!e.retryable || attempt >= retries || run.neverConnected) throw e;
+        // A site that refuses connections from the start is reported at once; anything reached before, or a link
+        // cut mid-handshake, or a busy site, is retried with backoff.
+        if (!e.retryable || attempt >= retries || (!everConnected && e.code === ErrorCodes.UNREACHABLE)) throw e;
         const backoff = Math.min(30_000, 500 * 2 ** attempt);
         opts.log?.(`${e.message}; retrying in ${(backoff / 1000).toFixed(1)} s (attempt ${attempt + 2} of ${retries + 1})`);
         await sleep(backoff);
@@ -247,6 +251,10 @@ class PullRun {
     this.neverConnected = false;
     try {
       return await this.run();
+    } catch (err) {
+      // Keep what this attempt verified: the next one must not fetch it again, however short this one was.
+      await this.flushJournal(true).catch(() => undefined);
+      throw err;
     } finally {
       this.wireBytes = this.session.channel.bytesRead;
       this.session.close();
@@ -278,6 +286,7 @@ class PullRun {
     this.bytesTotal = totalBytes(this.m);
 
     if (this.applied && this.applied.record.rootHash === this.rootHash && (this.opts.repair ? this.damagedBefore === 0 : this.intact())) {
+      if (this.applied.stats.some((x) => x === '')) writeStats(this.paths, this.rootHash, this.m);
       await s.send(Buffer.from([MsgType.BYE]));
       return this.result(true);
     }
@@ -630,7 +639,7 @@ class PullRun {
     const job: FinishFilesJob = {
       kind: 'finishFiles',
       paths: batch.map((ei) => path.join(this.paths.next, this.m.entries[ei]!.path)),
-      modes: Uint32Array.from(batch.map((ei) => this.m.entries[ei]!.mode)),
+      modes: Uint32Array.from(batch.map((ei) => appliedMode(this.m.entries[ei]!.mode))),
       mtimes: Float64Array.from(batch.map((ei) => toTime(this.m.entries[ei]!.mtimeNs))),
     };
     this.finishing.push(
@@ -649,7 +658,20 @@ class PullRun {
       this.pending.clear();
     };
     s.channel.onClose = fault;
+    // A site or link that goes silent while requests are pending is given up on (retryable): never a hang.
+    const timeoutMs = this.opts.timeoutMs ?? 60_000;
+    let lastHeard = performance.now();
+    const watchdog = setInterval(() => {
+      if (this.pending.size > 0 && performance.now() - lastHeard > timeoutMs) {
+        const e = new SnapferryError(ErrorCodes.TIMEOUT, `the site sent nothing for ${Math.round(timeoutMs / 1000)} s`, { retryable: true });
+        fault(e);
+        s.channel.abort(e);
+      }
+    }, Math.min(1000, timeoutMs / 2));
+    watchdog.unref();
+    s.channel.ws.once('close', () => clearInterval(watchdog));
     s.channel.onMessage = (frame) => {
+      lastHeard = performance.now();
       if (this.readerError) return;
       noteGarbage(frame.length * 2);
       let msg: Buffer;
@@ -667,12 +689,12 @@ class PullRun {
         if (!p) return fault(new SnapferryError(ErrorCodes.PROTOCOL, 'answer to a request we did not make'));
         this.pending.delete(reqId);
         if (type === MsgType.STALE) {
-          const path_ = String(decodeJson<{ path?: string }>(msg).path ?? '?');
+          const path_ = printable(String(decodeJson<{ path?: string }>(msg).path ?? '?')).slice(0, 300);
           p.reject(new SnapferryError(ErrorCodes.STALE_SOURCE, `${path_} changed at the site`, { retryable: true }));
         } else p.resolve(msg);
       } else if (type === MsgType.ERROR) {
         const e = decodeJson<{ code: string; message: string }>(msg);
-        fault(new SnapferryError((Object.values(ErrorCodes) as string[]).includes(e.code) ? (e.code as never) : ErrorCodes.PROTOCOL, String(e.message).slice(0, 300)));
+        fault(new SnapferryError((Object.values(ErrorCodes) as string[]).includes(e.code) ? (e.code as never) : ErrorCodes.PROTOCOL, printable(String(e.message)).slice(0, 300)));
       } else if (type !== MsgType.PONG) {
         fault(new SnapferryError(ErrorCodes.PROTOCOL, `unexpected message type ${type}`));
       }
@@ -929,7 +951,7 @@ class PullRun {
       const e = entries[i]!;
       if (e.kind !== 'dir') continue;
       const p = path.join(this.paths.next, e.path);
-      fs.chmodSync(p, e.mode);
+      fs.chmodSync(p, appliedMode(e.mode));
       const t = toTime(e.mtimeNs);
       fs.utimesSync(p, t, t);
     }

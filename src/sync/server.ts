@@ -156,16 +156,26 @@ export class SnapferryServer {
       }
       this.companies.set(name, { name, scanner: new CompanyScanner(real, this.pool), layouts: new WeakMap(), readers: new Map() });
     }
-    const server = http.createServer((_req, res) => {
+    // Idle or slow HTTP clients must not hold sockets for long: Node checks header and request deadlines every second.
+    const server = http.createServer({ connectionsCheckingInterval: 1000, headersTimeout: 10_000, requestTimeout: 10_000 }, (_req, res) => {
       res.writeHead(426, { 'content-type': 'text/plain' }).end('snapferry site: use a snapferry client\n');
     });
     const maxConnections = this.opts.maxConnections ?? 256;
+    // Raw TCP connections count too (a few spare for the 503 answers), so idle sockets cannot pile up to the fd limit.
+    server.maxConnections = maxConnections + 16;
+    // A puller never sends anything large (its biggest message is a GET of 32 KiB): a small cap keeps an
+    // unauthenticated peer from making the site buffer megabytes.
     const wss = new WebSocketServer({
       noServer: true,
-      maxPayload: MAX_FRAME + 1024,
+      maxPayload: 64 << 10,
       perMessageDeflate: false,
     });
+    server.on('connection', (socket) => {
+      // Until the upgrade, a socket that sends nothing for 10 s is dropped; sessions have their own timeouts.
+      socket.setTimeout(10_000, () => socket.destroy());
+    });
     server.on('upgrade', (req, socket, head) => {
+      (socket as import('node:net').Socket).setTimeout(0);
       if (this.sessions.size >= maxConnections) {
         socket.end('HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n\r\n');
         return;
@@ -173,9 +183,6 @@ export class SnapferryServer {
       socket.on('error', () => socket.destroy());
       wss.handleUpgrade(req, socket, head, (ws) => this.onConnection(ws));
     });
-    // Idle or slow HTTP clients must not hold sockets forever.
-    server.headersTimeout = 10_000;
-    server.requestTimeout = 10_000;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(this.opts.port, this.opts.host, () => {
@@ -221,14 +228,19 @@ export class SnapferryServer {
     this.sessions.add(channel);
     channel.onClose = () => this.sessions.delete(channel);
     const remote = (ws as unknown as { _socket?: { remoteAddress?: string } })._socket?.remoteAddress ?? '?';
+    let authenticated = false;
     accept(channel, this.opts.secretFor, this.opts.handshakeTimeoutMs ?? 10_000)
-      .then((session) => this.serveSession(session))
+      .then((session) => {
+        authenticated = true;
+        return this.serveSession(session);
+      })
       .catch((err) => {
         const e = toSnapferryError(err);
         if (e.code === ErrorCodes.AUTH) this.log(`refused ${remote}: authentication failed`);
         else if (e.code !== ErrorCodes.CONNECTION_LOST) this.log(`session from ${remote} ended: ${e.message}`);
       })
-      .finally(() => channel.close());
+      // A peer that never authenticated gets no graceful close (it would hold the socket for ws's 30 s close timeout).
+      .finally(() => (authenticated ? channel.close() : setTimeout(() => channel.abort(new SnapferryError(ErrorCodes.AUTH, 'not authenticated')), 100)));
   }
 
   private layoutFor(company: Company, gen: Generation): Layout {

@@ -63,7 +63,13 @@ export class SecureSession {
 export function peerError(msg: Buffer): SnapferryError {
   const e = decodeJson<ErrorMsg>(msg);
   const code = Object.values(ErrorCodes).includes(e.code as ErrorCode) ? (e.code as ErrorCode) : ErrorCodes.PROTOCOL;
-  return new SnapferryError(code, String(e.message ?? 'peer reported an error').slice(0, 500));
+  return new SnapferryError(code, printable(String(e.message ?? 'peer reported an error')).slice(0, 500));
+}
+
+/** Text from a peer, made safe for a terminal: control characters (CR, escapes) become spaces. */
+export function printable(text: string): string {
+  // eslint-disable-next-line no-control-regex
+  return text.replace(/[\x00-\x1f\x7f-\x9f]/g, ' ');
 }
 
 /** Options for connecting to a site. */
@@ -83,7 +89,13 @@ export async function connect(url: string, opts: ConnectOptions): Promise<Secure
     await new Promise<void>((resolve, reject) => {
       ws.once('open', () => resolve());
       ws.once('error', (err) => reject(err));
-      ws.once('unexpected-response', (_req, res) => reject(new SnapferryError(ErrorCodes.PROTOCOL, `${url} is not a snapferry site (HTTP ${res.statusCode})`)));
+      ws.once('unexpected-response', (_req, res) =>
+        reject(
+          res.statusCode === 503
+            ? new SnapferryError(ErrorCodes.BUSY, `${url} is busy (too many connections); try again later`, { retryable: true })
+            : new SnapferryError(ErrorCodes.PROTOCOL, `${url} is not a snapferry site (HTTP ${res.statusCode})`),
+        ),
+      );
     });
   } catch (err) {
     channel.abort(toSnapferryError(err, `cannot reach ${url}`));
@@ -101,13 +113,16 @@ export async function connect(url: string, opts: ConnectOptions): Promise<Secure
     const { proof, keys } = hs.onWelcome(welcome);
     await channel.send(proof);
     const session = new SecureSession(channel, new FrameSealer(keys.clientToServer, DIR_CLIENT_TO_SERVER), new FrameOpener(keys.serverToClient, DIR_SERVER_TO_CLIENT), 'server');
-    const ready = await channel.next(timeoutMs).catch((err) => {
-      // The server closes right after a bad proof: for the client that means the secrets differ.
-      if (err instanceof SnapferryError && err.code === ErrorCodes.CONNECTION_LOST) throw new SnapferryError(ErrorCodes.AUTH, 'authentication failed');
+    // The site refuses a bad proof with an explicit pre-auth AUTH error; a bare close here is a broken link (retryable).
+    const ready = await channel.next(timeoutMs);
+    let msg: Buffer;
+    try {
+      msg = session.open(ready);
+    } catch (err) {
+      // Only a frame that does not open can be the site's unsealed refusal (a sealed READY may start with any byte).
+      if (ready[0] === PREAUTH_ERROR) throw peerPreauthError(ready);
       throw err;
-    });
-    if (ready[0] === PREAUTH_ERROR) throw peerPreauthError(ready);
-    const msg = session.open(ready);
+    }
     if (msg[0] === MsgType.ERROR) throw peerError(msg);
     if (msg[0] !== MsgType.READY) fail(ErrorCodes.PROTOCOL, 'unexpected message after handshake');
     return session;
@@ -122,7 +137,7 @@ function peerPreauthError(msg: Buffer): SnapferryError {
   try {
     const e = JSON.parse(msg.subarray(1, 1024).toString('utf8')) as ErrorMsg;
     const code = Object.values(ErrorCodes).includes(e.code as ErrorCode) ? (e.code as ErrorCode) : ErrorCodes.PROTOCOL;
-    return new SnapferryError(code, String(e.message).slice(0, 300));
+    return new SnapferryError(code, printable(String(e.message)).slice(0, 300));
   } catch {
     return new SnapferryError(ErrorCodes.PROTOCOL, 'peer refused the handshake');
   }
@@ -134,7 +149,7 @@ export async function accept(channel: Channel, secretFor: (peerId: string) => Bu
   const deadline = Date.now() + timeoutMs;
   const left = () => Math.max(1, deadline - Date.now());
   const preauthError = async (err: SnapferryError) => {
-    if (err.code === ErrorCodes.VERSION || err.code === ErrorCodes.PROTOCOL) {
+    if (err.code === ErrorCodes.VERSION || err.code === ErrorCodes.PROTOCOL || err.code === ErrorCodes.AUTH) {
       const body = Buffer.from(JSON.stringify({ code: err.code, message: err.message }));
       await channel.send(Buffer.concat([Buffer.from([PREAUTH_ERROR]), body])).catch(() => undefined);
     }

@@ -8,7 +8,7 @@ import path from 'node:path';
 import { StatePaths, readApplied, recover, recordAuthentic, DirLock, Applied } from '../store/state.js';
 import { WorkerPool } from '../work/pool.js';
 import type { HashChunksResult } from '../work/tasks.js';
-import { Entry, comparePaths } from '../manifest/manifest.js';
+import { Entry, comparePaths, appliedMode } from '../manifest/manifest.js';
 import { sameMtime } from './pull.js';
 import { SnapferryError, ErrorCodes } from '../util/errors.js';
 
@@ -94,8 +94,8 @@ export async function verifyDir(dir: string, opts: VerifyOptions = {}): Promise<
           if (fs.readlinkSync(abs) !== e.target) damaged.push({ path: e.path, problem: 'link-changed' });
           continue;
         }
-        if ((st.mode & 0o7777) !== e.mode) {
-          damaged.push({ path: e.path, problem: 'mode-changed', expectedMode: e.mode.toString(8), actualMode: (st.mode & 0o7777).toString(8) });
+        if ((st.mode & 0o7777) !== appliedMode(e.mode)) {
+          damaged.push({ path: e.path, problem: 'mode-changed', expectedMode: appliedMode(e.mode).toString(8), actualMode: (st.mode & 0o7777).toString(8) });
         }
         if (e.kind === 'dir') continue;
         if (st.size !== e.size) {

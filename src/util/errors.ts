@@ -11,6 +11,7 @@ export const ErrorCodes = {
   VERSION: 'SNAPFERRY_E_VERSION',
   UNKNOWN_COMPANY: 'SNAPFERRY_E_UNKNOWN_COMPANY',
   UNREACHABLE: 'SNAPFERRY_E_UNREACHABLE',
+  BUSY: 'SNAPFERRY_E_BUSY',
   CONNECTION_LOST: 'SNAPFERRY_E_CONNECTION_LOST',
   TIMEOUT: 'SNAPFERRY_E_TIMEOUT',
   PORT_IN_USE: 'SNAPFERRY_E_PORT_IN_USE',
@@ -40,6 +41,7 @@ const EXIT_CODES: Partial<Record<ErrorCode, number>> = {
   SNAPFERRY_E_AUTH: 77,
   SNAPFERRY_E_SECRET: 77,
   SNAPFERRY_E_UNREACHABLE: 69,
+  SNAPFERRY_E_BUSY: 69,
   SNAPFERRY_E_CONNECTION_LOST: 69,
   SNAPFERRY_E_TIMEOUT: 69,
   SNAPFERRY_E_PORT_IN_USE: 69,
@@ -106,6 +108,10 @@ export function toSnapferryError(err: unknown, context = ''): SnapferryError {
     case 'EPIPE':
       return new SnapferryError(ErrorCodes.CONNECTION_LOST, `${where}connection lost (${e.code})`, { cause: err, retryable: true });
     default:
+      if (typeof e?.code === 'string' && e.code.startsWith('WS_ERR_')) {
+        // A malformed WebSocket frame: the peer or the link is broken.
+        return new SnapferryError(ErrorCodes.PROTOCOL, `${where}broken WebSocket frame (${e.code})`, { cause: err, retryable: true });
+      }
       if (e?.code && typeof e.code === 'string' && e.code.startsWith('E') && e.syscall) {
         return new SnapferryError(ErrorCodes.IO, `${where}${e.message}`, { cause: err });
       }

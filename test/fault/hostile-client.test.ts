@@ -42,6 +42,20 @@ function rssMiB(pid: number): number {
   return m ? Number(m[1]) / 1024 : 0;
 }
 
+/**
+ * After a bad proof the site answers with at most one unsealed refusal (0xEE + JSON naming SNAPFERRY_E_AUTH, so the
+ * client can tell a wrong secret from a broken link) and nothing else.
+ */
+function expectOnlyAuthRefusal(messages: Buffer[]): void {
+  expect(messages.length).toBeLessThanOrEqual(1);
+  for (const m of messages) {
+    expect(m[0]).toBe(0xee);
+    const body = JSON.parse(m.subarray(1).toString('utf8')) as { code: string; message: string };
+    expect(body.code).toBe('SNAPFERRY_E_AUTH');
+    expect(Object.keys(body).sort()).toEqual(['code', 'message']);
+  }
+}
+
 describe('hostile clients against a real site', () => {
   let tmp: ReturnType<typeof tempDir>;
   let keyFile: string;
@@ -158,7 +172,7 @@ describe('hostile clients against a real site', () => {
       expect(() => hs.onWelcome(welcome!)).toThrow(/authentication failed/);
       ws.send(Buffer.concat([header(1, 3), randomBytes(32)]));
       await refused(ws);
-      expect(ws.messages).toEqual([]);
+      expectOnlyAuthRefusal(ws.messages);
       expect(revealed(ws.allReceived)).toEqual([]);
       // The welcome is exactly magic, version, type, nonce and proof: nothing else about the site.
       expect(welcome!.length).toBe(12 + 32 + 32);
@@ -179,7 +193,7 @@ describe('hostile clients against a real site', () => {
       expect(await replay.next(3000)).toBeDefined();
       replay.send(proof);
       await refused(replay);
-      expect(replay.messages).toEqual([]);
+      expectOnlyAuthRefusal(replay.messages);
       expect(revealed(replay.allReceived)).toEqual([]);
     });
 
@@ -197,6 +211,25 @@ describe('hostile clients against a real site', () => {
       expect(served.stderr()).toMatch(/refused 127\.0\.0\.1: authentication failed/);
       await realPull();
     });
+  });
+
+  // BUG (src/sync/session.ts connect(): `if (ready[0] === PREAUTH_ERROR) throw peerPreauthError(ready)`): the READY
+  // after the proofs is a sealed frame whose first byte is ciphertext, so about 1 handshake in 256 starts with 0xEE
+  // and is taken for an unsealed pre-auth error: the pull fails with "peer refused the handshake"
+  // [SNAPFERRY_E_PROTOCOL], not retried. (Every test that connects therefore flakes at ~0.4% per connection.)
+  // Fix: open the frame first; treat it as a pre-auth error only if it does not authenticate and parses as one (or
+  // tell them apart by length: a sealed READY is exactly 17 bytes).
+  it('every genuine handshake succeeds (2000 in a row with the right secret)', async () => {
+    const failures: string[] = [];
+    for (let i = 0; i < 2000 && failures.length === 0; i++) {
+      try {
+        const s = await connect(served.url, { secret, peerId: 'honest' });
+        s.close();
+      } catch (err) {
+        failures.push(`connection ${i}: ${(err as Error).message} [${(err as { code?: string }).code}]`);
+      }
+    }
+    expect(failures).toEqual([]);
   });
 
   describe('an authenticated peer that asks for too much', () => {
@@ -267,9 +300,11 @@ describe('hostile clients against a real site', () => {
       seen.tcpOpenAfter = tcp.filter((r) => r.closedAt === undefined).length;
       seen.lorisOpenAfter = loris.filter((r) => r.closedAt === undefined).length;
       expect(Date.now() - t0).toBeLessThan(30_000);
-      // The site ended the idle handshake (sent its close) between 10 and 15 s, having revealed nothing.
-      expect(seen.wsCloseFrameMs).toBeGreaterThanOrEqual(9_500);
-      expect(seen.wsCloseFrameMs).toBeLessThanOrEqual(15_000);
+      // The site ended the idle handshake (closed the connection; a close frame is optional) between 10 and 15 s,
+      // having revealed nothing.
+      const endedMs = seen.wsCloseFrameMs >= 0 ? seen.wsCloseFrameMs : seen.wsClosedMs;
+      expect(endedMs).toBeGreaterThanOrEqual(9_500);
+      expect(endedMs).toBeLessThanOrEqual(15_000);
       expect(revealed(idle.allReceived)).toEqual([]);
       for (const r of [...tcp, ...loris]) r.s.destroy();
       // And it still serves.
@@ -280,7 +315,7 @@ describe('hostile clients against a real site', () => {
     // handshake is closed gracefully — the site sends a close frame and then waits ws's 30 s close timeout for the
     // peer's answer, which a hostile peer never sends. The TCP connection (and anything buffered for it) stays ~40 s.
     // Fix: channel.abort() (ws.terminate()) for sessions that never authenticated.
-    it.fails('the idle WebSocket is disconnected (TCP closed) within 16 s, not only sent a close frame', () => {
+    it('the idle WebSocket is disconnected (TCP closed) within 16 s, not only sent a close frame', () => {
       expect(seen.wsClosedMs).toBeGreaterThan(0);
       expect(seen.wsClosedMs).toBeLessThanOrEqual(16_000);
     });
@@ -290,7 +325,7 @@ describe('hostile clients against a real site', () => {
     // and plain connections are not counted against --max-connections, so idle sockets can pile up to the fd limit.
     // Fix: socket.setTimeout(10_000) until the upgrade, createServer({ connectionsCheckingInterval: 1000 }) and a cap
     // on server.maxConnections.
-    it.fails('idle TCP connections and slow-loris requests are closed by the site within 16 s', () => {
+    it('idle TCP connections and slow-loris requests are closed by the site within 16 s', () => {
       expect(seen.tcpOpenAfter).toBe(0);
       expect(seen.lorisOpenAfter).toBe(0);
     });
@@ -300,7 +335,7 @@ describe('hostile clients against a real site', () => {
     // unauthenticated peer can make the site hold ~8 MiB per connection for the handshake period (256 connections:
     // ~2 GiB). Fix: refuse more than a few KiB from a peer until it has authenticated (count socket bytes, or a small
     // maxPayload raised after accept()).
-    it.fails('unauthenticated peers cannot make the site hold megabytes each (12 partial 8 MiB frames)', async () => {
+    it('unauthenticated peers cannot make the site hold megabytes each (12 partial 8 MiB frames)', async () => {
       const pid = served.child.pid!;
       const before = rssMiB(pid);
       const conns: RawWs[] = [];
@@ -325,7 +360,7 @@ describe('hostile clients against a real site', () => {
   // BUG (src/sync/session.ts connect(): every non-101 answer becomes "is not a snapferry site (HTTP n)"
   // [SNAPFERRY_E_PROTOCOL], not retryable): a site at its --max-connections answers 503, and the branch is told the
   // site is not a snapferry site at all. A busy site should read as busy and be retried with backoff.
-  it.fails('a site at its connection cap is reported as busy, not as "not a snapferry site"', async () => {
+  it('a site at its connection cap is reported as busy, not as "not a snapferry site"', async () => {
     const small = await startServe(['--secret', keyFile, '--company', `${NAME}=${company}`, '--max-connections', '2']);
     const held: RawWs[] = [];
     try {

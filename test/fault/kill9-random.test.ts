@@ -91,7 +91,7 @@ describe('kill -9 of the puller or the site at seeded random moments', () => {
     expect(first.code, first.stderr).toBe(0);
     let deltaRoot: string = JSON.parse(first.stdout).rootHash;
     let deltaFp = treeFingerprint(deltaDest);
-    const tally = { pullerKills: 0, serverKills: 0, commitPointKills: 0, midTransfer: 0, dirAbsentAtSwap: 0, resumedWithJournal: 0 };
+    const tally = { pullerKills: 0, serverKills: 0, serverKillsThatBrokeAPull: 0, commitPointKills: 0, midTransfer: 0, dirAbsentAtSwap: 0, resumedWithJournal: 0, oldLeftBehind: 0 };
 
     for (let trial = 0; trial < TRIALS; trial++) {
       const kind = trial % 2 === 0 ? 'seed' : 'delta';
@@ -137,6 +137,7 @@ describe('kill -9 of the puller or the site at seeded random moments', () => {
         await site.stop();
         // The puller was not killed: it either finished or failed with one clean line (no retries were allowed).
         expect(end.signal, what).toBeNull();
+        if (end.code !== 0) tally.serverKillsThatBrokeAPull++;
         if (end.code !== 0) expect(['SNAPFERRY_E_CONNECTION_LOST', 'SNAPFERRY_E_UNREACHABLE'], `${what}: ${stderr}`).toContain(errorCodeOf(stderr));
         await restartSite();
       } else {
@@ -176,8 +177,11 @@ describe('kill -9 of the puller or the site at seeded random moments', () => {
       expect(r.code, `${what}: the next pull failed: ${r.stderr}`).toBe(0);
       const j = JSON.parse(r.stdout);
       expect(fingerprintDiff(newFp, treeFingerprint(dest)), what).toEqual([]);
-      // applied.stats may be missing after a recovered commit (see the it.fails below); nothing else may be left.
-      expect(fs.readdirSync(state).sort().filter((x) => x !== 'applied.stats'), what).toEqual(['applied.json', 'applied.manifest']);
+      // After the next pull the state holds exactly the record of the new generation (recovery rewrites the stats
+      // and reclaims a previous generation whose removal was cut short).
+      const left = fs.readdirSync(state).sort();
+      if (left.includes('old')) tally.oldLeftBehind++;
+      expect(left, what).toEqual(['applied.json', 'applied.manifest', 'applied.stats']);
       const newRoot: string = j.rootHash;
       expect(sha256(fs.readFileSync(path.join(state, 'applied.manifest'))), what).toBe(newRoot);
 
@@ -211,7 +215,7 @@ describe('kill -9 of the puller or the site at seeded random moments', () => {
     console.log(`kill9-random seed ${SEED}: ${TRIALS} trials in ${seconds.toFixed(1)} s`, tally);
     // The trials covered both victims, the transfer and the commit.
     expect(tally.pullerKills).toBeGreaterThan(0);
-    expect(tally.serverKills).toBeGreaterThan(0);
+    expect(tally.serverKillsThatBrokeAPull).toBeGreaterThan(0);
     expect(tally.commitPointKills).toBeGreaterThan(0);
     expect(tally.midTransfer).toBeGreaterThan(0);
   });
@@ -223,7 +227,7 @@ describe('kill -9 of the puller or the site at seeded random moments', () => {
   // without writing it. From then on a local change that keeps size and mtime is never detected nor repaired.
   // Fix: writeStats() after a roll-forward (in recover(), or in pull() when recover() returned true or the stats do
   // not match the applied root hash and DIR is otherwise intact).
-  it.fails('after a commit recovered from kill -9, a local change that keeps size and mtime is still repaired', async () => {
+  it('after a commit recovered from kill -9, a local change that keeps size and mtime is still repaired', async () => {
     const dest = path.join(tmp.dir, 'recovered', 'acme');
     fs.mkdirSync(path.dirname(dest));
     const killed = await runCli(['pull', site.url, 'acme', dest, '--secret', key], { env: { SNAPFERRY_FAULT_KILL_AT: 'intent' } });
@@ -245,5 +249,26 @@ describe('kill -9 of the puller or the site at seeded random moments', () => {
     const again = await runCli(['pull', site.url, 'acme', dest, '--secret', key, '--json']);
     expect(again.code, again.stderr).toBe(0);
     expect(fs.readFileSync(victim).equals(fs.readFileSync(path.join(src, 'Journal.log'))), 'the tampered file was not repaired').toBe(true);
+  });
+
+  // BUG (src/store/state.ts rollForward()/recover()): the last step of a commit removes the previous generation
+  // (old/) after commit.json is gone. A kill -9 during that removal leaves old/ half-removed, and recover() only acts
+  // when commit.json exists, so the space stays taken until the next commit happens to clear it (seen in the random
+  // trials as a state folder holding "old"). This reproduces that state exactly: the record of the new generation
+  // in place, no commit intent, old/ partly removed.
+  // Fix: in recover(), remove old/ whenever there is no commit.json (it is garbage then), e.g. at the start of pull().
+  it('a kill -9 while the commit removes the previous generation: the next pull reclaims old/', async () => {
+    const dest = path.join(tmp.dir, 'cleanup', 'acme');
+    fs.mkdirSync(path.dirname(dest));
+    const r0 = await runCli(['pull', site.url, 'acme', dest, '--secret', key]);
+    expect(r0.code, r0.stderr).toBe(0);
+    const state = path.join(path.dirname(dest), '.acme.snapferry');
+    const old = path.join(state, 'old');
+    fs.cpSync(dest, old, { recursive: true });
+    for (const name of fs.readdirSync(old).filter((_, i) => i % 2 === 0)) fs.rmSync(path.join(old, name), { recursive: true, force: true });
+    const r = await runCli(['pull', site.url, 'acme', dest, '--secret', key, '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
+    expect(fs.readdirSync(state).sort()).toEqual(['applied.json', 'applied.manifest', 'applied.stats']);
   });
 });

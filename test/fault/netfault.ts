@@ -56,7 +56,7 @@ export interface Unit {
 
 /** Cuts a byte stream into the HTTP head and whole frames. Garbage that never completes a unit stays buffered. */
 export class UnitSplitter {
-  private buf = Buffer.alloc(0);
+  private buf: Buffer = Buffer.alloc(0);
   private headDone = false;
   private frames = 0;
 
@@ -102,7 +102,7 @@ export interface ProxyConn {
   forwarded: Record<Direction, number>;
   /** Frames seen so far, per direction. */
   frames: Record<Direction, number>;
-  /** Every byte the proxy received from the server, unmodified. */
+  /** Destroys both sockets at once. */
   cut(): void;
 }
 
@@ -221,6 +221,17 @@ export function afterBytes(dir: Direction, n: number, then: 'cut' | 'end'): Hook
   };
 }
 
+/** Like afterBytes, but also cuts once `ms` have passed since the first unit of this direction (a link that drops often). */
+export function afterBytesOrMs(dir: Direction, n: number, ms: number): Hook {
+  let start: number | undefined;
+  const bytes = afterBytes(dir, n, 'cut');
+  return (u, c) => {
+    start ??= Date.now();
+    if (Date.now() - start >= ms) return { out: [], after: 'cut' };
+    return bytes(u, c);
+  };
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // A raw WebSocket client: sends exactly the bytes a hostile peer wants and records every byte it receives.
 
@@ -233,7 +244,7 @@ export class RawWs {
   readonly openedAt = Date.now();
   closed: Promise<void>;
   private waiters: Array<(b: Buffer | undefined) => void> = [];
-  private frameBuf = Buffer.alloc(0);
+  private frameBuf: Buffer = Buffer.alloc(0);
 
   private constructor(readonly sock: net.Socket) {
     this.closed = new Promise((resolve) => {

@@ -79,9 +79,10 @@ const manifestArb: fc.Arbitrary<Manifest> = fc.tuple(params, fc.array(leaf, { ma
     const kind = parents.has(path) ? 'dir' : l.kind;
     const e: Entry = { path, kind, mode: l.mode, mtimeNs: l.mtimeNs, size: 0 };
     if (kind === 'file') {
-      e.lens = Uint32Array.from(l.chunks.map((c) => c[0]));
+      // As the chunker makes them: every chunk within [minSize, maxSize] but the last, which may be shorter.
+      e.lens = Uint32Array.from(l.chunks.map((c, i) => (i === l.chunks.length - 1 ? 1 + (c[0] % p.maxSize) : p.minSize + (c[0] % (p.maxSize - p.minSize + 1)))));
       e.ids = BigUint64Array.from(l.chunks.map((c) => c[1]));
-      e.size = l.chunks.reduce((a, c) => a + c[0], 0);
+      e.size = e.lens.reduce((a, c) => a + c, 0);
     } else if (kind === 'symlink') {
       const depth = l.comps.length - 1;
       // One name after the ups: a target whose middle passed through another generated symlink would (rightly) be refused.
@@ -274,12 +275,14 @@ describe('decoders on mutated valid encodings return or throw SnapferryError', (
       params: { minSize: 4096, avgSize: 16384, maxSize: 65536 },
       entries: [
         { path: 'a', kind: 'dir', mode: 0o755, mtimeNs: -5n, size: 0 },
-        { path: 'a/f', kind: 'file', mode: 0o644, mtimeNs: 1n << 60n, size: 300, lens: Uint32Array.from([100, 200]), ids: BigUint64Array.from([1n, 2n]) },
+        { path: 'a/f', kind: 'file', mode: 0o644, mtimeNs: 1n << 60n, size: 5200, lens: Uint32Array.from([5000, 200]), ids: BigUint64Array.from([1n, 2n]) },
         { path: 'a/l', kind: 'symlink', mode: 0o777, mtimeNs: 0n, size: 0, target: '../b' },
-        { path: 'b', kind: 'file', mode: 0o600, mtimeNs: 7n, size: 70000, lens: Uint32Array.from([70000]), ids: BigUint64Array.from([3n]) },
+        { path: 'b', kind: 'file', mode: 0o600, mtimeNs: 7n, size: 70000, lens: Uint32Array.from([65536, 4464]), ids: BigUint64Array.from([3n, 4n]) },
       ],
     };
     const enc = encodeManifest(fixed);
+    // the unmutated fixture itself must be valid, or every mutation would only test the refusal of one bad chunk
+    expect(() => decodeManifest(enc)).not.toThrow();
     fc.assert(
       fc.property(ops, (o) => {
         const d = returnsOrSnapferryError(() => decodeManifest(mutate(enc, o)));

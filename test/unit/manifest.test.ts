@@ -38,8 +38,10 @@ function file(path: string, lens: number[], ids?: bigint[], mode = 0o644, mtimeN
 function link(path: string, target: string, mtimeNs = 5n): Entry {
   return { path, kind: 'symlink', mode: 0o777, mtimeNs, size: 0, target };
 }
+/** Wide chunk parameters (256 B to 1 MiB) so fixtures can use any chunk length a decoder must accept. */
+const WIDE = { minSize: 256, avgSize: 1024, maxSize: 1 << 20 };
 function man(entries: Entry[]): Manifest {
-  return { params: { ...DEFAULT_CHUNK_PARAMS }, entries };
+  return { params: { ...WIDE }, entries };
 }
 
 /** Hand-written encoder pieces, to build inputs that encodeManifest would never produce. */
@@ -87,7 +89,7 @@ function expectRefused(entries: Entry[], code: string = ErrorCodes.UNSAFE_TREE):
 function sample(): Manifest {
   return man([
     dir('a'),
-    file('a.txt', [10, 20]),
+    file('a.txt', [300, 20]),
     dir('a/b', 0o700, -1n),
     file('a/b/c', [5], [0xffffffffffffffffn]),
     link('a/b/l', '../../a.txt'),
@@ -153,7 +155,7 @@ describe('encode/decode round trip', () => {
   it('round-trips large sizes, mode bits and varints of many widths', () => {
     const lens: number[] = [];
     for (let i = 0; i < 300; i++) lens.push(LIMITS.maxChunkLen - i);
-    const m = man([file('big', lens, undefined, 0o7777), file('c', [127, 128, 16383, 16384])]);
+    const m = man([file('big', lens, undefined, 0o7777), file('c', [256, 257, 16383, 16384, 127])]);
     const d = decodeManifest(encodeManifest(m));
     expectSameManifest(m, d);
     expect(d.entries[0]!.size).toBe(lens.reduce((a, b) => a + b, 0));
@@ -195,7 +197,7 @@ describe('canonical encoding and root hash', () => {
 
   it('grows its buffer past 64 KiB without corruption', () => {
     const entries: Entry[] = [dir('d')];
-    for (let i = 0; i < 3000; i++) entries.push(file(`d/f${String(i).padStart(5, '0')}`, [100, 200]));
+    for (let i = 0; i < 3000; i++) entries.push(file(`d/f${String(i).padStart(5, '0')}`, [300, 200]));
     const m = man(entries);
     const enc = encodeManifest(m);
     expect(enc.length).toBeGreaterThan(1 << 16);
@@ -312,8 +314,8 @@ describe('decodeManifest / checkTree refuse unsafe trees', () => {
 
 describe('decodeManifest refuses malformed encodings', () => {
   it('chunk lengths not adding up to the size', () => {
-    const f = file('f', [10, 20]);
-    f.size = 31;
+    const f = file('f', [300, 20]);
+    f.size = 321;
     expectRefused([f], ErrorCodes.BAD_MANIFEST);
     const g = file('g', [10]);
     g.size = 9;
@@ -325,12 +327,33 @@ describe('decodeManifest refuses malformed encodings', () => {
 
   it('zero-length chunks', () => {
     expectRefused([file('f', [0])], ErrorCodes.BAD_MANIFEST);
-    expectRefused([file('f', [5, 0, 5])], ErrorCodes.BAD_MANIFEST);
+    expectRefused([file('f', [300, 0, 5])], ErrorCodes.BAD_MANIFEST);
   });
 
   it('chunk lengths over 1 MiB', () => {
     expectRefused([file('f', [(1 << 20) + 1])], ErrorCodes.BAD_MANIFEST);
-    expectRefused([file('f', [1, 2 ** 31])], ErrorCodes.BAD_MANIFEST);
+    expectRefused([file('f', [300, 2 ** 31])], ErrorCodes.BAD_MANIFEST);
+  });
+
+  it('a non-final chunk shorter than minSize is refused (only the last chunk may be short)', () => {
+    expectCode(() => decodeManifest(encodeManifest(man([file('f', [255, 300])]))), ErrorCodes.BAD_MANIFEST);
+    expectCode(() => decodeManifest(encodeManifest(man([file('f', [300, 100, 300])]))), ErrorCodes.BAD_MANIFEST);
+    // exactly minSize, and a short last chunk, are fine
+    const ok = man([file('f', [256, 300, 1])]);
+    expectSameManifest(ok, decodeManifest(encodeManifest(ok)));
+  });
+
+  it('a short non-final chunk ending exactly at a 4 MiB segment boundary is accepted', () => {
+    const SEG = 4 << 20;
+    const params = { minSize: 65536, avgSize: 262144, maxSize: 1 << 20 };
+    // 3 full 1 MiB chunks, then a 1000-byte cut forced by the segment end at 4 MiB, then the next segment.
+    const lens = [1 << 20, 1 << 20, 1 << 20, (1 << 20) - 1000, 1000, 1 << 20, 10];
+    expect(lens.slice(0, 5).reduce((a, b) => a + b, 0)).toBe(SEG);
+    const m: Manifest = { params, entries: [file('f', lens)] };
+    expectSameManifest(m, decodeManifest(encodeManifest(m)));
+    // the same short chunk ending one byte past the boundary is refused
+    const bad: Manifest = { params, entries: [file('f', [1 << 20, 1 << 20, 1 << 20, (1 << 20) - 999, 1000, 1 << 20, 10])] };
+    expectCode(() => decodeManifest(encodeManifest(bad)), ErrorCodes.BAD_MANIFEST);
   });
 
   it('mode over 0o7777, unknown kind and invalid params', () => {
@@ -346,15 +369,15 @@ describe('decodeManifest refuses malformed encodings', () => {
 
   it('a hand-built encoding matches encodeManifest byte for byte', () => {
     const hand = Buffer.from([
-      ...header(),
-      1, ...str('f'), ...varint(0o644), ...i64(-2n), ...varint(300), ...varint(2),
-      ...varint(100), ...[0, 0, 0, 0, 0, 0, 0, 1],
+      ...header(WIDE.minSize, WIDE.avgSize, WIDE.maxSize),
+      1, ...str('f'), ...varint(0o644), ...i64(-2n), ...varint(500), ...varint(2),
+      ...varint(300), ...[0, 0, 0, 0, 0, 0, 0, 1],
       ...varint(200), ...[0xff, 0, 0, 0, 0, 0, 0, 2],
       3, ...str('l'), ...varint(0o777), ...i64(7n), ...str('f'),
       0xff,
     ]);
     const m = man([
-      { path: 'f', kind: 'file', mode: 0o644, mtimeNs: -2n, size: 300, lens: Uint32Array.from([100, 200]), ids: BigUint64Array.from([1n, 0xff00000000000002n]) },
+      { path: 'f', kind: 'file', mode: 0o644, mtimeNs: -2n, size: 500, lens: Uint32Array.from([300, 200]), ids: BigUint64Array.from([1n, 0xff00000000000002n]) },
       link('l', 'f', 7n),
     ]);
     expect(Buffer.compare(encodeManifest(m), hand)).toBe(0);
@@ -462,7 +485,7 @@ describe('small helpers', () => {
   });
 
   it('totalBytes sums file sizes', () => {
-    expect(totalBytes(sample())).toBe(30 + 5 + (1 << 20) + 1);
+    expect(totalBytes(sample())).toBe(320 + 5 + (1 << 20) + 1);
     expect(totalBytes(emptyManifest())).toBe(0);
   });
 
@@ -566,7 +589,7 @@ describe('filterManifest', () => {
       'masters/l',
     ]);
     expect(() => checkTree(f)).not.toThrow();
-    expect(f.params).toEqual(DEFAULT_CHUNK_PARAMS);
+    expect(f.params).toEqual(WIDE);
   });
 
   it("'*.xml' keeps top-level xml only", () => {
@@ -643,6 +666,6 @@ describe('layoutOf', () => {
     const L = layoutOf(m);
     expect(L.total).toBe(2 + 1 + 2);
     expect(Array.from(L.entryStart)).toEqual([0, 0, 2, 2, 3, 3, 3, 3, 5]);
-    expect(Array.from(L.offset)).toEqual([0, 10, 0, 0, 1 << 20]);
+    expect(Array.from(L.offset)).toEqual([0, 300, 0, 0, 1 << 20]);
   });
 });
