@@ -68,8 +68,14 @@ export async function startServe(
   return { server, url: m ? m[1]! : `ws://${link.srcAddr}:${port}` };
 }
 
+/**
+ * rsync and the tar pipeline do not flush to disk; neither does snapferry here unless the bench runs with --durable
+ * (snapferry's default), so that the tools are compared at the same durability.
+ */
+const DURABILITY = process.env.SNAPFERRY_BENCH_DURABLE ? [] : ['--no-fsync'];
+
 function pullArgs(url: string, name: string, dir: string, secret: string): string[] {
-  return [CLI, 'pull', url, name, dir, '--secret', secret, '--json'];
+  return [CLI, 'pull', url, name, dir, '--secret', secret, '--json', ...DURABILITY];
 }
 
 /** A measured pull (or repair): the puller under /usr/bin/time, the server over a /proc window. */
@@ -84,7 +90,7 @@ export async function pull(
   command: 'pull' | 'repair' = 'pull',
 ): Promise<Transfer & { json?: PullJson; unknownCommand?: boolean }> {
   const win = server.window();
-  const args = command === 'pull' ? pullArgs(url, name, dir, secret) : [CLI, 'repair', dir, url, name, '--secret', secret, '--json'];
+  const args = command === 'pull' ? pullArgs(url, name, dir, secret) : [CLI, 'repair', dir, url, name, '--secret', secret, '--json', ...DURABILITY];
   const r = await runTimed(process.execPath, args, { ns: link.dstNs, timeoutMs });
   const s = await win.stop(0);
   if (isUnknownCommand(r)) return { ...failed(`snapferry ${command}: unknown command`), unknownCommand: true };

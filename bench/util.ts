@@ -50,7 +50,7 @@ export interface Options {
 
 export const USAGE = `usage: node dist/bench/main.js [--quick] [--json FILE] [--only SCENARIOS] [--runs N] [--size MIB]
        [--tools snapferry,rsync,tar] [--links loopback,shaped] [--shaped-size MIB] [--small-files N]
-       [--fanout N] [--micro-size MIB] [--budget SECONDS] [--tmp DIR] [--keep]
+       [--fanout N] [--micro-size MIB] [--budget SECONDS] [--tmp DIR] [--keep] [--durable]
 
   SCENARIOS (comma-separated): ${ALL_SCENARIOS.join(', ')}, or e2e (= seed,delta,unchanged,verify,repair)
   --quick   small data, 1 run: every scenario in under 2 minutes on 2 cores (CI smoke, no thresholds)
@@ -144,6 +144,10 @@ export function parseArgs(argv: string[]): Options {
         break;
       case '--tmp':
         o.tmp = val();
+        break;
+      case '--durable':
+        // Read by bench/snapferry.ts: snapferry then flushes to disk before each commit, as it does by default.
+        process.env.SNAPFERRY_BENCH_DURABLE = '1';
         break;
       case '--keep':
         o.keep = true;

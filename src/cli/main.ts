@@ -9,7 +9,7 @@ import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { writeNewSecret, readSecret } from './secret.js';
 import { SnapferryServer } from '../sync/server.js';
-import { pull, PullResult, PullProgress } from '../sync/pull.js';
+import { pull, PullResult, PullProgress, PullOptions } from '../sync/pull.js';
 import { progressLine, summary } from './progress.js';
 import { runDemo } from './demo.js';
 import { follow } from '../sync/follow.js';
@@ -17,6 +17,7 @@ import { verifyDir, VerifyResult } from '../sync/verify.js';
 import { formatBytes } from '../util/rate.js';
 import { makeCompany, mutateCompany, makeSmallFiles } from '../gen/company.js';
 import { parseRate } from '../util/rate.js';
+import { NO_COMPRESSION } from '../work/tasks.js';
 import { ErrorCodes, fail, toSnapferryError } from '../util/errors.js';
 
 function parseListen(text: string): { host: string; port: number } {
@@ -61,6 +62,12 @@ function phaseLogger(next: (p: PullProgress) => void): (p: PullProgress) => void
   };
 }
 
+function parseLevel(text: string): number {
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < -7 || n > 19) fail(ErrorCodes.USAGE, `--level takes a zstd level from -7 to 19, or none; not ${JSON.stringify(text)}`);
+  return n;
+}
+
 const collect = (v: string, prev: string[]) => [...prev, v];
 
 function printPull(r: PullResult, dir: string, json: boolean): void {
@@ -94,7 +101,7 @@ export function buildProgram(): Command {
     .requiredOption('--secret <file>', 'site secret file (from keygen)')
     .option('--company <name=dir>', 'a company to serve (repeatable)', collect, [])
     .option('--bwlimit <rate>', 'cap on bytes per second sent, e.g. 8M')
-    .option('--level <n>', 'zstd level for chunk data (default: adapted to the link, 1 or -1)')
+    .option('--level <n>', 'zstd level for chunk data, or "none" (default: adapted to the link: 1, -1 or none)')
     .option('--max-connections <n>', 'connections at once', '256')
     .option('--settle-timeout <seconds>', 'how long a file that keeps changing may delay a generation', '30')
     .action(async (o: { listen: string; secret: string; company: string[]; bwlimit?: string; level?: string; maxConnections: string; settleTimeout: string }) => {
@@ -107,7 +114,7 @@ export function buildProgram(): Command {
         secretFor: () => secret,
         companies,
         bwlimit: o.bwlimit ? parseRate(o.bwlimit) : undefined,
-        level: o.level === undefined ? undefined : Number(o.level),
+        level: o.level === undefined ? undefined : o.level === 'none' ? NO_COMPRESSION : parseLevel(o.level),
         maxConnections: Number(o.maxConnections),
         settleTimeoutMs: Number(o.settleTimeout) * 1000,
         log: (line) => process.stderr.write(`${new Date().toISOString()} ${line}\n`),
@@ -140,35 +147,7 @@ export function buildProgram(): Command {
     .action(async (url: string, name: string, dir: string, o: { secret: string; json?: boolean; bwlimit?: string; fsync: boolean; wait?: boolean; retries: string; follow?: boolean }) => {
       const secret = readSecret(o.secret);
       const progress = progressLine(!o.json && process.stderr.isTTY === true);
-      if (o.follow) {
-        const stop = new AbortController();
-        process.once('SIGINT', () => stop.abort());
-        process.once('SIGTERM', () => stop.abort());
-        await follow(
-          {
-            url,
-            company: name,
-            dir,
-            secret,
-            bwlimit: o.bwlimit ? parseRate(o.bwlimit) : undefined,
-            durable: o.fsync,
-            lockWaitMs: o.wait ? 24 * 3600_000 : 0,
-            retries: Number(o.retries),
-            signal: stop.signal,
-            onProgress: progress.update,
-            log: (line) => {
-              progress.end();
-              process.stderr.write(`${line}\n`);
-            },
-          },
-          (r) => {
-            progress.end();
-            printPull(r, path.resolve(dir), o.json === true);
-          },
-        );
-        return;
-      }
-      const r = await pull({
+      const options: PullOptions = {
         url,
         company: name,
         dir,
@@ -183,7 +162,18 @@ export function buildProgram(): Command {
           progress.end();
           process.stderr.write(`${line}\n`);
         },
-      }).finally(progress.end);
+      };
+      if (o.follow) {
+        const stop = new AbortController();
+        process.once('SIGINT', () => stop.abort());
+        process.once('SIGTERM', () => stop.abort());
+        await follow({ ...options, signal: stop.signal }, (r) => {
+          progress.end();
+          printPull(r, path.resolve(dir), o.json === true);
+        });
+        return;
+      }
+      const r = await pull(options).finally(progress.end);
       printPull(r, path.resolve(dir), o.json === true);
     });
 

@@ -67,26 +67,32 @@ export interface DataMsg {
   payload: Buffer;
 }
 
-/**
- * A PATCH_GET: a run of consecutive chunks of one file [chunk, chunk+count), the block size, and xxh32 signatures of
- * the puller's old bytes at the same file offsets.
- */
-export interface PatchGetMsg {
-  reqId: number;
+/** One run of a PATCH_GET: consecutive chunks [chunk, chunk+count) of one file and the puller's block signatures. */
+export interface PatchRunReq {
   chunk: number;
   count: number;
-  blockSize: number;
+  /** xxh32 of each block of the puller's old bytes at the same file offsets. */
   sigs: Uint32Array;
 }
 
-/** A PATCH: which blocks differ (bitmap) and their bytes, zstd-compressed when flagged. */
+/** A PATCH_GET: several runs (of any files), one block size. */
+export interface PatchGetMsg {
+  reqId: number;
+  blockSize: number;
+  runs: PatchRunReq[];
+}
+
+/** A PATCH: per run, a bitmap of the blocks that differ; then all their bytes, compressed together when flagged. */
 export interface PatchMsg {
   reqId: number;
   compressed: boolean;
   rawLen: number;
-  bitmap: Buffer;
+  bitmaps: Buffer[];
   payload: Buffer;
 }
+
+/** Runs per PATCH_GET, at most. */
+export const MAX_PATCH_RUNS = 256;
 
 export function encodeJson(type: number, body: unknown): Buffer {
   const json = Buffer.from(JSON.stringify(body), 'utf8');
@@ -156,49 +162,80 @@ export function decodeData(b: Buffer): DataMsg {
 }
 
 export function encodePatchGet(m: PatchGetMsg): Buffer {
-  const b = Buffer.allocUnsafe(17 + m.sigs.length * 4);
+  let size = 13;
+  for (const r of m.runs) size += 12 + r.sigs.length * 4;
+  const b = Buffer.allocUnsafe(size);
   b[0] = MsgType.PATCH_GET;
   b.writeUInt32BE(m.reqId, 1);
-  b.writeUInt32BE(m.chunk, 5);
-  b.writeUInt32BE(m.count, 9);
-  b.writeUInt32BE(m.blockSize, 13);
-  for (let i = 0; i < m.sigs.length; i++) b.writeUInt32BE(m.sigs[i]!, 17 + i * 4);
+  b.writeUInt32BE(m.blockSize, 5);
+  b.writeUInt32BE(m.runs.length, 9);
+  let o = 13;
+  for (const r of m.runs) {
+    b.writeUInt32BE(r.chunk, o);
+    b.writeUInt32BE(r.count, o + 4);
+    b.writeUInt32BE(r.sigs.length, o + 8);
+    o += 12;
+    for (let i = 0; i < r.sigs.length; i++, o += 4) b.writeUInt32BE(r.sigs[i]!, o);
+  }
   return b;
 }
 
 export function decodePatchGet(b: Buffer): PatchGetMsg {
-  if (b.length < 17 || (b.length - 17) % 4 !== 0) fail(ErrorCodes.PROTOCOL, 'malformed PATCH_GET');
-  const count = b.readUInt32BE(9);
-  const blockSize = b.readUInt32BE(13);
+  if (b.length < 13) fail(ErrorCodes.PROTOCOL, 'malformed PATCH_GET');
+  const blockSize = b.readUInt32BE(5);
   if (blockSize < 256 || blockSize > 65536) fail(ErrorCodes.PROTOCOL, 'malformed PATCH_GET block size');
-  if (count === 0 || count > MAX_GET_RANGES) fail(ErrorCodes.PROTOCOL, 'malformed PATCH_GET chunk count');
-  const n = (b.length - 17) / 4;
-  const sigs = new Uint32Array(n);
-  for (let i = 0; i < n; i++) sigs[i] = b.readUInt32BE(17 + i * 4);
-  return { reqId: b.readUInt32BE(1), chunk: b.readUInt32BE(5), count, blockSize, sigs };
+  const n = b.readUInt32BE(9);
+  if (n === 0 || n > MAX_PATCH_RUNS) fail(ErrorCodes.PROTOCOL, 'malformed PATCH_GET run count');
+  const runs: PatchRunReq[] = [];
+  let o = 13;
+  for (let k = 0; k < n; k++) {
+    if (o + 12 > b.length) fail(ErrorCodes.PROTOCOL, 'malformed PATCH_GET');
+    const chunk = b.readUInt32BE(o);
+    const count = b.readUInt32BE(o + 4);
+    const nSigs = b.readUInt32BE(o + 8);
+    o += 12;
+    if (count === 0 || count > MAX_GET_RANGES) fail(ErrorCodes.PROTOCOL, 'malformed PATCH_GET chunk count');
+    if (o + nSigs * 4 > b.length) fail(ErrorCodes.PROTOCOL, 'malformed PATCH_GET');
+    const sigs = new Uint32Array(nSigs);
+    for (let i = 0; i < nSigs; i++, o += 4) sigs[i] = b.readUInt32BE(o);
+    runs.push({ chunk, count, sigs });
+  }
+  if (o !== b.length) fail(ErrorCodes.PROTOCOL, 'malformed PATCH_GET');
+  return { reqId: b.readUInt32BE(1), blockSize, runs };
 }
 
-export function encodePatchHeader(reqId: number, compressed: boolean, rawLen: number, bitmap: Uint8Array): Buffer {
-  const b = Buffer.allocUnsafe(14 + bitmap.length);
+/** PATCH header: type, reqId, flags, rawLen, run count, then each run's bitmap length and bitmap. */
+export function encodePatchHeader(reqId: number, compressed: boolean, rawLen: number, bitmaps: Uint8Array[]): Buffer {
+  let size = 14;
+  for (const bm of bitmaps) size += 4 + bm.length;
+  const b = Buffer.allocUnsafe(size);
   b[0] = MsgType.PATCH;
   b.writeUInt32BE(reqId, 1);
   b[5] = compressed ? 1 : 0;
   b.writeUInt32BE(rawLen, 6);
-  b.writeUInt32BE(bitmap.length, 10);
-  b.set(bitmap, 14);
+  b.writeUInt32BE(bitmaps.length, 10);
+  let o = 14;
+  for (const bm of bitmaps) {
+    b.writeUInt32BE(bm.length, o);
+    b.set(bm, o + 4);
+    o += 4 + bm.length;
+  }
   return b;
 }
 
 export function decodePatch(b: Buffer): PatchMsg {
-  if (b.length < 14) fail(ErrorCodes.PROTOCOL, 'malformed PATCH');
+  if (b.length < 14 || b[5]! > 1) fail(ErrorCodes.PROTOCOL, 'malformed PATCH');
   const rawLen = b.readUInt32BE(6);
-  const bl = b.readUInt32BE(10);
-  if (rawLen > MAX_GET_BYTES || 14 + bl > b.length || b[5]! > 1) fail(ErrorCodes.PROTOCOL, 'malformed PATCH');
-  return {
-    reqId: b.readUInt32BE(1),
-    compressed: b[5] === 1,
-    rawLen,
-    bitmap: b.subarray(14, 14 + bl),
-    payload: b.subarray(14 + bl),
-  };
+  const n = b.readUInt32BE(10);
+  if (rawLen > MAX_GET_BYTES || n > MAX_PATCH_RUNS) fail(ErrorCodes.PROTOCOL, 'malformed PATCH');
+  const bitmaps: Buffer[] = [];
+  let o = 14;
+  for (let k = 0; k < n; k++) {
+    if (o + 4 > b.length) fail(ErrorCodes.PROTOCOL, 'malformed PATCH');
+    const len = b.readUInt32BE(o);
+    if (o + 4 + len > b.length) fail(ErrorCodes.PROTOCOL, 'malformed PATCH');
+    bitmaps.push(b.subarray(o + 4, o + 4 + len));
+    o += 4 + len;
+  }
+  return { reqId: b.readUInt32BE(1), compressed: b[5] === 1, rawLen, bitmaps, payload: b.subarray(o) };
 }

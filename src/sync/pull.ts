@@ -609,6 +609,30 @@ class PullRun {
 
   private syncing?: Promise<void>;
 
+  /** Where a job writes the chunks of `needs`: each occurrence as (chunk index in the job, file, offset). */
+  private targetsOf(needs: Need[]): { paths: string[]; tItem: Uint32Array; tPath: Uint32Array; tOffset: Float64Array } {
+    const L = this.layout;
+    const paths: string[] = [];
+    const pathIdx = new Map<number, number>();
+    const tItem: number[] = [];
+    const tPath: number[] = [];
+    const tOffset: number[] = [];
+    needs.forEach((n, i) => {
+      for (const g of n.targets) {
+        const ei = L.entry[g]!;
+        let pi = pathIdx.get(ei);
+        if (pi === undefined) {
+          pi = paths.push(this.targetPath(g)) - 1;
+          pathIdx.set(ei, pi);
+        }
+        tItem.push(i);
+        tPath.push(pi);
+        tOffset.push(L.offset[g]!);
+      }
+    });
+    return { paths, tItem: Uint32Array.from(tItem), tPath: Uint32Array.from(tPath), tOffset: Float64Array.from(tOffset) };
+  }
+
   /** Path in next/ of the entry holding occurrence g. */
   private targetPath(g: number): string {
     return path.join(this.paths.next, this.m.entries[this.layout.entry[g]!]!.path);
@@ -780,10 +804,10 @@ class PullRun {
       const t = p.catch((err) => void (failure ??= err));
       tasks.push(t);
     };
-    for (const run of patchRunsOf(patches, L)) {
+    for (const batch of patchBatchesOf(patches, L)) {
       if (failure || this.readerError) break;
-      await gate.take(run.bytes);
-      track(this.patchRun(run.needs, gets).finally(() => gate.give(run.bytes)));
+      await gate.take(batch.bytes);
+      track(this.patchRuns(batch.runs, gets).finally(() => gate.give(batch.bytes)));
     }
     // Patches that fell back to whole chunks joined `gets`; wait for them before packing.
     await Promise.all(tasks);
@@ -813,28 +837,8 @@ class PullRun {
     const msg = await this.request((reqId) => encodeGet({ reqId, ranges }));
     const data = decodeData(msg);
     await this.bucket?.take(msg.length);
-    const lens = new Uint32Array(needs.length);
-    const ids = new BigUint64Array(needs.length);
-    const tItem: number[] = [];
-    const paths: string[] = [];
-    const pathIdx = new Map<number, number>();
-    const tPath: number[] = [];
-    const tOff: number[] = [];
-    needs.forEach((n, i) => {
-      lens[i] = L.len[n.g]!;
-      ids[i] = L.id[n.g]!;
-      for (const g of n.targets) {
-        tItem.push(i);
-        const ei = L.entry[g]!;
-        let pi = pathIdx.get(ei);
-        if (pi === undefined) {
-          pi = paths.push(this.targetPath(g)) - 1;
-          pathIdx.set(ei, pi);
-        }
-        tPath.push(pi);
-        tOff.push(L.offset[g]!);
-      }
-    });
+    const lens = Uint32Array.from(needs.map((n) => L.len[n.g]!));
+    const ids = BigUint64Array.from(needs.map((n) => L.id[n.g]!));
     // The decrypted frame is moved to the worker whole when it owns its memory, copied otherwise.
     const owns = msg.byteOffset === 0 && msg.byteLength === msg.buffer.byteLength;
     const job: WritePackJob = {
@@ -845,10 +849,7 @@ class PullRun {
       rawLen: data.rawLen,
       lens,
       ids,
-      tItem: Uint32Array.from(tItem),
-      paths,
-      tPath: Uint32Array.from(tPath),
-      tOffset: Float64Array.from(tOff),
+      ...this.targetsOf(needs),
     };
     const r = await this.pool!.run<WritePackResult>(job);
     this.stats.written += r.written;
@@ -861,56 +862,39 @@ class PullRun {
     this.progress('transfer');
   }
 
-  /** Fetches a run of consecutive changed chunks of one file as a block patch against the old bytes at the same offsets. */
-  private async patchRun(run: Need[], fallback: Need[]): Promise<void> {
+  /**
+   * Fetches runs of consecutive changed chunks (each within one file) as block patches against the old bytes at the
+   * same offsets: one signature job, one request and one apply job for the whole batch of runs.
+   */
+  private async patchRuns(runs: Need[][], fallback: Need[]): Promise<void> {
     const L = this.layout;
-    const offset = L.offset[run[0]!.g]!;
-    const lens = Uint32Array.from(run.map((n) => L.len[n.g]!));
-    const ids = BigUint64Array.from(run.map((n) => L.id[n.g]!));
-    let length = 0;
-    for (const l of lens) length += l;
-    const base = run[0]!.patchBase!;
-    const sigs = await this.pool!.run<Uint32Array>({ kind: 'blockSigs', path: base, offset, length, blockSize: PATCH_BLOCK });
-    const msg = await this.request((reqId) => encodePatchGet({ reqId, chunk: run[0]!.g, count: run.length, blockSize: PATCH_BLOCK, sigs }));
+    const shaped = runs.map((run) => ({
+      path: run[0]!.patchBase!,
+      offset: L.offset[run[0]!.g]!,
+      lens: Uint32Array.from(run.map((n) => L.len[n.g]!)),
+      ids: BigUint64Array.from(run.map((n) => L.id[n.g]!)),
+    }));
+    const ranges = shaped.map((r) => ({ path: r.path, offset: r.offset, length: r.lens.reduce((a, b) => a + b, 0) }));
+    const sigs = await this.pool!.run<Uint32Array[]>({ kind: 'blockSigs', ranges, blockSize: PATCH_BLOCK });
+    const msg = await this.request((reqId) =>
+      encodePatchGet({ reqId, blockSize: PATCH_BLOCK, runs: runs.map((run, k) => ({ chunk: run[0]!.g, count: run.length, sigs: sigs[k]! })) }),
+    );
     const patch = decodePatch(msg);
+    if (patch.bitmaps.length !== runs.length) fail(ErrorCodes.PROTOCOL, 'PATCH answers another number of runs');
     await this.bucket?.take(msg.length);
-    const paths: string[] = [];
-    const pathIdx = new Map<number, number>();
-    const tItem: number[] = [];
-    const tPath: number[] = [];
-    const tOffset: number[] = [];
-    run.forEach((n, i) => {
-      for (const g of n.targets) {
-        const ei = L.entry[g]!;
-        let pi = pathIdx.get(ei);
-        if (pi === undefined) {
-          pi = paths.push(this.targetPath(g)) - 1;
-          pathIdx.set(ei, pi);
-        }
-        tItem.push(i);
-        tPath.push(pi);
-        tOffset.push(L.offset[g]!);
-      }
-    });
+    const all = runs.flat();
     const r = await this.pool!.run<ApplyPatchResult>({
       kind: 'applyPatch',
-      basePath: base,
-      offset,
-      lens,
-      ids,
+      runs: shaped.map((x, k) => ({ ...x, bitmap: Buffer.from(patch.bitmaps[k]!) })),
       blockSize: PATCH_BLOCK,
-      bitmap: Buffer.from(patch.bitmap),
       payload: Buffer.from(patch.payload),
       compressed: patch.compressed,
       rawLen: patch.rawLen,
-      paths,
-      tItem: Uint32Array.from(tItem),
-      tPath: Uint32Array.from(tPath),
-      tOffset: Float64Array.from(tOffset),
+      ...this.targetsOf(all),
     });
     const failed = new Set(r.failed);
     const gs: number[] = [];
-    run.forEach((n, i) => {
+    all.forEach((n, i) => {
       if (failed.has(i)) fallback.push({ g: n.g, targets: n.targets });
       else {
         this.stats.patched++;
@@ -1011,6 +995,22 @@ function* patchRunsOf(needs: Need[], L: Layout): Generator<{ needs: Need[]; byte
     bytes += len;
   }
   if (cur.length) yield { needs: cur, bytes };
+}
+
+/** Groups patch runs into batches of at most 64 runs and PACK_BYTES: one request and two jobs per batch. */
+function* patchBatchesOf(needs: Need[], L: Layout): Generator<{ runs: Need[][]; bytes: number }> {
+  let runs: Need[][] = [];
+  let bytes = 0;
+  for (const run of patchRunsOf(needs, L)) {
+    if (runs.length > 0 && (runs.length >= 64 || bytes + run.bytes > PACK_BYTES)) {
+      yield { runs, bytes };
+      runs = [];
+      bytes = 0;
+    }
+    runs.push(run.needs);
+    bytes += run.bytes;
+  }
+  if (runs.length) yield { runs, bytes };
 }
 
 /** Bounds bytes in flight. */

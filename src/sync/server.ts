@@ -26,7 +26,8 @@ import {
   OpenMsg,
   ManifestMsg,
 } from '../protocol/messages.js';
-import type { ReadPackJob, ReadPackResult, MakePatchResult } from '../work/tasks.js';
+import { NO_COMPRESSION } from '../work/tasks.js';
+import type { ReadPackJob, ReadPackResult, MakePatchJob, MakePatchResult } from '../work/tasks.js';
 import { Compressor } from '../work/zstd.js';
 import { SnapferryError, ErrorCodes, fail, toSnapferryError } from '../util/errors.js';
 import { TokenBucket } from '../util/rate.js';
@@ -77,6 +78,9 @@ interface Company {
    */
   readers: Map<string, number>;
 }
+
+/** Levels the adaptive controller moves between, most compression first; NO_COMPRESSION sends packs as they are. */
+const LEVEL_LADDER = [1, -1, NO_COMPRESSION];
 
 /** A bounded cache of compressed packs, keyed by generation and chunk ranges, shared by concurrent sessions. */
 class PackCache {
@@ -364,23 +368,28 @@ export class SnapferryServer {
     c.scanner.scan({ settleTimeoutMs: this.opts.settleTimeoutMs }).then(tell, () => undefined);
   }
 
-  private readonly adaptive = new WeakMap<SecureSession, { level: number; sends: number; waits: number }>();
+  private readonly adaptive = new WeakMap<SecureSession, { step: number; sends: number; waits: number }>();
 
-  /** The session's zstd level: fixed by the operator, or adapted every 64 packs to whether the link held us back. */
+  /**
+   * The session's zstd level: fixed by the operator, or adapted every 64 packs to the link. A link that held the data
+   * back (sends waited for the socket) moves a step towards level 1, the best ratio on company data; one that never
+   * did moves a step towards no compression, where CPU is the only cost (LAN, loopback).
+   */
   private levelFor(session: SecureSession): number {
     if (this.opts.level !== undefined) return this.opts.level;
     let a = this.adaptive.get(session);
     if (!a) {
-      a = { level: 1, sends: 0, waits: session.channel.waits };
+      a = { step: 0, sends: 0, waits: session.channel.waits };
       this.adaptive.set(session, a);
     }
     if (++a.sends >= 64) {
       const waited = session.channel.waits - a.waits;
-      a.level = waited === 0 ? -1 : waited >= 4 ? 1 : a.level;
+      if (waited === 0) a.step = Math.min(LEVEL_LADDER.length - 1, a.step + 1);
+      else if (waited >= 4) a.step = Math.max(0, a.step - 1);
       a.sends = 0;
       a.waits = session.channel.waits;
     }
-    return a.level;
+    return LEVEL_LADDER[a.step]!;
   }
 
   private async sendManifest(session: SecureSession, name: string, gen: Generation, have: string | undefined): Promise<void> {
@@ -417,9 +426,10 @@ export class SnapferryServer {
       for (let g = s; g < e; g++) bytes += layout.len[g]!;
       if (bytes > MAX_GET_BYTES) fail(ErrorCodes.LIMIT, 'GET asks for too many bytes at once');
     }
-    const level = this.levelFor(session);
-    const key = `${gen.rootHash}:${level}:${req.ranges.map(([s, e]) => `${s}-${e}`).join(',')}`;
     const shared = (company.readers.get(gen.rootHash) ?? 0) > 1;
+    // Shared packs are compressed once for every branch: at one level for all (so they match), the best ratio.
+    const level = shared ? LEVEL_LADDER[0]! : this.levelFor(session);
+    const key = `${gen.rootHash}:${level}:${req.ranges.map(([s, e]) => `${s}-${e}`).join(',')}`;
     const read = () => {
       const job: ReadPackJob = {
         kind: 'readPack',
@@ -463,31 +473,31 @@ export class SnapferryServer {
   private async answerPatch(session: SecureSession, company: Company, gen: Generation, msg: Buffer): Promise<void> {
     const req = decodePatchGet(msg);
     const layout = this.layoutFor(company, gen);
-    const g = req.chunk;
-    const end = g + req.count;
-    if (end > layout.total) fail(ErrorCodes.PROTOCOL, 'PATCH_GET names chunks beyond the manifest');
     let bytes = 0;
-    for (let k = g; k < end; k++) {
-      if (layout.entry[k] !== layout.entry[g]) fail(ErrorCodes.PROTOCOL, 'PATCH_GET run spans files');
-      bytes += layout.len[k]!;
-    }
-    if (bytes > MAX_GET_BYTES) fail(ErrorCodes.LIMIT, 'PATCH_GET asks for too many bytes at once');
-    const result = await this.pool.run<MakePatchResult>({
-      kind: 'makePatch',
-      path: gen.absPaths[layout.entry[g]!]!,
-      offset: layout.offset[g]!,
-      lens: layout.len.slice(g, end),
-      ids: layout.id.slice(g, end),
-      blockSize: req.blockSize,
-      sigs: req.sigs,
-      level: this.levelFor(session),
+    const runs: MakePatchJob['runs'] = req.runs.map((r) => {
+      const end = r.chunk + r.count;
+      if (end > layout.total) fail(ErrorCodes.PROTOCOL, 'PATCH_GET names chunks beyond the manifest');
+      for (let k = r.chunk; k < end; k++) {
+        if (layout.entry[k] !== layout.entry[r.chunk]) fail(ErrorCodes.PROTOCOL, 'PATCH_GET run spans files');
+        bytes += layout.len[k]!;
+      }
+      if (bytes > MAX_GET_BYTES) fail(ErrorCodes.LIMIT, 'PATCH_GET asks for too many bytes at once');
+      return {
+        path: gen.absPaths[layout.entry[r.chunk]!]!,
+        offset: layout.offset[r.chunk]!,
+        lens: layout.len.slice(r.chunk, end),
+        ids: layout.id.slice(r.chunk, end),
+        sigs: r.sigs,
+      };
     });
+    const result = await this.pool.run<MakePatchResult>({ kind: 'makePatch', runs, blockSize: req.blockSize, level: this.levelFor(session) });
     if ('stale' in result) {
       await session.sendJson(MsgType.STALE, { reqId: req.reqId, path: path.relative(company.scanner.root, result.stale) });
       return;
     }
     const payload = Buffer.from(result.payload.buffer, result.payload.byteOffset, result.payload.byteLength);
-    await this.bucket?.take(payload.length + result.bitmap.length);
-    await session.send([encodePatchHeader(req.reqId, result.compressed, result.rawLen, result.bitmap), payload]);
+    const header = encodePatchHeader(req.reqId, result.compressed, result.rawLen, result.bitmaps);
+    await this.bucket?.take(payload.length + header.length);
+    await session.send([header, payload]);
   }
 }

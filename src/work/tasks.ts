@@ -9,6 +9,9 @@ import { Hasher, idHex } from '../chunk/hash.js';
 import { Compressor, Decompressor } from './zstd.js';
 import { fail, ErrorCodes } from '../util/errors.js';
 
+/** A level meaning: send as they are (where CPU, not the link, is the bottleneck). */
+export const NO_COMPRESSION = -1000;
+
 /** Chunk a segment of a file. */
 export interface ChunkSegmentJob {
   kind: 'chunkSegment';
@@ -74,53 +77,49 @@ export interface CopyRangesResult {
   failed: number[];
 }
 
-/** xxh32 signatures of fixed, file-aligned blocks of a byte range (the puller's old bytes). */
+/** xxh32 signatures of fixed, file-aligned blocks of byte ranges (the puller's old bytes), one array per range. */
 export interface BlockSigsJob {
   kind: 'blockSigs';
-  path: string;
-  offset: number;
-  length: number;
+  ranges: Array<{ path: string; offset: number; length: number }>;
   blockSize: number;
 }
 
-/** Server side of the patch level: compare a chunk's blocks with the puller's signatures. */
-export interface MakePatchJob {
-  kind: 'makePatch';
+/** One run of a patch: consecutive chunks of one file (offset of the first, each chunk's length and id). */
+export interface PatchRun {
   path: string;
-  /** The run of chunks: file offset of the first, and each chunk's length and id. */
   offset: number;
   lens: Uint32Array;
   ids: BigUint64Array;
+}
+
+/** Server side of the patch level: compare runs' blocks with the puller's signatures. */
+export interface MakePatchJob {
+  kind: 'makePatch';
+  runs: Array<PatchRun & { sigs: Uint32Array }>;
   blockSize: number;
-  sigs: Uint32Array;
   level: number;
 }
-export type MakePatchResult = { bitmap: Uint8Array; payload: Buffer; compressed: boolean; rawLen: number } | { stale: string };
+export type MakePatchResult = { bitmaps: Uint8Array[]; payload: Buffer; compressed: boolean; rawLen: number } | { stale: string };
 
 /**
- * Puller side of the patch level: old bytes of a run + differing blocks -> the run's chunks, each verified against
- * its id and written to its targets.
+ * Puller side of the patch level: the old bytes of each run (same path, same offsets) + the differing blocks -> the
+ * runs' chunks, each verified against its id and written to its targets.
  */
 export interface ApplyPatchJob {
   kind: 'applyPatch';
-  basePath: string;
-  /** File offset of the run (the same in the old file and the new one). */
-  offset: number;
-  lens: Uint32Array;
-  ids: BigUint64Array;
+  runs: Array<PatchRun & { bitmap: Uint8Array }>;
   blockSize: number;
-  bitmap: Uint8Array;
   payload: Uint8Array;
   compressed: boolean;
   rawLen: number;
   paths: string[];
-  /** Targets as triples: chunk index within the run, index into paths, offset. */
+  /** Targets as triples: chunk index across all runs (in order), index into paths, offset. */
   tItem: Uint32Array;
   tPath: Uint32Array;
   tOffset: Float64Array;
 }
 export interface ApplyPatchResult {
-  /** Chunks of the run that did not verify (a signature collision or a changed base): to be fetched whole. */
+  /** Chunks (indices across all runs) that did not verify (a signature collision or a changed base): to be fetched whole. */
   failed: number[];
   written: number;
 }
@@ -252,7 +251,7 @@ function readPack(ctx: JobContext, j: ReadPackJob): ReadPackResult {
   } finally {
     for (const fd of fds.values()) fs.closeSync(fd);
   }
-  const packed = j.level > -100 ? ctx.compressor.compress(raw, j.level) : undefined;
+  const packed = j.level !== NO_COMPRESSION ? ctx.compressor.compress(raw, j.level) : undefined;
   // The read buffer stays here; what leaves the job is a copy (compressed output is already one).
   return packed ? { payload: packed, compressed: true, rawLen } : { payload: Buffer.from(raw), compressed: false, rawLen };
 }
@@ -370,15 +369,17 @@ function readRange(path: string, offset: number, length: number): Buffer | undef
   }
 }
 
-function blockSigs(ctx: JobContext, j: BlockSigsJob): Uint32Array {
-  const bytes = readRange(j.path, j.offset, j.length) ?? Buffer.alloc(0);
-  // Blocks the old file cannot fill get signature 0 over a short read: they will differ and be sent.
-  const full = Buffer.alloc(j.length);
-  bytes.copy(full);
-  const sigs = blockSigsOf(ctx, full, j.offset, j.blockSize);
-  const { starts } = blockLayout(j.offset, j.length, j.blockSize);
-  for (let b = 0; b < starts.length; b++) if (starts[b]! >= bytes.length) sigs[b] = 0;
-  return sigs;
+function blockSigs(ctx: JobContext, j: BlockSigsJob): Uint32Array[] {
+  return j.ranges.map((r) => {
+    const bytes = readRange(r.path, r.offset, r.length) ?? Buffer.alloc(0);
+    // Blocks the old file cannot fill get signature 0 over a short read: they will differ and be sent.
+    const full = Buffer.alloc(r.length);
+    bytes.copy(full);
+    const sigs = blockSigsOf(ctx, full, r.offset, j.blockSize);
+    const { starts } = blockLayout(r.offset, r.length, j.blockSize);
+    for (let b = 0; b < starts.length; b++) if (starts[b]! >= bytes.length) sigs[b] = 0;
+    return sigs;
+  });
 }
 
 function sumOf(lens: Uint32Array): number {
@@ -388,56 +389,64 @@ function sumOf(lens: Uint32Array): number {
 }
 
 function makePatch(ctx: JobContext, j: MakePatchJob): MakePatchResult {
-  const length = sumOf(j.lens);
-  const bytes = readRange(j.path, j.offset, length);
-  if (!bytes || bytes.length !== length) return { stale: j.path };
-  for (let i = 0, o = 0; i < j.lens.length; o += j.lens[i]!, i++) {
-    if (ctx.hasher.h64(bytes.subarray(o, o + j.lens[i]!)) !== j.ids[i]) return { stale: j.path };
-  }
-  const { starts, ends } = blockLayout(j.offset, length, j.blockSize);
-  if (j.sigs.length !== starts.length) fail(ErrorCodes.PROTOCOL, 'patch request has the wrong number of block signatures');
-  const bitmap = new Uint8Array(Math.ceil(starts.length / 8));
+  const bitmaps: Uint8Array[] = [];
   const parts: Uint8Array[] = [];
-  for (let b = 0; b < starts.length; b++) {
-    const block = bytes.subarray(starts[b]!, ends[b]!);
-    if (ctx.hasher.h32(block) !== j.sigs[b]) {
-      bitmap[b >> 3]! |= 1 << (b & 7);
-      parts.push(block);
+  for (const run of j.runs) {
+    const length = sumOf(run.lens);
+    const bytes = readRange(run.path, run.offset, length);
+    if (!bytes || bytes.length !== length) return { stale: run.path };
+    for (let i = 0, o = 0; i < run.lens.length; o += run.lens[i]!, i++) {
+      if (ctx.hasher.h64(bytes.subarray(o, o + run.lens[i]!)) !== run.ids[i]) return { stale: run.path };
     }
+    const { starts, ends } = blockLayout(run.offset, length, j.blockSize);
+    if (run.sigs.length !== starts.length) fail(ErrorCodes.PROTOCOL, 'patch request has the wrong number of block signatures');
+    const bitmap = new Uint8Array(Math.ceil(starts.length / 8));
+    for (let b = 0; b < starts.length; b++) {
+      const block = bytes.subarray(starts[b]!, ends[b]!);
+      if (ctx.hasher.h32(block) !== run.sigs[b]) {
+        bitmap[b >> 3]! |= 1 << (b & 7);
+        parts.push(block);
+      }
+    }
+    bitmaps.push(bitmap);
   }
   const raw = Buffer.concat(parts);
-  const packed = raw.length > 64 ? ctx.compressor.compress(raw, j.level) : undefined;
+  const packed = raw.length > 64 && j.level !== NO_COMPRESSION ? ctx.compressor.compress(raw, j.level) : undefined;
   return packed
-    ? { bitmap, payload: packed, compressed: true, rawLen: raw.length }
-    : { bitmap, payload: raw, compressed: false, rawLen: raw.length };
+    ? { bitmaps, payload: packed, compressed: true, rawLen: raw.length }
+    : { bitmaps, payload: raw, compressed: false, rawLen: raw.length };
 }
 
 function applyPatch(ctx: JobContext, j: ApplyPatchJob): ApplyPatchResult {
-  const length = sumOf(j.lens);
   const payload = j.compressed ? ctx.decompressor.decompress(j.payload, j.rawLen) : Buffer.from(j.payload);
   if (payload.length !== j.rawLen) fail(ErrorCodes.BAD_CHUNK, 'patch size does not match');
-  const base = readRange(j.basePath, j.offset, length) ?? Buffer.alloc(0);
-  const out = Buffer.alloc(length);
-  base.copy(out, 0, 0, Math.min(base.length, length));
-  const { starts, ends } = blockLayout(j.offset, length, j.blockSize);
-  if (j.bitmap.length !== Math.ceil(starts.length / 8)) fail(ErrorCodes.BAD_CHUNK, 'patch bitmap has the wrong size');
+  // Rebuild every run first (a malformed patch fails before anything is written), then write what verified.
+  const chunks: Buffer[] = [];
+  const failed: number[] = [];
   let p = 0;
-  for (let b = 0; b < starts.length; b++) {
-    if (j.bitmap[b >> 3]! & (1 << (b & 7))) {
-      const n = ends[b]! - starts[b]!;
-      if (p + n > payload.length) fail(ErrorCodes.BAD_CHUNK, 'patch is shorter than its bitmap says');
-      payload.copy(out, starts[b]!, p, p + n);
-      p += n;
+  for (const run of j.runs) {
+    const length = sumOf(run.lens);
+    const base = readRange(run.path, run.offset, length) ?? Buffer.alloc(0);
+    const out = Buffer.alloc(length);
+    base.copy(out, 0, 0, Math.min(base.length, length));
+    const { starts, ends } = blockLayout(run.offset, length, j.blockSize);
+    if (run.bitmap.length !== Math.ceil(starts.length / 8)) fail(ErrorCodes.BAD_CHUNK, 'patch bitmap has the wrong size');
+    for (let b = 0; b < starts.length; b++) {
+      if (run.bitmap[b >> 3]! & (1 << (b & 7))) {
+        const n = ends[b]! - starts[b]!;
+        if (p + n > payload.length) fail(ErrorCodes.BAD_CHUNK, 'patch is shorter than its bitmaps say');
+        payload.copy(out, starts[b]!, p, p + n);
+        p += n;
+      }
+    }
+    for (let i = 0, o = 0; i < run.lens.length; o += run.lens[i]!, i++) {
+      const chunk = out.subarray(o, o + run.lens[i]!);
+      // A block-signature collision or an old file that changed under us gives a wrong chunk: caught here, fetched whole.
+      if (ctx.hasher.h64(chunk) !== run.ids[i]) failed.push(chunks.length);
+      chunks.push(chunk);
     }
   }
-  if (p !== payload.length) fail(ErrorCodes.BAD_CHUNK, 'patch is longer than its bitmap says');
-  // A block-signature collision or an old file that changed under us gives a wrong chunk: caught here, fetched whole.
-  const failed: number[] = [];
-  const starts2 = new Float64Array(j.lens.length);
-  for (let i = 0, o = 0; i < j.lens.length; o += j.lens[i]!, i++) {
-    starts2[i] = o;
-    if (ctx.hasher.h64(out.subarray(o, o + j.lens[i]!)) !== j.ids[i]) failed.push(i);
-  }
+  if (p !== payload.length) fail(ErrorCodes.BAD_CHUNK, 'patch is longer than its bitmaps say');
   const bad = new Set(failed);
   const files = new TargetFiles();
   let written = 0;
@@ -445,9 +454,9 @@ function applyPatch(ctx: JobContext, j: ApplyPatchJob): ApplyPatchResult {
     for (let t = 0; t < j.tItem.length; t++) {
       const i = j.tItem[t]!;
       if (bad.has(i)) continue;
-      const part = out.subarray(starts2[i]!, starts2[i]! + j.lens[i]!);
-      writeAll(files.get(j.paths[j.tPath[t]!]!), part, j.tOffset[t]!);
-      written += part.length;
+      if (i >= chunks.length) fail(ErrorCodes.INTERNAL, 'patch target beyond its runs');
+      writeAll(files.get(j.paths[j.tPath[t]!]!), chunks[i]!, j.tOffset[t]!);
+      written += chunks[i]!.length;
     }
   } finally {
     files.close();

@@ -32,9 +32,10 @@ function jobBytes(job: Job): number {
       return job.length;
     case 'writePack':
       return job.payload.byteLength + job.rawLen;
+    case 'makePatch':
+      return job.runs.reduce((n, r) => n + r.lens.reduce((a, b) => a + b, 0), 0) * 2;
     case 'readPack':
     case 'copyRanges':
-    case 'makePatch':
     case 'hashChunks': {
       let n = 0;
       for (const l of job.lens) n += l;

@@ -223,7 +223,7 @@ describe('decoders on arbitrary bytes return or throw SnapferryError', () => {
     fc.assert(
       fc.property(bytes, (b) => {
         const p = returnsOrSnapferryError(() => decodePatch(Buffer.from(b)));
-        if (p) expect(14 + p.bitmap.length + p.payload.length).toBe(b.length);
+        if (p) expect(14 + p.bitmaps.reduce((n, bm) => n + 4 + bm.length, 0) + p.payload.length).toBe(b.length);
       }),
       { numRuns: RUNS },
     );
@@ -296,8 +296,15 @@ describe('decoders on mutated valid encodings return or throw SnapferryError', (
     const valid = [
       encodeGet({ reqId: 7, ranges: [[0, 3], [10, 20]] }),
       Buffer.concat([encodeDataHeader(7, true, 1000), Buffer.alloc(20, 1)]),
-      encodePatchGet({ reqId: 7, chunk: 3, blockSize: 4096, sigs: Uint32Array.from([1, 2, 3]) }),
-      Buffer.concat([encodePatchHeader(7, true, 4096, Uint8Array.from([5])), Buffer.alloc(30, 2)]),
+      encodePatchGet({
+        reqId: 7,
+        blockSize: 4096,
+        runs: [
+          { chunk: 3, count: 2, sigs: Uint32Array.from([1, 2, 3]) },
+          { chunk: 9, count: 1, sigs: Uint32Array.from([4]) },
+        ],
+      }),
+      Buffer.concat([encodePatchHeader(7, true, 4096, [Uint8Array.from([5]), Uint8Array.from([1, 0])]), Buffer.alloc(30, 2)]),
       encodeJson(MsgType.OPEN, { company: 'acme', have: 'x', level: 3 }),
     ];
     const decoders = [decodeGet, decodeData, decodePatchGet, decodePatch, decodeJson] as Array<(b: Buffer) => unknown>;

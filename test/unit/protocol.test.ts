@@ -12,6 +12,7 @@ import {
   MsgType,
   MAX_GET_RANGES,
   MAX_GET_BYTES,
+  MAX_PATCH_RUNS,
   encodeJson,
   decodeJson,
   encodeGet,
@@ -424,66 +425,134 @@ describe('DATA', () => {
 describe('PATCH_GET / PATCH', () => {
   it('PATCH_GET round-trips', () => {
     const sigs = Uint32Array.from([0, 1, 0xffffffff, 0xdeadbeef]);
-    const b = encodePatchGet({ reqId: 9, chunk: 123456, count: 7, blockSize: 4096, sigs });
+    const sigs2 = Uint32Array.from([42]);
+    const b = encodePatchGet({
+      reqId: 9,
+      blockSize: 4096,
+      runs: [
+        { chunk: 123456, count: 7, sigs },
+        { chunk: 5, count: 2, sigs: sigs2 },
+      ],
+    });
     expect(b[0]).toBe(MsgType.PATCH_GET);
-    expect(b.length).toBe(17 + 16);
+    expect(b.length).toBe(13 + (12 + 16) + (12 + 4));
     const d = decodePatchGet(b);
     expect(d.reqId).toBe(9);
-    expect(d.chunk).toBe(123456);
-    expect(d.count).toBe(7);
     expect(d.blockSize).toBe(4096);
-    expect(Array.from(d.sigs)).toEqual(Array.from(sigs));
-    expect(Array.from(decodePatchGet(encodePatchGet({ reqId: 1, chunk: 0, count: 1, blockSize: 256, sigs: new Uint32Array(0) })).sigs)).toEqual([]);
-    expect(decodePatchGet(encodePatchGet({ reqId: 1, chunk: 0, count: 1, blockSize: 65536, sigs: new Uint32Array(1) })).blockSize).toBe(65536);
-    expect(decodePatchGet(encodePatchGet({ reqId: 1, chunk: 0, count: MAX_GET_RANGES, blockSize: 4096, sigs: new Uint32Array(1) })).count).toBe(MAX_GET_RANGES);
+    expect(d.runs.length).toBe(2);
+    expect(d.runs[0]!.chunk).toBe(123456);
+    expect(d.runs[0]!.count).toBe(7);
+    expect(Array.from(d.runs[0]!.sigs)).toEqual(Array.from(sigs));
+    expect(d.runs[1]!.chunk).toBe(5);
+    expect(d.runs[1]!.count).toBe(2);
+    expect(Array.from(d.runs[1]!.sigs)).toEqual(Array.from(sigs2));
+    const one = (count: number, blockSize: number, sigs: Uint32Array) =>
+      decodePatchGet(encodePatchGet({ reqId: 1, blockSize, runs: [{ chunk: 0, count, sigs }] }));
+    expect(Array.from(one(1, 256, new Uint32Array(0)).runs[0]!.sigs)).toEqual([]);
+    expect(one(1, 65536, new Uint32Array(1)).blockSize).toBe(65536);
+    expect(one(MAX_GET_RANGES, 4096, new Uint32Array(1)).runs[0]!.count).toBe(MAX_GET_RANGES);
+    const runs = Array.from({ length: MAX_PATCH_RUNS }, (_, i) => ({ chunk: i * 3, count: 1, sigs: Uint32Array.from([i]) }));
+    expect(decodePatchGet(encodePatchGet({ reqId: 2, blockSize: 4096, runs })).runs.length).toBe(MAX_PATCH_RUNS);
   });
 
-  it('PATCH_GET rejects a chunk count of 0 or above the limit', () => {
-    const ok = encodePatchGet({ reqId: 1, chunk: 5, count: 3, blockSize: 4096, sigs: new Uint32Array(2) });
-    expect(decodePatchGet(ok).count).toBe(3);
+  it('PATCH_GET rejects a run count of 0 or above MAX_PATCH_RUNS', () => {
+    expectCode(() => decodePatchGet(encodePatchGet({ reqId: 1, blockSize: 4096, runs: [] })), PROTOCOL);
+    const runs = Array.from({ length: MAX_PATCH_RUNS + 1 }, (_, i) => ({ chunk: i * 3, count: 1, sigs: Uint32Array.from([i]) }));
+    expect(runs.length).toBe(257);
+    expectCode(() => decodePatchGet(encodePatchGet({ reqId: 1, blockSize: 4096, runs })), PROTOCOL);
+    // a valid message whose run count field alone is set to 0
+    const ok = encodePatchGet({ reqId: 1, blockSize: 4096, runs: [{ chunk: 5, count: 3, sigs: new Uint32Array(2) }] });
+    expect(decodePatchGet(ok).runs.length).toBe(1);
     const zero = Buffer.from(ok);
     zero.writeUInt32BE(0, 9);
     expectCode(() => decodePatchGet(zero), PROTOCOL);
-    expectCode(() => decodePatchGet(encodePatchGet({ reqId: 1, chunk: 5, count: 0, blockSize: 4096, sigs: new Uint32Array(2) })), PROTOCOL);
-    expectCode(() => decodePatchGet(encodePatchGet({ reqId: 1, chunk: 5, count: MAX_GET_RANGES + 1, blockSize: 4096, sigs: new Uint32Array(2) })), PROTOCOL);
+  });
+
+  it('PATCH_GET rejects a chunk count of 0 or above the limit', () => {
+    const mk = (counts: number[]) =>
+      encodePatchGet({ reqId: 1, blockSize: 4096, runs: counts.map((count, i) => ({ chunk: 5 + i * 10, count, sigs: new Uint32Array(2) })) });
+    const ok = mk([3]);
+    expect(decodePatchGet(ok).runs[0]!.count).toBe(3);
+    const zero = Buffer.from(ok);
+    zero.writeUInt32BE(0, 13 + 4); // the run's count field
+    expectCode(() => decodePatchGet(zero), PROTOCOL);
+    expectCode(() => decodePatchGet(mk([0])), PROTOCOL);
+    expectCode(() => decodePatchGet(mk([MAX_GET_RANGES + 1])), PROTOCOL);
+    // in any run, not only the first
+    expectCode(() => decodePatchGet(mk([3, 0])), PROTOCOL);
+    expectCode(() => decodePatchGet(mk([3, MAX_GET_RANGES + 1])), PROTOCOL);
   });
 
   it('PATCH_GET rejects bad lengths and block sizes', () => {
-    const b = encodePatchGet({ reqId: 9, chunk: 1, count: 1, blockSize: 4096, sigs: Uint32Array.from([1, 2]) });
+    const b = encodePatchGet({
+      reqId: 9,
+      blockSize: 4096,
+      runs: [
+        { chunk: 1, count: 1, sigs: Uint32Array.from([1, 2]) },
+        { chunk: 7, count: 2, sigs: Uint32Array.from([3]) },
+      ],
+    });
+    expect(decodePatchGet(b).runs.length).toBe(2);
     expectCode(() => decodePatchGet(b.subarray(0, b.length - 1)), PROTOCOL);
+    expectCode(() => decodePatchGet(b.subarray(0, b.length - 4)), PROTOCOL);
     expectCode(() => decodePatchGet(b.subarray(0, 12)), PROTOCOL);
+    expectCode(() => decodePatchGet(b.subarray(0, 13)), PROTOCOL);
     expectCode(() => decodePatchGet(Buffer.concat([b, Buffer.from([0, 0])])), PROTOCOL);
+    expectCode(() => decodePatchGet(Buffer.concat([b, Buffer.alloc(4)])), PROTOCOL);
+    // a signature count that runs past the end, or that leaves bytes over
+    const past = Buffer.from(b);
+    past.writeUInt32BE(0xffffffff, 13 + 8);
+    expectCode(() => decodePatchGet(past), PROTOCOL);
+    const short = encodePatchGet({ reqId: 9, blockSize: 4096, runs: [{ chunk: 1, count: 1, sigs: Uint32Array.from([1, 2]) }] });
+    short.writeUInt32BE(1, 13 + 8);
+    expectCode(() => decodePatchGet(short), PROTOCOL);
+    // a run count that does not match the runs present
+    const more = Buffer.from(b);
+    more.writeUInt32BE(3, 9);
+    expectCode(() => decodePatchGet(more), PROTOCOL);
+    const fewer = Buffer.from(b);
+    fewer.writeUInt32BE(1, 9);
+    expectCode(() => decodePatchGet(fewer), PROTOCOL);
     for (const bs of [0, 1, 255, 65537, 0xffffffff]) {
-      expectCode(() => decodePatchGet(encodePatchGet({ reqId: 1, chunk: 1, count: 1, blockSize: bs, sigs: new Uint32Array(2) })), PROTOCOL);
+      expectCode(() => decodePatchGet(encodePatchGet({ reqId: 1, blockSize: bs, runs: [{ chunk: 1, count: 1, sigs: new Uint32Array(2) }] })), PROTOCOL);
     }
   });
 
   it('PATCH round-trips', () => {
-    const bitmap = Uint8Array.from([0b1010_0001, 0, 0xff]);
-    const h = encodePatchHeader(0xabcdef, true, 8192, bitmap);
+    const bitmaps = [Uint8Array.from([0b1010_0001, 0, 0xff]), new Uint8Array(0), Uint8Array.from([7])];
+    const h = encodePatchHeader(0xabcdef, true, 8192, bitmaps);
     expect(h[0]).toBe(MsgType.PATCH);
-    expect(h.length).toBe(14 + 3);
+    expect(h.length).toBe(14 + (4 + 3) + 4 + (4 + 1));
     const payload = randomBytes(77);
     const d = decodePatch(Buffer.concat([h, payload]));
     expect(d.reqId).toBe(0xabcdef);
     expect(d.compressed).toBe(true);
     expect(d.rawLen).toBe(8192);
-    expect(Array.from(d.bitmap)).toEqual(Array.from(bitmap));
+    expect(d.bitmaps.map((x) => Array.from(x))).toEqual(bitmaps.map((x) => Array.from(x)));
     expect(d.payload.equals(payload)).toBe(true);
-    const e = decodePatch(encodePatchHeader(1, false, 0, new Uint8Array(0)));
+    const e = decodePatch(encodePatchHeader(1, false, 0, [new Uint8Array(0)]));
     expect(e.compressed).toBe(false);
-    expect(e.bitmap.length).toBe(0);
+    expect(e.bitmaps.length).toBe(1);
+    expect(e.bitmaps[0]!.length).toBe(0);
     expect(e.payload.length).toBe(0);
   });
 
   it('PATCH rejects short headers, bitmaps past the end and rawLen above the limit', () => {
-    const h = encodePatchHeader(1, false, 10, new Uint8Array(4));
+    const h = encodePatchHeader(1, false, 10, [new Uint8Array(4), new Uint8Array(2)]);
+    expect(decodePatch(h).bitmaps.length).toBe(2);
     expectCode(() => decodePatch(h.subarray(0, 13)), PROTOCOL);
-    expectCode(() => decodePatch(h.subarray(0, 17)), PROTOCOL);
+    expectCode(() => decodePatch(h.subarray(0, 17)), PROTOCOL); // the first bitmap's length cut
+    expectCode(() => decodePatch(h.subarray(0, 21)), PROTOCOL); // the first bitmap cut
+    expectCode(() => decodePatch(h.subarray(0, 26)), PROTOCOL); // the second bitmap's length cut
+    expectCode(() => decodePatch(h.subarray(0, h.length - 1)), PROTOCOL); // the second bitmap cut
     const lying = Buffer.from(h);
-    lying.writeUInt32BE(0xffffffff, 10);
+    lying.writeUInt32BE(0xffffffff, 14); // the first bitmap's length
     expectCode(() => decodePatch(lying), PROTOCOL);
-    expectCode(() => decodePatch(encodePatchHeader(1, true, MAX_GET_BYTES + 1, new Uint8Array(1))), PROTOCOL);
-    expect(decodePatch(encodePatchHeader(1, true, MAX_GET_BYTES, new Uint8Array(1))).rawLen).toBe(MAX_GET_BYTES);
+    const tooMany = Buffer.from(h);
+    tooMany.writeUInt32BE(0xffffffff, 10); // the run count
+    expectCode(() => decodePatch(tooMany), PROTOCOL);
+    expectCode(() => decodePatch(encodePatchHeader(1, false, 0, Array.from({ length: MAX_PATCH_RUNS + 1 }, () => new Uint8Array(0)))), PROTOCOL);
+    expectCode(() => decodePatch(encodePatchHeader(1, true, MAX_GET_BYTES + 1, [new Uint8Array(1)])), PROTOCOL);
+    expect(decodePatch(encodePatchHeader(1, true, MAX_GET_BYTES, [new Uint8Array(1)])).rawLen).toBe(MAX_GET_BYTES);
   });
 });

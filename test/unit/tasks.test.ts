@@ -4,6 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import {
   runJob,
+  NO_COMPRESSION,
   blockLayout,
   blockSigsOf,
   type JobContext,
@@ -207,7 +208,7 @@ describe('readPack and writePack', () => {
     expect(gotB.subarray(b.length).equals(a.subarray(ca.offsets[1]!, ca.offsets[1]! + ca.lens[1]!))).toBe(true);
   });
 
-  it('readPack sends incompressible data or level -100 uncompressed, and writePack accepts it', () => {
+  it('readPack sends incompressible data or level NO_COMPRESSION uncompressed, and writePack accepts it', () => {
     const data = prng(100_000, 23);
     const p = writeTmp(data);
     const c = chunksOf(data);
@@ -228,7 +229,7 @@ describe('readPack and writePack', () => {
     const t = textish(50_000, 24);
     const pt = writeTmp(t);
     const ct = chunksOf(t);
-    const r2 = runJob(ctx, { ...job, paths: [pt], pathIdx: new Uint32Array(ct.lens.length), offsets: Float64Array.from(ct.offsets), lens: Uint32Array.from(ct.lens), ids: BigUint64Array.from(ct.ids), level: -100 }) as ReadPackResult;
+    const r2 = runJob(ctx, { ...job, paths: [pt], pathIdx: new Uint32Array(ct.lens.length), offsets: Float64Array.from(ct.offsets), lens: Uint32Array.from(ct.lens), ids: BigUint64Array.from(ct.ids), level: NO_COMPRESSION }) as ReadPackResult;
     if ('stale' in r2) throw new Error('stale');
     expect(r2.compressed).toBe(false);
     expect(r2.payload.equals(t)).toBe(true);
@@ -533,37 +534,44 @@ describe('blockSigs + makePatch + applyPatch', () => {
     return { lens, ids, starts };
   }
 
+  /** Block signatures of one range (a blockSigs job of a single range). */
   function sigsOf(p: string, offset = OFF, length = LEN): Uint32Array {
-    return runJob(ctx, { kind: 'blockSigs', path: p, offset, length, blockSize: BS }) as Uint32Array;
+    const r = runJob(ctx, { kind: 'blockSigs', ranges: [{ path: p, offset, length }], blockSize: BS }) as Uint32Array[];
+    expect(r.length).toBe(1);
+    return r[0]!;
   }
 
+  /** A makePatch job of the single run at OFF in the server file. */
   function makePatch(
     p: ReturnType<typeof pair>,
     run: ReturnType<typeof runOf>,
     sigs: Uint32Array,
     level = 3,
   ): Exclude<MakePatchResult, { stale: string }> {
-    const mp = runJob(ctx, { kind: 'makePatch', path: p.server, offset: OFF, lens: run.lens, ids: run.ids, blockSize: BS, sigs, level }) as MakePatchResult;
+    const mp = runJob(ctx, {
+      kind: 'makePatch',
+      runs: [{ path: p.server, offset: OFF, lens: run.lens, ids: run.ids, sigs }],
+      blockSize: BS,
+      level,
+    }) as MakePatchResult;
     if ('stale' in mp) throw new Error('stale');
+    expect(mp.bitmaps.length).toBe(1);
     return mp;
   }
 
-  /** An applyPatch job writing chunk i of the run to targets[i] at the chunk's own file offset. */
+  /** An applyPatch job of the single run (base p.base unless given) writing chunk i to targets[i] at its own file offset. */
   function patchJob(
     p: ReturnType<typeof pair>,
     run: ReturnType<typeof runOf>,
     mp: Exclude<MakePatchResult, { stale: string }>,
     targets: string[],
+    basePath = p.base,
   ): ApplyPatchJob {
     expect(targets.length).toBe(run.lens.length);
     return {
       kind: 'applyPatch',
-      basePath: p.base,
-      offset: OFF,
-      lens: run.lens,
-      ids: run.ids,
+      runs: [{ path: basePath, offset: OFF, lens: run.lens, ids: run.ids, bitmap: mp.bitmaps[0]! }],
       blockSize: BS,
-      bitmap: mp.bitmap,
       payload: mp.payload,
       compressed: mp.compressed,
       rawLen: mp.rawLen,
@@ -590,7 +598,7 @@ describe('blockSigs + makePatch + applyPatch', () => {
     const mp = makePatch(p, run, sigs);
     expect(mp.rawLen).toBe(4096);
     // block 2 of the layout is [16384, 20480) in the file
-    expect(Array.from(mp.bitmap)).toEqual([0b0000_0100]);
+    expect(mp.bitmaps.map((b) => Array.from(b))).toEqual([[0b0000_0100]]);
     expect(mp.compressed).toBe(false);
     expect(mp.payload.equals(p.newData.subarray(16_384, 20_480))).toBe(true);
 
@@ -609,12 +617,96 @@ describe('blockSigs + makePatch + applyPatch', () => {
     expect(ctx.hasher.h64(p.oldData.subarray(run.starts[2]!, OFF + LEN))).toBe(run.ids[2]);
     const mp = makePatch(p, run, sigsOf(p.base));
     expect(mp.rawLen).toBe(4096);
-    expect(Array.from(mp.bitmap)).toEqual([0b0000_0100]);
+    expect(mp.bitmaps.map((b) => Array.from(b))).toEqual([[0b0000_0100]]);
     const t = [targetPath(), targetPath(), targetPath()];
     const r = runJob(ctx, patchJob(p, run, mp, t)) as ApplyPatchResult;
     expect(r.failed).toEqual([]);
     expect(r.written).toBe(LEN);
     for (let i = 0; i < 3; i++) expectWritten(p, run, t, i);
+  });
+
+  it('two runs in two different files in one job (one page changed in each): both rebuilt, failed empty, 8192 bytes', () => {
+    const p1 = pair(75);
+    const p2 = pair(76); // both differ only in [16384, 20480)
+    const run1 = runOf(p1, RUN3); // [10000, 40000): 8 blocks, the changed one is block 2
+    // run 2: [12288, 32288) of the second file, blocks [12288, 16384) [16384, 20480) ... : the changed one is block 1
+    const OFF2 = 12_288;
+    const lens2 = Uint32Array.from([3_000, 9_000, 8_000]);
+    const starts2: number[] = [];
+    const ids2 = new BigUint64Array(lens2.length);
+    for (let i = 0, o = OFF2; i < lens2.length; o += lens2[i]!, i++) {
+      starts2.push(o);
+      ids2[i] = ctx.hasher.h64(p2.newData.subarray(o, o + lens2[i]!));
+    }
+    const LEN2 = 20_000;
+
+    const sigs = runJob(ctx, {
+      kind: 'blockSigs',
+      ranges: [
+        { path: p1.base, offset: OFF, length: LEN },
+        { path: p2.base, offset: OFF2, length: LEN2 },
+      ],
+      blockSize: BS,
+    }) as Uint32Array[];
+    expect(sigs.length).toBe(2);
+    expect(Array.from(sigs[0]!)).toEqual(Array.from(sigsOf(p1.base)));
+    expect(Array.from(sigs[1]!)).toEqual(Array.from(sigsOf(p2.base, OFF2, LEN2)));
+    expect(sigs[1]!.length).toBe(5);
+
+    const mp = runJob(ctx, {
+      kind: 'makePatch',
+      runs: [
+        { path: p1.server, offset: OFF, lens: run1.lens, ids: run1.ids, sigs: sigs[0]! },
+        { path: p2.server, offset: OFF2, lens: lens2, ids: ids2, sigs: sigs[1]! },
+      ],
+      blockSize: BS,
+      level: 3,
+    }) as MakePatchResult;
+    if ('stale' in mp) throw new Error('stale');
+    expect(mp.rawLen).toBe(8192);
+    expect(mp.bitmaps.map((b) => Array.from(b))).toEqual([[0b0000_0100], [0b0000_0010]]);
+    expect(mp.compressed).toBe(false);
+    expect(mp.payload.equals(Buffer.concat([p1.newData.subarray(16_384, 20_480), p2.newData.subarray(16_384, 20_480)]))).toBe(true);
+
+    // chunks 0..2 are run 1's, 3..5 run 2's; each goes to its own target at its own file offset
+    const t = Array.from({ length: 6 }, () => targetPath());
+    const allStarts = [...run1.starts, ...starts2];
+    const allLens = [...run1.lens, ...lens2];
+    const allNew = [p1.newData, p1.newData, p1.newData, p2.newData, p2.newData, p2.newData];
+    const job = (base2 = p2.base): ApplyPatchJob => ({
+      kind: 'applyPatch',
+      runs: [
+        { path: p1.base, offset: OFF, lens: run1.lens, ids: run1.ids, bitmap: mp.bitmaps[0]! },
+        { path: base2, offset: OFF2, lens: lens2, ids: ids2, bitmap: mp.bitmaps[1]! },
+      ],
+      blockSize: BS,
+      payload: mp.payload,
+      compressed: mp.compressed,
+      rawLen: mp.rawLen,
+      paths: t,
+      tItem: Uint32Array.from(t.map((_, i) => i)),
+      tPath: Uint32Array.from(t.map((_, i) => i)),
+      tOffset: Float64Array.from(allStarts),
+    });
+    const r = runJob(ctx, job()) as ApplyPatchResult;
+    expect(r).toEqual({ failed: [], written: LEN + LEN2 });
+    for (let i = 0; i < 6; i++) {
+      const out = fs.readFileSync(t[i]!);
+      const s = allStarts[i]!;
+      expect(out.length).toBe(s + allLens[i]!);
+      expect(out.subarray(s).equals(allNew[i]!.subarray(s, s + allLens[i]!))).toBe(true);
+    }
+
+    // failures are numbered across all runs: the second file's base changes in an unsignalled block of its last chunk
+    const base2 = writeTmp(p2.oldData);
+    const fd = fs.openSync(base2, 'r+');
+    fs.writeSync(fd, Buffer.from([p2.oldData[28_000]! ^ 0x5a]), 0, 1, 28_000);
+    fs.closeSync(fd);
+    for (const x of t) fs.unlinkSync(x);
+    const r2 = runJob(ctx, job(base2)) as ApplyPatchResult;
+    expect(r2.failed).toEqual([5]);
+    expect(r2.written).toBe(LEN + LEN2 - lens2[2]!);
+    expect(fs.existsSync(t[5]!)).toBe(false);
   });
 
   it('works with a compressed patch too', () => {
@@ -635,9 +727,9 @@ describe('blockSigs + makePatch + applyPatch', () => {
     const mp = makePatch(p, run, sigsOf(p.server));
     expect(mp.rawLen).toBe(0);
     expect(mp.payload.length).toBe(0);
-    expect(Array.from(mp.bitmap)).toEqual([0]);
+    expect(mp.bitmaps.map((b) => Array.from(b))).toEqual([[0]]);
     const t = [targetPath(), targetPath(), targetPath()];
-    const job = { ...patchJob(p, run, mp, t), basePath: p.server };
+    const job = patchJob(p, run, mp, t, p.server);
     expect(runJob(ctx, job)).toEqual({ failed: [], written: LEN });
     for (let i = 0; i < 3; i++) expectWritten(p, run, t, i);
   });
@@ -675,12 +767,13 @@ describe('blockSigs + makePatch + applyPatch', () => {
     const mp = makePatch(p, run, sigsOf(p.base));
     const t = [targetPath()];
     const job = patchJob(p, run, mp, t);
-    expectCode(() => runJob(ctx, { ...job, bitmap: Uint8Array.from([4, 0]) }), ErrorCodes.BAD_CHUNK);
-    expectCode(() => runJob(ctx, { ...job, bitmap: new Uint8Array(0) }), ErrorCodes.BAD_CHUNK);
+    const withBitmap = (bitmap: Uint8Array): ApplyPatchJob => ({ ...job, runs: [{ ...job.runs[0]!, bitmap }] });
+    expectCode(() => runJob(ctx, withBitmap(Uint8Array.from([4, 0]))), ErrorCodes.BAD_CHUNK);
+    expectCode(() => runJob(ctx, withBitmap(new Uint8Array(0))), ErrorCodes.BAD_CHUNK);
     // bitmap says two blocks but the payload holds one
-    expectCode(() => runJob(ctx, { ...job, bitmap: Uint8Array.from([0b0000_1100]) }), ErrorCodes.BAD_CHUNK);
+    expectCode(() => runJob(ctx, withBitmap(Uint8Array.from([0b0000_1100]))), ErrorCodes.BAD_CHUNK);
     // bitmap says nothing but the payload holds a block
-    expectCode(() => runJob(ctx, { ...job, bitmap: Uint8Array.from([0]) }), ErrorCodes.BAD_CHUNK);
+    expectCode(() => runJob(ctx, withBitmap(Uint8Array.from([0]))), ErrorCodes.BAD_CHUNK);
     // rawLen lies
     expectCode(() => runJob(ctx, { ...job, rawLen: 4095 }), ErrorCodes.BAD_CHUNK);
     expect(fs.existsSync(t[0]!)).toBe(false);
@@ -691,7 +784,7 @@ describe('blockSigs + makePatch + applyPatch', () => {
     const run = runOf(p, RUN3);
     const sigs = sigsOf(p.base);
     const mk = (s: Uint32Array, ids = run.ids) =>
-      runJob(ctx, { kind: 'makePatch', path: p.server, offset: OFF, lens: run.lens, ids, blockSize: BS, sigs: s, level: 3 }) as MakePatchResult;
+      runJob(ctx, { kind: 'makePatch', runs: [{ path: p.server, offset: OFF, lens: run.lens, ids, sigs: s }], blockSize: BS, level: 3 }) as MakePatchResult;
     // any chunk of the run that no longer matches its id makes the whole run stale
     for (let i = 0; i < 3; i++) {
       const ids = BigUint64Array.from(run.ids);
