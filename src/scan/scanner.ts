@@ -9,7 +9,7 @@ import path from 'node:path';
 import { ChunkParams, DEFAULT_CHUNK_PARAMS, SEGMENT_SIZE } from '../chunk/chunker.js';
 import { Entry, Manifest, encodeManifest, rootHashOf, comparePaths, checkTree } from '../manifest/manifest.js';
 import { WorkerPool } from '../work/pool.js';
-import type { ChunkSegmentResult } from '../work/tasks.js';
+import type { ChunkSegmentResult, ChunkFilesResult } from '../work/tasks.js';
 import { fail, ErrorCodes, SnapferryError } from '../util/errors.js';
 
 interface CachedFile {
@@ -38,13 +38,40 @@ export interface ScanOptions {
   settleTimeoutMs?: number;
 }
 
-type StatB = fs.BigIntStats;
+/**
+ * What the scanner keeps of a stat: a BigIntStats object costs over a kilobyte, and a scan holds one per file
+ * (100,000 files would be 100+ MiB).
+ */
+interface StatB {
+  kind: 'file' | 'dir' | 'symlink' | 'other';
+  mode: number;
+  size: bigint;
+  mtimeNs: bigint;
+  ctimeNs: bigint;
+  ino: bigint;
+}
+
+function lstatCompact(p: string): StatB {
+  const st = fs.lstatSync(p, { bigint: true });
+  const kind = st.isFile() ? 'file' : st.isDirectory() ? 'dir' : st.isSymbolicLink() ? 'symlink' : 'other';
+  return { kind, mode: Number(st.mode & 0o7777n), size: st.size, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs, ino: st.ino };
+}
 
 function sameStat(a: StatB, b: StatB): boolean {
   return a.size === b.size && a.mtimeNs === b.mtimeNs && a.ctimeNs === b.ctimeNs && a.ino === b.ino;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Files up to this size are chunked in batches (a file this small is at most one segment). */
+const SMALL_FILE = 1 << 20;
+
+interface SmallFile {
+  abs: string;
+  rel: string;
+  st: StatB;
+  e: Entry;
+}
 
 /** Keeps one company's scan cache and produces its generations. */
 export class CompanyScanner {
@@ -92,14 +119,32 @@ export class CompanyScanner {
     let inFlight = 0;
     let wake: (() => void) | undefined;
     let firstError: unknown;
+    let small: SmallFile[] = [];
+    let smallBytes = 0;
+    const flushSmall = async (): Promise<void> => {
+      if (small.length === 0) return;
+      const batch = small;
+      small = [];
+      smallBytes = 0;
+      while (inFlight >= inFlightLimit) await new Promise<void>((r) => (wake = r));
+      inFlight++;
+      jobs.push(
+        this.chunkSmallFiles(batch, started, settleTimeoutMs, nextCache)
+          .catch((err) => void (firstError ??= err))
+          .finally(() => {
+            inFlight--;
+            wake?.();
+          }),
+      );
+    };
     for (const item of listed) {
       const { rel, abs, st } = item;
-      const e: Entry = { path: rel, kind: 'file', mode: Number(st.mode & 0o7777n), mtimeNs: st.mtimeNs, size: 0 };
+      const e: Entry = { path: rel, kind: 'file', mode: st.mode, mtimeNs: st.mtimeNs, size: 0 };
       entries.push(e);
       absPaths.push(abs);
-      if (st.isDirectory()) {
+      if (st.kind === 'dir') {
         e.kind = 'dir';
-      } else if (st.isSymbolicLink()) {
+      } else if (st.kind === 'symlink') {
         e.kind = 'symlink';
         e.target = fs.readlinkSync(abs);
       } else {
@@ -109,6 +154,13 @@ export class CompanyScanner {
           e.lens = hit.lens;
           e.ids = hit.ids;
           nextCache.set(rel, hit);
+          continue;
+        }
+        // Small files go to the workers in batches: one job per file would spend more on messages than on reading.
+        if (e.size <= SMALL_FILE) {
+          small.push({ abs, rel, st, e });
+          smallBytes += e.size;
+          if (small.length >= 256 || smallBytes >= 8 << 20) await flushSmall();
           continue;
         }
         while (inFlight >= inFlightLimit) await new Promise<void>((r) => (wake = r));
@@ -124,6 +176,7 @@ export class CompanyScanner {
         );
       }
     }
+    await flushSmall();
     await Promise.all(jobs);
     if (firstError) throw firstError;
     this.cache = nextCache;
@@ -153,19 +206,19 @@ export class CompanyScanner {
         const abs = path.join(absDir, name);
         let st: StatB;
         try {
-          st = fs.lstatSync(abs, { bigint: true });
+          st = lstatCompact(abs);
         } catch {
           continue; // deleted while we listed: not part of this generation
         }
-        if (st.isDirectory()) {
+        if (st.kind === 'dir') {
           subdirs.push(rel);
-        } else if (st.isSymbolicLink()) {
+        } else if (st.kind === 'symlink') {
           const target = fs.readlinkSync(abs);
           const resolved = path.resolve(path.dirname(abs), target);
           if (path.isAbsolute(target) || !(resolved === this.root || resolved.startsWith(this.root + path.sep))) {
             fail(ErrorCodes.UNSAFE_TREE, `refused ${rel}: symlink points outside the company folder (${target})`);
           }
-        } else if (!st.isFile()) {
+        } else if (st.kind !== 'file') {
           fail(ErrorCodes.UNSAFE_TREE, `refused ${rel}: special file (device, socket or FIFO) in the company folder`);
         }
         out.push({ rel, abs, st });
@@ -175,6 +228,38 @@ export class CompanyScanner {
     await visit('');
     out.sort((a, b) => comparePaths(a.rel, b.rel));
     return out;
+  }
+
+  /**
+   * Chunks a batch of small files in one job. Each file's stat is checked again afterwards; one that changed while it
+   * was read goes through chunkFile (re-read until it holds still, within the settle budget).
+   */
+  private async chunkSmallFiles(batch: SmallFile[], started: number, settleTimeoutMs: number, into: Map<string, CachedFile>): Promise<void> {
+    const r = await this.pool.run<ChunkFilesResult>({
+      kind: 'chunkFiles',
+      paths: batch.map((f) => f.abs),
+      sizes: Float64Array.from(batch.map((f) => f.e.size)),
+      params: this.params,
+    });
+    const retry: Array<Promise<void>> = [];
+    batch.forEach((f, i) => {
+      let after: StatB | undefined;
+      try {
+        after = lstatCompact(f.abs);
+      } catch {
+        after = undefined;
+      }
+      const res = r.files[i]!;
+      if (res && after && sameStat(f.st, after)) {
+        this.lastBytesRead += f.e.size;
+        f.e.lens = res.lens;
+        f.e.ids = res.ids;
+        into.set(f.rel, { size: f.e.size, mtimeNs: f.st.mtimeNs, ctimeNs: f.st.ctimeNs, ino: f.st.ino, lens: res.lens, ids: res.ids });
+      } else {
+        retry.push(this.chunkFile(f.abs, f.rel, after ?? f.st, f.e, started, settleTimeoutMs).then((c) => void into.set(f.rel, c)));
+      }
+    });
+    await Promise.all(retry);
   }
 
   /** Chunks one file, re-reading it while it changes under us, within the settle budget. */
@@ -194,7 +279,7 @@ export class CompanyScanner {
       }
       let after: StatB | undefined;
       try {
-        after = fs.lstatSync(abs, { bigint: true });
+        after = lstatCompact(abs);
       } catch {
         after = undefined;
       }
@@ -211,12 +296,12 @@ export class CompanyScanner {
         }
         e.size = size;
         e.mtimeNs = before.mtimeNs;
-        e.mode = Number(before.mode & 0o7777n);
+        e.mode = before.mode;
         e.lens = lens;
         e.ids = ids;
         return { size, mtimeNs: before.mtimeNs, ctimeNs: before.ctimeNs, ino: before.ino, lens, ids };
       }
-      if (!after || !after.isFile()) fail(ErrorCodes.UNSTABLE_FILE, `${rel} disappeared while it was read; try again`);
+      if (!after || after.kind !== 'file') fail(ErrorCodes.UNSTABLE_FILE, `${rel} disappeared while it was read; try again`);
       if (Date.now() - started > settleTimeoutMs) {
         fail(ErrorCodes.UNSTABLE_FILE, `${rel} kept changing for ${Math.round(settleTimeoutMs / 1000)} s while it was read; generation delayed, try again when it is idle`);
       }

@@ -14,9 +14,9 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
-import { createHash, createHmac, hkdfSync, timingSafeEqual } from 'node:crypto';
+import { createHmac, hkdfSync, timingSafeEqual } from 'node:crypto';
 import { decodeManifest, Manifest, rootHashOf } from '../manifest/manifest.js';
-import { fail, ErrorCodes, SnapferryError, toSnapferryError } from '../util/errors.js';
+import { fail, ErrorCodes, toSnapferryError } from '../util/errors.js';
 
 /** The record of an applied generation. */
 export interface AppliedRecord {
@@ -329,14 +329,19 @@ function rollForward(paths: StatePaths, onPoint?: (p: string) => void): void {
   removeTree(paths.old);
 }
 
-/** Checks that DIR may be written: it is snapferry's (has a record), absent, or an empty folder. */
-export function checkDirUsable(paths: StatePaths): void {
+/** Checks that the folder holding DIR and its state folder can be written. */
+export function checkParentWritable(paths: StatePaths): void {
   const parent = path.dirname(paths.dir);
   try {
     fs.accessSync(parent, fs.constants.W_OK | fs.constants.X_OK);
   } catch {
     fail(ErrorCodes.DIR_NOT_WRITABLE, `cannot write into ${parent} (where ${path.basename(paths.dir)} and its state live)`);
   }
+}
+
+/** Checks that DIR may be written: it is snapferry's (has a record), absent, or an empty folder. */
+export function checkDirUsable(paths: StatePaths): void {
+  checkParentWritable(paths);
   if (!exists(paths.dir)) return;
   const st = fs.lstatSync(paths.dir);
   if (!st.isDirectory()) fail(ErrorCodes.DIR_FOREIGN, `${paths.dir} exists and is not a folder; refusing to replace it`);
@@ -345,10 +350,3 @@ export function checkDirUsable(paths: StatePaths): void {
     fail(ErrorCodes.DIR_FOREIGN, `${paths.dir} already exists and was not made by snapferry; refusing to overwrite it (choose a new or empty folder)`);
   }
 }
-
-/** A short fingerprint of a secret, to tell in a record which key was used without storing it. */
-export function keyFingerprint(secret: Buffer): string {
-  return createHash('sha256').update('snapferry/v1 fingerprint').update(secret).digest('hex').slice(0, 16);
-}
-
-export { SnapferryError };

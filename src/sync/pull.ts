@@ -32,6 +32,7 @@ import {
   recover,
   readApplied,
   checkDirUsable,
+  checkParentWritable,
   commit,
   writeStats,
   removeTree,
@@ -157,15 +158,6 @@ export async function pull(opts: PullOptions): Promise<PullResult> {
     }
   } finally {
     lock.release();
-  }
-}
-
-function checkParentWritable(paths: StatePaths): void {
-  const parent = path.dirname(paths.dir);
-  try {
-    fs.accessSync(parent, fs.constants.W_OK | fs.constants.X_OK);
-  } catch {
-    fail(ErrorCodes.DIR_NOT_WRITABLE, `cannot write into ${parent} (where ${path.basename(paths.dir)} and its state live)`);
   }
 }
 

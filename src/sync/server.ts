@@ -26,7 +26,6 @@ import {
   OpenMsg,
   ManifestMsg,
 } from '../protocol/messages.js';
-import { NO_COMPRESSION } from '../work/tasks.js';
 import type { ReadPackJob, ReadPackResult, MakePatchJob, MakePatchResult } from '../work/tasks.js';
 import { Compressor } from '../work/zstd.js';
 import { SnapferryError, ErrorCodes, fail, toSnapferryError } from '../util/errors.js';
@@ -79,8 +78,11 @@ interface Company {
   readers: Map<string, number>;
 }
 
-/** Levels the adaptive controller moves between, most compression first; NO_COMPRESSION sends packs as they are. */
-const LEVEL_LADDER = [1, -1, NO_COMPRESSION];
+/**
+ * Levels the adaptive controller moves between, most compression first. (No compression at all measured slower on
+ * loopback than -1: the puller then opens and writes 2.4x the bytes; `--level none` remains for the operator.)
+ */
+const LEVEL_LADDER = [1, -1];
 
 /** A bounded cache of compressed packs, keyed by generation and chunk ranges, shared by concurrent sessions. */
 class PackCache {
@@ -138,7 +140,7 @@ export class SnapferryServer {
   url = '';
 
   constructor(private readonly opts: ServeOptions) {
-    this.cache = new PackCache(opts.cacheBytes ?? 24 << 20);
+    this.cache = new PackCache(opts.cacheBytes ?? 48 << 20);
     this.bucket = opts.bwlimit ? new TokenBucket(opts.bwlimit) : undefined;
     this.log = opts.log ?? (() => undefined);
   }

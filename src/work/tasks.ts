@@ -25,6 +25,17 @@ export interface ChunkSegmentResult {
   ids: BigUint64Array;
 }
 
+/** Chunk whole small files (each at most one segment). A file that cannot be read as its size says gets null. */
+export interface ChunkFilesJob {
+  kind: 'chunkFiles';
+  paths: string[];
+  sizes: Float64Array;
+  params: ChunkParams;
+}
+export interface ChunkFilesResult {
+  files: Array<ChunkSegmentResult | null>;
+}
+
 /** Read chunks (each at path/offset/len with an expected id), concatenate and compress them. */
 export interface ReadPackJob {
   kind: 'readPack';
@@ -149,7 +160,7 @@ export interface FinishFilesResult {
   stats: string[];
 }
 
-export type Job = FinishFilesJob | ChunkSegmentJob | ReadPackJob | WritePackJob | CopyRangesJob | BlockSigsJob | MakePatchJob | ApplyPatchJob | HashChunksJob;
+export type Job = FinishFilesJob | ChunkFilesJob | ChunkSegmentJob | ReadPackJob | WritePackJob | CopyRangesJob | BlockSigsJob | MakePatchJob | ApplyPatchJob | HashChunksJob;
 
 /** Per-thread state the jobs reuse. */
 export interface JobContext {
@@ -223,6 +234,17 @@ function chunkSegment(ctx: JobContext, j: ChunkSegmentJob): ChunkSegmentResult {
     o += lens[i]!;
   }
   return { lens, ids };
+}
+
+function chunkFiles(ctx: JobContext, j: ChunkFilesJob): ChunkFilesResult {
+  const files = j.paths.map((path, i) => {
+    try {
+      return chunkSegment(ctx, { kind: 'chunkSegment', path, offset: 0, length: j.sizes[i]!, params: j.params });
+    } catch {
+      return null; // gone or shrunk: the scanner re-reads it on its own
+    }
+  });
+  return { files };
 }
 
 function readPack(ctx: JobContext, j: ReadPackJob): ReadPackResult {
@@ -508,6 +530,8 @@ export function runJob(ctx: JobContext, job: Job): unknown {
   switch (job.kind) {
     case 'finishFiles':
       return finishFiles(job);
+    case 'chunkFiles':
+      return chunkFiles(ctx, job);
     case 'chunkSegment':
       return chunkSegment(ctx, job);
     case 'readPack':

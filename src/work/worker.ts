@@ -30,6 +30,8 @@ function jobBytes(job: Job): number {
   switch (job.kind) {
     case 'chunkSegment':
       return job.length;
+    case 'chunkFiles':
+      return job.sizes.reduce((a, b) => a + b, 0);
     case 'writePack':
       return job.payload.byteLength + job.rawLen;
     case 'makePatch':
