@@ -182,7 +182,8 @@ class PullRun {
   private rootHash = '';
   private generation = 0;
   private applied?: Applied;
-  private done = new Set<number>();
+  /** Occurrences the journal of an interrupted attempt says are verified in next/ (read once, by plan). */
+  private done = new Uint8Array(0);
   private based = new Set<number>();
   private journalBuf: number[] = [];
   private lastCheckpoint = performance.now();
@@ -511,7 +512,7 @@ class PullRun {
       let remaining = 0;
       for (let g = L.entryStart[ei]!; g < L.entryStart[ei + 1]!; g++) {
         const id = L.id[g]!;
-        if (this.done.has(g) || oldAt.get(L.offset[g]!) === id) {
+        if (this.done[g] === 1 || oldAt.get(L.offset[g]!) === id) {
           this.stats.reused++;
           this.bytesDone += L.len[g]!;
           continue;
@@ -564,10 +565,11 @@ class PullRun {
       return;
     }
     const n = Math.floor(buf.length / 4);
+    this.done = new Uint8Array(this.layout.total);
     for (let i = 0; i < n; i++) {
       const v = buf.readUInt32LE(i * 4);
       if (v & J_BASED) this.based.add(v & ~J_BASED);
-      else if (v < this.layout.total) this.done.add(v);
+      else if (v < this.layout.total) this.done[v] = 1;
     }
   }
 
@@ -635,7 +637,6 @@ class PullRun {
     const ei = this.layout.entry[g]!;
     this.remaining[ei]!--;
     this.bytesDone += this.layout.len[g]!;
-    this.done.add(g);
     if (this.remaining[ei] === 0) {
       this.toFinish.push(ei);
       if (this.toFinish.length >= 256) this.finishBatch();
