@@ -158,7 +158,7 @@ export async function runBench(argv: string[]): Promise<number> {
 
   const results = path.join(repoRoot(), 'bench', 'results');
   if (checks.some((c) => c.chart && c.value !== null)) {
-    const svg = path.join(results, 'ratios.svg');
+    const svg = opts.chart ? path.resolve(opts.chart) : path.join(results, 'ratios.svg');
     writeFileSafe(svg, renderSvg(checks, [R.info.mode!, `${R.info.machine}; node ${R.info.node}; ${new Date().toISOString().slice(0, 10)}`]));
     out.push(`chart: ${path.relative(process.cwd(), svg) || svg}`);
   } else out.push('chart: not written (no snapferry/rsync pairs in this run)');

@@ -46,11 +46,13 @@ export interface Options {
   budgetMs: number;
   tmp?: string;
   keep: boolean;
+  /** Where the SVG chart goes (default bench/results/ratios.svg). */
+  chart?: string;
 }
 
 export const USAGE = `usage: node dist/bench/main.js [--quick] [--json FILE] [--only SCENARIOS] [--runs N] [--size MIB]
        [--tools snapferry,rsync,tar] [--links loopback,shaped] [--shaped-size MIB] [--small-files N]
-       [--fanout N] [--micro-size MIB] [--budget SECONDS] [--tmp DIR] [--keep] [--durable]
+       [--fanout N] [--micro-size MIB] [--budget SECONDS] [--tmp DIR] [--keep] [--durable] [--chart FILE]
 
   SCENARIOS (comma-separated): ${ALL_SCENARIOS.join(', ')}, or e2e (= seed,delta,unchanged,verify,repair)
   --quick   small data, 1 run: every scenario in under 2 minutes on 2 cores (CI smoke, no thresholds)
@@ -110,6 +112,9 @@ export function parseArgs(argv: string[]): Options {
         break;
       case '--json':
         o.json = val();
+        break;
+      case '--chart':
+        o.chart = val();
         break;
       case '--only':
         o.only = list(val(), ALL_SCENARIOS, 'scenario');

@@ -8,6 +8,8 @@ import path from 'node:path';
 import { spawn, ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
+import { expect } from 'vitest';
+import { SnapferryError } from '../src/util/errors.js';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 export const CLI = path.join(ROOT, 'dist', 'src', 'cli', 'main.js');
@@ -157,4 +159,17 @@ export async function waitFor(cond: () => boolean, timeoutMs: number, stepMs = 5
     if (Date.now() > deadline) throw new Error('condition not met in time');
     await new Promise((r) => setTimeout(r, stepMs));
   }
+}
+
+/** Runs fn, expects it to throw a SnapferryError with this code, and returns the error. */
+export function expectCode(fn: () => unknown, code: string): SnapferryError {
+  let caught: unknown;
+  try {
+    fn();
+  } catch (e) {
+    caught = e;
+  }
+  expect(caught, 'expected a throw').toBeInstanceOf(SnapferryError);
+  expect((caught as SnapferryError).code).toBe(code);
+  return caught as SnapferryError;
 }

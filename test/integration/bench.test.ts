@@ -25,7 +25,7 @@ describe('bench --quick', () => {
     try {
       const json = path.join(tmp.dir, 'out.json');
       const out = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
-        const child = spawn(process.execPath, [path.join(ROOT, 'dist', 'bench', 'main.js'), '--quick', '--json', json, '--budget', '170', '--tmp', tmp.dir], { stdio: ['ignore', 'pipe', 'pipe'] });
+        const child = spawn(process.execPath, [path.join(ROOT, 'dist', 'bench', 'main.js'), '--quick', '--json', json, '--chart', path.join(tmp.dir, 'ratios.svg'), '--budget', '170', '--tmp', tmp.dir], { stdio: ['ignore', 'pipe', 'pipe'] });
         let stdout = '';
         let stderr = '';
         child.stdout.on('data', (d) => (stdout += d));
@@ -42,6 +42,7 @@ describe('bench --quick', () => {
       for (const s of ['seed', 'delta', 'unchanged', 'verify', 'repair', 'small-seed', 'fanout-1']) expect(have(s, 'snapferry'), s).toBe(true);
       if (has('rsync')) for (const s of ['seed', 'delta', 'unchanged', 'repair', 'small-seed']) expect(have(s, 'rsync'), s).toBe(true);
       expect(rows.some((r) => r.scenario.startsWith('micro:chunker'))).toBe(true);
+      if (has('rsync')) expect(fs.readFileSync(path.join(tmp.dir, 'ratios.svg'), 'utf8')).toMatch(/^<svg|<\?xml/);
       expect(out.stdout).toMatch(/seed time snapferry\/rsync|rsync.*skipped/);
     } finally {
       tmp.cleanup();

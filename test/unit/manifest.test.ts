@@ -1,4 +1,5 @@
 import { describe, it, expect } from 'vitest';
+import { expectCode } from '../helpers.js';
 import {
   encodeManifest,
   decodeManifest,
@@ -67,17 +68,6 @@ function i64(v: bigint): number[] {
   return [...b];
 }
 
-function expectCode(fn: () => unknown, code: string): SnapferryError {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (e) {
-    caught = e;
-  }
-  expect(caught, 'expected a throw').toBeInstanceOf(SnapferryError);
-  expect((caught as SnapferryError).code).toBe(code);
-  return caught as SnapferryError;
-}
 /** Encodes (without validation) and checks the decoder refuses with `code`; checkTree must agree for tree errors. */
 function expectRefused(entries: Entry[], code: string = ErrorCodes.UNSAFE_TREE): void {
   const m = man(entries);

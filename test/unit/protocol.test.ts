@@ -1,4 +1,5 @@
 import { describe, it, expect } from 'vitest';
+import { expectCode } from '../helpers.js';
 import { randomBytes, createHmac, hkdfSync } from 'node:crypto';
 import { FrameSealer, FrameOpener, DIR_CLIENT_TO_SERVER, DIR_SERVER_TO_CLIENT } from '../../src/protocol/seal.js';
 import {
@@ -26,17 +27,6 @@ import {
 } from '../../src/protocol/messages.js';
 import { SnapferryError, ErrorCodes } from '../../src/util/errors.js';
 
-function expectCode(fn: () => unknown, code: string): SnapferryError {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (e) {
-    caught = e;
-  }
-  expect(caught, 'expected a throw').toBeInstanceOf(SnapferryError);
-  expect((caught as SnapferryError).code).toBe(code);
-  return caught as SnapferryError;
-}
 const PROTOCOL = ErrorCodes.PROTOCOL;
 
 // ---------- seal ----------

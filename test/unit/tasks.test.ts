@@ -1,4 +1,5 @@
 import { describe, it, expect, beforeAll, afterAll, vi } from 'vitest';
+import { expectCode } from '../helpers.js';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -75,17 +76,6 @@ function targetPath(name = `t${fileCounter++}`): string {
   return path.join(dir, name);
 }
 
-function expectCode(fn: () => unknown, code: string): SnapferryError {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (e) {
-    caught = e;
-  }
-  expect(caught, 'expected a throw').toBeInstanceOf(SnapferryError);
-  expect((caught as SnapferryError).code).toBe(code);
-  return caught as SnapferryError;
-}
 
 function chunksOf(data: Buffer, params: ChunkParams = DEFAULT_CHUNK_PARAMS) {
   const lens = chunkLengths(data, params);
