@@ -334,7 +334,8 @@ export function checkParentWritable(paths: StatePaths): void {
   const parent = path.dirname(paths.dir);
   try {
     fs.accessSync(parent, fs.constants.W_OK | fs.constants.X_OK);
-  } catch {
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') fail(ErrorCodes.DIR_NOT_WRITABLE, `folder ${parent} does not exist (create it first)`);
     fail(ErrorCodes.DIR_NOT_WRITABLE, `cannot write into ${parent} (where ${path.basename(paths.dir)} and its state live)`);
   }
 }

@@ -128,6 +128,15 @@ describe('seed over WebSocket (CLI, two processes)', () => {
     expect(fs.existsSync(dest)).toBe(false);
   });
 
+  it('says when the folder meant to hold DIR does not exist, and creates nothing', async () => {
+    const missing = path.join(tmp.dir, 'no-such-parent');
+    const r = await runCli(['pull', served.url, 'acme', path.join(missing, 'acme'), '--secret', key]);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    expect(r.stderr).toMatch(/no-such-parent does not exist.*SNAPFERRY_E_DIR_NOT_WRITABLE/);
+    expect(fs.existsSync(missing)).toBe(false);
+  });
+
   it('refuses a port already in use', async () => {
     const port = new URL(served.url).port;
     const r = await runCli(['serve', '--listen', `127.0.0.1:${port}`, '--secret', key, '--company', `acme=${company}`], { timeoutMs: 20_000 });
