@@ -104,7 +104,8 @@ export function buildProgram(): Command {
     .option('--level <n>', 'zstd level for chunk data, or "none" (default: adapted to the link: 1, -1 or none)')
     .option('--max-connections <n>', 'connections at once', '256')
     .option('--settle-timeout <seconds>', 'how long a file that keeps changing may delay a generation', '30')
-    .action(async (o: { listen: string; secret: string; company: string[]; bwlimit?: string; level?: string; maxConnections: string; settleTimeout: string }) => {
+    .option('--cache-dir <dir>', 'keep the scan cache here, so a restarted site re-reads only what changed')
+    .action(async (o: { listen: string; secret: string; company: string[]; bwlimit?: string; level?: string; maxConnections: string; settleTimeout: string; cacheDir?: string }) => {
       const { host, port } = parseListen(o.listen);
       const secret = readSecret(o.secret);
       const companies = parseCompanies(o.company);
@@ -117,6 +118,7 @@ export function buildProgram(): Command {
         level: o.level === undefined ? undefined : o.level === 'none' ? NO_COMPRESSION : parseLevel(o.level),
         maxConnections: Number(o.maxConnections),
         settleTimeoutMs: Number(o.settleTimeout) * 1000,
+        cacheDir: o.cacheDir ? path.resolve(o.cacheDir) : undefined,
         log: (line) => process.stderr.write(`${new Date().toISOString()} ${line}\n`),
       });
       const url = await server.start();

@@ -48,8 +48,8 @@ const KIND_CODE: Record<EntryKind, number> = { file: 1, dir: 2, symlink: 3 };
 const CODE_KIND: Record<number, EntryKind> = { 1: 'file', 2: 'dir', 3: 'symlink' };
 const END = 0xff;
 
-/** A growable byte buffer for encoders. */
-class Writer {
+/** A growable byte buffer for encoders (also used for the site's scan cache file). */
+export class Writer {
   private buf = Buffer.allocUnsafe(1 << 16);
   private len = 0;
   private ensure(n: number): void {

@@ -11,15 +11,8 @@ import { Entry, Manifest, encodeManifest, rootHashOf, comparePaths, checkTree } 
 import { WorkerPool } from '../work/pool.js';
 import type { ChunkSegmentResult, ChunkFilesResult } from '../work/tasks.js';
 import { fail, ErrorCodes, SnapferryError } from '../util/errors.js';
+import { CachedFile, loadScanCache, saveScanCache } from './cachefile.js';
 
-interface CachedFile {
-  size: number;
-  mtimeNs: bigint;
-  ctimeNs: bigint;
-  ino: bigint;
-  lens: Uint32Array;
-  ids: BigUint64Array;
-}
 
 /** A scanned generation, ready to serve. */
 export interface Generation {
@@ -82,11 +75,32 @@ export class CompanyScanner {
   /** Bytes read by the last scan (0 when everything came from the cache). */
   lastBytesRead = 0;
 
+  /**
+   * @param cacheFile where to keep the scan cache across restarts (serve --cache-dir); memory only when undefined
+   */
   constructor(
     readonly root: string,
     private readonly pool: WorkerPool,
     private readonly params: ChunkParams = DEFAULT_CHUNK_PARAMS,
-  ) {}
+    private readonly cacheFile?: string,
+  ) {
+    if (cacheFile) {
+      const saved = loadScanCache(cacheFile, root, params);
+      if (saved) {
+        this.cache = saved.files;
+        this.generationNo = saved.generation;
+        this.savedRoot = saved.rootHash;
+      }
+    }
+  }
+
+  /** Root hash of the generation the cache file was saved with (keeps the generation number across restarts). */
+  private savedRoot = '';
+
+  /** Forgets what is cached for one file (its bytes did not match what the cache said): it is read again next scan. */
+  invalidate(rel: string): void {
+    this.cache.delete(rel);
+  }
 
   /** The newest generation scanned, if any. */
   get current(): Generation | undefined {
@@ -189,7 +203,16 @@ export class CompanyScanner {
     }
     const encoded = encodeManifest(manifest);
     const rootHash = rootHashOf(encoded);
-    if (!this.last || this.last.rootHash !== rootHash) this.generationNo++;
+    const previous = this.last?.rootHash ?? this.savedRoot;
+    if (previous !== rootHash) this.generationNo++;
+    if (this.cacheFile && (previous !== rootHash || this.lastBytesRead > 0)) {
+      try {
+        saveScanCache(this.cacheFile, { root: this.root, params: this.params, generation: this.generationNo, rootHash, files: this.cache });
+        this.savedRoot = rootHash;
+      } catch {
+        /* a cache that cannot be written only costs a re-read after a restart */
+      }
+    }
     this.last = { manifest, encoded, rootHash, generation: this.generationNo, absPaths, scannedAt: started };
     return this.last;
   }

@@ -62,6 +62,8 @@ export interface ServeOptions {
   settleTimeoutMs?: number;
   /** Watch the companies and re-index them as they change (default true). */
   watch?: boolean;
+  /** Keep each company's scan cache in this folder, so a restarted site re-reads only what changed. */
+  cacheDir?: string;
   log?: (line: string) => void;
 }
 
@@ -152,6 +154,13 @@ export class SnapferryServer {
 
   /** Checks the companies, binds the port, and starts indexing the companies in the background. */
   async start(): Promise<string> {
+    if (this.opts.cacheDir) {
+      try {
+        fs.mkdirSync(this.opts.cacheDir, { recursive: true, mode: 0o700 });
+      } catch (err) {
+        fail(ErrorCodes.USAGE, `--cache-dir ${this.opts.cacheDir} cannot be made: ${(err as Error).message}`);
+      }
+    }
     for (const [name, dir] of this.opts.companies) {
       let real: string;
       try {
@@ -160,7 +169,8 @@ export class SnapferryServer {
       } catch (err) {
         fail(ErrorCodes.USAGE, `company ${name}: folder ${dir} cannot be served (${(err as Error).message})`);
       }
-      this.companies.set(name, { name, scanner: new CompanyScanner(real, this.pool), layouts: new WeakMap(), readers: new Map() });
+      const cacheFile = this.opts.cacheDir ? path.join(this.opts.cacheDir, `${name}.scan`) : undefined;
+      this.companies.set(name, { name, scanner: new CompanyScanner(real, this.pool, undefined, cacheFile), layouts: new WeakMap(), readers: new Map() });
     }
     // Idle or slow HTTP clients must not hold sockets for long: Node checks header and request deadlines every second.
     const server = http.createServer({ connectionsCheckingInterval: 1000, headersTimeout: 10_000, requestTimeout: 10_000 }, (_req, res) => {
@@ -205,7 +215,7 @@ export class SnapferryServer {
     this.url = `ws://${host}:${addr.port}`;
     for (const c of this.companies.values()) {
       c.scanner.scan({ settleTimeoutMs: this.opts.settleTimeoutMs }).then(
-        (g) => this.log(`indexed ${c.name}: generation ${g.generation}, ${g.manifest.entries.length} entries`),
+        (g) => this.log(`indexed ${c.name}: generation ${g.generation}, ${g.manifest.entries.length} entries, ${c.scanner.lastBytesRead} bytes read`),
         (err) => this.log(`indexing ${c.name} failed: ${toSnapferryError(err).message}`),
       );
       // Keep the index current as the company changes, so a pull finds its generation ready (and followers hear of it).
@@ -463,7 +473,9 @@ export class SnapferryServer {
     };
     const result = await (shared ? this.cache.get(key, read) : read());
     if ('stale' in result) {
-      await session.sendJson(MsgType.STALE, { reqId: req.reqId, path: path.relative(company.scanner.root, result.stale) });
+      const rel = path.relative(company.scanner.root, result.stale).split(path.sep).join('/');
+      company.scanner.invalidate(rel);
+      await session.sendJson(MsgType.STALE, { reqId: req.reqId, path: rel });
       return;
     }
     const payload = Buffer.from(result.payload.buffer, result.payload.byteOffset, result.payload.byteLength);
@@ -494,7 +506,9 @@ export class SnapferryServer {
     });
     const result = await this.pool.run<MakePatchResult>({ kind: 'makePatch', runs, blockSize: req.blockSize, level: this.levelFor(session) });
     if ('stale' in result) {
-      await session.sendJson(MsgType.STALE, { reqId: req.reqId, path: path.relative(company.scanner.root, result.stale) });
+      const rel = path.relative(company.scanner.root, result.stale).split(path.sep).join('/');
+      company.scanner.invalidate(rel);
+      await session.sendJson(MsgType.STALE, { reqId: req.reqId, path: rel });
       return;
     }
     const payload = Buffer.from(result.payload.buffer, result.payload.byteOffset, result.payload.byteLength);

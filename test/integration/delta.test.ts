@@ -159,4 +159,33 @@ describe('delta sync after the seed', () => {
       await served.stop();
     }
   });
+
+  it('serve --cache-dir: a restarted site re-reads nothing unchanged and keeps numbering generations', async () => {
+    const src = path.join(tmp.dir, 'cache-src', 'acme');
+    await makeCompany(src, 4, 61);
+    const cacheDir = path.join(tmp.dir, 'cache-dir');
+    const args = ['--secret', key, '--company', `acme=${src}`, '--cache-dir', cacheDir];
+    const waitIndexed = async (s: Served) => waitFor(() => /indexed acme/.test(s.stderr()), 20_000);
+    const first = await startServe(args);
+    await waitIndexed(first);
+    expect(first.stderr()).toMatch(/indexed acme: generation 1, \d+ entries, [1-9]\d* bytes read/);
+    const dest = path.join(tmp.dir, 'cache-dst', 'acme');
+    fs.mkdirSync(path.dirname(dest));
+    expect((await runCli(['pull', first.url, 'acme', dest, '--secret', key])).code).toBe(0);
+    await first.stop();
+    fs.appendFileSync(path.join(src, 'Journal.log'), 'VCH|after restart\n');
+    const second = await startServe(args);
+    try {
+      await waitIndexed(second);
+      // Only the appended journal is read again (its size changed); every other file comes from the cache file.
+      const read = Number(/indexed acme: generation 2, \d+ entries, (\d+) bytes read/.exec(second.stderr())?.[1]);
+      expect(read).toBe(fs.statSync(path.join(src, 'Journal.log')).size);
+      const r = await runCli(['pull', second.url, 'acme', dest, '--secret', key, '--json']);
+      expect(r.code, r.stderr).toBe(0);
+      expect(JSON.parse(r.stdout).generation).toBe(2);
+      expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
+    } finally {
+      await second.stop();
+    }
+  });
 });
