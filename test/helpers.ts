@@ -173,3 +173,18 @@ export function expectCode(fn: () => unknown, code: string): SnapferryError {
   expect((caught as SnapferryError).code).toBe(code);
   return caught as SnapferryError;
 }
+
+/** Deterministic pseudo-random bytes (xorshift32), so failures reproduce. */
+export function prng(n: number, seed = 1): Buffer {
+  const out = Buffer.allocUnsafe(n);
+  let s = seed >>> 0 || 1;
+  for (let i = 0; i < n; i++) {
+    s ^= s << 13;
+    s >>>= 0;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    s >>>= 0;
+    out[i] = s & 0xff;
+  }
+  return out;
+}

@@ -177,6 +177,13 @@ function readBuffer(ctx: JobContext, n: number): Buffer {
   return ctx.readBuffer.subarray(0, n);
 }
 
+/** Total length of a list of chunks. */
+function sumOf(lens: Uint32Array): number {
+  let n = 0;
+  for (let i = 0; i < lens.length; i++) n += lens[i]!;
+  return n;
+}
+
 function readExactly(fd: number, buf: Uint8Array, position: number): number {
   let done = 0;
   while (done < buf.length) {
@@ -248,8 +255,7 @@ function chunkFiles(ctx: JobContext, j: ChunkFilesJob): ChunkFilesResult {
 }
 
 function readPack(ctx: JobContext, j: ReadPackJob): ReadPackResult {
-  let rawLen = 0;
-  for (let i = 0; i < j.lens.length; i++) rawLen += j.lens[i]!;
+  const rawLen = sumOf(j.lens);
   const raw = readBuffer(ctx, rawLen);
   const fds = new Map<number, number>();
   try {
@@ -279,8 +285,7 @@ function readPack(ctx: JobContext, j: ReadPackJob): ReadPackResult {
 }
 
 function writePack(ctx: JobContext, j: WritePackJob): WritePackResult {
-  let expected = 0;
-  for (let i = 0; i < j.lens.length; i++) expected += j.lens[i]!;
+  const expected = sumOf(j.lens);
   if (expected !== j.rawLen) fail(ErrorCodes.BAD_CHUNK, 'pack size does not match the chunks asked for');
   const payload = j.payload.subarray(j.payloadOffset ?? 0);
   const raw = j.compressed ? ctx.decompressor.decompressScratch(payload, j.rawLen) : payload;
@@ -402,12 +407,6 @@ function blockSigs(ctx: JobContext, j: BlockSigsJob): Uint32Array[] {
     for (let b = 0; b < starts.length; b++) if (starts[b]! >= bytes.length) sigs[b] = 0;
     return sigs;
   });
-}
-
-function sumOf(lens: Uint32Array): number {
-  let n = 0;
-  for (let i = 0; i < lens.length; i++) n += lens[i]!;
-  return n;
 }
 
 function makePatch(ctx: JobContext, j: MakePatchJob): MakePatchResult {

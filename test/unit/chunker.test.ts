@@ -1,4 +1,5 @@
 import { describe, it, expect, beforeAll } from 'vitest';
+import { prng as prngFrom } from '../helpers.js';
 import {
   chunkLengths,
   DEFAULT_CHUNK_PARAMS,
@@ -8,20 +9,9 @@ import {
 } from '../../src/chunk/chunker.js';
 import { loadHasher, idHex, type Hasher } from '../../src/chunk/hash.js';
 
-/** Deterministic pseudo-random bytes (xorshift32), so failures reproduce. */
-function prng(n: number, seed = 0x12345678): Uint8Array {
-  const out = new Uint8Array(n);
-  let s = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    out[i] = s & 0xff;
-  }
-  return out;
-}
+/** Deterministic pseudo-random bytes (the shared generator, this file's default seed). */
+const prng = (n: number, seed = 0x12345678): Buffer => prngFrom(n, seed);
+
 
 function sum(a: number[]): number {
   return a.reduce((x, y) => x + y, 0);

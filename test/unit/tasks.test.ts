@@ -1,5 +1,5 @@
 import { describe, it, expect, beforeAll, afterAll, vi } from 'vitest';
-import { expectCode } from '../helpers.js';
+import { expectCode, prng } from '../helpers.js';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -37,19 +37,6 @@ afterAll(() => {
 
 // ---------- helpers ----------
 
-function prng(n: number, seed = 1): Buffer {
-  const out = Buffer.allocUnsafe(n);
-  let s = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    out[i] = s & 0xff;
-  }
-  return out;
-}
 
 /** Compressible, XML-ish bytes that still chunk at content-defined points. */
 function textish(n: number, seed = 1): Buffer {
