@@ -70,6 +70,8 @@ export interface ServeOptions {
 interface Company {
   name: string;
   scanner: CompanyScanner;
+  /** The last generation logged as indexed. */
+  saidGeneration?: number;
   layouts: WeakMap<Generation, Layout>;
   /** Started on the first follower; announces new generations. */
   watcher?: CompanyWatcher;
@@ -215,7 +217,7 @@ export class SnapferryServer {
     this.url = `ws://${host}:${addr.port}`;
     for (const c of this.companies.values()) {
       c.scanner.scan({ settleTimeoutMs: this.opts.settleTimeoutMs }).then(
-        (g) => this.log(`indexed ${c.name}: generation ${g.generation}, ${g.manifest.entries.length} entries, ${c.scanner.lastBytesRead} bytes read`),
+        (g) => this.sayIndexed(c, g),
         (err) => this.log(`indexing ${c.name} failed: ${toSnapferryError(err).message}`),
       );
       // Keep the index current as the company changes, so a pull finds its generation ready (and followers hear of it).
@@ -352,6 +354,13 @@ export class SnapferryServer {
     }
   }
 
+  /** Logs a generation once, whichever of the first scan and the watcher finds it first. */
+  private sayIndexed(c: Company, g: Generation): void {
+    if (c.saidGeneration === g.generation) return;
+    c.saidGeneration = g.generation;
+    this.log(`indexed ${c.name}: generation ${g.generation}, ${g.manifest.entries.length} entries, ${c.scanner.lastBytesRead} bytes read`);
+  }
+
   /**
    * A follower waits for a generation other than the one it holds: told at once if the company already moved on,
    * otherwise as soon as the watcher announces one.
@@ -360,6 +369,8 @@ export class SnapferryServer {
     if (!c.watcher) {
       c.watcher = new CompanyWatcher(c.scanner, { settleTimeoutMs: this.opts.settleTimeoutMs });
       c.watcher.on('error', (err) => this.log(`watching ${c.name}: ${toSnapferryError(err).message}`));
+      // Said the same way as the first index, so an operator (and the bench) sees when a change is ready to pull.
+      c.watcher.on('generation', (g: Generation) => this.sayIndexed(c, g));
       c.watcher.setMaxListeners(0);
       c.watcher.start();
     }
