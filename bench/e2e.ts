@@ -315,6 +315,22 @@ async function companyCycle(ctx: E2EContext, link: Link, dir: string, sizeMiB: n
     }
     if (useRs) daemon = await RsyncDaemon.start(dir, path.join(dir, 'rsync-root'), link, await ports.get(), 30_000);
 
+    // A site indexes its company in the background (at start, then as files change), the way it runs in an office:
+    // the branch's pull is timed from its request, and the site's indexing is recorded beside it ("site-index") and
+    // added to the pull in the "+index" rows, so both readings are in the table.
+    const sfIndex = async (scenario: 'seed' | 'delta', after: number): Promise<number | undefined> => {
+      if (!serve) return undefined;
+      const w = await sf.waitIndexed(serve.server, after, T);
+      R.add(`site-index-${scenario}`, L, 'snapferry', { run, ok: w.ok, note: w.ok ? undefined : 'the site did not say it had indexed', seconds: w.seconds, bytesOnWire: null, srcCpu: null, srcRssKiB: null, dstCpu: null, dstRssKiB: null });
+      if (w.ok) log(`  snapferry site indexed generation ${w.generation} in ${w.seconds.toFixed(2)} s`);
+      return w.ok ? w.seconds : undefined;
+    };
+    const withIndex = (scenario: 'seed' | 'delta', index: number | undefined): void => {
+      const s = R.get(scenario, L, 'snapferry').find((x) => x.run === run);
+      if (!s || index === undefined) return;
+      R.add(`${scenario}+index`, L, 'snapferry', { ...s, seconds: s.seconds + index });
+    };
+
     const sfStep = async (scenario: string, record: boolean, cmd: 'pull' | 'repair' = 'pull', check?: () => string | undefined): Promise<sf.PullJson | undefined> => {
       if (!serve) return undefined;
       if (cmd === 'repair' && ctx.sfMissing.has('repair')) return undefined;
@@ -348,6 +364,7 @@ async function companyCycle(ctx: E2EContext, link: Link, dir: string, sizeMiB: n
 
     // seed (always recorded when it runs: the repair and delta checks compare with it)
     let seedJson: sf.PullJson | undefined;
+    const seedIndex = await sfIndex('seed', 0);
     await pair(run, [
       async () => {
         seedJson = await sfStep('seed', true);
@@ -355,6 +372,7 @@ async function companyCycle(ctx: E2EContext, link: Link, dir: string, sizeMiB: n
       () => rsStep('seed', true),
       has(ctx, 'seed') && tool(ctx, 'tar') && tarStep,
     ]);
+    withIndex('seed', seedIndex);
 
     // delta
     if (has(ctx, 'delta')) {
@@ -363,12 +381,14 @@ async function companyCycle(ctx: E2EContext, link: Link, dir: string, sizeMiB: n
       const m = await mutateCompany(SRC, 2);
       log(`  mutated: ${m.bytesChanged} B of pages, +${m.added.length} -${m.deleted.length} files, ${m.renamed.length} renamed (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
       let deltaJson: sf.PullJson | undefined;
+      const deltaIndex = await sfIndex('delta', Number(seedJson?.generation ?? 1));
       await pair(run, [
         async () => {
           deltaJson = await sfStep('delta', true);
         },
         () => rsStep('delta', true),
       ]);
+      withIndex('delta', deltaIndex);
       if (seedJson && deltaJson && String(seedJson.generation) === String(deltaJson.generation))
         R.note(`snapferry delta on ${L}: the server offered the same generation after the company changed (${deltaJson.generation})`);
     }

@@ -183,6 +183,8 @@ const VS_RSYNC: VsRsync[] = [
   { scenario: 'seed', metric: 'seconds', floor: { loopback: 1.0, shaped: 0.8 }, source: 'issue 2 (<= 1.0x on 127.0.0.1, aim 0.8x); issue 5 (<= 0.8x on the shaped link)' },
   { scenario: 'seed', metric: 'bytesOnWire', floor: { loopback: null, shaped: null }, source: 'informational' },
   { scenario: 'seed', metric: 'cpuSeconds', floor: { loopback: null, shaped: null }, source: 'informational (both sides)' },
+  { scenario: 'seed+index', metric: 'seconds', floor: { loopback: null, shaped: null }, source: "informational: the pull plus the site's first index of the company (rsync has no index)" },
+  { scenario: 'delta+index', metric: 'seconds', floor: { loopback: null, shaped: null }, source: "informational: the pull plus the site's re-index after the change (incl. its settle delay)" },
   { scenario: 'delta', metric: 'bytesOnWire', floor: { loopback: 1.0, shaped: 1.0 }, source: "issue 3 (<= rsync's total bytes sent, aim 0.7x)" },
   { scenario: 'delta', metric: 'seconds', floor: { loopback: 0.7, shaped: null }, source: 'issue 3 (<= 0.7x on 127.0.0.1)' },
   { scenario: 'unchanged', metric: 'seconds', floor: { loopback: 2.0, shaped: null }, source: "issue 3 (<= 2x rsync's unchanged re-run)" },
@@ -207,7 +209,7 @@ export function computeChecks(r: Results, links: string[], fanoutN: number): Che
   const out: Check[] = [];
   for (const link of links) {
     for (const v of VS_RSYNC) {
-      const value = r.pairedRatio(v.scenario, link, 'snapferry', 'rsync', M[v.metric]);
+      const value = r.pairedRatio(v.scenario, link, 'snapferry', 'rsync', M[v.metric], v.scenario.replace('+index', ''));
       if (value === null) continue;
       const floor = v.floor[link as LinkName] ?? null;
       out.push({

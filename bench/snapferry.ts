@@ -69,6 +69,22 @@ export async function startServe(
 }
 
 /**
+ * Waits until the site logs "indexed NAME: generation G" with G > after (serve logs each generation it indexes, at
+ * start and as the company changes); seconds counted from the call.
+ */
+export async function waitIndexed(server: Server, after: number, timeoutMs: number): Promise<{ ok: boolean; seconds: number; generation: number }> {
+  const t0 = performance.now();
+  for (;;) {
+    let gen = 0;
+    for (const m of server.stderr.matchAll(/indexed \S+: generation (\d+)/g)) gen = Math.max(gen, Number(m[1]));
+    const seconds = (performance.now() - t0) / 1000;
+    if (gen > after) return { ok: true, seconds, generation: gen };
+    if (!server.alive || seconds * 1000 > timeoutMs) return { ok: false, seconds, generation: gen };
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+/**
  * rsync and the tar pipeline do not flush to disk; neither does snapferry here unless the bench runs with --durable
  * (snapferry's default), so that the tools are compared at the same durability.
  */
