@@ -1,7 +1,8 @@
 /**
  * Micro benchmarks of the hot path, in process, on generated company data (MB = 10^6 bytes):
  *  - chunker MB/s and chunk size distribution (p10/p50/p90), beside a plain JS byte loop (the floor of any JS scan);
- *  - xxh64 MB/s on chunk-sized (16 KiB) and 1 MiB inputs, beside xxhash-wasm called directly;
+ *  - xxh64 MB/s on chunk-sized (16 KiB) and 1 MiB inputs (snapferry's hasher: native @node-rs/xxhash where it loads),
+ *    beside xxhash-wasm called directly;
  *  - zstd levels -3, -1, 1, 3 on 128 KiB inputs: ratio, compress and decompress MB/s, beside zstd-napi's simple API;
  *  - AEAD frame seal/open MB/s at 64 KiB and 1 MiB, beside a bare node:crypto AES-256-GCM call;
  *  - GET and DATA frame encode+decode rate;
@@ -157,7 +158,7 @@ export async function runMicro(o: MicroOptions): Promise<void> {
       }, minMs, 50);
       const label = size >= 1 << 20 ? '1 MiB' : `${size >> 10} KiB`;
       microSink ^= Number(x & 0xffffn);
-      add({ name: `xxh64 ${label}`, tool: 'snapferry', value: n / ours / MB, unit: 'MB/s', detail: 'loadHasher().h64' });
+      add({ name: `xxh64 ${label}`, tool: 'snapferry', value: n / ours / MB, unit: 'MB/s', detail: `loadHasher().h64 (${(hasher as { kind?: string }).kind ?? '?'})` });
       add({ name: `xxh64 ${label}`, tool: 'raw', value: n / raw / MB, unit: 'MB/s', detail: 'xxhash-wasm h64Raw' });
     }
   }

@@ -7,7 +7,7 @@ import {
   validateChunkParams,
   type ChunkParams,
 } from '../../src/chunk/chunker.js';
-import { loadHasher, idHex, type Hasher } from '../../src/chunk/hash.js';
+import { loadHasher, loadNative, loadWasm, idHex, type Hasher } from '../../src/chunk/hash.js';
 
 /** Deterministic pseudo-random bytes (the shared generator, this file's default seed). */
 const prng = (n: number, seed = 0x12345678): Buffer => prngFrom(n, seed);
@@ -223,6 +223,21 @@ describe('validateChunkParams', () => {
 describe('hash', () => {
   it('loadHasher returns the same instance each time', async () => {
     expect(await loadHasher()).toBe(hasher);
+  });
+
+  it('the native and the WebAssembly hashers agree on every length and alignment (sites may run either)', async () => {
+    const wasm = await loadWasm();
+    const native = await loadNative().catch(() => undefined);
+    if (!native) return void console.warn('no prebuilt @node-rs/xxhash binary on this platform: only the WebAssembly hasher is checked');
+    expect(native.kind).toBe('native');
+    const data = prng(70_000, 11);
+    for (const len of [0, 1, 3, 4, 7, 8, 15, 16, 31, 32, 33, 63, 64, 1023, 1024, 4096, 16_384, 65_536]) {
+      for (const at of [0, 1, 5]) {
+        const view = data.subarray(at, at + len);
+        expect(native.h64(view)).toBe(wasm.h64(view));
+        expect(native.h32(view)).toBe(wasm.h32(view));
+      }
+    }
   });
 
   it('xxh64 known answers (seed 0)', () => {
