@@ -8,16 +8,11 @@ import path from 'node:path';
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { writeNewSecret, readSecret } from './secret.js';
-import { SnapferryServer } from '../sync/server.js';
-import { pull, PullResult, PullProgress, PullOptions } from '../sync/pull.js';
+// Each command loads its own modules when it runs (import() below): start-up counts in a short `verify --deep`.
+import type { PullResult, PullProgress, PullOptions } from '../sync/pull.js';
+import type { VerifyResult } from '../sync/verify.js';
 import { progressLine, summary } from './progress.js';
-import { runDemo } from './demo.js';
-import { follow } from '../sync/follow.js';
-import { verifyDir, VerifyResult } from '../sync/verify.js';
-import { formatBytes } from '../util/rate.js';
-import { makeCompany, mutateCompany, makeSmallFiles } from '../gen/company.js';
-import { parseRate } from '../util/rate.js';
-import { NO_COMPRESSION } from '../work/tasks.js';
+import { formatBytes, parseRate } from '../util/rate.js';
 import { ErrorCodes, fail, toSnapferryError } from '../util/errors.js';
 
 function parseListen(text: string): { host: string; port: number } {
@@ -109,6 +104,8 @@ export function buildProgram(): Command {
       const { host, port } = parseListen(o.listen);
       const secret = readSecret(o.secret);
       const companies = parseCompanies(o.company);
+      const { SnapferryServer } = await import('../sync/server.js');
+      const { NO_COMPRESSION } = await import('../work/tasks.js');
       const server = new SnapferryServer({
         host,
         port,
@@ -169,12 +166,14 @@ export function buildProgram(): Command {
         const stop = new AbortController();
         process.once('SIGINT', () => stop.abort());
         process.once('SIGTERM', () => stop.abort());
+        const { follow } = await import('../sync/follow.js');
         await follow({ ...options, signal: stop.signal }, (r) => {
           progress.end();
           printPull(r, path.resolve(dir), o.json === true);
         });
         return;
       }
+      const { pull } = await import('../sync/pull.js');
       const r = await pull(options).finally(progress.end);
       printPull(r, path.resolve(dir), o.json === true);
     });
@@ -189,6 +188,7 @@ export function buildProgram(): Command {
     .action(async (dir: string, o: { deep?: boolean; json?: boolean; secret?: string }) => {
       let r: VerifyResult;
       try {
+        const { verifyDir } = await import('../sync/verify.js');
         const full = await verifyDir(dir, { deep: o.deep === true, secret: o.secret ? readSecret(o.secret) : undefined });
         const { good: _good, applied: _applied, ...rest } = full;
         r = rest;
@@ -222,6 +222,7 @@ export function buildProgram(): Command {
     .action(async (dir: string, url: string, name: string, o: { secret: string; json?: boolean; fsync: boolean }) => {
       const secret = readSecret(o.secret);
       const progress = progressLine(!o.json && process.stderr.isTTY === true);
+      const { pull } = await import('../sync/pull.js');
       const r = await pull({
         url,
         company: name,
@@ -250,6 +251,7 @@ export function buildProgram(): Command {
     .option('--dir <folder>', 'work in this folder (kept) instead of a temporary one')
     .option('--keep', 'keep the temporary folder')
     .action(async (o: { size: string; dir?: string; keep?: boolean }) => {
+      const { runDemo } = await import('./demo.js');
       await runDemo({ sizeMiB: Number(o.size), workdir: o.dir, keep: o.keep === true });
     });
 
@@ -279,6 +281,7 @@ export function buildProgram(): Command {
     .argument('[seed]', 'seed', '1')
     .addOption(new Option('--small-files <count>', 'instead, make COUNT small files'))
     .action(async (dir: string, size: string, seed: string, o: { smallFiles?: string }) => {
+      const { makeCompany, makeSmallFiles } = await import('../gen/company.js');
       const r = o.smallFiles ? await makeSmallFiles(dir, Number(o.smallFiles), Number(seed)) : await makeCompany(dir, Number(size), Number(seed));
       process.stdout.write(`${JSON.stringify(r)}\n`);
     });
@@ -289,6 +292,7 @@ export function buildProgram(): Command {
     .argument('<dir>')
     .argument('[seed]', 'seed', '2')
     .action(async (dir: string, seed: string) => {
+      const { mutateCompany } = await import('../gen/company.js');
       const r = await mutateCompany(dir, Number(seed));
       process.stdout.write(`${JSON.stringify({ bytesChanged: r.bytesChanged, deleted: r.deleted.length, added: r.added.length, renamed: r.renamed.length })}\n`);
     });

@@ -6,7 +6,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { StatePaths, readApplied, recover, recordAuthentic, DirLock, Applied } from '../store/state.js';
-import { WorkerPool } from '../work/pool.js';
+import { WorkerPool, defaultPoolSize } from '../work/pool.js';
+import { SharedRunner } from '../work/shared.js';
 import type { HashChunksResult } from '../work/tasks.js';
 import { Entry, comparePaths, appliedMode } from '../manifest/manifest.js';
 import { sameMtime } from './pull.js';
@@ -70,8 +71,9 @@ export async function verifyDir(dir: string, opts: VerifyOptions = {}): Promise<
     const damaged: Damage[] = [];
     const good: GoodChunks = new Map();
     let bytesRead = 0;
-    const ownPool = opts.deep && !opts.pool ? new WorkerPool() : undefined;
-    const pool = opts.pool ?? ownPool;
+    // This thread hashes too: one worker fewer than cores, and no wait for them to boot.
+    const ownPool = opts.deep && !opts.pool && defaultPoolSize() > 1 ? new WorkerPool(defaultPoolSize() - 1) : undefined;
+    const runner = opts.deep ? new SharedRunner(await SharedRunner.localContext(), opts.pool ?? ownPool) : undefined;
     try {
       const deepJobs: Array<Promise<void>> = [];
       const entries = applied.manifest.entries;
@@ -104,7 +106,7 @@ export async function verifyDir(dir: string, opts: VerifyOptions = {}): Promise<
           const stb = fs.lstatSync(abs, { bigint: true });
           if (!sameMtime(stb.mtimeNs, e.mtimeNs)) damaged.push({ path: e.path, problem: 'mtime-changed' });
         }
-        if (opts.deep && pool && e.size > 0) deepJobs.push(checkFile(pool, abs, e, i, opts.segmentBytes ?? 8 << 20, damaged, good).then((n) => void (bytesRead += n)));
+        if (runner && e.size > 0) deepJobs.push(checkFile(runner, abs, e, i, opts.segmentBytes ?? 8 << 20, damaged, good).then((n) => void (bytesRead += n)));
       }
       await Promise.all(deepJobs);
       for (const extra of extras(paths.dir, entries)) damaged.push({ path: extra, problem: 'extra' });
@@ -130,7 +132,7 @@ export async function verifyDir(dir: string, opts: VerifyOptions = {}): Promise<
 }
 
 /** Deep-checks one file in bounded segments; records good chunks and damaged ranges. Returns bytes read. */
-async function checkFile(pool: WorkerPool, abs: string, e: Entry, idx: number, segmentBytes: number, damaged: Damage[], good: GoodChunks): Promise<number> {
+async function checkFile(runner: SharedRunner, abs: string, e: Entry, idx: number, segmentBytes: number, damaged: Damage[], good: GoodChunks): Promise<number> {
   const lens = e.lens!;
   const ok = new Uint8Array(lens.length);
   const jobs: Array<Promise<{ first: number; r: HashChunksResult }>> = [];
@@ -141,7 +143,7 @@ async function checkFile(pool: WorkerPool, abs: string, e: Entry, idx: number, s
     let bytes = 0;
     while (end < lens.length && (end === first || bytes + lens[end]! <= segmentBytes)) bytes += lens[end++]!;
     const f = first;
-    jobs.push(pool.run<HashChunksResult>({ kind: 'hashChunks', path: abs, offset, lens: lens.slice(first, end) }).then((r) => ({ first: f, r })));
+    jobs.push(runner.run<HashChunksResult>({ kind: 'hashChunks', path: abs, offset, lens: lens.slice(first, end) }).then((r) => ({ first: f, r })));
     offset += bytes;
     first = end;
   }
