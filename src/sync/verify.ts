@@ -106,7 +106,7 @@ export async function verifyDir(dir: string, opts: VerifyOptions = {}): Promise<
           const stb = fs.lstatSync(abs, { bigint: true });
           if (!sameMtime(stb.mtimeNs, e.mtimeNs)) damaged.push({ path: e.path, problem: 'mtime-changed' });
         }
-        if (runner && e.size > 0) deepJobs.push(checkFile(runner, abs, e, i, opts.segmentBytes ?? 8 << 20, damaged, good).then((n) => void (bytesRead += n)));
+        if (runner && e.size > 0) deepJobs.push(checkFile(runner, abs, e, i, opts.segmentBytes ?? 64 << 20, damaged, good).then((n) => void (bytesRead += n)));
       }
       await Promise.all(deepJobs);
       for (const extra of extras(paths.dir, entries)) damaged.push({ path: extra, problem: 'extra' });

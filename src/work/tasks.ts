@@ -485,6 +485,9 @@ function applyPatch(ctx: JobContext, j: ApplyPatchJob): ApplyPatchResult {
   return { failed, written };
 }
 
+/** hashChunks reads a range in pieces of about this size through one descriptor, so the kernel's readahead keeps up. */
+const HASH_PIECE_BYTES = 8 << 20;
+
 function hashChunks(ctx: JobContext, j: HashChunksJob): HashChunksResult {
   const ids = new BigUint64Array(j.lens.length);
   let fd: number;
@@ -495,15 +498,23 @@ function hashChunks(ctx: JobContext, j: HashChunksJob): HashChunksResult {
   }
   let readable = 0;
   try {
-    let total = 0;
-    for (let i = 0; i < j.lens.length; i++) total += j.lens[i]!;
-    const buf = readBuffer(ctx, total);
-    readable = readExactly(fd, buf, j.offset);
-    let o = 0;
-    for (let i = 0; i < j.lens.length; i++) {
-      const end = o + j.lens[i]!;
-      ids[i] = end <= readable ? ctx.hasher.h64(buf.subarray(o, end)) : 0n;
-      o = end;
+    let pos = j.offset;
+    for (let i = 0; i < j.lens.length; ) {
+      let end = i;
+      let bytes = 0;
+      while (end < j.lens.length && (end === i || bytes + j.lens[end]! <= HASH_PIECE_BYTES)) bytes += j.lens[end++]!;
+      const buf = readBuffer(ctx, bytes);
+      const got = readExactly(fd, buf, pos);
+      let o = 0;
+      for (let k = i; k < end; k++) {
+        const e = o + j.lens[k]!;
+        ids[k] = e <= got ? ctx.hasher.h64(buf.subarray(o, e)) : 0n;
+        o = e;
+      }
+      readable += got;
+      if (got < bytes) break; // the file is shorter: the remaining ids stay 0 (never a chunk id we accept)
+      pos += bytes;
+      i = end;
     }
   } finally {
     fs.closeSync(fd);
