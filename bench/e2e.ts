@@ -247,6 +247,11 @@ export async function runLink(ctx: E2EContext, link: Link): Promise<void> {
         await guarded(ctx, `small files on ${link.name}, run ${run}`, () => smallFiles(ctx, link, dir, run, ports));
       }
     }
+    if (has(ctx, 'memory') && link.name === 'loopback') {
+      if (!tool(ctx, 'snapferry')) ctx.results.note('memory: needs snapferry, skipped');
+      else if (ctx.budget.spent) ctx.results.note('time budget spent: memory scaling skipped');
+      else await guarded(ctx, 'memory scaling', () => memoryScale(ctx, link, dir, ports));
+    }
     if (has(ctx, 'fanout')) {
       if (!tool(ctx, 'snapferry')) ctx.results.note('fanout: needs snapferry, skipped');
       else {
@@ -551,6 +556,43 @@ async function smallFiles(ctx: E2EContext, link: Link, dir: string, run: number,
 }
 
 /** One pull, then N concurrent pulls, each from a fresh serve process: the server's whole-life CPU. */
+/**
+ * Peak RSS against company size: a seed of the company and of one 4x its size (4 GiB in full mode), one run each
+ * (memory is not what a busy machine makes noisy). The serving side's figure is the whole process's peak, its
+ * first index included; the branch's is the pull's.
+ */
+async function memoryScale(ctx: E2EContext, link: Link, dir: string, ports: Ports): Promise<void> {
+  const { results: R, opts } = ctx;
+  const T = opts.stepTimeoutMs;
+  const L = link.name;
+  for (const [scenario, size] of [
+    ['memory-1x', opts.sizeMiB],
+    ['memory-4x', opts.sizeMiB * 4],
+  ] as const) {
+    await ctx.trash.ensureFree(2 * size * MiB + 2 * GiB);
+    const SRC = await ctx.data.company(size);
+    const dst = path.join(dir, `mem-${size}`);
+    let serve: { server: Server; url: string } | undefined;
+    log(`${L}: memory, seed of a ${size} MiB company`);
+    try {
+      serve = await sf.startServe({ co: SRC }, ctx.secret!, link, await ports.get(), 120_000);
+      await sf.waitIndexed(serve.server, 0, T);
+      const t = await sf.pull(serve.server, serve.url, 'co', dst, ctx.secret!, link, T);
+      const tot = serve.server.totals();
+      const sample = toSample(1, t);
+      sample.srcRssKiB = tot?.hwmKiB ?? sample.srcRssKiB;
+      sample.extra = { ...(sample.extra ?? {}), companyMiB: size };
+      R.add(scenario, L, 'snapferry', sample);
+      log(`  ${size} MiB: ${t.ok ? `${t.seconds.toFixed(2)} s, peak RSS site ${((sample.srcRssKiB ?? 0) / 1024).toFixed(0)} MiB, branch ${((sample.dstRssKiB ?? 0) / 1024).toFixed(0)} MiB` : t.note}`);
+    } catch (err) {
+      R.add(scenario, L, 'snapferry', { run: 1, ok: false, note: lastLine((err as Error).message), seconds: NaN, bytesOnWire: null, srcCpu: null, srcRssKiB: null, dstCpu: null, dstRssKiB: null });
+    } finally {
+      await serve?.server.stop();
+      await ctx.trash.put(dst);
+    }
+  }
+}
+
 async function fanout(ctx: E2EContext, link: Link, dir: string, sizeMiB: number, run: number, ports: Ports): Promise<void> {
   const { results: R, opts } = ctx;
   const T = opts.stepTimeoutMs;
@@ -565,12 +607,15 @@ async function fanout(ctx: E2EContext, link: Link, dir: string, sizeMiB: number,
     let serve: { server: Server; url: string } | undefined;
     try {
       serve = await sf.startServe({ co: SRC }, ctx.secret!, link, await ports.get(), 60_000);
+      // The site's first index is the same for 1 and for n pulls: measured apart, so the ratio is of the pulls alone.
+      await sf.waitIndexed(serve.server, 0, T);
+      const win = serve.server.window();
       const t0 = performance.now();
       const running = dsts.map((d) => sf.startPull(serve!.url, 'co', d, ctx.secret!, link, T));
       const rs = await Promise.all(running.map((x) => x.done));
       const wall = (performance.now() - t0) / 1000;
-      await new Promise((r) => setTimeout(r, 50));
-      const tot = serve.server.totals();
+      const usage = await win.stop(50);
+      const tot = { cpuSeconds: usage.cpuSeconds, hwmKiB: serve.server.totals()?.hwmKiB ?? usage.peakRssKiB };
       const errs = rs.map((r) => failure(r) ?? (sf.lastJson<sf.PullJson>(r.stdout) ? undefined : 'no JSON')).filter(Boolean);
       const wrong = errs.length ? undefined : dsts.map((d) => sameTree(SRC, d)).find(Boolean);
       const bytes = rs.reduce((a, r) => a + (sf.lastJson<sf.PullJson>(r.stdout)?.bytesOnWire ?? 0), 0);

@@ -242,6 +242,15 @@ export function computeChecks(r: Results, links: string[], fanoutN: number): Che
     const fan = r.pairedRatio(`fanout-${fanoutN}`, link, 'snapferry', 'snapferry', (s) => s.srcCpu, 'fanout-1');
     if (fan !== null)
       out.push({ name: `fan-out server CPU ${fanoutN} pulls / 1 pull`, scenario: 'fanout', link, metric: 'srcCpu', value: fan, floor: 2.5, source: 'issue 5 (<= 2.5x)', pass: verdict(fan, 2.5), chart: false, unit: 'x' });
+    for (const side of ['src', 'dst'] as const) {
+      const pick = (s: Sample) => (side === 'src' ? s.srcRssKiB : s.dstRssKiB);
+      const big = med(r.get('memory-4x', link, 'snapferry').filter((s) => s.ok).map(pick));
+      const small = med(r.get('memory-1x', link, 'snapferry').filter((s) => s.ok).map(pick));
+      if (big === null || small === null || small <= 0) continue;
+      const who = side === 'src' ? 'serving' : 'pulling';
+      out.push({ name: `peak RSS 4x company / 1x, ${who} side`, scenario: 'memory', link, metric: `${side}Rss`, value: big / small, floor: 1.0, source: 'issue 2 (no larger for a 4 GiB folder)', pass: verdict(big / small, 1.0), chart: false, unit: 'x' });
+      out.push({ name: `peak RSS 4x company, ${who} side`, scenario: 'memory', link, metric: `${side}Rss`, value: big / 1024, floor: 200, source: 'issue 2 (<= 200 MiB each side)', pass: verdict(big / 1024, 200), chart: false, unit: 'MiB' });
+    }
     for (const scen of ['seed', 'small-seed']) {
       const ss = r.get(scen, link, 'snapferry').filter((s) => s.ok);
       if (!ss.length) continue;
