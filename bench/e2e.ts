@@ -252,6 +252,11 @@ export async function runLink(ctx: E2EContext, link: Link): Promise<void> {
       else if (ctx.budget.spent) ctx.results.note('time budget spent: memory scaling skipped');
       else await guarded(ctx, 'memory scaling', () => memoryScale(ctx, link, dir, ports));
     }
+    if (has(ctx, 'follow') && link.name === 'loopback') {
+      if (!tool(ctx, 'snapferry')) ctx.results.note('follow: needs snapferry, skipped');
+      else if (ctx.budget.spent) ctx.results.note('time budget spent: follow skipped');
+      else await guarded(ctx, 'follow latency', () => followLatency(ctx, link, dir, ports));
+    }
     if (has(ctx, 'fanout')) {
       if (!tool(ctx, 'snapferry')) ctx.results.note('fanout: needs snapferry, skipped');
       else {
@@ -590,6 +595,61 @@ async function memoryScale(ctx: E2EContext, link: Link, dir: string, ports: Port
       await serve?.server.stop();
       await ctx.trash.put(dst);
     }
+  }
+}
+
+/** How many edits the follow scenario times (each bounded by the step timeout). */
+const FOLLOW_EDITS = 5;
+
+/**
+ * Follow latency: a branch runs `pull --follow`; the site's company is edited the way an accounting application
+ * writes (one 4 KiB page rewritten in place in the largest file); each sample is the time from the edit to the
+ * branch's summary line for the generation that carries it (issue 3: within 5 s, settle delay included).
+ */
+async function followLatency(ctx: E2EContext, link: Link, dir: string, ports: Ports): Promise<void> {
+  const { results: R, opts } = ctx;
+  const T = opts.stepTimeoutMs;
+  const L = link.name;
+  const SRC = path.join(dir, 'follow-src');
+  const dst = path.join(dir, 'follow-dst');
+  await ctx.trash.ensureFree(3 * opts.sizeMiB * MiB + 2 * GiB);
+  await copyTree(ctx, await ctx.data.company(opts.sizeMiB), SRC);
+  let serve: { server: Server; url: string } | undefined;
+  let follower: Server | undefined;
+  log(`${L}: follow, ${FOLLOW_EDITS} edits of a ${opts.sizeMiB} MiB company`);
+  try {
+    serve = await sf.startServe({ co: SRC }, ctx.secret!, link, await ports.get(), 60_000);
+    await sf.waitIndexed(serve.server, 0, T);
+    follower = await sf.startFollow(serve.url, 'co', dst, ctx.secret!, link, T);
+    const largest = fs
+      .readdirSync(SRC)
+      .map((n) => path.join(SRC, n))
+      .filter((p) => fs.statSync(p).isFile())
+      .sort((a, b) => fs.statSync(b).size - fs.statSync(a).size)[0]!;
+    const size = fs.statSync(largest).size;
+    const lines = () => follower!.stdout.split('\n').filter((l) => l.startsWith('{')).length;
+    for (let k = 1; k <= FOLLOW_EDITS; k++) {
+      const before = lines();
+      const page = Buffer.alloc(4096, 0x41 + k);
+      const fd = fs.openSync(largest, 'r+');
+      const t0 = performance.now();
+      fs.writeSync(fd, page, 0, page.length, Math.floor((size / (FOLLOW_EDITS + 1)) * k / 4096) * 4096);
+      fs.closeSync(fd);
+      while (lines() === before && follower.alive && performance.now() - t0 < Math.min(T, 60_000)) await new Promise((r) => setTimeout(r, 5));
+      const seconds = (performance.now() - t0) / 1000;
+      const ok = lines() > before;
+      R.add('follow', L, 'snapferry', { run: k, ok, note: ok ? undefined : follower.alive ? 'no new generation within 60 s' : 'pull --follow ended', seconds: ok ? seconds : NaN, bytesOnWire: null, srcCpu: null, srcRssKiB: null, dstCpu: null, dstRssKiB: null });
+      log(`  edit ${k}: ${ok ? `applied at the branch after ${seconds.toFixed(2)} s` : 'not applied'}`);
+      if (!ok) break;
+      await new Promise((r) => setTimeout(r, 300));
+    }
+    const diff = sameTree(SRC, dst);
+    if (diff) R.note(`follow: the branch differs from the site after the last edit: ${diff}`);
+  } finally {
+    await follower?.stop();
+    await serve?.server.stop();
+    await ctx.trash.put(dst);
+    await ctx.trash.put(SRC);
   }
 }
 

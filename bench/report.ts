@@ -71,7 +71,7 @@ export interface Check {
   pass: boolean | null;
   /** Shown on the SVG chart (snapferry/rsync ratios). */
   chart: boolean;
-  unit: 'x' | 'MiB' | '%';
+  unit: 'x' | 'MiB' | '%' | 's';
 }
 
 export class Results {
@@ -242,6 +242,9 @@ export function computeChecks(r: Results, links: string[], fanoutN: number): Che
     const fan = r.pairedRatio(`fanout-${fanoutN}`, link, 'snapferry', 'snapferry', (s) => s.srcCpu, 'fanout-1');
     if (fan !== null)
       out.push({ name: `fan-out server CPU ${fanoutN} pulls / 1 pull`, scenario: 'fanout', link, metric: 'srcCpu', value: fan, floor: 2.5, source: 'issue 5 (<= 2.5x)', pass: verdict(fan, 2.5), chart: false, unit: 'x' });
+    const fol = med(r.get('follow', link, 'snapferry').filter((s) => s.ok).map((s) => s.seconds));
+    if (fol !== null)
+      out.push({ name: 'follow: edit at the site to applied at the branch', scenario: 'follow', link, metric: 'seconds', value: fol, floor: 5, source: 'issue 3 (applied within 5 s)', pass: verdict(fol, 5), chart: false, unit: 's' });
     for (const side of ['src', 'dst'] as const) {
       const pick = (s: Sample) => (side === 'src' ? s.srcRssKiB : s.dstRssKiB);
       const big = med(r.get('memory-4x', link, 'snapferry').filter((s) => s.ok).map(pick));
@@ -330,11 +333,11 @@ export function renderRows(rows: Row[]): string {
 
 function fmtCheck(c: Check): string {
   if (c.value === null) return '-';
-  return c.unit === 'x' ? `${c.value.toFixed(2)}x` : c.unit === '%' ? `${c.value.toFixed(2)}%` : `${c.value.toFixed(0)} MiB`;
+  return c.unit === 'x' ? `${c.value.toFixed(2)}x` : c.unit === '%' ? `${c.value.toFixed(2)}%` : c.unit === 's' ? `${c.value.toFixed(2)} s` : `${c.value.toFixed(0)} MiB`;
 }
 function fmtFloor(c: Check): string {
   if (c.floor === null) return '-';
-  return c.unit === 'x' ? `<= ${c.floor.toFixed(2)}x` : c.unit === '%' ? `<= ${c.floor}%` : `<= ${c.floor} MiB`;
+  return c.unit === 'x' ? `<= ${c.floor.toFixed(2)}x` : c.unit === '%' ? `<= ${c.floor}%` : c.unit === 's' ? `<= ${c.floor} s` : `<= ${c.floor} MiB`;
 }
 
 export function renderChecks(checks: Check[]): string {

@@ -132,6 +132,11 @@ export async function pull(
 }
 
 /** Starts a pull without waiting (fan-out). */
+/** `pull --follow --json` as a long-running process; ready once its first summary line (the seed) is out. */
+export function startFollow(url: string, name: string, dir: string, secret: string, link: Link, timeoutMs: number): Promise<Server> {
+  return Server.start('snapferry pull --follow', process.execPath, [...pullArgs(url, name, dir, secret), '--follow'], { ns: link.dstNs, readyLine: /"generation"/, timeoutMs });
+}
+
 export function startPull(url: string, name: string, dir: string, secret: string, link: Link, timeoutMs: number) {
   return startTimed(process.execPath, pullArgs(url, name, dir, secret), { ns: link.dstNs, timeoutMs });
 }
