@@ -260,7 +260,7 @@ function readPack(ctx: JobContext, j: ReadPackJob): ReadPackResult {
   const fds = new Map<number, number>();
   try {
     let o = 0;
-    for (let i = 0; i < j.lens.length; i++) {
+    for (let i = 0; i < j.lens.length; ) {
       const pi = j.pathIdx[i]!;
       let fd = fds.get(pi);
       if (fd === undefined) {
@@ -271,10 +271,20 @@ function readPack(ctx: JobContext, j: ReadPackJob): ReadPackResult {
         }
         fds.set(pi, fd);
       }
-      const part = raw.subarray(o, o + j.lens[i]!);
+      // Chunks that follow each other in one file are read with one call (a pack is mostly such runs).
+      let end = i + 1;
+      let runLen = j.lens[i]!;
+      while (end < j.lens.length && j.pathIdx[end] === pi && j.offsets[end] === j.offsets[i]! + runLen) runLen += j.lens[end++]!;
+      const run = raw.subarray(o, o + runLen);
+      if (readExactly(fd, run, j.offsets[i]!) !== runLen) return { stale: j.paths[pi]! };
       // The company is live: a chunk whose bytes no longer match the scan means the file changed since. Never send it.
-      if (readExactly(fd, part, j.offsets[i]!) !== part.length || ctx.hasher.h64(part) !== j.ids[i]) return { stale: j.paths[pi]! };
-      o += part.length;
+      let c = 0;
+      for (let k = i; k < end; k++) {
+        if (ctx.hasher.h64(run.subarray(c, c + j.lens[k]!)) !== j.ids[k]) return { stale: j.paths[pi]! };
+        c += j.lens[k]!;
+      }
+      o += runLen;
+      i = end;
     }
   } finally {
     for (const fd of fds.values()) fs.closeSync(fd);
