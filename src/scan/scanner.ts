@@ -54,6 +54,22 @@ function sameStat(a: StatB, b: StatB): boolean {
   return a.size === b.size && a.mtimeNs === b.mtimeNs && a.ctimeNs === b.ctimeNs && a.ino === b.ino;
 }
 
+/**
+ * A file written less than this long ago may be half-way through an application's multi-write update (a ledger page
+ * and its index): it is read only once it has been quiet this long, and a read during which it was written is retried.
+ */
+export const QUIET_MS = 100;
+
+function ageMs(st: StatB): number {
+  return Date.now() - Number(st.mtimeNs / 1_000_000n);
+}
+
+/** Written within QUIET_MS (an mtime in the future, from another machine's clock, does not count as recent). */
+function justWritten(st: StatB): boolean {
+  const age = ageMs(st);
+  return age >= 0 && age < QUIET_MS;
+}
+
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Files up to this size are chunked in batches (a file this small is at most one segment). */
@@ -273,7 +289,7 @@ export class CompanyScanner {
         after = undefined;
       }
       const res = r.files[i]!;
-      if (res && after && sameStat(f.st, after)) {
+      if (res && after && sameStat(f.st, after) && !justWritten(after)) {
         this.lastBytesRead += f.e.size;
         f.e.lens = res.lens;
         f.e.ids = res.ids;
@@ -289,6 +305,20 @@ export class CompanyScanner {
   private async chunkFile(abs: string, rel: string, st0: StatB, e: Entry, started: number, settleTimeoutMs: number): Promise<CachedFile> {
     let before = st0;
     for (let attempt = 0; ; attempt++) {
+      if (justWritten(before)) {
+        // Written a moment ago: wait until it has been quiet for QUIET_MS before reading it at all.
+        if (Date.now() - started > settleTimeoutMs) fail(ErrorCodes.UNSTABLE_FILE, `${rel} kept changing for ${Math.round(settleTimeoutMs / 1000)} s while it was read; generation delayed, try again when it is idle`);
+        await sleep(QUIET_MS - ageMs(before) + 2);
+        let again: StatB;
+        try {
+          again = lstatCompact(abs);
+        } catch {
+          fail(ErrorCodes.UNSTABLE_FILE, `${rel} disappeared while it was read; try again`);
+        }
+        before = again;
+        attempt--;
+        continue;
+      }
       const size = Number(before.size);
       const segs: Array<Promise<ChunkSegmentResult>> = [];
       for (let off = 0; off < size; off += SEGMENT_SIZE) {
@@ -306,7 +336,7 @@ export class CompanyScanner {
       } catch {
         after = undefined;
       }
-      if (results && after && sameStat(before, after)) {
+      if (results && after && sameStat(before, after) && !justWritten(after)) {
         this.lastBytesRead += size;
         const n = results.reduce((s, r) => s + r.lens.length, 0);
         const lens = new Uint32Array(n);
