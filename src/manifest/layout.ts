@@ -30,12 +30,13 @@ export function layoutOf(m: Manifest): Layout {
   m.entries.forEach((e, ei) => {
     entryStart[ei] = g;
     if (!e.lens) return;
+    // Whole-array copies: reading ids one by one would make a BigInt per chunk.
+    len.set(e.lens, g);
+    id.set(e.ids!, g);
+    entry.fill(ei, g, g + e.lens.length);
     let o = 0;
     for (let i = 0; i < e.lens.length; i++, g++) {
-      entry[g] = ei;
       offset[g] = o;
-      len[g] = e.lens[i]!;
-      id[g] = e.ids![i]!;
       o += e.lens[i]!;
     }
   });

@@ -5,6 +5,7 @@
  */
 import { createHash } from 'node:crypto';
 import { fail, ErrorCodes } from '../util/errors.js';
+import { idWords } from './idindex.js';
 import { ChunkParams, DEFAULT_CHUNK_PARAMS, SEGMENT_SIZE, validateChunkParams } from '../chunk/chunker.js';
 
 export type EntryKind = 'file' | 'dir' | 'symlink';
@@ -47,6 +48,9 @@ const MAGIC = Buffer.from('SFM1');
 const KIND_CODE: Record<EntryKind, number> = { file: 1, dir: 2, symlink: 3 };
 const CODE_KIND: Record<number, EntryKind> = { 1: 'file', 2: 'dir', 3: 'symlink' };
 const END = 0xff;
+/** Which 32-bit half of a BigUint64Array element holds its low bits on this platform. */
+const LO = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1 ? 0 : 1;
+const HI = 1 - LO;
 
 /** A growable byte buffer for encoders (also used for the site's scan cache file). */
 export class Writer {
@@ -75,6 +79,16 @@ export class Writer {
   u64(v: bigint): void {
     this.ensure(8);
     this.buf.writeBigUInt64BE(v, this.len);
+    this.len += 8;
+  }
+  /**
+   * Writes id k of `words` (a BigUint64Array seen as 32-bit halves, see idindex.ts) as a big-endian u64, without
+   * making a BigInt: a manifest has one id per chunk.
+   */
+  u64At(words: Uint32Array, k: number): void {
+    this.ensure(8);
+    this.buf.writeUInt32BE(words[2 * k + HI]!, this.len);
+    this.buf.writeUInt32BE(words[2 * k + LO]!, this.len + 4);
     this.len += 8;
   }
   i64(v: bigint): void {
@@ -136,6 +150,15 @@ export class Reader {
     this.pos += 8;
     return v;
   }
+  /** Reads a big-endian u64 into id k of `words` (a BigUint64Array seen as 32-bit halves), without making a BigInt. */
+  u64Into(words: Uint32Array, k: number): void {
+    this.need(8);
+    const b = this.buf;
+    const p = this.pos;
+    words[2 * k + HI] = ((b[p]! << 24) | (b[p + 1]! << 16) | (b[p + 2]! << 8) | b[p + 3]!) >>> 0;
+    words[2 * k + LO] = ((b[p + 4]! << 24) | (b[p + 5]! << 16) | (b[p + 6]! << 8) | b[p + 7]!) >>> 0;
+    this.pos += 8;
+  }
   i64(): bigint {
     this.need(8);
     const v = Buffer.from(this.buf.buffer, this.buf.byteOffset + this.pos, 8).readBigInt64BE(0);
@@ -174,10 +197,11 @@ export function encodeManifest(m: Manifest): Buffer {
     if (e.kind === 'file') {
       w.varint(e.size);
       const lens = e.lens!;
+      const words = idWords(e.ids!);
       w.varint(lens.length);
       for (let i = 0; i < lens.length; i++) {
         w.varint(lens[i]!);
-        w.u64(e.ids![i]!);
+        w.u64At(words, i);
       }
     } else if (e.kind === 'symlink') {
       w.str(e.target!);
@@ -215,6 +239,7 @@ export function decodeManifest(buf: Uint8Array): Manifest {
       if (totalChunks > LIMITS.maxTotalChunks) fail(ErrorCodes.LIMIT, 'manifest has too many chunks');
       const lens = new Uint32Array(n);
       const ids = new BigUint64Array(n);
+      const words = idWords(ids);
       let sum = 0;
       for (let i = 0; i < n; i++) {
         const len = r.varint(params.maxSize);
@@ -225,7 +250,7 @@ export function decodeManifest(buf: Uint8Array): Manifest {
           fail(ErrorCodes.BAD_MANIFEST, `chunk shorter than the minimum in ${path}`);
         }
         lens[i] = len;
-        ids[i] = r.u64();
+        r.u64Into(words, i);
         sum += len;
       }
       if (sum !== e.size) fail(ErrorCodes.BAD_MANIFEST, `chunk lengths of ${path} do not add up to its size`);

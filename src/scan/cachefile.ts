@@ -6,6 +6,7 @@
  */
 import fs from 'node:fs';
 import { Writer, Reader } from '../manifest/manifest.js';
+import { idWords } from '../manifest/idindex.js';
 import type { ChunkParams } from '../chunk/chunker.js';
 import { writeFileDurable } from '../store/state.js';
 
@@ -48,9 +49,10 @@ export function saveScanCache(file: string, d: ScanCacheData): void {
     w.i64(f.ctimeNs);
     w.u64(f.ino);
     w.varint(f.lens.length);
+    const words = idWords(f.ids);
     for (let i = 0; i < f.lens.length; i++) {
       w.varint(f.lens[i]!);
-      w.u64(f.ids[i]!);
+      w.u64At(words, i);
     }
   }
   writeFileDurable(file, w.finish());
@@ -83,9 +85,10 @@ export function loadScanCache(file: string, root: string, params: ChunkParams): 
       const c = r.varint(r.remaining);
       const lens = new Uint32Array(c);
       const ids = new BigUint64Array(c);
+      const words = idWords(ids);
       for (let i = 0; i < c; i++) {
         lens[i] = r.varint();
-        ids[i] = r.u64();
+        r.u64Into(words, i);
       }
       files.set(path, { size, mtimeNs, ctimeNs, ino, lens, ids });
     }

@@ -31,6 +31,7 @@ import { Compressor } from '../work/zstd.js';
 import { SnapferryError, ErrorCodes, fail, toSnapferryError } from '../util/errors.js';
 import { TokenBucket } from '../util/rate.js';
 import { noteGarbage } from '../util/gc.js';
+import { capYoungGeneration } from './heap.js';
 
 /** Options of a serving site. */
 export interface ServeOptions {
@@ -150,7 +151,12 @@ export class SnapferryServer {
   }
 
   private get pool(): WorkerPool {
-    this.poolInstance ??= new WorkerPool(this.opts.workers);
+    if (!this.poolInstance) {
+      // Scans and long transfers would otherwise grow the main heap with the company (see heap.ts); before the pool,
+      // so that the workers' start is seen.
+      capYoungGeneration();
+      this.poolInstance = new WorkerPool(this.opts.workers);
+    }
     return this.poolInstance;
   }
 
