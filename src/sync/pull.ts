@@ -14,6 +14,7 @@ import { connect, SecureSession, printable } from './session.js';
 import { WorkerPool } from '../work/pool.js';
 import { Decompressor } from '../work/zstd.js';
 import { layoutOf, Layout } from '../manifest/layout.js';
+import { IdIndex, idWords } from '../manifest/idindex.js';
 import { appliedMode, decodeManifest, Entry, Manifest, rootHashOf, sameContent, totalBytes } from '../manifest/manifest.js';
 import {
   MsgType,
@@ -47,6 +48,7 @@ import { SEGMENT_SIZE } from '../chunk/chunker.js';
 import { SnapferryError, ErrorCodes, fail, toSnapferryError } from '../util/errors.js';
 import { TokenBucket } from '../util/rate.js';
 import { noteGarbage } from '../util/gc.js';
+import { capYoungGeneration } from './heap.js';
 
 /** Progress of a pull, reported as it goes. */
 export interface PullProgress {
@@ -118,6 +120,9 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Pulls with bounded retries: a dropped link resumes from the journal after a backoff. */
 export async function pull(opts: PullOptions): Promise<PullResult> {
+  // A big manifest and a long transfer would otherwise grow the main heap with the company (see heap.ts); first, so
+  // that every worker's start is seen.
+  capYoungGeneration();
   const paths = new StatePaths(opts.dir);
   const lock = new DirLock(paths);
   const started = performance.now();
@@ -161,15 +166,37 @@ export async function pull(opts: PullOptions): Promise<PullResult> {
   }
 }
 
-interface Need {
-  /** First occurrence (what GET asks for). */
-  g: number;
-  /** Occurrences to write. */
-  targets: number[];
-  /** Old file to patch against (same path, same offsets), if any. */
-  patchBase?: string;
+/** Where plan decided an occurrence of a chunk comes from (one byte per global chunk index). */
+const enum From {
+  /** Nothing to do: reused in place, hard-linked, already verified, or not a file's chunk. */
+  NONE = 0,
+  /** First occurrence of an id, fetched whole in a pack. */
+  GET = 1,
+  /** First occurrence of an id, fetched as a block patch against the old bytes at the same path and offset. */
+  PATCH = 2,
+  /** A later occurrence of an id being fetched: written by the same fetch (see `nextTarget`). */
+  DUP = 3,
+  /** Copied from bytes the puller already holds. */
+  COPY = 4,
 }
 
+/** A chunk the puller already holds: an index into the applied generation's layout (>= 0) or into partial chunks (-1 - k). */
+type LocalRef = number;
+
+/** Local files re-chunked or verified in repair, that may serve chunks and patch bases (see partialSources). */
+type Partial = Map<string, { abs: string; size: number; chunks: Array<{ id: bigint; offset: number }> }>;
+
+/** Chunks the puller already holds, found by id. */
+interface LocalChunks {
+  /** Trusted files of the applied generation: path -> entry index. */
+  oldByPath: Map<string, number>;
+  /** Layout of the applied generation, if any. */
+  oldLayout?: Layout;
+  /** Where the id of chunk g (given as id words) is held locally, if anywhere. */
+  find(words: Uint32Array, g: number): LocalRef | undefined;
+  /** File and offset of a local chunk. */
+  source(ref: LocalRef): { path: string; offset: number };
+}
 
 /** One attempt of a pull over one connection. */
 class PullRun {
@@ -287,11 +314,11 @@ class PullRun {
     this.progress('plan');
     this.opts.onPoint?.('plan');
     this.pool = new WorkerPool(this.opts.workers);
-    const needs = this.plan(encoded, await this.partialSources());
-    this.checkSpace(needs);
+    this.plan(encoded, await this.partialSources());
+    this.checkSpace();
     this.startReader();
     this.progress('transfer');
-    await this.transfer(needs);
+    await this.transfer();
     await this.flushJournal(true);
     await this.finishTree();
     await s.send(Buffer.from([MsgType.BYE])).catch(() => undefined);
@@ -390,8 +417,8 @@ class PullRun {
    * re-chunked here. Each serves as a patch base for its own path and as a source of chunks by id (copies are
    * verified against the id as they are made).
    */
-  private async partialSources(): Promise<Map<string, { abs: string; size: number; chunks: Array<{ id: bigint; offset: number }> }>> {
-    const out = new Map<string, { abs: string; size: number; chunks: Array<{ id: bigint; offset: number }> }>();
+  private async partialSources(): Promise<Partial> {
+    const out: Partial = new Map();
     if (!this.opts.repair) return out;
     if (this.applied && this.good) {
       const olds = this.applied.manifest.entries;
@@ -431,8 +458,12 @@ class PullRun {
     return out;
   }
 
-  /** Builds next/'s skeleton and decides where every chunk comes from. */
-  private plan(encoded: Buffer, partial: Map<string, { abs: string; size: number; chunks: Array<{ id: bigint; offset: number }> }>): Need[] {
+  /**
+   * Builds next/'s skeleton and decides where every chunk comes from, into per-chunk typed arrays (no object per chunk,
+   * so a branch's memory does not grow with the company): identical chunks are fetched once and written to every
+   * occurrence, chunks held locally are copied, changed chunks of files that existed are patched.
+   */
+  private plan(encoded: Buffer, partial: Partial): void {
     const p = this.paths;
     // Resume only into a next/ built for this very generation; anything else is discarded.
     let resumable = false;
@@ -451,25 +482,15 @@ class PullRun {
     }
     const L = this.layout;
     this.remaining = new Int32Array(this.m.entries.length);
-    const oldByPath = new Map<string, number>();
-    const localIndex = new Map<bigint, { path: string; offset: number }>();
-    if (this.applied) {
-      const olds = this.applied.manifest.entries;
-      for (let i = 0; i < olds.length; i++) {
-        const oe = olds[i]!;
-        if (oe.kind !== 'file' || !this.trusted(oe, i)) continue;
-        oldByPath.set(oe.path, i);
-        let o = 0;
-        const abs = path.join(p.dir, oe.path);
-        for (let k = 0; k < oe.lens!.length; k++) {
-          if (!localIndex.has(oe.ids![k]!)) localIndex.set(oe.ids![k]!, { path: abs, offset: o });
-          o += oe.lens![k]!;
-        }
-      }
-    }
-    for (const src of partial.values()) for (const c of src.chunks) if (!localIndex.has(c.id)) localIndex.set(c.id, { path: src.abs, offset: c.offset });
-    const needs = new Map<bigint, Need>();
-    const copies: Array<{ g: number; src: { path: string; offset: number } }> = [];
+    this.from = new Uint8Array(L.total);
+    this.nextTarget = new Int32Array(L.total).fill(-1);
+    // Last occurrence in each fetch's chain, so occurrences are appended in order (dropped after planning).
+    const tail = new Int32Array(L.total);
+    const words = idWords(L.id);
+    const local = this.localChunks(partial);
+    const fetched = new IdIndex(L.id, L.total);
+    const ol = local.oldLayout;
+    const oldWords = ol ? idWords(ol.id) : words;
     const baseCopies: Array<{ ei: number; from: string }> = [];
     for (let ei = 0; ei < this.m.entries.length; ei++) {
       const e = this.m.entries[ei]!;
@@ -482,7 +503,7 @@ class PullRun {
         if (!fs.existsSync(dst)) fs.symlinkSync(e.target!, dst);
         continue;
       }
-      const oi = oldByPath.get(e.path);
+      const oi = local.oldByPath.get(e.path);
       const old = oi === undefined ? undefined : this.applied!.manifest.entries[oi]!;
       const src = path.join(p.dir, e.path);
       if (old && sameContent(old, e)) {
@@ -500,51 +521,110 @@ class PullRun {
       }
       // Files are created by the first write, on the workers; only empty ones are made here.
       if (e.size === 0 && !fs.existsSync(dst)) fs.closeSync(fs.openSync(dst, 'w', 0o600));
-      const oldAt = new Map<number, bigint>();
-      if (old && e.size > 0) {
-        if (!this.based.has(ei)) baseCopies.push({ ei, from: src });
-        let o = 0;
-        for (let k = 0; k < old.lens!.length; k++) {
-          oldAt.set(o, old.ids![k]!);
-          o += old.lens![k]!;
-        }
-      }
+      if (old && e.size > 0 && !this.based.has(ei)) baseCopies.push({ ei, from: src });
+      const part = old ? undefined : partial.get(e.path);
+      const base = old ? { path: src, size: old.size } : part ? { path: part.abs, size: part.size } : undefined;
+      if (base) this.patchBase.set(ei, base.path);
+      // The old version's chunks, walked alongside (both in offset order): a chunk at the same offset with the same id
+      // is already in the base copy.
+      let k = oi === undefined ? 0 : ol!.entryStart[oi]!;
+      const kEnd = oi === undefined || !old || e.size === 0 ? k : ol!.entryStart[oi + 1]!;
       let remaining = 0;
       for (let g = L.entryStart[ei]!; g < L.entryStart[ei + 1]!; g++) {
-        const id = L.id[g]!;
-        if (this.done[g] === 1 || oldAt.get(L.offset[g]!) === id) {
+        const off = L.offset[g]!;
+        while (k < kEnd && ol!.offset[k]! < off) k++;
+        const inPlace = k < kEnd && ol!.offset[k] === off && oldWords[k * 2] === words[g * 2] && oldWords[k * 2 + 1] === words[g * 2 + 1];
+        if (this.done[g] === 1 || inPlace) {
           this.stats.reused++;
           this.bytesDone += L.len[g]!;
           continue;
         }
         remaining++;
-        const local = localIndex.get(id);
-        if (local && !needs.has(id)) {
-          copies.push({ g, src: local });
+        // An id held locally is never fetched: every occurrence of it is copied.
+        const ref = local.find(words, g);
+        if (ref !== undefined) {
+          this.from[g] = From.COPY;
+          this.copies.push(g, ref);
           continue;
         }
-        const need = needs.get(id);
-        if (need) need.targets.push(g);
-        else {
-          const part = old ? undefined : partial.get(e.path);
-          const patchBase = old && L.offset[g]! < old.size ? src : part && L.offset[g]! < part.size ? part.abs : undefined;
-          needs.set(id, { g, targets: [g], patchBase });
+        const first = fetched.add(g);
+        if (first >= 0) {
+          this.from[g] = From.DUP;
+          this.nextTarget[tail[first]!] = g;
+          tail[first] = g;
+        } else {
+          this.from[g] = base && off < base.size ? From.PATCH : From.GET;
+          tail[g] = g;
         }
       }
       this.remaining[ei] = remaining;
     }
     this.pendingBaseCopies = baseCopies;
-    this.pendingCopies = copies;
-    return [...needs.values()].sort((a, b) => a.g - b.g);
+    this.local = local;
+  }
+
+  /**
+   * Chunks the puller holds: every chunk of the applied generation's trusted files (by the applied layout), then the
+   * partial sources' chunks, each id at its first place.
+   */
+  private localChunks(partial: Partial): LocalChunks {
+    const oldByPath = new Map<string, number>();
+    let oldLayout: Layout | undefined;
+    let oldIndex: IdIndex | undefined;
+    if (this.applied) {
+      const olds = this.applied.manifest.entries;
+      oldLayout = layoutOf(this.applied.manifest);
+      oldIndex = new IdIndex(oldLayout.id, oldLayout.total);
+      for (let i = 0; i < olds.length; i++) {
+        const oe = olds[i]!;
+        if (oe.kind !== 'file' || !this.trusted(oe, i)) continue;
+        oldByPath.set(oe.path, i);
+        for (let k = oldLayout.entryStart[i]!; k < oldLayout.entryStart[i + 1]!; k++) oldIndex.add(k);
+      }
+    }
+    // Partial sources exist only in repair: few enough to keep as objects.
+    const partChunks: Array<{ path: string; offset: number }> = [];
+    const partIds: bigint[] = [];
+    for (const src of partial.values()) {
+      for (const c of src.chunks) {
+        partChunks.push({ path: src.abs, offset: c.offset });
+        partIds.push(c.id);
+      }
+    }
+    const partIndex = new IdIndex(BigUint64Array.from(partIds), partIds.length);
+    for (let k = 0; k < partIds.length; k++) partIndex.add(k);
+    const dir = this.paths.dir;
+    const olds = this.applied?.manifest.entries;
+    return {
+      oldByPath,
+      oldLayout,
+      find(words, g) {
+        const k = oldIndex ? oldIndex.findIn(words, g) : -1;
+        if (k >= 0) return k;
+        const j = partIndex.size > 0 ? partIndex.findIn(words, g) : -1;
+        return j >= 0 ? -1 - j : undefined;
+      },
+      source(ref) {
+        if (ref < 0) return partChunks[-1 - ref]!;
+        return { path: path.join(dir, olds![oldLayout!.entry[ref]!]!.path), offset: oldLayout!.offset[ref]! };
+      },
+    };
   }
 
   private pendingBaseCopies: Array<{ ei: number; from: string }> = [];
-  private pendingCopies: Array<{ g: number; src: { path: string; offset: number } }> = [];
+  /** Per global chunk index: where it comes from (From). */
+  private from = new Uint8Array(0);
+  /** Per global chunk index: the next occurrence written by the same fetch, or -1 (a chain starts at a GET or PATCH). */
+  private nextTarget = new Int32Array(0);
+  /** Local copies as flat pairs: global chunk index, LocalRef. */
+  private copies: number[] = [];
+  private local?: LocalChunks;
+  /** Entries with an old version (or a partial local file) to patch against, by entry index. */
+  private patchBase = new Map<number, string>();
 
-  private checkSpace(needs: Need[]): void {
+  private checkSpace(): void {
     let toWrite = 0;
-    for (const n of needs) for (const g of n.targets) toWrite += this.layout.len[g]!;
-    for (const c of this.pendingCopies) toWrite += this.layout.len[c.g]!;
+    for (let g = 0; g < this.from.length; g++) if (this.from[g] !== From.NONE) toWrite += this.layout.len[g]!;
     for (const b of this.pendingBaseCopies) toWrite += this.m.entries[b.ei]!.size;
     try {
       const sf = fs.statfsSync(this.paths.state);
@@ -603,16 +683,19 @@ class PullRun {
 
   private syncing?: Promise<void>;
 
-  /** Where a job writes the chunks of `needs`: each occurrence as (chunk index in the job, file, offset). */
-  private targetsOf(needs: Need[]): { paths: string[]; tItem: Uint32Array; tPath: Uint32Array; tOffset: Float64Array } {
+  /**
+   * Where a job writes the fetched chunks `firsts` (first occurrences, as GET or PATCH asks for them): each occurrence
+   * of each, following the plan's chains, as (chunk index in the job, file, offset).
+   */
+  private targetsOf(firsts: ArrayLike<number>): { paths: string[]; tItem: Uint32Array; tPath: Uint32Array; tOffset: Float64Array } {
     const L = this.layout;
     const paths: string[] = [];
     const pathIdx = new Map<number, number>();
     const tItem: number[] = [];
     const tPath: number[] = [];
     const tOffset: number[] = [];
-    needs.forEach((n, i) => {
-      for (const g of n.targets) {
+    for (let i = 0; i < firsts.length; i++) {
+      for (let g = firsts[i]!; g >= 0; g = this.nextTarget[g]!) {
         const ei = L.entry[g]!;
         let pi = pathIdx.get(ei);
         if (pi === undefined) {
@@ -623,8 +706,28 @@ class PullRun {
         tPath.push(pi);
         tOffset.push(L.offset[g]!);
       }
-    });
+    }
     return { paths, tItem: Uint32Array.from(tItem), tPath: Uint32Array.from(tPath), tOffset: Float64Array.from(tOffset) };
+  }
+
+  /** Every occurrence written by fetching `firsts`. */
+  private occurrencesOf(firsts: ArrayLike<number>): number[] {
+    const gs: number[] = [];
+    for (let i = 0; i < firsts.length; i++) for (let g = firsts[i]!; g >= 0; g = this.nextTarget[g]!) gs.push(g);
+    return gs;
+  }
+
+  /** Base copies in flight, by entry index (transfer()). */
+  private baseReady = new Map<number, Promise<void>>();
+
+  /** Waits for the base copies of every file that chunks `firsts` (and their duplicates) are written to. */
+  private async basesOf(firsts: number[]): Promise<void> {
+    const waits = new Set<Promise<void>>();
+    for (const g of this.occurrencesOf(firsts)) {
+      const p = this.baseReady.get(this.layout.entry[g]!);
+      if (p) waits.add(p);
+    }
+    await Promise.all(waits);
   }
 
   /** Path in next/ of the entry holding occurrence g. */
@@ -728,88 +831,62 @@ class PullRun {
   }
 
   /** Local work first (base copies, local chunk copies), then patches and packs from the site, window-bounded. */
-  private async transfer(needs: Need[]): Promise<void> {
-    const L = this.layout;
-    // 1. Base copies: a changed file starts as its old version (in-kernel copy), before any chunk lands on it.
-    await runLimited(this.pendingBaseCopies, 4, async ({ ei, from }) => {
-      const dst = path.join(this.paths.next, this.m.entries[ei]!.path);
-      await fs.promises.copyFile(from, dst);
-      // copyFile keeps the source's mode, which may be read-only: the copy is ours to patch until it is finished.
-      await fs.promises.chmod(dst, 0o600);
-      await fs.promises.truncate(dst, this.m.entries[ei]!.size);
-      this.stats.written += this.m.entries[ei]!.size;
-      this.journal([(J_BASED | ei) >>> 0]);
-    });
-    // 2. Chunks the puller already holds elsewhere.
-    const refetch: Need[] = [];
-    for (let i = 0; i < this.pendingCopies.length; i += 512) {
-      const batch = this.pendingCopies.slice(i, i + 512);
-      const srcPaths: string[] = [];
-      const srcIndex = new Map<string, number>();
-      const job: CopyRangesJob = {
-        kind: 'copyRanges',
-        srcPaths,
-        srcIdx: new Uint32Array(batch.length),
-        srcOffsets: new Float64Array(batch.length),
-        lens: new Uint32Array(batch.length),
-        ids: new BigUint64Array(batch.length),
-        dstPaths: [],
-        dstIdx: new Uint32Array(batch.length),
-        dstOffsets: new Float64Array(batch.length),
-      };
-      batch.forEach((c, k) => {
-        let si = srcIndex.get(c.src.path);
-        if (si === undefined) {
-          si = srcPaths.length;
-          srcPaths.push(c.src.path);
-          srcIndex.set(c.src.path, si);
-        }
-        job.srcIdx[k] = si;
-        job.srcOffsets[k] = c.src.offset;
-        job.lens[k] = L.len[c.g]!;
-        job.ids[k] = L.id[c.g]!;
-        job.dstIdx[k] = job.dstPaths.push(this.targetPath(c.g)) - 1;
-        job.dstOffsets[k] = L.offset[c.g]!;
-      });
-      const r = await this.pool!.run<CopyRangesResult>(job);
-      const failed = new Set(r.failed);
-      const ok: number[] = [];
-      batch.forEach((c, k) => {
-        if (failed.has(k)) refetch.push({ g: c.g, targets: [c.g] });
-        else {
-          ok.push(c.g);
-          this.stats.reused++;
-          this.stats.written += L.len[c.g]!;
-        }
-      });
-      this.journal(ok);
-      for (const g of ok) this.occurrenceDone(g);
+  private async transfer(): Promise<void> {
+    // 1. Base copies: a changed file starts as its old version (in-kernel copy), before any chunk lands on it. They
+    // run while the patches are asked for (signatures come from the old files, not the copies); a patch waits only
+    // for the copies of the files it writes to (basesOf).
+    const bases = new Map<number, { promise: Promise<void>; resolve: () => void; reject: (e: unknown) => void }>();
+    for (const { ei } of this.pendingBaseCopies) {
+      let resolve!: () => void;
+      let reject!: (e: unknown) => void;
+      const promise = new Promise<void>((res, rej) => ((resolve = res), (reject = rej)));
+      promise.catch(() => undefined); // the error reaches transfer() through allBases
+      bases.set(ei, { promise, resolve, reject });
     }
-    const all = [...needs, ...refetch];
-    // 3. From the site: block patches for chunks of files that existed, packs for the rest.
-    const patches = all.filter((n) => n.patchBase);
-    const gets = all.filter((n) => !n.patchBase);
+    this.baseReady = new Map([...bases].map(([ei, b]) => [ei, b.promise]));
+    const allBases = runLimited(this.pendingBaseCopies, 4, async ({ ei, from }) => {
+      try {
+        const dst = path.join(this.paths.next, this.m.entries[ei]!.path);
+        await fs.promises.copyFile(from, dst);
+        // copyFile keeps the source's mode, which may be read-only: the copy is ours to patch until it is finished.
+        await fs.promises.chmod(dst, 0o600);
+        await fs.promises.truncate(dst, this.m.entries[ei]!.size);
+        this.stats.written += this.m.entries[ei]!.size;
+        this.journal([(J_BASED | ei) >>> 0]);
+        bases.get(ei)!.resolve();
+      } catch (err) {
+        bases.get(ei)!.reject(err);
+        throw err;
+      }
+    });
+    allBases.catch(() => undefined); // awaited below; a failure also fails the patches waiting for it
+    // 2. From the site: block patches for chunks of files that existed.
+    const L = this.layout;
     const windowBytes = this.opts.windowBytes ?? 16 << 20;
     const gate = new ByteGate(windowBytes);
-    const tasks: Array<Promise<void>> = [];
+    // Settled tasks leave the set, so it stays as small as the window.
+    const tasks = new Set<Promise<void>>();
     let failure: unknown;
     const track = (p: Promise<void>) => {
-      const t = p.catch((err) => void (failure ??= err));
-      tasks.push(t);
+      const t: Promise<void> = p.catch((err) => void (failure ??= err)).finally(() => tasks.delete(t));
+      tasks.add(t);
     };
-    for (const batch of patchBatchesOf(patches, L)) {
+    for (const batch of patchBatchesOf(this.from, L, this.patchBase)) {
       if (failure || this.readerError) break;
       await gate.take(batch.bytes);
-      track(this.patchRuns(batch.runs, gets).finally(() => gate.give(batch.bytes)));
+      track(this.patchRuns(batch.runs).finally(() => gate.give(batch.bytes)));
     }
-    // Patches that fell back to whole chunks joined `gets`; wait for them before packing.
+    // Patches that fell back to whole chunks became GETs; wait for them before packing.
     await Promise.all(tasks);
+    await allBases;
     if (failure) throw failure;
-    gets.sort((a, b) => a.g - b.g);
-    for (const pack of packsOf(gets, L)) {
+    // 3. Chunks the puller already holds elsewhere (into files whose base copies are done).
+    await this.copyLocal();
+    // 4. Packs from the site for the rest.
+    for (const pack of packsOf(this.from, L)) {
       if (failure || this.readerError) break;
       await gate.take(pack.bytes);
-      track(this.getPack(pack.needs).finally(() => gate.give(pack.bytes)));
+      track(this.getPack(pack.firsts).finally(() => gate.give(pack.bytes)));
     }
     await Promise.all(tasks);
     if (failure) throw failure;
@@ -819,19 +896,75 @@ class PullRun {
     }
   }
 
-  private async getPack(needs: Need[]): Promise<void> {
+  /** Copies the planned local chunks in batches; a copy that fails verification is fetched instead. */
+  private async copyLocal(): Promise<void> {
+    const L = this.layout;
+    const pairs = this.copies;
+    for (let i = 0; i < pairs.length; i += 1024) {
+      const n = Math.min(512, (pairs.length - i) / 2);
+      const srcPaths: string[] = [];
+      const srcIndex = new Map<string, number>();
+      const job: CopyRangesJob = {
+        kind: 'copyRanges',
+        srcPaths,
+        srcIdx: new Uint32Array(n),
+        srcOffsets: new Float64Array(n),
+        lens: new Uint32Array(n),
+        ids: new BigUint64Array(n),
+        dstPaths: [],
+        dstIdx: new Uint32Array(n),
+        dstOffsets: new Float64Array(n),
+      };
+      for (let k = 0; k < n; k++) {
+        const g = pairs[i + 2 * k]!;
+        const src = this.local!.source(pairs[i + 2 * k + 1]!);
+        let si = srcIndex.get(src.path);
+        if (si === undefined) {
+          si = srcPaths.length;
+          srcPaths.push(src.path);
+          srcIndex.set(src.path, si);
+        }
+        job.srcIdx[k] = si;
+        job.srcOffsets[k] = src.offset;
+        job.lens[k] = L.len[g]!;
+        job.ids[k] = L.id[g]!;
+        job.dstIdx[k] = job.dstPaths.push(this.targetPath(g)) - 1;
+        job.dstOffsets[k] = L.offset[g]!;
+      }
+      const r = await this.pool!.run<CopyRangesResult>(job);
+      const failed = new Set(r.failed);
+      const ok: number[] = [];
+      for (let k = 0; k < n; k++) {
+        const g = pairs[i + 2 * k]!;
+        // A failed copy is fetched whole, for this occurrence alone (its chain is just itself).
+        if (failed.has(k)) this.from[g] = From.GET;
+        else {
+          ok.push(g);
+          this.stats.reused++;
+          this.stats.written += L.len[g]!;
+        }
+      }
+      this.journal(ok);
+      for (const g of ok) this.occurrenceDone(g);
+    }
+    this.copies = [];
+    this.local = undefined;
+  }
+
+  private async getPack(firsts: number[]): Promise<void> {
     const L = this.layout;
     const ranges: Array<[number, number]> = [];
-    for (const n of needs) {
+    for (const g of firsts) {
       const last = ranges[ranges.length - 1];
-      if (last && last[1] === n.g) last[1]++;
-      else ranges.push([n.g, n.g + 1]);
+      if (last && last[1] === g) last[1]++;
+      else ranges.push([g, g + 1]);
     }
     const msg = await this.request((reqId) => encodeGet({ reqId, ranges }));
     const data = decodeData(msg);
     await this.bucket?.take(msg.length);
-    const lens = Uint32Array.from(needs.map((n) => L.len[n.g]!));
-    const ids = BigUint64Array.from(needs.map((n) => L.id[n.g]!));
+    const lens = Uint32Array.from(firsts, (g) => L.len[g]!);
+    const ids = new BigUint64Array(firsts.length);
+    firsts.forEach((g, k) => (ids[k] = L.id[g]!));
     // The decrypted frame is moved to the worker whole when it owns its memory, copied otherwise.
     const owns = msg.byteOffset === 0 && msg.byteLength === msg.buffer.byteLength;
     const job: WritePackJob = {
@@ -842,13 +975,12 @@ class PullRun {
       rawLen: data.rawLen,
       lens,
       ids,
-      ...this.targetsOf(needs),
+      ...this.targetsOf(firsts),
     };
     const r = await this.pool!.run<WritePackResult>(job);
     this.stats.written += r.written;
-    this.stats.fetched += needs.length;
-    const gs: number[] = [];
-    for (const n of needs) for (const g of n.targets) gs.push(g);
+    this.stats.fetched += firsts.length;
+    const gs = this.occurrencesOf(firsts);
     this.journal(gs);
     for (const g of gs) this.occurrenceDone(g);
     await this.flushJournal();
@@ -857,25 +989,26 @@ class PullRun {
 
   /**
    * Fetches runs of consecutive changed chunks (each within one file) as block patches against the old bytes at the
-   * same offsets: one signature job, one request and one apply job for the whole batch of runs.
+   * same offsets: one signature job, one request and one apply job for the whole batch of runs. A chunk the patch
+   * cannot rebuild becomes a GET.
    */
-  private async patchRuns(runs: Need[][], fallback: Need[]): Promise<void> {
+  private async patchRuns(runs: number[][]): Promise<void> {
     const L = this.layout;
-    const shaped = runs.map((run) => ({
-      path: run[0]!.patchBase!,
-      offset: L.offset[run[0]!.g]!,
-      lens: Uint32Array.from(run.map((n) => L.len[n.g]!)),
-      ids: BigUint64Array.from(run.map((n) => L.id[n.g]!)),
-    }));
+    const shaped = runs.map((run) => {
+      const ids = new BigUint64Array(run.length);
+      run.forEach((g, k) => (ids[k] = L.id[g]!));
+      return { path: this.patchBase.get(L.entry[run[0]!]!)!, offset: L.offset[run[0]!]!, lens: Uint32Array.from(run, (g) => L.len[g]!), ids };
+    });
     const ranges = shaped.map((r) => ({ path: r.path, offset: r.offset, length: r.lens.reduce((a, b) => a + b, 0) }));
     const sigs = await this.pool!.run<Uint32Array[]>({ kind: 'blockSigs', ranges, blockSize: PATCH_BLOCK });
     const msg = await this.request((reqId) =>
-      encodePatchGet({ reqId, blockSize: PATCH_BLOCK, runs: runs.map((run, k) => ({ chunk: run[0]!.g, count: run.length, sigs: sigs[k]! })) }),
+      encodePatchGet({ reqId, blockSize: PATCH_BLOCK, runs: runs.map((run, k) => ({ chunk: run[0]!, count: run.length, sigs: sigs[k]! })) }),
     );
     const patch = decodePatch(msg);
     if (patch.bitmaps.length !== runs.length) fail(ErrorCodes.PROTOCOL, 'PATCH answers another number of runs');
     await this.bucket?.take(msg.length);
     const all = runs.flat();
+    await this.basesOf(all);
     const r = await this.pool!.run<ApplyPatchResult>({
       kind: 'applyPatch',
       runs: shaped.map((x, k) => ({ ...x, bitmap: Buffer.from(patch.bitmaps[k]!) })),
@@ -886,15 +1019,16 @@ class PullRun {
       ...this.targetsOf(all),
     });
     const failed = new Set(r.failed);
-    const gs: number[] = [];
-    all.forEach((n, i) => {
-      if (failed.has(i)) fallback.push({ g: n.g, targets: n.targets });
+    const ok: number[] = [];
+    all.forEach((g, i) => {
+      if (failed.has(i)) this.from[g] = From.GET;
       else {
         this.stats.patched++;
         this.stats.fetched++;
-        gs.push(...n.targets);
+        ok.push(g);
       }
     });
+    const gs = this.occurrencesOf(ok);
     this.stats.written += r.written;
     this.journal(gs);
     for (const g of gs) this.occurrenceDone(g);
@@ -950,58 +1084,64 @@ export function sameMtime(a: bigint, b: bigint): boolean {
   return d < 2000n && d > -2000n;
 }
 
-/** Groups needs (sorted by g) into packs of about PACK_BYTES raw; deterministic, so concurrent branches ask alike. */
-function* packsOf(needs: Need[], L: Layout): Generator<{ needs: Need[]; bytes: number }> {
-  let cur: Need[] = [];
+/**
+ * Groups the chunks planned as GET, in chunk order, into packs of about PACK_BYTES raw; deterministic, so concurrent
+ * branches ask alike. Lazy: only the pack being sent exists.
+ */
+function* packsOf(from: Uint8Array, L: Layout): Generator<{ firsts: number[]; bytes: number }> {
+  let cur: number[] = [];
   let bytes = 0;
   let ranges = 0;
-  for (const n of needs) {
-    const len = L.len[n.g]!;
+  for (let g = 0; g < from.length; g++) {
+    if (from[g] !== From.GET) continue;
+    const len = L.len[g]!;
     const prev = cur[cur.length - 1];
-    const newRange = !prev || prev.g + 1 !== n.g;
+    const newRange = prev === undefined || prev + 1 !== g;
     if (cur.length > 0 && (bytes + len > PACK_BYTES || (newRange && ranges >= 1024))) {
-      yield { needs: cur, bytes };
+      yield { firsts: cur, bytes };
       cur = [];
       bytes = 0;
       ranges = 0;
     }
     if (cur.length === 0 || newRange) ranges++;
-    cur.push(n);
+    cur.push(g);
     bytes += len;
   }
-  if (cur.length) yield { needs: cur, bytes };
+  if (cur.length) yield { firsts: cur, bytes };
 }
 
-/** Groups patch candidates (sorted by g) into runs of consecutive chunks of one file, about PACK_BYTES each. */
-function* patchRunsOf(needs: Need[], L: Layout): Generator<{ needs: Need[]; bytes: number }> {
-  let cur: Need[] = [];
+/** Groups the chunks planned as PATCH, in chunk order, into runs of consecutive chunks of one file, about PACK_BYTES each. */
+function* patchRunsOf(from: Uint8Array, L: Layout): Generator<{ run: number[]; bytes: number }> {
+  let cur: number[] = [];
   let bytes = 0;
-  for (const n of [...needs].sort((a, b) => a.g - b.g)) {
-    const len = L.len[n.g]!;
+  for (let g = 0; g < from.length; g++) {
+    if (from[g] !== From.PATCH) continue;
+    const len = L.len[g]!;
     const prev = cur[cur.length - 1];
-    if (prev && (prev.g + 1 !== n.g || L.entry[prev.g] !== L.entry[n.g] || bytes + len > PACK_BYTES)) {
-      yield { needs: cur, bytes };
+    if (prev !== undefined && (prev + 1 !== g || L.entry[prev] !== L.entry[g] || bytes + len > PACK_BYTES)) {
+      yield { run: cur, bytes };
       cur = [];
       bytes = 0;
     }
-    cur.push(n);
+    cur.push(g);
     bytes += len;
   }
-  if (cur.length) yield { needs: cur, bytes };
+  if (cur.length) yield { run: cur, bytes };
 }
 
 /** Groups patch runs into batches of at most 64 runs and PACK_BYTES: one request and two jobs per batch. */
-function* patchBatchesOf(needs: Need[], L: Layout): Generator<{ runs: Need[][]; bytes: number }> {
-  let runs: Need[][] = [];
+function* patchBatchesOf(from: Uint8Array, L: Layout, bases: Map<number, string>): Generator<{ runs: number[][]; bytes: number }> {
+  let runs: number[][] = [];
   let bytes = 0;
-  for (const run of patchRunsOf(needs, L)) {
-    if (runs.length > 0 && (runs.length >= 64 || bytes + run.bytes > PACK_BYTES)) {
+  if (bases.size === 0) return;
+  for (const { run, bytes: n } of patchRunsOf(from, L)) {
+    if (runs.length > 0 && (runs.length >= 64 || bytes + n > PACK_BYTES)) {
       yield { runs, bytes };
       runs = [];
       bytes = 0;
     }
-    runs.push(run.needs);
-    bytes += run.bytes;
+    runs.push(run);
+    bytes += n;
   }
   if (runs.length) yield { runs, bytes };
 }
