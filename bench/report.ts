@@ -185,6 +185,7 @@ const VS_RSYNC: VsRsync[] = [
   { scenario: 'seed', metric: 'cpuSeconds', floor: { loopback: null, shaped: null }, source: 'informational (both sides)' },
   { scenario: 'seed+index', metric: 'seconds', floor: { loopback: null, shaped: null }, source: "informational: the pull plus the site's first index of the company (rsync has no index)" },
   { scenario: 'delta+index', metric: 'seconds', floor: { loopback: null, shaped: null }, source: "informational: the pull plus the site's re-index after the change (incl. its settle delay)" },
+  { scenario: 'small-seed+index', metric: 'seconds', floor: { loopback: null, shaped: null }, source: "informational: the pull plus the site's first index of the 100,000 files" },
   { scenario: 'delta', metric: 'bytesOnWire', floor: { loopback: 1.0, shaped: 1.0 }, source: "issue 3 (<= rsync's total bytes sent, aim 0.7x)" },
   { scenario: 'delta', metric: 'seconds', floor: { loopback: 0.7, shaped: null }, source: 'issue 3 (<= 0.7x on 127.0.0.1)' },
   { scenario: 'unchanged', metric: 'seconds', floor: { loopback: 2.0, shaped: null }, source: "issue 3 (<= 2x rsync's unchanged re-run)" },
@@ -242,6 +243,10 @@ export function computeChecks(r: Results, links: string[], fanoutN: number): Che
     const fan = r.pairedRatio(`fanout-${fanoutN}`, link, 'snapferry', 'snapferry', (s) => s.srcCpu, 'fanout-1');
     if (fan !== null)
       out.push({ name: `fan-out server CPU ${fanoutN} pulls / 1 pull`, scenario: 'fanout', link, metric: 'srcCpu', value: fan, floor: 2.5, source: 'issue 5 (<= 2.5x)', pass: verdict(fan, 2.5), chart: false, unit: 'x' });
+    const cpuWithIndex = (s: Sample) => (typeof s.extra?.serverCpuWithIndex === 'number' ? s.extra.serverCpuWithIndex : null);
+    const fanAll = r.pairedRatio(`fanout-${fanoutN}`, link, 'snapferry', 'snapferry', cpuWithIndex, 'fanout-1');
+    if (fanAll !== null)
+      out.push({ name: `fan-out server CPU ${fanoutN} / 1, first index included`, scenario: 'fanout', link, metric: 'srcCpu', value: fanAll, floor: null, source: 'informational (how this was measured before 2026-11-23)', pass: null, chart: false, unit: 'x' });
     const fol = med(r.get('follow', link, 'snapferry').filter((s) => s.ok).map((s) => s.seconds));
     if (fol !== null)
       out.push({ name: 'follow: edit at the site to applied at the branch', scenario: 'follow', link, metric: 'seconds', value: fol, floor: 5, source: 'issue 3 (applied within 5 s)', pass: verdict(fol, 5), chart: false, unit: 's' });
