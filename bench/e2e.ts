@@ -173,6 +173,16 @@ function repaired(src: string, dst: string, d: Damage): string | undefined {
 // Recording
 // ---------------------------------------------------------------------------------------------------------------
 
+/** A sample with a time only (or a failure): nothing travelled or was measured per side. */
+function timeOnly(run: number, ok: boolean, seconds: number, note?: string): Sample {
+  return { run, ok, note, seconds, bytesOnWire: null, srcCpu: null, srcRssKiB: null, dstCpu: null, dstRssKiB: null };
+}
+
+/** The site's indexing time, as waited for by sf.waitIndexed. */
+function indexSample(run: number, w: { ok: boolean; seconds: number }): Sample {
+  return timeOnly(run, w.ok, w.seconds, w.ok ? undefined : 'the site did not say it had indexed');
+}
+
 function toSample(run: number, t: Transfer, check?: string): Sample {
   const ok = t.ok && !check;
   return {
@@ -331,7 +341,7 @@ async function companyCycle(ctx: E2EContext, link: Link, dir: string, sizeMiB: n
     const sfIndex = async (scenario: 'seed' | 'delta', after: number): Promise<number | undefined> => {
       if (!serve) return undefined;
       const w = await sf.waitIndexed(serve.server, after, T);
-      R.add(`site-index-${scenario}`, L, 'snapferry', { run, ok: w.ok, note: w.ok ? undefined : 'the site did not say it had indexed', seconds: w.seconds, bytesOnWire: null, srcCpu: null, srcRssKiB: null, dstCpu: null, dstRssKiB: null });
+      R.add(`site-index-${scenario}`, L, 'snapferry', indexSample(run, w));
       if (w.ok) log(`  snapferry site indexed generation ${w.generation} in ${w.seconds.toFixed(2)} s`);
       return w.ok ? w.seconds : undefined;
     };
@@ -536,12 +546,12 @@ async function smallFiles(ctx: E2EContext, link: Link, dir: string, run: number,
           try {
             serve = await sf.startServe({ small: SRC }, ctx.secret!, link, await ports.get(), 60_000);
           } catch (err) {
-            R.add('small-seed', L, 'snapferry', { run, ok: false, note: (err as Error).message, seconds: NaN, bytesOnWire: null, srcCpu: null, srcRssKiB: null, dstCpu: null, dstRssKiB: null });
+            R.add('small-seed', L, 'snapferry', timeOnly(run, false, NaN, (err as Error).message));
             return;
           }
           // As for the company: the site indexes in the background; the pull is timed from the branch's request.
           const w = await sf.waitIndexed(serve.server, 0, T);
-          R.add('site-index-small', L, 'snapferry', { run, ok: w.ok, note: w.ok ? undefined : 'the site did not say it had indexed', seconds: w.seconds, bytesOnWire: null, srcCpu: null, srcRssKiB: null, dstCpu: null, dstRssKiB: null });
+          R.add('site-index-small', L, 'snapferry', indexSample(run, w));
           const t = withProbe(await sf.pull(serve.server, serve.url, 'small', sfDst, ctx.secret!, link, T));
           const c = t.ok ? sameTree(SRC, sfDst) : undefined;
           R.add('small-seed', L, 'snapferry', toSample(run, t, c));
@@ -594,7 +604,7 @@ async function memoryScale(ctx: E2EContext, link: Link, dir: string, ports: Port
       R.add(scenario, L, 'snapferry', sample);
       log(`  ${size} MiB: ${t.ok ? `${t.seconds.toFixed(2)} s, peak RSS site ${((sample.srcRssKiB ?? 0) / 1024).toFixed(0)} MiB, branch ${((sample.dstRssKiB ?? 0) / 1024).toFixed(0)} MiB` : t.note}`);
     } catch (err) {
-      R.add(scenario, L, 'snapferry', { run: 1, ok: false, note: lastLine((err as Error).message), seconds: NaN, bytesOnWire: null, srcCpu: null, srcRssKiB: null, dstCpu: null, dstRssKiB: null });
+      R.add(scenario, L, 'snapferry', timeOnly(1, false, NaN, lastLine((err as Error).message)));
     } finally {
       await serve?.server.stop();
       await ctx.trash.put(dst);
@@ -642,7 +652,7 @@ async function followLatency(ctx: E2EContext, link: Link, dir: string, ports: Po
       while (lines() === before && follower.alive && performance.now() - t0 < Math.min(T, 60_000)) await new Promise((r) => setTimeout(r, 5));
       const seconds = (performance.now() - t0) / 1000;
       const ok = lines() > before;
-      R.add('follow', L, 'snapferry', { run: k, ok, note: ok ? undefined : follower.alive ? 'no new generation within 60 s' : 'pull --follow ended', seconds: ok ? seconds : NaN, bytesOnWire: null, srcCpu: null, srcRssKiB: null, dstCpu: null, dstRssKiB: null });
+      R.add('follow', L, 'snapferry', timeOnly(k, ok, ok ? seconds : NaN, ok ? undefined : follower.alive ? 'no new generation within 60 s' : 'pull --follow ended'));
       log(`  edit ${k}: ${ok ? `applied at the branch after ${seconds.toFixed(2)} s` : 'not applied'}`);
       if (!ok) break;
       await new Promise((r) => setTimeout(r, 300));
@@ -698,7 +708,7 @@ async function fanout(ctx: E2EContext, link: Link, dir: string, sizeMiB: number,
       });
       log(`  ${n} pull(s): ${wall.toFixed(2)} s, server CPU ${tot?.cpuSeconds.toFixed(2)} s${errs.length ? `, ${errs[0]}` : ''}`);
     } catch (err) {
-      R.add(scenario, L, 'snapferry', { run, ok: false, note: lastLine((err as Error).message), seconds: NaN, bytesOnWire: null, srcCpu: null, srcRssKiB: null, dstCpu: null, dstRssKiB: null });
+      R.add(scenario, L, 'snapferry', timeOnly(run, false, NaN, lastLine((err as Error).message)));
     } finally {
       await serve?.server.stop();
       for (const d of dsts) await ctx.trash.put(d);
