@@ -11,6 +11,7 @@ import {
   type JobContext,
   type ChunkSegmentResult,
   type ReadPackResult,
+  type ReadPackJob,
   type WritePackResult,
   type CopyRangesResult,
   type MakePatchResult,
@@ -119,6 +120,20 @@ describe('chunkSegment', () => {
 
 // ---------- readPack / writePack ----------
 
+/** A readPack job for every chunk of a file holding `data`, in order. */
+function wholeFilePack(path: string, data: Uint8Array, level: number): ReadPackJob {
+  const c = chunksOf(data);
+  return {
+    kind: 'readPack',
+    paths: [path],
+    pathIdx: new Uint32Array(c.lens.length),
+    offsets: Float64Array.from(c.offsets),
+    lens: Uint32Array.from(c.lens),
+    ids: BigUint64Array.from(c.ids),
+    level,
+  };
+}
+
 describe('readPack and writePack', () => {
   it('readPack compresses a pack that writePack decompresses, verifies and writes at offsets', () => {
     const a = textish(400_000, 21);
@@ -187,26 +202,15 @@ describe('readPack and writePack', () => {
 
   it('readPack sends incompressible data or level NO_COMPRESSION uncompressed, and writePack accepts it', () => {
     const data = prng(100_000, 23);
-    const p = writeTmp(data);
     const c = chunksOf(data);
-    const job = {
-      kind: 'readPack' as const,
-      paths: [p],
-      pathIdx: new Uint32Array(c.lens.length),
-      offsets: Float64Array.from(c.offsets),
-      lens: Uint32Array.from(c.lens),
-      ids: BigUint64Array.from(c.ids),
-      level: 3,
-    };
+    const job = wholeFilePack(writeTmp(data), data, 3);
     const r = runJob(ctx, job) as ReadPackResult;
     if ('stale' in r) throw new Error('stale');
     expect(r.compressed).toBe(false);
     expect(r.payload.equals(data)).toBe(true);
 
     const t = textish(50_000, 24);
-    const pt = writeTmp(t);
-    const ct = chunksOf(t);
-    const r2 = runJob(ctx, { ...job, paths: [pt], pathIdx: new Uint32Array(ct.lens.length), offsets: Float64Array.from(ct.offsets), lens: Uint32Array.from(ct.lens), ids: BigUint64Array.from(ct.ids), level: NO_COMPRESSION }) as ReadPackResult;
+    const r2 = runJob(ctx, wholeFilePack(writeTmp(t), t, NO_COMPRESSION)) as ReadPackResult;
     if ('stale' in r2) throw new Error('stale');
     expect(r2.compressed).toBe(false);
     expect(r2.payload.equals(t)).toBe(true);
@@ -231,16 +235,7 @@ describe('readPack and writePack', () => {
   it('readPack returns {stale} when the file changed after its ids were computed', () => {
     const data = textish(200_000, 25);
     const p = writeTmp(data);
-    const c = chunksOf(data);
-    const job = {
-      kind: 'readPack' as const,
-      paths: [p],
-      pathIdx: new Uint32Array(c.lens.length),
-      offsets: Float64Array.from(c.offsets),
-      lens: Uint32Array.from(c.lens),
-      ids: BigUint64Array.from(c.ids),
-      level: 1,
-    };
+    const job = wholeFilePack(p, data, 1);
     expect('stale' in (runJob(ctx, job) as ReadPackResult)).toBe(false);
     // same size, one byte changed in the last chunk
     const fd = fs.openSync(p, 'r+');
