@@ -69,14 +69,15 @@ export async function startServe(
 }
 
 /**
- * Waits until the site logs "indexed NAME: generation G" with G > after (serve logs each generation it indexes, at
- * start and as the company changes); seconds counted from the call.
+ * Waits until the site logs "stored NAME: generation G" with G > after (serve logs each generation it indexes, at
+ * start and as the company changes, then again once its chunks are in the chunk store, or that storing failed); seconds
+ * counted from the call, so the site's index includes compressing the new chunks into its store.
  */
 export async function waitIndexed(server: Server, after: number, timeoutMs: number): Promise<{ ok: boolean; seconds: number; generation: number }> {
   const t0 = performance.now();
   for (;;) {
     let gen = 0;
-    for (const m of server.stderr.matchAll(/indexed \S+: generation (\d+)/g)) gen = Math.max(gen, Number(m[1]));
+    for (const m of server.stderr.matchAll(/stor(?:ed \S+:|ing \S+) generation (\d+)/g)) gen = Math.max(gen, Number(m[1]));
     const seconds = (performance.now() - t0) / 1000;
     if (gen > after) return { ok: true, seconds, generation: gen };
     if (!server.alive || seconds * 1000 > timeoutMs) return { ok: false, seconds, generation: gen };

@@ -99,20 +99,25 @@ export function buildProgram(): Command {
     .option('--level <n>', 'zstd level for chunk data, or "none" (default: adapted to the link: 1, -1 or none)')
     .option('--max-connections <n>', 'connections at once', '256')
     .option('--settle-timeout <seconds>', 'how long a file that keeps changing may delay a generation', '30')
-    .option('--cache-dir <dir>', 'keep the scan cache here, so a restarted site re-reads only what changed')
-    .action(async (o: { listen: string; secret: string; company: string[]; bwlimit?: string; level?: string; maxConnections: string; settleTimeout: string; cacheDir?: string }) => {
+    .option('--cache-dir <dir>', 'keep the scan cache and the chunk stores here, so a restarted site re-reads only what changed')
+    .option('--no-store', 'compress chunks as pulls ask for them instead of once, when indexed (saves the disk a store takes: about a third of the company)')
+    .action(async (o: { listen: string; secret: string; company: string[]; bwlimit?: string; level?: string; maxConnections: string; settleTimeout: string; cacheDir?: string; store: boolean }) => {
       const { host, port } = parseListen(o.listen);
       const secret = readSecret(o.secret);
       const companies = parseCompanies(o.company);
       const { SnapferryServer } = await import('../sync/server.js');
       const { NO_COMPRESSION } = await import('../work/tasks.js');
+      const level = o.level === undefined ? undefined : o.level === 'none' ? NO_COMPRESSION : parseLevel(o.level);
       const server = new SnapferryServer({
         host,
         port,
         secretFor: () => secret,
         companies,
         bwlimit: o.bwlimit ? parseRate(o.bwlimit) : undefined,
-        level: o.level === undefined ? undefined : o.level === 'none' ? NO_COMPRESSION : parseLevel(o.level),
+        level,
+        // A store holds compressed frames: none with --level none; at the operator's level when one is given.
+        store: o.store && level !== NO_COMPRESSION,
+        storeLevel: level,
         maxConnections: Number(o.maxConnections),
         settleTimeoutMs: Number(o.settleTimeout) * 1000,
         cacheDir: o.cacheDir ? path.resolve(o.cacheDir) : undefined,

@@ -4,9 +4,12 @@
  * it runs the same inside a worker thread and in tests.
  */
 import fs from 'node:fs';
+import path from 'node:path';
+import crypto from 'node:crypto';
+import { threadId } from 'node:worker_threads';
 import { chunkLengths, ChunkParams } from '../chunk/chunker.js';
 import { Hasher, idHex } from '../chunk/hash.js';
-import { Compressor, Decompressor } from './zstd.js';
+import { Compressor, Decompressor, compressBound } from './zstd.js';
 import { fail, ErrorCodes } from '../util/errors.js';
 
 /** A level meaning: send as they are (where CPU, not the link, is the bottleneck). */
@@ -48,6 +51,20 @@ export interface ReadPackJob {
   level: number;
 }
 export type ReadPackResult = { payload: Buffer; compressed: boolean; rawLen: number } | { stale: string };
+
+/**
+ * Read chunks as readPack does, compress each one alone (one zstd frame per chunk, so that any run of stored chunks is
+ * a valid pack) and append the frames to this thread's segment file in segDir (the site's chunk store).
+ */
+export interface StoreChunksJob extends Omit<ReadPackJob, 'kind'> {
+  kind: 'storeChunks';
+  segDir: string;
+}
+/** Where each chunk's frame went: segment file name (in segDir), offset, length and xxh32 of the frame. */
+export type StoreChunksResult = { segment: string; offsets: Uint32Array; clens: Uint32Array; checks: Uint32Array } | { stale: string };
+
+/** Segment files grow to this size, then the thread starts a new one. */
+export const SEGMENT_LIMIT = 256 << 20;
 
 /** Decompress a pack, verify each chunk against its id and write it to every target. */
 export interface WritePackJob {
@@ -160,7 +177,7 @@ export interface FinishFilesResult {
   stats: string[];
 }
 
-export type Job = FinishFilesJob | ChunkFilesJob | ChunkSegmentJob | ReadPackJob | WritePackJob | CopyRangesJob | BlockSigsJob | MakePatchJob | ApplyPatchJob | HashChunksJob;
+export type Job = FinishFilesJob | ChunkFilesJob | ChunkSegmentJob | ReadPackJob | StoreChunksJob | WritePackJob | CopyRangesJob | BlockSigsJob | MakePatchJob | ApplyPatchJob | HashChunksJob;
 
 /** Per-thread state the jobs reuse. */
 export interface JobContext {
@@ -169,6 +186,10 @@ export interface JobContext {
   decompressor: Decompressor;
   /** A read buffer reused by every job of the thread (never handed out of the job). */
   readBuffer?: Buffer;
+  /** This thread's open chunk-store segment (storeChunks). */
+  segment?: { dir: string; name: string; fd: number; size: number };
+  /** Compressed output of storeChunks, reused. */
+  storeBuffer?: Buffer;
 }
 
 /** The thread's read buffer, at least n bytes: reading into it instead of fresh buffers keeps memory flat. */
@@ -254,7 +275,8 @@ function chunkFiles(ctx: JobContext, j: ChunkFilesJob): ChunkFilesResult {
   return { files };
 }
 
-function readPack(ctx: JobContext, j: ReadPackJob): ReadPackResult {
+/** Reads the chunks of a readPack or storeChunks job into the thread's read buffer, each checked against its id. */
+function readChunks(ctx: JobContext, j: Omit<ReadPackJob, 'kind'>): Buffer | { stale: string } {
   const rawLen = sumOf(j.lens);
   const raw = readBuffer(ctx, rawLen);
   const fds = new Map<number, number>();
@@ -289,9 +311,55 @@ function readPack(ctx: JobContext, j: ReadPackJob): ReadPackResult {
   } finally {
     for (const fd of fds.values()) fs.closeSync(fd);
   }
+  return raw;
+}
+
+function readPack(ctx: JobContext, j: ReadPackJob): ReadPackResult {
+  const raw = readChunks(ctx, j);
+  if (!Buffer.isBuffer(raw)) return raw;
+  const rawLen = raw.length;
   const packed = j.level !== NO_COMPRESSION ? ctx.compressor.compress(raw, j.level) : undefined;
   // The read buffer stays here; what leaves the job is a copy (compressed output is already one).
   return packed ? { payload: packed, compressed: true, rawLen } : { payload: Buffer.from(raw), compressed: false, rawLen };
+}
+
+/** The thread's segment in dir with room left, opened (created, owner-only) when the last one is full or elsewhere. */
+function segmentOf(ctx: JobContext, dir: string): { dir: string; name: string; fd: number; size: number } {
+  const cur = ctx.segment;
+  if (cur && cur.dir === dir && cur.size < SEGMENT_LIMIT) return cur;
+  if (cur) fs.closeSync(cur.fd);
+  ctx.segment = undefined;
+  // Unique across threads, processes and restarts: a segment is only ever appended to by the thread that made it.
+  const name = `${Date.now().toString(36)}-${process.pid}-${threadId}-${crypto.randomBytes(4).toString('hex')}.seg`;
+  const fd = fs.openSync(path.join(dir, name), fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
+  ctx.segment = { dir, name, fd, size: 0 };
+  return ctx.segment;
+}
+
+function storeChunks(ctx: JobContext, j: StoreChunksJob): StoreChunksResult {
+  const raw = readChunks(ctx, j);
+  if (!Buffer.isBuffer(raw)) return raw;
+  let bound = 0;
+  for (let i = 0; i < j.lens.length; i++) bound += compressBound(j.lens[i]!);
+  if (!ctx.storeBuffer || ctx.storeBuffer.length < bound) ctx.storeBuffer = Buffer.allocUnsafe(Math.max(bound, 1 << 20));
+  const out = ctx.storeBuffer;
+  const seg = segmentOf(ctx, j.segDir);
+  const offsets = new Uint32Array(j.lens.length);
+  const clens = new Uint32Array(j.lens.length);
+  const checks = new Uint32Array(j.lens.length);
+  let r = 0;
+  let o = 0;
+  for (let i = 0; i < j.lens.length; i++) {
+    const n = ctx.compressor.compressInto(out.subarray(o), raw.subarray(r, r + j.lens[i]!), j.level);
+    offsets[i] = seg.size + o;
+    clens[i] = n;
+    checks[i] = ctx.hasher.h32(out.subarray(o, o + n));
+    r += j.lens[i]!;
+    o += n;
+  }
+  writeAll(seg.fd, out.subarray(0, o), seg.size);
+  seg.size += o;
+  return { segment: seg.name, offsets, clens, checks };
 }
 
 function writePack(ctx: JobContext, j: WritePackJob): WritePackResult {
@@ -556,6 +624,8 @@ export function runJob(ctx: JobContext, job: Job): unknown {
       return chunkSegment(ctx, job);
     case 'readPack':
       return readPack(ctx, job);
+    case 'storeChunks':
+      return storeChunks(ctx, job);
     case 'writePack':
       return writePack(ctx, job);
     case 'copyRanges':

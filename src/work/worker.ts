@@ -37,6 +37,7 @@ function jobBytes(job: Job): number {
     case 'makePatch':
       return job.runs.reduce((n, r) => n + r.lens.reduce((a, b) => a + b, 0), 0) * 2;
     case 'readPack':
+    case 'storeChunks':
     case 'copyRanges':
     case 'hashChunks': {
       let n = 0;

@@ -35,6 +35,19 @@ export class Compressor {
     if (n >= src.length - (src.length >> 5)) return undefined;
     return Buffer.from(this.scratch.subarray(0, n));
   }
+
+  /**
+   * Compresses src at level into dst (at least `compressBound(src.length)` bytes) as one zstd frame, whatever the
+   * ratio (an incompressible input becomes raw blocks, a few bytes larger); returns the frame's length.
+   */
+  compressInto(dst: Uint8Array, src: Uint8Array, level: number): number {
+    return this.cctx.compress(dst, src, level);
+  }
+}
+
+/** The most bytes a zstd frame of n input bytes can take. */
+export function compressBound(n: number): number {
+  return binding.compressBound(n);
 }
 
 /** A reusable decompressor that refuses output beyond the expected size. */

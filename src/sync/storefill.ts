@@ -1,0 +1,114 @@
+/**
+ * Fills a site's chunk store with the chunks of a generation it lacks: read, checked against their ids, compressed one
+ * frame per chunk and appended by the worker threads, in file order (so a pull's pack is mostly one read).
+ */
+import type { Generation } from '../scan/scanner.js';
+import type { Layout } from '../manifest/layout.js';
+import { IdIndex, idWords } from '../manifest/idindex.js';
+import type { WorkerPool } from '../work/pool.js';
+import type { StoreChunksJob, StoreChunksResult } from '../work/tasks.js';
+import type { ChunkStore } from '../store/chunkstore.js';
+
+/** Raw bytes per storeChunks job: large enough for few messages, small enough to keep the workers' buffers small. */
+const JOB_BYTES = 2 << 20;
+
+/** What a fill did. */
+export interface FillResult {
+  /** Chunks compressed and stored. */
+  chunks: number;
+  /** Their raw bytes. */
+  bytes: number;
+  /** Chunks skipped because their file changed since the scan (the next generation stores them). */
+  stale: number;
+  /** Whether the fill stopped early because `current()` said the generation was superseded. */
+  superseded: boolean;
+}
+
+/**
+ * Stores every chunk of gen that store lacks, `pool.size` jobs at a time; stops early (between jobs) once current()
+ * turns false.
+ */
+export async function fillStore(
+  store: ChunkStore,
+  pool: WorkerPool,
+  gen: Generation,
+  layout: Layout,
+  level: number,
+  current: () => boolean,
+): Promise<FillResult> {
+  const words = idWords(layout.id);
+  const seen = new IdIndex(layout.id, layout.total);
+  const result: FillResult = { chunks: 0, bytes: 0, stale: 0, superseded: false };
+  const running = new Set<Promise<void>>();
+  let failure: unknown;
+  for (const job of jobsOf()) {
+    if (!current()) {
+      result.superseded = true;
+      break;
+    }
+    while (running.size >= pool.size) await Promise.race(running);
+    if (failure) break;
+    // The job's arrays move to the worker (detached here): keep what the answer needs.
+    const ids = job.ids.slice();
+    let raw = 0;
+    for (const l of job.lens) raw += l;
+    const p: Promise<void> = pool
+      .run<StoreChunksResult>(job)
+      .then(async (r) => {
+        if ('stale' in r) {
+          result.stale += ids.length;
+          return;
+        }
+        await store.add(r.segment, ids, r.offsets, r.clens, r.checks);
+        result.chunks += ids.length;
+        result.bytes += raw;
+      })
+      .catch((err) => void (failure ??= err))
+      .finally(() => running.delete(p));
+    running.add(p);
+  }
+  await Promise.all(running);
+  if (failure) throw failure;
+  return result;
+
+  /** The missing chunks, each once, in chunk order, as jobs of about JOB_BYTES. */
+  function* jobsOf(): Generator<StoreChunksJob> {
+    let gs: number[] = [];
+    let bytes = 0;
+    const make = (): StoreChunksJob => {
+      const job: StoreChunksJob = {
+        kind: 'storeChunks',
+        paths: [],
+        pathIdx: new Uint32Array(gs.length),
+        offsets: new Float64Array(gs.length),
+        lens: new Uint32Array(gs.length),
+        ids: new BigUint64Array(gs.length),
+        level,
+        segDir: store.dir,
+      };
+      const pathIndex = new Map<number, number>();
+      gs.forEach((g, k) => {
+        const ei = layout.entry[g]!;
+        let pi = pathIndex.get(ei);
+        if (pi === undefined) {
+          pi = job.paths.push(gen.absPaths[ei]!) - 1;
+          pathIndex.set(ei, pi);
+        }
+        job.pathIdx[k] = pi;
+        job.offsets[k] = layout.offset[g]!;
+        job.lens[k] = layout.len[g]!;
+        job.ids[k] = layout.id[g]!;
+      });
+      gs = [];
+      bytes = 0;
+      return job;
+    };
+    for (let g = 0; g < layout.total; g++) {
+      if (store.hasIn(words, g) || seen.add(g) !== -1) continue;
+      gs.push(g);
+      bytes += layout.len[g]!;
+      if (bytes >= JOB_BYTES || gs.length >= 1024) yield make();
+    }
+    if (gs.length) yield make();
+  }
+}
