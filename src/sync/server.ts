@@ -1,7 +1,8 @@
 /**
  * The serving site: accepts WebSocket connections, authenticates each peer, and serves the generations of its
- * companies. Chunks are read and compressed on the worker pool once per generation and pack (a shared, bounded cache
- * serves concurrent branches), and sealed per session. Memory per session is bounded by the puller's request window
+ * companies. Each generation's chunks are compressed once into the company's chunk store when it is indexed, and packs
+ * are sent from it as stored frames; chunks not stored (yet) are read and compressed on the worker pool per pack (a
+ * shared, bounded cache serves concurrent branches). Everything is sealed per session. Memory per session is bounded by the puller's request window
  * and the channel's high-water mark.
  */
 import http from 'node:http';
