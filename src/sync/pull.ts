@@ -977,7 +977,7 @@ class PullRun {
       ids,
       ...this.targetsOf(firsts),
     };
-    const r = await this.pool!.run<WritePackResult>(job);
+    const r = await this.pool!.run<WritePackResult>(job, true, L.entry[firsts[0]!]!);
     this.stats.written += r.written;
     this.stats.fetched += firsts.length;
     const gs = this.occurrencesOf(firsts);

@@ -73,11 +73,16 @@ export class WorkerPool {
     return this.slots.length;
   }
 
-  /** Runs a job on the least busy worker. Array buffers in the job are moved to the worker, not copied. */
-  run<T>(job: Job, transfer = true): Promise<T> {
+  /**
+   * Runs a job on the least busy worker, or on worker `affinity % size` when given (jobs that write one file go to one
+   * thread: two threads writing one file contend for its inode lock). Array buffers in the job are moved to the worker,
+   * not copied.
+   */
+  run<T>(job: Job, transfer = true, affinity?: number): Promise<T> {
     if (this.closed) return Promise.reject(new SnapferryError(ErrorCodes.INTERNAL, 'worker pool closed'));
     let slot = this.slots[0]!;
-    for (const s of this.slots) if (s.busy < slot.busy) slot = s;
+    if (affinity !== undefined) slot = this.slots[affinity % this.slots.length]!;
+    else for (const s of this.slots) if (s.busy < slot.busy) slot = s;
     const id = this.nextId++;
     slot.busy++;
     return new Promise<T>((resolve, reject) => {
