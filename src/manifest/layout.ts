@@ -43,3 +43,36 @@ export function layoutOf(m: Manifest): Layout {
   entryStart[m.entries.length] = g;
   return { total, entryStart, entry, offset, len, id };
 }
+
+/** Where chunks are read from: per chunk, its file (index into paths), offset, length and expected id. */
+export interface ChunkSources {
+  paths: string[];
+  pathIdx: Uint32Array;
+  offsets: Float64Array;
+  lens: Uint32Array;
+  ids: BigUint64Array;
+}
+
+/**
+ * The sources of chunks `gs` (global indexes, in the order given) of a layout whose entries are at `absPaths`: the
+ * shape of the jobs that read chunks from a company (readPack, storeChunks).
+ */
+export function chunkSources(layout: Layout, absPaths: readonly string[], gs: ArrayLike<number>): ChunkSources {
+  const n = gs.length;
+  const src: ChunkSources = { paths: [], pathIdx: new Uint32Array(n), offsets: new Float64Array(n), lens: new Uint32Array(n), ids: new BigUint64Array(n) };
+  const pathIndex = new Map<number, number>();
+  for (let k = 0; k < n; k++) {
+    const g = gs[k]!;
+    const ei = layout.entry[g]!;
+    let pi = pathIndex.get(ei);
+    if (pi === undefined) {
+      pi = src.paths.push(absPaths[ei]!) - 1;
+      pathIndex.set(ei, pi);
+    }
+    src.pathIdx[k] = pi;
+    src.offsets[k] = layout.offset[g]!;
+    src.lens[k] = layout.len[g]!;
+    src.ids[k] = layout.id[g]!;
+  }
+  return src;
+}

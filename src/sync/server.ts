@@ -15,7 +15,7 @@ import { accept, SecureSession } from './session.js';
 import { CompanyScanner, Generation } from '../scan/scanner.js';
 import { CompanyWatcher } from '../scan/watch.js';
 import { WorkerPool } from '../work/pool.js';
-import { layoutOf, Layout } from '../manifest/layout.js';
+import { layoutOf, Layout, chunkSources } from '../manifest/layout.js';
 import {
   MsgType,
   MAX_FRAME,
@@ -299,7 +299,7 @@ export class SnapferryServer {
       (r) => {
         if (r.superseded) return;
         const secs = ((performance.now() - started) / 1000).toFixed(2);
-        this.log(`stored ${c.name}: generation ${g.generation}, ${r.chunks} chunks (${r.bytes} bytes) compressed in ${secs} s; store ${store.size} chunks, ${store.bytes} bytes`);
+        this.log(`stored ${c.name}: generation ${g.generation}, ${r.chunks} chunks (${r.bytes} bytes) compressed in ${secs} s${r.stale ? ` (${r.stale} chunks of files changed since the scan left to the next generation)` : ''}; store ${store.size} chunks, ${store.bytes} bytes`);
       },
       (err) => this.log(`storing ${c.name} generation ${g.generation} failed (pulls compress on demand): ${toSnapferryError(err).message}`),
     );
@@ -534,32 +534,10 @@ export class SnapferryServer {
     const level = shared ? LEVEL_LADDER[0]! : this.levelFor(session);
     const key = `${gen.rootHash}:${level}:${req.ranges.map(([s, e]) => `${s}-${e}`).join(',')}`;
     const read = () => {
-      const job: ReadPackJob = {
-        kind: 'readPack',
-        paths: [],
-        pathIdx: new Uint32Array(n),
-        offsets: new Float64Array(n),
-        lens: new Uint32Array(n),
-        ids: new BigUint64Array(n),
-        level,
-      };
-      const pathIndex = new Map<number, number>();
+      const gs = new Uint32Array(n);
       let k = 0;
-      for (const [s, e] of req.ranges) {
-        for (let g = s; g < e; g++, k++) {
-          const ei = layout.entry[g]!;
-          let pi = pathIndex.get(ei);
-          if (pi === undefined) {
-            pi = job.paths.length;
-            job.paths.push(gen.absPaths[ei]!);
-            pathIndex.set(ei, pi);
-          }
-          job.pathIdx[k] = pi;
-          job.offsets[k] = layout.offset[g]!;
-          job.lens[k] = layout.len[g]!;
-          job.ids[k] = layout.id[g]!;
-        }
-      }
+      for (const [s, e] of req.ranges) for (let g = s; g < e; g++) gs[k++] = g;
+      const job: ReadPackJob = { kind: 'readPack', ...chunkSources(layout, gen.absPaths, gs), level };
       return this.pool.run<ReadPackResult>(job);
     };
     const result = await (shared ? this.cache.get(key, read) : read());

@@ -3,7 +3,7 @@
  * frame per chunk and appended by the worker threads, in file order (so a pull's pack is mostly one read).
  */
 import type { Generation } from '../scan/scanner.js';
-import type { Layout } from '../manifest/layout.js';
+import { chunkSources, type Layout } from '../manifest/layout.js';
 import { IdIndex, idWords } from '../manifest/idindex.js';
 import type { WorkerPool } from '../work/pool.js';
 import type { StoreChunksJob, StoreChunksResult } from '../work/tasks.js';
@@ -76,29 +76,7 @@ export async function fillStore(
     let gs: number[] = [];
     let bytes = 0;
     const make = (): StoreChunksJob => {
-      const job: StoreChunksJob = {
-        kind: 'storeChunks',
-        paths: [],
-        pathIdx: new Uint32Array(gs.length),
-        offsets: new Float64Array(gs.length),
-        lens: new Uint32Array(gs.length),
-        ids: new BigUint64Array(gs.length),
-        level,
-        segDir: store.dir,
-      };
-      const pathIndex = new Map<number, number>();
-      gs.forEach((g, k) => {
-        const ei = layout.entry[g]!;
-        let pi = pathIndex.get(ei);
-        if (pi === undefined) {
-          pi = job.paths.push(gen.absPaths[ei]!) - 1;
-          pathIndex.set(ei, pi);
-        }
-        job.pathIdx[k] = pi;
-        job.offsets[k] = layout.offset[g]!;
-        job.lens[k] = layout.len[g]!;
-        job.ids[k] = layout.id[g]!;
-      });
+      const job: StoreChunksJob = { kind: 'storeChunks', ...chunkSources(layout, gen.absPaths, gs), level, segDir: store.dir };
       gs = [];
       bytes = 0;
       return job;
