@@ -148,7 +148,8 @@ export function buildProgram(): Command {
     .option('--wait', 'wait for another pull of the same DIR to finish instead of refusing')
     .option('--retries <n>', 'reconnect attempts after a dropped link', '5')
     .option('--follow', 'stay connected and apply each new generation (one --json line per applied generation)')
-    .action(async (url: string, name: string, dir: string, o: { secret: string; json?: boolean; bwlimit?: string; fsync: boolean; wait?: boolean; retries: string; follow?: boolean }) => {
+    .option('--no-spare', 'do not keep the files a commit replaces beside DIR (saves their disk; the next delta then copies each changed file whole before patching it)')
+    .action(async (url: string, name: string, dir: string, o: { secret: string; json?: boolean; bwlimit?: string; fsync: boolean; wait?: boolean; retries: string; follow?: boolean; spare: boolean }) => {
       const secret = readSecret(o.secret);
       const progress = progressLine(!o.json && process.stderr.isTTY === true);
       const options: PullOptions = {
@@ -158,6 +159,7 @@ export function buildProgram(): Command {
         secret,
         bwlimit: o.bwlimit ? parseRate(o.bwlimit) : undefined,
         durable: o.fsync,
+        spare: o.spare,
         lockWaitMs: o.wait ? 24 * 3600_000 : 0,
         retries: Number(o.retries),
         onProgress: process.env.SNAPFERRY_DEBUG ? phaseLogger(progress.update) : progress.update,

@@ -8,8 +8,13 @@
  *   applied.stats    inode and ctime of each file as committed (so unchanged files are trusted without reading)
  *   next/            the next generation being built; next.json names its root hash
  *   next.journal     what of next/ is verified (resume after kill -9 re-fetches none of it)
+ *   next.links       inode and ctime of DIR's files hard-linked into next/ (the link changes their ctime: without this
+ *                    record a resumed pull would distrust, and fetch again, every file the interrupted one linked)
  *   commit.json      present only while a commit swaps next/ into DIR; recovery rolls it forward
  *   old/             the previous tree during a commit
+ *   spare/           the previous tree after it: the files the last commit replaced, rewritten in place by the next
+ *                    delta instead of copying DIR's versions whole (store/spare.ts)
+ *   spare.manifest   the generation spare/ holds, and spare.stats its inodes and ctimes as committed
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -82,6 +87,9 @@ export class StatePaths {
   get nextJournal(): string {
     return path.join(this.state, 'next.journal');
   }
+  get nextLinks(): string {
+    return path.join(this.state, 'next.links');
+  }
   get commitJson(): string {
     return path.join(this.state, 'commit.json');
   }
@@ -93,6 +101,19 @@ export class StatePaths {
   }
   get pendingManifest(): string {
     return path.join(this.state, 'pending.manifest');
+  }
+  get spare(): string {
+    return path.join(this.state, 'spare');
+  }
+  get spareManifest(): string {
+    return path.join(this.state, 'spare.manifest');
+  }
+  get spareStats(): string {
+    return path.join(this.state, 'spare.stats');
+  }
+  /** Spare files being deleted in the background. */
+  get spareDrop(): string {
+    return path.join(this.state, 'spare.drop');
   }
 }
 
@@ -279,16 +300,24 @@ export function writeStats(paths: StatePaths, rootHash: string, m: Manifest, kno
 /**
  * Commits next/ as DIR's new generation. Order: the new record is written aside (pending.*), commit.json makes the
  * intent durable, then DIR is swapped with next/ by two renames, then the record replaces the old one. A crash at any
- * point before commit.json leaves the old generation; after it, `recover` rolls forward to the new one.
+ * point before commit.json leaves the old generation; after it, `recover` rolls forward to the new one. With
+ * `keepSpare`, the replaced tree and its record become the spare generation (store/spare.ts) instead of being deleted.
  */
-export function commit(paths: StatePaths, record: AppliedRecord, encodedManifest: Uint8Array, durable: boolean, onPoint?: (p: string) => void): void {
+export function commit(
+  paths: StatePaths,
+  record: AppliedRecord,
+  encodedManifest: Uint8Array,
+  durable: boolean,
+  onPoint?: (p: string) => void,
+  keepSpare = true,
+): void {
   if (durable) syncFilesystem(paths.next);
   writeFileDurable(paths.pendingManifest, encodedManifest);
   writeFileDurable(paths.pendingJson, JSON.stringify(record, null, 1));
   onPoint?.('before-intent');
   writeFileDurable(paths.commitJson, JSON.stringify({ rootHash: record.rootHash, at: new Date().toISOString() }));
   onPoint?.('intent');
-  rollForward(paths, onPoint);
+  rollForward(paths, onPoint, keepSpare);
 }
 
 /** Finishes an interrupted commit, if any. Safe to call at any time with the lock held. */
@@ -296,6 +325,7 @@ export function recover(paths: StatePaths): boolean {
   if (!exists(paths.commitJson)) {
     // No declared commit: leftovers of one that was never declared, or of one whose cleanup was cut short.
     removeTree(paths.old);
+    removeTree(paths.spareDrop);
     fs.rmSync(paths.pendingJson, { force: true });
     fs.rmSync(paths.pendingManifest, { force: true });
     return false;
@@ -307,7 +337,7 @@ export function recover(paths: StatePaths): boolean {
   return true;
 }
 
-function rollForward(paths: StatePaths, onPoint?: (p: string) => void): void {
+function rollForward(paths: StatePaths, onPoint?: (p: string) => void, keepSpare = true): void {
   const hasNext = exists(paths.next);
   if (hasNext) {
     if (exists(paths.dir)) {
@@ -319,14 +349,44 @@ function rollForward(paths: StatePaths, onPoint?: (p: string) => void): void {
     onPoint?.('swapped');
     fsyncDir(path.dirname(paths.dir));
   }
-  if (exists(paths.pendingManifest)) fs.renameSync(paths.pendingManifest, paths.appliedManifest);
+  if (exists(paths.pendingManifest)) {
+    // The record of the generation just replaced goes with its tree (old/, soon spare/). Renames, so that a recovery
+    // that repeats this step finds either the old record to move or none (never a half-moved one).
+    removeTree(paths.spare);
+    for (const [from, to] of [
+      [paths.appliedManifest, paths.spareManifest],
+      [paths.appliedStats, paths.spareStats],
+    ] as const) {
+      if (keepSpare && exists(from)) fs.renameSync(from, to);
+      else fs.rmSync(to, { force: true });
+    }
+    fs.renameSync(paths.pendingManifest, paths.appliedManifest);
+  }
   if (exists(paths.pendingJson)) fs.renameSync(paths.pendingJson, paths.appliedJson);
   fsyncDir(paths.state);
   fs.rmSync(paths.nextJson, { force: true });
   fs.rmSync(paths.nextJournal, { force: true });
+  fs.rmSync(paths.nextLinks, { force: true });
   fs.rmSync(paths.commitJson, { force: true });
   fsyncDir(paths.state);
-  removeTree(paths.old);
+  // The replaced tree is kept as the spare (its files' stats decide later whether any can be used), or deleted.
+  if (keepSpare && exists(paths.old) && !exists(paths.spare)) {
+    removeSharedLinks(paths.old);
+    fs.renameSync(paths.old, paths.spare);
+  } else removeTree(paths.old);
+}
+
+/**
+ * Leaves in `dir` only the regular files no other path links to: the links the old tree shares with DIR (its
+ * unchanged files) and symlinks go now, before the stats of DIR are recorded, since removing a link changes the ctime
+ * of the file it shares (deleting them later would make DIR's files look changed).
+ */
+function removeSharedLinks(dir: string): void {
+  for (const d of fs.readdirSync(dir, { withFileTypes: true })) {
+    const p = path.join(dir, d.name);
+    if (d.isDirectory()) removeSharedLinks(p);
+    else if (!d.isFile() || fs.lstatSync(p).nlink > 1) fs.rmSync(p, { force: true });
+  }
 }
 
 /** Checks that the folder holding DIR and its state folder can be written. */

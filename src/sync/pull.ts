@@ -2,9 +2,10 @@
  * Pull one company into DIR: seed when DIR is new, delta when it holds a generation, resume after any interruption.
  *
  * The next generation is built beside DIR (state/next/): files that did not change are hard-linked, changed files
- * start as a copy of their old version and get only their changed chunks, chunks the puller already holds anywhere
- * are copied locally, changed chunks of files that existed are fetched as block patches against the old bytes, the
- * rest is fetched in packs. Every written chunk is verified against the authenticated manifest and recorded in a
+ * start as their spare (the version the last commit replaced, rewritten in place: store/spare.ts) or else as a copy of
+ * their current version, and get only the chunks that differ from that start; chunks the puller already holds
+ * anywhere are copied locally, changed chunks of files that existed are fetched as block patches against the old
+ * bytes, the rest is fetched in packs. Every written chunk is verified against the authenticated manifest and recorded in a
  * journal, so a restart fetches nothing already verified. Commit swaps the finished tree in atomically (store/state).
  */
 import fs from 'node:fs';
@@ -43,6 +44,7 @@ import {
   writeFileDurable,
   signRecord,
 } from '../store/state.js';
+import { Spare, dropSpareFilesAsync } from '../store/spare.js';
 import { verifyDir, GoodChunks } from './verify.js';
 import { SEGMENT_SIZE } from '../chunk/chunker.js';
 import { SnapferryError, ErrorCodes, fail, toSnapferryError } from '../util/errors.js';
@@ -88,6 +90,11 @@ export interface PullOptions {
   repair?: boolean;
   /** Test hook: called at named points of the pull (fault tests kill the process there). */
   onPoint?: (point: string) => void;
+  /**
+   * Keep the files a commit replaces (the spare generation) and start the next delta's changed files from them
+   * instead of from whole copies (default true; false deletes them and uses none).
+   */
+  spare?: boolean;
 }
 
 /** What a pull did (the --json summary). */
@@ -102,6 +109,8 @@ export interface PullResult {
   chunksPatched: number;
   chunksReused: number;
   bytesWritten: number;
+  /** Changed files built on their spare (rewritten where they differ) instead of on a whole copy. */
+  spareFiles: number;
   unchanged: boolean;
   /** Repair only: the site had moved on, so DIR was brought to the site's newest generation instead. */
   peerMovedOn?: boolean;
@@ -114,7 +123,10 @@ export interface PullResult {
 const PATCH_BLOCK = 1024;
 /** Raw bytes per GET. */
 const PACK_BYTES = 512 << 10;
+/** Journal records: a chunk index, or J_BASED | entry index (next/'s file holds its base), J_SPARE marking a spare base. */
 const J_BASED = 0x80000000;
+const J_SPARE = 0x40000000;
+const J_ENTRY = 0x3fffffff;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -211,13 +223,15 @@ class PullRun {
   private applied?: Applied;
   /** Occurrences the journal of an interrupted attempt says are verified in next/ (read once, by plan). */
   private done = new Uint8Array(0);
+  /** Entries whose file in next/ holds its base: a copy of DIR's version, or (spareBased) its spare. */
   private based = new Set<number>();
+  private spareBased = new Set<number>();
   private journalBuf: number[] = [];
   private lastCheckpoint = performance.now();
   private remaining!: Int32Array;
   private bytesDone = 0;
   private bytesTotal = 0;
-  private stats = { fetched: 0, patched: 0, reused: 0, written: 0 };
+  private stats = { fetched: 0, patched: 0, reused: 0, written: 0, spares: 0 };
   private pending = new Map<number, { resolve: (m: Buffer) => void; reject: (e: unknown) => void }>();
   private nextReq = 1;
   private readerError?: SnapferryError;
@@ -315,7 +329,7 @@ class PullRun {
     this.opts.onPoint?.('plan');
     this.pool = new WorkerPool(this.opts.workers);
     this.plan(encoded, await this.partialSources());
-    this.checkSpace();
+    await this.checkSpace();
     this.startReader();
     this.progress('transfer');
     await this.transfer();
@@ -335,7 +349,8 @@ class PullRun {
       files: this.m.entries.filter((e) => e.kind === 'file').length,
       bytes: this.bytesTotal,
     };
-    commit(this.paths, signRecord(record, this.opts.secret), encoded, this.opts.durable !== false, this.opts.onPoint);
+    await this.spareDrop;
+    commit(this.paths, signRecord(record, this.opts.secret), encoded, this.opts.durable !== false, this.opts.onPoint, this.opts.spare !== false);
     writeStats(this.paths, this.rootHash, this.m, this.finishedStats);
     this.opts.onPoint?.('committed');
     return this.result(false);
@@ -353,6 +368,7 @@ class PullRun {
       chunksPatched: this.stats.patched,
       chunksReused: this.stats.reused,
       bytesWritten: this.stats.written,
+      spareFiles: this.stats.spares,
       unchanged,
       ...(this.opts.repair
         ? { peerMovedOn: this.applied !== undefined && this.applied.record.rootHash !== this.rootHash, damagedBefore: this.damagedBefore }
@@ -474,9 +490,11 @@ class PullRun {
     }
     if (resumable) {
       this.readJournal();
+      this.trustOwnLinks();
     } else {
       removeTree(p.next);
       fs.rmSync(p.nextJournal, { force: true });
+      fs.rmSync(p.nextLinks, { force: true });
       fs.mkdirSync(p.next, { mode: 0o700 });
       writeFileDurable(p.nextJson, JSON.stringify({ rootHash: this.rootHash, bytes: encoded.length }));
     }
@@ -491,7 +509,11 @@ class PullRun {
     const fetched = new IdIndex(L.id, L.total);
     const ol = local.oldLayout;
     const oldWords = ol ? idWords(ol.id) : words;
-    const baseCopies: Array<{ ei: number; from: string }> = [];
+    const baseCopies: BaseStep[] = [];
+    const linkedOld: number[] = [];
+    // The spare generation's record, read when a changed file first asks for it.
+    let spare: Spare | null | undefined;
+    const spareOf = () => (spare === undefined ? (spare = Spare.load(p) ?? null) : spare) ?? undefined;
     for (let ei = 0; ei < this.m.entries.length; ei++) {
       const e = this.m.entries[ei]!;
       const dst = path.join(p.next, e.path);
@@ -513,28 +535,26 @@ class PullRun {
         if (old.mode === e.mode && sameMtime(old.mtimeNs, e.mtimeNs)) {
           if (!fs.existsSync(dst)) fs.linkSync(src, dst);
           this.linked.add(ei);
+          linkedOld.push(oi!);
         } else if (!this.based.has(ei)) {
           // Same bytes, other mode or mtime: a hard link would change the old generation too, so copy.
-          baseCopies.push({ ei, from: src });
+          baseCopies.push({ ei, from: src, spare: false });
         }
         continue;
       }
       // Files are created by the first write, on the workers; only empty ones are made here.
       if (e.size === 0 && !fs.existsSync(dst)) fs.closeSync(fs.openSync(dst, 'w', 0o600));
-      if (old && e.size > 0 && !this.based.has(ei)) baseCopies.push({ ei, from: src });
+      const fromOld = old && e.size > 0 ? new StartChunks(ol!.offset, oldWords, ol!.entryStart[oi!]!, ol!.entryStart[oi! + 1]!) : undefined;
+      const start = e.size > 0 ? this.startOf(ei, dst, src, fromOld, spareOf, words, baseCopies) : undefined;
       const part = old ? undefined : partial.get(e.path);
       const base = old ? { path: src, size: old.size } : part ? { path: part.abs, size: part.size } : undefined;
       if (base) this.patchBase.set(ei, base.path);
-      // The old version's chunks, walked alongside (both in offset order): a chunk at the same offset with the same id
-      // is already in the base copy.
-      let k = oi === undefined ? 0 : ol!.entryStart[oi]!;
-      const kEnd = oi === undefined || !old || e.size === 0 ? k : ol!.entryStart[oi + 1]!;
       let remaining = 0;
       for (let g = L.entryStart[ei]!; g < L.entryStart[ei + 1]!; g++) {
         const off = L.offset[g]!;
-        while (k < kEnd && ol!.offset[k]! < off) k++;
-        const inPlace = k < kEnd && ol!.offset[k] === off && oldWords[k * 2] === words[g * 2] && oldWords[k * 2 + 1] === words[g * 2 + 1];
-        if (this.done[g] === 1 || inPlace) {
+        // What the file starts as, walked alongside (both in offset order): a chunk at the same offset with the same id
+        // is already there.
+        if (this.done[g] === 1 || start?.holds(off, words, g)) {
           this.stats.reused++;
           this.bytesDone += L.len[g]!;
           continue;
@@ -561,7 +581,89 @@ class PullRun {
     }
     this.pendingBaseCopies = baseCopies;
     this.local = local;
+    this.recordOwnLinks(linkedOld);
+    // Spare files not used by now never will be (the commit makes this generation's replaced files the new spare).
+    this.spareDrop = dropSpareFilesAsync(p);
   }
+
+  /**
+   * What entry `ei`'s file in next/ starts as, and the chunks that gives it: what an interrupted attempt left there
+   * (its journal says), else its spare when that is usable and holds at least as much of the new version as a copy
+   * would, less half the file (a whole-file copy in the kernel is cheaper per byte than rewriting chunks), else a
+   * copy of DIR's version (`fromOld`). The base step goes to `steps`; a spare is moved into next/ here, since the plan
+   * of every chunk of the file depends on it.
+   */
+  private startOf(
+    ei: number,
+    dst: string,
+    src: string,
+    fromOld: StartChunks | undefined,
+    spareOf: () => Spare | undefined,
+    words: Uint32Array,
+    steps: BaseStep[],
+  ): StartChunks | undefined {
+    const e = this.m.entries[ei]!;
+    const L = this.layout;
+    const g0 = L.entryStart[ei]!;
+    const g1 = L.entryStart[ei + 1]!;
+    if (this.spareBased.has(ei)) {
+      const se = spareOf()?.entry(e.path);
+      if (se) return StartChunks.ofEntry(se);
+      // next/ holds a spare whose record is gone: nothing it holds can be trusted; start again from a copy.
+      this.spareBased.delete(ei);
+      if (this.done.length) this.done.fill(0, g0, g1);
+    }
+    if (this.based.has(ei) || !fromOld) return fromOld;
+    const sf = this.opts.spare !== false && !this.opts.repair ? spareOf()?.usable(e.path) : undefined;
+    if (sf) {
+      const fromSpare = StartChunks.ofEntry(sf.entry);
+      const inOld = StartChunks.bytesHeld(fromOld.again(), L, words, g0, g1);
+      if (StartChunks.bytesHeld(fromSpare.again(), L, words, g0, g1) >= inOld - e.size / 2) {
+        fs.renameSync(sf.abs, dst);
+        steps.push({ ei, from: sf.abs, spare: true });
+        return fromSpare;
+      }
+    }
+    steps.push({ ei, from: src, spare: false });
+    return fromOld;
+  }
+
+  /**
+   * Records the inode and ctime of the files of DIR just hard-linked into next/ (by their index in the applied
+   * manifest): the link changed their ctime, so a resumed attempt trusts them by this record (trustOwnLinks). Not
+   * flushed: if it is lost, a resumed attempt only fetches those files again.
+   */
+  private recordOwnLinks(oldIdx: number[]): void {
+    if (oldIdx.length === 0) return;
+    const stats: Record<number, string> = {};
+    for (const oi of oldIdx) {
+      try {
+        const st = fs.lstatSync(path.join(this.paths.dir, this.applied!.manifest.entries[oi]!.path), { bigint: true });
+        stats[oi] = `${st.ino}:${st.ctimeNs}`;
+      } catch {
+        /* gone: it is not trusted then */
+      }
+    }
+    fs.writeFileSync(this.paths.nextLinks, JSON.stringify({ applied: this.applied?.record.rootHash, stats }));
+  }
+
+  /** Trusts DIR's files that an interrupted attempt hard-linked into next/ by the ctime that link gave them. */
+  private trustOwnLinks(): void {
+    if (!this.applied) return;
+    try {
+      const r = JSON.parse(fs.readFileSync(this.paths.nextLinks, 'utf8')) as { applied?: string; stats?: Record<string, string> };
+      if (r.applied !== this.applied.record.rootHash || !r.stats) return;
+      for (const [oi, st] of Object.entries(r.stats)) {
+        const i = Number(oi);
+        if (Number.isInteger(i) && i >= 0 && i < this.applied.stats.length && typeof st === 'string') this.applied.stats[i] = st;
+      }
+    } catch {
+      /* no record: files the interrupted attempt linked are fetched again */
+    }
+  }
+
+  /** The spare files' deletion, running in the background until the commit. */
+  private spareDrop?: Promise<void>;
 
   /**
    * Chunks the puller holds: every chunk of the applied generation's trusted files (by the applied layout), then the
@@ -611,7 +713,7 @@ class PullRun {
     };
   }
 
-  private pendingBaseCopies: Array<{ ei: number; from: string }> = [];
+  private pendingBaseCopies: BaseStep[] = [];
   /** Per global chunk index: where it comes from (From). */
   private from = new Uint8Array(0);
   /** Per global chunk index: the next occurrence written by the same fetch, or -1 (a chain starts at a GET or PATCH). */
@@ -622,18 +724,23 @@ class PullRun {
   /** Entries with an old version (or a partial local file) to patch against, by entry index. */
   private patchBase = new Map<number, string>();
 
-  private checkSpace(): void {
+  private async checkSpace(): Promise<void> {
     let toWrite = 0;
     for (let g = 0; g < this.from.length; g++) if (this.from[g] !== From.NONE) toWrite += this.layout.len[g]!;
-    for (const b of this.pendingBaseCopies) toWrite += this.m.entries[b.ei]!.size;
-    try {
-      const sf = fs.statfsSync(this.paths.state);
-      const free = sf.bavail * sf.bsize;
-      if (toWrite > free) {
-        fail(ErrorCodes.DISK_FULL, `disk full: this generation needs ${toWrite} more bytes beside ${this.paths.dir}, ${free} are free`);
+    for (const b of this.pendingBaseCopies) if (!b.spare) toWrite += this.m.entries[b.ei]!.size;
+    const free = () => {
+      try {
+        const sf = fs.statfsSync(this.paths.state);
+        return sf.bavail * sf.bsize;
+      } catch {
+        return Infinity;
       }
-    } catch (err) {
-      if (err instanceof SnapferryError) throw err;
+    };
+    // Unused spare files are being deleted: when space is short, what they free counts.
+    if (toWrite > free()) await this.spareDrop;
+    const left = free();
+    if (toWrite > left) {
+      fail(ErrorCodes.DISK_FULL, `disk full: this generation needs ${toWrite} more bytes beside ${this.paths.dir}, ${left} are free`);
     }
   }
 
@@ -648,7 +755,7 @@ class PullRun {
     this.done = new Uint8Array(this.layout.total);
     for (let i = 0; i < n; i++) {
       const v = buf.readUInt32LE(i * 4);
-      if (v & J_BASED) this.based.add(v & ~J_BASED);
+      if (v & J_BASED) (v & J_SPARE ? this.spareBased : this.based).add(v & J_ENTRY);
       else if (v < this.layout.total) this.done[v] = 1;
     }
   }
@@ -844,15 +951,17 @@ class PullRun {
       bases.set(ei, { promise, resolve, reject });
     }
     this.baseReady = new Map([...bases].map(([ei, b]) => [ei, b.promise]));
-    const allBases = runLimited(this.pendingBaseCopies, 4, async ({ ei, from }) => {
+    const allBases = runLimited(this.pendingBaseCopies, 4, async ({ ei, from, spare }) => {
       try {
         const dst = path.join(this.paths.next, this.m.entries[ei]!.path);
-        await fs.promises.copyFile(from, dst);
-        // copyFile keeps the source's mode, which may be read-only: the copy is ours to patch until it is finished.
+        // A spare is already in place (plan moved it); a copy is made now.
+        if (!spare) await fs.promises.copyFile(from, dst);
+        // The source's mode may be read-only: the file is ours to patch until it is finished.
         await fs.promises.chmod(dst, 0o600);
         await fs.promises.truncate(dst, this.m.entries[ei]!.size);
-        this.stats.written += this.m.entries[ei]!.size;
-        this.journal([(J_BASED | ei) >>> 0]);
+        if (spare) this.stats.spares++;
+        else this.stats.written += this.m.entries[ei]!.size;
+        this.journal([(J_BASED | (spare ? J_SPARE : 0) | ei) >>> 0]);
         bases.get(ei)!.resolve();
       } catch (err) {
         bases.get(ei)!.reject(err);
@@ -1071,6 +1180,52 @@ class PullRun {
 
   /** Entries of next/ that are hard links to the old generation. */
   private linked = new Set<number>();
+}
+
+/** How a changed file's start is made in next/: a copy of `from`, or its spare, already moved there by the plan. */
+interface BaseStep {
+  ei: number;
+  from: string;
+  spare: boolean;
+}
+
+/** The chunks a file in next/ starts with (offsets and id words, [k0, k1)), walked in offset order beside the target's. */
+class StartChunks {
+  private k: number;
+  constructor(
+    private readonly offset: ArrayLike<number>,
+    private readonly words: Uint32Array,
+    private readonly k0: number,
+    private readonly k1: number,
+  ) {
+    this.k = k0;
+  }
+
+  /** The chunks of a manifest entry. */
+  static ofEntry(e: Entry): StartChunks {
+    const offset = new Float64Array(e.lens!.length);
+    for (let i = 1; i < offset.length; i++) offset[i] = offset[i - 1]! + e.lens![i - 1]!;
+    return new StartChunks(offset, idWords(e.ids!), 0, offset.length);
+  }
+
+  /** Bytes of target chunks [g0, g1) that `c` holds in place. */
+  static bytesHeld(c: StartChunks, L: Layout, words: Uint32Array, g0: number, g1: number): number {
+    let bytes = 0;
+    for (let g = g0; g < g1; g++) if (c.holds(L.offset[g]!, words, g)) bytes += L.len[g]!;
+    return bytes;
+  }
+
+  /** A fresh walk over the same chunks. */
+  again(): StartChunks {
+    return new StartChunks(this.offset, this.words, this.k0, this.k1);
+  }
+
+  /** Whether target chunk g (at `off`, id in `words`) is here at the same offset; calls come in offset order. */
+  holds(off: number, words: Uint32Array, g: number): boolean {
+    while (this.k < this.k1 && this.offset[this.k]! < off) this.k++;
+    const k = this.k;
+    return k < this.k1 && this.offset[k] === off && this.words[k * 2] === words[g * 2] && this.words[k * 2 + 1] === words[g * 2 + 1];
+  }
 }
 
 /** Seconds since the epoch with microsecond precision, as utimes takes them. */

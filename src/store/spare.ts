@@ -1,0 +1,149 @@
+/**
+ * The spare generation: the files the last commit replaced, kept in the state folder (`spare/`, with the manifest and
+ * inode record of the generation they hold: `spare.manifest`, `spare.stats`) instead of being deleted. The next delta
+ * moves a changed file's spare into next/ and writes only the chunks that differ from it, where it would otherwise copy
+ * the current version whole first: for large files changed by pages, a delta then writes what changed, not the file.
+ * The commit stays what it was (next/ is swapped in whole), so readers of DIR still see one generation or the other.
+ *
+ * A spare is used only when it provably holds its generation's bytes (a regular file with one link, size, mtime, inode
+ * and ctime as recorded when that generation was committed) and no process has it open or mapped: a reader that opened
+ * DIR's file before the last commit still reads those very bytes and must not see them rewritten. Where that cannot be
+ * known (no /proc), spares are not used. Everything here is a cache: whatever does not check out is simply not used.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { decodeManifest, Entry, rootHashOf } from '../manifest/manifest.js';
+import { StatePaths, removeTree } from './state.js';
+
+/** A spare that may be rewritten into the next generation: where it is and what it holds. */
+export interface SpareFile {
+  abs: string;
+  entry: Entry;
+}
+
+/** The spare generation of one DIR, checked file by file as files are asked for. */
+export class Spare {
+  private readonly byPath = new Map<string, number>();
+  private inUse?: Set<string>;
+
+  private constructor(
+    private readonly paths: StatePaths,
+    private readonly entries: Entry[],
+    private readonly stats: string[],
+  ) {
+    entries.forEach((e, i) => {
+      if (e.kind === 'file' && stats[i]) this.byPath.set(e.path, i);
+    });
+  }
+
+  /**
+   * The record of the spare generation, if it is whole (its stats match its manifest). The record outlives the files:
+   * a pull that resumes into a file built on a spare reads what that file held here.
+   */
+  static load(paths: StatePaths): Spare | undefined {
+    try {
+      const encoded = fs.readFileSync(paths.spareManifest);
+      const s = JSON.parse(fs.readFileSync(paths.spareStats, 'utf8')) as { rootHash?: string; stats?: string[] };
+      if (s.rootHash !== rootHashOf(encoded) || !Array.isArray(s.stats)) return undefined;
+      const m = decodeManifest(encoded);
+      if (s.stats.length !== m.entries.length) return undefined;
+      return new Spare(paths, m.entries, s.stats);
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** What the spare generation held at `relPath`, if it was a file. */
+  entry(relPath: string): Entry | undefined {
+    const i = this.byPath.get(relPath);
+    return i === undefined ? undefined : this.entries[i];
+  }
+
+  /** The spare of `relPath` if it can be rewritten: exactly as recorded, not linked into DIR, open nowhere. */
+  usable(relPath: string): SpareFile | undefined {
+    const i = this.byPath.get(relPath);
+    if (i === undefined) return undefined;
+    const entry = this.entries[i]!;
+    const abs = path.join(this.paths.spare, relPath);
+    let st: fs.BigIntStats;
+    try {
+      st = fs.lstatSync(abs, { bigint: true });
+    } catch {
+      return undefined;
+    }
+    // One link: a file that did not change in the last commit is the same inode as DIR's and must never be written.
+    if (!st.isFile() || st.nlink !== 1n || Number(st.size) !== entry.size) return undefined;
+    const d = st.mtimeNs - entry.mtimeNs;
+    if (d >= 2000n || d <= -2000n || `${st.ino}:${st.ctimeNs}` !== this.stats[i]) return undefined;
+    this.inUse ??= inodesInUse() ?? new Set(['*']);
+    if (this.inUse.has('*') || this.inUse.has(String(st.ino))) return undefined;
+    return { abs, entry };
+  }
+}
+
+/**
+ * Inode numbers of every file some process we can see has open or mapped, from /proc; undefined where /proc cannot
+ * tell (another system, or no /proc). Processes of other users are visible only to root: without root, a spare that
+ * another user's program holds open can go unseen (documented in the README's limits).
+ */
+export function inodesInUse(): Set<string> | undefined {
+  let pids: string[];
+  try {
+    pids = fs.readdirSync('/proc').filter((n) => /^\d+$/.test(n));
+    if (!fs.existsSync(`/proc/${process.pid}/fd`)) return undefined;
+  } catch {
+    return undefined;
+  }
+  const out = new Set<string>();
+  const self = String(process.pid);
+  for (const pid of pids) {
+    if (pid === self) continue;
+    let fds: string[] = [];
+    try {
+      fds = fs.readdirSync(`/proc/${pid}/fd`);
+    } catch {
+      /* gone, or another user's */
+    }
+    for (const fd of fds) {
+      try {
+        out.add(String(fs.statSync(`/proc/${pid}/fd/${fd}`, { bigint: true }).ino));
+      } catch {
+        /* closed meanwhile */
+      }
+    }
+    let maps = '';
+    try {
+      maps = fs.readFileSync(`/proc/${pid}/maps`, 'utf8');
+    } catch {
+      /* gone, or another user's */
+    }
+    // "start-end perms offset dev inode path": inode 0 is anonymous memory.
+    for (const line of maps.split('\n')) {
+      const ino = line.split(/\s+/, 6)[4];
+      if (ino && ino !== '0') out.add(ino);
+    }
+  }
+  return out;
+}
+
+/** Deletes the spare generation: its record first, so that a cut deletion leaves nothing that looks usable. */
+export function dropSpare(paths: StatePaths): void {
+  fs.rmSync(paths.spareStats, { force: true });
+  fs.rmSync(paths.spareManifest, { force: true });
+  removeTree(paths.spare);
+  removeTree(paths.spareDrop);
+}
+
+/**
+ * Deletes what is left of the spare files (the record stays until the commit replaces it), in the background: their
+ * blocks are freed while the transfer runs. Resolves when done; never rejects.
+ */
+export async function dropSpareFilesAsync(paths: StatePaths): Promise<void> {
+  try {
+    removeTree(paths.spareDrop);
+    fs.renameSync(paths.spare, paths.spareDrop);
+  } catch {
+    return;
+  }
+  await fs.promises.rm(paths.spareDrop, { recursive: true, force: true }).catch(() => removeTree(paths.spareDrop));
+}
