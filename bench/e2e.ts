@@ -5,6 +5,7 @@
  *  company cycle (per run, on a fresh copy SRC of the generated company A):
  *    seed       empty branch folder <- SRC                      snapferry pull | rsync push | tar pipeline
  *    delta      mutateCompany(SRC) then the same command again   snapferry | rsync
+ *    delta-2    mutateCompany(SRC, 3) then again (a second day)  snapferry | rsync
  *    unchanged  the same command once more, nothing changed      snapferry | rsync
  *    verify     (loopback only) after damage: verify --deep vs cat of the same files
  *    repair     damage the branch copy (a 4 KiB page flipped with size and mtime kept, a large file truncated by
@@ -338,7 +339,7 @@ async function companyCycle(ctx: E2EContext, link: Link, dir: string, sizeMiB: n
     // A site indexes its company in the background (at start, then as files change), the way it runs in an office:
     // the branch's pull is timed from its request, and the site's indexing is recorded beside it ("site-index") and
     // added to the pull in the "+index" rows, so both readings are in the table.
-    const sfIndex = async (scenario: 'seed' | 'delta', after: number): Promise<number | undefined> => {
+    const sfIndex = async (scenario: 'seed' | 'delta' | 'delta-2', after: number): Promise<number | undefined> => {
       if (!serve) return undefined;
       const w = await sf.waitIndexed(serve.server, after, T);
       R.add(`site-index-${scenario}`, L, 'snapferry', indexSample(run, w));
@@ -411,6 +412,14 @@ async function companyCycle(ctx: E2EContext, link: Link, dir: string, sizeMiB: n
       withIndex('delta', deltaIndex);
       if (seedJson && deltaJson && String(seedJson.generation) === String(deltaJson.generation))
         R.note(`snapferry delta on ${L}: the server offered the same generation after the company changed (${deltaJson.generation})`);
+
+      // A second working day: the branch now holds the files the first delta replaced (its spare generation), which
+      // this delta rewrites instead of copying the current versions whole. rsync works as on the first day.
+      if (ctx.budget.spent) return R.note(`time budget spent: delta-2 on ${L} run ${run} skipped`);
+      const m2 = await mutateCompany(SRC, 3);
+      log(`  mutated again: ${m2.bytesChanged} B of pages, +${m2.added.length} -${m2.deleted.length} files, ${m2.renamed.length} renamed`);
+      await sfIndex('delta-2', Number(deltaJson?.generation ?? 2));
+      await pair(run, [() => sfStep('delta-2', true).then(() => undefined), () => rsStep('delta-2', true)]);
     }
 
     // unchanged

@@ -272,6 +272,12 @@ export function rootHashOf(encoded: Uint8Array): string {
   return createHash('sha256').update(encoded).digest('hex');
 }
 
+/** mtimes set through utimes keep microseconds: compare at that precision. */
+export function sameMtime(a: bigint, b: bigint): boolean {
+  const d = a - b;
+  return d < 2000n && d > -2000n;
+}
+
 /** Bytewise UTF-8 order, the order entries are kept in. */
 export function comparePaths(a: string, b: string): number {
   return Buffer.compare(Buffer.from(a, 'utf8'), Buffer.from(b, 'utf8'));

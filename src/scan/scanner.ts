@@ -82,6 +82,18 @@ interface SmallFile {
   e: Entry;
 }
 
+/** Whether two scans listed the same entries (a cache hit keeps the very chunk arrays, so those compare by identity). */
+function sameEntries(a: Entry[], b: Entry[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) {
+    const x = a[i]!;
+    const y = b[i]!;
+    if (x.path !== y.path || x.kind !== y.kind || x.mode !== y.mode || x.mtimeNs !== y.mtimeNs || x.size !== y.size) return false;
+    if (x.target !== y.target || x.lens !== y.lens || x.ids !== y.ids) return false;
+  }
+  return true;
+}
+
 /** Keeps one company's scan cache and produces its generations. */
 export class CompanyScanner {
   private cache = new Map<string, CachedFile>();
@@ -210,6 +222,12 @@ export class CompanyScanner {
     await Promise.all(jobs);
     if (firstError) throw firstError;
     this.cache = nextCache;
+    // Nothing read and every entry as before: the same generation, without checking, encoding and hashing it again
+    // (an unchanged company's pull costs the site one walk of the tree).
+    if (this.lastBytesRead === 0 && this.last && sameEntries(this.last.manifest.entries, entries)) {
+      this.last = { ...this.last, absPaths, scannedAt: started };
+      return this.last;
+    }
     const manifest: Manifest = { params: this.params, entries };
     try {
       checkTree(manifest);

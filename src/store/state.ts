@@ -20,7 +20,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
 import { createHmac, hkdfSync, timingSafeEqual } from 'node:crypto';
-import { decodeManifest, Manifest, rootHashOf } from '../manifest/manifest.js';
+import { decodeManifest, Manifest, rootHashOf, sameMtime } from '../manifest/manifest.js';
 import { fail, ErrorCodes, toSnapferryError } from '../util/errors.js';
 
 /** The record of an applied generation. */
@@ -281,7 +281,8 @@ export function readApplied(paths: StatePaths): Applied | undefined {
 
 /**
  * Records inode and ctime of every entry of DIR as it is now (right after a commit). `known` holds those already
- * taken when the files were finished in next/ (a rename of the folder above changes neither).
+ * taken when the files were finished in next/ (a rename of the folder above changes neither). Each entry's path,
+ * kind, size and mtime go with them, so that `unchangedByStats` can tell an intact DIR without decoding the manifest.
  */
 export function writeStats(paths: StatePaths, rootHash: string, m: Manifest, known?: Map<number, string>): void {
   const stats = m.entries.map((e, i) => {
@@ -294,7 +295,50 @@ export function writeStats(paths: StatePaths, rootHash: string, m: Manifest, kno
       return '';
     }
   });
-  writeFileDurable(paths.appliedStats, JSON.stringify({ rootHash, stats }));
+  const record: StatsRecord = {
+    rootHash,
+    stats,
+    paths: m.entries.map((e) => e.path),
+    kinds: m.entries.map((e) => e.kind[0]).join(''),
+    sizes: m.entries.map((e) => e.size),
+    mtimes: m.entries.map((e) => String(e.mtimeNs)),
+  };
+  writeFileDurable(paths.appliedStats, JSON.stringify(record));
+}
+
+/** applied.stats: per manifest entry, "ino:ctimeNs" as committed, and the entry's path, kind (f, d, s), size and mtime. */
+interface StatsRecord {
+  rootHash: string;
+  stats: string[];
+  paths?: string[];
+  kinds?: string;
+  sizes?: number[];
+  mtimes?: string[];
+}
+
+/**
+ * The record of DIR's generation if DIR still holds it by every entry's metadata as committed (kind; for files size,
+ * mtime, inode and ctime), read from the record and the stats alone: the unchanged pull's check, without decoding
+ * the manifest. Undefined when anything differs or cannot be told this way (the full check then decides).
+ */
+export function unchangedByStats(paths: StatePaths): AppliedRecord | undefined {
+  try {
+    const record = JSON.parse(fs.readFileSync(paths.appliedJson, 'utf8')) as AppliedRecord;
+    const s = JSON.parse(fs.readFileSync(paths.appliedStats, 'utf8')) as StatsRecord;
+    const n = s.stats?.length ?? 0;
+    if (s.rootHash !== record.rootHash || !s.paths || !s.sizes || !s.mtimes || typeof s.kinds !== 'string') return undefined;
+    if (s.paths.length !== n || s.kinds.length !== n || s.sizes.length !== n || s.mtimes.length !== n) return undefined;
+    for (let i = 0; i < n; i++) {
+      const st = fs.lstatSync(path.join(paths.dir, s.paths[i]!), { bigint: true });
+      const kind = s.kinds[i];
+      if (kind === 'd' ? !st.isDirectory() : kind === 's' ? !st.isSymbolicLink() : !st.isFile()) return undefined;
+      if (kind !== 'f') continue;
+      if (Number(st.size) !== s.sizes[i] || !sameMtime(st.mtimeNs, BigInt(s.mtimes[i]!)) || `${st.ino}:${st.ctimeNs}` !== s.stats[i]) return undefined;
+    }
+    return record;
+  } catch {
+    return undefined;
+  }
 }
 
 /**

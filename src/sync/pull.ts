@@ -12,11 +12,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 import os from 'node:os';
 import { connect, SecureSession, printable } from './session.js';
-import { WorkerPool } from '../work/pool.js';
-import { Decompressor } from '../work/zstd.js';
+// The worker pool, zstd and verify are loaded when a pull needs them: an unchanged re-pull never does.
+import type { WorkerPool } from '../work/pool.js';
 import { layoutOf, Layout } from '../manifest/layout.js';
 import { IdIndex, idWords } from '../manifest/idindex.js';
-import { appliedMode, decodeManifest, Entry, Manifest, rootHashOf, sameContent, totalBytes } from '../manifest/manifest.js';
+import { appliedMode, decodeManifest, Entry, Manifest, rootHashOf, sameContent, sameMtime, totalBytes } from '../manifest/manifest.js';
 import {
   MsgType,
   decodeJson,
@@ -37,6 +37,7 @@ import {
   checkParentWritable,
   commit,
   writeStats,
+  unchangedByStats,
   removeTree,
   syncFilesystemAsync,
   Applied,
@@ -45,7 +46,7 @@ import {
   signRecord,
 } from '../store/state.js';
 import { Spare, dropSpareFilesAsync } from '../store/spare.js';
-import { verifyDir, GoodChunks } from './verify.js';
+import type { GoodChunks } from './verify.js';
 import { SEGMENT_SIZE } from '../chunk/chunker.js';
 import { SnapferryError, ErrorCodes, fail, toSnapferryError } from '../util/errors.js';
 import { TokenBucket } from '../util/rate.js';
@@ -263,6 +264,7 @@ class PullRun {
     this.progress('connect');
     if (this.opts.repair) {
       try {
+        const { verifyDir } = await import('./verify.js');
         const v = await verifyDir(this.paths.dir, { deep: true, secret: this.opts.secret, locked: true });
         this.applied = v.applied;
         this.good = v.good;
@@ -274,8 +276,6 @@ class PullRun {
         this.applied = undefined; // re-chunk what DIR has
         this.damagedBefore = -1;
       }
-    } else {
-      this.applied = readApplied(this.paths);
     }
     try {
       this.session = await connect(this.opts.url, { secret: this.opts.secret, peerId: this.opts.peerId ?? os.hostname(), timeoutMs: this.opts.timeoutMs });
@@ -299,7 +299,11 @@ class PullRun {
   private async run(): Promise<PullResult> {
     const s = this.session!;
     const timeout = this.opts.timeoutMs ?? 60_000;
-    await s.sendJson(MsgType.OPEN, { company: this.opts.company, have: this.applied?.record.rootHash } satisfies OpenMsg);
+    // The generation DIR holds is named from its record alone; while the site scans, DIR is checked against the stats
+    // of that generation (enough when the site says it is unchanged: the manifest is then never decoded).
+    const have = this.opts.repair ? this.applied?.record.rootHash : appliedRoot(this.paths);
+    await s.sendJson(MsgType.OPEN, { company: this.opts.company, have } satisfies OpenMsg);
+    const intactRecord = have && !this.opts.repair ? unchangedByStats(this.paths) : undefined;
     this.progress('manifest');
     const headMsg = await s.recv(timeout);
     if (headMsg[0] !== MsgType.MANIFEST) fail(ErrorCodes.PROTOCOL, 'expected a manifest');
@@ -307,6 +311,11 @@ class PullRun {
     if (typeof head.rootHash !== 'string' || !/^[0-9a-f]{64}$/.test(head.rootHash)) fail(ErrorCodes.PROTOCOL, 'malformed manifest header');
     this.rootHash = head.rootHash;
     this.generation = Number(head.generation) || 0;
+    if (head.unchanged && intactRecord?.rootHash === head.rootHash) {
+      await s.send(Buffer.from([MsgType.BYE]));
+      return this.result(true, { files: intactRecord.files, bytes: intactRecord.bytes });
+    }
+    if (!this.opts.repair) this.applied = readApplied(this.paths);
     let encoded: Buffer;
     if (head.unchanged) {
       if (!this.applied || this.applied.record.rootHash !== head.rootHash) fail(ErrorCodes.PROTOCOL, 'site claims an unchanged generation we do not hold');
@@ -320,13 +329,15 @@ class PullRun {
     this.bytesTotal = totalBytes(this.m);
 
     if (this.applied && this.applied.record.rootHash === this.rootHash && (this.opts.repair ? this.damagedBefore === 0 : this.intact())) {
-      if (this.applied.stats.some((x) => x === '')) writeStats(this.paths, this.rootHash, this.m);
+      // Stats that could not tell this alone (unknown entries, or written before they carried paths and sizes).
+      if (!this.opts.repair && !intactRecord) writeStats(this.paths, this.rootHash, this.m);
       await s.send(Buffer.from([MsgType.BYE]));
       return this.result(true);
     }
 
     this.progress('plan');
     this.opts.onPoint?.('plan');
+    const { WorkerPool } = await import('../work/pool.js');
     this.pool = new WorkerPool(this.opts.workers);
     this.plan(encoded, await this.partialSources());
     await this.checkSpace();
@@ -356,13 +367,14 @@ class PullRun {
     return this.result(false);
   }
 
-  private result(unchanged: boolean): PullResult {
+  /** The summary; `counts` for an unchanged DIR whose manifest was not read (its record has them). */
+  private result(unchanged: boolean, counts?: { files: number; bytes: number }): PullResult {
     return {
       company: this.opts.company,
       generation: this.generation,
       rootHash: this.rootHash,
-      files: this.m.entries.filter((e) => e.kind === 'file').length,
-      bytes: this.bytesTotal,
+      files: counts?.files ?? this.m.entries.filter((e) => e.kind === 'file').length,
+      bytes: counts?.bytes ?? this.bytesTotal,
       bytesOnWire: this.session!.channel.bytesRead,
       chunksFetched: this.stats.fetched,
       chunksPatched: this.stats.patched,
@@ -384,6 +396,7 @@ class PullRun {
       fail(ErrorCodes.BAD_MANIFEST, 'manifest header out of bounds');
     }
     const out = Buffer.allocUnsafe(size);
+    const { Decompressor } = await import('../work/zstd.js');
     const z = new Decompressor();
     let o = 0;
     for (let i = 0; i < parts; i++) {
@@ -1228,16 +1241,21 @@ class StartChunks {
   }
 }
 
+/** The root hash DIR's record names, if there is a readable record (readApplied checks it against the manifest). */
+function appliedRoot(paths: StatePaths): string | undefined {
+  try {
+    const root = (JSON.parse(fs.readFileSync(paths.appliedJson, 'utf8')) as { rootHash?: unknown }).rootHash;
+    return typeof root === 'string' ? root : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /** Seconds since the epoch with microsecond precision, as utimes takes them. */
 function toTime(ns: bigint): number {
   return Number(ns / 1000n) / 1e6;
 }
 
-/** mtimes set through utimes keep microseconds: compare at that precision. */
-export function sameMtime(a: bigint, b: bigint): boolean {
-  const d = a - b;
-  return d < 2000n && d > -2000n;
-}
 
 /**
  * Groups the chunks planned as GET, in chunk order, into packs of about PACK_BYTES raw; deterministic, so concurrent

@@ -9,8 +9,7 @@ import { StatePaths, readApplied, recover, recordAuthentic, DirLock, Applied } f
 import { WorkerPool, defaultPoolSize } from '../work/pool.js';
 import { SharedRunner } from '../work/shared.js';
 import type { HashChunksResult } from '../work/tasks.js';
-import { Entry, comparePaths, appliedMode } from '../manifest/manifest.js';
-import { sameMtime } from './pull.js';
+import { Entry, comparePaths, appliedMode, sameMtime } from '../manifest/manifest.js';
 import { SnapferryError, ErrorCodes } from '../util/errors.js';
 
 /** One problem found. */

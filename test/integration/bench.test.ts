@@ -39,8 +39,8 @@ describe('bench --quick', () => {
       expect(out.code, out.stderr).toBe(0);
       const rows = JSON.parse(fs.readFileSync(json, 'utf8')) as Array<{ scenario: string; link: string; tool: string; seconds: number | null; bytesOnWire: number | null }>;
       const have = (scenario: string, tool: string) => rows.some((r) => r.scenario === scenario && r.tool === tool && r.link === 'loopback' && typeof r.seconds === 'number');
-      for (const s of ['seed', 'delta', 'unchanged', 'verify', 'repair', 'small-seed', 'fanout-1']) expect(have(s, 'snapferry'), s).toBe(true);
-      if (has('rsync')) for (const s of ['seed', 'delta', 'unchanged', 'repair', 'small-seed']) expect(have(s, 'rsync'), s).toBe(true);
+      for (const s of ['seed', 'delta', 'delta-2', 'unchanged', 'verify', 'repair', 'small-seed', 'fanout-1']) expect(have(s, 'snapferry'), s).toBe(true);
+      if (has('rsync')) for (const s of ['seed', 'delta', 'delta-2', 'unchanged', 'repair', 'small-seed']) expect(have(s, 'rsync'), s).toBe(true);
       expect(rows.some((r) => r.scenario.startsWith('micro:chunker'))).toBe(true);
       if (has('rsync')) expect(fs.readFileSync(path.join(tmp.dir, 'ratios.svg'), 'utf8')).toMatch(/^<svg|<\?xml/);
       expect(out.stdout).toMatch(/seed time snapferry\/rsync|rsync.*skipped/);

@@ -47,8 +47,8 @@ describe('delta sync after the seed', () => {
     }
   });
 
-  it('an unchanged company transfers no chunk and almost no bytes', async () => {
-    const { dest, served } = await seeded('same', 4);
+  it('an unchanged company transfers no chunk and almost no bytes; a branch file edited by hand is put back', async () => {
+    const { src, dest, served } = await seeded('same', 4);
     try {
       const r = await runCli(['pull', served.url, 'acme', dest, '--secret', key, '--json']);
       expect(r.code, r.stderr).toBe(0);
@@ -56,6 +56,18 @@ describe('delta sync after the seed', () => {
       expect(j.unchanged).toBe(true);
       expect(j.chunksFetched).toBe(0);
       expect(j.bytesOnWire).toBeLessThan(4096);
+      // A page rewritten at the branch with size and mtime put back: only its ctime tells, and the quick check of an
+      // unchanged pull (DIR against the stats alone) must not trust it. The pull puts the site's bytes back.
+      const ledger = path.join(dest, 'Company.900');
+      const before = fs.statSync(ledger);
+      const fd = fs.openSync(ledger, 'r+');
+      fs.writeSync(fd, Buffer.alloc(4096, 0x41), 0, 4096, 8192);
+      fs.closeSync(fd);
+      fs.utimesSync(ledger, before.atime, before.mtime);
+      const again = await runCli(['pull', served.url, 'acme', dest, '--secret', key, '--json']);
+      expect(again.code, again.stderr).toBe(0);
+      expect(JSON.parse(again.stdout).chunksFetched).toBeGreaterThan(0);
+      expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
     } finally {
       await served.stop();
     }
