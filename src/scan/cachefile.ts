@@ -5,7 +5,7 @@
  * parameters, is ignored (the site then simply reads everything once).
  */
 import fs from 'node:fs';
-import { Writer, Reader } from '../manifest/manifest.js';
+import { Writer, Reader, ChunkArrays } from '../manifest/manifest.js';
 import { idWords } from '../manifest/idindex.js';
 import type { ChunkParams } from '../chunk/chunker.js';
 import { writeFileDurable } from '../store/state.js';
@@ -76,6 +76,7 @@ export function loadScanCache(file: string, root: string, params: ChunkParams): 
     const rootHash = r.str(128);
     const n = r.varint();
     const files = new Map<string, CachedFile>();
+    const arrays = new ChunkArrays();
     for (let k = 0; k < n; k++) {
       const path = r.str(4096);
       const size = r.varint();
@@ -83,8 +84,7 @@ export function loadScanCache(file: string, root: string, params: ChunkParams): 
       const ctimeNs = r.i64();
       const ino = r.u64();
       const c = r.varint(r.remaining);
-      const lens = new Uint32Array(c);
-      const ids = new BigUint64Array(c);
+      const { lens, ids } = arrays.take(c);
       const words = idWords(ids);
       for (let i = 0; i < c; i++) {
         lens[i] = r.varint();

@@ -299,14 +299,18 @@ export class CompanyScanner {
       params: this.params,
     });
     const retry: Array<Promise<void>> = [];
+    let k = 0;
     batch.forEach((f, i) => {
+      // Views of the batch's two arrays (one pair of buffers per batch, not per file).
+      const count = r.counts[i]!;
+      const res = count < 0 ? null : { lens: r.lens.subarray(k, k + count), ids: r.ids.subarray(k, k + count) };
+      if (count > 0) k += count;
       let after: StatB | undefined;
       try {
         after = lstatCompact(f.abs);
       } catch {
         after = undefined;
       }
-      const res = r.files[i]!;
       if (res && after && sameStat(f.st, after) && !justWritten(after)) {
         this.lastBytesRead += f.e.size;
         f.e.lens = res.lens;

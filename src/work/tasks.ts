@@ -28,15 +28,21 @@ export interface ChunkSegmentResult {
   ids: BigUint64Array;
 }
 
-/** Chunk whole small files (each at most one segment). A file that cannot be read as its size says gets null. */
+/** Chunk whole small files (each at most one segment). */
 export interface ChunkFilesJob {
   kind: 'chunkFiles';
   paths: string[];
   sizes: Float64Array;
   params: ChunkParams;
 }
+/**
+ * The chunks of every file of the batch, one after the other in two arrays (not two per file: see ChunkArrays), and
+ * each file's chunk count, -1 for a file that could not be read as its size says.
+ */
 export interface ChunkFilesResult {
-  files: Array<ChunkSegmentResult | null>;
+  lens: Uint32Array;
+  ids: BigUint64Array;
+  counts: Int32Array;
 }
 
 /** Read chunks (each at path/offset/len with an expected id), concatenate and compress them. */
@@ -265,14 +271,29 @@ function chunkSegment(ctx: JobContext, j: ChunkSegmentJob): ChunkSegmentResult {
 }
 
 function chunkFiles(ctx: JobContext, j: ChunkFilesJob): ChunkFilesResult {
+  const counts = new Int32Array(j.paths.length);
   const files = j.paths.map((path, i) => {
     try {
-      return chunkSegment(ctx, { kind: 'chunkSegment', path, offset: 0, length: j.sizes[i]!, params: j.params });
+      const r = chunkSegment(ctx, { kind: 'chunkSegment', path, offset: 0, length: j.sizes[i]!, params: j.params });
+      counts[i] = r.lens.length;
+      return r;
     } catch {
+      counts[i] = -1;
       return null; // gone or shrunk: the scanner re-reads it on its own
     }
   });
-  return { files };
+  let n = 0;
+  for (const c of counts) if (c > 0) n += c;
+  const lens = new Uint32Array(n);
+  const ids = new BigUint64Array(n);
+  let k = 0;
+  for (const r of files) {
+    if (!r) continue;
+    lens.set(r.lens, k);
+    ids.set(r.ids, k);
+    k += r.lens.length;
+  }
+  return { lens, ids, counts };
 }
 
 /** Reads the chunks of a readPack or storeChunks job into the thread's read buffer, each checked against its id. */

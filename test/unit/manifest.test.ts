@@ -12,6 +12,7 @@ import {
   filterManifest,
   globToRegExp,
   LIMITS,
+  ChunkArrays,
   type Entry,
   type Manifest,
 } from '../../src/manifest/manifest.js';
@@ -124,6 +125,32 @@ describe('encode/decode round trip', () => {
     expectSameManifest(m, d);
     expect(d.entries[1]!.lens).toBeInstanceOf(Uint32Array);
     expect(d.entries[1]!.ids).toBeInstanceOf(BigUint64Array);
+  });
+
+  it('decodes the chunk arrays of many small files as views of shared buffers, a file with many chunks apart', () => {
+    const small = Array.from({ length: 3000 }, (_, i) => file(`f${String(i).padStart(5, '0')}`, [1000 + (i % 7), 500], [BigInt(i) * 7919n + 1n, BigInt(i) + 2n ** 63n]));
+    const bigLens = Array.from({ length: 5000 }, () => 4096);
+    const m = man([...small, file('zbig', bigLens, bigLens.map((_, k) => BigInt(k) + 3n))]);
+    const d = decodeManifest(encodeManifest(m));
+    expectSameManifest(m, d);
+    const e = d.entries;
+    expect(e[0]!.lens!.buffer).toBe(e[1]!.lens!.buffer);
+    expect(e[0]!.ids!.buffer).toBe(e[1]!.ids!.buffer);
+    expect(new Set(e.slice(0, 3000).map((x) => x.lens!.buffer)).size).toBeLessThan(10);
+    expect(e[3000]!.lens!.byteLength).toBe(e[3000]!.lens!.buffer.byteLength);
+    // Views never overlap: writing one file's arrays leaves its neighbours alone.
+    e[1]!.lens![0] = 1;
+    e[1]!.ids![1] = 5n;
+    expect([e[0]!.lens![1], e[2]!.lens![0], e[0]!.ids![1], e[2]!.ids![0]]).toEqual([500, 1002, 2n ** 63n, 2n * 7919n + 1n]);
+  });
+
+  it('ChunkArrays hands out disjoint views, in slabs that grow, and arrays of their own for many chunks', () => {
+    const a = new ChunkArrays();
+    const views = Array.from({ length: 500 }, (_, i) => a.take(1 + (i % 9)));
+    views.forEach((v, i) => v.lens.fill(i + 1));
+    views.forEach((v, i) => expect([...v.lens].every((x) => x === i + 1)).toBe(true));
+    expect(a.take(1 << 13).lens.byteOffset).toBe(0);
+    expect(a.take(0).lens.length).toBe(0);
   });
 
   it('round-trips mtime values at the int64 edges and around zero', () => {
