@@ -67,10 +67,10 @@ export class ChunkArrays {
   take(n: number): { lens: Uint32Array; ids: BigUint64Array } {
     if (n > 1 << 12) return { lens: new Uint32Array(n), ids: new BigUint64Array(n) };
     if (this.used + n > this.lens.length) {
-      // Slabs grow with the manifest, so a small one wastes little.
+      // Slabs grow with the manifest, so a small one wastes little; never smaller than what is asked for.
       this.slab = Math.min(this.slab * 2, 1 << 16);
-      this.lens = new Uint32Array(this.slab);
-      this.ids = new BigUint64Array(this.slab);
+      this.lens = new Uint32Array(Math.max(this.slab, n));
+      this.ids = new BigUint64Array(Math.max(this.slab, n));
       this.used = 0;
     }
     const out = { lens: this.lens.subarray(this.used, this.used + n), ids: this.ids.subarray(this.used, this.used + n) };

@@ -151,6 +151,11 @@ describe('encode/decode round trip', () => {
     views.forEach((v, i) => expect([...v.lens].every((x) => x === i + 1)).toBe(true));
     expect(a.take(1 << 13).lens.byteOffset).toBe(0);
     expect(a.take(0).lens.length).toBe(0);
+    // Every size up to the own-array threshold, first thing from a fresh allocator (its first slab is smaller).
+    for (const n of [1, 2047, 2048, 2049, 3000, 4095, 4096, 4097]) {
+      const t = new ChunkArrays().take(n);
+      expect([t.lens.length, t.ids.length]).toEqual([n, n]);
+    }
   });
 
   it('round-trips mtime values at the int64 edges and around zero', () => {
