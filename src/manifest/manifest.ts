@@ -299,6 +299,15 @@ export function rootHashOf(encoded: Uint8Array): string {
   return createHash('sha256').update(encoded).digest('hex');
 }
 
+/**
+ * The path of a manifest entry under a folder. Entry paths are relative and '/'-separated with no '.', '..' or empty
+ * components (checkTree), so plain concatenation is exact, and several times cheaper than path.join, which for
+ * 100,000 files cost a branch over half a second of CPU.
+ */
+export function entryPath(root: string, rel: string): string {
+  return `${root}/${rel}`;
+}
+
 /** mtimes set through utimes keep microseconds: compare at that precision. */
 export function sameMtime(a: bigint, b: bigint): boolean {
   const d = a - b;

@@ -7,7 +7,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { ChunkParams, DEFAULT_CHUNK_PARAMS, SEGMENT_SIZE } from '../chunk/chunker.js';
-import { Entry, Manifest, encodeManifest, rootHashOf, comparePaths, checkTree } from '../manifest/manifest.js';
+import { Entry, Manifest, encodeManifest, entryPath, rootHashOf, comparePaths, checkTree } from '../manifest/manifest.js';
 import { WorkerPool } from '../work/pool.js';
 import type { ChunkSegmentResult, ChunkFilesResult } from '../work/tasks.js';
 import { fail, ErrorCodes, SnapferryError } from '../util/errors.js';
@@ -255,12 +255,12 @@ export class CompanyScanner {
   private async walk(): Promise<Array<{ rel: string; abs: string; st: StatB }>> {
     const out: Array<{ rel: string; abs: string; st: StatB }> = [];
     const visit = async (relDir: string): Promise<void> => {
-      const absDir = relDir ? path.join(this.root, relDir) : this.root;
+      const absDir = relDir ? entryPath(this.root, relDir) : this.root;
       const names = (await fs.promises.readdir(absDir)).sort((a, b) => comparePaths(a, b));
       const subdirs: string[] = [];
       for (const name of names) {
         const rel = relDir ? `${relDir}/${name}` : name;
-        const abs = path.join(absDir, name);
+        const abs = `${absDir}/${name}`;
         let st: StatB;
         try {
           st = lstatCompact(abs);

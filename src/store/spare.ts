@@ -11,8 +11,7 @@
  * known (no /proc), spares are not used. Everything here is a cache: whatever does not check out is simply not used.
  */
 import fs from 'node:fs';
-import path from 'node:path';
-import { decodeManifest, Entry, rootHashOf, sameMtime } from '../manifest/manifest.js';
+import { decodeManifest, Entry, entryPath, rootHashOf, sameMtime } from '../manifest/manifest.js';
 import { StatePaths, removeTree } from './state.js';
 
 /** A spare that may be rewritten into the next generation: where it is and what it holds. */
@@ -64,7 +63,7 @@ export class Spare {
     const i = this.byPath.get(relPath);
     if (i === undefined) return undefined;
     const entry = this.entries[i]!;
-    const abs = path.join(this.paths.spare, relPath);
+    const abs = entryPath(this.paths.spare, relPath);
     let st: fs.BigIntStats;
     try {
       st = fs.lstatSync(abs, { bigint: true });

@@ -20,7 +20,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
 import { createHmac, hkdfSync, timingSafeEqual } from 'node:crypto';
-import { decodeManifest, Manifest, rootHashOf, sameMtime } from '../manifest/manifest.js';
+import { decodeManifest, entryPath, Manifest, rootHashOf, sameMtime } from '../manifest/manifest.js';
 import { fail, ErrorCodes, toSnapferryError } from '../util/errors.js';
 
 /** The record of an applied generation. */
@@ -62,58 +62,43 @@ export function recordAuthentic(r: AppliedRecord, secret: Buffer): boolean {
 export class StatePaths {
   readonly dir: string;
   readonly state: string;
+  readonly lock: string;
+  readonly appliedJson: string;
+  readonly appliedManifest: string;
+  readonly appliedStats: string;
+  readonly next: string;
+  readonly nextJson: string;
+  readonly nextJournal: string;
+  readonly nextLinks: string;
+  readonly commitJson: string;
+  readonly old: string;
+  readonly pendingJson: string;
+  readonly pendingManifest: string;
+  readonly spare: string;
+  readonly spareManifest: string;
+  readonly spareStats: string;
+  /** Spare files being deleted in the background. */
+  readonly spareDrop: string;
   constructor(dir: string) {
     this.dir = path.resolve(dir);
     this.state = path.join(path.dirname(this.dir), `.${path.basename(this.dir)}.snapferry`);
-  }
-  get lock(): string {
-    return path.join(this.state, 'lock');
-  }
-  get appliedJson(): string {
-    return path.join(this.state, 'applied.json');
-  }
-  get appliedManifest(): string {
-    return path.join(this.state, 'applied.manifest');
-  }
-  get appliedStats(): string {
-    return path.join(this.state, 'applied.stats');
-  }
-  get next(): string {
-    return path.join(this.state, 'next');
-  }
-  get nextJson(): string {
-    return path.join(this.state, 'next.json');
-  }
-  get nextJournal(): string {
-    return path.join(this.state, 'next.journal');
-  }
-  get nextLinks(): string {
-    return path.join(this.state, 'next.links');
-  }
-  get commitJson(): string {
-    return path.join(this.state, 'commit.json');
-  }
-  get old(): string {
-    return path.join(this.state, 'old');
-  }
-  get pendingJson(): string {
-    return path.join(this.state, 'pending.json');
-  }
-  get pendingManifest(): string {
-    return path.join(this.state, 'pending.manifest');
-  }
-  get spare(): string {
-    return path.join(this.state, 'spare');
-  }
-  get spareManifest(): string {
-    return path.join(this.state, 'spare.manifest');
-  }
-  get spareStats(): string {
-    return path.join(this.state, 'spare.stats');
-  }
-  /** Spare files being deleted in the background. */
-  get spareDrop(): string {
-    return path.join(this.state, 'spare.drop');
+    const at = (name: string) => path.join(this.state, name);
+    this.lock = at('lock');
+    this.appliedJson = at('applied.json');
+    this.appliedManifest = at('applied.manifest');
+    this.appliedStats = at('applied.stats');
+    this.next = at('next');
+    this.nextJson = at('next.json');
+    this.nextJournal = at('next.journal');
+    this.nextLinks = at('next.links');
+    this.commitJson = at('commit.json');
+    this.old = at('old');
+    this.pendingJson = at('pending.json');
+    this.pendingManifest = at('pending.manifest');
+    this.spare = at('spare');
+    this.spareManifest = at('spare.manifest');
+    this.spareStats = at('spare.stats');
+    this.spareDrop = at('spare.drop');
   }
 }
 
@@ -289,7 +274,7 @@ export function writeStats(paths: StatePaths, rootHash: string, m: Manifest, kno
     const k = known?.get(i);
     if (k) return k;
     try {
-      const st = fs.lstatSync(path.join(paths.dir, e.path), { bigint: true });
+      const st = fs.lstatSync(entryPath(paths.dir, e.path), { bigint: true });
       return `${st.ino}:${st.ctimeNs}`;
     } catch {
       return '';
@@ -329,7 +314,7 @@ export function unchangedByStats(paths: StatePaths): AppliedRecord | undefined {
     if (s.rootHash !== record.rootHash || !s.paths || !s.sizes || !s.mtimes || typeof s.kinds !== 'string') return undefined;
     if (s.paths.length !== n || s.kinds.length !== n || s.sizes.length !== n || s.mtimes.length !== n) return undefined;
     for (let i = 0; i < n; i++) {
-      const st = fs.lstatSync(path.join(paths.dir, s.paths[i]!), { bigint: true });
+      const st = fs.lstatSync(entryPath(paths.dir, s.paths[i]!), { bigint: true });
       const kind = s.kinds[i];
       if (kind === 'd' ? !st.isDirectory() : kind === 's' ? !st.isSymbolicLink() : !st.isFile()) return undefined;
       if (kind !== 'f') continue;

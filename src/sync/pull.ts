@@ -9,14 +9,13 @@
  * journal, so a restart fetches nothing already verified. Commit swaps the finished tree in atomically (store/state).
  */
 import fs from 'node:fs';
-import path from 'node:path';
 import os from 'node:os';
 import { connect, SecureSession, printable } from './session.js';
 // The worker pool, zstd and verify are loaded when a pull needs them: an unchanged re-pull never does.
 import type { WorkerPool } from '../work/pool.js';
 import { layoutOf, Layout } from '../manifest/layout.js';
 import { IdIndex, idWords } from '../manifest/idindex.js';
-import { appliedMode, decodeManifest, Entry, Manifest, rootHashOf, sameContent, sameMtime, totalBytes } from '../manifest/manifest.js';
+import { appliedMode, decodeManifest, Entry, entryPath, Manifest, rootHashOf, sameContent, sameMtime, totalBytes } from '../manifest/manifest.js';
 import {
   MsgType,
   decodeJson,
@@ -429,7 +428,7 @@ class PullRun {
     }
     let st: fs.BigIntStats;
     try {
-      st = fs.lstatSync(path.join(this.paths.dir, e.path), { bigint: true });
+      st = fs.lstatSync(entryPath(this.paths.dir, e.path), { bigint: true });
     } catch {
       return false;
     }
@@ -454,7 +453,7 @@ class PullRun {
       for (const [i, ok] of this.good) {
         const oe = olds[i]!;
         if (!ok.includes(0) && this.trusted(oe, i)) continue;
-        const abs = path.join(this.paths.dir, oe.path);
+        const abs = entryPath(this.paths.dir, oe.path);
         let size = 0;
         try {
           size = fs.statSync(abs).size;
@@ -469,7 +468,7 @@ class PullRun {
     }
     for (const e of this.m.entries) {
       if (e.kind !== 'file') continue;
-      const abs = path.join(this.paths.dir, e.path);
+      const abs = entryPath(this.paths.dir, e.path);
       let st: fs.Stats;
       try {
         st = fs.lstatSync(abs);
@@ -529,7 +528,7 @@ class PullRun {
     const spareOf = () => (spare === undefined ? (spare = Spare.load(p) ?? null) : spare) ?? undefined;
     for (let ei = 0; ei < this.m.entries.length; ei++) {
       const e = this.m.entries[ei]!;
-      const dst = path.join(p.next, e.path);
+      const dst = entryPath(p.next, e.path);
       if (e.kind === 'dir') {
         fs.mkdirSync(dst, { recursive: true, mode: 0o700 });
         continue;
@@ -540,7 +539,7 @@ class PullRun {
       }
       const oi = local.oldByPath.get(e.path);
       const old = oi === undefined ? undefined : this.applied!.manifest.entries[oi]!;
-      const src = path.join(p.dir, e.path);
+      const src = entryPath(p.dir, e.path);
       if (old && sameContent(old, e)) {
         const g0 = L.entryStart[ei]!;
         this.stats.reused += L.entryStart[ei + 1]! - g0;
@@ -651,7 +650,7 @@ class PullRun {
     const stats: Record<number, string> = {};
     for (const oi of oldIdx) {
       try {
-        const st = fs.lstatSync(path.join(this.paths.dir, this.applied!.manifest.entries[oi]!.path), { bigint: true });
+        const st = fs.lstatSync(entryPath(this.paths.dir, this.applied!.manifest.entries[oi]!.path), { bigint: true });
         stats[oi] = `${st.ino}:${st.ctimeNs}`;
       } catch {
         /* gone: it is not trusted then */
@@ -721,7 +720,7 @@ class PullRun {
       },
       source(ref) {
         if (ref < 0) return partChunks[-1 - ref]!;
-        return { path: path.join(dir, olds![oldLayout!.entry[ref]!]!.path), offset: oldLayout!.offset[ref]! };
+        return { path: entryPath(dir, olds![oldLayout!.entry[ref]!]!.path), offset: oldLayout!.offset[ref]! };
       },
     };
   }
@@ -852,7 +851,7 @@ class PullRun {
 
   /** Path in next/ of the entry holding occurrence g. */
   private targetPath(g: number): string {
-    return path.join(this.paths.next, this.m.entries[this.layout.entry[g]!]!.path);
+    return entryPath(this.paths.next, this.m.entries[this.layout.entry[g]!]!.path);
   }
 
   /** Counts a written occurrence; a file whose last chunk landed is queued to be finished (mode, mtime) on a worker. */
@@ -878,7 +877,7 @@ class PullRun {
     if (batch.length === 0) return;
     const job: FinishFilesJob = {
       kind: 'finishFiles',
-      paths: batch.map((ei) => path.join(this.paths.next, this.m.entries[ei]!.path)),
+      paths: batch.map((ei) => entryPath(this.paths.next, this.m.entries[ei]!.path)),
       modes: Uint32Array.from(batch.map((ei) => appliedMode(this.m.entries[ei]!.mode))),
       mtimes: Float64Array.from(batch.map((ei) => toTime(this.m.entries[ei]!.mtimeNs))),
     };
@@ -966,7 +965,7 @@ class PullRun {
     this.baseReady = new Map([...bases].map(([ei, b]) => [ei, b.promise]));
     const allBases = runLimited(this.pendingBaseCopies, 4, async ({ ei, from, spare }) => {
       try {
-        const dst = path.join(this.paths.next, this.m.entries[ei]!.path);
+        const dst = entryPath(this.paths.next, this.m.entries[ei]!.path);
         // A spare is already in place (plan moved it); a copy is made now.
         if (!spare) await fs.promises.copyFile(from, dst);
         // The source's mode may be read-only: the file is ours to patch until it is finished.
@@ -1178,12 +1177,12 @@ class PullRun {
     for (const e of entries) {
       if (e.kind !== 'symlink') continue;
       const t = toTime(e.mtimeNs);
-      fs.lutimesSync(path.join(this.paths.next, e.path), t, t);
+      fs.lutimesSync(entryPath(this.paths.next, e.path), t, t);
     }
     for (let i = entries.length - 1; i >= 0; i--) {
       const e = entries[i]!;
       if (e.kind !== 'dir') continue;
-      const p = path.join(this.paths.next, e.path);
+      const p = entryPath(this.paths.next, e.path);
       fs.chmodSync(p, appliedMode(e.mode));
       const t = toTime(e.mtimeNs);
       fs.utimesSync(p, t, t);

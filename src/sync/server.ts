@@ -370,7 +370,8 @@ export class SnapferryServer {
               return;
             }
             try {
-              gen = await company.scanner.scan({ settleTimeoutMs: this.opts.settleTimeoutMs });
+              // The watcher's generation when it can vouch that nothing changed since; otherwise a scan (of what changed).
+              gen = (await company.watcher?.settledGeneration()) ?? (await company.scanner.scan({ settleTimeoutMs: this.opts.settleTimeoutMs }));
             } catch (err) {
               await session.sendError(toSnapferryError(err));
               return;

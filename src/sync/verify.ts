@@ -9,7 +9,7 @@ import { StatePaths, readApplied, recover, recordAuthentic, DirLock, Applied } f
 import { WorkerPool, defaultPoolSize } from '../work/pool.js';
 import { SharedRunner } from '../work/shared.js';
 import type { HashChunksResult } from '../work/tasks.js';
-import { Entry, comparePaths, appliedMode, sameMtime } from '../manifest/manifest.js';
+import { Entry, comparePaths, appliedMode, entryPath, sameMtime } from '../manifest/manifest.js';
 import { SnapferryError, ErrorCodes } from '../util/errors.js';
 
 /** One problem found. */
@@ -78,7 +78,7 @@ export async function verifyDir(dir: string, opts: VerifyOptions = {}): Promise<
       const entries = applied.manifest.entries;
       for (let i = 0; i < entries.length; i++) {
         const e = entries[i]!;
-        const abs = path.join(paths.dir, e.path);
+        const abs = entryPath(paths.dir, e.path);
         let st: fs.Stats;
         try {
           st = fs.lstatSync(abs);

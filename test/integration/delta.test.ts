@@ -107,6 +107,40 @@ describe('delta sync after the seed', () => {
     }
   });
 
+  it('a change made just before a pull is in it, however quickly it follows (the site skips its scan only when its watcher saw nothing)', async () => {
+    const { src, dest, served } = await seeded('quick', 4);
+    try {
+      // Each round changes the site in another way and pulls at once: a pull answered from a stale generation
+      // would leave DIR different from the site. Six rounds, each bounded by the CLI's timeout.
+      const changes: Array<(round: number) => void> = [
+        (r) => fs.appendFileSync(path.join(src, 'Journal.log'), `VCH${r}|appended just before the pull\n`),
+        (r) => {
+          fs.mkdirSync(path.join(src, `new-${r}`, 'deeper'), { recursive: true });
+          fs.writeFileSync(path.join(src, `new-${r}`, 'deeper', 'n.xml'), `<n r="${r}"/>\n`);
+        },
+        (r) => fs.appendFileSync(path.join(src, `new-${r - 1}`, 'deeper', 'n.xml'), '<also/>\n'),
+        () => fs.chmodSync(path.join(src, 'Manager.900'), 0o600),
+        (r) => fs.renameSync(path.join(src, `new-${r - 3}`), path.join(src, `moved-${r}`)),
+        (r) => {
+          const fd = fs.openSync(path.join(src, 'Company.900'), 'r+');
+          fs.writeSync(fd, Buffer.alloc(4096, r), 0, 4096, 4096 * r);
+          fs.closeSync(fd);
+        },
+      ];
+      for (let round = 1; round <= changes.length; round++) {
+        // Time for the site's watcher to settle and vouch for its generation again: the change must undo that at once.
+        await new Promise((r) => setTimeout(r, 700));
+        changes[round - 1]!(round);
+        const r = await runCli(['pull', served.url, 'acme', dest, '--secret', key, '--json']);
+        expect(r.code, r.stderr).toBe(0);
+        expect(JSON.parse(r.stdout).unchanged, `round ${round}`).toBe(false);
+        expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest)), `round ${round}`).toEqual([]);
+      }
+    } finally {
+      await served.stop();
+    }
+  });
+
   it('--follow applies each new generation, prints one JSON line per generation, and survives a site restart', async () => {
     const { src, dest, served } = await seeded('follow', 4);
     const port = new URL(served.url).port;
