@@ -58,9 +58,9 @@ export interface Served {
   stop: () => Promise<void>;
 }
 
-export function startServe(args: string[], timeoutMs = 30_000): Promise<Served> {
+export function startServe(args: string[], timeoutMs = 30_000, env?: NodeJS.ProcessEnv): Promise<Served> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, 'serve', '--listen', '127.0.0.1:0', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [CLI, 'serve', '--listen', '127.0.0.1:0', ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
     let out = '';
     let err = '';
     const timer = setTimeout(() => {

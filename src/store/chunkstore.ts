@@ -13,6 +13,51 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { IdIndex } from '../manifest/idindex.js';
 import type { Hasher } from '../chunk/hash.js';
+import { isAlive, removeTree } from './state.js';
+
+const TEMP_PREFIX = 'snapferry-store-';
+/** A temporary store folder that says nothing of its owner is left alone for this long (made by an older snapferry). */
+const UNOWNED_GRACE_MS = 24 * 3600_000;
+
+/** Whether a temporary store folder's owner no longer runs (or, unowned, it is older than the grace period). */
+function staleStore(dir: string): boolean {
+  let owner: number;
+  try {
+    owner = Number.parseInt(fs.readFileSync(path.join(dir, 'owner'), 'utf8'), 10);
+  } catch {
+    return Date.now() - fs.statSync(dir).mtimeMs > UNOWNED_GRACE_MS;
+  }
+  return !(Number.isInteger(owner) && owner > 0 && isAlive(owner));
+}
+
+/**
+ * A temporary folder for the chunk stores of a site run without --cache-dir, marked with the site's pid. A site that
+ * stops removes its folder; one that was killed cannot, so each new one first removes the folders whose owner no longer
+ * runs (a store takes about a third of its company: killed sites must not fill the disk). Returns the folder and how
+ * many stale ones were removed.
+ */
+export function makeTempStoreFolder(tmp: string): { dir: string; removed: number } {
+  let removed = 0;
+  let names: string[] = [];
+  try {
+    names = fs.readdirSync(tmp).filter((n) => n.startsWith(TEMP_PREFIX));
+  } catch {
+    /* an unreadable temp folder: nothing to sweep */
+  }
+  for (const n of names) {
+    const dir = path.join(tmp, n);
+    try {
+      if (!staleStore(dir)) continue;
+      removeTree(dir);
+      removed++;
+    } catch {
+      /* another user's, or gone meanwhile */
+    }
+  }
+  const dir = fs.mkdtempSync(path.join(tmp, TEMP_PREFIX));
+  fs.writeFileSync(path.join(dir, 'owner'), `${process.pid}\n`);
+  return { dir, removed };
+}
 
 const RECORD = 24;
 

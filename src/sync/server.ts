@@ -34,7 +34,7 @@ import { SnapferryError, ErrorCodes, fail, toSnapferryError } from '../util/erro
 import { TokenBucket } from '../util/rate.js';
 import { noteGarbage } from '../util/gc.js';
 import { capYoungGeneration } from './heap.js';
-import { ChunkStore } from '../store/chunkstore.js';
+import { ChunkStore, makeTempStoreFolder } from '../store/chunkstore.js';
 import { fillStore } from './storefill.js';
 import { loadHasher } from '../chunk/hash.js';
 import { idWords } from '../manifest/idindex.js';
@@ -276,7 +276,11 @@ export class SnapferryServer {
         let dir: string;
         if (this.opts.cacheDir) dir = path.join(this.opts.cacheDir, `${c.name}.chunks`);
         else {
-          this.storeTmp ??= fs.mkdtempSync(path.join(os.tmpdir(), 'snapferry-store-'));
+          if (!this.storeTmp) {
+            const t = makeTempStoreFolder(os.tmpdir());
+            this.storeTmp = t.dir;
+            if (t.removed > 0) this.log(`removed ${t.removed} chunk store folder(s) left in ${os.tmpdir()} by sites that were killed`);
+          }
           dir = path.join(this.storeTmp, c.name);
         }
         c.store = ChunkStore.open(dir, hasher);

@@ -5,6 +5,7 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import fs from 'node:fs';
 import path from 'node:path';
+import { spawnSync } from 'node:child_process';
 import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, waitFor, Served } from '../helpers.js';
 import { makeCompany } from '../../src/gen/company.js';
 import { ChunkStore } from '../../src/store/chunkstore.js';
@@ -100,5 +101,38 @@ describe('chunk store at the site', () => {
     await serve();
     expect(served!.stderr()).toMatch(/stored acme: generation 1, [1-9]\d* chunks/);
     await pullInto('b4');
+  });
+
+  it('without --cache-dir the store lives in a temp folder the site removes when it stops; a killed site\'s is removed by the next site', async () => {
+    const tmpRoot = path.join(tmp.dir, 'tmpdir');
+    fs.mkdirSync(tmpRoot);
+    const folder = (name: string, owner?: number) => {
+      const d = path.join(tmpRoot, `snapferry-store-${name}`);
+      fs.mkdirSync(d);
+      if (owner !== undefined) fs.writeFileSync(path.join(d, 'owner'), `${owner}\n`);
+      return d;
+    };
+    // Owned by a process that has exited, by one that runs (this test's), and by nobody (an older snapferry's).
+    const dead = folder('dead', spawnSync(process.execPath, ['-e', '0']).pid);
+    const live = folder('live', process.pid);
+    const unowned = folder('unowned');
+    const own = () => fs.readdirSync(tmpRoot).filter((n) => ![dead, live, unowned].map((d) => path.basename(d)).includes(n));
+    const env = { TMPDIR: tmpRoot };
+    const first = await startServe(['--secret', key, '--company', `acme=${company}`], 30_000, env);
+    await waitFor(() => /stored acme/.test(first.stderr()), 30_000);
+    expect(first.stderr()).toMatch(/removed 1 chunk store folder/);
+    expect([fs.existsSync(dead), fs.existsSync(live), fs.existsSync(unowned)]).toEqual([false, true, true]);
+    expect(own()).toHaveLength(1);
+    expect(fs.readFileSync(path.join(tmpRoot, own()[0]!, 'owner'), 'utf8').trim()).toBe(String(first.child.pid));
+    // kill -9: the folder stays behind, and the next site removes it.
+    first.child.kill('SIGKILL');
+    await new Promise((r) => first.child.once('exit', r));
+    const second = await startServe(['--secret', key, '--company', `acme=${company}`], 30_000, env);
+    await waitFor(() => /stored acme/.test(second.stderr()), 30_000);
+    expect(second.stderr()).toMatch(/removed 1 chunk store folder/);
+    expect(own()).toHaveLength(1);
+    await second.stop();
+    expect(own()).toHaveLength(0);
+    expect([fs.existsSync(live), fs.existsSync(unowned)]).toEqual([true, true]);
   });
 });
