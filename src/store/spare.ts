@@ -124,14 +124,6 @@ export function inodesInUse(): Set<string> | undefined {
   return out;
 }
 
-/** Deletes the spare generation: its record first, so that a cut deletion leaves nothing that looks usable. */
-export function dropSpare(paths: StatePaths): void {
-  fs.rmSync(paths.spareStats, { force: true });
-  fs.rmSync(paths.spareManifest, { force: true });
-  removeTree(paths.spare);
-  removeTree(paths.spareDrop);
-}
-
 /**
  * Deletes what is left of the spare files (the record stays until the commit replaces it), in the background: their
  * blocks are freed while the transfer runs. Resolves when done; never rejects.
