@@ -806,9 +806,10 @@ class PullRun {
    * Where a job writes the fetched chunks `firsts` (first occurrences, as GET or PATCH asks for them): each occurrence
    * of each, following the plan's chains, as (chunk index in the job, file, offset).
    */
-  private targetsOf(firsts: ArrayLike<number>): { paths: string[]; tItem: Uint32Array; tPath: Uint32Array; tOffset: Float64Array } {
+  private targetsOf(firsts: ArrayLike<number>): { paths: string[]; entries: number[]; tItem: Uint32Array; tPath: Uint32Array; tOffset: Float64Array } {
     const L = this.layout;
     const paths: string[] = [];
+    const entries: number[] = [];
     const pathIdx = new Map<number, number>();
     const tItem: number[] = [];
     const tPath: number[] = [];
@@ -819,6 +820,7 @@ class PullRun {
         let pi = pathIdx.get(ei);
         if (pi === undefined) {
           pi = paths.push(this.targetPath(g)) - 1;
+          entries.push(ei);
           pathIdx.set(ei, pi);
         }
         tItem.push(i);
@@ -826,7 +828,25 @@ class PullRun {
         tOffset.push(L.offset[g]!);
       }
     }
-    return { paths, tItem: Uint32Array.from(tItem), tPath: Uint32Array.from(tPath), tOffset: Float64Array.from(tOffset) };
+    return { paths, entries, tItem: Uint32Array.from(tItem), tPath: Uint32Array.from(tPath), tOffset: Float64Array.from(tOffset) };
+  }
+
+  /**
+   * Final modes and mtimes for the files a pack job completes: those whose every remaining occurrence it writes (for
+   * small files, their one chunk). The job finishes them through its open descriptors.
+   */
+  private finishesOf(t: { entries: number[]; tPath: Uint32Array }): { finishModes: Int32Array; finishMtimes: Float64Array } {
+    const counts = new Int32Array(t.entries.length);
+    for (const pi of t.tPath) counts[pi]!++;
+    const finishModes = new Int32Array(t.entries.length).fill(-1);
+    const finishMtimes = new Float64Array(t.entries.length);
+    t.entries.forEach((ei, pi) => {
+      if (counts[pi] !== this.remaining[ei]) return;
+      const e = this.m.entries[ei]!;
+      finishModes[pi] = appliedMode(e.mode);
+      finishMtimes[pi] = toTime(e.mtimeNs);
+    });
+    return { finishModes, finishMtimes };
   }
 
   /** Every occurrence written by fetching `firsts`. */
@@ -859,7 +879,8 @@ class PullRun {
     const ei = this.layout.entry[g]!;
     this.remaining[ei]!--;
     this.bytesDone += this.layout.len[g]!;
-    if (this.remaining[ei] === 0) {
+    // A file a pack job completed was finished there already.
+    if (this.remaining[ei] === 0 && !this.finishedStats.has(ei)) {
       this.toFinish.push(ei);
       if (this.toFinish.length >= 256) this.finishBatch();
     }
@@ -1088,6 +1109,7 @@ class PullRun {
     firsts.forEach((g, k) => (ids[k] = L.id[g]!));
     // The decrypted frame is moved to the worker whole when it owns its memory, copied otherwise.
     const owns = msg.byteOffset === 0 && msg.byteLength === msg.buffer.byteLength;
+    const { entries, ...targets } = this.targetsOf(firsts);
     const job: WritePackJob = {
       kind: 'writePack',
       payload: owns ? msg : Buffer.from(data.payload),
@@ -1096,9 +1118,11 @@ class PullRun {
       rawLen: data.rawLen,
       lens,
       ids,
-      ...this.targetsOf(firsts),
+      ...targets,
+      ...this.finishesOf({ entries, tPath: targets.tPath }),
     };
     const r = await this.pool!.run<WritePackResult>(job, true, L.entry[firsts[0]!]!);
+    r.finished?.forEach((st, pi) => st && this.finishedStats.set(entries[pi]!, st));
     this.stats.written += r.written;
     this.stats.fetched += firsts.length;
     const gs = this.occurrencesOf(firsts);
@@ -1137,7 +1161,7 @@ class PullRun {
       payload: Buffer.from(patch.payload),
       compressed: patch.compressed,
       rawLen: patch.rawLen,
-      ...this.targetsOf(all),
+      ...dropEntries(this.targetsOf(all)),
     });
     const failed = new Set(r.failed);
     const ok: number[] = [];
@@ -1192,6 +1216,12 @@ class PullRun {
 
   /** Entries of next/ that are hard links to the old generation. */
   private linked = new Set<number>();
+}
+
+/** Targets as a job takes them (the entry of each path stays here). */
+function dropEntries<T extends { entries: number[] }>(t: T): Omit<T, 'entries'> {
+  const { entries: _entries, ...rest } = t;
+  return rest;
 }
 
 /** How a changed file's start is made in next/: a copy of `from`, or its spare, already moved there by the plan. */

@@ -88,9 +88,17 @@ export interface WritePackJob {
   tItem: Uint32Array;
   tPath: Uint32Array;
   tOffset: Float64Array;
+  /**
+   * Per path: the final mode of a file this job completes (its last chunks are all here), -1 for the others; and its
+   * mtime. A completed file is finished through its open descriptor (no finishFiles job, no lookups by path).
+   */
+  finishModes?: Int32Array;
+  finishMtimes?: Float64Array;
 }
 export interface WritePackResult {
   written: number;
+  /** Per path: "ino:ctimeNs" of a file finished here, '' for the others. */
+  finished?: string[];
 }
 
 /** Copy verified local byte ranges into place (reuse of chunks the puller already holds). */
@@ -417,10 +425,22 @@ function writePack(ctx: JobContext, j: WritePackJob): WritePackResult {
       written += len;
       t = u;
     }
+    return { written, finished: j.finishModes ? finishOpen(files, j.paths, j.finishModes, j.finishMtimes!) : undefined };
   } finally {
     files.close();
   }
-  return { written };
+}
+
+/** Final mode and mtime of the completed files among `paths`, through their open descriptors; their inode:ctime. */
+function finishOpen(files: TargetFiles, paths: string[], modes: Int32Array, mtimes: Float64Array): string[] {
+  return paths.map((p, i) => {
+    if (modes[i]! < 0) return '';
+    const fd = files.get(p);
+    fs.fchmodSync(fd, modes[i]!);
+    fs.futimesSync(fd, mtimes[i]!, mtimes[i]!);
+    const st = fs.fstatSync(fd, { bigint: true });
+    return `${st.ino}:${st.ctimeNs}`;
+  });
 }
 
 function copyRanges(ctx: JobContext, j: CopyRangesJob): CopyRangesResult {

@@ -232,6 +232,38 @@ describe('readPack and writePack', () => {
     expect(fs.readFileSync(target).equals(data)).toBe(true);
   });
 
+  it('writePack finishes the files it completes through their descriptors: final mode, mtime and their inode:ctime', () => {
+    const data = textish(100_000, 31);
+    const p = writeTmp(data);
+    const job = wholeFilePack(p, data, 1);
+    const r = runJob(ctx, job) as ReadPackResult;
+    if ('stale' in r) throw new Error('stale');
+    const c = chunksOf(data);
+    const done = targetPath();
+    const open = targetPath();
+    const mtime = 1_700_000_000.123456;
+    const w = runJob(ctx, {
+      kind: 'writePack',
+      payload: r.payload,
+      compressed: r.compressed,
+      rawLen: r.rawLen,
+      lens: job.lens,
+      ids: job.ids,
+      paths: [done, open],
+      tItem: Uint32Array.from([...c.lens.map((_, i) => i), 0]),
+      tPath: Uint32Array.from([...c.lens.map(() => 0), 1]),
+      tOffset: Float64Array.from([...c.offsets, 0]),
+      finishModes: Int32Array.from([0o444, -1]),
+      finishMtimes: Float64Array.from([mtime, 0]),
+    }) as WritePackResult;
+    const st = fs.lstatSync(done, { bigint: true });
+    expect(fs.readFileSync(done).equals(data)).toBe(true);
+    expect([Number(st.mode & 0o777n), Number(st.mtimeNs / 1000n)]).toEqual([0o444, Math.round(mtime * 1e6)]);
+    expect(w.finished).toEqual([`${st.ino}:${st.ctimeNs}`, '']);
+    // The file not completed here keeps the mode it was created with.
+    expect(fs.statSync(open).mode & 0o777).toBe(0o600);
+  });
+
   it('readPack returns {stale} when the file changed after its ids were computed', () => {
     const data = textish(200_000, 25);
     const p = writeTmp(data);
