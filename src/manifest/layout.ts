@@ -54,10 +54,10 @@ export interface ChunkSources {
 }
 
 /**
- * The sources of chunks `gs` (global indexes, in the order given) of a layout whose entries are at `absPaths`: the
+ * The sources of chunks `gs` (global indexes, in the order given) of a layout whose entry ei is at `absPath(ei)`: the
  * shape of the jobs that read chunks from a company (readPack, storeChunks).
  */
-export function chunkSources(layout: Layout, absPaths: readonly string[], gs: ArrayLike<number>): ChunkSources {
+export function chunkSources(layout: Layout, absPath: (ei: number) => string, gs: ArrayLike<number>): ChunkSources {
   const n = gs.length;
   const src: ChunkSources = { paths: [], pathIdx: new Uint32Array(n), offsets: new Float64Array(n), lens: new Uint32Array(n), ids: new BigUint64Array(n) };
   const pathIndex = new Map<number, number>();
@@ -66,7 +66,7 @@ export function chunkSources(layout: Layout, absPaths: readonly string[], gs: Ar
     const ei = layout.entry[g]!;
     let pi = pathIndex.get(ei);
     if (pi === undefined) {
-      pi = src.paths.push(absPaths[ei]!) - 1;
+      pi = src.paths.push(absPath(ei)) - 1;
       pathIndex.set(ei, pi);
     }
     src.pathIdx[k] = pi;

@@ -96,7 +96,7 @@ export class CompanyWatcher extends EventEmitter {
       g.manifest.entries.forEach((e, i) => {
         if (e.kind !== 'dir') return;
         folders++;
-        if (dirs.size < MAX_WATCHED_DIRS) dirs.add(g.absPaths[i]!);
+        if (dirs.size < MAX_WATCHED_DIRS) dirs.add(g.absPath(i));
       });
     }
     for (const [d, w] of this.watchers) {

@@ -542,7 +542,7 @@ export class SnapferryServer {
       const gs = new Uint32Array(n);
       let k = 0;
       for (const [s, e] of req.ranges) for (let g = s; g < e; g++) gs[k++] = g;
-      const job: ReadPackJob = { kind: 'readPack', ...chunkSources(layout, gen.absPaths, gs), level };
+      const job: ReadPackJob = { kind: 'readPack', ...chunkSources(layout, gen.absPath, gs), level };
       return this.pool.run<ReadPackResult>(job);
     };
     const result = await (shared ? this.cache.get(key, read) : read());
@@ -571,7 +571,7 @@ export class SnapferryServer {
       }
       if (bytes > MAX_GET_BYTES) fail(ErrorCodes.LIMIT, 'PATCH_GET asks for too many bytes at once');
       return {
-        path: gen.absPaths[layout.entry[r.chunk]!]!,
+        path: gen.absPath(layout.entry[r.chunk]!),
         offset: layout.offset[r.chunk]!,
         lens: layout.len.slice(r.chunk, end),
         ids: layout.id.slice(r.chunk, end),

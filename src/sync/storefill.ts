@@ -76,7 +76,7 @@ export async function fillStore(
     let gs: number[] = [];
     let bytes = 0;
     const make = (): StoreChunksJob => {
-      const job: StoreChunksJob = { kind: 'storeChunks', ...chunkSources(layout, gen.absPaths, gs), level, segDir: store.dir };
+      const job: StoreChunksJob = { kind: 'storeChunks', ...chunkSources(layout, gen.absPath, gs), level, segDir: store.dir };
       gs = [];
       bytes = 0;
       return job;
