@@ -988,7 +988,9 @@ class PullRun {
       try {
         const dst = entryPath(this.paths.next, this.m.entries[ei]!.path);
         // A spare is already in place (plan moved it); a copy is made now.
-        if (!spare) await fs.promises.copyFile(from, dst);
+        // A reflink where the filesystem has them (btrfs, XFS: no bytes copied; only the chunks written later take new
+        // blocks), else an in-kernel copy.
+        if (!spare) await fs.promises.copyFile(from, dst, fs.constants.COPYFILE_FICLONE);
         // The source's mode may be read-only: the file is ours to patch until it is finished.
         await fs.promises.chmod(dst, 0o600);
         await fs.promises.truncate(dst, this.m.entries[ei]!.size);
