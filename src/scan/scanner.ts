@@ -135,6 +135,24 @@ export class CompanyScanner {
     return this.last;
   }
 
+  /**
+   * Whether every file of the last scan still has the size, mtime, ctime and inode it had then: a scan without the
+   * folder listing, the entries and the manifest (100,000 files: ~0.2 s against ~1 s). With a watcher that saw no event
+   * it stands in for a scan: a write through a shared memory map raises no file event but changes the file's times.
+   */
+  filesUnchanged(): boolean {
+    for (const [rel, c] of this.cache) {
+      let st: fs.BigIntStats;
+      try {
+        st = fs.lstatSync(entryPath(this.root, rel), { bigint: true });
+      } catch {
+        return false;
+      }
+      if (st.size !== BigInt(c.size) || st.mtimeNs !== c.mtimeNs || st.ctimeNs !== c.ctimeNs || st.ino !== c.ino) return false;
+    }
+    return true;
+  }
+
   /** Scans now; concurrent callers share one scan. */
   scan(opts: ScanOptions = {}): Promise<Generation> {
     this.running ??= this.doScan(opts).finally(() => (this.running = undefined));
