@@ -21,8 +21,8 @@ export interface WatchOptions {
   /** Longest a stream of changes may delay a scan (default 3 s). */
   maxDelayMs?: number;
   /**
-   * Poll interval (default 60 s, at least 50x the last scan's duration, while every folder is watched on a local
-   * filesystem; else 15 s with some folders watched, 2 s with none, at least 5x the last scan's duration).
+   * Poll interval (default 5 s for a stat sweep, at least 50x the last sweep's duration, while every folder is watched
+   * on a local filesystem; else 15 s for a scan with some folders watched, 2 s with none, at least 5x the last scan's).
    */
   pollMs?: number;
   settleTimeoutMs?: number;
@@ -53,6 +53,8 @@ export class CompanyWatcher extends EventEmitter {
   private again = false;
   private stopped = false;
   private lastScanMs = 0;
+  private lastSweepMs = 0;
+  private lastScanAt = 0;
   /** Counts the changes seen (folder events, new folders, lost watches); cleanSeq is its value when the last scan began. */
   private eventSeq = 0;
   private cleanSeq = -1;
@@ -85,8 +87,13 @@ export class CompanyWatcher extends EventEmitter {
   async settledGeneration(): Promise<Generation | undefined> {
     await new Promise((r) => setImmediate(r));
     if (this.stopped || this.scanning || this.settleTimer || this.again || !this.allWatched) return undefined;
-    if (this.cleanSeq !== this.eventSeq || !this.scanner.filesUnchanged()) return undefined;
-    return this.scanner.current;
+    if (this.cleanSeq !== this.eventSeq) return undefined;
+    const current = this.scanner.current;
+    if (!(await this.scanner.filesUnchanged())) {
+      this.changed();
+      return undefined;
+    }
+    return this.cleanSeq === this.eventSeq ? current : undefined;
   }
 
   /** Watches the root and every folder of the generation (new ones added, gone ones dropped). */
@@ -139,16 +146,26 @@ export class CompanyWatcher extends EventEmitter {
 
   private schedulePoll(): void {
     if (this.stopped) return;
-    // With every folder watched on a local filesystem the poll is only a safety net: rarely, and never more than 2% of
-    // a core (a scan of 100,000 files takes about a second). Otherwise it is how changes are found.
+    // With every folder watched on a local filesystem, events tell of every change but writes through shared memory
+    // maps: a stat sweep every few seconds (at most 2% of a core) finds those, and a full scan every ten minutes is the
+    // safety net. Otherwise the poll is how changes are found: a scan every 15 s (2 s with no folder watched).
     const every = this.allWatched
-      ? Math.max(this.opts.pollMs ?? 60_000, this.lastScanMs * 50)
+      ? Math.max(this.opts.pollMs ?? 5000, this.lastSweepMs * 50)
       : Math.max(this.opts.pollMs ?? (this.watchers.size > 0 ? 15_000 : 2000), this.lastScanMs * 5);
     this.pollTimer = setTimeout(() => {
-      void this.scanNow().finally(() => this.schedulePoll());
+      void this.poll().finally(() => this.schedulePoll());
     }, every);
     this.pollTimer.unref();
   }
+
+  private async poll(): Promise<void> {
+    if (!this.allWatched || Date.now() - this.lastScanAt > 600_000) return this.scanNow();
+    const t0 = Date.now();
+    const same = await this.scanner.filesUnchanged();
+    this.lastSweepMs = Date.now() - t0;
+    if (!same) this.changed();
+  }
+
 
   /** A change was seen: scan once things are quiet, or after maxDelayMs at the latest. */
   private changed(): void {
@@ -178,6 +195,7 @@ export class CompanyWatcher extends EventEmitter {
     try {
       const g: Generation = await this.scanner.scan({ settleTimeoutMs: this.opts.settleTimeoutMs });
       this.lastScanMs = Date.now() - t0;
+      this.lastScanAt = Date.now();
       this.cleanSeq = seq;
       this.watchDirs(g);
       if (g.rootHash !== before) this.emit('generation', g);
