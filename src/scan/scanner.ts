@@ -54,6 +54,11 @@ function sameStat(a: StatB, b: StatB): boolean {
   return a.size === b.size && a.mtimeNs === b.mtimeNs && a.ctimeNs === b.ctimeNs && a.ino === b.ino;
 }
 
+/** Whether a file's stats are still those its cached chunk list was made from. */
+function stillCached(c: CachedFile, st: StatB): boolean {
+  return BigInt(c.size) === st.size && c.mtimeNs === st.mtimeNs && c.ctimeNs === st.ctimeNs && c.ino === st.ino;
+}
+
 /**
  * A file written less than this long ago may be half-way through an application's multi-write update (a ledger page
  * and its index): it is read only once it has been quiet this long, and a read during which it was written is retried.
@@ -149,13 +154,13 @@ export class CompanyScanner {
         await new Promise((r) => setImmediate(r));
         if (this.cache !== cache) return false;
       }
-      let st: fs.BigIntStats;
+      let st: StatB;
       try {
-        st = fs.lstatSync(entryPath(this.root, rel), { bigint: true });
+        st = lstatCompact(entryPath(this.root, rel));
       } catch {
         return false;
       }
-      if (st.size !== BigInt(c.size) || st.mtimeNs !== c.mtimeNs || st.ctimeNs !== c.ctimeNs || st.ino !== c.ino) return false;
+      if (!stillCached(c, st)) return false;
     }
     return true;
   }
@@ -216,7 +221,7 @@ export class CompanyScanner {
       } else {
         e.size = Number(st.size);
         const hit = this.cache.get(rel);
-        if (hit && hit.size === e.size && hit.mtimeNs === st.mtimeNs && hit.ctimeNs === st.ctimeNs && hit.ino === st.ino) {
+        if (hit && stillCached(hit, st)) {
           e.lens = hit.lens;
           e.ids = hit.ids;
           nextCache.set(rel, hit);

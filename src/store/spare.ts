@@ -13,6 +13,7 @@
 import fs from 'node:fs';
 import { decodeManifest, Entry, entryPath, rootHashOf, sameMtime } from '../manifest/manifest.js';
 import { StatePaths, removeTree } from './state.js';
+import { inodeStamp } from '../util/stamp.js';
 
 /** A spare that may be rewritten into the next generation: where it is and what it holds. */
 export interface SpareFile {
@@ -72,7 +73,7 @@ export class Spare {
     }
     // One link: a file that did not change in the last commit is the same inode as DIR's and must never be written.
     if (!st.isFile() || st.nlink !== 1n || Number(st.size) !== entry.size) return undefined;
-    if (!sameMtime(st.mtimeNs, entry.mtimeNs) || `${st.ino}:${st.ctimeNs}` !== this.stats[i]) return undefined;
+    if (!sameMtime(st.mtimeNs, entry.mtimeNs) || inodeStamp(st) !== this.stats[i]) return undefined;
     this.inUse ??= inodesInUse() ?? new Set(['*']);
     if (this.inUse.has('*') || this.inUse.has(String(st.ino))) return undefined;
     return { abs, entry };

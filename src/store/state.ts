@@ -22,6 +22,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { createHmac, hkdfSync, timingSafeEqual } from 'node:crypto';
 import { decodeManifest, entryPath, Manifest, rootHashOf, sameMtime } from '../manifest/manifest.js';
 import { fail, ErrorCodes, toSnapferryError } from '../util/errors.js';
+import { inodeStamp } from '../util/stamp.js';
 
 /** The record of an applied generation. */
 export interface AppliedRecord {
@@ -276,7 +277,7 @@ export function writeStats(paths: StatePaths, rootHash: string, m: Manifest, kno
     if (k) return k;
     try {
       const st = fs.lstatSync(entryPath(paths.dir, e.path), { bigint: true });
-      return `${st.ino}:${st.ctimeNs}`;
+      return inodeStamp(st);
     } catch {
       return '';
     }
@@ -319,7 +320,7 @@ export function unchangedByStats(paths: StatePaths): AppliedRecord | undefined {
       const kind = s.kinds[i];
       if (kind === 'd' ? !st.isDirectory() : kind === 's' ? !st.isSymbolicLink() : !st.isFile()) return undefined;
       if (kind !== 'f') continue;
-      if (Number(st.size) !== s.sizes[i] || !sameMtime(st.mtimeNs, BigInt(s.mtimes[i]!)) || `${st.ino}:${st.ctimeNs}` !== s.stats[i]) return undefined;
+      if (Number(st.size) !== s.sizes[i] || !sameMtime(st.mtimeNs, BigInt(s.mtimes[i]!)) || inodeStamp(st) !== s.stats[i]) return undefined;
     }
     return record;
   } catch {

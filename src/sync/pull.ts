@@ -51,6 +51,7 @@ import { SnapferryError, ErrorCodes, fail, toSnapferryError } from '../util/erro
 import { TokenBucket } from '../util/rate.js';
 import { noteGarbage } from '../util/gc.js';
 import { capYoungGeneration } from './heap.js';
+import { inodeStamp } from '../util/stamp.js';
 
 /** Progress of a pull, reported as it goes. */
 export interface PullProgress {
@@ -436,7 +437,7 @@ class PullRun {
     if (e.kind === 'symlink') return st.isSymbolicLink();
     if (!st.isFile() || Number(st.size) !== e.size || !sameMtime(st.mtimeNs, e.mtimeNs)) return false;
     const rec = this.applied!.stats[idx];
-    return !rec || rec === `${st.ino}:${st.ctimeNs}`;
+    return !rec || rec === inodeStamp(st);
   }
 
   /**
@@ -651,7 +652,7 @@ class PullRun {
     for (const oi of oldIdx) {
       try {
         const st = fs.lstatSync(entryPath(this.paths.dir, this.applied!.manifest.entries[oi]!.path), { bigint: true });
-        stats[oi] = `${st.ino}:${st.ctimeNs}`;
+        stats[oi] = inodeStamp(st);
       } catch {
         /* gone: it is not trusted then */
       }

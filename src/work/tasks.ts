@@ -11,6 +11,7 @@ import { chunkLengths, ChunkParams } from '../chunk/chunker.js';
 import { Hasher, idHex } from '../chunk/hash.js';
 import { Compressor, Decompressor, compressBound } from './zstd.js';
 import { fail, ErrorCodes } from '../util/errors.js';
+import { inodeStamp } from '../util/stamp.js';
 
 /** A level meaning: send as they are (where CPU, not the link, is the bottleneck). */
 export const NO_COMPRESSION = -1000;
@@ -439,7 +440,7 @@ function finishOpen(files: TargetFiles, paths: string[], modes: Int32Array, mtim
     fs.fchmodSync(fd, modes[i]!);
     fs.futimesSync(fd, mtimes[i]!, mtimes[i]!);
     const st = fs.fstatSync(fd, { bigint: true });
-    return `${st.ino}:${st.ctimeNs}`;
+    return inodeStamp(st);
   });
 }
 
@@ -649,7 +650,7 @@ function finishFiles(j: FinishFilesJob): FinishFilesResult {
     fs.chmodSync(p, j.modes[i]!);
     fs.utimesSync(p, j.mtimes[i]!, j.mtimes[i]!);
     const st = fs.lstatSync(p, { bigint: true });
-    stats.push(`${st.ino}:${st.ctimeNs}`);
+    stats.push(inodeStamp(st));
   }
   return { stats };
 }
