@@ -171,6 +171,11 @@ export class CompanyScanner {
     return this.running;
   }
 
+  /** Resolves once no scan is under way (one that began earlier may have read the tree before a change of interest). */
+  async idle(): Promise<void> {
+    while (this.running) await this.running.catch(() => undefined);
+  }
+
   private async doScan(opts: ScanOptions): Promise<Generation> {
     const settleTimeoutMs = opts.settleTimeoutMs ?? 30_000;
     const started = Date.now();

@@ -55,6 +55,8 @@ export class CompanyWatcher extends EventEmitter {
   private lastScanMs = 0;
   private lastSweepMs = 0;
   private lastScanAt = 0;
+  /** Root hash of the generation last announced ('generation' event). */
+  private announced?: string;
   /** Counts the changes seen (folder events, new folders, lost watches); cleanSeq is its value when the last scan began. */
   private eventSeq = 0;
   private cleanSeq = -1;
@@ -189,16 +191,23 @@ export class CompanyWatcher extends EventEmitter {
       return;
     }
     this.scanning = true;
-    const before = this.scanner.current?.rootHash;
-    const t0 = Date.now();
-    const seq = this.eventSeq;
     try {
+      // A scan of our own that begins after the events counted in seq: joining one a pull started earlier could
+      // vouch for a tree read before those events.
+      await this.scanner.idle();
+      const t0 = Date.now();
+      const seq = this.eventSeq;
       const g: Generation = await this.scanner.scan({ settleTimeoutMs: this.opts.settleTimeoutMs });
       this.lastScanMs = Date.now() - t0;
       this.lastScanAt = Date.now();
       this.cleanSeq = seq;
       this.watchDirs(g);
-      if (g.rootHash !== before) this.emit('generation', g);
+      // Announced by what this watcher last announced, not by the scanner's newest generation: a pull's own scan may
+      // have found the change first, and followers still need to hear of it.
+      if (g.rootHash !== this.announced) {
+        this.announced = g.rootHash;
+        this.emit('generation', g);
+      }
     } catch (err) {
       this.emit('error', err);
     } finally {

@@ -215,7 +215,9 @@ describe('delta sync after the seed', () => {
     // A slow seed (--bwlimit) so that the change lands while it runs.
     const child = spawn(process.execPath, [CLI, 'pull', served.url, 'acme', dest, '--secret', key, '--follow', '--json', '--bwlimit', '1M'], { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
+    let err = '';
     child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (err += d));
     try {
       // The seed is under way once its next generation is being built (or, on a very slow machine, already done: the
       // change then arrives through follow all the same).
@@ -223,13 +225,15 @@ describe('delta sync after the seed', () => {
       await waitFor(() => fs.existsSync(journal) || out.length > 0, 60_000, 20);
       fs.writeFileSync(path.join(src, 'masters', 'during-seed.xml'), '<made while the seed ran/>\n');
       fs.appendFileSync(path.join(src, 'Journal.log'), 'VCH-during-seed|...\n');
-      await waitFor(() => {
+      const converged = () => {
         try {
           return fingerprintDiff(treeFingerprint(src), treeFingerprint(dest)).length === 0;
         } catch {
           return false;
         }
-      }, 60_000, 200);
+      };
+      await waitFor(converged, 60_000, 200).catch(() => undefined);
+      expect(converged(), `not converged; branch said: ${err.slice(-2000)} ${out.slice(-1000)}; site said: ${served.stderr().slice(-2000)}`).toBe(true);
       expect(fs.readFileSync(path.join(dest, 'masters', 'during-seed.xml'), 'utf8')).toContain('seed ran');
     } finally {
       child.kill('SIGTERM');

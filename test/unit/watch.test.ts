@@ -36,7 +36,8 @@ describe('CompanyWatcher.settledGeneration', () => {
     fs.mkdirSync(path.join(root, 'a'), { recursive: true });
     fs.writeFileSync(path.join(root, 'a', 'x.xml'), 'one\n');
     const scanner = new CompanyScanner(root, pool);
-    const watcher = new CompanyWatcher(scanner, { settleMs: 50 });
+    // A settle delay longer than a scan of this tree, so that a pull's scan can finish before the watcher's begins.
+    const watcher = new CompanyWatcher(scanner, { settleMs: 400 });
     watcher.start();
     try {
       const settled = async () => {
@@ -63,6 +64,13 @@ describe('CompanyWatcher.settledGeneration', () => {
       fs.writeFileSync(path.join(root, 'b', 'z.xml'), 'z\n');
       expect(await watcher.settledGeneration()).toBeUndefined();
       await waitFor(() => scanner.current?.manifest.entries.some((e) => e.path === 'b/z.xml') === true, 10_000);
+      // A pull's own scan finds the next change before the watcher's does: followers must still hear of it.
+      expect(await settled()).toBeDefined();
+      const heard: string[] = [];
+      watcher.on('generation', (g: { rootHash: string }) => heard.push(g.rootHash));
+      fs.appendFileSync(path.join(root, 'a', 'x.xml'), 'three\n');
+      const byPull = await scanner.scan();
+      await waitFor(() => heard.includes(byPull.rootHash), 10_000);
     } finally {
       watcher.stop();
     }
