@@ -3,7 +3,8 @@
  * The snapferry command line. Every failure is printed as one line, `snapferry: <message> [SNAPFERRY_E_...]`, with an
  * exit code per error code (see util/errors.ts).
  */
-import { Command, Option } from 'commander';
+import { createRequire } from 'node:module';
+import type * as Commander from 'commander';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -14,6 +15,9 @@ import type { VerifyResult } from '../sync/verify.js';
 import { progressLine, summary } from './progress.js';
 import { formatBytes, parseRate } from '../util/rate.js';
 import { ErrorCodes, fail, toSnapferryError } from '../util/errors.js';
+
+// commander through require, as ws (see transport/ws.ts): importing CommonJS from an ES module lexes its source first.
+const { Command, Option } = createRequire(import.meta.url)('commander') as typeof Commander;
 
 function parseListen(text: string): { host: string; port: number } {
   const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(text);
@@ -70,7 +74,7 @@ function printPull(r: PullResult, dir: string, json: boolean): void {
   else process.stdout.write(`${summary(r, dir)}\n`);
 }
 
-export function buildProgram(): Command {
+export function buildProgram(): Commander.Command {
   const program = new Command();
   program
     .name('snapferry')

@@ -9,7 +9,7 @@ import http from 'node:http';
 import fs from 'node:fs';
 import path from 'node:path';
 import os from 'node:os';
-import { WebSocketServer, WebSocket } from 'ws';
+import { WebSocketServer, WebSocket } from '../transport/ws.js';
 import { Channel } from '../transport/channel.js';
 import { accept, SecureSession } from './session.js';
 import { CompanyScanner, Generation } from '../scan/scanner.js';

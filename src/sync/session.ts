@@ -2,7 +2,7 @@
  * An authenticated, sealed session over a Channel: the handshake of protocol/handshake.ts, then every frame sealed
  * with protocol/seal.ts. Before authentication only handshake messages (and a pre-auth error) cross the wire.
  */
-import WebSocket from 'ws';
+import { WebSocket } from '../transport/ws.js';
 import { Channel } from '../transport/channel.js';
 import { ClientHandshake, ServerHandshake, MAX_HANDSHAKE_MESSAGE } from '../protocol/handshake.js';
 import { FrameSealer, FrameOpener, DIR_CLIENT_TO_SERVER, DIR_SERVER_TO_CLIENT } from '../protocol/seal.js';

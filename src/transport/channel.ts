@@ -3,7 +3,7 @@
  * kernel and waits while too much is still buffered, so a slow peer or link never makes us hold more than `highWater`
  * bytes for it. Also counts every byte the socket received (HTTP upgrade and WebSocket framing included).
  */
-import WebSocket from 'ws';
+import { WebSocket } from './ws.js';
 import type { Socket } from 'node:net';
 import { SnapferryError, ErrorCodes, toSnapferryError } from '../util/errors.js';
 import { MAX_FRAME } from '../protocol/messages.js';
