@@ -428,6 +428,15 @@ describe('decodeManifest refuses malformed encodings', () => {
     expect(() => decodeManifest(mk(LIMITS.maxTotalChunks + 1))).toThrow(SnapferryError);
   });
 
+  it('chunk lengths in a non-minimal or over-long varint are refused (the chunk list has its own decoding loop)', () => {
+    const withLen = (len: number[]) =>
+      Buffer.from([...header(WIDE.minSize, WIDE.avgSize, WIDE.maxSize), 1, ...str('f'), ...varint(0o644), ...i64(0n), ...varint(300), ...varint(1), ...len, ...[0, 0, 0, 0, 0, 0, 0, 1], 0xff]);
+    // 300 as it should be, then with a trailing zero group, then as nine bytes
+    expect(decodeManifest(withLen([0xac, 0x02])).entries[0]!.lens![0]).toBe(300);
+    expectCode(() => decodeManifest(withLen([0xac, 0x82, 0x00])), ErrorCodes.BAD_MANIFEST);
+    expectCode(() => decodeManifest(withLen([0xac, 0x82, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00])), ErrorCodes.BAD_MANIFEST);
+  });
+
   it('exactly as many chunks as the data holds is fine (boundary of the pre-check)', () => {
     // 1 chunk of len 1: varint(1) + 8 id bytes = 9 bytes, then END: the check n*9 <= remaining must pass
     const b = Buffer.from([...header(), 1, ...str('f'), 0, ...i64(0n), 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 9, 0xff]);
@@ -504,6 +513,17 @@ describe('small helpers', () => {
     // U+FFFD (EF BF BD) sorts before U+1F600 (F0 ...) in UTF-8 but not in UTF-16
     expect(comparePaths('\ufffd', '\ud83d\ude00')).toBeLessThan(0);
     expect('\ufffd' < '\ud83d\ude00').toBe(false);
+    // Against the bytes themselves, on strings drawn from ASCII, Latin, U+E000.., surrogate pairs, with shared prefixes
+    const alphabet = ['a', 'B', '/', '.', '\u00e9', '\u0800', '\ue000', '\uffff', '\ud83d\ude00', '\ud800\udc00'];
+    let seed = 7;
+    const pick = () => alphabet[(seed = (seed * 1103515245 + 12345) % 2 ** 31) % alphabet.length]!;
+    const word = () => Array.from({ length: 1 + (seed % 5) }, pick).join('');
+    for (let i = 0; i < 2000; i++) {
+      const a = word();
+      const b = i % 3 === 0 ? a + word() : i % 3 === 1 ? a.slice(0, -1) + pick() : word();
+      const bytes = Math.sign(Buffer.compare(Buffer.from(a), Buffer.from(b)));
+      expect(Math.sign(comparePaths(a, b)), `${JSON.stringify(a)} vs ${JSON.stringify(b)}`).toBe(bytes);
+    }
   });
 
   it('totalBytes sums file sizes', () => {
