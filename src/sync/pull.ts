@@ -527,6 +527,17 @@ class PullRun {
     // The spare generation's record, read when a changed file first asks for it.
     let spare: Spare | null | undefined;
     const spareOf = () => (spare === undefined ? (spare = Spare.load(p) ?? null) : spare) ?? undefined;
+    // Only a resumed next/ can hold entries already (one check per file saved on a fresh one). lstat, not exists: a
+    // symlink made by the interrupted attempt may point to a file not written yet.
+    const absent = (dst: string) => {
+      if (!resumable) return true;
+      try {
+        fs.lstatSync(dst);
+        return false;
+      } catch {
+        return true;
+      }
+    };
     for (let ei = 0; ei < this.m.entries.length; ei++) {
       const e = this.m.entries[ei]!;
       const dst = entryPath(p.next, e.path);
@@ -535,7 +546,7 @@ class PullRun {
         continue;
       }
       if (e.kind === 'symlink') {
-        if (!fs.existsSync(dst)) fs.symlinkSync(e.target!, dst);
+        if (absent(dst)) fs.symlinkSync(e.target!, dst);
         continue;
       }
       const oi = local.oldByPath.get(e.path);
@@ -546,7 +557,7 @@ class PullRun {
         this.stats.reused += L.entryStart[ei + 1]! - g0;
         this.bytesDone += e.size;
         if (old.mode === e.mode && sameMtime(old.mtimeNs, e.mtimeNs)) {
-          if (!fs.existsSync(dst)) fs.linkSync(src, dst);
+          if (absent(dst)) fs.linkSync(src, dst);
           this.linked.add(ei);
           linkedOld.push(oi!);
         } else if (!this.based.has(ei)) {
@@ -556,7 +567,7 @@ class PullRun {
         continue;
       }
       // Files are created by the first write, on the workers; only empty ones are made here.
-      if (e.size === 0 && !fs.existsSync(dst)) fs.closeSync(fs.openSync(dst, 'w', 0o600));
+      if (e.size === 0 && absent(dst)) fs.closeSync(fs.openSync(dst, 'w', 0o600));
       const fromOld = old && e.size > 0 ? new StartChunks(ol!.offset, oldWords, ol!.entryStart[oi!]!, ol!.entryStart[oi! + 1]!) : undefined;
       const start = e.size > 0 ? this.startOf(ei, dst, src, fromOld, spareOf, words, baseCopies) : undefined;
       const part = old ? undefined : partial.get(e.path);

@@ -50,6 +50,32 @@ describe('resume and atomic commit under kill -9', () => {
     expect(fingerprintDiff(treeFingerprint(company), treeFingerprint(dest))).toEqual([]);
   });
 
+  it('a seed killed before a symlink target was written resumes (the link it made dangles in next/ meanwhile)', async () => {
+    const src = path.join(tmp.dir, 'src-link', 'acme');
+    await makeCompany(src, 8, 13);
+    // The link sorts first and is made while planning; its target sorts last, so it is written last.
+    fs.writeFileSync(path.join(src, 'zz-last.bin'), Buffer.alloc(2 << 20, 7));
+    fs.symlinkSync('zz-last.bin', path.join(src, 'A-link'));
+    const local = await startServe(['--secret', key, '--company', `acme=${src}`]);
+    try {
+      const dest = path.join(tmp.dir, 'd-link', 'acme');
+      fs.mkdirSync(path.dirname(dest));
+      const journal = path.join(path.dirname(dest), '.acme.snapferry', 'next.journal');
+      const child = spawn(process.execPath, [CLI, 'pull', local.url, 'acme', dest, '--secret', key, '--bwlimit', '1M'], { stdio: 'ignore' });
+      await waitFor(() => fs.existsSync(journal) && fs.statSync(journal).size >= 40, 30_000);
+      child.kill('SIGKILL');
+      await new Promise((r) => child.once('exit', r));
+      const next = path.join(path.dirname(dest), '.acme.snapferry', 'next');
+      expect(fs.lstatSync(path.join(next, 'A-link')).isSymbolicLink()).toBe(true);
+      expect(fs.existsSync(path.join(next, 'zz-last.bin')), 'the kill came after the target was written').toBe(false);
+      const r = await runCli(['pull', local.url, 'acme', dest, '--secret', key, '--json']);
+      expect(r.code, r.stderr).toBe(0);
+      expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
+    } finally {
+      await local.stop();
+    }
+  });
+
   for (const point of ['plan', 'commit', 'before-intent', 'intent', 'swap', 'swapped', 'committed']) {
     it(`a delta killed at "${point}" leaves the old or the new generation, and the next pull completes`, async () => {
       const src = path.join(tmp.dir, `src-${point}`, 'acme');
