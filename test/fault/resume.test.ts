@@ -10,6 +10,20 @@ import { spawn } from 'node:child_process';
 import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, Served, CLI, waitFor } from '../helpers.js';
 import { makeCompany, mutateCompany } from '../../src/gen/company.js';
 
+/**
+ * Starts a pull into `dest` on a slow link (--bwlimit, so that the kill lands mid-transfer) and kills it with SIGKILL
+ * once its journal shows progress. Returns the journal's path.
+ */
+async function killMidTransfer(url: string, dest: string, key: string, rate: string): Promise<string> {
+  fs.mkdirSync(path.dirname(dest));
+  const journal = path.join(path.dirname(dest), `.${path.basename(dest)}.snapferry`, 'next.journal');
+  const child = spawn(process.execPath, [CLI, 'pull', url, 'acme', dest, '--secret', key, '--bwlimit', rate], { stdio: 'ignore' });
+  await waitFor(() => fs.existsSync(journal) && fs.statSync(journal).size >= 40, 30_000);
+  child.kill('SIGKILL');
+  await new Promise((r) => child.once('exit', r));
+  return journal;
+}
+
 describe('resume and atomic commit under kill -9', () => {
   let tmp: ReturnType<typeof tempDir>;
   let company: string;
@@ -31,13 +45,7 @@ describe('resume and atomic commit under kill -9', () => {
 
   it('a seed killed mid-transfer leaves no DIR, and the next pull fetches only what was not verified', async () => {
     const dest = path.join(tmp.dir, 'b1', 'acme');
-    fs.mkdirSync(path.dirname(dest));
-    const journal = path.join(path.dirname(dest), '.acme.snapferry', 'next.journal');
-    // A slow link (--bwlimit) so that the kill lands mid-transfer.
-    const child = spawn(process.execPath, [CLI, 'pull', served.url, 'acme', dest, '--secret', key, '--bwlimit', '2M'], { stdio: 'ignore' });
-    await waitFor(() => fs.existsSync(journal) && fs.statSync(journal).size >= 40, 30_000);
-    child.kill('SIGKILL');
-    await new Promise((r) => child.once('exit', r));
+    const journal = await killMidTransfer(served.url, dest, key, '2M');
     expect(fs.existsSync(dest)).toBe(false);
     const journaled = fs.statSync(journal).size / 4;
     const r = await runCli(['pull', served.url, 'acme', dest, '--secret', key, '--json']);
@@ -59,12 +67,7 @@ describe('resume and atomic commit under kill -9', () => {
     const local = await startServe(['--secret', key, '--company', `acme=${src}`]);
     try {
       const dest = path.join(tmp.dir, 'd-link', 'acme');
-      fs.mkdirSync(path.dirname(dest));
-      const journal = path.join(path.dirname(dest), '.acme.snapferry', 'next.journal');
-      const child = spawn(process.execPath, [CLI, 'pull', local.url, 'acme', dest, '--secret', key, '--bwlimit', '1M'], { stdio: 'ignore' });
-      await waitFor(() => fs.existsSync(journal) && fs.statSync(journal).size >= 40, 30_000);
-      child.kill('SIGKILL');
-      await new Promise((r) => child.once('exit', r));
+      await killMidTransfer(local.url, dest, key, '1M');
       const next = path.join(path.dirname(dest), '.acme.snapferry', 'next');
       expect(fs.lstatSync(path.join(next, 'A-link')).isSymbolicLink()).toBe(true);
       expect(fs.existsSync(path.join(next, 'zz-last.bin')), 'the kill came after the target was written').toBe(false);
