@@ -5,6 +5,7 @@
  * is read again; one that will not hold still delays the generation for a bounded time and is then reported by name.
  */
 import fs from 'node:fs';
+import { isUtf8 } from 'node:buffer';
 import path from 'node:path';
 import { ChunkParams, DEFAULT_CHUNK_PARAMS, SEGMENT_SIZE } from '../chunk/chunker.js';
 import { Entry, Manifest, encodeManifest, entryPath, rootHashOf, comparePaths, checkTree } from '../manifest/manifest.js';
@@ -286,12 +287,13 @@ export class CompanyScanner {
     return this.last;
   }
 
-  /** Lists the tree in manifest order, refusing special files and symlinks that leave the tree. */
+  /** Lists the tree in manifest order, refusing special files, symlinks that leave the tree and names not in UTF-8. */
   private async walk(): Promise<Array<{ rel: string; st: StatB }>> {
     const out: Array<{ rel: string; st: StatB }> = [];
     const visit = async (relDir: string): Promise<void> => {
       const absDir = relDir ? entryPath(this.root, relDir) : this.root;
       const names = (await fs.promises.readdir(absDir)).sort((a, b) => comparePaths(a, b));
+      if (names.some((n) => n.includes('\ufffd'))) await refuseNonUtf8(absDir, relDir);
       const subdirs: string[] = [];
       for (const name of names) {
         const rel = relDir ? `${relDir}/${name}` : name;
@@ -419,5 +421,18 @@ export class CompanyScanner {
       await sleep(Math.min(1000, 50 * 2 ** attempt));
       before = after;
     }
+  }
+}
+
+/**
+ * Refuses a folder holding a name that is not valid UTF-8 (a Latin-1 "B\xfcro.txt" from an old share, say). Node
+ * lists such a name with U+FFFD in place of the bad bytes, a name no call can open: left alone, the file would be
+ * missing from every generation without a word. Called only when a listed name has U+FFFD in it (it may be genuine).
+ */
+async function refuseNonUtf8(absDir: string, relDir: string): Promise<void> {
+  for (const raw of await fs.promises.readdir(absDir, { encoding: 'buffer' })) {
+    if (isUtf8(raw)) continue;
+    const shown = Array.from(raw, (b) => (b >= 0x20 && b < 0x7f && b !== 0x5c ? String.fromCharCode(b) : `\\x${b.toString(16).padStart(2, '0')}`)).join('');
+    fail(ErrorCodes.UNSAFE_TREE, `refused ${relDir ? `${relDir}/` : ''}${shown}: file name is not valid UTF-8 (snapferry carries UTF-8 names only; rename it)`);
   }
 }

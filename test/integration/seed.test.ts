@@ -4,6 +4,7 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import fs from 'node:fs';
 import path from 'node:path';
+import { execFileSync } from 'node:child_process';
 import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, Served } from '../helpers.js';
 import { makeCompany } from '../../src/gen/company.js';
 
@@ -97,6 +98,48 @@ describe('seed over WebSocket (CLI, two processes)', () => {
     expect(r.code).not.toBe(0);
     expect(r.stderr).toMatch(/no company named "nope".*SNAPFERRY_E_UNKNOWN_COMPANY/);
     expect(fs.existsSync(dest)).toBe(false);
+  });
+
+  it('refuses, by name, a company holding a symlink out of it, a FIFO or a name not in UTF-8; serves it once it is removed', async () => {
+    const src = path.join(tmp.dir, 'odd', 'acme');
+    fs.mkdirSync(path.join(src, 'sub'), { recursive: true });
+    fs.writeFileSync(path.join(src, 'ledger.dat'), 'ledger\n');
+    const site = await startServe(['--secret', key, '--company', `acme=${src}`]);
+    try {
+      // Each bad item is made in turn, refused by name, and removed; the site then serves the company again.
+      const cases: Array<[string, () => void, () => void, RegExp]> = [
+        ['symlink out of the folder', () => fs.symlinkSync('../../outside.txt', path.join(src, 'sub', 'out')), () => fs.rmSync(path.join(src, 'sub', 'out')), /refused sub\/out: symlink points outside/],
+        [
+          'FIFO',
+          () => execFileSync('mkfifo', [path.join(src, 'sub', 'pipe')]),
+          () => fs.rmSync(path.join(src, 'sub', 'pipe')),
+          /refused sub\/pipe: special file/,
+        ],
+        // "B\xfcro.txt": Latin-1, as an old Windows share names it. Before, it was left out of the copy without a word.
+        [
+          'Latin-1 name',
+          () => fs.writeFileSync(Buffer.from(`${src}/sub/B\xfcro.txt`, 'latin1'), 'x'),
+          () => fs.rmSync(Buffer.from(`${src}/sub/B\xfcro.txt`, 'latin1')),
+          /refused sub\/B\\xfcro\.txt: file name is not valid UTF-8/,
+        ],
+      ];
+      for (const [what, make, remove, message] of cases) {
+        make();
+        const dest = path.join(tmp.dir, 'odd', `dest-${what.replace(/\W/g, '')}`);
+        const r = await runCli(['pull', site.url, 'acme', dest, '--secret', key]);
+        expect(r.code, what).not.toBe(0);
+        expect(r.stderr.trim().split('\n'), what).toHaveLength(1);
+        expect(r.stderr, what).toMatch(message);
+        expect(r.stderr, what).toMatch(/SNAPFERRY_E_UNSAFE_TREE/);
+        expect(fs.existsSync(dest), what).toBe(false);
+        remove();
+        const ok = await runCli(['pull', site.url, 'acme', dest, '--secret', key]);
+        expect(ok.code, `${what}: ${ok.stderr}`).toBe(0);
+        expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest)), what).toEqual([]);
+      }
+    } finally {
+      await site.stop();
+    }
   });
 
   it('never overwrites an existing folder it did not make', async () => {
