@@ -58,9 +58,11 @@ export interface Served {
   stop: () => Promise<void>;
 }
 
-export function startServe(args: string[], timeoutMs = 30_000, env?: NodeJS.ProcessEnv): Promise<Served> {
+export function startServe(args: string[], timeoutMs = 30_000, env?: NodeJS.ProcessEnv, wrap: string[] = []): Promise<Served> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, 'serve', '--listen', '127.0.0.1:0', ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+    // `wrap`: a command that execs the rest (setpriv, to serve without some privileges).
+    const argv = [...wrap.slice(1), process.execPath, CLI, 'serve', '--listen', '127.0.0.1:0', ...args];
+    const child = spawn(wrap[0] ?? argv.shift()!, argv, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
     let out = '';
     let err = '';
     const timer = setTimeout(() => {

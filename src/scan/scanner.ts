@@ -11,7 +11,7 @@ import { ChunkParams, DEFAULT_CHUNK_PARAMS, SEGMENT_SIZE } from '../chunk/chunke
 import { Entry, Manifest, encodeManifest, entryPath, rootHashOf, comparePaths, checkTree } from '../manifest/manifest.js';
 import { WorkerPool } from '../work/pool.js';
 import type { ChunkSegmentResult, ChunkFilesResult } from '../work/tasks.js';
-import { fail, ErrorCodes, SnapferryError } from '../util/errors.js';
+import { fail, ErrorCodes, SnapferryError, toSnapferryError } from '../util/errors.js';
 import { CachedFile, loadScanCache, saveScanCache } from './cachefile.js';
 
 
@@ -168,7 +168,9 @@ export class CompanyScanner {
 
   /** Scans now; concurrent callers share one scan. */
   scan(opts: ScanOptions = {}): Promise<Generation> {
-    this.running ??= this.doScan(opts).finally(() => (this.running = undefined));
+    this.running ??= this.doScan(opts)
+      .catch(siteCannotRead)
+      .finally(() => (this.running = undefined));
     return this.running;
   }
 
@@ -435,4 +437,14 @@ async function refuseNonUtf8(absDir: string, relDir: string): Promise<void> {
     const shown = Array.from(raw, (b) => (b >= 0x20 && b < 0x7f && b !== 0x5c ? String.fromCharCode(b) : `\\x${b.toString(16).padStart(2, '0')}`)).join('');
     fail(ErrorCodes.UNSAFE_TREE, `refused ${relDir ? `${relDir}/` : ''}${shown}: file name is not valid UTF-8 (snapferry carries UTF-8 names only; rename it)`);
   }
+}
+
+/**
+ * A file of the company the site may not read is the site's problem, not a branch's folder: "permission denied"
+ * reaches the puller as SNAPFERRY_E_IO naming the site, not as the DIR_NOT_WRITABLE a branch's own EACCES means.
+ */
+function siteCannotRead(err: unknown): never {
+  const e = toSnapferryError(err);
+  if (e.code !== ErrorCodes.DIR_NOT_WRITABLE) throw e;
+  throw new SnapferryError(ErrorCodes.IO, `the site cannot read its company: ${e.message} (give the user serve runs as read access)`, { cause: err });
 }

@@ -3,6 +3,7 @@
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, Served } from '../helpers.js';
@@ -139,6 +140,38 @@ describe('seed over WebSocket (CLI, two processes)', () => {
       }
     } finally {
       await site.stop();
+    }
+  });
+
+  it("a file the site may not read is named as the site's problem (SNAPFERRY_E_IO, not the branch's DIR), nothing is written", async () => {
+    // Produced for real: mode 000 (root reads anything: as root the site is started through `setpriv` without the two
+    // capabilities that override file permissions).
+    const base = fs.mkdtempSync(path.join(os.tmpdir(), 'sf-unreadable-'));
+    try {
+      const src = path.join(base, 'acme');
+      fs.mkdirSync(src);
+      fs.writeFileSync(path.join(src, 'ledger.dat'), 'ledger\n');
+      fs.writeFileSync(path.join(src, 'locked.dat'), 'salaries\n');
+      fs.chmodSync(path.join(src, 'locked.dat'), 0o000);
+      const noOverride = process.getuid?.() === 0 ? ['setpriv', '--bounding-set=-dac_override,-dac_read_search'] : [];
+      const site = await startServe(['--secret', key, '--company', `acme=${src}`], 30_000, undefined, noOverride);
+      try {
+        const dest = path.join(tmp.dir, 'unreadable', 'acme');
+        fs.mkdirSync(path.dirname(dest));
+        const r = await runCli(['pull', site.url, 'acme', dest, '--secret', key]);
+        expect(r.code).toBe(74);
+        expect(r.stderr.trim().split('\n')).toHaveLength(1);
+        expect(r.stderr).toMatch(/the site cannot read its company: permission denied: \S*locked\.dat.*SNAPFERRY_E_IO/);
+        expect(fs.existsSync(dest)).toBe(false);
+        fs.chmodSync(path.join(src, 'locked.dat'), 0o644);
+        const ok = await runCli(['pull', site.url, 'acme', dest, '--secret', key]);
+        expect(ok.code, ok.stderr).toBe(0);
+        expect(fs.readFileSync(path.join(dest, 'locked.dat'), 'utf8')).toBe('salaries\n');
+      } finally {
+        await site.stop();
+      }
+    } finally {
+      fs.rmSync(base, { recursive: true, force: true });
     }
   });
 
