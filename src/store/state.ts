@@ -176,13 +176,16 @@ export function removeTree(p: string): void {
 /** An exclusive lock on one DIR: a second process gets DIR_LOCKED (or waits, if asked). A dead holder's lock is taken over. */
 export class DirLock {
   private held = false;
+  /** This lock made the state folder: if it is empty at release (the attempt wrote nothing), it goes too. */
+  private madeState = false;
   constructor(private readonly paths: StatePaths) {}
 
   /** Takes the lock, waiting up to waitMs for a live holder to finish. */
   async acquire(waitMs = 0): Promise<void> {
     const deadline = Date.now() + waitMs;
-    fs.mkdirSync(this.paths.state, { recursive: true, mode: 0o700 });
     for (;;) {
+      // Each try: a holder that made the folder removes it at release when it is empty.
+      this.madeState = fs.mkdirSync(this.paths.state, { recursive: true, mode: 0o700 }) !== undefined;
       try {
         const fd = fs.openSync(this.paths.lock, 'wx', 0o600);
         fs.writeSync(fd, `${process.pid}\n`);
@@ -214,8 +217,10 @@ export class DirLock {
     this.held = false;
     try {
       fs.rmSync(this.paths.lock, { force: true });
+      // A pull that failed before writing anything (site unreachable, wrong secret...) leaves nothing beside DIR.
+      if (this.madeState) fs.rmdirSync(this.paths.state);
     } catch {
-      /* ignore */
+      /* not empty (kept for a resume), or gone: nothing to do */
     }
   }
 }

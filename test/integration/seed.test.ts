@@ -89,7 +89,8 @@ describe('seed over WebSocket (CLI, two processes)', () => {
     expect(r.stderr.trim().split('\n')).toHaveLength(1);
     expect(r.stderr).toMatch(/authentication failed/);
     expect(r.stderr).toMatch(/SNAPFERRY_E_AUTH/);
-    expect(fs.existsSync(dest)).toBe(false);
+    // Nothing beside DIR either: no state folder is left by an attempt that wrote nothing.
+    expect(fs.readdirSync(path.dirname(dest))).toEqual([]);
   });
 
   it('refuses an unknown company by name', async () => {
@@ -98,7 +99,7 @@ describe('seed over WebSocket (CLI, two processes)', () => {
     const r = await runCli(['pull', served.url, 'nope', dest, '--secret', key]);
     expect(r.code).not.toBe(0);
     expect(r.stderr).toMatch(/no company named "nope".*SNAPFERRY_E_UNKNOWN_COMPANY/);
-    expect(fs.existsSync(dest)).toBe(false);
+    expect(fs.readdirSync(path.dirname(dest))).toEqual([]);
   });
 
   it('refuses, by name, a company holding a symlink out of it, a FIFO or a name not in UTF-8; serves it once it is removed', async () => {
@@ -133,6 +134,7 @@ describe('seed over WebSocket (CLI, two processes)', () => {
         expect(r.stderr, what).toMatch(message);
         expect(r.stderr, what).toMatch(/SNAPFERRY_E_UNSAFE_TREE/);
         expect(fs.existsSync(dest), what).toBe(false);
+        expect(fs.existsSync(path.join(path.dirname(dest), `.${path.basename(dest)}.snapferry`)), what).toBe(false);
         remove();
         const ok = await runCli(['pull', site.url, 'acme', dest, '--secret', key]);
         expect(ok.code, `${what}: ${ok.stderr}`).toBe(0);
@@ -162,7 +164,7 @@ describe('seed over WebSocket (CLI, two processes)', () => {
         expect(r.code).toBe(74);
         expect(r.stderr.trim().split('\n')).toHaveLength(1);
         expect(r.stderr).toMatch(/the site cannot read its company: permission denied: \S*locked\.dat.*SNAPFERRY_E_IO/);
-        expect(fs.existsSync(dest)).toBe(false);
+        expect(fs.readdirSync(path.dirname(dest))).toEqual([]);
         fs.chmodSync(path.join(src, 'locked.dat'), 0o644);
         const ok = await runCli(['pull', site.url, 'acme', dest, '--secret', key]);
         expect(ok.code, ok.stderr).toBe(0);
@@ -201,7 +203,7 @@ describe('seed over WebSocket (CLI, two processes)', () => {
     const r = await runCli(['pull', 'ws://127.0.0.1:1', 'acme', dest, '--secret', key, '--retries', '0']);
     expect(r.code).not.toBe(0);
     expect(r.stderr).toMatch(/SNAPFERRY_E_UNREACHABLE/);
-    expect(fs.existsSync(dest)).toBe(false);
+    expect(fs.readdirSync(path.dirname(dest))).toEqual([]);
   });
 
   it('says when the folder meant to hold DIR does not exist, and creates nothing', async () => {
