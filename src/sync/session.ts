@@ -82,7 +82,8 @@ export interface ConnectOptions {
 /** Connects to ws://host:port, authenticates both ways and returns the session. */
 export async function connect(url: string, opts: ConnectOptions): Promise<SecureSession> {
   const timeoutMs = opts.timeoutMs ?? 15_000;
-  if (!/^wss?:\/\//.test(url)) fail(ErrorCodes.USAGE, `not a site URL: ${url} (expected ws://HOST:PORT)`);
+  // URL.canParse too: ws would throw a bare "Invalid URL" for "ws://[::1".
+  if (!/^wss?:\/\//.test(url) || !URL.canParse(url)) fail(ErrorCodes.USAGE, `not a site URL: ${url} (expected ws://HOST:PORT)`);
   const ws = new WebSocket(url, { maxPayload: MAX_FRAME + 1024, perMessageDeflate: false, handshakeTimeout: timeoutMs });
   const channel = new Channel(ws);
   try {

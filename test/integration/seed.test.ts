@@ -206,6 +206,19 @@ describe('seed over WebSocket (CLI, two processes)', () => {
     expect(fs.readdirSync(path.dirname(dest))).toEqual([]);
   });
 
+  it('says when a URL is not a site URL (exit 64), and writes nothing', async () => {
+    const dest = path.join(tmp.dir, 'badurl', 'acme');
+    fs.mkdirSync(path.dirname(dest));
+    // A wrong scheme, and one ws itself cannot parse (it threw "Invalid URL", SNAPFERRY_E_INTERNAL, before).
+    for (const url of ['http://127.0.0.1:1', 'ws://[::1']) {
+      const r = await runCli(['pull', url, 'acme', dest, '--secret', key]);
+      expect(r.code, url).toBe(64);
+      expect(r.stderr.trim().split('\n'), url).toHaveLength(1);
+      expect(r.stderr, url).toMatch(/not a site URL.*SNAPFERRY_E_USAGE/);
+      expect(fs.readdirSync(path.dirname(dest)), url).toEqual([]);
+    }
+  });
+
   it('says when the folder meant to hold DIR does not exist, and creates nothing', async () => {
     const missing = path.join(tmp.dir, 'no-such-parent');
     const r = await runCli(['pull', served.url, 'acme', path.join(missing, 'acme'), '--secret', key]);
