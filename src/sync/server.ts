@@ -31,7 +31,7 @@ import {
 import type { ReadPackJob, ReadPackResult, MakePatchJob, MakePatchResult } from '../work/tasks.js';
 import { Compressor } from '../work/zstd.js';
 import { SnapferryError, ErrorCodes, fail, toSnapferryError } from '../util/errors.js';
-import { TokenBucket } from '../util/rate.js';
+import { TokenBucket, formatBytes } from '../util/rate.js';
 import { noteGarbage } from '../util/gc.js';
 import { capYoungGeneration } from './heap.js';
 import { ChunkStore, makeTempStoreFolder } from '../store/chunkstore.js';
@@ -303,6 +303,10 @@ export class SnapferryServer {
       (r) => {
         if (r.superseded) return;
         const secs = ((performance.now() - started) / 1000).toFixed(2);
+        if (r.reserveKept !== undefined) {
+          this.log(`storing ${c.name} generation ${g.generation} stopped to keep ${formatBytes(r.reserveKept)} free on the disk of ${store.dir} (${r.chunks} chunks stored; pulls compress the others on demand)`);
+          return;
+        }
         this.log(`stored ${c.name}: generation ${g.generation}, ${r.chunks} chunks (${r.bytes} bytes) compressed in ${secs} s${r.stale ? ` (${r.stale} chunks of files changed since the scan left to the next generation)` : ''}; store ${store.size} chunks, ${store.bytes} bytes`);
       },
       (err) => this.log(`storing ${c.name} generation ${g.generation} failed (pulls compress on demand): ${toSnapferryError(err).message}`),

@@ -2,6 +2,7 @@
  * Fills a site's chunk store with the chunks of a generation it lacks: read, checked against their ids, compressed one
  * frame per chunk and appended by the worker threads, in file order (so a pull's pack is mostly one read).
  */
+import fs from 'node:fs';
 import type { Generation } from '../scan/scanner.js';
 import { chunkSources, type Layout } from '../manifest/layout.js';
 import { IdIndex, idWords } from '../manifest/idindex.js';
@@ -22,11 +23,31 @@ export interface FillResult {
   stale: number;
   /** Whether the fill stopped early because `current()` said the generation was superseded. */
   superseded: boolean;
+  /** Set when the fill stopped to keep this much free on the store's filesystem (bytes). */
+  reserveKept?: number;
+}
+
+/**
+ * Free space the store never takes: a tenth of its filesystem, at most 1 GiB. The store is an accelerator; the site's
+ * disk also holds the company itself, which its application must be able to grow.
+ */
+export function storeReserve(totalBytes: number): number {
+  return Math.min(Math.floor(totalBytes / 10), 2 ** 30);
+}
+
+/** Free and total bytes of the filesystem holding dir, or undefined where statfs is not available. */
+function spaceOf(dir: string): { free: number; total: number } | undefined {
+  try {
+    const st = fs.statfsSync(dir);
+    return { free: st.bavail * st.bsize, total: st.blocks * st.bsize };
+  } catch {
+    return undefined;
+  }
 }
 
 /**
  * Stores every chunk of gen that store lacks, `pool.size` jobs at a time; stops early (between jobs) once current()
- * turns false.
+ * turns false, or before a job could take the store's filesystem below its reserve (storeReserve).
  */
 export async function fillStore(
   store: ChunkStore,
@@ -52,6 +73,12 @@ export async function fillStore(
     const ids = job.ids.slice();
     let raw = 0;
     for (const l of job.lens) raw += l;
+    // Every job in flight may write its raw size (incompressible data), and then some: count them all.
+    const space = spaceOf(store.dir);
+    if (space && space.free - (running.size + 1) * (raw + (64 << 10)) < storeReserve(space.total)) {
+      result.reserveKept = storeReserve(space.total);
+      break;
+    }
     const p: Promise<void> = pool
       .run<StoreChunksResult>(job)
       .then(async (r) => {

@@ -387,7 +387,17 @@ function storeChunks(ctx: JobContext, j: StoreChunksJob): StoreChunksResult {
     r += j.lens[i]!;
     o += n;
   }
-  writeAll(seg.fd, out.subarray(0, o), seg.size);
+  try {
+    writeAll(seg.fd, out.subarray(0, o), seg.size);
+  } catch (err) {
+    // Disk full mid-write: give back what this write took (the frames before it are indexed and stay).
+    try {
+      fs.ftruncateSync(seg.fd, seg.size);
+    } catch {
+      /* nothing more to do */
+    }
+    throw err;
+  }
   seg.size += o;
   return { segment: seg.name, offsets, clens, checks };
 }

@@ -11,7 +11,7 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import fs from 'node:fs';
 import path from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
-import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, Served, CLI, CliResult } from '../helpers.js';
+import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, Served, CLI, CliResult, waitFor } from '../helpers.js';
 import { makeCompany } from '../../src/gen/company.js';
 import { errorCodeOf, errorLines, sleep } from './netfault.js';
 
@@ -240,5 +240,24 @@ describe.skipIf(skipReason !== undefined)('disk full while pulling (real tmpfs)'
     expect(ok.code, ok.stderr).toBe(0);
     expect(JSON.parse(ok.stdout).chunksReused).toBeGreaterThanOrEqual(journaled);
     expectSettled(m, dest, treeFingerprint(grow));
+  });
+
+  it("the site's chunk store stops before it takes the last tenth of its disk; pulls are still exact", async () => {
+    // The store of the 32 MiB company takes ~10 MiB: on an 8 MiB --cache-dir it would fill the disk (before, it did,
+    // and left it full for every generation after).
+    const m = mount('s1', '8m');
+    const site = await startServe(['--secret', key, '--company', `acme=${big}`, '--cache-dir', m]);
+    try {
+      await waitFor(() => /storing acme generation 1 stopped to keep/.test(site.stderr()), 30_000);
+      const st = fs.statfsSync(m);
+      expect(st.bavail * st.bsize).toBeGreaterThanOrEqual(Math.floor((st.blocks * st.bsize) / 10));
+      const dest = path.join(tmp.dir, 'from-full-store', 'acme');
+      fs.mkdirSync(path.dirname(dest));
+      const ok = await runCli(['pull', site.url, 'acme', dest, '--secret', key]);
+      expect(ok.code, ok.stderr).toBe(0);
+      expect(fingerprintDiff(bigFp, treeFingerprint(dest))).toEqual([]);
+    } finally {
+      await site.stop();
+    }
   });
 });
