@@ -35,9 +35,11 @@ export interface CliResult {
 }
 
 /** Runs the CLI to completion (bounded by timeoutMs, then killed). */
-export function runCli(args: string[], opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<CliResult> {
+export function runCli(args: string[], opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv; wrap?: string[] } = {}): Promise<CliResult> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    // `wrap`: a command that execs the rest (setpriv, to run without some privileges).
+    const argv = [...(opts.wrap ?? []).slice(1), process.execPath, CLI, ...args];
+    const child = spawn(opts.wrap?.[0] ?? argv.shift()!, argv, { env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d) => (stdout += d));
@@ -49,6 +51,12 @@ export function runCli(args: string[], opts: { timeoutMs?: number; env?: NodeJS.
     });
   });
 }
+
+/**
+ * As root, a prefix that runs a command without the capabilities that override file permissions (root reads and
+ * writes anything: a permission fault is produced only without them); nothing otherwise.
+ */
+export const NO_DAC_OVERRIDE: string[] = process.getuid?.() === 0 ? ['setpriv', '--bounding-set=-dac_override,-dac_read_search'] : [];
 
 /** A `snapferry serve` child process, resolved once it prints its URL. */
 export interface Served {

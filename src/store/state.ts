@@ -415,9 +415,13 @@ function rollForward(paths: StatePaths, onPoint?: (p: string) => void, keepSpare
 /**
  * Leaves in `dir` only the regular files no other path links to: the links the old tree shares with DIR (its
  * unchanged files) and symlinks go now, before the stats of DIR are recorded, since removing a link changes the ctime
- * of the file it shares (deleting them later would make DIR's files look changed).
+ * of the file it shares (deleting them later would make DIR's files look changed). Its folders become the owner's to
+ * write: the tree is snapferry's own from here on, and a read-only folder of the company (mode 555) would otherwise
+ * stop this, and every later delta that takes a spare out of it, for anyone but root.
  */
 function removeSharedLinks(dir: string): void {
+  const mode = fs.lstatSync(dir).mode & 0o7777;
+  if ((mode & 0o700) !== 0o700) fs.chmodSync(dir, mode | 0o700);
   for (const d of fs.readdirSync(dir, { withFileTypes: true })) {
     const p = path.join(dir, d.name);
     if (d.isDirectory()) removeSharedLinks(p);

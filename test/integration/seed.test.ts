@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, Served } from '../helpers.js';
+import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, Served, NO_DAC_OVERRIDE } from '../helpers.js';
 import { makeCompany } from '../../src/gen/company.js';
 
 describe('seed over WebSocket (CLI, two processes)', () => {
@@ -155,8 +155,7 @@ describe('seed over WebSocket (CLI, two processes)', () => {
       fs.writeFileSync(path.join(src, 'ledger.dat'), 'ledger\n');
       fs.writeFileSync(path.join(src, 'locked.dat'), 'salaries\n');
       fs.chmodSync(path.join(src, 'locked.dat'), 0o000);
-      const noOverride = process.getuid?.() === 0 ? ['setpriv', '--bounding-set=-dac_override,-dac_read_search'] : [];
-      const site = await startServe(['--secret', key, '--company', `acme=${src}`], 30_000, undefined, noOverride);
+      const site = await startServe(['--secret', key, '--company', `acme=${src}`], 30_000, undefined, NO_DAC_OVERRIDE);
       try {
         const dest = path.join(tmp.dir, 'unreadable', 'acme');
         fs.mkdirSync(path.dirname(dest));
