@@ -153,7 +153,8 @@ export function buildProgram(): Commander.Command {
     .option('--retries <n>', 'reconnect attempts after a dropped link', '5')
     .option('--follow', 'stay connected and apply each new generation (one --json line per applied generation)')
     .option('--no-spare', 'do not keep the files a commit replaces beside DIR (saves their disk; the next delta then copies each changed file whole before patching it)')
-    .action(async (url: string, name: string, dir: string, o: { secret: string; json?: boolean; bwlimit?: string; fsync: boolean; wait?: boolean; retries: string; follow?: boolean; spare: boolean }) => {
+    .option('--adopt', 'DIR may hold a copy snapferry did not make (carried by hand, restored from a backup): reuse what matches, then replace it with the generation')
+    .action(async (url: string, name: string, dir: string, o: { secret: string; json?: boolean; bwlimit?: string; fsync: boolean; wait?: boolean; retries: string; follow?: boolean; spare: boolean; adopt?: boolean }) => {
       const secret = readSecret(o.secret);
       const progress = progressLine(!o.json && process.stderr.isTTY === true);
       const options: PullOptions = {
@@ -164,6 +165,7 @@ export function buildProgram(): Commander.Command {
         bwlimit: o.bwlimit ? parseRate(o.bwlimit) : undefined,
         durable: o.fsync,
         spare: o.spare,
+        adopt: o.adopt === true,
         lockWaitMs: o.wait ? 24 * 3600_000 : 0,
         retries: Number(o.retries),
         onProgress: process.env.SNAPFERRY_DEBUG ? phaseLogger(progress.update) : progress.update,

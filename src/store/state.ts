@@ -440,14 +440,17 @@ export function checkParentWritable(paths: StatePaths): void {
   }
 }
 
-/** Checks that DIR may be written: it is snapferry's (has a record), absent, or an empty folder. */
-export function checkDirUsable(paths: StatePaths): void {
+/**
+ * Checks that DIR may be written: it is snapferry's (has a record), absent, or an empty folder; with `adopt`, any
+ * folder (the user asked for it to be replaced by the generation, reusing what matches).
+ */
+export function checkDirUsable(paths: StatePaths, adopt = false): void {
   checkParentWritable(paths);
   if (!exists(paths.dir)) return;
   const st = fs.lstatSync(paths.dir);
   if (!st.isDirectory()) fail(ErrorCodes.DIR_FOREIGN, `${paths.dir} exists and is not a folder; refusing to replace it`);
-  if (exists(paths.appliedJson)) return;
+  if (adopt || exists(paths.appliedJson)) return;
   if (fs.readdirSync(paths.dir).length > 0) {
-    fail(ErrorCodes.DIR_FOREIGN, `${paths.dir} already exists and was not made by snapferry; refusing to overwrite it (choose a new or empty folder)`);
+    fail(ErrorCodes.DIR_FOREIGN, `${paths.dir} already exists and was not made by snapferry; refusing to overwrite it (choose a new or empty folder, or pull --adopt to replace it, reusing what matches)`);
   }
 }

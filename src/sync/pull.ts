@@ -89,6 +89,12 @@ export interface PullOptions {
    * re-chunk the files DIR has and reuse whatever matches the site's generation.
    */
   repair?: boolean;
+  /**
+   * Adopt: DIR may be a folder snapferry did not make (a copy carried by hand, a restored backup). Its files at the
+   * generation's paths are chunked and whatever matches is reused; the commit then replaces the folder with the
+   * generation (what the generation lacks goes). Without it such a folder is refused. A DIR snapferry made pulls as usual.
+   */
+  adopt?: boolean;
   /** Test hook: called at named points of the pull (fault tests kill the process there). */
   onPoint?: (point: string) => void;
   /**
@@ -151,7 +157,8 @@ export async function pull(opts: PullOptions): Promise<PullResult> {
   try {
     recover(paths);
     // Repair may re-establish a lost record, but only for a DIR whose state folder shows snapferry made it.
-    if (!opts.repair || !fs.existsSync(paths.appliedManifest)) checkDirUsable(paths);
+    if (opts.adopt) checkDirUsable(paths, true);
+    else if (!opts.repair || !fs.existsSync(paths.appliedManifest)) checkDirUsable(paths);
     for (let attempt = 0; ; attempt++) {
       const run = new PullRun(opts, paths, started);
       try {
@@ -448,7 +455,7 @@ class PullRun {
    */
   private async partialSources(): Promise<Partial> {
     const out: Partial = new Map();
-    if (!this.opts.repair) return out;
+    if (!this.opts.repair && !(this.opts.adopt && !this.applied)) return out;
     if (this.applied && this.good) {
       const olds = this.applied.manifest.entries;
       for (const [i, ok] of this.good) {
@@ -467,6 +474,8 @@ class PullRun {
       }
       return out;
     }
+    // Every file of DIR at a path of the generation, chunked on the pool (all of them queued at once: both cores work).
+    const files: Array<Promise<void>> = [];
     for (const e of this.m.entries) {
       if (e.kind !== 'file') continue;
       const abs = entryPath(this.paths.dir, e.path);
@@ -477,13 +486,20 @@ class PullRun {
         continue;
       }
       if (!st.isFile()) continue;
-      const chunks: Array<{ id: bigint; offset: number }> = [];
+      const segments: Array<Promise<ChunkSegmentResult>> = [];
       for (let off = 0; off < st.size; off += SEGMENT_SIZE) {
-        const r = await this.pool!.run<ChunkSegmentResult>({ kind: 'chunkSegment', path: abs, offset: off, length: Math.min(SEGMENT_SIZE, st.size - off), params: this.m.params });
-        for (let k = 0, o = off; k < r.lens.length; o += r.lens[k]!, k++) chunks.push({ id: r.ids[k]!, offset: o });
+        segments.push(this.pool!.run<ChunkSegmentResult>({ kind: 'chunkSegment', path: abs, offset: off, length: Math.min(SEGMENT_SIZE, st.size - off), params: this.m.params }));
       }
-      out.set(e.path, { abs, size: st.size, chunks });
+      files.push(
+        Promise.all(segments).then((rs) => {
+          const chunks: Array<{ id: bigint; offset: number }> = [];
+          let o = 0;
+          for (const r of rs) for (let k = 0; k < r.lens.length; o += r.lens[k]!, k++) chunks.push({ id: r.ids[k]!, offset: o });
+          out.set(e.path, { abs, size: st.size, chunks });
+        }),
+      );
     }
+    await Promise.all(files);
     return out;
   }
 

@@ -7,7 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, Served, NO_DAC_OVERRIDE } from '../helpers.js';
-import { makeCompany } from '../../src/gen/company.js';
+import { makeCompany, mutateCompany } from '../../src/gen/company.js';
 
 describe('seed over WebSocket (CLI, two processes)', () => {
   let tmp: ReturnType<typeof tempDir>;
@@ -185,6 +185,36 @@ describe('seed over WebSocket (CLI, two processes)', () => {
     expect(r.stderr).toMatch(/not made by snapferry.*SNAPFERRY_E_DIR_FOREIGN/);
     expect(fs.readdirSync(dest)).toEqual(['precious.txt']);
     expect(fs.readFileSync(path.join(dest, 'precious.txt'), 'utf8')).toBe('do not touch');
+  });
+
+  it('pull --adopt takes over a copy carried by hand: reuses what matches, fetches the rest, replaces the folder', async () => {
+    const src = path.join(tmp.dir, 'adopt-src', 'acme');
+    await makeCompany(src, 8, 21);
+    // Last week's copy on a USB disk: the company as it was, plus a file of the branch's own.
+    const dest = path.join(tmp.dir, 'adopt', 'acme');
+    fs.cpSync(src, dest, { recursive: true, preserveTimestamps: true, verbatimSymlinks: true });
+    fs.writeFileSync(path.join(dest, 'branch-notes.txt'), 'not the company\n');
+    await mutateCompany(src, 22);
+    const site = await startServe(['--secret', key, '--company', `acme=${src}`]);
+    try {
+      const refused = await runCli(['pull', site.url, 'acme', dest, '--secret', key]);
+      expect(refused.code).toBe(73);
+      expect(refused.stderr).toMatch(/not made by snapferry.*--adopt.*SNAPFERRY_E_DIR_FOREIGN/);
+      expect(fs.readFileSync(path.join(dest, 'branch-notes.txt'), 'utf8')).toBe('not the company\n');
+      const fresh = await runCli(['pull', site.url, 'acme', path.join(tmp.dir, 'adopt', 'fresh'), '--secret', key, '--json']);
+      const seedBytes = JSON.parse(fresh.stdout).bytesOnWire;
+      const r = await runCli(['pull', site.url, 'acme', dest, '--secret', key, '--adopt', '--json']);
+      expect(r.code, r.stderr).toBe(0);
+      const j = JSON.parse(r.stdout);
+      expect(j.chunksReused).toBeGreaterThan(0);
+      expect(j.bytesOnWire, `adopting moved ${j.bytesOnWire} B, a seed ${seedBytes} B`).toBeLessThan(seedBytes * 0.25);
+      expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
+      const again = await runCli(['pull', site.url, 'acme', dest, '--secret', key, '--json']);
+      expect(again.code, again.stderr).toBe(0);
+      expect(JSON.parse(again.stdout).unchanged).toBe(true);
+    } finally {
+      await site.stop();
+    }
   });
 
   it('fills an empty folder the user made for it', async () => {
