@@ -347,6 +347,8 @@ class PullRun {
     const { WorkerPool } = await import('../work/pool.js');
     this.pool = new WorkerPool(this.opts.workers);
     this.plan(encoded, await this.partialSources());
+    // next/ has its folders, links and symlinks now, and no file data yet.
+    this.opts.onPoint?.('planned');
     await this.checkSpace();
     this.startReader();
     this.progress('transfer');
