@@ -7,10 +7,11 @@
 import fs from 'node:fs';
 import { isUtf8 } from 'node:buffer';
 import path from 'node:path';
-import { ChunkParams, DEFAULT_CHUNK_PARAMS, SEGMENT_SIZE } from '../chunk/chunker.js';
+import { ChunkParams, DEFAULT_CHUNK_PARAMS } from '../chunk/chunker.js';
 import { Entry, Manifest, encodeManifest, entryPath, rootHashOf, comparePaths, checkTree } from '../manifest/manifest.js';
 import { WorkerPool } from '../work/pool.js';
 import type { ChunkSegmentResult, ChunkFilesResult } from '../work/tasks.js';
+import { chunkSegmentsOf, joinChunkLists } from '../work/segments.js';
 import { fail, ErrorCodes, SnapferryError, toSnapferryError } from '../util/errors.js';
 import { CachedFile, loadScanCache, saveScanCache } from './cachefile.js';
 
@@ -381,13 +382,9 @@ export class CompanyScanner {
         continue;
       }
       const size = Number(before.size);
-      const segs: Array<Promise<ChunkSegmentResult>> = [];
-      for (let off = 0; off < size; off += SEGMENT_SIZE) {
-        segs.push(this.pool.run<ChunkSegmentResult>({ kind: 'chunkSegment', path: abs, offset: off, length: Math.min(SEGMENT_SIZE, size - off), params: this.params }));
-      }
       let results: ChunkSegmentResult[] | undefined;
       try {
-        results = await Promise.all(segs);
+        results = await Promise.all(chunkSegmentsOf(this.pool, abs, size, this.params));
       } catch (err) {
         if (!(err instanceof SnapferryError && err.code === ErrorCodes.UNSTABLE_FILE)) throw err;
       }
@@ -399,15 +396,7 @@ export class CompanyScanner {
       }
       if (results && after && sameStat(before, after) && !justWritten(after)) {
         this.lastBytesRead += size;
-        const n = results.reduce((s, r) => s + r.lens.length, 0);
-        const lens = new Uint32Array(n);
-        const ids = new BigUint64Array(n);
-        let k = 0;
-        for (const r of results) {
-          lens.set(r.lens, k);
-          ids.set(r.ids, k);
-          k += r.lens.length;
-        }
+        const { lens, ids } = joinChunkLists(results);
         e.size = size;
         e.mtimeNs = before.mtimeNs;
         e.mode = before.mode;

@@ -103,7 +103,8 @@ export class StatePaths {
   }
 }
 
-function exists(p: string): boolean {
+/** Whether anything is at p (a dangling symlink counts: lstat, not stat). */
+export function exists(p: string): boolean {
   try {
     fs.lstatSync(p);
     return true;

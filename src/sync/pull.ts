@@ -26,7 +26,7 @@ import {
   ManifestMsg,
   OpenMsg,
 } from '../protocol/messages.js';
-import type { WritePackJob, WritePackResult, CopyRangesJob, CopyRangesResult, ApplyPatchResult, ChunkSegmentResult, FinishFilesJob, FinishFilesResult } from '../work/tasks.js';
+import type { WritePackJob, WritePackResult, CopyRangesJob, CopyRangesResult, ApplyPatchResult, FinishFilesJob, FinishFilesResult } from '../work/tasks.js';
 import {
   StatePaths,
   DirLock,
@@ -38,6 +38,7 @@ import {
   writeStats,
   unchangedByStats,
   removeTree,
+  exists,
   syncFilesystemAsync,
   Applied,
   AppliedRecord,
@@ -46,7 +47,7 @@ import {
 } from '../store/state.js';
 import { Spare, dropSpareFilesAsync } from '../store/spare.js';
 import type { GoodChunks } from './verify.js';
-import { SEGMENT_SIZE } from '../chunk/chunker.js';
+import { chunkSegmentsOf } from '../work/segments.js';
 import { SnapferryError, ErrorCodes, fail, toSnapferryError } from '../util/errors.js';
 import { TokenBucket } from '../util/rate.js';
 import { noteGarbage } from '../util/gc.js';
@@ -488,12 +489,8 @@ class PullRun {
         continue;
       }
       if (!st.isFile()) continue;
-      const segments: Array<Promise<ChunkSegmentResult>> = [];
-      for (let off = 0; off < st.size; off += SEGMENT_SIZE) {
-        segments.push(this.pool!.run<ChunkSegmentResult>({ kind: 'chunkSegment', path: abs, offset: off, length: Math.min(SEGMENT_SIZE, st.size - off), params: this.m.params }));
-      }
       files.push(
-        Promise.all(segments).then((rs) => {
+        Promise.all(chunkSegmentsOf(this.pool!, abs, st.size, this.m.params)).then((rs) => {
           const chunks: Array<{ id: bigint; offset: number }> = [];
           let o = 0;
           for (const r of rs) for (let k = 0; k < r.lens.length; o += r.lens[k]!, k++) chunks.push({ id: r.ids[k]!, offset: o });
@@ -547,15 +544,7 @@ class PullRun {
     const spareOf = () => (spare === undefined ? (spare = Spare.load(p) ?? null) : spare) ?? undefined;
     // Only a resumed next/ can hold entries already (one check per file saved on a fresh one). lstat, not exists: a
     // symlink made by the interrupted attempt may point to a file not written yet.
-    const absent = (dst: string) => {
-      if (!resumable) return true;
-      try {
-        fs.lstatSync(dst);
-        return false;
-      } catch {
-        return true;
-      }
-    };
+    const absent = (dst: string) => !resumable || !exists(dst);
     for (let ei = 0; ei < this.m.entries.length; ei++) {
       const e = this.m.entries[ei]!;
       const dst = entryPath(p.next, e.path);

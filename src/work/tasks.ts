@@ -12,6 +12,7 @@ import { Hasher, idHex } from '../chunk/hash.js';
 import { Compressor, Decompressor, compressBound } from './zstd.js';
 import { fail, ErrorCodes } from '../util/errors.js';
 import { inodeStamp } from '../util/stamp.js';
+import { joinChunkLists } from './segments.js';
 
 /** A level meaning: send as they are (where CPU, not the link, is the bottleneck). */
 export const NO_COMPRESSION = -1000;
@@ -291,18 +292,7 @@ function chunkFiles(ctx: JobContext, j: ChunkFilesJob): ChunkFilesResult {
       return null; // gone or shrunk: the scanner re-reads it on its own
     }
   });
-  let n = 0;
-  for (const c of counts) if (c > 0) n += c;
-  const lens = new Uint32Array(n);
-  const ids = new BigUint64Array(n);
-  let k = 0;
-  for (const r of files) {
-    if (!r) continue;
-    lens.set(r.lens, k);
-    ids.set(r.ids, k);
-    k += r.lens.length;
-  }
-  return { lens, ids, counts };
+  return { ...joinChunkLists(files), counts };
 }
 
 /** Reads the chunks of a readPack or storeChunks job into the thread's read buffer, each checked against its id. */
