@@ -46,6 +46,7 @@ import {
   signRecord,
 } from '../store/state.js';
 import { Spare, dropSpareFilesAsync } from '../store/spare.js';
+import { BaseCopies, BaseStep } from './basecopies.js';
 import type { GoodChunks } from './verify.js';
 import { chunkSegmentsOf } from '../work/segments.js';
 import { SnapferryError, ErrorCodes, fail, toSnapferryError } from '../util/errors.js';
@@ -135,6 +136,8 @@ const PACK_BYTES = 512 << 10;
 const J_BASED = 0x80000000;
 const J_SPARE = 0x40000000;
 const J_ENTRY = 0x3fffffff;
+/** Room left free when base copies start before the plan is checked against the disk (metadata, journal, records). */
+const EARLY_COPY_MARGIN = 64 << 20;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -294,6 +297,8 @@ class PullRun {
     try {
       return await this.run();
     } catch (err) {
+      // Nothing may still write into next/ once this attempt has ended.
+      await this.bases.settle();
       // Keep what this attempt verified: the next one must not fetch it again, however short this one was.
       await this.flushJournal(true).catch(() => undefined);
       throw err;
@@ -537,7 +542,8 @@ class PullRun {
     const fetched = new IdIndex(L.id, L.total);
     const ol = local.oldLayout;
     const oldWords = ol ? idWords(ol.id) : words;
-    const baseCopies: BaseStep[] = [];
+    // Copies start at once, while the rest is planned, when everything this generation could write fits on the disk.
+    if (!resumable && this.fitsNow(local)) this.bases.start();
     const linkedOld: number[] = [];
     // The spare generation's record, read when a changed file first asks for it.
     let spare: Spare | null | undefined;
@@ -569,14 +575,14 @@ class PullRun {
           linkedOld.push(oi!);
         } else if (!this.based.has(ei)) {
           // Same bytes, other mode or mtime: a hard link would change the old generation too, so copy.
-          baseCopies.push({ ei, from: src, spare: false });
+          this.bases.add({ ei, from: src, spare: false });
         }
         continue;
       }
       // Files are created by the first write, on the workers; only empty ones are made here.
       if (e.size === 0 && absent(dst)) fs.closeSync(fs.openSync(dst, 'w', 0o600));
       const fromOld = old && e.size > 0 ? new StartChunks(ol!.offset, oldWords, ol!.entryStart[oi!]!, ol!.entryStart[oi! + 1]!) : undefined;
-      const start = e.size > 0 ? this.startOf(ei, dst, src, fromOld, spareOf, words, baseCopies) : undefined;
+      const start = e.size > 0 ? this.startOf(ei, dst, src, fromOld, spareOf, words) : undefined;
       const part = old ? undefined : partial.get(e.path);
       const base = old ? { path: src, size: old.size } : part ? { path: part.abs, size: part.size } : undefined;
       if (base) this.patchBase.set(ei, base.path);
@@ -610,7 +616,6 @@ class PullRun {
       }
       this.remaining[ei] = remaining;
     }
-    this.pendingBaseCopies = baseCopies;
     this.local = local;
     this.recordOwnLinks(linkedOld);
     // Spare files not used by now never will be (the commit makes this generation's replaced files the new spare).
@@ -621,8 +626,8 @@ class PullRun {
    * What entry `ei`'s file in next/ starts as, and the chunks that gives it: what an interrupted attempt left there
    * (its journal says), else its spare when that is usable and holds at least as much of the new version as a copy
    * would, less half the file (a whole-file copy in the kernel is cheaper per byte than rewriting chunks), else a
-   * copy of DIR's version (`fromOld`). The base step goes to `steps`; a spare is moved into next/ here, since the plan
-   * of every chunk of the file depends on it.
+   * copy of DIR's version (`fromOld`). The base step is queued; a spare is moved into next/ here, since the plan of
+   * every chunk of the file depends on it.
    */
   private startOf(
     ei: number,
@@ -631,7 +636,6 @@ class PullRun {
     fromOld: StartChunks | undefined,
     spareOf: () => Spare | undefined,
     words: Uint32Array,
-    steps: BaseStep[],
   ): StartChunks | undefined {
     const e = this.m.entries[ei]!;
     const L = this.layout;
@@ -651,11 +655,11 @@ class PullRun {
       const inOld = StartChunks.bytesHeld(fromOld.again(), L, words, g0, g1);
       if (StartChunks.bytesHeld(fromSpare.again(), L, words, g0, g1) >= inOld - e.size / 2) {
         fs.renameSync(sf.abs, dst);
-        steps.push({ ei, from: sf.abs, spare: true });
+        this.bases.add({ ei, from: sf.abs, spare: true });
         return fromSpare;
       }
     }
-    steps.push({ ei, from: src, spare: false });
+    this.bases.add({ ei, from: src, spare: false });
     return fromOld;
   }
 
@@ -744,7 +748,8 @@ class PullRun {
     };
   }
 
-  private pendingBaseCopies: BaseStep[] = [];
+  /** The changed files' base copies (started by the plan when they surely fit, else after checkSpace). */
+  private readonly bases = new BaseCopies((step) => this.makeBase(step));
   /** Per global chunk index: where it comes from (From). */
   private from = new Uint8Array(0);
   /** Per global chunk index: the next occurrence written by the same fetch, or -1 (a chain starts at a GET or PATCH). */
@@ -755,10 +760,33 @@ class PullRun {
   /** Entries with an old version (or a partial local file) to patch against, by entry index. */
   private patchBase = new Map<number, string>();
 
+  /**
+   * Whether the disk has room, now, for every byte this generation could write beside DIR: each file not hard-linked
+   * from DIR at its full size (a changed file's chunks land inside its copy). A bound, cheaper to know than the plan.
+   */
+  private fitsNow(local: LocalChunks): boolean {
+    const olds = this.applied?.manifest.entries;
+    let bound = 0;
+    for (const e of this.m.entries) {
+      if (e.kind !== 'file') continue;
+      const oi = local.oldByPath.get(e.path);
+      const old = oi === undefined ? undefined : olds![oi]!;
+      if (!(old && sameContent(old, e) && old.mode === e.mode && sameMtime(old.mtimeNs, e.mtimeNs))) bound += e.size;
+    }
+    try {
+      const sf = fs.statfsSync(this.paths.state);
+      return bound + EARLY_COPY_MARGIN <= sf.bavail * sf.bsize;
+    } catch {
+      return false;
+    }
+  }
+
   private async checkSpace(): Promise<void> {
+    // Started early only when fitsNow() found room for more than this counts.
+    if (this.bases.running) return;
     let toWrite = 0;
     for (let g = 0; g < this.from.length; g++) if (this.from[g] !== From.NONE) toWrite += this.layout.len[g]!;
-    for (const b of this.pendingBaseCopies) if (!b.spare) toWrite += this.m.entries[b.ei]!.size;
+    for (const b of this.bases.steps) if (!b.spare) toWrite += this.m.entries[b.ei]!.size;
     const free = () => {
       try {
         const sf = fs.statfsSync(this.paths.state);
@@ -875,14 +903,26 @@ class PullRun {
     return gs;
   }
 
-  /** Base copies in flight, by entry index (transfer()). */
-  private baseReady = new Map<number, Promise<void>>();
+  /** Puts one changed file's base in place in next/ (step 1 of transfer(); see BaseCopies). */
+  private async makeBase({ ei, from, spare }: BaseStep): Promise<void> {
+    const e = this.m.entries[ei]!;
+    const dst = entryPath(this.paths.next, e.path);
+    // A spare is already in place (plan moved it); a copy is made now. A reflink where the filesystem has them (btrfs,
+    // XFS: no bytes copied; only the chunks written later take new blocks), else an in-kernel copy.
+    if (!spare) await fs.promises.copyFile(from, dst, fs.constants.COPYFILE_FICLONE);
+    // The source's mode may be read-only: the file is ours to patch until it is finished.
+    await fs.promises.chmod(dst, 0o600);
+    await fs.promises.truncate(dst, e.size);
+    if (spare) this.stats.spares++;
+    else this.stats.written += e.size;
+    this.journal([(J_BASED | (spare ? J_SPARE : 0) | ei) >>> 0]);
+  }
 
   /** Waits for the base copies of every file that chunks `firsts` (and their duplicates) are written to. */
   private async basesOf(firsts: number[]): Promise<void> {
     const waits = new Set<Promise<void>>();
     for (const g of this.occurrencesOf(firsts)) {
-      const p = this.baseReady.get(this.layout.entry[g]!);
+      const p = this.bases.readyOf(this.layout.entry[g]!);
       if (p) waits.add(p);
     }
     await Promise.all(waits);
@@ -994,34 +1034,7 @@ class PullRun {
     // 1. Base copies: a changed file starts as its old version (in-kernel copy), before any chunk lands on it. They
     // run while the patches are asked for (signatures come from the old files, not the copies); a patch waits only
     // for the copies of the files it writes to (basesOf).
-    const bases = new Map<number, { promise: Promise<void>; resolve: () => void; reject: (e: unknown) => void }>();
-    for (const { ei } of this.pendingBaseCopies) {
-      let resolve!: () => void;
-      let reject!: (e: unknown) => void;
-      const promise = new Promise<void>((res, rej) => ((resolve = res), (reject = rej)));
-      promise.catch(() => undefined); // the error reaches transfer() through allBases
-      bases.set(ei, { promise, resolve, reject });
-    }
-    this.baseReady = new Map([...bases].map(([ei, b]) => [ei, b.promise]));
-    const allBases = runLimited(this.pendingBaseCopies, 4, async ({ ei, from, spare }) => {
-      try {
-        const dst = entryPath(this.paths.next, this.m.entries[ei]!.path);
-        // A spare is already in place (plan moved it); a copy is made now.
-        // A reflink where the filesystem has them (btrfs, XFS: no bytes copied; only the chunks written later take new
-        // blocks), else an in-kernel copy.
-        if (!spare) await fs.promises.copyFile(from, dst, fs.constants.COPYFILE_FICLONE);
-        // The source's mode may be read-only: the file is ours to patch until it is finished.
-        await fs.promises.chmod(dst, 0o600);
-        await fs.promises.truncate(dst, this.m.entries[ei]!.size);
-        if (spare) this.stats.spares++;
-        else this.stats.written += this.m.entries[ei]!.size;
-        this.journal([(J_BASED | (spare ? J_SPARE : 0) | ei) >>> 0]);
-        bases.get(ei)!.resolve();
-      } catch (err) {
-        bases.get(ei)!.reject(err);
-        throw err;
-      }
-    });
+    const allBases = this.bases.done();
     allBases.catch(() => undefined); // awaited below; a failure also fails the patches waiting for it
     // 2. From the site: block patches for chunks of files that existed.
     const L = this.layout;
@@ -1245,13 +1258,6 @@ function dropEntries<T extends { entries: number[] }>(t: T): Omit<T, 'entries'> 
   return rest;
 }
 
-/** How a changed file's start is made in next/: a copy of `from`, or its spare, already moved there by the plan. */
-interface BaseStep {
-  ei: number;
-  from: string;
-  spare: boolean;
-}
-
 /** The chunks a file in next/ starts with (offsets and id words, [k0, k1)), walked in offset order beside the target's. */
 class StartChunks {
   private k: number;
@@ -1391,12 +1397,4 @@ class ByteGate {
     this.waiters = [];
     for (const f of w) f();
   }
-}
-
-async function runLimited<T>(items: T[], limit: number, fn: (t: T) => Promise<void>): Promise<void> {
-  let i = 0;
-  const workers = Array.from({ length: Math.min(limit, items.length) }, async () => {
-    while (i < items.length) await fn(items[i++]!);
-  });
-  await Promise.all(workers);
 }
