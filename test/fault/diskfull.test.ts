@@ -242,6 +242,48 @@ describe.skipIf(skipReason !== undefined)('disk full while pulling (real tmpfs)'
     expectSettled(m, dest, treeFingerprint(grow));
   });
 
+  it("a delta whose changed file's copy cannot fit is refused before copying; with room it lands, its copies begun during the plan when all fits", async () => {
+    // A first delta copies each changed file whole: here a 9 MiB ledger with one page rewritten. --no-spare keeps no
+    // replaced files, so every delta copies from DIR. 16 MiB: refused (checkSpace). 40 MiB: fits, but not with the
+    // 64 MiB margin that lets copies start during the plan, so they start after the check. 128 MiB: they start early.
+    const head = path.join(tmp.dir, 'head3', 'acme');
+    fs.mkdirSync(head, { recursive: true });
+    fs.writeFileSync(path.join(head, 'Ledger.900'), ledgerText(9 * MiB, 3));
+    fs.writeFileSync(path.join(head, 'notes.txt'), 'branch notes\n');
+    const rewritePage = (k: number) => {
+      const fd = fs.openSync(path.join(head, 'Ledger.900'), 'r+');
+      fs.writeSync(fd, Buffer.alloc(4096, 0x41 + k), 0, 4096, k * 1024 * 1024);
+      fs.closeSync(fd);
+    };
+    const site = await startServe(['--secret', key, '--company', `acme=${head}`]);
+    try {
+      const m = mount('m5', '16m');
+      const dest = path.join(m, 'acme');
+      const pull = (json = false) => runCli(['pull', site.url, 'acme', dest, '--secret', key, '--no-spare', ...(json ? ['--json'] : [])]);
+      const seeded = await pull();
+      expect(seeded.code, seeded.stderr).toBe(0);
+      const oldFp = treeFingerprint(dest);
+      rewritePage(1);
+      const r = await pull();
+      expectDiskFull(r);
+      expect(r.stderr).toMatch(/needs \d+ more bytes/);
+      expect(fingerprintDiff(oldFp, treeFingerprint(dest))).toEqual([]);
+      remount(m, '40m');
+      const late = await pull(true);
+      expect(late.code, late.stderr).toBe(0);
+      expect(JSON.parse(late.stdout).chunksPatched).toBeGreaterThan(0);
+      expectSettled(m, dest, treeFingerprint(head));
+      remount(m, '128m');
+      rewritePage(2);
+      const early = await pull(true);
+      expect(early.code, early.stderr).toBe(0);
+      expect(JSON.parse(early.stdout).bytesOnWire).toBeLessThan(1 * MiB);
+      expectSettled(m, dest, treeFingerprint(head));
+    } finally {
+      await site.stop();
+    }
+  });
+
   it("the site's chunk store stops before it takes the last tenth of its disk; pulls are still exact", async () => {
     // The store of the 32 MiB company takes ~10 MiB: on an 8 MiB --cache-dir it would fill the disk (before, it did,
     // and left it full for every generation after).
