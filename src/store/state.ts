@@ -59,6 +59,19 @@ export function recordAuthentic(r: AppliedRecord, secret: Buffer): boolean {
   return timingSafeEqual(Buffer.from(r.mac, 'hex'), Buffer.from(recordMac(r, secret), 'hex'));
 }
 
+/**
+ * DIR given as a symbolic link to a folder (the data kept on another disk) means that folder: the commit's renames
+ * then replace the folder and leave the link leading to the new generation, and the state lives beside the folder. A
+ * link that leads nowhere stays as it is, for checkDirUsable to refuse by name.
+ */
+function followDirLink(dir: string): string {
+  try {
+    return fs.lstatSync(dir).isSymbolicLink() ? fs.realpathSync(dir) : dir;
+  } catch {
+    return dir;
+  }
+}
+
 /** Where things live for one DIR. */
 export class StatePaths {
   readonly dir: string;
@@ -81,7 +94,7 @@ export class StatePaths {
   /** Spare files being deleted in the background. */
   readonly spareDrop: string;
   constructor(dir: string) {
-    this.dir = path.resolve(dir);
+    this.dir = followDirLink(path.resolve(dir));
     this.state = path.join(path.dirname(this.dir), `.${path.basename(this.dir)}.snapferry`);
     const at = (name: string) => path.join(this.state, name);
     this.lock = at('lock');
@@ -449,6 +462,9 @@ export function checkDirUsable(paths: StatePaths, adopt = false): void {
   checkParentWritable(paths);
   if (!exists(paths.dir)) return;
   const st = fs.lstatSync(paths.dir);
+  if (st.isSymbolicLink()) {
+    fail(ErrorCodes.DIR_FOREIGN, `${paths.dir} is a symbolic link to ${JSON.stringify(fs.readlinkSync(paths.dir))}, which leads to no folder; make the folder it names, or give a folder`);
+  }
   if (!st.isDirectory()) fail(ErrorCodes.DIR_FOREIGN, `${paths.dir} exists and is not a folder; refusing to replace it`);
   if (adopt || exists(paths.appliedJson)) return;
   if (fs.readdirSync(paths.dir).length > 0) {

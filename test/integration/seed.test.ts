@@ -225,6 +225,40 @@ describe('seed over WebSocket (CLI, two processes)', () => {
     expect(fingerprintDiff(treeFingerprint(company), treeFingerprint(dest))).toEqual([]);
   });
 
+  it('DIR given as a symbolic link to a folder (the data on another disk): seeds and deltas land there and the link stays; a link to nowhere is refused by name', async () => {
+    // Before, any such DIR was refused as "not a folder"; replacing it would have replaced the link itself.
+    const root = path.join(tmp.dir, 'symdir');
+    const src = path.join(root, 'head', 'acme');
+    await makeCompany(src, 2, 31);
+    const target = path.join(root, 'disk2', 'acme');
+    fs.mkdirSync(target, { recursive: true });
+    const link = path.join(root, 'acme');
+    fs.symlinkSync(target, link);
+    const site = await startServe(['--secret', key, '--company', `acme=${src}`]);
+    try {
+      const seeded = await runCli(['pull', site.url, 'acme', link, '--secret', key, '--json']);
+      expect(seeded.code, seeded.stderr).toBe(0);
+      await mutateCompany(src, 32);
+      const delta = await runCli(['pull', site.url, 'acme', link, '--secret', key, '--json']);
+      expect(delta.code, delta.stderr).toBe(0);
+      expect(JSON.parse(delta.stdout).generation).not.toBe(JSON.parse(seeded.stdout).generation);
+      expect(fs.readlinkSync(link)).toBe(target);
+      expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(target))).toEqual([]);
+      expect(fs.existsSync(path.join(root, 'disk2', '.acme.snapferry', 'applied.json'))).toBe(true);
+      const v = await runCli(['verify', link, '--deep']);
+      expect(v.code, v.stdout + v.stderr).toBe(0);
+      const dangling = path.join(root, 'gone');
+      fs.symlinkSync(path.join(root, 'missing'), dangling);
+      const refused = await runCli(['pull', site.url, 'acme', dangling, '--secret', key]);
+      expect(refused.code).toBe(73);
+      expect(refused.stderr.trim().split('\n')).toHaveLength(1);
+      expect(refused.stderr).toMatch(/gone is a symbolic link to ".*missing", which leads to no folder.*SNAPFERRY_E_DIR_FOREIGN/);
+      expect(fs.readdirSync(root).sort()).toEqual(['acme', 'disk2', 'gone', 'head']);
+    } finally {
+      await site.stop();
+    }
+  });
+
   it('says a site is unreachable', async () => {
     const dest = path.join(tmp.dir, 'unreach', 'acme');
     fs.mkdirSync(path.dirname(dest));
