@@ -1,7 +1,7 @@
 /** Site secrets on disk: 256 random bits as 64 hex digits, in a file only its owner can read. */
 import fs from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import { fail, ErrorCodes } from '../util/errors.js';
+import { fail, fsProblem, ErrorCodes } from '../util/errors.js';
 
 /** Writes a new secret; refuses to overwrite an existing file. */
 export function writeNewSecret(file: string): void {
@@ -10,7 +10,7 @@ export function writeNewSecret(file: string): void {
     fd = fs.openSync(file, 'wx', 0o600);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'EEXIST') fail(ErrorCodes.EXISTS, `${file} already exists; refusing to overwrite a secret`);
-    return fail(ErrorCodes.SECRET, `cannot create ${file}: ${(err as Error).message}`);
+    return fail(ErrorCodes.SECRET, `cannot create ${file}: ${fsProblem(err)}`);
   }
   try {
     fs.writeSync(fd, `${randomBytes(32).toString('hex')}\n`);
@@ -27,7 +27,7 @@ export function readSecret(file: string): Buffer {
   try {
     text = fs.readFileSync(file, 'utf8').trim();
   } catch (err) {
-    return fail(ErrorCodes.SECRET, `cannot read secret ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    return fail(ErrorCodes.SECRET, `cannot read secret ${file}: ${fsProblem(err)}`);
   }
   if (!/^[0-9a-fA-F]{64}$/.test(text)) fail(ErrorCodes.SECRET, `${file} is not a snapferry secret (expected 64 hex digits; make one with snapferry keygen)`);
   return Buffer.from(text, 'hex');

@@ -30,7 +30,7 @@ import {
 } from '../protocol/messages.js';
 import type { ReadPackJob, ReadPackResult, MakePatchJob, MakePatchResult } from '../work/tasks.js';
 import { Compressor } from '../work/zstd.js';
-import { SnapferryError, ErrorCodes, fail, toSnapferryError } from '../util/errors.js';
+import { SnapferryError, ErrorCodes, fail, fsProblem, toSnapferryError } from '../util/errors.js';
 import { TokenBucket, formatBytes } from '../util/rate.js';
 import { noteGarbage } from '../util/gc.js';
 import { capYoungGeneration } from './heap.js';
@@ -186,16 +186,16 @@ export class SnapferryServer {
       try {
         fs.mkdirSync(this.opts.cacheDir, { recursive: true, mode: 0o700 });
       } catch (err) {
-        fail(ErrorCodes.USAGE, `--cache-dir ${this.opts.cacheDir} cannot be made: ${(err as Error).message}`);
+        fail(ErrorCodes.USAGE, `--cache-dir ${this.opts.cacheDir} cannot be made: ${fsProblem(err)}`);
       }
     }
     for (const [name, dir] of this.opts.companies) {
       let real: string;
       try {
         real = fs.realpathSync(dir);
-        if (!fs.statSync(real).isDirectory()) throw new Error('not a directory');
+        if (!fs.statSync(real).isDirectory()) throw new Error('not a folder');
       } catch (err) {
-        fail(ErrorCodes.USAGE, `company ${name}: folder ${dir} cannot be served (${(err as Error).message})`);
+        fail(ErrorCodes.USAGE, `company ${name}: folder ${dir} cannot be served (${fsProblem(err)})`);
       }
       const cacheFile = this.opts.cacheDir ? path.join(this.opts.cacheDir, `${name}.scan`) : undefined;
       this.companies.set(name, { name, scanner: new CompanyScanner(real, this.pool, undefined, cacheFile), layouts: new WeakMap(), readers: new Map() });

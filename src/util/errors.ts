@@ -83,6 +83,28 @@ export function fail(code: ErrorCode, message: string, options?: { cause?: unkno
   throw new SnapferryError(code, message, options);
 }
 
+/** A file-system error in words an operator reads ("no such file or folder"), for messages that name the path. */
+export function fsProblem(err: unknown): string {
+  const e = err as NodeJS.ErrnoException;
+  switch (e?.code) {
+    case 'ENOENT':
+      return 'no such file or folder';
+    case 'EISDIR':
+      return 'it is a folder';
+    case 'ENOTDIR':
+      return 'a part of the path is not a folder';
+    case 'EACCES':
+    case 'EPERM':
+      return 'permission denied';
+    case 'EROFS':
+      return 'read-only file system';
+    case 'ELOOP':
+      return 'too many symbolic links';
+    default:
+      return e?.code ?? (err instanceof Error ? err.message : String(err));
+  }
+}
+
 /** Turns any thrown value into a SnapferryError, translating the OS errors an operator can act on. */
 export function toSnapferryError(err: unknown, context = ''): SnapferryError {
   if (err instanceof SnapferryError) return err;

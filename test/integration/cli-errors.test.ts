@@ -1,0 +1,64 @@
+/**
+ * Bad input the operator gives before anything runs: secret files and company folders that are missing or of the
+ * wrong kind. Each is produced for real (files and folders in a temp folder, the CLI as a child process) and must end
+ * in one line that says what is wrong in words, a non-zero exit and nothing written.
+ */
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import fs from 'node:fs';
+import path from 'node:path';
+import { tempDir, secretFile, runCli } from '../helpers.js';
+
+describe('CLI: bad secret files and company folders', () => {
+  let tmp: ReturnType<typeof tempDir>;
+  let key: string;
+  let company: string;
+  beforeAll(() => {
+    tmp = tempDir('sf-cli-errors-');
+    key = secretFile(tmp.dir);
+    company = path.join(tmp.dir, 'acme');
+    fs.mkdirSync(company);
+    fs.writeFileSync(path.join(company, 'ledger.dat'), 'ledger\n');
+    fs.writeFileSync(path.join(tmp.dir, 'empty.key'), '');
+    fs.writeFileSync(path.join(tmp.dir, 'short.key'), 'abcdef\n');
+    fs.mkdirSync(path.join(tmp.dir, 'folder.key'));
+  });
+  afterAll(() => tmp?.cleanup());
+
+  /** One line naming `what`, with `code`, and the exit code; the temp folder holds what it held before. */
+  async function expectRefused(args: string[], exit: number, what: RegExp, code: string): Promise<void> {
+    const before = fs.readdirSync(tmp.dir).sort();
+    const r = await runCli(args, { timeoutMs: 20_000 });
+    expect(r.code, r.stderr).toBe(exit);
+    const lines = r.stderr.trim().split('\n');
+    expect(lines, r.stderr).toHaveLength(1);
+    expect(lines[0]).toMatch(what);
+    expect(lines[0]).toContain(`[${code}]`);
+    // Errno codes are translated into words.
+    expect(lines[0]).not.toMatch(/\bE[A-Z]{3,}\b(?!_)/);
+    expect(fs.readdirSync(tmp.dir).sort()).toEqual(before);
+  }
+
+  const serve = (secret: string, dir = company) => ['serve', '--listen', '127.0.0.1:0', '--secret', secret, '--company', `acme=${dir}`];
+
+  it('a secret file that is missing, a folder, empty or too short', async () => {
+    const k = (n: string) => path.join(tmp.dir, n);
+    await expectRefused(serve(k('none.key')), 77, /cannot read secret \S*none\.key: no such file or folder/, 'SNAPFERRY_E_SECRET');
+    await expectRefused(serve(k('folder.key')), 77, /cannot read secret \S*folder\.key: it is a folder/, 'SNAPFERRY_E_SECRET');
+    await expectRefused(serve(k('empty.key')), 77, /empty\.key is not a snapferry secret \(expected 64 hex digits; make one with snapferry keygen\)/, 'SNAPFERRY_E_SECRET');
+    await expectRefused(serve(k('short.key')), 77, /short\.key is not a snapferry secret/, 'SNAPFERRY_E_SECRET');
+    await expectRefused(['pull', 'ws://127.0.0.1:1', 'acme', k('branch'), '--secret', k('none.key')], 77, /cannot read secret \S*none\.key: no such file or folder/, 'SNAPFERRY_E_SECRET');
+  });
+
+  it('keygen into a folder that does not exist, or over an existing secret', async () => {
+    await expectRefused(['keygen', path.join(tmp.dir, 'no-such-folder', 'site.key')], 77, /cannot create \S*site\.key: no such file or folder/, 'SNAPFERRY_E_SECRET');
+    const r = await runCli(['keygen', key]);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/already exists; refusing to overwrite a secret.*SNAPFERRY_E_EXISTS/);
+  });
+
+  it('a company folder that is missing or is a file; a --cache-dir that cannot be made', async () => {
+    await expectRefused(serve(key, path.join(tmp.dir, 'gone')), 64, /company acme: folder \S*gone cannot be served \(no such file or folder\)/, 'SNAPFERRY_E_USAGE');
+    await expectRefused(serve(key, path.join(tmp.dir, 'empty.key')), 64, /company acme: folder \S*empty\.key cannot be served \(not a folder\)/, 'SNAPFERRY_E_USAGE');
+    await expectRefused([...serve(key), '--cache-dir', path.join(tmp.dir, 'empty.key', 'cache')], 64, /--cache-dir \S*cache cannot be made: a part of the path is not a folder/, 'SNAPFERRY_E_USAGE');
+  });
+});
