@@ -1,7 +1,8 @@
 /**
  * The base copies of a delta's changed files (each starts in next/ as its old version or its spare), run a few at a
- * time. They can be started while the plan is still being made: the copies are in-kernel work on libuv's threads, so
- * the largest cost of a first delta (copying the changed files whole) overlaps the plan instead of following it.
+ * time once started, each with its own promise so that a patch waits only for the file it writes to. The plan queues
+ * them; transfer() starts them after the disk-space check. (Starting them while the plan was still being made was
+ * measured twice with identical first deltas on 2 cores and gained nothing: 2.00 vs 2.05 s, 1.34 vs 1.26 s.)
  */
 
 /** One file's start: what `run` does with it is the puller's business. */
@@ -46,11 +47,6 @@ export class BaseCopies {
   start(): void {
     this.started = true;
     this.pump();
-  }
-
-  /** Whether start() was called. */
-  get running(): boolean {
-    return this.started;
   }
 
   /** Every step added, in order (the disk-space check counts them). */

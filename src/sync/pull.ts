@@ -136,8 +136,6 @@ const PACK_BYTES = 512 << 10;
 const J_BASED = 0x80000000;
 const J_SPARE = 0x40000000;
 const J_ENTRY = 0x3fffffff;
-/** Room left free when base copies start before the plan is checked against the disk (metadata, journal, records). */
-const EARLY_COPY_MARGIN = 64 << 20;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -542,8 +540,6 @@ class PullRun {
     const fetched = new IdIndex(L.id, L.total);
     const ol = local.oldLayout;
     const oldWords = ol ? idWords(ol.id) : words;
-    // Copies start at once, while the rest is planned, when everything this generation could write fits on the disk.
-    if (!resumable && this.fitsNow(local)) this.bases.start();
     const linkedOld: number[] = [];
     // The spare generation's record, read when a changed file first asks for it.
     let spare: Spare | null | undefined;
@@ -748,7 +744,7 @@ class PullRun {
     };
   }
 
-  /** The changed files' base copies (started by the plan when they surely fit, else after checkSpace). */
+  /** The changed files' base copies: queued by the plan, started by transfer() once checkSpace has passed. */
   private readonly bases = new BaseCopies((step) => this.makeBase(step));
   /** Per global chunk index: where it comes from (From). */
   private from = new Uint8Array(0);
@@ -760,30 +756,7 @@ class PullRun {
   /** Entries with an old version (or a partial local file) to patch against, by entry index. */
   private patchBase = new Map<number, string>();
 
-  /**
-   * Whether the disk has room, now, for every byte this generation could write beside DIR: each file not hard-linked
-   * from DIR at its full size (a changed file's chunks land inside its copy). A bound, cheaper to know than the plan.
-   */
-  private fitsNow(local: LocalChunks): boolean {
-    const olds = this.applied?.manifest.entries;
-    let bound = 0;
-    for (const e of this.m.entries) {
-      if (e.kind !== 'file') continue;
-      const oi = local.oldByPath.get(e.path);
-      const old = oi === undefined ? undefined : olds![oi]!;
-      if (!(old && sameContent(old, e) && old.mode === e.mode && sameMtime(old.mtimeNs, e.mtimeNs))) bound += e.size;
-    }
-    try {
-      const sf = fs.statfsSync(this.paths.state);
-      return bound + EARLY_COPY_MARGIN <= sf.bavail * sf.bsize;
-    } catch {
-      return false;
-    }
-  }
-
   private async checkSpace(): Promise<void> {
-    // Started early only when fitsNow() found room for more than this counts.
-    if (this.bases.running) return;
     let toWrite = 0;
     for (let g = 0; g < this.from.length; g++) if (this.from[g] !== From.NONE) toWrite += this.layout.len[g]!;
     for (const b of this.bases.steps) if (!b.spare) toWrite += this.m.entries[b.ei]!.size;
