@@ -60,6 +60,23 @@ export function makeTempStoreFolder(tmp: string): { dir: string; removed: number
 }
 
 const RECORD = 24;
+/** compact() rewrites the store once frames no generation uses weigh as much as those it uses, and at least this. */
+const COMPACT_MIN_DEAD = 4 << 20;
+/** Largest segment compact() writes (offsets are 32-bit). */
+const COMPACT_SEGMENT_BYTES = 1 << 30;
+/** Reads coalesced by compact(): runs of neighbouring frames up to this size. */
+const COMPACT_READ_BYTES = 4 << 20;
+/** How long a deleted segment's open handle is kept for reads already under way. */
+const RETIRE_MS = 10_000;
+
+/** What compact() did. */
+export interface CompactResult {
+  compacted: boolean;
+  bytesBefore: number;
+  bytesAfter: number;
+  chunksBefore: number;
+  chunksAfter: number;
+}
 
 /** Where one stored chunk's frame is. */
 interface Slot {
@@ -96,7 +113,12 @@ export class ChunkStore {
   static open(dir: string, hasher: Hasher): ChunkStore {
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
     const store = new ChunkStore(dir, hasher);
-    for (const name of fs.readdirSync(dir).sort()) {
+    const names = fs.readdirSync(dir);
+    for (const name of names) {
+      // A compaction cut short before it wrote its index: its frames are copies of frames kept elsewhere.
+      if (name.includes('-compact-') && name.endsWith('.seg') && !names.includes(name.slice(0, -4) + '.idx')) fs.rmSync(path.join(dir, name), { force: true });
+    }
+    for (const name of names.sort()) {
       if (!name.endsWith('.idx')) continue;
       const segName = name.slice(0, -4) + '.seg';
       let segSize: number;
@@ -124,7 +146,12 @@ export class ChunkStore {
         checks[k] = records.readUInt32LE(r + 16);
         k++;
       }
-      store.remember(segName, ids.subarray(0, k), offs, clens, checks);
+      // A segment that adds nothing (all its frames held by another: a compaction cut short after its copies were
+      // indexed, before the old segments went) is deleted, or its bytes would stay on disk, unseen, forever.
+      if (store.remember(segName, ids.subarray(0, k), offs, clens, checks) === 0) {
+        fs.rmSync(path.join(dir, segName), { force: true });
+        fs.rmSync(path.join(dir, name), { force: true });
+      }
     }
     return store;
   }
@@ -161,7 +188,9 @@ export class ChunkStore {
     return this.idxWrites;
   }
 
-  private remember(segName: string, ids: BigUint64Array, offsets: Uint32Array, clens: Uint32Array, checks: Uint32Array): void {
+  /** Adds frames to the in-memory index; returns how many were new. */
+  private remember(segName: string, ids: BigUint64Array, offsets: Uint32Array, clens: Uint32Array, checks: Uint32Array): number {
+    const before = this.count;
     let s = this.segNo.get(segName);
     if (s === undefined) {
       s = this.segNames.push(segName) - 1;
@@ -179,6 +208,7 @@ export class ChunkStore {
       this.bytes += clens[i]!;
       this.count++;
     }
+    return this.count - before;
   }
 
   private grow(need: number): void {
@@ -256,6 +286,141 @@ export class ChunkStore {
     } catch {
       return false;
     }
+  }
+
+  /**
+   * Keeps only the frames of the chunks a generation uses (ids `words`, `total` of them; see idWords), once the others
+   * weigh as much as they do: without it every generation's new chunks stay forever. The live frames are copied as
+   * they are (checked, not recompressed) into new segments, the index switches to them in one step, and the old
+   * segments are deleted. Safe at any point: a crash leaves old and new segments both, loaded as one store (each id
+   * once) and compacted again later. The caller runs no fill meanwhile (a worker may still hold an old segment open:
+   * it starts a new one once it sees its file deleted). Reads under way keep their old segments until they finish.
+   */
+  async compact(words: Uint32Array, total: number): Promise<CompactResult> {
+    const n = this.count;
+    const result: CompactResult = { compacted: false, bytesBefore: this.bytes, bytesAfter: this.bytes, chunksBefore: n, chunksAfter: n };
+    if (this.closed) return result;
+    const live = new Uint8Array(n);
+    let liveBytes = 0;
+    for (let g = 0; g < total; g++) {
+      const k = this.index.findIn(words, g);
+      if (k >= 0 && !live[k]) {
+        live[k] = 1;
+        liveBytes += this.clen[k]!;
+      }
+    }
+    const dead = this.bytes - liveBytes;
+    if (dead < liveBytes || dead < COMPACT_MIN_DEAD) return result;
+    // Live frames in segment and offset order, so that neighbours are read with one call.
+    const order = new Uint32Array(n).map((_, k) => k).filter((k) => live[k] === 1);
+    order.sort((x, y) => this.seg[x]! - this.seg[y]! || this.off[x]! - this.off[y]!);
+    // Where each moved slot's frame now is (typed arrays: a store of a 4 GiB company has ~230,000 chunks).
+    const movedSeg = new Int32Array(n).fill(-1);
+    const movedOff = new Uint32Array(n);
+    let movedCount = 0;
+    const stamp = `${Date.now().toString(36)}-${process.pid}-compact`;
+    let out: { name: string; fh: fs.promises.FileHandle; size: number; seg: number; records: Buffer[] } | undefined;
+    const abandon = async () => {
+      await out?.fh.close().catch(() => undefined);
+      for (const name of this.segNames.filter((x) => x.startsWith(stamp))) {
+        fs.rmSync(path.join(this.dir, name), { force: true });
+        fs.rmSync(path.join(this.dir, name.slice(0, -4) + '.idx'), { force: true });
+      }
+      return result;
+    };
+    const finish = async () => {
+      if (!out) return;
+      await out.fh.close();
+      // Frames first, then their index: a crash in between leaves records past the segment's end, which open() skips.
+      await fs.promises.appendFile(path.join(this.dir, out.name.slice(0, -4) + '.idx'), Buffer.concat(out.records), { mode: 0o600 });
+      out = undefined;
+    };
+    try {
+      for (let i = 0; i < order.length; ) {
+        const first = order[i]!;
+        let end = i + 1;
+        let len = this.clen[first]!;
+        while (end < order.length && len < COMPACT_READ_BYTES && this.seg[order[end]!] === this.seg[first] && this.off[order[end]!] === this.off[first]! + len) len += this.clen[order[end++]!]!;
+        const buf = Buffer.allocUnsafe(len);
+        const ok = await this.readAt(this.seg[first]!, buf, this.off[first]!);
+        if (this.closed) return abandon();
+        if (!out || out.size + len > COMPACT_SEGMENT_BYTES) {
+          await finish();
+          const name = `${stamp}-${this.segNames.length}.seg`;
+          const fh = await fs.promises.open(path.join(this.dir, name), 'wx', 0o600);
+          const seg = this.segNames.push(name) - 1;
+          this.segNo.set(name, seg);
+          out = { name, fh, size: 0, seg, records: [] };
+        }
+        let o = 0;
+        for (let j = i; j < end; j++) {
+          const k = order[j]!;
+          const c = this.clen[k]!;
+          const frame = buf.subarray(o, o + c);
+          o += c;
+          // A frame damaged on disk is dropped here (its chunk is compressed again on demand, or by the next fill).
+          if (!ok || this.hasher.h32(frame) !== this.check[k]) continue;
+          await out.fh.write(frame, 0, c, out.size);
+          const rec = Buffer.allocUnsafe(RECORD);
+          rec.writeBigUInt64LE(this.ids[k]!, 0);
+          rec.writeUInt32LE(out.size, 8);
+          rec.writeUInt32LE(c, 12);
+          rec.writeUInt32LE(this.check[k]!, 16);
+          rec.writeUInt32LE(0, 20);
+          out.records.push(rec);
+          movedSeg[k] = out.seg;
+          movedOff[k] = out.size;
+          movedCount++;
+          out.size += c;
+        }
+        i = end;
+      }
+      await finish();
+    } catch {
+      // No room or no permission for the new segments: the store stays as it was (the new files are removed).
+      return abandon();
+    }
+    if (this.closed) return abandon();
+    // The switch, in one synchronous step: the moved slots, then whatever was added meanwhile, as it is.
+    const oldSegs = new Set<number>();
+    for (let k = 0; k < n; k++) oldSegs.add(this.seg[k]!);
+    const kept = movedCount + (this.count - n);
+    let cap = 1024;
+    while (cap < kept) cap *= 2;
+    const ids = new BigUint64Array(cap);
+    const seg = new Uint16Array(cap);
+    const off = new Uint32Array(cap);
+    const clen = new Uint32Array(cap);
+    const check = new Uint32Array(cap);
+    let bytes = 0;
+    let i = 0;
+    for (let k = 0; k < this.count; k++) {
+      const moved = k < n && movedSeg[k]! >= 0;
+      if (k < n && !moved) continue;
+      ids[i] = this.ids[k]!;
+      seg[i] = moved ? movedSeg[k]! : this.seg[k]!;
+      off[i] = moved ? movedOff[k]! : this.off[k]!;
+      clen[i] = this.clen[k]!;
+      check[i] = this.check[k]!;
+      bytes += clen[i]!;
+      i++;
+    }
+    for (let k = n; k < this.count; k++) oldSegs.delete(this.seg[k]!);
+    Object.assign(this, { ids, seg, off, clen, check, count: kept, bytes });
+    this.index = new IdIndex(ids, cap);
+    for (let k = 0; k < kept; k++) this.index.add(k);
+    for (const s of oldSegs) this.retire(s);
+    return { ...result, compacted: true, bytesAfter: bytes, chunksAfter: kept };
+  }
+
+  /** Deletes segment s and its index; its open handle is closed once reads under way had time to finish. */
+  private retire(s: number): void {
+    const name = this.segNames[s]!;
+    fs.rmSync(path.join(this.dir, name), { force: true });
+    fs.rmSync(path.join(this.dir, name.slice(0, -4) + '.idx'), { force: true });
+    const h = this.handles.get(s);
+    this.handles.delete(s);
+    if (h) setTimeout(() => void h.then((fh) => fh.close()).catch(() => undefined), RETIRE_MS).unref();
   }
 
   /** Closes the segment files; later reads answer undefined. */

@@ -99,6 +99,8 @@ interface Company {
   store?: ChunkStore;
   /** The generation the store is being filled for, or was last filled for. */
   fillGeneration?: number;
+  /** The store's fills and compactions, one at a time (a compaction deletes segments a fill could append to). */
+  storeWork?: Promise<void>;
 }
 
 /**
@@ -298,19 +300,26 @@ export class SnapferryServer {
     if (!c.store || (c.fillGeneration !== undefined && c.fillGeneration >= g.generation)) return;
     c.fillGeneration = g.generation;
     const store = c.store;
-    const started = performance.now();
-    fillStore(store, this.pool, g, this.layoutFor(c, g), this.opts.storeLevel ?? 1, () => c.fillGeneration === g.generation).then(
-      (r) => {
-        if (r.superseded) return;
-        const secs = ((performance.now() - started) / 1000).toFixed(2);
-        if (r.reserveKept !== undefined) {
-          this.log(`storing ${c.name} generation ${g.generation} stopped to keep ${formatBytes(r.reserveKept)} free on the disk of ${store.dir} (${r.chunks} chunks stored; pulls compress the others on demand)`);
-          return;
-        }
+    const current = () => c.fillGeneration === g.generation;
+    const work = async () => {
+      if (!current()) return;
+      const layout = this.layoutFor(c, g);
+      const started = performance.now();
+      const r = await fillStore(store, this.pool, g, layout, this.opts.storeLevel ?? 1, current);
+      if (r.superseded) return;
+      const secs = ((performance.now() - started) / 1000).toFixed(2);
+      if (r.reserveKept !== undefined) {
+        this.log(`storing ${c.name} generation ${g.generation} stopped to keep ${formatBytes(r.reserveKept)} free on the disk of ${store.dir} (${r.chunks} chunks stored; pulls compress the others on demand)`);
+      } else {
         this.log(`stored ${c.name}: generation ${g.generation}, ${r.chunks} chunks (${r.bytes} bytes) compressed in ${secs} s${r.stale ? ` (${r.stale} chunks of files changed since the scan left to the next generation)` : ''}; store ${store.size} chunks, ${store.bytes} bytes`);
-      },
-      (err) => this.log(`storing ${c.name} generation ${g.generation} failed (pulls compress on demand): ${toSnapferryError(err).message}`),
-    );
+      }
+      // Chunks no longer in the newest generation are dropped once they weigh as much as those in it, so the store
+      // stays within about twice the company's compressed size however many generations pass.
+      if (!current()) return;
+      const k = await store.compact(idWords(layout.id), layout.total);
+      if (k.compacted) this.log(`compacted ${c.name}'s chunk store: ${k.chunksBefore} -> ${k.chunksAfter} chunks, ${formatBytes(k.bytesBefore)} -> ${formatBytes(k.bytesAfter)}`);
+    };
+    c.storeWork = (c.storeWork ?? Promise.resolve()).then(work).catch((err) => this.log(`storing ${c.name} generation ${g.generation} failed (pulls compress on demand): ${toSnapferryError(err).message}`));
   }
 
   /** Cache statistics (fan-out). */

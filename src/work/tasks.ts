@@ -346,7 +346,8 @@ function readPack(ctx: JobContext, j: ReadPackJob): ReadPackResult {
 /** The thread's segment in dir with room left, opened (created, owner-only) when the last one is full or elsewhere. */
 function segmentOf(ctx: JobContext, dir: string): { dir: string; name: string; fd: number; size: number } {
   const cur = ctx.segment;
-  if (cur && cur.dir === dir && cur.size < SEGMENT_LIMIT) return cur;
+  // A segment the store compacted away (deleted) is not appended to: its frames would be lost with it.
+  if (cur && cur.dir === dir && cur.size < SEGMENT_LIMIT && fs.fstatSync(cur.fd).nlink > 0) return cur;
   if (cur) fs.closeSync(cur.fd);
   ctx.segment = undefined;
   // Unique across threads, processes and restarts: a segment is only ever appended to by the thread that made it.

@@ -1,11 +1,13 @@
 /**
  * The site's chunk store (serve --cache-dir): chunks compressed once when indexed, sent as stored frames; a store that
- * is damaged on disk is never sent from (the site compresses on demand instead), and a restarted site reuses it.
+ * is damaged on disk is never sent from (the site compresses on demand instead), a restarted site reuses it, and the
+ * chunks of past generations are dropped once they weigh as much as the current ones.
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import fs from 'node:fs';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, waitFor, Served } from '../helpers.js';
 import { makeCompany } from '../../src/gen/company.js';
 import { ChunkStore } from '../../src/store/chunkstore.js';
@@ -101,6 +103,51 @@ describe('chunk store at the site', () => {
     await serve();
     expect(served!.stderr()).toMatch(/stored acme: generation 1, [1-9]\d* chunks/);
     await pullInto('b4');
+  });
+
+  it('drops the chunks of past generations once they weigh as much as the current ones (compaction); pulls stay exact, a restart recompresses nothing', async () => {
+    // Produced by replacing an 8 MiB file of random bytes twice: its old chunks are in no newer generation. Without
+    // compaction the store kept all three versions (~24 MiB) for as long as the site ran.
+    const co = path.join(tmp.dir, 'compact', 'acme');
+    const cache = path.join(tmp.dir, 'compact', 'cache');
+    await makeCompany(co, 2, 12);
+    const blob = path.join(co, 'Archive.bin');
+    fs.writeFileSync(blob, randomBytes(8 << 20));
+    const storeDir = path.join(cache, 'acme.chunks');
+    const segBytes = () => fs.readdirSync(storeDir).filter((n) => n.endsWith('.seg')).reduce((t, n) => t + fs.statSync(path.join(storeDir, n)).size, 0);
+    let site = await startServe(['--secret', key, '--company', `acme=${co}`, '--cache-dir', cache]);
+    try {
+      await waitFor(() => /stored acme: generation 1/.test(site.stderr()), 30_000);
+      const first = segBytes();
+      fs.writeFileSync(blob, randomBytes(8 << 20));
+      await waitFor(() => /stored acme: generation 2/.test(site.stderr()), 30_000);
+      // The old version weighs less than the current generation: kept (a branch still on it may ask for it).
+      expect(site.stderr()).not.toMatch(/compacted/);
+      expect(segBytes()).toBeGreaterThan(first + (7 << 20));
+      fs.writeFileSync(blob, randomBytes(8 << 20));
+      await waitFor(() => /compacted acme's chunk store/.test(site.stderr()), 30_000);
+      expect(site.stderr()).toMatch(/stored acme: generation 3/);
+      const after = segBytes();
+      expect(after, `store ${after} B after compaction, ${first} B for generation 1`).toBeLessThan(first + (1 << 20));
+      const dest = path.join(tmp.dir, 'compact', 'branch', 'acme');
+      fs.mkdirSync(path.dirname(dest));
+      const r = await runCli(['pull', site.url, 'acme', dest, '--secret', key, '--json', '--no-fsync']);
+      expect(r.code, r.stderr).toBe(0);
+      expect(fingerprintDiff(treeFingerprint(co), treeFingerprint(dest))).toEqual([]);
+      // The next generation's frames go to new segments, not to one the compaction deleted (they would be lost).
+      fs.writeFileSync(blob, randomBytes(8 << 20));
+      await waitFor(() => /stored acme: generation 4/.test(site.stderr()), 30_000);
+      const grown = segBytes();
+      expect(grown).toBeGreaterThan(after + (7 << 20));
+      await site.stop();
+      // Restarted on the compacted store: every chunk of the generation is found there, nothing is compressed again.
+      site = await startServe(['--secret', key, '--company', `acme=${co}`, '--cache-dir', cache]);
+      await waitFor(() => /stored acme: generation \d+/.test(site.stderr()), 30_000);
+      expect(site.stderr()).toMatch(/stored acme: generation \d+, 0 chunks \(0 bytes\)/);
+      expect(segBytes()).toBe(grown);
+    } finally {
+      await site.stop();
+    }
   });
 
   it('without --cache-dir the store lives in a temp folder the site removes when it stops; a killed site\'s is removed by the next site', async () => {
