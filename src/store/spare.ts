@@ -11,9 +11,10 @@
  * known (no /proc), spares are not used. Everything here is a cache: whatever does not check out is simply not used.
  */
 import fs from 'node:fs';
+import path from 'node:path';
 import { decodeManifest, Entry, entryPath, rootHashOf, sameMtime } from '../manifest/manifest.js';
-import { StatePaths, removeTree } from './state.js';
-import { inodeStamp } from '../util/stamp.js';
+import { StatePaths, removeTree, readApplied, exists, diskReserve, fsyncDir, writeFileDurable } from './state.js';
+import { inodeStamp, utimesSeconds } from '../util/stamp.js';
 
 /** A spare that may be rewritten into the next generation: where it is and what it holds. */
 export interface SpareFile {
@@ -137,4 +138,87 @@ export async function dropSpareFilesAsync(paths: StatePaths): Promise<void> {
     return;
   }
   await fs.promises.rm(paths.spareDrop, { recursive: true, force: true }).catch(() => removeTree(paths.spareDrop));
+}
+
+/** Files smaller than this are not worth preparing: a delta copies them whole in no time. */
+const PREPARE_MIN_FILE = 1 << 20;
+
+/**
+ * Makes a spare generation out of the one DIR holds, while a following branch waits for the next (follow.ts): a copy
+ * of each large file, recorded as the spare of DIR's generation. The first delta after a seed then rewrites those
+ * copies where the site changed them, as every later delta does with the files the last commit replaced, instead of
+ * copying the changed files whole while the branch waits. Only where there is no spare; only files whose inode and
+ * ctime are still those recorded when they were committed, before and after the copy (a file written meanwhile is
+ * not copied); only while a tenth of the disk (at most 1 GiB) stays free. Each copy is flushed before it is recorded.
+ * Stops between files when `signal` aborts, removing what it made. Returns how many files it prepared. The caller
+ * holds DIR's lock.
+ */
+export async function prepareSpare(paths: StatePaths, signal: AbortSignal): Promise<number> {
+  if (exists(paths.spareManifest) || exists(paths.spare)) return 0;
+  const applied = readApplied(paths);
+  if (!applied) return 0;
+  const prep = paths.sparePrep;
+  removeTree(prep);
+  fs.mkdirSync(prep, { mode: 0o700 });
+  const entries = applied.manifest.entries;
+  const stats = entries.map(() => '');
+  let budget = roomFor(paths.state);
+  let prepared = 0;
+  try {
+    for (let i = 0; i < entries.length && !signal.aborted; i++) {
+      const e = entries[i]!;
+      if (e.kind !== 'file' || e.size < PREPARE_MIN_FILE || e.size > budget || !applied.stats[i]) continue;
+      const src = entryPath(paths.dir, e.path);
+      const unchanged = () => {
+        try {
+          const st = fs.lstatSync(src, { bigint: true });
+          return st.isFile() && Number(st.size) === e.size && sameMtime(st.mtimeNs, e.mtimeNs) && inodeStamp(st) === applied.stats[i];
+        } catch {
+          return false;
+        }
+      };
+      if (!unchanged()) continue;
+      const dst = entryPath(prep, e.path);
+      fs.mkdirSync(path.dirname(dst), { recursive: true, mode: 0o700 });
+      await fs.promises.copyFile(src, dst, fs.constants.COPYFILE_FICLONE);
+      fs.utimesSync(dst, utimesSeconds(e.mtimeNs), utimesSeconds(e.mtimeNs));
+      // On disk before it is recorded: a copy a power cut emptied would otherwise still match its record.
+      const fh = await fs.promises.open(dst, 'r+');
+      try {
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      if (!unchanged()) {
+        fs.rmSync(dst, { force: true });
+        continue;
+      }
+      stats[i] = inodeStamp(fs.lstatSync(dst, { bigint: true }));
+      budget -= e.size;
+      prepared++;
+    }
+  } catch (err) {
+    removeTree(prep);
+    throw err;
+  }
+  if (signal.aborted || prepared === 0) {
+    removeTree(prep);
+    return 0;
+  }
+  // The folder, then its record: a spare folder without a record is never used (and the next commit replaces it).
+  fs.renameSync(prep, paths.spare);
+  fsyncDir(paths.state);
+  writeFileDurable(paths.spareManifest, fs.readFileSync(paths.appliedManifest));
+  writeFileDurable(paths.spareStats, JSON.stringify({ rootHash: applied.record.rootHash, stats }));
+  return prepared;
+}
+
+/** Bytes a prepared spare may take on the filesystem of `dir`: all but a tenth of it (at most 1 GiB). */
+function roomFor(dir: string): number {
+  try {
+    const st = fs.statfsSync(dir);
+    return st.bavail * st.bsize - diskReserve(st.blocks * st.bsize);
+  } catch {
+    return 0;
+  }
 }

@@ -93,6 +93,8 @@ export class StatePaths {
   readonly spareStats: string;
   /** Spare files being deleted in the background. */
   readonly spareDrop: string;
+  /** A spare being prepared while a following branch waits (spare.ts, prepareSpare). */
+  readonly sparePrep: string;
   constructor(dir: string) {
     this.dir = followDirLink(path.resolve(dir));
     this.state = path.join(path.dirname(this.dir), `.${path.basename(this.dir)}.snapferry`);
@@ -112,8 +114,17 @@ export class StatePaths {
     this.spare = at('spare');
     this.spareManifest = at('spare.manifest');
     this.spareStats = at('spare.stats');
+    this.sparePrep = at('spare.prep');
     this.spareDrop = at('spare.drop');
   }
+}
+
+/**
+ * Free space snapferry's own caches (the site's chunk store, a branch's prepared spare) never take: a tenth of the
+ * filesystem, at most 1 GiB. The disk also holds the company, which its application must be able to grow.
+ */
+export function diskReserve(totalBytes: number): number {
+  return Math.min(Math.floor(totalBytes / 10), 2 ** 30);
 }
 
 /** Whether anything is at p (a dangling symlink counts: lstat, not stat). */
@@ -376,6 +387,7 @@ export function recover(paths: StatePaths): boolean {
     // No declared commit: leftovers of one that was never declared, or of one whose cleanup was cut short.
     removeTree(paths.old);
     removeTree(paths.spareDrop);
+    removeTree(paths.sparePrep);
     fs.rmSync(paths.pendingJson, { force: true });
     fs.rmSync(paths.pendingManifest, { force: true });
     return false;

@@ -8,6 +8,8 @@ import { connect, SecureSession } from './session.js';
 import { pull, PullOptions, PullResult } from './pull.js';
 import { MsgType, decodeJson } from '../protocol/messages.js';
 import { SnapferryError, ErrorCodes, toSnapferryError } from '../util/errors.js';
+import { StatePaths, DirLock } from '../store/state.js';
+import { prepareSpare } from '../store/spare.js';
 
 /** Options of follow: those of pull, plus a stop signal. */
 export interface FollowOptions extends PullOptions {
@@ -59,6 +61,37 @@ async function waitForChange(opts: FollowOptions, have: string): Promise<boolean
 }
 
 /**
+ * While waiting, makes the spare generation a seed leaves without (store/spare.ts, prepareSpare), so that the first
+ * delta costs what later ones do. Holds DIR's lock until stopped; `stop()` aborts it and resolves once it let go.
+ */
+function sparePrep(opts: FollowOptions): { stop: () => Promise<void> } {
+  const ac = new AbortController();
+  const done = (async () => {
+    const paths = new StatePaths(opts.dir);
+    const lock = new DirLock(paths);
+    try {
+      await lock.acquire(0);
+    } catch {
+      return; // busy: another command has DIR
+    }
+    try {
+      const n = await prepareSpare(paths, ac.signal);
+      if (n > 0) opts.log?.(`prepared ${n} spare file(s) for the next delta`);
+    } catch (err) {
+      opts.log?.(`no spare prepared: ${toSnapferryError(err).message}`);
+    } finally {
+      lock.release();
+    }
+  })();
+  return {
+    stop: async () => {
+      ac.abort();
+      await done;
+    },
+  };
+}
+
+/**
  * Pulls, then keeps DIR current until the signal aborts. `onApplied` gets each pull that changed DIR (the first one
  * always). Final errors (authentication, unknown company, hostile data, disk full) end follow; network ones retry.
  */
@@ -66,23 +99,34 @@ export async function follow(opts: FollowOptions, onApplied: (r: PullResult) => 
   let backoff = 500;
   let have: string | undefined;
   let first = true;
-  while (!opts.signal?.aborted) {
-    try {
-      if (have === undefined || (await waitForChange(opts, have))) {
-        if (opts.signal?.aborted) break;
-        const r = await pull(opts);
-        if (first || !r.unchanged) onApplied(r);
-        first = false;
-        have = r.rootHash;
+  let prep: { stop: () => Promise<void> } | undefined;
+  const stopPrep = async () => {
+    await prep?.stop();
+    prep = undefined;
+  };
+  try {
+    while (!opts.signal?.aborted) {
+      try {
+        if (have === undefined || (await waitForChange(opts, have))) {
+          await stopPrep();
+          if (opts.signal?.aborted) break;
+          const r = await pull(opts);
+          if (first || !r.unchanged) onApplied(r);
+          first = false;
+          have = r.rootHash;
+          if (opts.spare !== false) prep = sparePrep(opts);
+        }
+        backoff = 500;
+      } catch (err) {
+        const e = toSnapferryError(err);
+        if (!e.retryable && e.code !== ErrorCodes.CONNECTION_LOST && e.code !== ErrorCodes.TIMEOUT) throw e;
+        if (have === undefined && first && e.code === ErrorCodes.UNREACHABLE && backoff > (opts.maxBackoffMs ?? 30_000)) throw e;
+        opts.log?.(`${e.message}; reconnecting in ${(backoff / 1000).toFixed(1)} s`);
+        await sleep(backoff, opts.signal);
+        backoff = Math.min(opts.maxBackoffMs ?? 30_000, backoff * 2);
       }
-      backoff = 500;
-    } catch (err) {
-      const e = toSnapferryError(err);
-      if (!e.retryable && e.code !== ErrorCodes.CONNECTION_LOST && e.code !== ErrorCodes.TIMEOUT) throw e;
-      if (have === undefined && first && e.code === ErrorCodes.UNREACHABLE && backoff > (opts.maxBackoffMs ?? 30_000)) throw e;
-      opts.log?.(`${e.message}; reconnecting in ${(backoff / 1000).toFixed(1)} s`);
-      await sleep(backoff, opts.signal);
-      backoff = Math.min(opts.maxBackoffMs ?? 30_000, backoff * 2);
     }
+  } finally {
+    await stopPrep();
   }
 }

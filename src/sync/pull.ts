@@ -53,7 +53,7 @@ import { SnapferryError, ErrorCodes, fail, toSnapferryError } from '../util/erro
 import { TokenBucket } from '../util/rate.js';
 import { noteGarbage } from '../util/gc.js';
 import { capYoungGeneration } from './heap.js';
-import { inodeStamp } from '../util/stamp.js';
+import { inodeStamp, utimesSeconds } from '../util/stamp.js';
 
 /** Progress of a pull, reported as it goes. */
 export interface PullProgress {
@@ -864,7 +864,7 @@ class PullRun {
       if (counts[pi] !== this.remaining[ei]) return;
       const e = this.m.entries[ei]!;
       finishModes[pi] = appliedMode(e.mode);
-      finishMtimes[pi] = toTime(e.mtimeNs);
+      finishMtimes[pi] = utimesSeconds(e.mtimeNs);
     });
     return { finishModes, finishMtimes };
   }
@@ -932,7 +932,7 @@ class PullRun {
       kind: 'finishFiles',
       paths: batch.map((ei) => entryPath(this.paths.next, this.m.entries[ei]!.path)),
       modes: Uint32Array.from(batch.map((ei) => appliedMode(this.m.entries[ei]!.mode))),
-      mtimes: Float64Array.from(batch.map((ei) => toTime(this.m.entries[ei]!.mtimeNs))),
+      mtimes: Float64Array.from(batch.map((ei) => utimesSeconds(this.m.entries[ei]!.mtimeNs))),
     };
     this.finishing.push(
       this.pool!.run<FinishFilesResult>(job).then((r) => {
@@ -1207,7 +1207,7 @@ class PullRun {
     await Promise.all(this.finishing);
     for (const e of entries) {
       if (e.kind !== 'symlink') continue;
-      const t = toTime(e.mtimeNs);
+      const t = utimesSeconds(e.mtimeNs);
       fs.lutimesSync(entryPath(this.paths.next, e.path), t, t);
     }
     for (let i = entries.length - 1; i >= 0; i--) {
@@ -1215,7 +1215,7 @@ class PullRun {
       if (e.kind !== 'dir') continue;
       const p = entryPath(this.paths.next, e.path);
       fs.chmodSync(p, appliedMode(e.mode));
-      const t = toTime(e.mtimeNs);
+      const t = utimesSeconds(e.mtimeNs);
       fs.utimesSync(p, t, t);
     }
     fs.chmodSync(this.paths.next, 0o777 & ~process.umask());
@@ -1280,10 +1280,6 @@ function appliedRoot(paths: StatePaths): string | undefined {
   }
 }
 
-/** Seconds since the epoch with microsecond precision, as utimes takes them. */
-function toTime(ns: bigint): number {
-  return Number(ns / 1000n) / 1e6;
-}
 
 
 /**

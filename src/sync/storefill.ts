@@ -9,6 +9,7 @@ import { IdIndex, idWords } from '../manifest/idindex.js';
 import type { WorkerPool } from '../work/pool.js';
 import type { StoreChunksJob, StoreChunksResult } from '../work/tasks.js';
 import type { ChunkStore } from '../store/chunkstore.js';
+import { diskReserve } from '../store/state.js';
 
 /** Raw bytes per storeChunks job: large enough for few messages, small enough to keep the workers' buffers small. */
 const JOB_BYTES = 2 << 20;
@@ -27,12 +28,9 @@ export interface FillResult {
   reserveKept?: number;
 }
 
-/**
- * Free space the store never takes: a tenth of its filesystem, at most 1 GiB. The store is an accelerator; the site's
- * disk also holds the company itself, which its application must be able to grow.
- */
+/** Free space the store never takes (diskReserve): the store is an accelerator, the company's disk is not its own. */
 export function storeReserve(totalBytes: number): number {
-  return Math.min(Math.floor(totalBytes / 10), 2 ** 30);
+  return diskReserve(totalBytes);
 }
 
 /** Free and total bytes of the filesystem holding dir, or undefined where statfs is not available. */

@@ -9,3 +9,8 @@ import type { BigIntStats } from 'node:fs';
 export function inodeStamp(st: BigIntStats): string {
   return `${st.ino}:${st.ctimeNs}`;
 }
+
+/** Seconds since the epoch with microsecond precision, as utimes takes them, from nanoseconds. */
+export function utimesSeconds(ns: bigint): number {
+  return Number(ns / 1000n) / 1e6;
+}

@@ -206,6 +206,50 @@ describe('delta sync after the seed', () => {
     }
   });
 
+  it('--follow prepares a spare while it waits: the first delta after the seed rewrites a page instead of copying the file whole', async () => {
+    const { src, dest, served } = await seeded('prepared', 16);
+    const state = path.join(path.dirname(dest), '.acme.snapferry');
+    const largest = fs
+      .readdirSync(src)
+      .map((n) => path.join(src, n))
+      .filter((p) => fs.statSync(p).isFile())
+      .sort((a, b) => fs.statSync(b).size - fs.statSync(a).size)[0]!;
+    const size = fs.statSync(largest).size;
+    const child = spawn(process.execPath, [CLI, 'pull', served.url, 'acme', dest, '--secret', key, '--follow', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (err += d));
+    const lines = () => out.split('\n').filter(Boolean);
+    try {
+      await waitFor(() => lines().length >= 1, 20_000);
+      await waitFor(() => /prepared \d+ spare file/.test(err), 20_000);
+      expect(fs.existsSync(path.join(state, 'spare', path.basename(largest)))).toBe(true);
+      // The accounting application rewrites one page of its largest file.
+      const fd = fs.openSync(largest, 'r+');
+      fs.writeSync(fd, Buffer.alloc(4096, 0x5a), 0, 4096, Math.floor(size / 2 / 4096) * 4096);
+      fs.closeSync(fd);
+      await waitFor(() => lines().length >= 2, 15_000);
+      const delta = JSON.parse(lines()[1]!);
+      // Without the prepared spare this delta copied the file whole first (bytesWritten >= its size).
+      expect(delta.spareFiles).toBeGreaterThanOrEqual(1);
+      expect(delta.bytesWritten, `${delta.bytesWritten} B written for a ${size} B file`).toBeLessThan(size / 8);
+      expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
+    } finally {
+      child.kill('SIGTERM');
+      await new Promise((r) => child.once('exit', r));
+      await served.stop();
+    }
+    const v = await runCli(['verify', dest, '--deep']);
+    expect(v.code, v.stdout + v.stderr).toBe(0);
+    // A preparation cut short by kill -9 leaves spare.prep behind: the next command on DIR removes it.
+    fs.mkdirSync(path.join(state, 'spare.prep'));
+    fs.writeFileSync(path.join(state, 'spare.prep', 'Tranmgr.900'), 'half a copy');
+    const again = await runCli(['verify', dest]);
+    expect(again.code, again.stdout + again.stderr).toBe(0);
+    expect(fs.existsSync(path.join(state, 'spare.prep'))).toBe(false);
+  });
+
   it('--follow: changes made while the seed runs arrive right after it (no gap)', async () => {
     const src = path.join(tmp.dir, 'during-src', 'acme');
     await makeCompany(src, 8, 23);
