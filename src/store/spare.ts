@@ -12,8 +12,8 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { decodeManifest, Entry, entryPath, rootHashOf, sameMtime } from '../manifest/manifest.js';
-import { StatePaths, removeTree, readApplied, exists, diskReserve, fsyncDir, writeFileDurable } from './state.js';
+import { decodeManifest, Entry, entryPath, rootHashOf } from '../manifest/manifest.js';
+import { StatePaths, removeTree, readApplied, exists, diskReserve, fsyncDir, writeFileDurable, asCommitted } from './state.js';
 import { inodeStamp, utimesSeconds } from '../util/stamp.js';
 
 /** A spare that may be rewritten into the next generation: where it is and what it holds. */
@@ -73,8 +73,7 @@ export class Spare {
       return undefined;
     }
     // One link: a file that did not change in the last commit is the same inode as DIR's and must never be written.
-    if (!st.isFile() || st.nlink !== 1n || Number(st.size) !== entry.size) return undefined;
-    if (!sameMtime(st.mtimeNs, entry.mtimeNs) || inodeStamp(st) !== this.stats[i]) return undefined;
+    if (st.nlink !== 1n || !asCommitted(st, entry.size, entry.mtimeNs, this.stats[i]!)) return undefined;
     this.inUse ??= inodesInUse() ?? new Set(['*']);
     if (this.inUse.has('*') || this.inUse.has(String(st.ino))) return undefined;
     return { abs, entry };
@@ -171,8 +170,7 @@ export async function prepareSpare(paths: StatePaths, signal: AbortSignal): Prom
       const src = entryPath(paths.dir, e.path);
       const unchanged = () => {
         try {
-          const st = fs.lstatSync(src, { bigint: true });
-          return st.isFile() && Number(st.size) === e.size && sameMtime(st.mtimeNs, e.mtimeNs) && inodeStamp(st) === applied.stats[i];
+          return asCommitted(fs.lstatSync(src, { bigint: true }), e.size, e.mtimeNs, applied.stats[i]!);
         } catch {
           return false;
         }

@@ -120,6 +120,15 @@ export class StatePaths {
 }
 
 /**
+ * Whether a file's stats (lstat, bigint) are those recorded when it was committed: a regular file of that size and
+ * mtime with that inode and ctime (inodeStamp; `null` when none was recorded, then size and mtime decide). What every
+ * check trusts instead of reading the file: the pull's plan, the unchanged re-pull, the spare and its preparation.
+ */
+export function asCommitted(st: fs.BigIntStats, size: number, mtimeNs: bigint, stamp: string | null): boolean {
+  return st.isFile() && Number(st.size) === size && sameMtime(st.mtimeNs, mtimeNs) && (stamp === null || inodeStamp(st) === stamp);
+}
+
+/**
  * Free space snapferry's own caches (the site's chunk store, a branch's prepared spare) never take: a tenth of the
  * filesystem, at most 1 GiB. The disk also holds the company, which its application must be able to grow.
  */
@@ -350,7 +359,7 @@ export function unchangedByStats(paths: StatePaths): AppliedRecord | undefined {
       const kind = s.kinds[i];
       if (kind === 'd' ? !st.isDirectory() : kind === 's' ? !st.isSymbolicLink() : !st.isFile()) return undefined;
       if (kind !== 'f') continue;
-      if (Number(st.size) !== s.sizes[i] || !sameMtime(st.mtimeNs, BigInt(s.mtimes[i]!)) || inodeStamp(st) !== s.stats[i]) return undefined;
+      if (!asCommitted(st, s.sizes[i]!, BigInt(s.mtimes[i]!), s.stats[i]!)) return undefined;
     }
     return record;
   } catch {

@@ -44,6 +44,7 @@ import {
   AppliedRecord,
   writeFileDurable,
   signRecord,
+  asCommitted,
 } from '../store/state.js';
 import { Spare, dropSpareFilesAsync } from '../store/spare.js';
 import { BaseCopies, BaseStep } from './basecopies.js';
@@ -448,9 +449,7 @@ class PullRun {
     }
     if (e.kind === 'dir') return st.isDirectory();
     if (e.kind === 'symlink') return st.isSymbolicLink();
-    if (!st.isFile() || Number(st.size) !== e.size || !sameMtime(st.mtimeNs, e.mtimeNs)) return false;
-    const rec = this.applied!.stats[idx];
-    return !rec || rec === inodeStamp(st);
+    return asCommitted(st, e.size, e.mtimeNs, this.applied!.stats[idx] || null);
   }
 
   /**
