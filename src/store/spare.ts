@@ -13,7 +13,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { decodeManifest, Entry, entryPath, rootHashOf } from '../manifest/manifest.js';
-import { StatePaths, removeTree, readApplied, exists, diskReserve, fsyncDir, writeFileDurable, asCommitted } from './state.js';
+import { StatePaths, removeTree, readApplied, exists, diskReserve, diskSpace, fsyncDir, writeFileDurable, asCommitted } from './state.js';
 import { inodeStamp, utimesSeconds } from '../util/stamp.js';
 
 /** A spare that may be rewritten into the next generation: where it is and what it holds. */
@@ -161,7 +161,9 @@ export async function prepareSpare(paths: StatePaths, signal: AbortSignal): Prom
   fs.mkdirSync(prep, { mode: 0o700 });
   const entries = applied.manifest.entries;
   const stats = entries.map(() => '');
-  let budget = roomFor(paths.state);
+  // All the free space but the reserve the disk keeps for the company (none where statfs cannot tell).
+  const space = diskSpace(paths.state);
+  let budget = space ? space.free - diskReserve(space.total) : 0;
   let prepared = 0;
   try {
     for (let i = 0; i < entries.length && !signal.aborted; i++) {
@@ -211,12 +213,3 @@ export async function prepareSpare(paths: StatePaths, signal: AbortSignal): Prom
   return prepared;
 }
 
-/** Bytes a prepared spare may take on the filesystem of `dir`: all but a tenth of it (at most 1 GiB). */
-function roomFor(dir: string): number {
-  try {
-    const st = fs.statfsSync(dir);
-    return st.bavail * st.bsize - diskReserve(st.blocks * st.bsize);
-  } catch {
-    return 0;
-  }
-}

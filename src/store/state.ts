@@ -128,6 +128,16 @@ export function asCommitted(st: fs.BigIntStats, size: number, mtimeNs: bigint, s
   return st.isFile() && Number(st.size) === size && sameMtime(st.mtimeNs, mtimeNs) && (stamp === null || inodeStamp(st) === stamp);
 }
 
+/** Free and total bytes of the filesystem holding `dir`, or undefined where statfs cannot tell. */
+export function diskSpace(dir: string): { free: number; total: number } | undefined {
+  try {
+    const st = fs.statfsSync(dir);
+    return { free: st.bavail * st.bsize, total: st.blocks * st.bsize };
+  } catch {
+    return undefined;
+  }
+}
+
 /**
  * Free space snapferry's own caches (the site's chunk store, a branch's prepared spare) never take: a tenth of the
  * filesystem, at most 1 GiB. The disk also holds the company, which its application must be able to grow.

@@ -45,6 +45,7 @@ import {
   writeFileDurable,
   signRecord,
   asCommitted,
+  diskSpace,
 } from '../store/state.js';
 import { Spare, dropSpareFilesAsync } from '../store/spare.js';
 import { BaseCopies, BaseStep } from './basecopies.js';
@@ -759,14 +760,7 @@ class PullRun {
     let toWrite = 0;
     for (let g = 0; g < this.from.length; g++) if (this.from[g] !== From.NONE) toWrite += this.layout.len[g]!;
     for (const b of this.bases.steps) if (!b.spare) toWrite += this.m.entries[b.ei]!.size;
-    const free = () => {
-      try {
-        const sf = fs.statfsSync(this.paths.state);
-        return sf.bavail * sf.bsize;
-      } catch {
-        return Infinity;
-      }
-    };
+    const free = () => diskSpace(this.paths.state)?.free ?? Infinity;
     // Unused spare files are being deleted: when space is short, what they free counts.
     if (toWrite > free()) await this.spareDrop;
     const left = free();

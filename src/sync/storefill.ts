@@ -2,14 +2,13 @@
  * Fills a site's chunk store with the chunks of a generation it lacks: read, checked against their ids, compressed one
  * frame per chunk and appended by the worker threads, in file order (so a pull's pack is mostly one read).
  */
-import fs from 'node:fs';
 import type { Generation } from '../scan/scanner.js';
 import { chunkSources, type Layout } from '../manifest/layout.js';
 import { IdIndex, idWords } from '../manifest/idindex.js';
 import type { WorkerPool } from '../work/pool.js';
 import type { StoreChunksJob, StoreChunksResult } from '../work/tasks.js';
 import type { ChunkStore } from '../store/chunkstore.js';
-import { diskReserve } from '../store/state.js';
+import { diskReserve, diskSpace } from '../store/state.js';
 
 /** Raw bytes per storeChunks job: large enough for few messages, small enough to keep the workers' buffers small. */
 const JOB_BYTES = 2 << 20;
@@ -28,24 +27,11 @@ export interface FillResult {
   reserveKept?: number;
 }
 
-/** Free space the store never takes (diskReserve): the store is an accelerator, the company's disk is not its own. */
-export function storeReserve(totalBytes: number): number {
-  return diskReserve(totalBytes);
-}
-
-/** Free and total bytes of the filesystem holding dir, or undefined where statfs is not available. */
-function spaceOf(dir: string): { free: number; total: number } | undefined {
-  try {
-    const st = fs.statfsSync(dir);
-    return { free: st.bavail * st.bsize, total: st.blocks * st.bsize };
-  } catch {
-    return undefined;
-  }
-}
 
 /**
  * Stores every chunk of gen that store lacks, `pool.size` jobs at a time; stops early (between jobs) once current()
- * turns false, or before a job could take the store's filesystem below its reserve (storeReserve).
+ * turns false, or before a job could take the store's filesystem below its reserve (diskReserve: the store is an
+ * accelerator, the company's disk is not its own).
  */
 export async function fillStore(
   store: ChunkStore,
@@ -72,9 +58,9 @@ export async function fillStore(
     let raw = 0;
     for (const l of job.lens) raw += l;
     // Every job in flight may write its raw size (incompressible data), and then some: count them all.
-    const space = spaceOf(store.dir);
-    if (space && space.free - (running.size + 1) * (raw + (64 << 10)) < storeReserve(space.total)) {
-      result.reserveKept = storeReserve(space.total);
+    const space = diskSpace(store.dir);
+    if (space && space.free - (running.size + 1) * (raw + (64 << 10)) < diskReserve(space.total)) {
+      result.reserveKept = diskReserve(space.total);
       break;
     }
     const p: Promise<void> = pool
