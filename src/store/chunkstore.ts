@@ -78,6 +78,29 @@ export interface CompactResult {
   chunksAfter: number;
 }
 
+/** Writes index record i: the chunk's id, its frame's offset and length in the segment, the frame's xxh32. */
+function putRecord(rec: Buffer, i: number, id: bigint, offset: number, clen: number, check: number): void {
+  const r = i * RECORD;
+  rec.writeBigUInt64LE(id, r);
+  rec.writeUInt32LE(offset, r + 8);
+  rec.writeUInt32LE(clen, r + 12);
+  rec.writeUInt32LE(check, r + 16);
+  rec.writeUInt32LE(0, r + 20);
+}
+
+/** The in-memory index, one slot per stored chunk, column by column. */
+interface SlotArrays {
+  ids: BigUint64Array;
+  seg: Uint16Array;
+  off: Uint32Array;
+  clen: Uint32Array;
+  check: Uint32Array;
+}
+
+function slotArrays(cap: number): SlotArrays {
+  return { ids: new BigUint64Array(cap), seg: new Uint16Array(cap), off: new Uint32Array(cap), clen: new Uint32Array(cap), check: new Uint32Array(cap) };
+}
+
 /** Where one stored chunk's frame is. */
 interface Slot {
   seg: number;
@@ -113,12 +136,13 @@ export class ChunkStore {
   static open(dir: string, hasher: Hasher): ChunkStore {
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
     const store = new ChunkStore(dir, hasher);
-    const names = fs.readdirSync(dir);
+    const names = fs.readdirSync(dir).sort();
+    const present = new Set(names);
     for (const name of names) {
       // A compaction cut short before it wrote its index: its frames are copies of frames kept elsewhere.
-      if (name.includes('-compact-') && name.endsWith('.seg') && !names.includes(name.slice(0, -4) + '.idx')) fs.rmSync(path.join(dir, name), { force: true });
+      if (name.includes('-compact-') && name.endsWith('.seg') && !present.has(name.slice(0, -4) + '.idx')) fs.rmSync(path.join(dir, name), { force: true });
     }
-    for (const name of names.sort()) {
+    for (const name of names) {
       if (!name.endsWith('.idx')) continue;
       const segName = name.slice(0, -4) + '.seg';
       let segSize: number;
@@ -174,14 +198,7 @@ export class ChunkStore {
     if (this.closed) return Promise.resolve();
     this.remember(segName, ids, offsets, clens, checks);
     const rec = Buffer.allocUnsafe(ids.length * RECORD);
-    for (let i = 0; i < ids.length; i++) {
-      const r = i * RECORD;
-      rec.writeBigUInt64LE(ids[i]!, r);
-      rec.writeUInt32LE(offsets[i]!, r + 8);
-      rec.writeUInt32LE(clens[i]!, r + 12);
-      rec.writeUInt32LE(checks[i]!, r + 16);
-      rec.writeUInt32LE(0, r + 20);
-    }
+    for (let i = 0; i < ids.length; i++) putRecord(rec, i, ids[i]!, offsets[i]!, clens[i]!, checks[i]!);
     const file = path.join(this.dir, segName.slice(0, -4) + '.idx');
     // Appends in order, one at a time; a failure (disk full) only loses the record, never serves a wrong frame.
     this.idxWrites = this.idxWrites.then(() => fs.promises.appendFile(file, rec, { mode: 0o600 })).catch(() => undefined);
@@ -214,19 +231,20 @@ export class ChunkStore {
   private grow(need: number): void {
     let cap = this.ids.length;
     while (cap < need) cap *= 2;
-    const ids = new BigUint64Array(cap);
-    ids.set(this.ids.subarray(0, this.count));
-    const seg = new Uint16Array(cap);
-    seg.set(this.seg.subarray(0, this.count));
-    const off = new Uint32Array(cap);
-    off.set(this.off.subarray(0, this.count));
-    const clen = new Uint32Array(cap);
-    clen.set(this.clen.subarray(0, this.count));
-    const check = new Uint32Array(cap);
-    check.set(this.check.subarray(0, this.count));
-    Object.assign(this, { ids, seg, off, clen, check });
-    this.index = new IdIndex(ids, cap);
-    for (let k = 0; k < this.count; k++) this.index.add(k);
+    const a = slotArrays(cap);
+    a.ids.set(this.ids.subarray(0, this.count));
+    a.seg.set(this.seg.subarray(0, this.count));
+    a.off.set(this.off.subarray(0, this.count));
+    a.clen.set(this.clen.subarray(0, this.count));
+    a.check.set(this.check.subarray(0, this.count));
+    this.useSlots(a, this.count);
+  }
+
+  /** Switches to new slot arrays holding `count` chunks, and indexes them. */
+  private useSlots(a: SlotArrays, count: number): void {
+    Object.assign(this, a, { count });
+    this.index = new IdIndex(a.ids, a.ids.length);
+    for (let k = 0; k < count; k++) this.index.add(k);
   }
 
   /**
@@ -362,11 +380,7 @@ export class ChunkStore {
           if (!ok || this.hasher.h32(frame) !== this.check[k]) continue;
           await out.fh.write(frame, 0, c, out.size);
           const rec = Buffer.allocUnsafe(RECORD);
-          rec.writeBigUInt64LE(this.ids[k]!, 0);
-          rec.writeUInt32LE(out.size, 8);
-          rec.writeUInt32LE(c, 12);
-          rec.writeUInt32LE(this.check[k]!, 16);
-          rec.writeUInt32LE(0, 20);
+          putRecord(rec, 0, this.ids[k]!, out.size, c, this.check[k]!);
           out.records.push(rec);
           movedSeg[k] = out.seg;
           movedOff[k] = out.size;
@@ -387,28 +401,23 @@ export class ChunkStore {
     const kept = movedCount + (this.count - n);
     let cap = 1024;
     while (cap < kept) cap *= 2;
-    const ids = new BigUint64Array(cap);
-    const seg = new Uint16Array(cap);
-    const off = new Uint32Array(cap);
-    const clen = new Uint32Array(cap);
-    const check = new Uint32Array(cap);
+    const a = slotArrays(cap);
     let bytes = 0;
     let i = 0;
     for (let k = 0; k < this.count; k++) {
       const moved = k < n && movedSeg[k]! >= 0;
       if (k < n && !moved) continue;
-      ids[i] = this.ids[k]!;
-      seg[i] = moved ? movedSeg[k]! : this.seg[k]!;
-      off[i] = moved ? movedOff[k]! : this.off[k]!;
-      clen[i] = this.clen[k]!;
-      check[i] = this.check[k]!;
-      bytes += clen[i]!;
+      a.ids[i] = this.ids[k]!;
+      a.seg[i] = moved ? movedSeg[k]! : this.seg[k]!;
+      a.off[i] = moved ? movedOff[k]! : this.off[k]!;
+      a.clen[i] = this.clen[k]!;
+      a.check[i] = this.check[k]!;
+      bytes += a.clen[i]!;
       i++;
     }
     for (let k = n; k < this.count; k++) oldSegs.delete(this.seg[k]!);
-    Object.assign(this, { ids, seg, off, clen, check, count: kept, bytes });
-    this.index = new IdIndex(ids, cap);
-    for (let k = 0; k < kept; k++) this.index.add(k);
+    this.useSlots(a, kept);
+    this.bytes = bytes;
     for (const s of oldSegs) this.retire(s);
     return { ...result, compacted: true, bytesAfter: bytes, chunksAfter: kept };
   }
