@@ -76,19 +76,31 @@ export async function verifyDir(dir: string, opts: VerifyOptions = {}): Promise<
     try {
       const deepJobs: Array<Promise<void>> = [];
       const entries = applied.manifest.entries;
+      /** Folders that are missing or not folders any more (entries come after their folder). */
+      const notFolders = new Set<string>();
       for (let i = 0; i < entries.length; i++) {
         const e = entries[i]!;
         const abs = entryPath(paths.dir, e.path);
+        const slash = e.path.lastIndexOf('/');
+        // Under a folder that is gone or was replaced (by a link to a copy elsewhere, say) nothing of the tree is left,
+        // however good what the path leads to: lstat would follow the link, and deep mode read outside DIR.
+        if (slash > 0 && notFolders.has(e.path.slice(0, slash))) {
+          damaged.push({ path: e.path, problem: 'missing' });
+          if (e.kind === 'dir') notFolders.add(e.path);
+          continue;
+        }
         let st: fs.Stats;
         try {
           st = fs.lstatSync(abs);
         } catch {
           damaged.push({ path: e.path, problem: 'missing' });
+          if (e.kind === 'dir') notFolders.add(e.path);
           continue;
         }
         const kindOk = e.kind === 'dir' ? st.isDirectory() : e.kind === 'symlink' ? st.isSymbolicLink() : st.isFile();
         if (!kindOk) {
           damaged.push({ path: e.path, problem: 'kind-changed' });
+          if (e.kind === 'dir') notFolders.add(e.path);
           continue;
         }
         if (e.kind === 'symlink') {

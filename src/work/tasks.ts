@@ -613,12 +613,14 @@ function hashChunks(ctx: JobContext, j: HashChunksJob): HashChunksResult {
   const ids = new BigUint64Array(j.lens.length);
   let fd: number;
   try {
-    fd = fs.openSync(j.path, 'r');
+    // Not through a link, and never blocking on a FIFO or device put in the file's place: only a regular file is read.
+    fd = fs.openSync(j.path, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
   } catch {
     return { ids, readable: 0 };
   }
   let readable = 0;
   try {
+    if (!fs.fstatSync(fd).isFile()) return { ids, readable: 0 };
     let pos = j.offset;
     for (let i = 0; i < j.lens.length; ) {
       let end = i;

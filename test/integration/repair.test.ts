@@ -4,6 +4,7 @@
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import fs from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, Served } from '../helpers.js';
 import { makeCompany, mutateCompany } from '../../src/gen/company.js';
@@ -78,6 +79,38 @@ describe('verify and repair', () => {
     const human = await runCli(['verify', dest]);
     expect(human.code).toBe(1);
     expect(human.stdout).toMatch(/damaged: \d+ problem/);
+  });
+
+  it('verify --deep reads nothing through what was put in a file or folder place: a FIFO, a link out, a folder swapped for a link', async () => {
+    const { dest } = await branch();
+    const outside = path.join(tmp.dir, `outside${n}`);
+    fs.cpSync(path.join(dest, 'masters'), outside, { recursive: true });
+    const g01 = fs.readdirSync(path.join(dest, 'masters', 'g01')).sort();
+    // A FIFO where a file was: opening it for reading would wait for a writer forever.
+    fs.rmSync(path.join(dest, 'masters', 'g01', g01[0]!));
+    execFileSync('mkfifo', [path.join(dest, 'masters', 'g01', g01[0]!)]);
+    // A link to an identical copy outside the tree, where a file was.
+    fs.rmSync(path.join(dest, 'masters', 'g01', g01[1]!));
+    fs.symlinkSync(path.join(outside, 'g01', g01[1]!), path.join(dest, 'masters', 'g01', g01[1]!));
+    // A whole folder swapped for a link to an identical copy outside.
+    const g02 = path.join(dest, 'masters', 'g02');
+    const under = fs.readdirSync(g02).sort()[0]!;
+    fs.rmSync(g02, { recursive: true });
+    fs.symlinkSync(path.join(outside, 'g02'), g02);
+    const r = await runCli(['verify', dest, '--deep', '--json'], { timeoutMs: 30_000 });
+    expect(r.code, r.stderr).toBe(1);
+    const j = JSON.parse(r.stdout) as { damaged: Array<{ path: string; problem: string }> };
+    const problems = new Map(j.damaged.map((d) => [d.path, d.problem]));
+    expect(problems.get(`masters/g01/${g01[0]}`)).toBe('kind-changed');
+    expect(problems.get(`masters/g01/${g01[1]}`)).toBe('kind-changed');
+    expect(problems.get('masters/g02')).toBe('kind-changed');
+    // What lies under the swapped folder is not in the tree, however good the copy it leads to.
+    expect(problems.get(`masters/g02/${under}`)).toBe('missing');
+    expect(j.damaged.filter((d) => d.problem === 'content-changed')).toEqual([]);
+    const fixed = await runCli(['repair', dest, served.url, 'acme', '--secret', key, '--json']);
+    expect(fixed.code, fixed.stderr).toBe(0);
+    expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
+    expect(fs.readdirSync(outside).length).toBeGreaterThan(0); // the link's target was left alone
   });
 
   it('repair fetches only the damaged chunks (<= 2% of the seed) and restores the exact generation', async () => {
