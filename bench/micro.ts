@@ -6,6 +6,7 @@
  *  - zstd levels -3, -1, 1, 3 on 128 KiB inputs: ratio, compress and decompress MB/s, beside zstd-napi's simple API;
  *  - AEAD frame seal/open MB/s at 64 KiB and 1 MiB, beside a bare node:crypto AES-256-GCM call;
  *  - GET and DATA frame encode+decode rate;
+ *  - patch block signatures (the delta's old chunks read and hashed in 1 KiB blocks) beside xxh32 over memory;
  *  - worker pool scaling: the same bytes chunked and hashed by 1 and by 2 worker threads.
  */
 import fs from 'node:fs';
@@ -19,7 +20,7 @@ import { Compressor, Decompressor } from '../src/work/zstd.js';
 import { FrameSealer, FrameOpener, DIR_CLIENT_TO_SERVER } from '../src/protocol/seal.js';
 import { encodeGet, decodeGet, encodeDataHeader, decodeData } from '../src/protocol/messages.js';
 import { WorkerPool } from '../src/work/pool.js';
-import type { ChunkSegmentResult } from '../src/work/tasks.js';
+import { runJob, type ChunkSegmentResult } from '../src/work/tasks.js';
 import { Results, MicroResult } from './report.js';
 import { log, percentile, Budget } from './util.js';
 
@@ -107,6 +108,7 @@ export async function runMicro(o: MicroOptions): Promise<void> {
   const minMs = o.quick ? 250 : 1000;
   const files = filesOf(o.companyDir);
   const data = sample(files, Math.floor(o.microMiB * 1048576));
+  let hasher = await loadHasher();
   log(`micro: ${(data.length / 1048576).toFixed(0)} MiB sample of ${o.companyDir}`);
 
   // --- chunker ---------------------------------------------------------------------------------------------
@@ -143,7 +145,7 @@ export async function runMicro(o: MicroOptions): Promise<void> {
 
   // --- xxh64 -----------------------------------------------------------------------------------------------
   {
-    const hasher = await loadHasher();
+    hasher = await loadHasher();
     const api = await xxhash();
     const bytes = Math.min(data.length, 64 << 20);
     for (const size of [16 << 10, 1 << 20]) {
@@ -252,6 +254,32 @@ export async function runMicro(o: MicroOptions): Promise<void> {
     microSink ^= sink;
     add({ name: 'GET frame encode+decode', tool: 'snapferry', value: per / g, unit: 'ops/s', detail: '64 ranges each' });
     add({ name: 'DATA header encode+decode', tool: 'snapferry', value: per / d, unit: 'ops/s', detail: 'header only (payload passed by reference)' });
+  }
+  // --- patch level: block signatures of a delta's old chunks ---------------------------------------------------
+  {
+    // Chunk-sized ranges spread over the largest files, 64 per job as a PATCH request carries them.
+    const big = files.slice(0, 4).filter((f) => f.size > 1 << 20);
+    const ranges: Array<{ path: string; offset: number; length: number }> = [];
+    let bytes = 0;
+    for (let i = 0; bytes < Math.min(64 << 20, data.length) && big.length > 0; i++) {
+      const f = big[i % big.length]!;
+      const length = 8192 + ((i * 7919) % 40_000);
+      const offset = (Math.floor((f.size - length) * (((i * 2654435761) >>> 0) / 2 ** 32)) >>> 12) << 12;
+      ranges.push({ path: f.path, offset, length });
+      bytes += length;
+    }
+    if (ranges.length > 0) {
+      const ctx = { hasher, compressor: new Compressor(), decompressor: new Decompressor() };
+      const sec = timeIt(() => {
+        for (let k = 0; k < ranges.length; k += 64) microSink ^= (runJob(ctx, { kind: 'blockSigs', ranges: ranges.slice(k, k + 64), blockSize: 1024 }) as Uint32Array[]).length;
+      }, minMs, o.quick ? 3 : 20);
+      const flat = Buffer.concat(ranges.map((r) => data.subarray(0, Math.min(r.length, data.length))));
+      const raw = timeIt(() => {
+        for (let pos = 0; pos < flat.length; pos += 1024) microSink ^= hasher.h32(flat.subarray(pos, pos + 1024));
+      }, minMs, o.quick ? 3 : 20);
+      add({ name: 'patch block signatures', tool: 'snapferry', value: bytes / sec / MB, unit: 'MB/s', detail: `blockSigs jobs, ${ranges.length} chunk-sized ranges of the largest files, 1 KiB blocks, page cache` });
+      add({ name: 'patch block signatures', tool: 'raw', value: flat.length / raw / MB, unit: 'MB/s', detail: 'xxh32 of 1 KiB blocks of one buffer in memory (no reads)' });
+    }
   }
   if (o.budget.spent) return R.note('time budget spent: worker pool scaling skipped');
 

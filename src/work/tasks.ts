@@ -480,10 +480,19 @@ function copyRanges(ctx: JobContext, j: CopyRangesJob): CopyRangesResult {
 
 /** Signatures of the blocks of [offset, offset+length) aligned to absolute multiples of blockSize. */
 export function blockSigsOf(ctx: JobContext, bytes: Uint8Array, offset: number, blockSize: number): Uint32Array {
-  const { starts, ends } = blockLayout(offset, bytes.length, blockSize);
-  const sigs = new Uint32Array(starts.length);
-  for (let b = 0; b < starts.length; b++) sigs[b] = ctx.hasher.h32(bytes.subarray(starts[b]!, ends[b]!));
+  const sigs = new Uint32Array(blockCount(offset, bytes.length, blockSize));
+  // The boundaries of blockLayout, walked without building its arrays (a patch request has tens of thousands).
+  for (let b = 0, pos = 0; pos < bytes.length; b++) {
+    const next = Math.min(bytes.length, Math.floor((offset + pos) / blockSize) * blockSize + blockSize - offset);
+    sigs[b] = ctx.hasher.h32(bytes.subarray(pos, next));
+    pos = next;
+  }
   return sigs;
+}
+
+/** Number of blocks blockLayout gives a range. */
+function blockCount(offset: number, length: number, blockSize: number): number {
+  return length === 0 ? 0 : Math.floor((offset + length - 1) / blockSize) - Math.floor(offset / blockSize) + 1;
 }
 
 /** Block boundaries (relative to offset) of a range, aligned to absolute file offsets: pages rewritten in place line up. */
@@ -501,42 +510,69 @@ export function blockLayout(offset: number, length: number, blockSize: number): 
   return { starts, ends };
 }
 
-function readRange(path: string, offset: number, length: number): Buffer | undefined {
-  let fd: number;
+/**
+ * Reads ranges of files into one buffer (the thread's read buffer: valid until the job returns), one descriptor per
+ * file. Each range gets its bytes and the count actually read (short where the file ends early; -1 where it cannot
+ * be opened).
+ */
+function readRanges(ctx: JobContext, ranges: ReadonlyArray<{ path: string; offset: number; length: number }>): { bytes: Buffer[]; got: number[] } {
+  let total = 0;
+  for (const r of ranges) total += r.length;
+  const buf = readBuffer(ctx, total);
+  const fds = new Map<string, number>();
+  const bytes: Buffer[] = [];
+  const got: number[] = [];
   try {
-    fd = fs.openSync(path, 'r');
-  } catch {
-    return undefined;
-  }
-  try {
-    const buf = Buffer.allocUnsafe(length);
-    const n = readExactly(fd, buf, offset);
-    return buf.subarray(0, n);
+    let at = 0;
+    for (const r of ranges) {
+      const b = buf.subarray(at, at + r.length);
+      at += r.length;
+      let fd = fds.get(r.path);
+      if (fd === undefined) {
+        try {
+          fd = fs.openSync(r.path, 'r');
+        } catch {
+          fd = -1;
+        }
+        fds.set(r.path, fd);
+      }
+      bytes.push(b);
+      got.push(fd < 0 ? -1 : readExactly(fd, b, r.offset));
+    }
   } finally {
-    fs.closeSync(fd);
+    for (const fd of fds.values()) if (fd >= 0) fs.closeSync(fd);
   }
+  return { bytes, got };
 }
 
 function blockSigs(ctx: JobContext, j: BlockSigsJob): Uint32Array[] {
-  return j.ranges.map((r) => {
-    const bytes = readRange(r.path, r.offset, r.length) ?? Buffer.alloc(0);
-    // Blocks the old file cannot fill get signature 0 over a short read: they will differ and be sent.
-    const full = Buffer.alloc(r.length);
-    bytes.copy(full);
-    const sigs = blockSigsOf(ctx, full, r.offset, j.blockSize);
-    const { starts } = blockLayout(r.offset, r.length, j.blockSize);
-    for (let b = 0; b < starts.length; b++) if (starts[b]! >= bytes.length) sigs[b] = 0;
+  const { bytes, got } = readRanges(ctx, j.ranges);
+  return j.ranges.map((r, i) => {
+    const b = bytes[i]!;
+    const n = Math.max(0, got[i]!);
+    // What the old file cannot fill counts as zeros, and a block starting there gets signature 0: it will be sent.
+    if (n < b.length) b.fill(0, n);
+    const sigs = blockSigsOf(ctx, b, r.offset, j.blockSize);
+    // (Rare: the old file shrank since the plan.)
+    if (n < b.length) for (let k = 0; k < sigs.length; k++) if (blockStart(r.offset, k, j.blockSize) >= n) sigs[k] = 0;
     return sigs;
   });
+}
+
+/** Start (relative to offset) of block k of a range at offset. */
+function blockStart(offset: number, k: number, blockSize: number): number {
+  return k === 0 ? 0 : (Math.floor(offset / blockSize) + k) * blockSize - offset;
 }
 
 function makePatch(ctx: JobContext, j: MakePatchJob): MakePatchResult {
   const bitmaps: Uint8Array[] = [];
   const parts: Uint8Array[] = [];
-  for (const run of j.runs) {
-    const length = sumOf(run.lens);
-    const bytes = readRange(run.path, run.offset, length);
-    if (!bytes || bytes.length !== length) return { stale: run.path };
+  const read = readRanges(ctx, j.runs.map((run) => ({ path: run.path, offset: run.offset, length: sumOf(run.lens) })));
+  for (let r = 0; r < j.runs.length; r++) {
+    const run = j.runs[r]!;
+    const bytes = read.bytes[r]!;
+    const length = bytes.length;
+    if (read.got[r] !== length) return { stale: run.path };
     for (let i = 0, o = 0; i < run.lens.length; o += run.lens[i]!, i++) {
       if (ctx.hasher.h64(bytes.subarray(o, o + run.lens[i]!)) !== run.ids[i]) return { stale: run.path };
     }
@@ -566,11 +602,13 @@ function applyPatch(ctx: JobContext, j: ApplyPatchJob): ApplyPatchResult {
   const chunks: Buffer[] = [];
   const failed: number[] = [];
   let p = 0;
-  for (const run of j.runs) {
-    const length = sumOf(run.lens);
-    const base = readRange(run.path, run.offset, length) ?? Buffer.alloc(0);
-    const out = Buffer.alloc(length);
-    base.copy(out, 0, 0, Math.min(base.length, length));
+  // Each run's old bytes, read where the run is rebuilt (what the old file cannot fill is zeros).
+  const read = readRanges(ctx, j.runs.map((run) => ({ path: run.path, offset: run.offset, length: sumOf(run.lens) })));
+  for (let r = 0; r < j.runs.length; r++) {
+    const run = j.runs[r]!;
+    const out = read.bytes[r]!;
+    const length = out.length;
+    out.fill(0, Math.max(0, read.got[r]!));
     const { starts, ends } = blockLayout(run.offset, length, j.blockSize);
     if (run.bitmap.length !== Math.ceil(starts.length / 8)) fail(ErrorCodes.BAD_CHUNK, 'patch bitmap has the wrong size');
     for (let b = 0; b < starts.length; b++) {
