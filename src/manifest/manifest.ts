@@ -136,8 +136,10 @@ export class Writer {
   get length(): number {
     return this.len;
   }
+  /** The bytes written; copied out when the buffer has grown well past them (a site keeps manifests for hours). */
   finish(): Buffer {
-    return this.buf.subarray(0, this.len);
+    const out = this.buf.subarray(0, this.len);
+    return this.buf.length - this.len > 1 << 16 ? Buffer.from(out) : out;
   }
 }
 
