@@ -109,6 +109,14 @@ interface Company {
  */
 const LEVEL_LADDER = [1, -1];
 
+/**
+ * Buffers of answers sent (read or stored packs and their sealed copies) collected every this many bytes on the site's
+ * main thread: against the default 16 MiB, a 1 GiB seed's peak RSS on the site 130-137 MiB instead of 147-153 MiB and
+ * its CPU (index, fill and pull) 8.2-8.5 s instead of 8.8-9.2 s (3 alternated runs). Workers keep the default: there a
+ * lower threshold cost the branch 0.3-0.8 CPU s per seed.
+ */
+const ANSWER_GARBAGE_EVERY = 4 << 20;
+
 /** A bounded cache of compressed packs, keyed by generation and chunk ranges, shared by concurrent sessions. */
 class PackCache {
   private map = new Map<string, { promise: Promise<ReadPackResult>; size: number }>();
@@ -544,7 +552,7 @@ export class SnapferryServer {
     if (stored && stored.length < bytes) {
       await this.bucket?.take(stored.length);
       await session.send([encodeDataHeader(req.reqId, true, bytes), stored]);
-      noteGarbage(stored.length * 2);
+      noteGarbage(stored.length * 2, ANSWER_GARBAGE_EVERY);
       return;
     }
     const shared = (company.readers.get(gen.rootHash) ?? 0) > 1;
@@ -568,7 +576,7 @@ export class SnapferryServer {
     const payload = Buffer.from(result.payload.buffer, result.payload.byteOffset, result.payload.byteLength);
     await this.bucket?.take(payload.length);
     await session.send([encodeDataHeader(req.reqId, result.compressed, result.rawLen), payload]);
-    noteGarbage(payload.length * 2);
+    noteGarbage(payload.length * 2, ANSWER_GARBAGE_EVERY);
   }
 
   private async answerPatch(session: SecureSession, company: Company, gen: Generation, msg: Buffer): Promise<void> {
