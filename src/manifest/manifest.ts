@@ -302,6 +302,11 @@ export function decodeManifest(buf: Uint8Array): Manifest {
       const n = r.varint(LIMITS.maxTotalChunks);
       // Each chunk takes at least 9 encoded bytes: refuse a count the remaining input cannot hold before allocating.
       if (n * 9 > r.remaining) fail(ErrorCodes.BAD_MANIFEST, 'manifest chunk count exceeds its data');
+      // Nor more chunks than a file of this size can have (the check of each length below, counted up front): every
+      // chunk shorter than the minimum ends a segment or the file. Refused before the arrays are allocated.
+      if (n > Math.floor(e.size / Math.max(1, params.minSize)) + Math.ceil(e.size / SEGMENT_SIZE) + 1) {
+        fail(ErrorCodes.BAD_MANIFEST, `more chunks than ${path} can have`);
+      }
       totalChunks += n;
       if (totalChunks > LIMITS.maxTotalChunks) fail(ErrorCodes.LIMIT, 'manifest has too many chunks');
       const { lens, ids } = arrays.take(n);

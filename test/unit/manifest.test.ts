@@ -428,6 +428,24 @@ describe('decodeManifest refuses malformed encodings', () => {
     expect(() => decodeManifest(mk(LIMITS.maxTotalChunks + 1))).toThrow(SnapferryError);
   });
 
+  it('more chunks than a file of its size can have are refused at its header, before its chunk list is read', () => {
+    // 8192 bytes with a 4096-byte minimum: at most 2 full chunks + 1 short one per 4 MiB segment + a short last one.
+    const withCount = (n: number) =>
+      Buffer.from([...header(4096), 1, ...str('f'), ...varint(0o644), ...i64(0n), ...varint(8192), ...varint(n), ...new Array<number>(n * 9).fill(0), 0xff]);
+    const message = (b: Buffer) => {
+      try {
+        decodeManifest(b);
+      } catch (e) {
+        return (e as SnapferryError).message;
+      }
+      return 'decoded';
+    };
+    // Over the bound: refused by its count (the zero lengths after it are never looked at).
+    expect(message(withCount(5))).toMatch(/more chunks than f can have/);
+    // At the bound the count passes and the chunk list itself is what is wrong.
+    expect(message(withCount(4))).toMatch(/empty chunk/);
+  });
+
   it('chunk lengths in a non-minimal or over-long varint are refused (the chunk list has its own decoding loop)', () => {
     const withLen = (len: number[]) =>
       Buffer.from([...header(WIDE.minSize, WIDE.avgSize, WIDE.maxSize), 1, ...str('f'), ...varint(0o644), ...i64(0n), ...varint(300), ...varint(1), ...len, ...[0, 0, 0, 0, 0, 0, 0, 1], 0xff]);
