@@ -481,10 +481,10 @@ function copyRanges(ctx: JobContext, j: CopyRangesJob): CopyRangesResult {
 /** Signatures of the blocks of [offset, offset+length) aligned to absolute multiples of blockSize. */
 export function blockSigsOf(ctx: JobContext, bytes: Uint8Array, offset: number, blockSize: number): Uint32Array {
   const sigs = new Uint32Array(blockCount(offset, bytes.length, blockSize));
-  // The boundaries of blockLayout, walked without building its arrays (a patch request has tens of thousands).
-  for (let b = 0, pos = 0; pos < bytes.length; b++) {
-    const next = Math.min(bytes.length, Math.floor((offset + pos) / blockSize) * blockSize + blockSize - offset);
-    sigs[b] = ctx.hasher.h32(bytes.subarray(pos, next));
+  // blockLayout's blocks, walked without building its arrays (a patch request has tens of thousands).
+  for (let k = 0, pos = 0; k < sigs.length; k++) {
+    const next = Math.min(bytes.length, blockStart(offset, k + 1, blockSize));
+    sigs[k] = ctx.hasher.h32(bytes.subarray(pos, next));
     pos = next;
   }
   return sigs;
@@ -495,17 +495,19 @@ function blockCount(offset: number, length: number, blockSize: number): number {
   return length === 0 ? 0 : Math.floor((offset + length - 1) / blockSize) - Math.floor(offset / blockSize) + 1;
 }
 
+/** Start (relative to offset) of block k of a range at offset: 0, then each absolute multiple of blockSize. */
+function blockStart(offset: number, k: number, blockSize: number): number {
+  return k === 0 ? 0 : (Math.floor(offset / blockSize) + k) * blockSize - offset;
+}
+
 /** Block boundaries (relative to offset) of a range, aligned to absolute file offsets: pages rewritten in place line up. */
 export function blockLayout(offset: number, length: number, blockSize: number): { starts: number[]; ends: number[] } {
+  const n = blockCount(offset, length, blockSize);
   const starts: number[] = [];
   const ends: number[] = [];
-  let pos = 0;
-  while (pos < length) {
-    const abs = offset + pos;
-    const next = Math.min(length, Math.floor(abs / blockSize) * blockSize + blockSize - offset);
-    starts.push(pos);
-    ends.push(next);
-    pos = next;
+  for (let k = 0; k < n; k++) {
+    starts.push(blockStart(offset, k, blockSize));
+    ends.push(Math.min(length, blockStart(offset, k + 1, blockSize)));
   }
   return { starts, ends };
 }
@@ -557,11 +559,6 @@ function blockSigs(ctx: JobContext, j: BlockSigsJob): Uint32Array[] {
     if (n < b.length) for (let k = 0; k < sigs.length; k++) if (blockStart(r.offset, k, j.blockSize) >= n) sigs[k] = 0;
     return sigs;
   });
-}
-
-/** Start (relative to offset) of block k of a range at offset. */
-function blockStart(offset: number, k: number, blockSize: number): number {
-  return k === 0 ? 0 : (Math.floor(offset / blockSize) + k) * blockSize - offset;
 }
 
 function makePatch(ctx: JobContext, j: MakePatchJob): MakePatchResult {
