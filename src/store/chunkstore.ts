@@ -88,6 +88,17 @@ function putRecord(rec: Buffer, i: number, id: bigint, offset: number, clen: num
   rec.writeUInt32LE(0, r + 20);
 }
 
+/** The index file of segment `seg` (`NAME.seg` -> `NAME.idx`). */
+function indexOf(seg: string): string {
+  return seg.slice(0, -4) + '.idx';
+}
+
+/** Deletes segment `seg` of the store in dir, and its index. */
+function removeSegment(dir: string, seg: string): void {
+  fs.rmSync(path.join(dir, seg), { force: true });
+  fs.rmSync(path.join(dir, indexOf(seg)), { force: true });
+}
+
 /** The in-memory index, one slot per stored chunk, column by column. */
 interface SlotArrays {
   ids: BigUint64Array;
@@ -140,7 +151,7 @@ export class ChunkStore {
     const present = new Set(names);
     for (const name of names) {
       // A compaction cut short before it wrote its index: its frames are copies of frames kept elsewhere.
-      if (name.includes('-compact-') && name.endsWith('.seg') && !present.has(name.slice(0, -4) + '.idx')) fs.rmSync(path.join(dir, name), { force: true });
+      if (name.includes('-compact-') && name.endsWith('.seg') && !present.has(indexOf(name))) fs.rmSync(path.join(dir, name), { force: true });
     }
     for (const name of names) {
       if (!name.endsWith('.idx')) continue;
@@ -172,10 +183,7 @@ export class ChunkStore {
       }
       // A segment that adds nothing (all its frames held by another: a compaction cut short after its copies were
       // indexed, before the old segments went) is deleted, or its bytes would stay on disk, unseen, forever.
-      if (store.remember(segName, ids.subarray(0, k), offs, clens, checks) === 0) {
-        fs.rmSync(path.join(dir, segName), { force: true });
-        fs.rmSync(path.join(dir, name), { force: true });
-      }
+      if (store.remember(segName, ids.subarray(0, k), offs, clens, checks) === 0) removeSegment(dir, segName);
     }
     return store;
   }
@@ -199,7 +207,7 @@ export class ChunkStore {
     this.remember(segName, ids, offsets, clens, checks);
     const rec = Buffer.allocUnsafe(ids.length * RECORD);
     for (let i = 0; i < ids.length; i++) putRecord(rec, i, ids[i]!, offsets[i]!, clens[i]!, checks[i]!);
-    const file = path.join(this.dir, segName.slice(0, -4) + '.idx');
+    const file = path.join(this.dir, indexOf(segName));
     // Appends in order, one at a time; a failure (disk full) only loses the record, never serves a wrong frame.
     this.idxWrites = this.idxWrites.then(() => fs.promises.appendFile(file, rec, { mode: 0o600 })).catch(() => undefined);
     return this.idxWrites;
@@ -340,17 +348,14 @@ export class ChunkStore {
     let out: { name: string; fh: fs.promises.FileHandle; size: number; seg: number; records: Buffer[] } | undefined;
     const abandon = async () => {
       await out?.fh.close().catch(() => undefined);
-      for (const name of this.segNames.filter((x) => x.startsWith(stamp))) {
-        fs.rmSync(path.join(this.dir, name), { force: true });
-        fs.rmSync(path.join(this.dir, name.slice(0, -4) + '.idx'), { force: true });
-      }
+      for (const name of this.segNames.filter((x) => x.startsWith(stamp))) removeSegment(this.dir, name);
       return result;
     };
     const finish = async () => {
       if (!out) return;
       await out.fh.close();
       // Frames first, then their index: a crash in between leaves records past the segment's end, which open() skips.
-      await fs.promises.appendFile(path.join(this.dir, out.name.slice(0, -4) + '.idx'), Buffer.concat(out.records), { mode: 0o600 });
+      await fs.promises.appendFile(path.join(this.dir, indexOf(out.name)), Buffer.concat(out.records), { mode: 0o600 });
       out = undefined;
     };
     try {
@@ -424,9 +429,7 @@ export class ChunkStore {
 
   /** Deletes segment s and its index; its open handle is closed once reads under way had time to finish. */
   private retire(s: number): void {
-    const name = this.segNames[s]!;
-    fs.rmSync(path.join(this.dir, name), { force: true });
-    fs.rmSync(path.join(this.dir, name.slice(0, -4) + '.idx'), { force: true });
+    removeSegment(this.dir, this.segNames[s]!);
     const h = this.handles.get(s);
     this.handles.delete(s);
     if (h) setTimeout(() => void h.then((fh) => fh.close()).catch(() => undefined), RETIRE_MS).unref();

@@ -1273,8 +1273,6 @@ function appliedRoot(paths: StatePaths): string | undefined {
   }
 }
 
-
-
 /**
  * Groups the chunks planned as GET, in chunk order, into packs of about PACK_BYTES raw; deterministic, so concurrent
  * branches ask alike. Lazy: only the pack being sent exists.

@@ -27,7 +27,6 @@ export interface FillResult {
   reserveKept?: number;
 }
 
-
 /**
  * Stores every chunk of gen that store lacks, `pool.size` jobs at a time; stops early (between jobs) once current()
  * turns false, or before a job could take the store's filesystem below its reserve (diskReserve: the store is an
