@@ -56,6 +56,7 @@ import { TokenBucket } from '../util/rate.js';
 import { noteGarbage } from '../util/gc.js';
 import { capYoungGeneration } from './heap.js';
 import { inodeStamp, utimesSeconds } from '../util/stamp.js';
+import { copyWhole } from '../util/copy.js';
 
 /** Progress of a pull, reported as it goes. */
 export interface PullProgress {
@@ -875,7 +876,7 @@ class PullRun {
     const dst = entryPath(this.paths.next, e.path);
     // A spare is already in place (plan moved it); a copy is made now. A reflink where the filesystem has them (btrfs,
     // XFS: no bytes copied; only the chunks written later take new blocks), else an in-kernel copy.
-    if (!spare) await fs.promises.copyFile(from, dst, fs.constants.COPYFILE_FICLONE);
+    if (!spare) await copyWhole(from, dst, this.opts.durable !== false);
     // The source's mode may be read-only: the file is ours to patch until it is finished.
     await fs.promises.chmod(dst, 0o600);
     await fs.promises.truncate(dst, e.size);

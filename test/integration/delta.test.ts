@@ -47,6 +47,20 @@ describe('delta sync after the seed', () => {
     }
   });
 
+  it('without fsync (base copies made as new files, not rewrites) a delta is as exact', async () => {
+    const { src, dest, served } = await seeded('nofsync', 8);
+    try {
+      await mutateCompany(src, 5);
+      // --no-spare: no spare exists after a seed anyway; this keeps every changed file a whole-file base copy.
+      const r = await runCli(['pull', served.url, 'acme', dest, '--secret', key, '--json', '--no-fsync', '--no-spare']);
+      expect(r.code, r.stderr).toBe(0);
+      expect(JSON.parse(r.stdout).chunksPatched).toBeGreaterThan(0);
+      expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
+    } finally {
+      await served.stop();
+    }
+  });
+
   it('an unchanged company transfers no chunk and almost no bytes; a branch file edited by hand is put back', async () => {
     const { src, dest, served } = await seeded('same', 4);
     try {
