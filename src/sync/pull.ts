@@ -562,11 +562,13 @@ class PullRun {
       const oi = local.oldByPath.get(e.path);
       const old = oi === undefined ? undefined : this.applied!.manifest.entries[oi]!;
       const src = entryPath(p.dir, e.path);
+      const wantLink = old !== undefined && sameContent(old, e) && old.mode === e.mode && sameMtime(old.mtimeNs, e.mtimeNs);
+      if (resumable) this.reconcile(ei, dst, wantLink ? src : undefined);
       if (old && sameContent(old, e)) {
         const g0 = L.entryStart[ei]!;
         this.stats.reused += L.entryStart[ei + 1]! - g0;
         this.bytesDone += e.size;
-        if (old.mode === e.mode && sameMtime(old.mtimeNs, e.mtimeNs)) {
+        if (wantLink) {
           if (absent(dst)) fs.linkSync(src, dst);
           this.linked.add(ei);
           linkedOld.push(oi!);
@@ -620,6 +622,38 @@ class PullRun {
   }
 
   /**
+   * On resume, makes what an interrupted attempt left at `dst` fit this plan, which may differ from that attempt's
+   * (DIR's files it trusted then may not be trusted now, and the other way round). A file this plan links to DIR's
+   * version (`linkTo`) must be that very inode; any other file must not be a hard link (to DIR's version, by an
+   * attempt that trusted it): writing or finishing it would change the old generation through the link.
+   */
+  private reconcile(ei: number, dst: string, linkTo: string | undefined): void {
+    let st: fs.Stats;
+    try {
+      st = fs.lstatSync(dst);
+    } catch {
+      return;
+    }
+    if (linkTo !== undefined) {
+      let same = false;
+      try {
+        const t = fs.lstatSync(linkTo);
+        same = t.ino === st.ino && t.dev === st.dev;
+      } catch {
+        /* DIR's file is gone: the link is made again (and fails) as on a fresh plan */
+      }
+      if (!same) fs.rmSync(dst, { force: true });
+      return;
+    }
+    if (st.isFile() && st.nlink === 1) return;
+    fs.rmSync(dst, { force: true });
+    // Nothing of what was there counts any more.
+    this.based.delete(ei);
+    this.spareBased.delete(ei);
+    if (this.done.length) this.done.fill(0, this.layout.entryStart[ei]!, this.layout.entryStart[ei + 1]!);
+  }
+
+  /**
    * What entry `ei`'s file in next/ starts as, and the chunks that gives it: what an interrupted attempt left there
    * (its journal says), else its spare when that is usable and holds at least as much of the new version as a copy
    * would, less half the file (a whole-file copy in the kernel is cheaper per byte than rewriting chunks), else a
@@ -646,6 +680,10 @@ class PullRun {
       if (this.done.length) this.done.fill(0, g0, g1);
     }
     if (this.based.has(ei) || !fromOld) return fromOld;
+    // An interrupted attempt wrote verified chunks into this file without a base (a repair that did not trust DIR's
+    // version, which this attempt does): a copy or a spare put in its place now would bury them under older bytes
+    // while the journal still counts them done. The file goes on from what it holds.
+    if (this.done.length && this.done.subarray(g0, g1).includes(1)) return undefined;
     const sf = this.opts.spare !== false && !this.opts.repair ? spareOf()?.usable(e.path) : undefined;
     if (sf) {
       const fromSpare = StartChunks.ofEntry(sf.entry);
@@ -797,8 +835,10 @@ class PullRun {
    */
   private async flushJournal(force = false): Promise<void> {
     const now = performance.now();
+    if (this.checkpointError) throw this.checkpointError;
     if (!force && (this.syncing || (now - this.lastCheckpoint < 1000 && this.journalBuf.length < 65536))) return;
     await this.syncing;
+    if (this.checkpointError) throw this.checkpointError;
     this.lastCheckpoint = now;
     if (this.journalBuf.length === 0) return;
     const vals = this.journalBuf;
@@ -811,10 +851,13 @@ class PullRun {
     if (this.opts.durable === false) return append();
     const checkpoint = syncFilesystemAsync(this.paths.next).then(append);
     if (force) return checkpoint;
-    this.syncing = checkpoint.finally(() => (this.syncing = undefined));
+    // Nobody awaits a background checkpoint at once: its failure is kept for the next flush to throw (left as a
+    // rejected promise it would end the process as an unhandled rejection).
+    this.syncing = checkpoint.catch((err) => void (this.checkpointError ??= err)).finally(() => (this.syncing = undefined));
   }
 
   private syncing?: Promise<void>;
+  private checkpointError?: unknown;
 
   /**
    * Where a job writes the fetched chunks `firsts` (first occurrences, as GET or PATCH asks for them): each occurrence
@@ -968,23 +1011,35 @@ class PullRun {
         s.channel.abort(toSnapferryError(err));
         return;
       }
-      const type = msg[0];
-      if (type === MsgType.DATA || type === MsgType.PATCH || type === MsgType.STALE) {
-        const reqId = type === MsgType.STALE ? Number(decodeJson<{ reqId: number }>(msg).reqId) : msg.length >= 5 ? msg.readUInt32BE(1) : -1;
-        const p = this.pending.get(reqId);
-        if (!p) return fault(new SnapferryError(ErrorCodes.PROTOCOL, 'answer to a request we did not make'));
-        this.pending.delete(reqId);
-        if (type === MsgType.STALE) {
-          const path_ = printable(String(decodeJson<{ path?: string }>(msg).path ?? '?')).slice(0, 300);
-          p.reject(new SnapferryError(ErrorCodes.STALE_SOURCE, `${path_} changed at the site`, { retryable: true }));
-        } else p.resolve(msg);
-      } else if (type === MsgType.ERROR) {
-        const e = decodeJson<{ code: string; message: string }>(msg);
-        fault(new SnapferryError((Object.values(ErrorCodes) as string[]).includes(e.code) ? (e.code as never) : ErrorCodes.PROTOCOL, printable(String(e.message)).slice(0, 300)));
-      } else if (type !== MsgType.PONG) {
-        fault(new SnapferryError(ErrorCodes.PROTOCOL, `unexpected message type ${type}`));
+      try {
+        this.route(msg, fault);
+      } catch (err) {
+        // A malformed answer (this runs in the socket's message handler: a throw here would end the process).
+        const e = toSnapferryError(err);
+        fault(e);
+        s.channel.abort(e);
       }
     };
+  }
+
+  /** Routes one opened message of the site to the request it answers. */
+  private route(msg: Buffer, fault: (err: SnapferryError) => void): void {
+    const type = msg[0];
+    if (type === MsgType.DATA || type === MsgType.PATCH || type === MsgType.STALE) {
+      const reqId = type === MsgType.STALE ? Number(decodeJson<{ reqId: number }>(msg).reqId) : msg.length >= 5 ? msg.readUInt32BE(1) : -1;
+      const p = this.pending.get(reqId);
+      if (!p) return fault(new SnapferryError(ErrorCodes.PROTOCOL, 'answer to a request we did not make'));
+      this.pending.delete(reqId);
+      if (type === MsgType.STALE) {
+        const path_ = printable(String(decodeJson<{ path?: string }>(msg).path ?? '?')).slice(0, 300);
+        p.reject(new SnapferryError(ErrorCodes.STALE_SOURCE, `${path_} changed at the site`, { retryable: true }));
+      } else p.resolve(msg);
+    } else if (type === MsgType.ERROR) {
+      const e = decodeJson<{ code: string; message: string }>(msg);
+      fault(new SnapferryError((Object.values(ErrorCodes) as string[]).includes(e.code) ? (e.code as never) : ErrorCodes.PROTOCOL, printable(String(e.message)).slice(0, 300)));
+    } else if (type !== MsgType.PONG) {
+      fault(new SnapferryError(ErrorCodes.PROTOCOL, `unexpected message type ${type}`));
+    }
   }
 
   private request(build: (reqId: number) => Buffer): Promise<Buffer> {

@@ -459,6 +459,15 @@ describe('a hostile site cannot escape DIR, plant data or exhaust the puller', (
       expect(o.error!.message.length).toBeLessThanOrEqual(300);
     });
 
+    // BUG (src/sync/pull.ts startReader): the answers' JSON was decoded in the socket's message handler with nothing to
+    // catch a throw, so a STALE or ERROR answer that is not JSON ended the whole process with a stack trace.
+    for (const [name, type] of [['STALE', MsgType.STALE], ['ERROR', MsgType.ERROR]] as const) {
+      it(`refuses a ${name} answer that is not JSON with one typed error (no crash)`, async () => {
+        const o = await attempt(dataScenario(async (s) => s.send(Buffer.concat([Buffer.from([type]), Buffer.from('{')]))));
+        expectRefused(o, 'SNAPFERRY_E_PROTOCOL', /malformed control message/);
+      });
+    }
+
     // BUG (src/sync/pull.ts startReader / src/sync/session.ts peerError, and src/util/errors.ts SnapferryError): text
     // from the site (ERROR messages, STALE paths) reaches the operator's terminal with control characters intact: a
     // site can send "\r" or ANSI escapes that rewrite the printed line (hide the error code, fake a success).

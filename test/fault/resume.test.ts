@@ -7,6 +7,7 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import fs from 'node:fs';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, Served, CLI, waitFor } from '../helpers.js';
 import { makeCompany, mutateCompany } from '../../src/gen/company.js';
 
@@ -76,6 +77,77 @@ describe('resume and atomic commit under kill -9', () => {
       const r = await runCli(['pull', local.url, 'acme', dest, '--secret', key, '--json']);
       expect(r.code, r.stderr).toBe(0);
       expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
+    } finally {
+      await local.stop();
+    }
+  });
+
+  /** A site serving a company of two random files (4 MiB a.bin, 1 MiB b.bin) and a branch seeded from it. */
+  async function twoFiles(name: string): Promise<{ src: string; dest: string; local: Served; state: string }> {
+    const src = path.join(tmp.dir, `src-${name}`, 'acme');
+    fs.mkdirSync(src, { recursive: true });
+    fs.writeFileSync(path.join(src, 'a.bin'), randomBytes(4 << 20));
+    fs.writeFileSync(path.join(src, 'b.bin'), randomBytes(1 << 20));
+    const local = await startServe(['--secret', key, '--company', `acme=${src}`]);
+    const dest = path.join(tmp.dir, `d-${name}`, 'acme');
+    fs.mkdirSync(path.dirname(dest));
+    const seed = await runCli(['pull', local.url, 'acme', dest, '--secret', key]);
+    expect(seed.code, seed.stderr).toBe(0);
+    return { src, dest, local, state: path.join(path.dirname(dest), '.acme.snapferry') };
+  }
+
+  /** Writes one 4 KiB page of `file` in place (same size). */
+  function rewritePage(file: string, offset: number, byte: number): void {
+    const fd = fs.openSync(file, 'r+');
+    fs.writeSync(fd, Buffer.alloc(4096, byte), 0, 4096, offset);
+    fs.closeSync(fd);
+  }
+
+  // BUG (src/sync/pull.ts plan): a resumed attempt took over what the killed one left in next/ as it was, even where
+  // its plan differs. A file the killed attempt hard-linked to DIR's version (trusted then) and that is not trusted
+  // now (edited at the branch between the attempts) was fetched into that link: into DIR's own file, before the commit.
+  it('a resumed delta never writes into DIR through a hard link the killed attempt made', async () => {
+    const { src, dest, local, state } = await twoFiles('through-link');
+    try {
+      fs.writeFileSync(path.join(src, 'b.bin'), randomBytes(1 << 20)); // the site moves on; a.bin stays as it was
+      const killed = await runCli(['pull', local.url, 'acme', dest, '--secret', key], { env: { SNAPFERRY_FAULT_KILL_AT: 'planned' } });
+      expect(killed.signal).toBe('SIGKILL');
+      expect(fs.statSync(path.join(state, 'next', 'a.bin')).ino).toBe(fs.statSync(path.join(dest, 'a.bin')).ino);
+      rewritePage(path.join(dest, 'a.bin'), 65536, 0x41);
+      const before = treeFingerprint(dest);
+      const again = await runCli(['pull', local.url, 'acme', dest, '--secret', key], { env: { SNAPFERRY_FAULT_KILL_AT: 'commit' } });
+      expect(again.signal).toBe('SIGKILL');
+      expect(fingerprintDiff(before, treeFingerprint(dest)), 'DIR changed before the commit').toEqual([]);
+      const r = await runCli(['pull', local.url, 'acme', dest, '--secret', key, '--json']);
+      expect(r.code, r.stderr).toBe(0);
+      expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
+    } finally {
+      await local.stop();
+    }
+  });
+
+  // BUG (src/sync/pull.ts startOf): a repair writes a damaged file's chunks into next/ without a base copy (it does not
+  // trust DIR's version). Killed before its commit and resumed by a plain pull that trusts DIR's version again, the
+  // pull queued a base copy of it over those chunks while its journal still counted them done: a mix of the damaged
+  // old file and the new one was committed (and verify called it intact).
+  it('a pull resuming a repair killed before its commit keeps the chunks the repair wrote', async () => {
+    const { src, dest, local, state } = await twoFiles('repair-then-pull');
+    try {
+      rewritePage(path.join(src, 'a.bin'), 1 << 20, 0x42); // the site moves on
+      // Rot at the branch, a page elsewhere in a.bin with its mtime put back. Rot leaves the ctime as it was too, which a
+      // test cannot do: the record of inodes and ctimes is removed instead, so that only size and mtime are checked.
+      const rotten = path.join(dest, 'a.bin');
+      const mtime = Number(fs.statSync(rotten, { bigint: true }).mtimeNs / 1000n) / 1e6; // to the microsecond, as kept
+      rewritePage(rotten, 3 << 20, 0x43);
+      fs.utimesSync(rotten, mtime, mtime);
+      fs.rmSync(path.join(state, 'applied.stats'));
+      const killed = await runCli(['repair', dest, local.url, 'acme', '--secret', key], { env: { SNAPFERRY_FAULT_KILL_AT: 'commit' } });
+      expect(killed.signal).toBe('SIGKILL');
+      const r = await runCli(['pull', local.url, 'acme', dest, '--secret', key, '--json']);
+      expect(r.code, r.stderr).toBe(0);
+      expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
+      const v = await runCli(['verify', dest, '--deep']);
+      expect(v.code, v.stdout).toBe(0);
     } finally {
       await local.stop();
     }
