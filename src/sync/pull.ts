@@ -562,14 +562,17 @@ class PullRun {
       const oi = local.oldByPath.get(e.path);
       const old = oi === undefined ? undefined : this.applied!.manifest.entries[oi]!;
       const src = entryPath(p.dir, e.path);
-      const wantLink = old !== undefined && sameContent(old, e) && old.mode === e.mode && sameMtime(old.mtimeNs, e.mtimeNs);
-      if (resumable) this.reconcile(ei, dst, wantLink ? src : undefined);
-      if (old && sameContent(old, e)) {
+      const whole = old !== undefined && sameContent(old, e);
+      const wantLink = whole && old.mode === e.mode && sameMtime(old.mtimeNs, e.mtimeNs);
+      const have = resumable ? this.reconcile(ei, dst, whole ? { src, link: wantLink } : undefined) : 'absent';
+      if (whole) {
         const g0 = L.entryStart[ei]!;
         this.stats.reused += L.entryStart[ei + 1]! - g0;
         this.bytesDone += e.size;
-        if (wantLink) {
-          if (absent(dst)) fs.linkSync(src, dst);
+        if (have === 'file') {
+          // The killed attempt left this file whole and verified (a repair's, say): it is finished with the rest.
+        } else if (wantLink) {
+          if (have !== 'link') fs.linkSync(src, dst);
           this.linked.add(ei);
           linkedOld.push(oi!);
         } else if (!this.based.has(ei)) {
@@ -623,34 +626,40 @@ class PullRun {
 
   /**
    * On resume, makes what an interrupted attempt left at `dst` fit this plan, which may differ from that attempt's
-   * (DIR's files it trusted then may not be trusted now, and the other way round). A file this plan links to DIR's
-   * version (`linkTo`) must be that very inode; any other file must not be a hard link (to DIR's version, by an
-   * attempt that trusted it): writing or finishing it would change the old generation through the link.
+   * (DIR's files it trusted then may not be trusted now, and the other way round). `whole`: this plan takes the file
+   * whole from DIR's version `src`, by a hard link or a copy. Returns what `dst` now holds:
+   * - 'link': the hard link to `src` this plan wants;
+   * - 'file': a file of this entry only (never a hard link: writing or finishing one would change the file it shares
+   *   its inode with, DIR's own), which the plan goes on from; for a whole file, only one complete and verified (its
+   *   base journaled, or every chunk);
+   * - 'absent': nothing (whatever was there is removed, and the journal's marks for it cleared).
    */
-  private reconcile(ei: number, dst: string, linkTo: string | undefined): void {
+  private reconcile(ei: number, dst: string, whole?: { src: string; link: boolean }): 'absent' | 'link' | 'file' {
     let st: fs.Stats;
     try {
       st = fs.lstatSync(dst);
     } catch {
-      return;
+      return 'absent';
     }
-    if (linkTo !== undefined) {
-      let same = false;
+    if (whole?.link) {
       try {
-        const t = fs.lstatSync(linkTo);
-        same = t.ino === st.ino && t.dev === st.dev;
+        const t = fs.lstatSync(whole.src);
+        if (t.ino === st.ino && t.dev === st.dev) return 'link';
       } catch {
         /* DIR's file is gone: the link is made again (and fails) as on a fresh plan */
       }
-      if (!same) fs.rmSync(dst, { force: true });
-      return;
     }
-    if (st.isFile() && st.nlink === 1) return;
+    const g0 = this.layout.entryStart[ei]!;
+    const g1 = this.layout.entryStart[ei + 1]!;
+    if (st.isFile() && st.nlink === 1) {
+      if (!whole) return 'file';
+      if (this.based.has(ei) || (g1 > g0 && this.done.length > 0 && !this.done.subarray(g0, g1).includes(0))) return 'file';
+    }
     fs.rmSync(dst, { force: true });
-    // Nothing of what was there counts any more.
     this.based.delete(ei);
     this.spareBased.delete(ei);
-    if (this.done.length) this.done.fill(0, this.layout.entryStart[ei]!, this.layout.entryStart[ei + 1]!);
+    if (this.done.length) this.done.fill(0, g0, g1);
+    return 'absent';
   }
 
   /**

@@ -136,10 +136,13 @@ describe('resume and atomic commit under kill -9', () => {
       rewritePage(path.join(src, 'a.bin'), 1 << 20, 0x42); // the site moves on
       // Rot at the branch, a page elsewhere in a.bin with its mtime put back. Rot leaves the ctime as it was too, which a
       // test cannot do: the record of inodes and ctimes is removed instead, so that only size and mtime are checked.
-      const rotten = path.join(dest, 'a.bin');
-      const mtime = Number(fs.statSync(rotten, { bigint: true }).mtimeNs / 1000n) / 1e6; // to the microsecond, as kept
-      rewritePage(rotten, 3 << 20, 0x43);
-      fs.utimesSync(rotten, mtime, mtime);
+      // b.bin, unchanged at the site, rots too: the pull would link DIR's version, but the repair's verified copy stands.
+      for (const [name, at] of [['a.bin', 3 << 20], ['b.bin', 1 << 19]] as const) {
+        const rotten = path.join(dest, name);
+        const mtime = Number(fs.statSync(rotten, { bigint: true }).mtimeNs / 1000n) / 1e6; // to the microsecond, as kept
+        rewritePage(rotten, at, 0x43);
+        fs.utimesSync(rotten, mtime, mtime);
+      }
       fs.rmSync(path.join(state, 'applied.stats'));
       const killed = await runCli(['repair', dest, local.url, 'acme', '--secret', key], { env: { SNAPFERRY_FAULT_KILL_AT: 'commit' } });
       expect(killed.signal).toBe('SIGKILL');
