@@ -379,9 +379,10 @@ export function unchangedByStats(paths: StatePaths): AppliedRecord | undefined {
 
 /**
  * Commits next/ as DIR's new generation. Order: the new record is written aside (pending.*), commit.json makes the
- * intent durable, then DIR is swapped with next/ by two renames, then the record replaces the old one. A crash at any
- * point before commit.json leaves the old generation; after it, `recover` rolls forward to the new one. With
- * `keepSpare`, the replaced tree and its record become the spare generation (store/spare.ts) instead of being deleted.
+ * intent durable, then DIR is swapped with next/ by two renames, then the record replaces the old one, the replaced
+ * tree becomes the spare generation (with `keepSpare`; store/spare.ts) or is deleted, the inode/ctime record of DIR is
+ * written (`recordStats`, else from DIR as it is), and last commit.json goes. A crash at any point before commit.json
+ * leaves the old generation; after it, `recover` rolls forward to the new one.
  */
 export function commit(
   paths: StatePaths,
@@ -390,6 +391,7 @@ export function commit(
   durable: boolean,
   onPoint?: (p: string) => void,
   keepSpare = true,
+  recordStats?: () => void,
 ): void {
   if (durable) syncFilesystem(paths.next);
   writeFileDurable(paths.pendingManifest, encodedManifest);
@@ -398,6 +400,20 @@ export function commit(
   writeFileDurable(paths.commitJson, JSON.stringify({ rootHash: record.rootHash, at: new Date().toISOString() }));
   onPoint?.('intent');
   rollForward(paths, onPoint, keepSpare);
+  // The new generation's inode/ctime record before the intent goes: a crash until then is rolled forward again and
+  // the record written by recover(); after it, DIR is only ever trusted by its sizes and mtimes if the record is lost.
+  if (recordStats) recordStats();
+  else {
+    const applied = readApplied(paths);
+    if (applied) writeStats(paths, applied.record.rootHash, applied.manifest);
+  }
+  clearIntent(paths);
+}
+
+/** The commit is over: its intent goes. */
+function clearIntent(paths: StatePaths): void {
+  fs.rmSync(paths.commitJson, { force: true });
+  fsyncDir(paths.state);
 }
 
 /** Finishes an interrupted commit, if any. Safe to call at any time with the lock held. */
@@ -412,9 +428,10 @@ export function recover(paths: StatePaths): boolean {
     return false;
   }
   rollForward(paths);
-  // The inode/ctime record is written after a commit; a commit finished here needs it too.
+  // The inode/ctime record is written at the end of a commit; a commit finished here needs it too.
   const applied = readApplied(paths);
   if (applied) writeStats(paths, applied.record.rootHash, applied.manifest);
+  clearIntent(paths);
   return true;
 }
 
@@ -438,8 +455,9 @@ function rollForward(paths: StatePaths, onPoint?: (p: string) => void, keepSpare
       [paths.appliedManifest, paths.spareManifest],
       [paths.appliedStats, paths.spareStats],
     ] as const) {
+      // A record already moved by the run a crash cut short is left where it is (from is gone then, to is the one).
       if (keepSpare && exists(from)) fs.renameSync(from, to);
-      else fs.rmSync(to, { force: true });
+      else if (!keepSpare) fs.rmSync(to, { force: true });
     }
     fs.renameSync(paths.pendingManifest, paths.appliedManifest);
   }
@@ -448,13 +466,12 @@ function rollForward(paths: StatePaths, onPoint?: (p: string) => void, keepSpare
   fs.rmSync(paths.nextJson, { force: true });
   fs.rmSync(paths.nextJournal, { force: true });
   fs.rmSync(paths.nextLinks, { force: true });
-  fs.rmSync(paths.commitJson, { force: true });
-  fsyncDir(paths.state);
   // The replaced tree is kept as the spare (its files' stats decide later whether any can be used), or deleted.
   if (keepSpare && exists(paths.old) && !exists(paths.spare)) {
     removeSharedLinks(paths.old);
     fs.renameSync(paths.old, paths.spare);
   } else removeTree(paths.old);
+  onPoint?.('spare-kept');
 }
 
 /**

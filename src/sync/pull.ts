@@ -377,8 +377,9 @@ class PullRun {
       bytes: this.bytesTotal,
     };
     await this.spareDrop;
-    commit(this.paths, signRecord(record, this.opts.secret), encoded, this.opts.durable !== false, this.opts.onPoint, this.opts.spare !== false);
-    writeStats(this.paths, this.rootHash, this.m, this.finishedStats);
+    commit(this.paths, signRecord(record, this.opts.secret), encoded, this.opts.durable !== false, this.opts.onPoint, this.opts.spare !== false, () =>
+      writeStats(this.paths, this.rootHash, this.m, this.finishedStats),
+    );
     this.opts.onPoint?.('committed');
     return this.result(false);
   }
