@@ -21,7 +21,7 @@ import path from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
 import { createHmac, hkdfSync, timingSafeEqual } from 'node:crypto';
 import { decodeManifest, entryPath, Manifest, rootHashOf, sameMtime } from '../manifest/manifest.js';
-import { fail, ErrorCodes, toSnapferryError } from '../util/errors.js';
+import { fail, ErrorCodes, SnapferryError, toSnapferryError } from '../util/errors.js';
 import { inodeStamp } from '../util/stamp.js';
 
 /** The record of an applied generation. */
@@ -183,19 +183,43 @@ export function fsyncDir(dir: string): void {
   }
 }
 
-/** Flushes the whole filesystem holding `p` (syncfs via coreutils `sync -f`): one call instead of an fsync per file. */
+/**
+ * Flushes the whole filesystem holding `p` (syncfs via coreutils `sync -f`): one call instead of an fsync per file.
+ * Throws IO when the flush fails (a write-back error: the data a journal record or a commit would vouch for is not on
+ * disk) or cannot be made; a `sync` too old for -f flushes every filesystem instead.
+ */
 export function syncFilesystem(p: string): void {
-  const r = spawnSync('sync', ['-f', p], { stdio: 'ignore' });
-  if (r.status !== 0) spawnSync('sync', [], { stdio: 'ignore' });
+  const r = spawnSync('sync', ['-f', p], { stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' });
+  if (r.status === 0) return;
+  if (!r.error && tooOldForF(r.stderr) && spawnSync('sync', [], { stdio: 'ignore' }).status === 0) return;
+  throw flushFailed(r.error, r.stderr);
 }
 
 /** syncFilesystem without blocking the event loop: the transfer goes on while the disk catches up. */
 export function syncFilesystemAsync(p: string): Promise<void> {
-  return new Promise((resolve) => {
-    const child = spawn('sync', ['-f', p], { stdio: 'ignore' });
-    child.on('error', () => resolve());
-    child.on('exit', () => resolve());
+  const run = (args: string[]) =>
+    new Promise<{ status: number | null; error?: Error; stderr: string }>((resolve) => {
+      const child = spawn('sync', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+      let stderr = '';
+      child.stderr.on('data', (d: Buffer) => (stderr += d.toString('utf8').slice(0, 4096)));
+      child.on('error', (error) => resolve({ status: null, error, stderr }));
+      child.on('close', (status) => resolve({ status, stderr }));
+    });
+  return run(['-f', p]).then(async (r) => {
+    if (r.status === 0) return;
+    if (!r.error && tooOldForF(r.stderr) && (await run([])).status === 0) return;
+    throw flushFailed(r.error, r.stderr);
   });
+}
+
+/** Whether `sync` refused -f as an option it does not know (coreutils before 8.24). */
+function tooOldForF(stderr: string): boolean {
+  return /invalid option|unrecognized option|unknown option|usage/i.test(stderr);
+}
+
+function flushFailed(error: Error | undefined, stderr: string): SnapferryError {
+  const why = error ? `cannot run sync: ${error.message}` : stderr.trim().split('\n')[0] || 'sync failed';
+  return new SnapferryError(ErrorCodes.IO, `flushing to disk failed (${why}); nothing was committed`);
 }
 
 /** Removes a tree, including read-only folders in it. */
