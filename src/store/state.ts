@@ -263,19 +263,28 @@ export class DirLock {
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw toSnapferryError(err, 'cannot lock');
       }
-      const pid = Number.parseInt(fs.readFileSync(this.paths.lock, 'utf8').trim(), 10);
-      if (!Number.isFinite(pid) || !isAlive(pid)) {
-        // Stale lock of a killed process: remove it (rename first so two takers cannot both remove a fresh lock).
+      const holder = lockHolder(this.paths.lock);
+      if (holder === 'stale') {
+        // Stale lock of a killed process: moved aside, then looked at again. Another taker may have replaced it with
+        // its own live lock between our read and our rename: that one is put back (link: never over a newer one).
         const stale = `${this.paths.lock}.stale.${process.pid}`;
         try {
           fs.renameSync(this.paths.lock, stale);
+          if (lockHolder(stale) !== 'stale') {
+            try {
+              fs.linkSync(stale, this.paths.lock);
+            } catch {
+              /* a newer lock is in place already */
+            }
+          }
           fs.rmSync(stale, { force: true });
         } catch {
-          /* someone else took it over; retry */
+          /* someone else moved it first; retry */
         }
         continue;
       }
-      if (Date.now() >= deadline) fail(ErrorCodes.DIR_LOCKED, `${this.paths.dir} is in use by snapferry process ${pid}`);
+      const who = holder === 'starting' ? 'another snapferry process (starting up)' : `snapferry process ${holder}`;
+      if (Date.now() >= deadline) fail(ErrorCodes.DIR_LOCKED, `${this.paths.dir} is in use by ${who}`);
       await new Promise((r) => setTimeout(r, 200));
     }
   }
@@ -294,6 +303,25 @@ export class DirLock {
 }
 
 /** Whether a process with this pid runs (one of another user's counts as running). */
+/**
+ * Who holds the lock file at `p`: a live process's pid; 'starting' for a file still without a pid (made by a taker
+ * that has not written it yet: it is created empty, then written), unless that is older than a few seconds (its maker
+ * was killed in between); else 'stale' (a dead process's, or gone).
+ */
+function lockHolder(p: string): number | 'starting' | 'stale' {
+  let text: string;
+  let ageMs: number;
+  try {
+    text = fs.readFileSync(p, 'utf8').trim();
+    ageMs = Date.now() - fs.statSync(p).mtimeMs;
+  } catch {
+    return 'stale';
+  }
+  const pid = Number.parseInt(text, 10);
+  if (Number.isFinite(pid) && pid > 0) return isAlive(pid) ? pid : 'stale';
+  return text === '' && ageMs < 5000 ? 'starting' : 'stale';
+}
+
 export function isAlive(pid: number): boolean {
   if (pid === process.pid) return true;
   try {
