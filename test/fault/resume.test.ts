@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, Served, CLI, waitFor } from '../helpers.js';
+import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, Served, CLI, waitFor, NO_DAC_OVERRIDE } from '../helpers.js';
 import { makeCompany, mutateCompany } from '../../src/gen/company.js';
 
 /**
@@ -179,6 +179,27 @@ describe('resume and atomic commit under kill -9', () => {
       expect(r.code, r.stderr).toBe(0);
       expect(fs.readFileSync(victim).equals(fs.readFileSync(path.join(src, 'a.bin'))), 'the changed file was trusted').toBe(true);
       expect(fs.readdirSync(state).sort()).toEqual(['applied.json', 'applied.manifest', 'applied.stats', 'spare', 'spare.manifest', 'spare.stats']);
+    } finally {
+      await local.stop();
+    }
+  });
+
+  // BUG (src/sync/pull.ts makeBase): a base copy was made over whatever the killed attempt left at its place; a copy
+  // that attempt had finished read-only (mode 444) before its journal recorded it refused the new copy to anyone but
+  // root, at every later pull. Produced: a delta killed once planned, and such a file put in next/ by hand; the pull
+  // runs without the capabilities that let root write anything (setpriv).
+  it('a read-only file the killed attempt left where a base copy goes is replaced, not written through', async () => {
+    const { src, dest, local, state } = await twoFiles('readonly-base');
+    try {
+      rewritePage(path.join(src, 'a.bin'), 1 << 20, 0x45);
+      const killed = await runCli(['pull', local.url, 'acme', dest, '--secret', key], { env: { SNAPFERRY_FAULT_KILL_AT: 'planned' } });
+      expect(killed.signal).toBe('SIGKILL');
+      const left = path.join(state, 'next', 'a.bin');
+      fs.copyFileSync(path.join(dest, 'a.bin'), left);
+      fs.chmodSync(left, 0o444);
+      const r = await runCli(['pull', local.url, 'acme', dest, '--secret', key], { wrap: NO_DAC_OVERRIDE });
+      expect(r.code, r.stderr).toBe(0);
+      expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
     } finally {
       await local.stop();
     }
