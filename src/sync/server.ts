@@ -231,11 +231,15 @@ export class SnapferryServer {
     });
     server.on('upgrade', (req, socket, head) => {
       (socket as import('node:net').Socket).setTimeout(0);
+      // First: a peer that resets the connection while we answer it would otherwise crash the site (ECONNRESET).
+      socket.on('error', () => socket.destroy());
       if (this.sessions.size >= maxConnections) {
+        // A peer that never closes its side must not keep the socket half-open (the server allows half-open sockets).
+        const t = setTimeout(() => socket.destroy(), 2000);
+        socket.once('close', () => clearTimeout(t));
         socket.end('HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n\r\n');
         return;
       }
-      socket.on('error', () => socket.destroy());
       wss.handleUpgrade(req, socket, head, (ws) => this.onConnection(ws));
     });
     await new Promise<void>((resolve, reject) => {
@@ -336,7 +340,9 @@ export class SnapferryServer {
   }
 
   private onConnection(ws: WebSocket): void {
-    const channel = new Channel(ws, { highWater: 4 << 20 });
+    // A peer that stops reading ends its session after the idle timeout, and one that sends without waiting for
+    // answers is cut off: a puller never has more than its 64 requests in flight (GETs of at most 32 KiB) unread.
+    const channel = new Channel(ws, { highWater: 4 << 20, drainTimeoutMs: this.opts.idleTimeoutMs ?? 120_000, maxQueuedMessages: 256, maxQueuedBytes: 8 << 20 });
     this.sessions.add(channel);
     channel.onClose = () => this.sessions.delete(channel);
     const remote = (ws as unknown as { _socket?: { remoteAddress?: string } })._socket?.remoteAddress ?? '?';
@@ -374,6 +380,9 @@ export class SnapferryServer {
     let failure: SnapferryError | undefined;
     const work: Array<Promise<void>> = [];
     let reading: { c: Company; root: string } | undefined;
+    /** The session's one pending follow (a new FOLLOW replaces it), and the companies it has scanned for. */
+    let follow: (() => void) | undefined;
+    const followScans = new Map<Company, Promise<boolean>>();
     const stopReading = () => {
       if (!reading) return;
       const n = (reading.c.readers.get(reading.root) ?? 1) - 1;
@@ -432,7 +441,14 @@ export class SnapferryServer {
               await session.sendError(new SnapferryError(ErrorCodes.UNKNOWN_COMPANY, `this site serves no company named ${JSON.stringify(String(f.company).slice(0, 100))}`));
               return;
             }
-            this.followerOf(c, session, String(f.have ?? ''));
+            follow?.();
+            // One scan per company and session, as a single follower causes: later FOLLOWs compare with its result.
+            let scanned = followScans.get(c);
+            if (!scanned) {
+              scanned = c.scanner.scan({ settleTimeoutMs: this.opts.settleTimeoutMs }).then(() => true, () => false);
+              followScans.set(c, scanned);
+            }
+            follow = this.followerOf(c, session, String(f.have ?? ''), scanned);
             break;
           }
           case MsgType.PING:
@@ -447,6 +463,7 @@ export class SnapferryServer {
       }
     } finally {
       stopReading();
+      follow?.();
     }
   }
 
@@ -474,18 +491,25 @@ export class SnapferryServer {
     return c.watcher;
   }
 
-  private followerOf(c: Company, session: SecureSession, have: string): void {
+  /**
+   * Tells the session of the first generation other than `have`: the newest once `scanned` succeeded, or the next the
+   * watcher announces. Returns a function that stops it (the session ended or sent another FOLLOW).
+   */
+  private followerOf(c: Company, session: SecureSession, have: string, scanned: Promise<boolean>): () => void {
     const watcher = this.watcherOf(c);
     let told = false;
-    const tell = (g: Generation) => {
-      if (told || g.rootHash === have) return;
-      told = true;
-      watcher.off('generation', tell);
+    const tell = (g: Generation | undefined) => {
+      if (told || !g || g.rootHash === have) return;
+      stop();
       session.sendJson(MsgType.CHANGED, { company: c.name, generation: g.generation, rootHash: g.rootHash }).catch(() => undefined);
     };
+    const stop = () => {
+      told = true;
+      watcher.off('generation', tell);
+    };
     watcher.on('generation', tell);
-    session.channel.ws.once('close', () => watcher.off('generation', tell));
-    c.scanner.scan({ settleTimeoutMs: this.opts.settleTimeoutMs }).then(tell, () => undefined);
+    void scanned.then((ok) => ok && tell(c.scanner.current));
+    return stop;
   }
 
   private readonly adaptive = new WeakMap<SecureSession, { step: number; sends: number; waits: number }>();
@@ -543,8 +567,11 @@ export class SnapferryServer {
     for (const [s, e] of req.ranges) {
       if (e > layout.total) fail(ErrorCodes.PROTOCOL, 'GET names chunks beyond the manifest');
       n += e - s;
-      for (let g = s; g < e; g++) bytes += layout.len[g]!;
-      if (bytes > MAX_GET_BYTES) fail(ErrorCodes.LIMIT, 'GET asks for too many bytes at once');
+      // Checked per chunk: a range may span the whole company, and refusing it need not walk it.
+      for (let g = s; g < e; g++) {
+        bytes += layout.len[g]!;
+        if (bytes > MAX_GET_BYTES) fail(ErrorCodes.LIMIT, 'GET asks for too many bytes at once');
+      }
     }
     // Stored frames are sent as they are: no reading of the company, no compression. A pack not wholly stored (yet),
     // or larger stored than raw (incompressible data: a frame costs a few bytes more), is made as before.
@@ -589,8 +616,8 @@ export class SnapferryServer {
       for (let k = r.chunk; k < end; k++) {
         if (layout.entry[k] !== layout.entry[r.chunk]) fail(ErrorCodes.PROTOCOL, 'PATCH_GET run spans files');
         bytes += layout.len[k]!;
+        if (bytes > MAX_GET_BYTES) fail(ErrorCodes.LIMIT, 'PATCH_GET asks for too many bytes at once');
       }
-      if (bytes > MAX_GET_BYTES) fail(ErrorCodes.LIMIT, 'PATCH_GET asks for too many bytes at once');
       return {
         path: gen.absPath(layout.entry[r.chunk]!),
         offset: layout.offset[r.chunk]!,

@@ -11,6 +11,15 @@ import { MAX_FRAME } from '../protocol/messages.js';
 /** Options of a channel. */
 export interface ChannelOptions {
   highWater?: number;
+  /**
+   * End the channel (TIMEOUT) when a send has waited this long for the peer to read and no message was handed to the
+   * kernel meanwhile: a peer that stops reading must not hold its session and buffers for ever. 0: wait for ever.
+   */
+  drainTimeoutMs?: number;
+  /** End the channel (LIMIT) when more than this many received messages wait unread (default: unbounded). */
+  maxQueuedMessages?: number;
+  /** End the channel (LIMIT) when received messages waiting unread exceed this many bytes (default: unbounded). */
+  maxQueuedBytes?: number;
 }
 
 export class Channel {
@@ -20,6 +29,14 @@ export class Channel {
   private buffered = 0;
   private drainWaiters: Array<() => void> = [];
   private readonly highWater: number;
+  private readonly drainTimeoutMs: number;
+  /** Armed only while a send waits for the peer to read (no timer on the hot path). */
+  private drainTimer?: NodeJS.Timeout;
+  /** Messages handed to the kernel so far: tells a slow link (some go) from a peer that reads nothing. */
+  private sendsDone = 0;
+  private queuedBytes = 0;
+  private readonly maxQueuedMessages: number;
+  private readonly maxQueuedBytes: number;
   /** How many sends had to wait for the peer or the link (backpressure): tells a slow link from a fast one. */
   waits = 0;
   /** Called for each message instead of queueing, when set. */
@@ -32,13 +49,21 @@ export class Channel {
     opts: ChannelOptions = {},
   ) {
     this.highWater = opts.highWater ?? 4 << 20;
+    this.drainTimeoutMs = opts.drainTimeoutMs ?? 0;
+    this.maxQueuedMessages = opts.maxQueuedMessages ?? Infinity;
+    this.maxQueuedBytes = opts.maxQueuedBytes ?? Infinity;
     ws.binaryType = 'nodebuffer';
     ws.on('message', (data: Buffer, isBinary: boolean) => {
       if (!isBinary) return this.abort(new SnapferryError(ErrorCodes.PROTOCOL, 'peer sent a text message'));
       if (this.onMessage) return this.onMessage(data);
       const w = this.waiters.shift();
-      if (w) w.resolve(data);
-      else this.queue.push(data);
+      if (w) return w.resolve(data);
+      // ws reads on whatever we do: a peer that sends without waiting for answers must not grow the queue for ever.
+      if (this.queue.length >= this.maxQueuedMessages || this.queuedBytes + data.length > this.maxQueuedBytes) {
+        return this.abort(new SnapferryError(ErrorCodes.LIMIT, `peer sent ${this.queue.length + 1} messages (${this.queuedBytes + data.length} bytes) without waiting for answers`));
+      }
+      this.queue.push(data);
+      this.queuedBytes += data.length;
     });
     ws.on('close', (code: number, reason: Buffer) => {
       const why = reason.toString() || `connection closed (${code})`;
@@ -69,7 +94,10 @@ export class Channel {
   /** Next message, in order. Rejects when the channel closes or after timeoutMs. */
   next(timeoutMs = 0): Promise<Buffer> {
     const queued = this.queue.shift();
-    if (queued) return Promise.resolve(queued);
+    if (queued) {
+      this.queuedBytes -= queued.length;
+      return Promise.resolve(queued);
+    }
     if (this.closedWith) return Promise.reject(this.closedWith);
     return new Promise((resolve, reject) => {
       let timer: NodeJS.Timeout | undefined;
@@ -98,6 +126,7 @@ export class Channel {
     if (this.closedWith) throw this.closedWith;
     if (this.buffered > this.highWater) this.waits++;
     while (this.buffered > this.highWater) {
+      this.armDrainDeadline();
       await new Promise<void>((r) => this.drainWaiters.push(r));
       if (this.closedWith) throw this.closedWith;
     }
@@ -106,12 +135,33 @@ export class Channel {
     this.buffered += buf.length;
     this.ws.send(buf, { binary: true, compress: false }, () => {
       this.buffered -= buf.length;
+      this.sendsDone++;
       if (this.buffered <= this.highWater) {
+        if (this.drainTimer) {
+          clearTimeout(this.drainTimer);
+          this.drainTimer = undefined;
+        }
         const ws = this.drainWaiters;
         this.drainWaiters = [];
         for (const w of ws) w();
       }
     });
+  }
+
+  /**
+   * While sends wait for the peer to read: ends the channel if drainTimeoutMs pass with no message handed to the
+   * kernel (a link that moves, however slowly, gets another period).
+   */
+  private armDrainDeadline(): void {
+    if (this.drainTimer || this.drainTimeoutMs <= 0 || this.closedWith) return;
+    const done = this.sendsDone;
+    this.drainTimer = setTimeout(() => {
+      this.drainTimer = undefined;
+      if (this.closedWith || this.buffered <= this.highWater) return;
+      if (this.sendsDone !== done) return this.armDrainDeadline();
+      const secs = Math.round(this.drainTimeoutMs / 1000);
+      this.abort(new SnapferryError(ErrorCodes.TIMEOUT, `peer read nothing for ${secs} s (${this.buffered} bytes waiting to be sent)`, { retryable: true }));
+    }, this.drainTimeoutMs);
   }
 
   /** Closes the channel; pending receivers and senders fail with `err` (or a normal close). */
@@ -133,6 +183,8 @@ export class Channel {
   private finish(err: SnapferryError): void {
     if (this.closedWith) return;
     this.closedWith = err;
+    clearTimeout(this.drainTimer);
+    this.drainTimer = undefined;
     for (const w of this.waiters) w.reject(err);
     this.waiters = [];
     for (const w of this.drainWaiters) w();

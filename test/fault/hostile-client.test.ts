@@ -1,7 +1,8 @@
 /**
  * Hostile clients against a real `snapferry serve` (CLI child process on 127.0.0.1): garbage instead of a handshake,
  * another protocol version, a wrong secret, a replayed proof, idle WebSockets, idle TCP connections and slow-loris
- * HTTP, oversized pre-authentication frames, and an authenticated peer that asks for too much.
+ * HTTP, oversized pre-authentication frames, upgrade requests reset at once, and authenticated peers that ask for too
+ * much, stop reading, flood the site or repeat FOLLOW.
  *
  * What must hold: each is refused before anything about the site's companies is revealed (the bytes the bad client
  * received never contain the company's name or file names); handshakes time out; a real pull completes exactly while
@@ -11,13 +12,21 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
+import { spawn } from 'node:child_process';
+import { pathToFileURL } from 'node:url';
 import { randomBytes } from 'node:crypto';
-import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, Served } from '../helpers.js';
+import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, waitFor, Served, ROOT, CLI } from '../helpers.js';
 import { makeCompany } from '../../src/gen/company.js';
 import { ClientHandshake } from '../../src/protocol/handshake.js';
-import { connect } from '../../src/sync/session.js';
+import { connect, SecureSession } from '../../src/sync/session.js';
+import { SnapferryServer } from '../../src/sync/server.js';
 import { readSecret } from '../../src/cli/secret.js';
-import { MsgType, encodeGet, decodeJson } from '../../src/protocol/messages.js';
+import { MsgType, MAX_GET_BYTES, encodeGet, decodeJson } from '../../src/protocol/messages.js';
+import { decodeManifest } from '../../src/manifest/manifest.js';
+import { layoutOf, Layout } from '../../src/manifest/layout.js';
+import { Decompressor } from '../../src/work/zstd.js';
+import { NO_COMPRESSION } from '../../src/work/tasks.js';
+import type { Generation } from '../../src/scan/scanner.js';
 import { RawWs, encodeClientFrame, sleep, errorCodeOf } from './netfault.js';
 
 const NAME = 'zebracorp-ledgers';
@@ -40,6 +49,96 @@ function header(version: number, type: number): Buffer {
 function rssMiB(pid: number): number {
   const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
   return m ? Number(m[1]) / 1024 : 0;
+}
+
+/**
+ * A site as a child process made with SnapferryServer's own options: `snapferry serve` has no option for the idle
+ * timeout (120 s), too long for a test. Its script is written to `dir` (an --eval script would pass --input-type on
+ * to the site's worker threads). Resolved once it listens; its log is its stderr.
+ */
+function startSite(dir: string, opts: { secret: Buffer; companies: Array<[string, string]>; [k: string]: unknown }): Promise<Served> {
+  const server = pathToFileURL(path.join(ROOT, 'dist', 'src', 'sync', 'server.js')).href;
+  const script = path.join(dir, 'site.mjs');
+  fs.writeFileSync(
+    script,
+    `
+    import { SnapferryServer } from ${JSON.stringify(server)};
+    const o = JSON.parse(process.env.SF_SITE);
+    const site = new SnapferryServer({ ...o, host: '127.0.0.1', port: 0, secretFor: () => Buffer.from(o.secret, 'hex'),
+      companies: new Map(o.companies), log: (l) => process.stderr.write(l + '\\n') });
+    process.stdout.write('listening on ' + (await site.start()) + '\\n');
+    process.once('SIGTERM', () => site.close().then(() => process.exit(0)));
+  `,
+  );
+  const child = spawn(process.execPath, [script], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, SF_SITE: JSON.stringify({ ...opts, secret: opts.secret.toString('hex') }) },
+  });
+  let out = '';
+  let err = '';
+  child.stderr.on('data', (d) => (err += d));
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`site did not start: ${err}`));
+    }, 30_000);
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`site exited with ${code}: ${err}`));
+    });
+    child.stdout.on('data', (d) => {
+      out += d;
+      const m = /listening on (ws:\/\/\S+)/.exec(out);
+      if (!m) return;
+      clearTimeout(timer);
+      resolve({
+        url: m[1]!,
+        child,
+        stderr: () => err,
+        stop: () =>
+          new Promise<void>((r) => {
+            if (child.exitCode !== null || child.signalCode !== null) return r();
+            const kill = setTimeout(() => child.kill('SIGKILL'), 5000);
+            child.once('exit', () => {
+              clearTimeout(kill);
+              r();
+            });
+            child.kill('SIGTERM');
+          }),
+      });
+    });
+  });
+}
+
+/** OPENs the company on an authenticated session and returns the generation's root hash and chunk layout. */
+async function openLayout(s: SecureSession, company: string): Promise<{ rootHash: string; layout: Layout }> {
+  await s.sendJson(MsgType.OPEN, { company });
+  const head = decodeJson<{ parts: number; rootHash: string }>(await s.recv(10_000));
+  const z = new Decompressor();
+  const parts: Buffer[] = [];
+  for (let i = 0; i < head.parts; i++) {
+    const m = await s.recv(10_000);
+    const raw = m.readUInt32BE(2);
+    parts.push(m[1] === 1 ? z.decompress(m.subarray(6), raw) : m.subarray(6));
+  }
+  return { rootHash: head.rootHash, layout: layoutOf(decodeManifest(Buffer.concat(parts))) };
+}
+
+/** GET ranges asking for as close to MAX_GET_BYTES of raw chunk data as the layout allows (chunks asked again). */
+function fullGet(layout: Layout): Array<[number, number]> {
+  const ranges: Array<[number, number]> = [];
+  let bytes = 0;
+  for (let round = 0; round < 1000; round++) {
+    for (let g = 0; g < layout.total; g++) {
+      if (bytes + layout.len[g]! > MAX_GET_BYTES) {
+        if (g > 0) ranges.push([0, g]);
+        return ranges;
+      }
+      bytes += layout.len[g]!;
+    }
+    ranges.push([0, layout.total]);
+  }
+  return ranges;
 }
 
 /**
@@ -81,10 +180,10 @@ describe('hostile clients against a real site', () => {
     expect(ws.closeFrameAt ?? ws.closedAt, 'the site did not close the connection').toBeDefined();
   }
 
-  async function realPull(): Promise<void> {
+  async function realPull(url = served.url): Promise<void> {
     const dest = path.join(tmp.dir, `b${n++}`, NAME);
     fs.mkdirSync(path.dirname(dest));
-    const r = await runCli(['pull', served.url, NAME, dest, '--secret', keyFile, '--json'], { timeoutMs: 60_000 });
+    const r = await runCli(['pull', url, NAME, dest, '--secret', keyFile, '--json'], { timeoutMs: 60_000 });
     expect(r.code, r.stderr).toBe(0);
     expect(fingerprintDiff(want, treeFingerprint(dest))).toEqual([]);
   }
@@ -381,5 +480,194 @@ describe('hostile clients against a real site', () => {
       for (const h of held) h.destroy();
       await small.stop();
     }
+  });
+
+  // BUG (src/sync/server.ts start(), 'upgrade'): at its connection cap the site wrote its 503 on the raw socket before
+  // any 'error' listener was attached; a client that sends an upgrade and resets the connection at once made that
+  // write fail with ECONNRESET, an unhandled 'error' event that ended the whole serve process.
+  it('upgrade requests reset at once (socket.resetAndDestroy()) against a site at its cap do not crash it', async () => {
+    const small = await startServe(['--secret', keyFile, '--company', `${NAME}=${company}`, '--max-connections', '1']);
+    let held: SecureSession | undefined;
+    try {
+      const p = Number(new URL(small.url).port);
+      held = await connect(small.url, { secret, peerId: 'holder' });
+      const upgrade =
+        'GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
+        `Sec-WebSocket-Key: ${randomBytes(16).toString('base64')}\r\nSec-WebSocket-Version: 13\r\n\r\n`;
+      await Promise.all(
+        Array.from(
+          { length: 40 },
+          () =>
+            new Promise<void>((resolve) => {
+              const s = net.connect(p, '127.0.0.1', () => {
+                s.write(upgrade);
+                s.resetAndDestroy();
+                resolve();
+              });
+              s.on('error', () => resolve());
+              setTimeout(resolve, 3000);
+            }),
+        ),
+      );
+      await sleep(1000);
+      expect(small.child.exitCode, small.stderr()).toBeNull();
+      // Still answering: busy while the slot is held, and a branch pulls once it is free.
+      await expect(RawWs.open(p)).rejects.toThrow(/503/);
+      held.close();
+      held = undefined;
+      await realPull(small.url);
+    } finally {
+      held?.close();
+      await small.stop();
+    }
+  });
+
+  describe('an authenticated peer that stops reading (site with a 4 s idle timeout, packs sent uncompressed)', () => {
+    const IDLE_MS = 4000;
+    let site: Served;
+
+    beforeAll(async () => {
+      site = await startSite(tmp.dir, { secret, companies: [[NAME, company]], idleTimeoutMs: IDLE_MS, store: false, level: NO_COMPRESSION, watch: false });
+    });
+
+    afterAll(async () => {
+      await site?.stop();
+    });
+
+    /**
+     * Authenticates, stops reading its socket, and asks for four packs of ~8 MiB: more than the site's 4 MiB high-water
+     * mark and the loopback socket buffers hold, so the site's sends wait for a reader that never comes.
+     */
+    async function stalled(): Promise<SecureSession> {
+      const s = await connect(site.url, { secret, peerId: 'stalled' });
+      const { layout } = await openLayout(s, NAME);
+      s.channel.socket!.pause();
+      const ranges = fullGet(layout);
+      for (let r = 1; r <= 4; r++) await s.send(encodeGet({ reqId: r, ranges }));
+      return s;
+    }
+
+    // BUG (src/transport/channel.ts send(): the wait for the socket to drain had no deadline): a peer that asked for
+    // packs and then read nothing, but sent a PING now and then, held its session and the answers buffered for it for
+    // ever (the PONG waited behind them, so the idle timeout never came). Fix: a send that cannot drain within the idle
+    // timeout ends the session.
+    it('a peer that asks for packs, never reads and keeps pinging is cut off after the idle timeout', async () => {
+      const s = await stalled();
+      const t0 = Date.now();
+      try {
+        while (!/session from 127\.0\.0\.1 ended: peer read nothing/.test(site.stderr()) && Date.now() - t0 < 4 * IDLE_MS) {
+          await Promise.race([s.send(Buffer.from([MsgType.PING])).catch(() => undefined), sleep(1000)]);
+          await sleep(200);
+        }
+        expect(site.stderr()).toMatch(/session from 127\.0\.0\.1 ended: peer read nothing for 4 s/);
+        // Blocked once the answers filled the buffers (well under a second), then one idle period.
+        expect(Date.now() - t0).toBeLessThan(3 * IDLE_MS);
+        // The connection itself is gone: reading again, the peer gets what was sent and then the close.
+        s.channel.socket!.resume();
+        await waitFor(() => s.channel.isClosed, 5000);
+      } finally {
+        s.channel.ws.terminate();
+      }
+      await realPull(site.url);
+    });
+
+    // BUG (src/transport/channel.ts: messages received were queued without a cap): while the session waited on a send,
+    // everything the peer sent piled up in the site's memory (90 MB of 60 KB PINGs: the site grew by 75 MiB). Fix: more
+    // than 256 messages or 8 MiB waiting unread end the session with a LIMIT error.
+    it('a peer that never reads and floods 60 KB messages is cut off at the queue limit; the site does not grow', async () => {
+      const pid = site.child.pid!;
+      const s = await stalled();
+      try {
+        await s.send(Buffer.from([MsgType.PING]));
+        await sleep(800); // the site's PONG now waits behind the unread answers, and so does its next read
+        const before = rssMiB(pid);
+        const pad = Buffer.alloc(60_000);
+        pad[0] = MsgType.PING;
+        const t0 = Date.now();
+        for (let i = 0; i < 1500 && !s.channel.isClosed && Date.now() - t0 < IDLE_MS / 2; i++) {
+          await Promise.race([s.send(pad).catch(() => undefined), sleep(1000)]);
+        }
+        await sleep(500);
+        const growth = rssMiB(pid) - before;
+        expect(growth, `the site grew by ${growth.toFixed(0)} MiB`).toBeLessThan(32);
+        expect(site.stderr()).toMatch(/session from 127\.0\.0\.1 ended: peer sent \d+ messages \(\d+ bytes\) without waiting for answers/);
+      } finally {
+        s.channel.ws.terminate();
+      }
+      expect(site.child.exitCode).toBeNull();
+      await realPull(site.url);
+    });
+  });
+
+  // BUG (src/sync/server.ts followerOf()): every FOLLOW added a 'generation' listener on the company's watcher (and a
+  // 'close' listener on the socket), dropped only once the generation changed or the session closed, and started a
+  // scan: a peer repeating FOLLOW grew the site and kept it scanning, and each stale listener sent its own CHANGED.
+  // Fix: one pending follow per session (a new FOLLOW replaces the previous one), one scan per session and company.
+  it('5000 FOLLOWs with the current root on one session leave one follower: one CHANGED, bounded growth, and a real follower still hears', async () => {
+    const src = path.join(tmp.dir, 'followed', NAME);
+    await makeCompany(src, 1, 5);
+    const site = await startServe(['--secret', keyFile, '--company', `${NAME}=${src}`]);
+    const dest = path.join(tmp.dir, `b${n++}`, NAME);
+    fs.mkdirSync(path.dirname(dest));
+    let follower: ReturnType<typeof spawn> | undefined;
+    const s = await connect(site.url, { secret, peerId: 'repeating' });
+    try {
+      const pid = site.child.pid!;
+      const { rootHash } = await openLayout(s, NAME);
+      const rss0 = rssMiB(pid);
+      // In batches of 100, each followed by a PING whose PONG comes once they were handled (a peer that sends more
+      // than 256 messages without waiting for answers is cut off).
+      for (let b = 0; b < 50; b++) {
+        for (let i = 0; i < 100; i++) await s.sendJson(MsgType.FOLLOW, { company: NAME, have: rootHash });
+        await s.send(Buffer.from([MsgType.PING]));
+        expect((await s.recv(20_000))[0]).toBe(MsgType.PONG);
+      }
+      await sleep(1000); // scans they started, if any, run on
+      // Only a sanity bound: 5000 stale listeners cost a few MiB, within the noise; the count of CHANGED tells them apart.
+      const growth = rssMiB(pid) - rss0;
+      expect(growth, `the site grew by ${growth.toFixed(1)} MiB`).toBeLessThan(24);
+      // A real follower: seeds, then hears of the next generation.
+      follower = spawn(process.execPath, [CLI, 'pull', site.url, NAME, dest, '--secret', keyFile, '--follow', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let out = '';
+      follower.stdout!.on('data', (d) => (out += d));
+      await waitFor(() => out.split('\n').filter(Boolean).length >= 1, 20_000);
+      fs.writeFileSync(path.join(src, 'followed.xml'), '<new/>\n');
+      await waitFor(() => out.split('\n').filter(Boolean).length >= 2, 20_000);
+      expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
+      // The repeating session is told once, not once per FOLLOW.
+      let changed = 0;
+      for (let i = 0; i < 6000; i++) {
+        const m = await s.recv(1500).catch(() => undefined);
+        if (!m) break;
+        if (m[0] === MsgType.CHANGED) changed++;
+      }
+      expect(changed).toBe(1);
+    } finally {
+      s.close();
+      if (follower && follower.exitCode === null) {
+        follower.kill('SIGTERM');
+        await new Promise((r) => follower!.once('exit', r));
+      }
+      await site.stop();
+    }
+  });
+
+  // BUG (src/sync/server.ts answerGet(), likewise answerPatch()): the byte limit was checked after each whole range, so
+  // a GET naming every chunk of a large company was summed to its end before it was refused. Fix: checked per chunk.
+  // Unit level: a fake layout of 1,000,000 chunks of 64 KiB whose reads are counted.
+  it('a GET over the byte limit is refused within the chunks that exceed it, not after its whole range (unit)', async () => {
+    const site = new SnapferryServer({ host: '127.0.0.1', port: 0, secretFor: () => undefined, companies: new Map() });
+    let reads = 0;
+    const len = new Proxy(new Uint32Array(1_000_000).fill(64 << 10), {
+      get: (t, k) => {
+        if (typeof k === 'string' && /^\d+$/.test(k)) reads++;
+        return Reflect.get(t, k);
+      },
+    });
+    const gen = {} as Generation;
+    const fake = { layouts: new WeakMap([[gen, { total: 1_000_000, len } as unknown as Layout]]) };
+    const answerGet = (site as unknown as { answerGet: (...a: unknown[]) => Promise<void> }).answerGet.bind(site);
+    await expect(answerGet(undefined, fake, gen, encodeGet({ reqId: 1, ranges: [[0, 1_000_000]] }))).rejects.toMatchObject({ code: 'SNAPFERRY_E_LIMIT' });
+    expect(reads).toBeLessThanOrEqual(MAX_GET_BYTES / (64 << 10) + 1);
   });
 });
