@@ -134,15 +134,16 @@ function damage(dir: string, run: number): Damage {
   const second = files[1]!;
   // 1. bit rot: a 4 KiB page flipped in the middle of the largest file, size and mtime kept
   const fp = path.join(dir, big);
-  const st = fs.statSync(fp);
-  const offset = Math.floor(st.size / 2 / 4096) * 4096;
+  const st = fs.statSync(fp, { bigint: true });
+  const offset = Math.floor(Number(st.size) / 2 / 4096) * 4096;
   const fd = fs.openSync(fp, 'r+');
   const page = Buffer.alloc(4096);
   fs.readSync(fd, page, 0, 4096, offset);
   for (let i = 0; i < page.length; i++) page[i] = page[i]! ^ 0xff;
   fs.writeSync(fd, page, 0, 4096, offset);
   fs.closeSync(fd);
-  fs.utimesSync(fp, st.atime, st.mtime);
+  // Put back to well within a microsecond (a Date would cut it to the millisecond: verify reports that as a change).
+  fs.utimesSync(fp, Number(st.atimeNs) / 1e9, Number(st.mtimeNs) / 1e9);
   // 2. a large file truncated by 1 KiB
   const tp = path.join(dir, second);
   fs.truncateSync(tp, fs.statSync(tp).size - 1024);

@@ -631,8 +631,8 @@ class PullRun {
    * whole from DIR's version `src`, by a hard link or a copy. Returns what `dst` now holds:
    * - 'link': the hard link to `src` this plan wants;
    * - 'file': a file of this entry only (never a hard link: writing or finishing one would change the file it shares
-   *   its inode with, DIR's own), which the plan goes on from; for a whole file, only one complete and verified (its
-   *   base journaled, or every chunk);
+   *   its inode with, DIR's own) that the journal vouches for, which the plan goes on from; for a whole file, only one
+   *   complete and verified (its base journaled, or every chunk);
    * - 'absent': nothing (whatever was there is removed, and the journal's marks for it cleared).
    */
   private reconcile(ei: number, dst: string, whole?: { src: string; link: boolean }): 'absent' | 'link' | 'file' {
@@ -653,8 +653,12 @@ class PullRun {
     const g0 = this.layout.entryStart[ei]!;
     const g1 = this.layout.entryStart[ei + 1]!;
     if (st.isFile() && st.nlink === 1) {
-      if (!whole) return 'file';
-      if (this.based.has(ei) || (g1 > g0 && this.done.length > 0 && !this.done.subarray(g0, g1).includes(0))) return 'file';
+      const journaled = this.done.length > 0 && g1 > g0;
+      // Only what the journal vouches for: its base (made to the entry's size) or chunks written in place. A file with
+      // no record (a copy cut short before its record, a spare moved in before its base step) may be longer than the
+      // entry, and chunk writes alone would leave its tail.
+      if (!whole && (this.based.has(ei) || this.spareBased.has(ei) || (journaled && this.done.subarray(g0, g1).includes(1)))) return 'file';
+      if (whole && (this.based.has(ei) || (journaled && !this.done.subarray(g0, g1).includes(0)))) return 'file';
     }
     fs.rmSync(dst, { force: true });
     this.based.delete(ei);

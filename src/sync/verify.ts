@@ -113,7 +113,8 @@ export async function verifyDir(dir: string, opts: VerifyOptions = {}): Promise<
         if (e.kind === 'dir') continue;
         if (st.size !== e.size) {
           damaged.push({ path: e.path, problem: st.size < e.size ? 'truncated' : 'grown', expectedSize: e.size, actualSize: st.size });
-        } else if (!opts.deep) {
+        } else {
+          // In deep mode too: the copy promises the mtime, and repair mends only what verify reports.
           const stb = fs.lstatSync(abs, { bigint: true });
           if (!sameMtime(stb.mtimeNs, e.mtimeNs)) damaged.push({ path: e.path, problem: 'mtime-changed' });
         }

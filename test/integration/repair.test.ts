@@ -68,8 +68,9 @@ describe('verify and repair', () => {
     expect(j.intact).toBe(false);
     const by = new Map<string, { problem: string; ranges?: number[][] }[]>();
     for (const d of j.damaged) by.set(d.path, [...(by.get(d.path) ?? []), d]);
-    expect(by.get('Tranmgr.900')![0]!.problem).toBe('content-changed');
-    const [[a, b]] = by.get('Tranmgr.900')![0]!.ranges! as [[number, number]];
+    // The page written in place changed the file's mtime too.
+    expect(by.get('Tranmgr.900')!.map((d) => d.problem).sort()).toEqual(['content-changed', 'mtime-changed']);
+    const [[a, b]] = by.get('Tranmgr.900')!.find((d) => d.problem === 'content-changed')!.ranges! as [[number, number]];
     expect(a).toBeLessThanOrEqual(4096 * 37);
     expect(b).toBeGreaterThanOrEqual(4096 * 38);
     expect(by.get('Company.900')![0]!.problem).toBe('truncated');
@@ -111,6 +112,24 @@ describe('verify and repair', () => {
     expect(fixed.code, fixed.stderr).toBe(0);
     expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
     expect(fs.readdirSync(outside).length).toBeGreaterThan(0); // the link's target was left alone
+  });
+
+  // BUG (src/sync/verify.ts): deep mode checked content and mode but not the mtime, so a file whose mtime alone was
+  // changed (touch) was called intact by `verify --deep`, and repair, which mends what verify reports, left it.
+  it('verify --deep reports an mtime changed alone, and repair puts it back', async () => {
+    const { dest } = await branch();
+    const touched = path.join(dest, 'Journal.log');
+    fs.utimesSync(touched, new Date('2001-01-01T00:00:00Z'), new Date('2001-01-01T00:00:00Z'));
+    for (const args of [[], ['--deep']]) {
+      const v = await runCli(['verify', dest, '--json', ...args]);
+      expect(v.code, `verify ${args.join(' ')}: ${v.stdout}`).toBe(1);
+      expect(JSON.parse(v.stdout).damaged).toEqual([{ path: 'Journal.log', problem: 'mtime-changed' }]);
+    }
+    const r = await runCli(['repair', dest, served.url, 'acme', '--secret', key, '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout).chunksFetched).toBe(0);
+    expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
+    expect((await runCli(['verify', dest, '--deep'])).code).toBe(0);
   });
 
   it('repair fetches only the damaged chunks (<= 2% of the seed) and restores the exact generation', async () => {
