@@ -11,6 +11,13 @@ export function idWords(ids: BigUint64Array): Uint32Array {
   return new Uint32Array(ids.buffer, ids.byteOffset, ids.length * 2);
 }
 
+/**
+ * Per-process random keys of the slot hash: which ids share a slot cannot be known in advance. Ids come from the
+ * site's files, and xxh64 can be inverted for short inputs: a fixed hash would let someone who writes files at the
+ * site make every id land in one slot (the plan then takes quadratic time).
+ */
+const KEYS = globalThis.crypto.getRandomValues(new Uint32Array(2));
+
 /** Maps ids to the first chunk number (index into `ids`) added with that id. */
 export class IdIndex {
   private readonly words: Uint32Array;
@@ -18,6 +25,8 @@ export class IdIndex {
   private readonly slots: Int32Array;
   private readonly mask: number;
   private count = 0;
+  /** Slots looked at by lookups so far (at least one each): how well ids spread. */
+  probes = 0;
 
   /**
    * @param ids the ids chunk numbers refer to
@@ -40,8 +49,12 @@ export class IdIndex {
   /** The slot holding the id (a, b), or the empty slot where it would go. */
   private slotOf(a: number, b: number): number {
     const w = this.words;
-    let s = (Math.imul(a ^ Math.imul(b, 0x9e3779b1), 0x85ebca6b) >>> 0) & this.mask;
+    // Each half keyed and through a full avalanche (murmur3's finalizer, a bijection) before the next is mixed in: the
+    // low bits of a product depend only on the low bits of its factors, and a sum of the two halves' products keeps
+    // only as many varying bits as each has alone.
+    let s = fmix32(fmix32(a ^ KEYS[0]!) ^ b ^ KEYS[1]!) & this.mask;
     for (;;) {
+      this.probes++;
       const v = this.slots[s]!;
       if (v === 0) return s;
       const k = (v - 1) * 2;
@@ -71,4 +84,13 @@ export class IdIndex {
   findIn(words: Uint32Array, k: number): number {
     return this.findWords(words[k * 2]!, words[k * 2 + 1]!);
   }
+}
+
+/** murmur3's 32-bit finalizer: every input bit flips each output bit with probability about 1/2. */
+function fmix32(x: number): number {
+  x ^= x >>> 16;
+  x = Math.imul(x, 0x85ebca6b);
+  x ^= x >>> 13;
+  x = Math.imul(x, 0xc2b2ae35);
+  return x ^ (x >>> 16);
 }

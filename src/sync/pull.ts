@@ -584,7 +584,7 @@ class PullRun {
       }
       // Files are created by the first write, on the workers; only empty ones are made here.
       if (e.size === 0 && absent(dst)) fs.closeSync(fs.openSync(dst, 'w', 0o600));
-      const fromOld = old && e.size > 0 ? new StartChunks(ol!.offset, oldWords, ol!.entryStart[oi!]!, ol!.entryStart[oi! + 1]!) : undefined;
+      const fromOld = old && e.size > 0 ? new StartChunks(ol!.offset, ol!.len, oldWords, ol!.entryStart[oi!]!, ol!.entryStart[oi! + 1]!) : undefined;
       const start = e.size > 0 ? this.startOf(ei, dst, src, fromOld, spareOf, words) : undefined;
       const part = old ? undefined : partial.get(e.path);
       const base = old ? { path: src, size: old.size } : part ? { path: part.abs, size: part.size } : undefined;
@@ -594,7 +594,7 @@ class PullRun {
         const off = L.offset[g]!;
         // What the file starts as, walked alongside (both in offset order): a chunk at the same offset with the same id
         // is already there.
-        if (this.done[g] === 1 || start?.holds(off, words, g)) {
+        if (this.done[g] === 1 || start?.holds(off, L.len[g]!, words, g)) {
           this.stats.reused++;
           this.bytesDone += L.len[g]!;
           continue;
@@ -608,7 +608,8 @@ class PullRun {
           continue;
         }
         const first = fetched.add(g);
-        if (first >= 0) {
+        // A chunk of the same id and another length (a crafted collision) is fetched on its own, not written as a copy.
+        if (first >= 0 && L.len[first] === L.len[g]) {
           this.from[g] = From.DUP;
           this.nextTarget[tail[first]!] = g;
           tail[first] = g;
@@ -1299,6 +1300,7 @@ class StartChunks {
   private k: number;
   constructor(
     private readonly offset: ArrayLike<number>,
+    private readonly lens: ArrayLike<number>,
     private readonly words: Uint32Array,
     private readonly k0: number,
     private readonly k1: number,
@@ -1310,26 +1312,30 @@ class StartChunks {
   static ofEntry(e: Entry): StartChunks {
     const offset = new Float64Array(e.lens!.length);
     for (let i = 1; i < offset.length; i++) offset[i] = offset[i - 1]! + e.lens![i - 1]!;
-    return new StartChunks(offset, idWords(e.ids!), 0, offset.length);
+    return new StartChunks(offset, e.lens!, idWords(e.ids!), 0, offset.length);
   }
 
   /** Bytes of target chunks [g0, g1) that `c` holds in place. */
   static bytesHeld(c: StartChunks, L: Layout, words: Uint32Array, g0: number, g1: number): number {
     let bytes = 0;
-    for (let g = g0; g < g1; g++) if (c.holds(L.offset[g]!, words, g)) bytes += L.len[g]!;
+    for (let g = g0; g < g1; g++) if (c.holds(L.offset[g]!, L.len[g]!, words, g)) bytes += L.len[g]!;
     return bytes;
   }
 
   /** A fresh walk over the same chunks. */
   again(): StartChunks {
-    return new StartChunks(this.offset, this.words, this.k0, this.k1);
+    return new StartChunks(this.offset, this.lens, this.words, this.k0, this.k1);
   }
 
-  /** Whether target chunk g (at `off`, id in `words`) is here at the same offset; calls come in offset order. */
-  holds(off: number, words: Uint32Array, g: number): boolean {
+  /**
+   * Whether target chunk g (at `off`, `len` bytes, id in `words`) is here at the same offset; calls come in offset
+   * order. The length is compared too: two chunks of one id and different lengths (a crafted xxh64 collision) are
+   * not the same bytes.
+   */
+  holds(off: number, len: number, words: Uint32Array, g: number): boolean {
     while (this.k < this.k1 && this.offset[this.k]! < off) this.k++;
     const k = this.k;
-    return k < this.k1 && this.offset[k] === off && this.words[k * 2] === words[g * 2] && this.words[k * 2 + 1] === words[g * 2 + 1];
+    return k < this.k1 && this.offset[k] === off && this.lens[k] === len && this.words[k * 2] === words[g * 2] && this.words[k * 2 + 1] === words[g * 2 + 1];
   }
 }
 

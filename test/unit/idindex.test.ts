@@ -27,6 +27,18 @@ describe('IdIndex', () => {
     expect(idx.size).toBe(seen.size);
   });
 
+  // BUG (slotOf): the slot came from the low bits of products, which depend only on the low bits of the id's two
+  // halves: ids agreeing there (which anyone who writes files at the site can make, xxh64 being invertible for short
+  // inputs) all fell in one slot, and adding n of them took n^2/2 probes.
+  it('spreads ids that agree in the low bits of both halves (probes per lookup stay small)', () => {
+    const n = 20_000;
+    const ids = new BigUint64Array(n);
+    for (let i = 0; i < n; i++) ids[i] = (BigInt(i + 1) << 48n) | (0x1234n << 32n) | (BigInt((i * 7919) & 0xffff) << 16n) | 0x5678n;
+    const idx = new IdIndex(ids, n);
+    for (let g = 0; g < n; g++) expect(idx.add(g)).toBe(-1);
+    expect(idx.probes / n).toBeLessThan(4);
+  });
+
   it('refuses more chunks than its capacity allows', () => {
     const ids = BigUint64Array.from({ length: 40 }, (_, i) => BigInt(i));
     const idx = new IdIndex(ids, 8);
