@@ -132,9 +132,20 @@ export class CompanyScanner {
   /** Root hash of the generation the cache file was saved with (keeps the generation number across restarts). */
   private savedRoot = '';
 
-  /** Forgets what is cached for one file (its bytes did not match what the cache said): it is read again next scan. */
+  /** Files invalidated while a scan runs: that scan may have looked them up in the cache already (see doScan). */
+  private invalidatedMidScan?: Set<string>;
+
+  /** Called by invalidate: the watcher counts it as a change, so that it no longer vouches for the generation. */
+  onInvalidate?: (rel: string) => void;
+
+  /**
+   * Forgets what is cached for one file (its bytes did not match what the cache said, as a STALE read finds after a
+   * write through a shared memory map, which changes no stat): it is read again next scan.
+   */
   invalidate(rel: string): void {
     this.cache.delete(rel);
+    this.invalidatedMidScan?.add(rel);
+    this.onInvalidate?.(rel);
   }
 
   /** The newest generation scanned, if any. */
@@ -171,7 +182,10 @@ export class CompanyScanner {
   scan(opts: ScanOptions = {}): Promise<Generation> {
     this.running ??= this.doScan(opts)
       .catch(siteCannotRead)
-      .finally(() => (this.running = undefined));
+      .finally(() => {
+        this.running = undefined;
+        this.invalidatedMidScan = undefined;
+      });
     return this.running;
   }
 
@@ -190,10 +204,13 @@ export class CompanyScanner {
       return fail(ErrorCodes.IO, `company folder ${this.root} cannot be read: ${(err as Error).message}`);
     }
     if (!rootStat.isDirectory()) fail(ErrorCodes.IO, `company folder ${this.root} is not a directory`);
+    const invalidated = (this.invalidatedMidScan = new Set<string>());
     const listed = await this.walk();
     this.lastBytesRead = 0;
-    const entries: Entry[] = [];
+    let entries: Entry[] = [];
     const nextCache = new Map<string, CachedFile>();
+    /** Files listed by the walk but gone (or no longer regular files) when read: not part of this generation. */
+    const gone = new Set<Entry>();
     const jobs: Array<Promise<void>> = [];
     const inFlightLimit = this.pool.size * 3;
     let inFlight = 0;
@@ -209,7 +226,7 @@ export class CompanyScanner {
       while (inFlight >= inFlightLimit) await new Promise<void>((r) => (wake = r));
       inFlight++;
       jobs.push(
-        this.chunkSmallFiles(batch, started, settleTimeoutMs, nextCache)
+        this.chunkSmallFiles(batch, started, settleTimeoutMs, nextCache, gone)
           .catch((err) => void (firstError ??= err))
           .finally(() => {
             inFlight--;
@@ -218,7 +235,7 @@ export class CompanyScanner {
       );
     };
     for (const item of listed) {
-      const { rel, st } = item;
+      const { rel, st, target } = item;
       const abs = entryPath(this.root, rel);
       const e: Entry = { path: rel, kind: 'file', mode: st.mode, mtimeNs: st.mtimeNs, size: 0 };
       entries.push(e);
@@ -226,7 +243,7 @@ export class CompanyScanner {
         e.kind = 'dir';
       } else if (st.kind === 'symlink') {
         e.kind = 'symlink';
-        e.target = fs.readlinkSync(abs);
+        e.target = target;
       } else {
         e.size = Number(st.size);
         const hit = this.cache.get(rel);
@@ -247,7 +264,7 @@ export class CompanyScanner {
         inFlight++;
         jobs.push(
           this.chunkFile(abs, rel, st, e, started, settleTimeoutMs)
-            .then((c) => void nextCache.set(rel, c))
+            .then((c) => void (c ? nextCache.set(rel, c) : gone.add(e)))
             .catch((err) => void (firstError ??= err))
             .finally(() => {
               inFlight--;
@@ -259,6 +276,9 @@ export class CompanyScanner {
     await flushSmall();
     await Promise.all(jobs);
     if (firstError) throw firstError;
+    if (gone.size > 0) entries = entries.filter((e) => !gone.has(e));
+    // An invalidate that came after this scan took the file from the old cache must outlive the swap below.
+    for (const rel of invalidated) nextCache.delete(rel);
     this.cache = nextCache;
     // Nothing read and every entry as before: the same generation, without checking, encoding and hashing it again
     // (an unchanged company's pull costs the site one walk of the tree).
@@ -291,8 +311,8 @@ export class CompanyScanner {
   }
 
   /** Lists the tree in manifest order, refusing special files, symlinks that leave the tree and names not in UTF-8. */
-  private async walk(): Promise<Array<{ rel: string; st: StatB }>> {
-    const out: Array<{ rel: string; st: StatB }> = [];
+  private async walk(): Promise<Array<{ rel: string; st: StatB; target?: string }>> {
+    const out: Array<{ rel: string; st: StatB; target?: string }> = [];
     const visit = async (relDir: string): Promise<void> => {
       const absDir = relDir ? entryPath(this.root, relDir) : this.root;
       const names = (await fs.promises.readdir(absDir)).sort((a, b) => comparePaths(a, b));
@@ -302,15 +322,16 @@ export class CompanyScanner {
         const rel = relDir ? `${relDir}/${name}` : name;
         const abs = `${absDir}/${name}`;
         let st: StatB;
+        let target: string | undefined;
         try {
           st = lstatCompact(abs);
+          if (st.kind === 'symlink') target = fs.readlinkSync(abs);
         } catch {
           continue; // deleted while we listed: not part of this generation
         }
         if (st.kind === 'dir') {
           subdirs.push(rel);
-        } else if (st.kind === 'symlink') {
-          const target = fs.readlinkSync(abs);
+        } else if (target !== undefined) {
           const resolved = path.resolve(path.dirname(abs), target);
           if (path.isAbsolute(target) || !(resolved === this.root || resolved.startsWith(this.root + path.sep))) {
             fail(ErrorCodes.UNSAFE_TREE, `refused ${rel}: symlink points outside the company folder (${target})`);
@@ -318,7 +339,7 @@ export class CompanyScanner {
         } else if (st.kind !== 'file') {
           fail(ErrorCodes.UNSAFE_TREE, `refused ${rel}: special file (device, socket or FIFO) in the company folder`);
         }
-        out.push({ rel, st });
+        out.push({ rel, st, target });
       }
       for (const rel of subdirs) await visit(rel);
     };
@@ -329,9 +350,9 @@ export class CompanyScanner {
 
   /**
    * Chunks a batch of small files in one job. Each file's stat is checked again afterwards; one that changed while it
-   * was read goes through chunkFile (re-read until it holds still, within the settle budget).
+   * was read goes through chunkFile (re-read until it holds still, within the settle budget), one gone goes in `gone`.
    */
-  private async chunkSmallFiles(batch: SmallFile[], started: number, settleTimeoutMs: number, into: Map<string, CachedFile>): Promise<void> {
+  private async chunkSmallFiles(batch: SmallFile[], started: number, settleTimeoutMs: number, into: Map<string, CachedFile>, gone: Set<Entry>): Promise<void> {
     const r = await this.pool.run<ChunkFilesResult>({
       kind: 'chunkFiles',
       paths: batch.map((f) => f.abs),
@@ -356,15 +377,20 @@ export class CompanyScanner {
         f.e.lens = res.lens;
         f.e.ids = res.ids;
         into.set(f.rel, { size: f.e.size, mtimeNs: f.st.mtimeNs, ctimeNs: f.st.ctimeNs, ino: f.st.ino, lens: res.lens, ids: res.ids });
+      } else if (!after || after.kind !== 'file') {
+        gone.add(f.e); // deleted, renamed away or replaced since the walk listed it: as if gone during the walk
       } else {
-        retry.push(this.chunkFile(f.abs, f.rel, after ?? f.st, f.e, started, settleTimeoutMs).then((c) => void into.set(f.rel, c)));
+        retry.push(this.chunkFile(f.abs, f.rel, after, f.e, started, settleTimeoutMs).then((c) => void (c ? into.set(f.rel, c) : gone.add(f.e))));
       }
     });
     await Promise.all(retry);
   }
 
-  /** Chunks one file, re-reading it while it changes under us, within the settle budget. */
-  private async chunkFile(abs: string, rel: string, st0: StatB, e: Entry, started: number, settleTimeoutMs: number): Promise<CachedFile> {
+  /**
+   * Chunks one file, re-reading it while it changes under us, within the settle budget. Undefined when the file is gone
+   * or no longer a regular file: it is then left out of this generation, like a file deleted during the walk.
+   */
+  private async chunkFile(abs: string, rel: string, st0: StatB, e: Entry, started: number, settleTimeoutMs: number): Promise<CachedFile | undefined> {
     let before = st0;
     for (let attempt = 0; ; attempt++) {
       if (justWritten(before)) {
@@ -375,18 +401,20 @@ export class CompanyScanner {
         try {
           again = lstatCompact(abs);
         } catch {
-          fail(ErrorCodes.UNSTABLE_FILE, `${rel} disappeared while it was read; try again`);
+          return undefined;
         }
+        if (again.kind !== 'file') return undefined;
         before = again;
         attempt--;
         continue;
       }
       const size = Number(before.size);
       let results: ChunkSegmentResult[] | undefined;
+      let readError: unknown;
       try {
         results = await Promise.all(chunkSegmentsOf(this.pool, abs, size, this.params));
       } catch (err) {
-        if (!(err instanceof SnapferryError && err.code === ErrorCodes.UNSTABLE_FILE)) throw err;
+        readError = err;
       }
       let after: StatB | undefined;
       try {
@@ -394,6 +422,10 @@ export class CompanyScanner {
       } catch {
         after = undefined;
       }
+      // Deleted, renamed away or replaced by a folder, FIFO or link since it was listed (ENOENT, ELOOP...): not a failure.
+      if (!after || after.kind !== 'file') return undefined;
+      // A file that is still as it was yet cannot be read (permission, I/O error) fails the scan; a changed one is re-read.
+      if (readError && sameStat(before, after) && !(readError instanceof SnapferryError && readError.code === ErrorCodes.UNSTABLE_FILE)) throw readError;
       if (results && after && sameStat(before, after) && !justWritten(after)) {
         this.lastBytesRead += size;
         const { lens, ids } = joinChunkLists(results);
@@ -404,7 +436,6 @@ export class CompanyScanner {
         e.ids = ids;
         return { size, mtimeNs: before.mtimeNs, ctimeNs: before.ctimeNs, ino: before.ino, lens, ids };
       }
-      if (!after || after.kind !== 'file') fail(ErrorCodes.UNSTABLE_FILE, `${rel} disappeared while it was read; try again`);
       if (Date.now() - started > settleTimeoutMs) {
         fail(ErrorCodes.UNSTABLE_FILE, `${rel} kept changing for ${Math.round(settleTimeoutMs / 1000)} s while it was read; generation delayed, try again when it is idle`);
       }

@@ -11,6 +11,7 @@
  * changes made by other machines raise no event, it never vouches, and every pull scans.
  */
 import fs from 'node:fs';
+import path from 'node:path';
 import { EventEmitter } from 'node:events';
 import type { CompanyScanner, Generation } from './scanner.js';
 
@@ -57,7 +58,10 @@ export class CompanyWatcher extends EventEmitter {
   private lastScanAt = 0;
   /** Root hash of the generation last announced ('generation' event). */
   private announced?: string;
-  /** Counts the changes seen (folder events, new folders, lost watches); cleanSeq is its value when the last scan began. */
+  /**
+   * Counts the changes seen (folder events, new folders, lost watches, STALE reads); cleanSeq is its value when the
+   * last scan began.
+   */
   private eventSeq = 0;
   private cleanSeq = -1;
   private allWatched = false;
@@ -71,9 +75,13 @@ export class CompanyWatcher extends EventEmitter {
 
   private local = false;
 
+  /** A read found a file's bytes no longer those of the scan (scanner.invalidate): the generation is not vouched for. */
+  private readonly onStale = (): void => this.changed();
+
   /** Starts watching. */
   start(): void {
     this.local = localFilesystem(this.scanner.root);
+    this.scanner.onInvalidate = this.onStale;
     this.watchDirs(this.scanner.current);
     // Joins the scan under way (or makes one) so that every folder is watched as soon as it is known.
     void this.scanNow();
@@ -120,10 +128,10 @@ export class CompanyWatcher extends EventEmitter {
     for (const d of dirs) {
       if (this.watchers.has(d)) continue;
       try {
-        const w = fs.watch(d, { persistent: false }, () => this.changed());
+        const w = fs.watch(d, { persistent: false }, (event, name) => this.folderEvent(d, event, name));
         w.on('error', () => {
           w.close();
-          this.watchers.delete(d);
+          if (this.watchers.get(d) === w) this.watchers.delete(d);
           this.allWatched = false;
           this.eventSeq++;
         });
@@ -138,8 +146,32 @@ export class CompanyWatcher extends EventEmitter {
     if (added && g) this.changed();
   }
 
+  /**
+   * An event in watched folder `dir`. A 'rename' naming a watched folder (one in `dir`, or `dir` itself: its own watch
+   * reports its removal or move under its own name) may mean that folder was removed or moved and another made at its
+   * path. The old watch does not cover the new folder (ext4 even reuses the inode number at once), so it is dropped and
+   * the scan this event causes watches the path afresh.
+   */
+  private folderEvent(dir: string, event: string, name: string | null): void {
+    if (event === 'rename' && name) {
+      this.unwatch(`${dir}/${name}`);
+      if (name === path.basename(dir)) this.unwatch(dir);
+    }
+    this.changed();
+  }
+
+  /** Stops watching one folder (watched again by the next watchDirs); nothing is vouched for until then. */
+  private unwatch(dir: string): void {
+    const w = this.watchers.get(dir);
+    if (!w) return;
+    w.close();
+    this.watchers.delete(dir);
+    this.allWatched = false;
+  }
+
   stop(): void {
     this.stopped = true;
+    if (this.scanner.onInvalidate === this.onStale) this.scanner.onInvalidate = undefined;
     for (const w of this.watchers.values()) w.close();
     this.watchers.clear();
     clearTimeout(this.pollTimer);

@@ -260,9 +260,26 @@ class TargetFiles {
   }
 }
 
+/**
+ * Opens a file to read as hashChunks does: not through a link, and never blocking on a FIFO or device put in the
+ * file's place. Returns -1 (nothing left open) when what is at the path now is not a regular file; open errors throw.
+ */
+function openRegular(p: string): number {
+  const fd = fs.openSync(p, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
+  let regular = false;
+  try {
+    regular = fs.fstatSync(fd).isFile();
+  } finally {
+    if (!regular) fs.closeSync(fd);
+  }
+  return regular ? fd : -1;
+}
+
 function chunkSegment(ctx: JobContext, j: ChunkSegmentJob): ChunkSegmentResult {
   const buf = readBuffer(ctx, j.length);
-  const fd = fs.openSync(j.path, 'r');
+  const fd = openRegular(j.path);
+  // A folder or FIFO put in the file's place since it was listed: a change, as the scanner handles changes.
+  if (fd < 0) fail(ErrorCodes.UNSTABLE_FILE, `${j.path} is no longer a regular file`);
   try {
     const n = readExactly(fd, buf, j.offset);
     if (n !== j.length) fail(ErrorCodes.UNSTABLE_FILE, `${j.path} shrank while it was read`);
@@ -307,10 +324,12 @@ function readChunks(ctx: JobContext, j: Omit<ReadPackJob, 'kind'>): Buffer | { s
       let fd = fds.get(pi);
       if (fd === undefined) {
         try {
-          fd = fs.openSync(j.paths[pi]!, 'r');
+          fd = openRegular(j.paths[pi]!);
         } catch {
           return { stale: j.paths[pi]! };
         }
+        // Gone, or no longer a regular file (a folder, FIFO or link put in its place): changed since the scan.
+        if (fd < 0) return { stale: j.paths[pi]! };
         fds.set(pi, fd);
       }
       // Chunks that follow each other in one file are read with one call (a pack is mostly such runs).
@@ -459,7 +478,8 @@ function copyRanges(ctx: JobContext, j: CopyRangesJob): CopyRangesResult {
       let fd = fds.get(si);
       if (fd === undefined) {
         try {
-          fd = fs.openSync(j.srcPaths[si]!, 'r');
+          // A FIFO or device put in a local source's place would block this thread on open: not a source then.
+          fd = openRegular(j.srcPaths[si]!);
         } catch {
           fd = -1;
         }
@@ -515,7 +535,7 @@ export function blockLayout(offset: number, length: number, blockSize: number): 
 /**
  * Reads ranges of files into one buffer (the thread's read buffer: valid until the job returns), one descriptor per
  * file. Each range gets its bytes and the count actually read (short where the file ends early; -1 where it cannot
- * be opened).
+ * be opened or is not a regular file).
  */
 function readRanges(ctx: JobContext, ranges: ReadonlyArray<{ path: string; offset: number; length: number }>): { bytes: Buffer[]; got: number[] } {
   let total = 0;
@@ -532,7 +552,8 @@ function readRanges(ctx: JobContext, ranges: ReadonlyArray<{ path: string; offse
       let fd = fds.get(r.path);
       if (fd === undefined) {
         try {
-          fd = fs.openSync(r.path, 'r');
+          // A folder, FIFO or link in the file's place reads as no file at all (never EISDIR, never a blocked open).
+          fd = openRegular(r.path);
         } catch {
           fd = -1;
         }

@@ -3,12 +3,42 @@
  * appending to Journal.log every few milliseconds) keeps one file from holding still; the site then delays the
  * generation for its settle timeout and reports the file by name. Once the writer stops, the pull completes exactly.
  */
-import { describe, it, expect, afterAll } from 'vitest';
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import fs from 'node:fs';
 import path from 'node:path';
-import { spawn } from 'node:child_process';
-import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff } from '../helpers.js';
+import { spawn, execFileSync } from 'node:child_process';
+import { pathToFileURL } from 'node:url';
+import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, ROOT } from '../helpers.js';
 import { makeCompany } from '../../src/gen/company.js';
+import type { CompanyScanner as Scanner, Generation } from '../../src/scan/scanner.js';
+import type { WorkerPool as Pool } from '../../src/work/pool.js';
+import type * as Layout from '../../src/manifest/layout.js';
+import type { Job, ReadPackResult, MakePatchResult } from '../../src/work/tasks.js';
+
+/** From dist/ (npm test builds first): the pool starts its workers from the built worker.js. */
+const built = async <T>(rel: string): Promise<T> => (await import(pathToFileURL(path.join(ROOT, 'dist', 'src', rel)).href)) as T;
+
+/**
+ * Settles p within ms, or answers 'hung': then opens each FIFO for writing (at most 5 s) until p settles, so that a
+ * worker blocked opening one to read is freed and the pool can close.
+ */
+async function bounded<T>(p: Promise<T>, fifos: string[], ms = 5000): Promise<T | 'hung'> {
+  let done = false;
+  void p.then(() => (done = true), () => (done = true));
+  const r = await Promise.race([p, new Promise<'hung'>((ok) => setTimeout(() => ok('hung'), ms))]);
+  if (r !== 'hung') return r;
+  for (let i = 0; i < 100 && !done; i++) {
+    for (const f of fifos) {
+      try {
+        fs.closeSync(fs.openSync(f, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK));
+      } catch {
+        /* no reader yet (ENXIO) */
+      }
+    }
+    await new Promise((ok) => setTimeout(ok, 50));
+  }
+  return 'hung';
+}
 
 describe('live data at the serving site', () => {
   const tmp = tempDir();
@@ -43,5 +73,104 @@ describe('live data at the serving site', () => {
       writer.kill('SIGKILL');
       await served.stop();
     }
+  });
+});
+
+describe('company files changed under the site between its scan and its reads', () => {
+  const tmp = tempDir();
+  let pool: Pool;
+  let CompanyScanner: typeof Scanner;
+  let layout: typeof Layout;
+  beforeAll(async () => {
+    ({ CompanyScanner } = await built<{ CompanyScanner: typeof Scanner }>('scan/scanner.js'));
+    layout = await built<typeof Layout>('manifest/layout.js');
+    const { WorkerPool } = await built<{ WorkerPool: typeof Pool }>('work/pool.js');
+    pool = new WorkerPool(1);
+  });
+  afterAll(async () => {
+    await pool?.close();
+    tmp.cleanup();
+  });
+
+  /** Runs `change` when the scan hands the workers its first read, i.e. after the walk listed every file. */
+  const scanWith = async (scanner: Scanner, change: () => void, fifos: string[] = []) => {
+    const run = pool.run.bind(pool);
+    let changed = false;
+    pool.run = ((job: Job, ...rest: [boolean?, number?]) => {
+      if ((job.kind === 'chunkFiles' || job.kind === 'chunkSegment') && !changed) {
+        changed = true;
+        change();
+      }
+      return run(job, ...rest);
+    }) as typeof pool.run;
+    try {
+      const r = await bounded(scanner.scan().then((g) => g, (err: Error) => err), fifos);
+      expect(changed).toBe(true);
+      return r;
+    } finally {
+      pool.run = run;
+    }
+  };
+  const pathsOf = (g: Generation | Error | 'hung') => (g instanceof Error || g === 'hung' ? g : g.manifest.entries.map((e) => e.path));
+
+  it('a file deleted, or renamed over another, after the walk listed it is left out of the generation, not a failed scan', async () => {
+    const root = path.join(tmp.dir, 'gone');
+    fs.mkdirSync(root);
+    fs.writeFileSync(path.join(root, 'big.dat'), Buffer.alloc(2 << 20, 7));
+    fs.writeFileSync(path.join(root, 'Company.lck'), 'lock');
+    fs.writeFileSync(path.join(root, 'ledger.dat'), 'old ledger');
+    fs.writeFileSync(path.join(root, 'ledger.tmp'), 'the new ledger');
+    fs.writeFileSync(path.join(root, 'keep.xml'), 'keep');
+    await new Promise((r) => setTimeout(r, 150));
+    const scanner = new CompanyScanner(root, pool);
+    // Before: ENOENT opening the first of them on a worker failed the whole generation (SNAPFERRY_E_IO, not retried).
+    const g = await scanWith(scanner, () => {
+      fs.rmSync(path.join(root, 'big.dat'));
+      fs.rmSync(path.join(root, 'Company.lck'));
+      fs.renameSync(path.join(root, 'ledger.tmp'), path.join(root, 'ledger.dat'));
+    });
+    expect(pathsOf(g)).toEqual(['keep.xml', 'ledger.dat']);
+    const again = await scanner.scan();
+    expect(again.manifest.entries.map((e) => [e.path, e.size])).toEqual([['keep.xml', 4], ['ledger.dat', 14]]);
+  });
+
+  it('a file replaced by a folder or a FIFO is STALE when read and left out of a scan, never an I/O failure or a blocked worker', async () => {
+    const root = path.join(tmp.dir, 'replaced');
+    fs.mkdirSync(root);
+    for (const n of ['a.xml', 'b.xml', 'c.xml']) fs.writeFileSync(path.join(root, n), `file ${n}\n`);
+    await new Promise((r) => setTimeout(r, 150));
+    const scanner = new CompanyScanner(root, pool);
+    const g = await scanner.scan();
+    const fifo = path.join(root, 'b.xml');
+    fs.rmSync(path.join(root, 'a.xml'));
+    fs.mkdirSync(path.join(root, 'a.xml'));
+    fs.rmSync(fifo);
+    execFileSync('mkfifo', [fifo]);
+    fs.rmSync(path.join(root, 'c.xml'));
+    fs.symlinkSync('b.xml', path.join(root, 'c.xml'));
+    const l = layout.layoutOf(g.manifest);
+    for (const [ei, e] of g.manifest.entries.entries()) {
+      const gs = Uint32Array.from({ length: l.total }, (_, i) => i).filter((i) => l.entry[i] === ei);
+      // Before: EISDIR failed the session (SNAPFERRY_E_IO, not retried); the FIFO, directly or through the link, held
+      // the worker in open() for good.
+      const pack = await bounded(pool.run<ReadPackResult>({ kind: 'readPack', ...layout.chunkSources(l, g.absPath, gs), level: 1 }).catch((err: Error) => err), [fifo]);
+      expect(pack, e.path).toEqual({ stale: g.absPath(ei) });
+      const run = { path: g.absPath(ei), offset: 0, lens: l.len.slice(gs[0], gs[0]! + gs.length), ids: l.id.slice(gs[0], gs[0]! + gs.length) };
+      const patch = await bounded(pool.run<MakePatchResult>({ kind: 'makePatch', runs: [{ ...run, sigs: new Uint32Array(1) }], blockSize: 4096, level: 1 }).catch((err: Error) => err), [fifo]);
+      expect(patch, e.path).toEqual({ stale: g.absPath(ei) });
+    }
+    // In a scan, a file that became a FIFO after the walk listed it is a change like any other: left out (the next walk
+    // refuses the FIFO by name), not a worker blocked in open().
+    fs.rmSync(path.join(root, 'a.xml'), { recursive: true });
+    fs.rmSync(path.join(root, 'c.xml'));
+    fs.writeFileSync(path.join(root, 'a.xml'), 'a again\n');
+    fs.rmSync(fifo);
+    fs.writeFileSync(fifo, 'b again\n');
+    await new Promise((r) => setTimeout(r, 150));
+    const later = await scanWith(scanner, () => {
+      fs.rmSync(fifo);
+      execFileSync('mkfifo', [fifo]);
+    }, [fifo]);
+    expect(pathsOf(later)).toEqual(['a.xml']);
   });
 });

@@ -6,10 +6,14 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import fs from 'node:fs';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
+import { spawn, spawnSync } from 'node:child_process';
+import { once } from 'node:events';
 import { tempDir, waitFor, ROOT } from '../helpers.js';
-import type { CompanyScanner as Scanner } from '../../src/scan/scanner.js';
+import type { CompanyScanner as Scanner, Generation } from '../../src/scan/scanner.js';
 import type { CompanyWatcher as Watcher } from '../../src/scan/watch.js';
 import type { WorkerPool as Pool } from '../../src/work/pool.js';
+import type * as Layout from '../../src/manifest/layout.js';
+import type { Job, ReadPackResult } from '../../src/work/tasks.js';
 
 /** From dist/ (npm test builds first): the pool starts its workers from the built worker.js. */
 const built = async <T>(rel: string): Promise<T> => (await import(pathToFileURL(path.join(ROOT, 'dist', 'src', rel)).href)) as T;
@@ -19,8 +23,10 @@ describe('CompanyWatcher.settledGeneration', () => {
   let pool: Pool;
   let CompanyScanner: typeof Scanner;
   let CompanyWatcher: typeof Watcher;
+  let layout: typeof Layout;
   beforeAll(async () => {
     tmp = tempDir();
+    layout = await built<typeof Layout>('manifest/layout.js');
     ({ CompanyScanner } = await built<{ CompanyScanner: typeof Scanner }>('scan/scanner.js'));
     ({ CompanyWatcher } = await built<{ CompanyWatcher: typeof Watcher }>('scan/watch.js'));
     const { WorkerPool } = await built<{ WorkerPool: typeof Pool }>('work/pool.js');
@@ -30,6 +36,24 @@ describe('CompanyWatcher.settledGeneration', () => {
     await pool.close();
     tmp.cleanup();
   });
+
+  /** The generation the watcher vouches for, waited for (bounded). */
+  const settledOf = async (watcher: Watcher): Promise<Generation | undefined> => {
+    let g = await watcher.settledGeneration();
+    for (let i = 0; i < 100 && !g; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      g = await watcher.settledGeneration();
+    }
+    return g;
+  };
+
+  /** Reads every chunk of a generation as a GET does: 'stale' when a file's bytes no longer match it. */
+  const readAll = async (g: Generation): Promise<'ok' | 'stale'> => {
+    const l = layout.layoutOf(g.manifest);
+    const gs = Uint32Array.from({ length: l.total }, (_, i) => i);
+    const r = await pool.run<ReadPackResult>({ kind: 'readPack', ...layout.chunkSources(l, g.absPath, gs), level: 1 });
+    return 'stale' in r ? 'stale' : 'ok';
+  };
 
   it('vouches for the scanned generation only until anything changes, a change in a new folder included', async () => {
     const root = path.join(tmp.dir, 'co');
@@ -73,6 +97,97 @@ describe('CompanyWatcher.settledGeneration', () => {
       await waitFor(() => heard.includes(byPull.rootHash), 10_000);
     } finally {
       watcher.stop();
+    }
+  });
+
+  it('watches a folder again once it is removed or moved away and made anew at its path', async () => {
+    const root = path.join(tmp.dir, 'remade');
+    const d = path.join(root, 'D');
+    fs.mkdirSync(d, { recursive: true });
+    fs.writeFileSync(path.join(d, 'a.xml'), 'a\n');
+    const scanner = new CompanyScanner(root, pool);
+    const watcher = new CompanyWatcher(scanner);
+    watcher.start();
+    try {
+      expect(await settledOf(watcher)).toBeDefined();
+      // rm -rf D; mkdir D (ext4 hands the new D the old inode number), then mv D D.old; mkdir D.
+      const remakes = [() => fs.rmSync(d, { recursive: true }), () => fs.renameSync(d, `${d}.old`)];
+      for (const [k, remake] of remakes.entries()) {
+        remake();
+        fs.mkdirSync(d);
+        await new Promise((r) => setTimeout(r, 200));
+        expect(await settledOf(watcher)).toBeDefined();
+        // The old watch stayed on the removed (or moved) folder: without a new one this write raised no event and the
+        // watcher went on vouching for a generation without the file until its ten-minute scan.
+        fs.writeFileSync(path.join(d, `new${k}.xml`), 'new\n');
+        expect(await watcher.settledGeneration()).toBeUndefined();
+        expect((await settledOf(watcher))?.manifest.entries.map((e) => e.path)).toContain(`D/new${k}.xml`);
+      }
+    } finally {
+      watcher.stop();
+    }
+  });
+
+  it('a STALE read withdraws its word, even one that comes while a scan is under way', async (ctx) => {
+    if (spawnSync('python3', ['-c', 'import mmap'], { stdio: 'ignore' }).status !== 0) return ctx.skip();
+    const root = path.join(tmp.dir, 'mapped');
+    fs.mkdirSync(root);
+    const db = path.join(root, 'db.dat');
+    fs.writeFileSync(db, Buffer.alloc(64 << 10));
+    // An application holding db.dat mapped shared: its first write to a page updates the file's times, later writes to
+    // that (still dirty) page change bytes but no stat at all; only a read of the bytes finds them (STALE).
+    const app = spawn('python3', ['-c', 'import mmap,sys\nf=open(sys.argv[1],"r+b")\nm=mmap.mmap(f.fileno(),0)\nfor l in sys.stdin:\n  k=int(l);m[16*k:16*k+4]=b"W%03d"%k;print(k,flush=True)', db], { stdio: ['pipe', 'pipe', 'inherit'] });
+    const mapWrite = async (k: number) => {
+      app.stdin.write(`${k}\n`);
+      await Promise.race([once(app.stdout, 'data'), new Promise((_, no) => setTimeout(() => no(new Error('mapped write timed out')), 10_000))]);
+    };
+    const statOf = () => {
+      const st = fs.statSync(db, { bigint: true });
+      return [st.size, st.mtimeNs, st.ctimeNs, st.ino];
+    };
+    const scanner = new CompanyScanner(root, pool);
+    const watcher = new CompanyWatcher(scanner);
+    const run = pool.run.bind(pool);
+    try {
+      await mapWrite(0);
+      await new Promise((r) => setTimeout(r, 150));
+      watcher.start();
+      const first = await settledOf(watcher);
+      expect(await readAll(first!)).toBe('ok');
+      const before = statOf();
+      await mapWrite(1);
+      expect(statOf()).toEqual(before);
+      // What the site does on a STALE read (server.ts answerGet): the re-OPEN that follows must scan, not be vouched the
+      // same generation (which answered STALE again, ~25 times, until the puller gave up).
+      expect(await readAll(first!)).toBe('stale');
+      scanner.invalidate('db.dat');
+      expect(await watcher.settledGeneration()).toBeUndefined();
+      const second = await settledOf(watcher);
+      expect(second?.rootHash).not.toBe(first?.rootHash);
+      expect(await readAll(second!)).toBe('ok');
+      // Now the STALE read (and its invalidate) comes while a scan runs, after that scan took db.dat from the cache:
+      // it must outlive the scan's new cache, or every later scan kept the stale chunks.
+      await mapWrite(2);
+      let midScan: string | undefined;
+      pool.run = (async (job: Job, ...rest: [boolean?, number?]) => {
+        if (job.kind === 'chunkFiles' && midScan === undefined) {
+          midScan = 'reading';
+          midScan = await readAll(second!);
+          if (midScan === 'stale') scanner.invalidate('db.dat');
+        }
+        return run(job, ...rest);
+      }) as typeof pool.run;
+      fs.writeFileSync(path.join(root, 'new.xml'), 'new\n');
+      await waitFor(() => midScan === 'stale' || midScan === 'ok', 10_000);
+      expect(midScan).toBe('stale');
+      const third = await settledOf(watcher);
+      expect(third?.manifest.entries.map((e) => e.path)).toContain('new.xml');
+      expect(await readAll(third!)).toBe('ok');
+    } finally {
+      pool.run = run;
+      watcher.stop();
+      app.stdin.end();
+      app.kill();
     }
   });
 });
