@@ -176,8 +176,10 @@ export function fsyncDir(dir: string): void {
   try {
     fd = fs.openSync(dir, 'r');
     fs.fsyncSync(fd);
-  } catch {
-    /* some filesystems refuse fsync on directories; nothing more to do there */
+  } catch (err) {
+    // Some filesystems refuse fsync on directories (EINVAL): nothing more to do there. A failed write-back is another
+    // matter: the renames and creations it should make durable may be lost.
+    if ((err as NodeJS.ErrnoException).code === 'EIO') throw toSnapferryError(err, 'flushing a folder to disk');
   } finally {
     if (fd !== undefined) fs.closeSync(fd);
   }
