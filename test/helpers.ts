@@ -67,42 +67,46 @@ export interface Served {
 }
 
 export function startServe(args: string[], timeoutMs = 30_000, env?: NodeJS.ProcessEnv, wrap: string[] = []): Promise<Served> {
+  // `wrap`: a command that execs the rest (setpriv, to serve without some privileges).
+  const argv = [...wrap.slice(1), process.execPath, CLI, 'serve', '--listen', '127.0.0.1:0', ...args];
+  const child = spawn(wrap[0] ?? argv.shift()!, argv, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+  return servedOnceListening(child, 'serve', timeoutMs);
+}
+
+/** A site child process (stdout and stderr piped), resolved once it prints "listening on ws://…"; stop() ends it. */
+export function servedOnceListening(child: ChildProcess, what: string, timeoutMs = 30_000): Promise<Served> {
   return new Promise((resolve, reject) => {
-    // `wrap`: a command that execs the rest (setpriv, to serve without some privileges).
-    const argv = [...wrap.slice(1), process.execPath, CLI, 'serve', '--listen', '127.0.0.1:0', ...args];
-    const child = spawn(wrap[0] ?? argv.shift()!, argv, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
     let out = '';
     let err = '';
     const timer = setTimeout(() => {
       child.kill('SIGKILL');
-      reject(new Error(`serve did not start: ${err}`));
+      reject(new Error(`${what} did not start: ${err}`));
     }, timeoutMs);
-    child.stderr.on('data', (d) => (err += d));
-    child.stdout.on('data', (d) => {
+    child.stderr!.on('data', (d) => (err += d));
+    child.stdout!.on('data', (d) => {
       out += d;
       const m = /listening on (ws:\/\/\S+)/.exec(out);
-      if (m) {
-        clearTimeout(timer);
-        resolve({
-          url: m[1]!,
-          child,
-          stderr: () => err,
-          stop: () =>
-            new Promise<void>((r) => {
-              if (child.exitCode !== null || child.signalCode !== null) return r();
-              const kill = setTimeout(() => child.kill('SIGKILL'), 5000);
-              child.once('exit', () => {
-                clearTimeout(kill);
-                r();
-              });
-              child.kill('SIGTERM');
-            }),
-        });
-      }
+      if (!m) return;
+      clearTimeout(timer);
+      resolve({
+        url: m[1]!,
+        child,
+        stderr: () => err,
+        stop: () =>
+          new Promise<void>((r) => {
+            if (child.exitCode !== null || child.signalCode !== null) return r();
+            const kill = setTimeout(() => child.kill('SIGKILL'), 5000);
+            child.once('exit', () => {
+              clearTimeout(kill);
+              r();
+            });
+            child.kill('SIGTERM');
+          }),
+      });
     });
     child.on('exit', (code) => {
       clearTimeout(timer);
-      reject(new Error(`serve exited with ${code}: ${err}`));
+      reject(new Error(`${what} exited with ${code}: ${err}`));
     });
   });
 }

@@ -15,7 +15,7 @@ import path from 'node:path';
 import { spawn } from 'node:child_process';
 import { pathToFileURL } from 'node:url';
 import { randomBytes } from 'node:crypto';
-import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, waitFor, Served, ROOT, CLI } from '../helpers.js';
+import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, waitFor, Served, ROOT, CLI, servedOnceListening } from '../helpers.js';
 import { makeCompany } from '../../src/gen/company.js';
 import { ClientHandshake } from '../../src/protocol/handshake.js';
 import { connect, SecureSession } from '../../src/sync/session.js';
@@ -74,40 +74,7 @@ function startSite(dir: string, opts: { secret: Buffer; companies: Array<[string
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, SF_SITE: JSON.stringify({ ...opts, secret: opts.secret.toString('hex') }) },
   });
-  let out = '';
-  let err = '';
-  child.stderr.on('data', (d) => (err += d));
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL');
-      reject(new Error(`site did not start: ${err}`));
-    }, 30_000);
-    child.once('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`site exited with ${code}: ${err}`));
-    });
-    child.stdout.on('data', (d) => {
-      out += d;
-      const m = /listening on (ws:\/\/\S+)/.exec(out);
-      if (!m) return;
-      clearTimeout(timer);
-      resolve({
-        url: m[1]!,
-        child,
-        stderr: () => err,
-        stop: () =>
-          new Promise<void>((r) => {
-            if (child.exitCode !== null || child.signalCode !== null) return r();
-            const kill = setTimeout(() => child.kill('SIGKILL'), 5000);
-            child.once('exit', () => {
-              clearTimeout(kill);
-              r();
-            });
-            child.kill('SIGTERM');
-          }),
-      });
-    });
-  });
+  return servedOnceListening(child, 'site');
 }
 
 /** OPENs the company on an authenticated session and returns the generation's root hash and chunk layout. */
