@@ -13,7 +13,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { IdIndex } from '../manifest/idindex.js';
 import type { Hasher } from '../chunk/hash.js';
-import { isAlive, removeTree } from './state.js';
+import { isAlive, removeTree, diskSpace, diskReserve } from './state.js';
 
 const TEMP_PREFIX = 'snapferry-store-';
 /** A temporary store folder that says nothing of its owner is left alone for this long (made by an older snapferry). */
@@ -76,6 +76,8 @@ export interface CompactResult {
   bytesAfter: number;
   chunksBefore: number;
   chunksAfter: number;
+  /** Set when the compaction was not made: its copy of the live frames would have taken the disk's reserve (bytes). */
+  reserveKept?: number;
 }
 
 /** Writes index record i: the chunk's id, its frame's offset and length in the segment, the frame's xxh32. */
@@ -337,6 +339,13 @@ export class ChunkStore {
     }
     const dead = this.bytes - liveBytes;
     if (dead < liveBytes || dead < COMPACT_MIN_DEAD) return result;
+    // The live frames are copied before anything is deleted: only when the copy leaves the disk its reserve, as the
+    // fill does (else it would write to ENOSPC, taking the space the company's own programs need, at every generation).
+    const space = diskSpace(this.dir);
+    if (space && space.free - liveBytes < diskReserve(space.total)) {
+      result.reserveKept = diskReserve(space.total);
+      return result;
+    }
     // Live frames in segment and offset order, so that neighbours are read with one call.
     const order = new Uint32Array(n).map((_, k) => k).filter((k) => live[k] === 1);
     order.sort((x, y) => this.seg[x]! - this.seg[y]! || this.off[x]! - this.off[y]!);
