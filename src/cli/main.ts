@@ -180,10 +180,13 @@ export function buildProgram(): Commander.Command {
         process.once('SIGINT', () => stop.abort());
         process.once('SIGTERM', () => stop.abort());
         const { follow } = await import('../sync/follow.js');
-        await follow({ ...options, signal: stop.signal }, (r) => {
+        const how = await follow({ ...options, signal: stop.signal }, (r) => {
           progress.end();
           printPull(r, path.resolve(dir), o.json === true);
         });
+        progress.end();
+        // Stopped in the middle of a pull: end now (DIR is the old generation; the next pull resumes from the journal).
+        if (how === 'stopped-in-pull') process.exit(0);
         return;
       }
       const { pull } = await import('../sync/pull.js');

@@ -20,14 +20,34 @@ export interface FollowOptions extends PullOptions {
   maxBackoffMs?: number;
 }
 
+/** Waits ms, or less if the signal aborts (at once if it already has); leaves no listener behind. */
 const sleep = (ms: number, signal?: AbortSignal) =>
   new Promise<void>((resolve) => {
-    const t = setTimeout(resolve, ms);
-    signal?.addEventListener('abort', () => {
+    if (signal?.aborted) return resolve();
+    const onAbort = () => {
       clearTimeout(t);
       resolve();
-    });
+    };
+    const t = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener('abort', onAbort, { once: true });
   });
+
+/**
+ * Errors after which a follower tries again later instead of ending: the link's (retryable ones, a lost connection, a
+ * timeout), a site busy or unable to hold a file still for now (a long posting run), and, once DIR holds a
+ * generation, DIR's lock held by another command (a nightly verify --deep, a repair).
+ */
+function passing(e: SnapferryError, holding: boolean): boolean {
+  if (e.retryable || e.code === ErrorCodes.CONNECTION_LOST || e.code === ErrorCodes.TIMEOUT) return true;
+  if (e.code === ErrorCodes.BUSY || e.code === ErrorCodes.UNSTABLE_FILE) return true;
+  return holding && e.code === ErrorCodes.DIR_LOCKED;
+}
+
+/** How many times in a row a follower that never reached its site tries before it says so and ends. */
+const FIRST_CONTACT_TRIES = 4;
 
 /** Waits until the site holds a generation other than `have`. Resolves false if stopped. */
 async function waitForChange(opts: FollowOptions, have: string): Promise<boolean> {
@@ -35,6 +55,8 @@ async function waitForChange(opts: FollowOptions, have: string): Promise<boolean
   try {
     session = await connect(opts.url, { secret: opts.secret, peerId: opts.peerId ?? os.hostname(), timeoutMs: opts.timeoutMs });
     await session.sendJson(MsgType.FOLLOW, { company: opts.company, have });
+    // A stop asked for while connecting: the abort event has fired already and would not fire again.
+    if (opts.signal?.aborted) return false;
     const s = session;
     const ping = setInterval(() => void s.send(Buffer.from([MsgType.PING])).catch(() => undefined), opts.pingMs ?? 15_000);
     const onAbort = () => s.close('stopped');
@@ -93,10 +115,12 @@ function sparePrep(opts: FollowOptions): { stop: () => Promise<void> } {
 
 /**
  * Pulls, then keeps DIR current until the signal aborts. `onApplied` gets each pull that changed DIR (the first one
- * always). Final errors (authentication, unknown company, hostile data, disk full) end follow; network ones retry.
+ * always). Final errors (authentication, unknown company, hostile data, disk full) end follow; passing ones (see
+ * `passing`) are tried again with capped backoff.
  */
-export async function follow(opts: FollowOptions, onApplied: (r: PullResult) => void): Promise<void> {
+export async function follow(opts: FollowOptions, onApplied: (r: PullResult) => void): Promise<'stopped' | 'stopped-in-pull'> {
   let backoff = 500;
+  let unreachable = 0;
   let have: string | undefined;
   let first = true;
   let prep: { stop: () => Promise<void> } | undefined;
@@ -110,18 +134,26 @@ export async function follow(opts: FollowOptions, onApplied: (r: PullResult) => 
         if (have === undefined || (await waitForChange(opts, have))) {
           await stopPrep();
           if (opts.signal?.aborted) break;
-          const r = await pull(opts);
+          const r = await untilStopped(pull(opts), opts.signal);
+          if (!r) {
+            // The pull goes on in the background until the caller ends the process: as safe as a kill -9 there.
+            opts.log?.('stopped during a pull; the next pull resumes it');
+            return 'stopped-in-pull';
+          }
           if (first || !r.unchanged) onApplied(r);
           first = false;
           have = r.rootHash;
           if (opts.spare !== false) prep = sparePrep(opts);
         }
         backoff = 500;
+        unreachable = 0;
       } catch (err) {
         const e = toSnapferryError(err);
-        if (!e.retryable && e.code !== ErrorCodes.CONNECTION_LOST && e.code !== ErrorCodes.TIMEOUT) throw e;
-        if (have === undefined && first && e.code === ErrorCodes.UNREACHABLE && backoff > (opts.maxBackoffMs ?? 30_000)) throw e;
-        opts.log?.(`${e.message}; reconnecting in ${(backoff / 1000).toFixed(1)} s`);
+        if (!passing(e, have !== undefined)) throw e;
+        // A site never reached at all (a wrong address, most likely) is reported, as a one-shot pull does, after a few
+        // tries (the network may come up a little after the follower).
+        if (have === undefined && e.code === ErrorCodes.UNREACHABLE && ++unreachable >= FIRST_CONTACT_TRIES) throw e;
+        opts.log?.(`${e.message}; trying again in ${(backoff / 1000).toFixed(1)} s`);
         await sleep(backoff, opts.signal);
         backoff = Math.min(opts.maxBackoffMs ?? 30_000, backoff * 2);
       }
@@ -129,4 +161,31 @@ export async function follow(opts: FollowOptions, onApplied: (r: PullResult) => 
   } finally {
     await stopPrep();
   }
+  return 'stopped';
+}
+
+/** The pull's result, or undefined as soon as the signal aborts (a pull takes no signal: it may run for hours). */
+function untilStopped(p: Promise<PullResult>, signal?: AbortSignal): Promise<PullResult | undefined> {
+  if (!signal) return p;
+  if (signal.aborted) {
+    p.catch(() => undefined);
+    return Promise.resolve(undefined);
+  }
+  return new Promise((resolve, reject) => {
+    const onAbort = () => {
+      p.catch(() => undefined);
+      resolve(undefined);
+    };
+    signal.addEventListener('abort', onAbort, { once: true });
+    p.then(
+      (r) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(r);
+      },
+      (err) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(err);
+      },
+    );
+  });
 }
