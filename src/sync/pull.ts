@@ -162,8 +162,11 @@ export async function pull(opts: PullOptions): Promise<PullResult> {
   try {
     recover(paths);
     // Repair may re-establish a lost record, but only for a DIR whose state folder shows snapferry made it.
-    if (opts.adopt) checkDirUsable(paths, true);
-    else if (!opts.repair || !fs.existsSync(paths.appliedManifest)) checkDirUsable(paths);
+    // A repair with a record may find DIR damaged in any way but one: no longer a folder (a file, a link to nothing),
+    // which it must not replace either.
+    if (opts.adopt || (opts.repair && fs.existsSync(paths.appliedManifest))) checkDirUsable(paths, true);
+    else checkDirUsable(paths);
+    checkSameCompany(paths, opts.company);
     for (let attempt = 0; ; attempt++) {
       const run = new PullRun(opts, paths, started);
       try {
@@ -438,8 +441,15 @@ class PullRun {
     return true;
   }
 
+  /** Folders of the applied generation that are not folders in DIR now (made when first needed). */
+  private appliedNonFolders?: Set<string>;
+
   /** Whether a file of the applied generation is still as committed (size, mtime, inode, ctime; in repair, every chunk verified). */
   private trusted(e: Entry, idx: number): boolean {
+    // Under a folder moved away and replaced by a link to it, its files keep their inode and ctime: as committed to
+    // lstat, yet outside DIR (a hard link to one would tie the new generation to a file elsewhere).
+    this.appliedNonFolders ??= nonFolders(this.paths.dir, this.applied!.manifest.entries);
+    if (underAny(this.appliedNonFolders, e.path)) return false;
     if (this.good && e.kind === 'file') {
       const ok = this.good.get(idx);
       if (e.size > 0 && (!ok || ok.includes(0))) return false;
@@ -482,10 +492,12 @@ class PullRun {
       }
       return out;
     }
-    // Every file of DIR at a path of the generation, chunked on the pool (all of them queued at once: both cores work).
+    // Every file of DIR at a path of the generation, chunked on the pool (all of them queued at once: both cores work),
+    // except under what is not a folder in DIR (a link to a folder elsewhere is not DIR's to reuse).
     const files: Array<Promise<void>> = [];
+    const notFolders = nonFolders(this.paths.dir, this.m.entries);
     for (const e of this.m.entries) {
-      if (e.kind !== 'file') continue;
+      if (e.kind !== 'file' || underAny(notFolders, e.path)) continue;
       const abs = entryPath(this.paths.dir, e.path);
       let st: fs.Stats;
       try {
@@ -1287,6 +1299,45 @@ class PullRun {
 
   /** Entries of next/ that are hard links to the old generation. */
   private linked = new Set<number>();
+}
+
+/**
+ * Refuses to put company `company` into a DIR whose record names another: a mistyped name would otherwise replace
+ * one company's copy with another's (the record's own word, before it is checked: a guard, not a proof).
+ */
+function checkSameCompany(paths: StatePaths, company: string): void {
+  let held: unknown;
+  try {
+    held = (JSON.parse(fs.readFileSync(paths.appliedJson, 'utf8')) as { company?: unknown }).company;
+  } catch {
+    return; // no record (a seed, or a record repair re-establishes)
+  }
+  if (typeof held === 'string' && held !== company) {
+    fail(ErrorCodes.DIR_FOREIGN, `${paths.dir} holds company ${JSON.stringify(printable(held).slice(0, 100))}, not ${JSON.stringify(company)}; refusing to replace it (pull ${JSON.stringify(company)} into another folder)`);
+  }
+}
+
+/** The folder entries of `entries` that are not folders under `root` now (missing, or a link, a file...). */
+function nonFolders(root: string, entries: readonly Entry[]): Set<string> {
+  const out = new Set<string>();
+  for (const e of entries) {
+    if (e.kind !== 'dir') continue;
+    let folder = false;
+    try {
+      folder = fs.lstatSync(entryPath(root, e.path)).isDirectory();
+    } catch {
+      folder = false;
+    }
+    if (!folder) out.add(e.path);
+  }
+  return out;
+}
+
+/** Whether `p` lies under one of `folders` (relative paths). */
+function underAny(folders: ReadonlySet<string>, p: string): boolean {
+  if (folders.size === 0) return false;
+  for (let i = p.indexOf('/'); i > 0; i = p.indexOf('/', i + 1)) if (folders.has(p.slice(0, i))) return true;
+  return false;
 }
 
 /** Targets as a job takes them (the entry of each path stays here). */

@@ -132,6 +132,66 @@ describe('verify and repair', () => {
     expect((await runCli(['verify', dest, '--deep'])).code).toBe(0);
   });
 
+  // BUG (src/sync/pull.ts trusted): a file under a folder moved out of DIR and replaced by a link to it keeps its
+  // inode and ctime, so lstat through the link found it "as committed", and the pull hard-linked the new generation's
+  // files to those outside DIR. Produced: mv DIR/masters out; ln -s ../out/masters DIR/masters; pull.
+  it('a folder moved out of DIR and replaced by a link to it is not taken as DIR\'s: its files are copied, not linked', async () => {
+    const { dest } = await branch();
+    const out = path.join(path.dirname(dest), 'out');
+    fs.mkdirSync(out);
+    fs.renameSync(path.join(dest, 'masters'), path.join(out, 'masters'));
+    fs.symlinkSync('../out/masters', path.join(dest, 'masters'));
+    const outside = treeFingerprint(out);
+    const r = await runCli(['pull', served.url, 'acme', dest, '--secret', key, '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(fs.lstatSync(path.join(dest, 'masters')).isDirectory()).toBe(true);
+    expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
+    const g = fs.readdirSync(path.join(dest, 'masters'))[0]!;
+    const f = fs.readdirSync(path.join(dest, 'masters', g))[0]!;
+    expect(fs.statSync(path.join(dest, 'masters', g, f)).ino).not.toBe(fs.statSync(path.join(out, 'masters', g, f)).ino);
+    expect(fs.statSync(path.join(out, 'masters', g, f)).nlink).toBe(1);
+    expect(fingerprintDiff(outside, treeFingerprint(out))).toEqual([]);
+  });
+
+  // BUG (src/sync/pull.ts pull): repair with a record skipped the check that DIR is a folder; a DIR replaced by a file
+  // was swapped aside and the commit then failed on it, leaving an intent every later command failed on.
+  it('repair refuses a DIR that is no longer a folder, and leaves it and the state usable', async () => {
+    const { dest } = await branch();
+    fs.rmSync(dest, { recursive: true });
+    fs.writeFileSync(dest, 'not a folder\n');
+    const r = await runCli(['repair', dest, served.url, 'acme', '--secret', key]);
+    expect(r.code, r.stderr).toBe(73);
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    expect(r.stderr).toMatch(/exists and is not a folder.*SNAPFERRY_E_DIR_FOREIGN/);
+    expect(fs.readFileSync(dest, 'utf8')).toBe('not a folder\n');
+    expect(fs.readdirSync(path.join(path.dirname(dest), '.acme.snapferry'))).not.toContain('commit.json');
+    fs.rmSync(dest);
+    fs.mkdirSync(dest);
+    const again = await runCli(['repair', dest, served.url, 'acme', '--secret', key]);
+    expect(again.code, again.stderr).toBe(0);
+    expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
+  });
+
+  // BUG (src/sync/pull.ts pull): the company asked for was never compared with the one DIR holds: a mistyped name
+  // replaced one company's copy with another's (repair even said "the site had moved on").
+  it('a pull or repair naming another company than DIR holds is refused; DIR stays as it is', async () => {
+    const beta = path.join(tmp.dir, 'beta-src', 'beta');
+    await makeCompany(beta, 2, 77);
+    const two = await startServe(['--secret', key, '--company', `acme=${src}`, '--company', `beta=${beta}`]);
+    try {
+      const { dest } = await branch();
+      const before = treeFingerprint(dest);
+      for (const args of [['pull', two.url, 'beta', dest], ['repair', dest, two.url, 'beta']]) {
+        const r = await runCli([...args, '--secret', key]);
+        expect(r.code, `${args[0]}: ${r.stderr}`).toBe(73);
+        expect(r.stderr).toMatch(/holds company "acme", not "beta".*SNAPFERRY_E_DIR_FOREIGN/);
+      }
+      expect(fingerprintDiff(before, treeFingerprint(dest))).toEqual([]);
+    } finally {
+      await two.stop();
+    }
+  });
+
   it('repair fetches only the damaged chunks (<= 2% of the seed) and restores the exact generation', async () => {
     const { dest, seed } = await branch();
     damage(dest);
