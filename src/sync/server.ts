@@ -6,6 +6,7 @@
  * and the channel's high-water mark.
  */
 import http from 'node:http';
+import net from 'node:net';
 import fs from 'node:fs';
 import path from 'node:path';
 import os from 'node:os';
@@ -57,8 +58,18 @@ export interface ServeOptions {
   level?: number;
   /** Time allowed for a handshake. */
   handshakeTimeoutMs?: number;
-  /** Connections allowed at once; more are refused at the HTTP upgrade. */
+  /**
+   * Authenticated sessions allowed at once (default 256); an upgrade beyond them is refused with 503. Connections that
+   * have not authenticated do not count: they have their own budget, `maxUnauthenticated`.
+   */
   maxConnections?: number;
+  /**
+   * Connections that have not authenticated yet, allowed at once (default 64): TCP connections before their WebSocket
+   * upgrade and WebSockets in their handshake together. When the budget is full, the oldest of them is closed to make
+   * room for a new connection (never the newcomer refused), so peers without the secret can delay a branch's
+   * handshake only by opening connections faster than it completes (milliseconds on a LAN), not by holding them.
+   */
+  maxUnauthenticated?: number;
   /** Close a session that sends nothing for this long. */
   idleTimeoutMs?: number;
   /** Bytes of compressed packs kept for concurrent branches. */
@@ -165,6 +176,13 @@ export class SnapferryServer {
   private wss?: WebSocketServer;
   private readonly companies = new Map<string, Company>();
   private readonly sessions = new Set<Channel>();
+  /** Sessions that completed the handshake: the ones `maxConnections` counts. */
+  private readonly authenticated = new Set<Channel>();
+  /** TCP connections not authenticated yet (before the upgrade or in the handshake), oldest first. */
+  private readonly unauthenticated = new Set<net.Socket>();
+  /** Unauthenticated connections closed for newer ones since that was last logged, and when it was. */
+  private evicted = 0;
+  private evictedLoggedAt = 0;
   private poolInstance?: WorkerPool;
   private readonly cache: PackCache;
   private readonly bucket?: TokenBucket;
@@ -216,8 +234,12 @@ export class SnapferryServer {
       res.writeHead(426, { 'content-type': 'text/plain' }).end('snapferry site: use a snapferry client\n');
     });
     const maxConnections = this.opts.maxConnections ?? 256;
-    // Raw TCP connections count too (a few spare for the 503 answers), so idle sockets cannot pile up to the fd limit.
-    server.maxConnections = maxConnections + 16;
+    const maxUnauthenticated = Math.max(1, this.opts.maxUnauthenticated ?? 64);
+    // Raw TCP connections are capped too, so sockets cannot pile up to the fd limit. Unauthenticated ones never exceed
+    // their budget (the oldest is closed first, below), so only this cap's margin is reached by them, never the cap:
+    // authenticated sessions (at most maxConnections, plus handshakes admitted below the cap that complete once it is
+    // reached, at most one budget), the budget, and a few spare for sessions still closing.
+    server.maxConnections = maxConnections + 2 * maxUnauthenticated + 16;
     // A puller never sends anything large (its biggest message is a GET of 32 KiB): a small cap keeps an
     // unauthenticated peer from making the site buffer megabytes.
     const wss = new WebSocketServer({
@@ -225,22 +247,34 @@ export class SnapferryServer {
       maxPayload: 64 << 10,
       perMessageDeflate: false,
     });
-    server.on('connection', (socket) => {
+    server.on('connection', (socket: net.Socket) => {
       // Until the upgrade, a socket that sends nothing for 10 s is dropped; sessions have their own timeouts.
       socket.setTimeout(10_000, () => socket.destroy());
+      // Budget full: the oldest connection that has not authenticated makes room. Refusing the newcomer instead would
+      // let whoever holds the budget lock every branch out; this way a branch, whose handshake takes milliseconds, is
+      // the newest and is not the one closed.
+      if (this.unauthenticated.size >= maxUnauthenticated) {
+        const oldest = this.unauthenticated.values().next().value as net.Socket;
+        this.unauthenticated.delete(oldest);
+        oldest.destroy();
+        this.noteEvicted(maxUnauthenticated);
+      }
+      this.unauthenticated.add(socket);
+      socket.once('close', () => this.unauthenticated.delete(socket));
     });
     server.on('upgrade', (req, socket, head) => {
-      (socket as import('node:net').Socket).setTimeout(0);
+      (socket as net.Socket).setTimeout(0);
       // First: a peer that resets the connection while we answer it would otherwise crash the site (ECONNRESET).
       socket.on('error', () => socket.destroy());
-      if (this.sessions.size >= maxConnections) {
+      // Only authenticated sessions fill the site; connections in their handshake are bounded by their own budget.
+      if (this.authenticated.size >= maxConnections) {
         // A peer that never closes its side must not keep the socket half-open (the server allows half-open sockets).
         const t = setTimeout(() => socket.destroy(), 2000);
         socket.once('close', () => clearTimeout(t));
         socket.end('HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n\r\n');
         return;
       }
-      wss.handleUpgrade(req, socket, head, (ws) => this.onConnection(ws));
+      wss.handleUpgrade(req, socket, head, (ws) => this.onConnection(ws, socket as net.Socket));
     });
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -340,17 +374,33 @@ export class SnapferryServer {
     return { hits: this.cache.hits, misses: this.cache.misses };
   }
 
-  private onConnection(ws: WebSocket): void {
+  /** Logs closing unauthenticated connections for newer ones: the first at once, then at most once a minute. */
+  private noteEvicted(budget: number): void {
+    this.evicted++;
+    const now = Date.now();
+    if (now - this.evictedLoggedAt < 60_000) return;
+    this.log(`closed ${this.evicted} connection(s) that had not authenticated, the oldest, to make room for newer ones (${budget} at once)`);
+    this.evicted = 0;
+    this.evictedLoggedAt = now;
+  }
+
+  private onConnection(ws: WebSocket, socket: net.Socket): void {
     // A peer that stops reading ends its session after the idle timeout, and one that sends without waiting for
     // answers is cut off: a puller never has more than its 64 requests in flight (GETs of at most 32 KiB) unread.
     const channel = new Channel(ws, { highWater: 4 << 20, drainTimeoutMs: this.opts.idleTimeoutMs ?? 120_000, maxQueuedMessages: 256, maxQueuedBytes: 8 << 20 });
     this.sessions.add(channel);
-    channel.onClose = () => this.sessions.delete(channel);
+    channel.onClose = () => {
+      this.sessions.delete(channel);
+      this.authenticated.delete(channel);
+    };
     const remote = (ws as unknown as { _socket?: { remoteAddress?: string } })._socket?.remoteAddress ?? '?';
     let authenticated = false;
     accept(channel, this.opts.secretFor, this.opts.handshakeTimeoutMs ?? 10_000)
       .then((session) => {
         authenticated = true;
+        // Out of the unauthenticated budget (it cannot be closed for a newcomer any more), into maxConnections.
+        this.unauthenticated.delete(socket);
+        if (!channel.isClosed) this.authenticated.add(channel);
         return this.serveSession(session);
       })
       .catch((err) => {

@@ -431,22 +431,115 @@ describe('hostile clients against a real site', () => {
   // BUG (src/sync/session.ts connect(): every non-101 answer becomes "is not a snapferry site (HTTP n)"
   // [SNAPFERRY_E_PROTOCOL], not retryable): a site at its --max-connections answers 503, and the branch is told the
   // site is not a snapferry site at all. A busy site should read as busy and be retried with backoff.
+  // The cap is held by authenticated sessions: only they count toward --max-connections (connections in their
+  // handshake have their own budget, see 'peers without the secret cannot take a branch's place' below).
   it('a site at its connection cap is reported as busy, not as "not a snapferry site"', async () => {
     const small = await startServe(['--secret', keyFile, '--company', `${NAME}=${company}`, '--max-connections', '2']);
-    const held: RawWs[] = [];
+    const held: SecureSession[] = [];
     try {
-      const p = Number(new URL(small.url).port);
-      for (let i = 0; i < 2; i++) held.push(await RawWs.open(p));
+      for (let i = 0; i < 2; i++) held.push(await connect(small.url, { secret, peerId: `holder-${i}` }));
       const dest = path.join(tmp.dir, `b${n++}`, NAME);
       fs.mkdirSync(path.dirname(dest));
       const r = await runCli(['pull', small.url, NAME, dest, '--secret', keyFile, '--retries', '0']);
       expect(r.code).not.toBe(0);
       expect(r.stderr).not.toMatch(/not a snapferry site/);
       expect(r.stderr).toMatch(/busy|too many/i);
+      expect(errorCodeOf(r.stderr)).toBe('SNAPFERRY_E_BUSY');
     } finally {
-      for (const h of held) h.destroy();
+      for (const h of held) h.close();
       await small.stop();
     }
+  });
+
+  // BUG (src/sync/server.ts start(), 'upgrade' and 'connection'): connections still in their handshake counted toward
+  // --max-connections, and idle TCP connections toward the raw cap (maxConnections + 16), each held up to 10 s. A party
+  // without the secret holding them (re-opened every 10 s) locked every branch out: 503 (SNAPFERRY_E_BUSY) at the
+  // upgrade, or the TCP connection dropped. Fix: only authenticated sessions count toward --max-connections; connections
+  // not authenticated yet have their own budget (maxUnauthenticated), and when it is full the oldest of them is closed
+  // for the newcomer.
+  describe('peers without the secret cannot take a branch\'s place (site: 8 sessions, 4 unauthenticated connections)', () => {
+    const BUDGET = 4;
+    const HELD = 40;
+    let site: Served;
+    let sitePort: number;
+
+    beforeAll(async () => {
+      site = await startSite(tmp.dir, { secret, companies: [[NAME, company]], maxConnections: 8, maxUnauthenticated: BUDGET, watch: false });
+      sitePort = Number(new URL(site.url).port);
+    });
+
+    afterAll(async () => {
+      await site?.stop();
+    });
+
+    /**
+     * The attack: `open` HELD idle connections one after another (ten times the budget, five times the session cap),
+     * then, while a real `snapferry pull --retries 0` runs, one more every 200 ms (the attacker re-opening what the
+     * site closed). The pull must succeed, and well before the site's 10 s handshake timeout would have freed a slot.
+     */
+    async function pullWhileHeld(open: () => Promise<{ closed: () => boolean; destroy: () => void }>): Promise<void> {
+      const held: Array<{ closed: () => boolean; destroy: () => void }> = [];
+      let refusedNewcomers = 0;
+      const openOne = () =>
+        open().then(
+          (c) => void held.push(c),
+          () => void refusedNewcomers++,
+        );
+      try {
+        for (let i = 0; i < HELD; i++) await openOne();
+        await sleep(300);
+        const refusedBefore = refusedNewcomers;
+        const openBefore = held.filter((c) => !c.closed()).length;
+        let pulling = true;
+        const reopen = (async () => {
+          for (let i = 0; i < 300 && pulling; i++) {
+            await openOne();
+            await sleep(200);
+          }
+        })();
+        const dest = path.join(tmp.dir, `b${n++}`, NAME);
+        fs.mkdirSync(path.dirname(dest));
+        const t0 = Date.now();
+        const r = await runCli(['pull', site.url, NAME, dest, '--secret', keyFile, '--retries', '0', '--json'], { timeoutMs: 30_000 });
+        const took = Date.now() - t0;
+        pulling = false;
+        await reopen;
+        expect(r.code, r.stderr).toBe(0);
+        expect(fingerprintDiff(want, treeFingerprint(dest))).toEqual([]);
+        expect(took).toBeLessThan(8000);
+        // No newcomer was refused, and the site kept no more of them than the budget: it closed the oldest.
+        expect(refusedBefore).toBe(0);
+        expect(openBefore).toBeLessThanOrEqual(BUDGET);
+        expect(site.stderr()).toMatch(/closed \d+ connection\(s\) that had not authenticated, the oldest, to make room for newer ones \(4 at once\)/);
+      } finally {
+        for (const c of held) c.destroy();
+      }
+      expect(site.child.exitCode).toBeNull();
+    }
+
+    // Fault: WebSockets that complete the HTTP upgrade and then send nothing of the snapferry handshake (RawWs).
+    it('idle WebSockets in their handshake, ten times the budget, do not keep a branch out', async () => {
+      await pullWhileHeld(async () => {
+        const ws = await RawWs.open(sitePort, 3000);
+        return { closed: () => ws.closedAt !== undefined, destroy: () => ws.destroy() };
+      });
+    });
+
+    // Fault: TCP connections that connect and never send a byte (no HTTP request, so no upgrade).
+    it('idle TCP connections that never send an upgrade, ten times the budget, do not keep a branch out', async () => {
+      await pullWhileHeld(
+        () =>
+          new Promise((resolve, reject) => {
+            const s = net.connect(sitePort, '127.0.0.1');
+            sockets.push(s);
+            let closed = false;
+            s.on('close', () => (closed = true));
+            s.on('error', () => undefined);
+            s.once('connect', () => resolve({ closed: () => closed, destroy: () => s.destroy() }));
+            setTimeout(() => reject(new Error('connect timed out')), 3000);
+          }),
+      );
+    });
   });
 
   // BUG (src/sync/server.ts start(), 'upgrade'): at its connection cap the site wrote its 503 on the raw socket before
