@@ -49,6 +49,15 @@ function faultPoint(point: string): void {
   if (process.env.SNAPFERRY_FAULT_KILL_AT === point) process.kill(process.pid, 'SIGKILL');
 }
 
+
+/** A number given to an option: an integer from min to max (a typo would otherwise become NaN and mean "no limit"). */
+function wholeNumber(text: string, option: string, min: number, max = Number.MAX_SAFE_INTEGER): number {
+  const n = Number(text);
+  if (!/^\s*\d+\s*$/.test(text) || !Number.isSafeInteger(n) || n < min || n > max) {
+    fail(ErrorCodes.USAGE, `${option} takes a whole number from ${min}${max < Number.MAX_SAFE_INTEGER ? ` to ${max}` : ''}, not ${JSON.stringify(text)}`);
+  }
+  return n;
+}
 /** SNAPFERRY_DEBUG: log each phase of a pull with its start time, for profiling. */
 function phaseLogger(next: (p: PullProgress) => void): (p: PullProgress) => void {
   let last = '';
@@ -122,8 +131,8 @@ export function buildProgram(): Commander.Command {
         // A store holds compressed frames: none with --level none; at the operator's level when one is given.
         store: o.store && level !== NO_COMPRESSION,
         storeLevel: level,
-        maxConnections: Number(o.maxConnections),
-        settleTimeoutMs: Number(o.settleTimeout) * 1000,
+        maxConnections: wholeNumber(o.maxConnections, '--max-connections', 1),
+        settleTimeoutMs: wholeNumber(o.settleTimeout, '--settle-timeout', 0) * 1000,
         cacheDir: o.cacheDir ? path.resolve(o.cacheDir) : undefined,
         log: (line) => process.stderr.write(`${new Date().toISOString()} ${line}\n`),
       });
@@ -167,7 +176,7 @@ export function buildProgram(): Commander.Command {
         spare: o.spare,
         adopt: o.adopt === true,
         lockWaitMs: o.wait ? 24 * 3600_000 : 0,
-        retries: Number(o.retries),
+        retries: wholeNumber(o.retries, '--retries', 0, 1000),
         onProgress: process.env.SNAPFERRY_DEBUG ? phaseLogger(progress.update) : progress.update,
         onPoint: faultPoint,
         log: (line) => {
@@ -268,7 +277,7 @@ export function buildProgram(): Commander.Command {
     .option('--keep', 'keep the temporary folder')
     .action(async (o: { size: string; dir?: string; keep?: boolean }) => {
       const { runDemo } = await import('./demo.js');
-      await runDemo({ sizeMiB: Number(o.size), workdir: o.dir, keep: o.keep === true });
+      await runDemo({ sizeMiB: wholeNumber(o.size, '--size', 1), workdir: o.dir, keep: o.keep === true });
     });
 
   program
@@ -298,7 +307,9 @@ export function buildProgram(): Commander.Command {
     .addOption(new Option('--small-files <count>', 'instead, make COUNT small files'))
     .action(async (dir: string, size: string, seed: string, o: { smallFiles?: string }) => {
       const { makeCompany, makeSmallFiles } = await import('../gen/company.js');
-      const r = o.smallFiles ? await makeSmallFiles(dir, Number(o.smallFiles), Number(seed)) : await makeCompany(dir, Number(size), Number(seed));
+      const r = o.smallFiles
+        ? await makeSmallFiles(dir, wholeNumber(o.smallFiles, '--small-files', 1), wholeNumber(seed, 'SEED', 0))
+        : await makeCompany(dir, wholeNumber(size, 'sizeMiB', 1), wholeNumber(seed, 'SEED', 0));
       process.stdout.write(`${JSON.stringify(r)}\n`);
     });
 
@@ -309,7 +320,7 @@ export function buildProgram(): Commander.Command {
     .argument('[seed]', 'seed', '2')
     .action(async (dir: string, seed: string) => {
       const { mutateCompany } = await import('../gen/company.js');
-      const r = await mutateCompany(dir, Number(seed));
+      const r = await mutateCompany(dir, wholeNumber(seed, 'SEED', 0));
       process.stdout.write(`${JSON.stringify({ bytesChanged: r.bytesChanged, deleted: r.deleted.length, added: r.added.length, renamed: r.renamed.length })}\n`);
     });
 

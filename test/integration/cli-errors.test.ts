@@ -40,6 +40,16 @@ describe('CLI: bad secret files and company folders', () => {
 
   const serve = (secret: string, dir = company) => ['serve', '--listen', '127.0.0.1:0', '--secret', secret, '--company', `acme=${dir}`];
 
+  // BUG (src/cli/main.ts): numbers given to options were read with Number(): "--retries abc" became NaN, which no
+  // attempt count reaches (a dropped link retried for ever); --max-connections and --settle-timeout likewise.
+  it('a number option given something else than a whole number', async () => {
+    const dir = path.join(tmp.dir, 'never-made');
+    await expectRefused(['pull', 'ws://127.0.0.1:9', 'acme', dir, '--secret', key, '--retries', 'abc'], 64, /--retries takes a whole number from 0 to 1000, not "abc"/, 'SNAPFERRY_E_USAGE');
+    await expectRefused(['pull', 'ws://127.0.0.1:9', 'acme', dir, '--secret', key, '--retries', '-1'], 64, /--retries takes a whole number/, 'SNAPFERRY_E_USAGE');
+    await expectRefused(['serve', '--listen', '127.0.0.1:0', '--secret', key, '--company', `acme=${company}`, '--max-connections', '0'], 64, /--max-connections takes a whole number from 1/, 'SNAPFERRY_E_USAGE');
+    await expectRefused(['serve', '--listen', '127.0.0.1:0', '--secret', key, '--company', `acme=${company}`, '--settle-timeout', '1e3'], 64, /--settle-timeout takes a whole number/, 'SNAPFERRY_E_USAGE');
+  });
+
   it('a secret file that is missing, a folder, empty or too short', async () => {
     const k = (n: string) => path.join(tmp.dir, n);
     await expectRefused(serve(k('none.key')), 77, /cannot read secret \S*none\.key: no such file or folder/, 'SNAPFERRY_E_SECRET');

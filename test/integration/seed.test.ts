@@ -97,7 +97,7 @@ describe('seed over WebSocket (CLI, two processes)', () => {
     const dest = path.join(tmp.dir, 'unknown', 'nope');
     fs.mkdirSync(path.dirname(dest));
     const r = await runCli(['pull', served.url, 'nope', dest, '--secret', key]);
-    expect(r.code).not.toBe(0);
+    expect(r.code, 'the README gives unknown company and unreachable site 69').toBe(69);
     expect(r.stderr).toMatch(/no company named "nope".*SNAPFERRY_E_UNKNOWN_COMPANY/);
     expect(fs.readdirSync(path.dirname(dest))).toEqual([]);
   });
