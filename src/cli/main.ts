@@ -90,7 +90,11 @@ export function buildProgram(): Commander.Command {
     .description('Seed a company folder to a branch over WebSocket, keep it current with deltas, verify and repair copies.')
     .version('0.1.0')
     .showHelpAfterError(false)
-    .configureOutput({ writeErr: (s) => process.stderr.write(s) })
+    .configureOutput({
+      writeErr: (s) => process.stderr.write(s),
+      // Usage errors in the one-line form of every other failure (commander's own spans two lines with a suggestion).
+      outputError: (s, write) => write(`snapferry: ${s.replace(/^error: /, '').replace(/\s*\n\s*/g, ' ').trim()} [${ErrorCodes.USAGE}]\n`),
+    })
     .exitOverride();
 
   program

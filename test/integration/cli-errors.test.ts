@@ -50,6 +50,13 @@ describe('CLI: bad secret files and company folders', () => {
     await expectRefused(['serve', '--listen', '127.0.0.1:0', '--secret', key, '--company', `acme=${company}`, '--settle-timeout', '1e3'], 64, /--settle-timeout takes a whole number/, 'SNAPFERRY_E_USAGE');
   });
 
+  // BUG (src/cli/main.ts): commander's own usage errors had no "snapferry:" prefix and no code, and an unknown command
+  // took two lines ("error: unknown command" and "(Did you mean verify?)").
+  it('usage errors are one line with SNAPFERRY_E_USAGE: an unknown command, a missing argument', async () => {
+    await expectRefused(['verfy', tmp.dir], 64, /^snapferry: unknown command 'verfy' \(Did you mean verify\?\)/, 'SNAPFERRY_E_USAGE');
+    await expectRefused(['pull', 'ws://127.0.0.1:9', 'acme', '--secret', key], 64, /^snapferry: missing required argument 'dir'/, 'SNAPFERRY_E_USAGE');
+  });
+
   it('a secret file that is missing, a folder, empty or too short', async () => {
     const k = (n: string) => path.join(tmp.dir, n);
     await expectRefused(serve(k('none.key')), 77, /cannot read secret \S*none\.key: no such file or folder/, 'SNAPFERRY_E_SECRET');
