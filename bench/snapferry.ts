@@ -89,10 +89,13 @@ export async function waitIndexed(server: Server, after: number, timeoutMs: numb
  * rsync and the tar pipeline do not flush to disk; neither does snapferry here unless the bench runs with --durable
  * (snapferry's default), so that the tools are compared at the same durability.
  */
-const DURABILITY = process.env.SNAPFERRY_BENCH_DURABLE ? [] : ['--no-fsync'];
+function durability(): string[] {
+  // Read at each call: --durable sets the variable after this module is loaded.
+  return process.env.SNAPFERRY_BENCH_DURABLE ? [] : ['--no-fsync'];
+}
 
 function pullArgs(url: string, name: string, dir: string, secret: string): string[] {
-  return [CLI, 'pull', url, name, dir, '--secret', secret, '--json', ...DURABILITY];
+  return [CLI, 'pull', url, name, dir, '--secret', secret, '--json', ...durability()];
 }
 
 /** A measured pull (or repair): the puller under /usr/bin/time, the server over a /proc window. */
@@ -107,7 +110,7 @@ export async function pull(
   command: 'pull' | 'repair' = 'pull',
 ): Promise<Transfer & { json?: PullJson; unknownCommand?: boolean }> {
   const win = server.window();
-  const args = command === 'pull' ? pullArgs(url, name, dir, secret) : [CLI, 'repair', dir, url, name, '--secret', secret, '--json', ...DURABILITY];
+  const args = command === 'pull' ? pullArgs(url, name, dir, secret) : [CLI, 'repair', dir, url, name, '--secret', secret, '--json', ...durability()];
   const r = await runTimed(process.execPath, args, { ns: link.dstNs, timeoutMs });
   const s = await win.stop(0);
   if (isUnknownCommand(r)) return { ...failed(`snapferry ${command}: unknown command`), unknownCommand: true };
