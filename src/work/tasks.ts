@@ -261,8 +261,7 @@ class TargetFiles {
 }
 
 /**
- * Opens a file to read as hashChunks does: not through a link, and never blocking on a FIFO or device put in the
- * file's place. Returns -1 (nothing left open) when what is at the path now is not a regular file; open errors throw.
+ * Opens a file to read: not through a link, and never blocking on a FIFO or device put in the file's place. Returns -1 (nothing left open) when what is at the path now is not a regular file; open errors throw.
  */
 function openRegular(p: string): number {
   const fd = fs.openSync(p, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
@@ -669,14 +668,13 @@ function hashChunks(ctx: JobContext, j: HashChunksJob): HashChunksResult {
   const ids = new BigUint64Array(j.lens.length);
   let fd: number;
   try {
-    // Not through a link, and never blocking on a FIFO or device put in the file's place: only a regular file is read.
-    fd = fs.openSync(j.path, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
+    fd = openRegular(j.path);
   } catch {
     return { ids, readable: 0 };
   }
+  if (fd < 0) return { ids, readable: 0 };
   let readable = 0;
   try {
-    if (!fs.fstatSync(fd).isFile()) return { ids, readable: 0 };
     let pos = j.offset;
     for (let i = 0; i < j.lens.length; ) {
       let end = i;
