@@ -318,7 +318,7 @@ class PullRun {
     const timeout = this.opts.timeoutMs ?? 60_000;
     // The generation DIR holds is named from its record alone; while the site scans, DIR is checked against the stats
     // of that generation (enough when the site says it is unchanged: the manifest is then never decoded).
-    const have = this.opts.repair ? this.applied?.record.rootHash : appliedRoot(this.paths);
+    const have = this.opts.repair ? this.applied?.record.rootHash : recordSays(this.paths, 'rootHash');
     await s.sendJson(MsgType.OPEN, { company: this.opts.company, have } satisfies OpenMsg);
     const intactRecord = have && !this.opts.repair ? unchangedByStats(this.paths) : undefined;
     this.progress('manifest');
@@ -1306,13 +1306,9 @@ class PullRun {
  * one company's copy with another's (the record's own word, before it is checked: a guard, not a proof).
  */
 function checkSameCompany(paths: StatePaths, company: string): void {
-  let held: unknown;
-  try {
-    held = (JSON.parse(fs.readFileSync(paths.appliedJson, 'utf8')) as { company?: unknown }).company;
-  } catch {
-    return; // no record (a seed, or a record repair re-establishes)
-  }
-  if (typeof held === 'string' && held !== company) {
+  // No record: a seed, or a record repair re-establishes.
+  const held = recordSays(paths, 'company');
+  if (held !== undefined && held !== company) {
     fail(ErrorCodes.DIR_FOREIGN, `${paths.dir} holds company ${JSON.stringify(printable(held).slice(0, 100))}, not ${JSON.stringify(company)}; refusing to replace it (pull ${JSON.stringify(company)} into another folder)`);
   }
 }
@@ -1390,11 +1386,14 @@ class StartChunks {
   }
 }
 
-/** The root hash DIR's record names, if there is a readable record (readApplied checks it against the manifest). */
-function appliedRoot(paths: StatePaths): string | undefined {
+/**
+ * What DIR's record says of `field`, if there is a readable record and the field is a string: its word, unchecked
+ * (readApplied checks the record against the manifest).
+ */
+function recordSays(paths: StatePaths, field: 'rootHash' | 'company'): string | undefined {
   try {
-    const root = (JSON.parse(fs.readFileSync(paths.appliedJson, 'utf8')) as { rootHash?: unknown }).rootHash;
-    return typeof root === 'string' ? root : undefined;
+    const v = (JSON.parse(fs.readFileSync(paths.appliedJson, 'utf8')) as Record<string, unknown>)[field];
+    return typeof v === 'string' ? v : undefined;
   } catch {
     return undefined;
   }
