@@ -89,9 +89,9 @@ export async function verifyDir(dir: string, opts: VerifyOptions = {}): Promise<
           if (e.kind === 'dir') notFolders.add(e.path);
           continue;
         }
-        let st: fs.Stats;
+        let st: fs.BigIntStats;
         try {
-          st = fs.lstatSync(abs);
+          st = fs.lstatSync(abs, { bigint: true });
         } catch {
           damaged.push({ path: e.path, problem: 'missing' });
           if (e.kind === 'dir') notFolders.add(e.path);
@@ -107,16 +107,17 @@ export async function verifyDir(dir: string, opts: VerifyOptions = {}): Promise<
           if (fs.readlinkSync(abs) !== e.target) damaged.push({ path: e.path, problem: 'link-changed' });
           continue;
         }
-        if ((st.mode & 0o7777) !== appliedMode(e.mode)) {
-          damaged.push({ path: e.path, problem: 'mode-changed', expectedMode: appliedMode(e.mode).toString(8), actualMode: (st.mode & 0o7777).toString(8) });
+        const mode = Number(st.mode & 0o7777n);
+        if (mode !== appliedMode(e.mode)) {
+          damaged.push({ path: e.path, problem: 'mode-changed', expectedMode: appliedMode(e.mode).toString(8), actualMode: mode.toString(8) });
         }
         if (e.kind === 'dir') continue;
-        if (st.size !== e.size) {
-          damaged.push({ path: e.path, problem: st.size < e.size ? 'truncated' : 'grown', expectedSize: e.size, actualSize: st.size });
-        } else {
+        const size = Number(st.size);
+        if (size !== e.size) {
+          damaged.push({ path: e.path, problem: size < e.size ? 'truncated' : 'grown', expectedSize: e.size, actualSize: size });
+        } else if (!sameMtime(st.mtimeNs, e.mtimeNs)) {
           // In deep mode too: the copy promises the mtime, and repair mends only what verify reports.
-          const stb = fs.lstatSync(abs, { bigint: true });
-          if (!sameMtime(stb.mtimeNs, e.mtimeNs)) damaged.push({ path: e.path, problem: 'mtime-changed' });
+          damaged.push({ path: e.path, problem: 'mtime-changed' });
         }
         if (runner && e.size > 0) deepJobs.push(checkFile(runner, abs, e, i, opts.segmentBytes ?? 64 << 20, damaged, good).then((n) => void (bytesRead += n)));
       }
