@@ -304,7 +304,6 @@ export class DirLock {
   }
 }
 
-/** Whether a process with this pid runs (one of another user's counts as running). */
 /**
  * Who holds the lock file at `p`: a live process's pid; 'starting' for a file still without a pid (made by a taker
  * that has not written it yet: it is created empty, then written), unless that is older than a few seconds (its maker
@@ -324,6 +323,7 @@ function lockHolder(p: string): number | 'starting' | 'stale' {
   return text === '' && ageMs < 5000 ? 'starting' : 'stale';
 }
 
+/** Whether a process with this pid runs (one of another user's counts as running). */
 export function isAlive(pid: number): boolean {
   if (pid === process.pid) return true;
   try {
@@ -435,7 +435,7 @@ export function unchangedByStats(paths: StatePaths): AppliedRecord | undefined {
  * Commits next/ as DIR's new generation. Order: the new record is written aside (pending.*), commit.json makes the
  * intent durable, then DIR is swapped with next/ by two renames, then the record replaces the old one, the replaced
  * tree becomes the spare generation (with `keepSpare`; store/spare.ts) or is deleted, the inode/ctime record of DIR is
- * written (`recordStats`, else from DIR as it is), and last commit.json goes. A crash at any point before commit.json
+ * written (`recordStats`), and last commit.json goes. A crash at any point before commit.json
  * leaves the old generation; after it, `recover` rolls forward to the new one.
  */
 export function commit(
@@ -443,9 +443,9 @@ export function commit(
   record: AppliedRecord,
   encodedManifest: Uint8Array,
   durable: boolean,
-  onPoint?: (p: string) => void,
-  keepSpare = true,
-  recordStats?: () => void,
+  onPoint: ((p: string) => void) | undefined,
+  keepSpare: boolean,
+  recordStats: () => void,
 ): void {
   if (durable) syncFilesystem(paths.next);
   writeFileDurable(paths.pendingManifest, encodedManifest);
@@ -456,11 +456,7 @@ export function commit(
   rollForward(paths, onPoint, keepSpare);
   // The new generation's inode/ctime record before the intent goes: a crash until then is rolled forward again and
   // the record written by recover(); after it, DIR is only ever trusted by its sizes and mtimes if the record is lost.
-  if (recordStats) recordStats();
-  else {
-    const applied = readApplied(paths);
-    if (applied) writeStats(paths, applied.record.rootHash, applied.manifest);
-  }
+  recordStats();
   clearIntent(paths);
 }
 
