@@ -49,7 +49,6 @@ function faultPoint(point: string): void {
   if (process.env.SNAPFERRY_FAULT_KILL_AT === point) process.kill(process.pid, 'SIGKILL');
 }
 
-
 /** A number given to an option: an integer from min to max (a typo would otherwise become NaN and mean "no limit"). */
 function wholeNumber(text: string, option: string, min: number, max = Number.MAX_SAFE_INTEGER): number {
   const n = Number(text);
@@ -58,6 +57,7 @@ function wholeNumber(text: string, option: string, min: number, max = Number.MAX
   }
   return n;
 }
+
 /** SNAPFERRY_DEBUG: log each phase of a pull with its start time, for profiling. */
 function phaseLogger(next: (p: PullProgress) => void): (p: PullProgress) => void {
   let last = '';
