@@ -1,14 +1,13 @@
 /**
  * Verify a DIR against the generation snapfery last applied to it. Fast mode compares metadata; deep mode reads every
- * byte once (segments hashed on the worker pool, both cores) and checks every chunk id, reporting damaged byte ranges.
+ * byte once (many reads in flight, see FileHasher) and checks every chunk id, reporting damaged byte ranges.
  * The result also tells repair which local chunks are still good.
  */
 import fs from 'node:fs';
 import path from 'node:path';
 import { StatePaths, readApplied, recover, recordAuthentic, DirLock, Applied } from '../store/state.js';
-import { WorkerPool, defaultPoolSize } from '../work/pool.js';
-import { SharedRunner } from '../work/shared.js';
-import type { HashChunksResult } from '../work/tasks.js';
+import { loadHasher } from '../chunk/hash.js';
+import { FileHasher } from './filehash.js';
 import { Entry, comparePaths, appliedMode, entryPath, sameMtime } from '../manifest/manifest.js';
 import { SnapferryError, ErrorCodes } from '../util/errors.js';
 
@@ -44,9 +43,6 @@ export type GoodChunks = Map<number, Uint8Array>;
 export interface VerifyOptions {
   deep?: boolean;
   secret?: Buffer;
-  pool?: WorkerPool;
-  /** Bytes hashed per job (bounded memory). */
-  segmentBytes?: number;
   /** The caller already holds DIR's lock (repair). */
   locked?: boolean;
 }
@@ -70,62 +66,69 @@ export async function verifyDir(dir: string, opts: VerifyOptions = {}): Promise<
     const damaged: Damage[] = [];
     const good: GoodChunks = new Map();
     let bytesRead = 0;
-    // This thread hashes too: one worker fewer than cores, and no wait for them to boot.
-    const ownPool = opts.deep && !opts.pool && defaultPoolSize() > 1 ? new WorkerPool(defaultPoolSize() - 1) : undefined;
-    const runner = opts.deep ? new SharedRunner(await SharedRunner.localContext(), opts.pool ?? ownPool) : undefined;
-    try {
-      const deepJobs: Array<Promise<void>> = [];
-      const entries = applied.manifest.entries;
-      /** Folders that are missing or not folders any more (entries come after their folder). */
-      const notFolders = new Set<string>();
-      for (let i = 0; i < entries.length; i++) {
-        const e = entries[i]!;
-        const abs = entryPath(paths.dir, e.path);
-        const slash = e.path.lastIndexOf('/');
-        // Under a folder that is gone or was replaced (by a link to a copy elsewhere, say) nothing of the tree is left,
-        // however good what the path leads to: lstat would follow the link, and deep mode read outside DIR.
-        if (slash > 0 && notFolders.has(e.path.slice(0, slash))) {
-          damaged.push({ path: e.path, problem: 'missing' });
-          if (e.kind === 'dir') notFolders.add(e.path);
-          continue;
-        }
-        let st: fs.BigIntStats;
-        try {
-          st = fs.lstatSync(abs, { bigint: true });
-        } catch {
-          damaged.push({ path: e.path, problem: 'missing' });
-          if (e.kind === 'dir') notFolders.add(e.path);
-          continue;
-        }
-        const kindOk = e.kind === 'dir' ? st.isDirectory() : e.kind === 'symlink' ? st.isSymbolicLink() : st.isFile();
-        if (!kindOk) {
-          damaged.push({ path: e.path, problem: 'kind-changed' });
-          if (e.kind === 'dir') notFolders.add(e.path);
-          continue;
-        }
-        if (e.kind === 'symlink') {
-          if (fs.readlinkSync(abs) !== e.target) damaged.push({ path: e.path, problem: 'link-changed' });
-          continue;
-        }
-        const mode = Number(st.mode & 0o7777n);
-        if (mode !== appliedMode(e.mode)) {
-          damaged.push({ path: e.path, problem: 'mode-changed', expectedMode: appliedMode(e.mode).toString(8), actualMode: mode.toString(8) });
-        }
-        if (e.kind === 'dir') continue;
-        const size = Number(st.size);
-        if (size !== e.size) {
-          damaged.push({ path: e.path, problem: size < e.size ? 'truncated' : 'grown', expectedSize: e.size, actualSize: size });
-        } else if (!sameMtime(st.mtimeNs, e.mtimeNs)) {
-          // In deep mode too: the copy promises the mtime, and repair mends only what verify reports.
-          damaged.push({ path: e.path, problem: 'mtime-changed' });
-        }
-        if (runner && e.size > 0) deepJobs.push(checkFile(runner, abs, e, i, opts.segmentBytes ?? 64 << 20, damaged, good).then((n) => void (bytesRead += n)));
+    const hasher = opts.deep ? new FileHasher(await loadHasher()) : undefined;
+    const deepJobs: Array<Promise<void>> = [];
+    /** The first read that failed (the walk goes on: a rejection left waiting would end the process). */
+    let readFailure: { err: unknown } | undefined;
+    const entries = applied.manifest.entries;
+    /** Folders that are missing or not folders any more (entries come after their folder). */
+    const notFolders = new Set<string>();
+    for (let i = 0; i < entries.length; i++) {
+      const e = entries[i]!;
+      const abs = entryPath(paths.dir, e.path);
+      const slash = e.path.lastIndexOf('/');
+      // Under a folder that is gone or was replaced (by a link to a copy elsewhere, say) nothing of the tree is left,
+      // however good what the path leads to: lstat would follow the link, and deep mode read outside DIR.
+      if (slash > 0 && notFolders.has(e.path.slice(0, slash))) {
+        damaged.push({ path: e.path, problem: 'missing' });
+        if (e.kind === 'dir') notFolders.add(e.path);
+        continue;
       }
-      await Promise.all(deepJobs);
-      for (const extra of extras(paths.dir, entries)) damaged.push({ path: extra, problem: 'extra' });
-    } finally {
-      await ownPool?.close();
+      let st: fs.BigIntStats;
+      try {
+        st = fs.lstatSync(abs, { bigint: true });
+      } catch {
+        damaged.push({ path: e.path, problem: 'missing' });
+        if (e.kind === 'dir') notFolders.add(e.path);
+        continue;
+      }
+      const kindOk = e.kind === 'dir' ? st.isDirectory() : e.kind === 'symlink' ? st.isSymbolicLink() : st.isFile();
+      if (!kindOk) {
+        damaged.push({ path: e.path, problem: 'kind-changed' });
+        if (e.kind === 'dir') notFolders.add(e.path);
+        continue;
+      }
+      if (e.kind === 'symlink') {
+        if (fs.readlinkSync(abs) !== e.target) damaged.push({ path: e.path, problem: 'link-changed' });
+        continue;
+      }
+      const mode = Number(st.mode & 0o7777n);
+      if (mode !== appliedMode(e.mode)) {
+        damaged.push({ path: e.path, problem: 'mode-changed', expectedMode: appliedMode(e.mode).toString(8), actualMode: mode.toString(8) });
+      }
+      if (e.kind === 'dir') continue;
+      const size = Number(st.size);
+      if (size !== e.size) {
+        damaged.push({ path: e.path, problem: size < e.size ? 'truncated' : 'grown', expectedSize: e.size, actualSize: size });
+      } else if (!sameMtime(st.mtimeNs, e.mtimeNs)) {
+        // In deep mode too: the copy promises the mtime, and repair mends only what verify reports.
+        damaged.push({ path: e.path, problem: 'mtime-changed' });
+      }
+      if (hasher && e.size > 0) {
+        deepJobs.push(
+          checkFile(hasher, abs, e, i, damaged, good).then(
+            (n) => void (bytesRead += n),
+            (err: unknown) => void (readFailure ??= { err }),
+          ),
+        );
+        // The reads just queued start at once; letting their answers in now and then keeps the disk busy while
+        // this walk goes on (on a cold disk each lstat waits for it too).
+        if (deepJobs.length % 16 === 0) await new Promise<void>((resolve) => setImmediate(resolve));
+      }
     }
+    await Promise.all(deepJobs);
+    if (readFailure) throw readFailure.err;
+    for (const extra of extras(paths.dir, entries)) damaged.push({ path: extra, problem: 'extra' });
     damaged.sort((a, b) => comparePaths(a.path, b.path));
     return {
       intact: damaged.length === 0,
@@ -144,27 +147,12 @@ export async function verifyDir(dir: string, opts: VerifyOptions = {}): Promise<
   }
 }
 
-/** Deep-checks one file in bounded segments; records good chunks and damaged ranges. Returns bytes read. */
-async function checkFile(runner: SharedRunner, abs: string, e: Entry, idx: number, segmentBytes: number, damaged: Damage[], good: GoodChunks): Promise<number> {
+/** Deep-checks one file; records good chunks and damaged ranges. Returns bytes read. */
+async function checkFile(hasher: FileHasher, abs: string, e: Entry, idx: number, damaged: Damage[], good: GoodChunks): Promise<number> {
   const lens = e.lens!;
   const ok = new Uint8Array(lens.length);
-  const jobs: Array<Promise<{ first: number; r: HashChunksResult }>> = [];
-  let first = 0;
-  let offset = 0;
-  while (first < lens.length) {
-    let end = first;
-    let bytes = 0;
-    while (end < lens.length && (end === first || bytes + lens[end]! <= segmentBytes)) bytes += lens[end++]!;
-    const f = first;
-    jobs.push(runner.run<HashChunksResult>({ kind: 'hashChunks', path: abs, offset, lens: lens.slice(first, end) }).then((r) => ({ first: f, r })));
-    offset += bytes;
-    first = end;
-  }
-  let read = 0;
-  for (const { first: f, r } of await Promise.all(jobs)) {
-    read += r.readable;
-    for (let k = 0; k < r.ids.length; k++) if (r.ids[k] === e.ids![f + k]) ok[f + k] = 1;
-  }
+  const { ids, readable } = await hasher.hashFile(abs, lens);
+  for (let k = 0; k < ids.length; k++) if (ids[k] === e.ids![k]) ok[k] = 1;
   good.set(idx, ok);
   const ranges: Array<[number, number]> = [];
   let o = 0;
@@ -182,7 +170,7 @@ async function checkFile(runner: SharedRunner, abs: string, e: Entry, idx: numbe
     const d = damaged.find((x) => x.path === e.path && (x.problem === 'truncated' || x.problem === 'grown'))!;
     d.ranges = ranges;
   }
-  return read;
+  return readable;
 }
 
 /** Paths in DIR that the generation does not have. */

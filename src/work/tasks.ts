@@ -13,6 +13,7 @@ import { Compressor, Decompressor, compressBound } from './zstd.js';
 import { fail, ErrorCodes } from '../util/errors.js';
 import { inodeStamp } from '../util/stamp.js';
 import { joinChunkLists } from './segments.js';
+import { openRegular } from '../util/open.js';
 
 /** A level meaning: send as they are (where CPU, not the link, is the bottleneck). */
 export const NO_COMPRESSION = -1000;
@@ -168,19 +169,6 @@ export interface ApplyPatchResult {
   written: number;
 }
 
-/** Hash the chunks of a file (verify --deep). */
-export interface HashChunksJob {
-  kind: 'hashChunks';
-  path: string;
-  offset: number;
-  lens: Uint32Array;
-}
-export interface HashChunksResult {
-  ids: BigUint64Array;
-  /** Bytes actually readable (less than the sum of lens if the file is shorter). */
-  readable: number;
-}
-
 /** Give finished files their final mode and mtime; answer their inode and ctime (for the applied record). */
 export interface FinishFilesJob {
   kind: 'finishFiles';
@@ -193,7 +181,7 @@ export interface FinishFilesResult {
   stats: string[];
 }
 
-export type Job = FinishFilesJob | ChunkFilesJob | ChunkSegmentJob | ReadPackJob | StoreChunksJob | WritePackJob | CopyRangesJob | BlockSigsJob | MakePatchJob | ApplyPatchJob | HashChunksJob;
+export type Job = FinishFilesJob | ChunkFilesJob | ChunkSegmentJob | ReadPackJob | StoreChunksJob | WritePackJob | CopyRangesJob | BlockSigsJob | MakePatchJob | ApplyPatchJob;
 
 /** Per-thread state the jobs reuse. */
 export interface JobContext {
@@ -258,20 +246,6 @@ class TargetFiles {
     for (const fd of this.fds.values()) fs.closeSync(fd);
     this.fds.clear();
   }
-}
-
-/**
- * Opens a file to read: not through a link, and never blocking on a FIFO or device put in the file's place. Returns -1 (nothing left open) when what is at the path now is not a regular file; open errors throw.
- */
-function openRegular(p: string): number {
-  const fd = fs.openSync(p, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
-  let regular = false;
-  try {
-    regular = fs.fstatSync(fd).isFile();
-  } finally {
-    if (!regular) fs.closeSync(fd);
-  }
-  return regular ? fd : -1;
 }
 
 function chunkSegment(ctx: JobContext, j: ChunkSegmentJob): ChunkSegmentResult {
@@ -661,44 +635,6 @@ function applyPatch(ctx: JobContext, j: ApplyPatchJob): ApplyPatchResult {
   return { failed, written };
 }
 
-/** hashChunks reads a range in pieces of about this size through one descriptor, so the kernel's readahead keeps up. */
-const HASH_PIECE_BYTES = 8 << 20;
-
-function hashChunks(ctx: JobContext, j: HashChunksJob): HashChunksResult {
-  const ids = new BigUint64Array(j.lens.length);
-  let fd: number;
-  try {
-    fd = openRegular(j.path);
-  } catch {
-    return { ids, readable: 0 };
-  }
-  if (fd < 0) return { ids, readable: 0 };
-  let readable = 0;
-  try {
-    let pos = j.offset;
-    for (let i = 0; i < j.lens.length; ) {
-      let end = i;
-      let bytes = 0;
-      while (end < j.lens.length && (end === i || bytes + j.lens[end]! <= HASH_PIECE_BYTES)) bytes += j.lens[end++]!;
-      const buf = readBuffer(ctx, bytes);
-      const got = readExactly(fd, buf, pos);
-      let o = 0;
-      for (let k = i; k < end; k++) {
-        const e = o + j.lens[k]!;
-        ids[k] = e <= got ? ctx.hasher.h64(buf.subarray(o, e)) : 0n;
-        o = e;
-      }
-      readable += got;
-      if (got < bytes) break; // the file is shorter: the remaining ids stay 0 (never a chunk id we accept)
-      pos += bytes;
-      i = end;
-    }
-  } finally {
-    fs.closeSync(fd);
-  }
-  return { ids, readable };
-}
-
 function finishFiles(j: FinishFilesJob): FinishFilesResult {
   const stats: string[] = [];
   for (let i = 0; i < j.paths.length; i++) {
@@ -735,7 +671,5 @@ export function runJob(ctx: JobContext, job: Job): unknown {
       return makePatch(ctx, job);
     case 'applyPatch':
       return applyPatch(ctx, job);
-    case 'hashChunks':
-      return hashChunks(ctx, job);
   }
 }

@@ -38,8 +38,7 @@ function jobBytes(job: Job): number {
       return job.runs.reduce((n, r) => n + r.lens.reduce((a, b) => a + b, 0), 0) * 2;
     case 'readPack':
     case 'storeChunks':
-    case 'copyRanges':
-    case 'hashChunks': {
+    case 'copyRanges': {
       let n = 0;
       for (const l of job.lens) n += l;
       return n * 2;

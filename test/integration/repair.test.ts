@@ -4,7 +4,7 @@
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import fs from 'node:fs';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import path from 'node:path';
 import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, Served } from '../helpers.js';
 import { makeCompany, mutateCompany } from '../../src/gen/company.js';
@@ -190,6 +190,25 @@ describe('verify and repair', () => {
     } finally {
       await two.stop();
     }
+  });
+
+  it('verify --deep exits 2 ("could not check") when reading a file fails, and says which', async () => {
+    const { dest } = await branch();
+    // The failing read is produced with a bind mount, in a mount namespace of the verify's own (gone when it ends),
+    // of another process's /proc/PID/mem over Company.900: it opens as a regular file, and a read at offset 0 (an
+    // unmapped address) fails with EIO. Company.900 comes early in the walk, so the failure arrives while it goes on.
+    const sleeper = spawn('sleep', ['60'], { stdio: 'ignore' });
+    try {
+      const target = path.join(dest, 'Company.900');
+      const wrap = ['unshare', '-m', '--propagation', 'private', 'sh', '-c', `mount --bind /proc/${sleeper.pid}/mem '${target}' && exec "$@"`, 'sh'];
+      const r = await runCli(['verify', dest, '--deep'], { wrap });
+      expect(r.stderr).toMatch(/could not check .*: reading .*Company\.900: EIO/);
+      expect(r.stderr.trim().split('\n')).toHaveLength(1);
+      expect(r.code).toBe(2);
+    } finally {
+      sleeper.kill('SIGKILL');
+    }
+    expect((await runCli(['verify', dest, '--deep'])).code).toBe(0); // the mount went with its namespace
   });
 
   it('repair fetches only the damaged chunks (<= 2% of the seed) and restores the exact generation', async () => {

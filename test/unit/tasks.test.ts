@@ -16,7 +16,6 @@ import {
   type CopyRangesResult,
   type MakePatchResult,
   type ApplyPatchResult,
-  type HashChunksResult,
   type WritePackJob,
   type ApplyPatchJob,
 } from '../../src/work/tasks.js';
@@ -821,38 +820,5 @@ describe('blockSigs + makePatch + applyPatch', () => {
     expectWritten(p, run, t, 0);
     // a missing base: every signature is 0
     expect(Array.from(sigsOf(path.join(dir, 'nope')))).toEqual(new Array(8).fill(0));
-  });
-});
-
-// ---------- hashChunks ----------
-
-describe('hashChunks', () => {
-  it('hashes every chunk of an intact file', () => {
-    const data = prng(10_000, 71);
-    const p = writeTmp(data);
-    const r = runJob(ctx, { kind: 'hashChunks', path: p, offset: 1000, lens: Uint32Array.from([3000, 4000, 2000]) }) as HashChunksResult;
-    expect(r.readable).toBe(9000);
-    expect(Array.from(r.ids)).toEqual([
-      ctx.hasher.h64(data.subarray(1000, 4000)),
-      ctx.hasher.h64(data.subarray(4000, 8000)),
-      ctx.hasher.h64(data.subarray(8000, 10_000)),
-    ]);
-  });
-
-  it('on a truncated file: chunks past the end get id 0 and readable tells how far it got', () => {
-    const data = prng(10_000, 72);
-    const p = writeTmp(data.subarray(0, 6500));
-    const r = runJob(ctx, { kind: 'hashChunks', path: p, offset: 1000, lens: Uint32Array.from([3000, 2000, 1000, 500]) }) as HashChunksResult;
-    expect(r.readable).toBe(5500);
-    expect(r.ids[0]).toBe(ctx.hasher.h64(data.subarray(1000, 4000)));
-    expect(r.ids[1]).toBe(ctx.hasher.h64(data.subarray(4000, 6000)));
-    expect(r.ids[2]).toBe(0n); // [6000, 7000) only half there
-    expect(r.ids[3]).toBe(0n);
-  });
-
-  it('on a missing file: readable 0, all ids 0', () => {
-    const r = runJob(ctx, { kind: 'hashChunks', path: path.join(dir, 'missing'), offset: 0, lens: Uint32Array.from([1, 2]) }) as HashChunksResult;
-    expect(r.readable).toBe(0);
-    expect(Array.from(r.ids)).toEqual([0n, 0n]);
   });
 });
