@@ -104,14 +104,14 @@ function removeSegment(dir: string, seg: string): void {
 /** The in-memory index, one slot per stored chunk, column by column. */
 interface SlotArrays {
   ids: BigUint64Array;
-  seg: Uint16Array;
+  seg: Uint32Array;
   off: Uint32Array;
   clen: Uint32Array;
   check: Uint32Array;
 }
 
 function slotArrays(cap: number): SlotArrays {
-  return { ids: new BigUint64Array(cap), seg: new Uint16Array(cap), off: new Uint32Array(cap), clen: new Uint32Array(cap), check: new Uint32Array(cap) };
+  return { ids: new BigUint64Array(cap), seg: new Uint32Array(cap), off: new Uint32Array(cap), clen: new Uint32Array(cap), check: new Uint32Array(cap) };
 }
 
 /** Where one stored chunk's frame is. */
@@ -125,14 +125,19 @@ interface Slot {
 /** A chunk store in one folder (see the module comment). Main thread only. */
 export class ChunkStore {
   private ids = new BigUint64Array(1024);
-  private seg = new Uint16Array(1024);
+  private seg = new Uint32Array(1024);
   private off = new Uint32Array(1024);
   private clen = new Uint32Array(1024);
   private check = new Uint32Array(1024);
   private count = 0;
   private index = new IdIndex(this.ids, 1024);
+  /** Segment names by number ('' for a number retired and free again). */
   private readonly segNames: string[] = [];
   private readonly segNo = new Map<string, number>();
+  /** Numbers of retired segments, given to the next new ones: the numbers in use stay as few as the segments. */
+  private readonly freeSegs: number[] = [];
+  /** Makes the names of compaction's segments unique within a run. */
+  private compactions = 0;
   private readonly handles = new Map<number, Promise<fs.promises.FileHandle>>();
   private idxWrites: Promise<void> = Promise.resolve();
   private closed = false;
@@ -185,7 +190,7 @@ export class ChunkStore {
       }
       // A segment that adds nothing (all its frames held by another: a compaction cut short after its copies were
       // indexed, before the old segments went) is deleted, or its bytes would stay on disk, unseen, forever.
-      if (store.remember(segName, ids.subarray(0, k), offs, clens, checks) === 0) removeSegment(dir, segName);
+      if (store.remember(segName, ids.subarray(0, k), offs, clens, checks) === 0) store.retire(store.numberOf(segName));
     }
     return store;
   }
@@ -218,11 +223,7 @@ export class ChunkStore {
   /** Adds frames to the in-memory index; returns how many were new. */
   private remember(segName: string, ids: BigUint64Array, offsets: Uint32Array, clens: Uint32Array, checks: Uint32Array): number {
     const before = this.count;
-    let s = this.segNo.get(segName);
-    if (s === undefined) {
-      s = this.segNames.push(segName) - 1;
-      this.segNo.set(segName, s);
-    }
+    const s = this.numberOf(segName);
     if (this.count + ids.length > this.ids.length) this.grow(this.count + ids.length);
     for (let i = 0; i < ids.length; i++) {
       const k = this.count;
@@ -357,7 +358,8 @@ export class ChunkStore {
     let out: { name: string; fh: fs.promises.FileHandle; size: number; seg: number; records: Buffer[] } | undefined;
     const abandon = async () => {
       await out?.fh.close().catch(() => undefined);
-      for (const name of this.segNames.filter((x) => x.startsWith(stamp))) removeSegment(this.dir, name);
+      // No slot points into the new segments yet (the switch never happened).
+      for (let s = 0; s < this.segNames.length; s++) if (this.segNames[s]!.startsWith(stamp)) this.retire(s);
       return result;
     };
     const finish = async () => {
@@ -378,11 +380,9 @@ export class ChunkStore {
         if (this.closed) return abandon();
         if (!out || out.size + len > COMPACT_SEGMENT_BYTES) {
           await finish();
-          const name = `${stamp}-${this.segNames.length}.seg`;
+          const name = `${stamp}-${this.compactions++}.seg`;
           const fh = await fs.promises.open(path.join(this.dir, name), 'wx', 0o600);
-          const seg = this.segNames.push(name) - 1;
-          this.segNo.set(name, seg);
-          out = { name, fh, size: 0, seg, records: [] };
+          out = { name, fh, size: 0, seg: this.numberOf(name), records: [] };
         }
         let o = 0;
         for (let j = i; j < end; j++) {
@@ -436,12 +436,32 @@ export class ChunkStore {
     return { ...result, compacted: true, bytesAfter: bytes, chunksAfter: kept };
   }
 
-  /** Deletes segment s and its index; its open handle is closed once reads under way had time to finish. */
+  /** The number of segment `name`, given it on first sight (a retired one's number where one is free). */
+  private numberOf(name: string): number {
+    let s = this.segNo.get(name);
+    if (s === undefined) {
+      s = this.freeSegs.pop();
+      if (s === undefined) s = this.segNames.push(name) - 1;
+      else this.segNames[s] = name;
+      this.segNo.set(name, s);
+    }
+    return s;
+  }
+
+  /**
+   * Deletes segment s and its index, and frees its number (no slot points to it any more). Its open handle is closed
+   * once reads under way had time to finish; reads find their segment's handle or name before they first wait, so a
+   * number given to a new segment meanwhile is never read as the old one.
+   */
   private retire(s: number): void {
-    removeSegment(this.dir, this.segNames[s]!);
+    const name = this.segNames[s]!;
+    removeSegment(this.dir, name);
     const h = this.handles.get(s);
     this.handles.delete(s);
     if (h) setTimeout(() => void h.then((fh) => fh.close()).catch(() => undefined), RETIRE_MS).unref();
+    this.segNo.delete(name);
+    this.segNames[s] = '';
+    this.freeSegs.push(s);
   }
 
   /** Closes the segment files; later reads answer undefined. */
