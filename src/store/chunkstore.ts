@@ -13,30 +13,50 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { IdIndex } from '../manifest/idindex.js';
 import type { Hasher } from '../chunk/hash.js';
-import { isAlive, removeTree, diskSpace, diskReserve } from './state.js';
+import { isAlive, removeTree, diskSpace, diskReserve, fsyncDir } from './state.js';
 
 const TEMP_PREFIX = 'snapferry-store-';
-/** A temporary store folder that says nothing of its owner is left alone for this long (made by an older snapferry). */
-const UNOWNED_GRACE_MS = 24 * 3600_000;
+/**
+ * A temporary store folder whose owner cannot be checked from here is left alone until unmarked this long: one that
+ * says nothing of its owner (made by an older snapferry), or whose owner runs in another PID namespace (a container
+ * sharing /tmp: its pid names another process here, or none).
+ */
+const UNCHECKED_GRACE_MS = 24 * 3600_000;
+/** How often a running site marks its temporary store folder (its owner file's mtime) for such sweepers. */
+const MARK_EVERY_MS = 3600_000;
 
-/** Whether a temporary store folder's owner no longer runs (or, unowned, it is older than the grace period). */
-function staleStore(dir: string): boolean {
-  let owner: number;
+/** This process's PID namespace ('pid:[4026531836]'), or undefined where /proc does not say. */
+function pidNamespace(): string | undefined {
   try {
-    owner = Number.parseInt(fs.readFileSync(path.join(dir, 'owner'), 'utf8'), 10);
+    return fs.readlinkSync('/proc/self/ns/pid');
   } catch {
-    return Date.now() - fs.statSync(dir).mtimeMs > UNOWNED_GRACE_MS;
+    return undefined;
   }
+}
+
+/** Whether a temporary store folder's owner no longer runs (or, not checkable, it was not marked for the grace period). */
+function staleStore(dir: string): boolean {
+  const ownerFile = path.join(dir, 'owner');
+  let words: string[];
+  try {
+    words = fs.readFileSync(ownerFile, 'utf8').trim().split(/\s+/);
+  } catch {
+    return Date.now() - fs.statSync(dir).mtimeMs > UNCHECKED_GRACE_MS;
+  }
+  const owner = Number.parseInt(words[0] ?? '', 10);
+  const ns = words[1];
+  if (ns !== undefined && ns !== pidNamespace()) return Date.now() - fs.statSync(ownerFile).mtimeMs > UNCHECKED_GRACE_MS;
   return !(Number.isInteger(owner) && owner > 0 && isAlive(owner));
 }
 
 /**
- * A temporary folder for the chunk stores of a site run without --cache-dir, marked with the site's pid. A site that
- * stops removes its folder; one that was killed cannot, so each new one first removes the folders whose owner no longer
- * runs (a store takes about a third of its company: killed sites must not fill the disk). Returns the folder and how
- * many stale ones were removed.
+ * A temporary folder for the chunk stores of a site run without --cache-dir, marked with the site's pid and PID
+ * namespace, and marked again every hour for as long as the site runs (call `stop()` when it ends). A site that stops
+ * removes its folder; one that was killed cannot, so each new one first removes the folders whose owner no longer runs
+ * (a store takes about a third of its company: killed sites must not fill the disk). Returns the folder and how many
+ * stale ones were removed.
  */
-export function makeTempStoreFolder(tmp: string): { dir: string; removed: number } {
+export function makeTempStoreFolder(tmp: string): { dir: string; removed: number; stop: () => void } {
   let removed = 0;
   let names: string[] = [];
   try {
@@ -55,8 +75,14 @@ export function makeTempStoreFolder(tmp: string): { dir: string; removed: number
     }
   }
   const dir = fs.mkdtempSync(path.join(tmp, TEMP_PREFIX));
-  fs.writeFileSync(path.join(dir, 'owner'), `${process.pid}\n`);
-  return { dir, removed };
+  const ownerFile = path.join(dir, 'owner');
+  const ns = pidNamespace();
+  fs.writeFileSync(ownerFile, `${process.pid}${ns ? ` ${ns}` : ''}\n`);
+  const mark = setInterval(() => {
+    const now = new Date();
+    fs.promises.utimes(ownerFile, now, now).catch(() => undefined);
+  }, MARK_EVERY_MS).unref();
+  return { dir, removed, stop: () => clearInterval(mark) };
 }
 
 const RECORD = 24;
@@ -93,6 +119,26 @@ function putRecord(rec: Buffer, i: number, id: bigint, offset: number, clen: num
 /** The index file of segment `seg` (`NAME.seg` -> `NAME.idx`). */
 function indexOf(seg: string): string {
   return seg.slice(0, -4) + '.idx';
+}
+
+/**
+ * Appends whole index records to `file`, durably when asked. A write cut short (disk full: the part that fitted stays)
+ * is cut back off, or every record appended after it would be read misaligned after a restart.
+ */
+async function appendRecords(file: string, records: Buffer, durable: boolean): Promise<void> {
+  const fh = await fs.promises.open(file, 'a', 0o600);
+  try {
+    const { size } = await fh.stat();
+    try {
+      await fh.writeFile(records);
+      if (durable) await fh.sync();
+    } catch (err) {
+      await fh.truncate(size).catch(() => undefined);
+      throw err;
+    }
+  } finally {
+    await fh.close();
+  }
 }
 
 /** Deletes segment `seg` of the store in dir, and its index. */
@@ -215,8 +261,8 @@ export class ChunkStore {
     const rec = Buffer.allocUnsafe(ids.length * RECORD);
     for (let i = 0; i < ids.length; i++) putRecord(rec, i, ids[i]!, offsets[i]!, clens[i]!, checks[i]!);
     const file = path.join(this.dir, indexOf(segName));
-    // Appends in order, one at a time; a failure (disk full) only loses the record, never serves a wrong frame.
-    this.idxWrites = this.idxWrites.then(() => fs.promises.appendFile(file, rec, { mode: 0o600 })).catch(() => undefined);
+    // Appends in order, one at a time; a failure (disk full) only loses the records, never serves a wrong frame.
+    this.idxWrites = this.idxWrites.then(() => appendRecords(file, rec, false)).catch(() => undefined);
     return this.idxWrites;
   }
 
@@ -362,11 +408,13 @@ export class ChunkStore {
       for (let s = 0; s < this.segNames.length; s++) if (this.segNames[s]!.startsWith(stamp)) this.retire(s);
       return result;
     };
+    // Durably, frames first and then their index (a crash in between leaves records past the segment's end, which
+    // open() skips): the old segments are deleted once the copies are in, and a power cut must not take both.
     const finish = async () => {
       if (!out) return;
+      await out.fh.sync();
       await out.fh.close();
-      // Frames first, then their index: a crash in between leaves records past the segment's end, which open() skips.
-      await fs.promises.appendFile(path.join(this.dir, indexOf(out.name)), Buffer.concat(out.records), { mode: 0o600 });
+      await appendRecords(path.join(this.dir, indexOf(out.name)), Buffer.concat(out.records), true);
       out = undefined;
     };
     try {
@@ -404,6 +452,7 @@ export class ChunkStore {
         i = end;
       }
       await finish();
+      fsyncDir(this.dir); // the new segments' names
     } catch {
       // No room or no permission for the new segments: the store stays as it was (the new files are removed).
       return abandon();

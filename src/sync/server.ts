@@ -189,6 +189,8 @@ export class SnapferryServer {
   private readonly log: (line: string) => void;
   /** A temporary folder for chunk stores when no cache folder is given; removed by close(). */
   private storeTmp?: string;
+  /** Stops marking storeTmp as in use (see makeTempStoreFolder). */
+  private stopMarkingStoreTmp?: () => void;
   /** The URL the site listens on, once started. */
   url = '';
 
@@ -310,6 +312,7 @@ export class SnapferryServer {
     this.http?.closeAllConnections?.();
     await this.poolInstance?.close();
     await Promise.all([...this.companies.values()].map((c) => c.store?.close()));
+    this.stopMarkingStoreTmp?.();
     if (this.storeTmp) fs.rmSync(this.storeTmp, { recursive: true, force: true });
   }
 
@@ -327,6 +330,7 @@ export class SnapferryServer {
           if (!this.storeTmp) {
             const t = makeTempStoreFolder(os.tmpdir());
             this.storeTmp = t.dir;
+            this.stopMarkingStoreTmp = t.stop;
             if (t.removed > 0) this.log(`removed ${t.removed} chunk store folder(s) left in ${os.tmpdir()} by sites that were killed`);
           }
           dir = path.join(this.storeTmp, c.name);

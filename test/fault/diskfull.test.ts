@@ -13,6 +13,9 @@ import path from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
 import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, Served, CLI, CliResult, waitFor } from '../helpers.js';
 import { makeCompany } from '../../src/gen/company.js';
+import { ChunkStore } from '../../src/store/chunkstore.js';
+import { idWords } from '../../src/manifest/idindex.js';
+import { loadHasher } from '../../src/chunk/hash.js';
 import { errorCodeOf, errorLines, sleep } from './netfault.js';
 
 const MiB = 1 << 20;
@@ -288,6 +291,44 @@ describe.skipIf(skipReason !== undefined)('disk full while pulling (real tmpfs)'
   // did not look at the free space: on a disk already short of room it wrote into the reserve the fill keeps (to
   // ENOSPC when short enough), at every generation. Produced: a store filled, its disk then filled up to just over the
   // reserve by another file, and most of the company deleted (dead frames outweigh the live ones: compaction is due).
+  it("an index record cut short by a full disk is cut back off: the records after it read right after a restart", async () => {
+    // Produced with 170 records (4,080 bytes) in one index on a tmpfs, then the tmpfs filled: the 171st record's first
+    // 16 bytes fit in the index's page and the rest fail with ENOSPC. Before, those 16 bytes stayed, and the next
+    // record, appended once space was freed, was read misaligned after a restart (its chunk lost, garbage in its place).
+    const m = mount('idx', '1m');
+    const dir = path.join(m, 'store');
+    const h = await loadHasher();
+    const store = ChunkStore.open(dir, h);
+    const seg = Buffer.alloc(8192);
+    for (let i = 0; i < seg.length; i++) seg[i] = (i * 7 + 3) & 0xff;
+    fs.writeFileSync(path.join(dir, 's.seg'), seg);
+    const frame = (o: number, n: number) => ({ o, n, check: h.h32(seg.subarray(o, o + n)) });
+    const record = (id: bigint, f: { o: number; n: number; check: number }) =>
+      store.add('s.seg', BigUint64Array.of(id), Uint32Array.of(f.o), Uint32Array.of(f.n), Uint32Array.of(f.check));
+    const early = frame(0, 100);
+    for (let i = 0; i < 170; i++) await record(BigInt(1000 + i), early);
+    expect(fs.statSync(path.join(dir, 's.idx')).size).toBe(4080);
+    const filler = path.join(m, 'filler');
+    const fd = fs.openSync(filler, 'w');
+    try {
+      for (let k = 0; k < 1024; k++) fs.writeSync(fd, Buffer.alloc(4096)); // bounded: 4 MiB is more than the tmpfs holds
+    } catch (err) {
+      expect((err as NodeJS.ErrnoException).code).toBe('ENOSPC');
+    } finally {
+      fs.closeSync(fd);
+    }
+    await record(5n, frame(100, 50)); // torn by ENOSPC: lost, as records may be
+    fs.rmSync(filler);
+    const late = frame(200, 300);
+    await record(6n, late);
+    expect(fs.statSync(path.join(dir, 's.idx')).size).toBe(171 * 24);
+    await store.close();
+    const reopened = ChunkStore.open(dir, h);
+    expect(reopened.size).toBe(171);
+    expect(await reopened.readFrames(idWords(BigUint64Array.of(6n)), [[0, 1]])).toEqual(seg.subarray(200, 500));
+    await reopened.close();
+  });
+
   it("the site's chunk store does not compact into its disk's reserve", async () => {
     const m = mount('s2', '16m');
     const co = path.join(tmp.dir, 'shrinking', 'acme');

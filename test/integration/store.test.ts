@@ -153,24 +153,35 @@ describe('chunk store at the site', () => {
   it('without --cache-dir the store lives in a temp folder the site removes when it stops; a killed site\'s is removed by the next site', async () => {
     const tmpRoot = path.join(tmp.dir, 'tmpdir');
     fs.mkdirSync(tmpRoot);
-    const folder = (name: string, owner?: number) => {
+    const folder = (name: string, owner?: string, markedHoursAgo = 0) => {
       const d = path.join(tmpRoot, `snapferry-store-${name}`);
       fs.mkdirSync(d);
-      if (owner !== undefined) fs.writeFileSync(path.join(d, 'owner'), `${owner}\n`);
+      if (owner !== undefined) {
+        fs.writeFileSync(path.join(d, 'owner'), `${owner}\n`);
+        const t = new Date(Date.now() - markedHoursAgo * 3600_000);
+        fs.utimesSync(path.join(d, 'owner'), t, t);
+      }
       return d;
     };
-    // Owned by a process that has exited, by one that runs (this test's), and by nobody (an older snapferry's).
-    const dead = folder('dead', spawnSync(process.execPath, ['-e', '0']).pid);
-    const live = folder('live', process.pid);
+    const ourNs = fs.readlinkSync('/proc/self/ns/pid');
+    const exited = spawnSync(process.execPath, ['-e', '0']).pid;
+    // Owned by a process that has exited, by one that runs (this test's), and by nobody (an older snapferry's); and by
+    // sites in another PID namespace (a container sharing /tmp, where that pid means another process or none): one
+    // marked lately (it runs), one not marked for 25 hours (gone). Before, the pid alone decided: the first was removed.
+    const dead = folder('dead', `${exited} ${ourNs}`);
+    const live = folder('live', String(process.pid));
     const unowned = folder('unowned');
-    const own = () => fs.readdirSync(tmpRoot).filter((n) => ![dead, live, unowned].map((d) => path.basename(d)).includes(n));
+    const foreignLive = folder('foreign-live', `${exited} pid:[1]`);
+    const foreignGone = folder('foreign-gone', `${exited} pid:[1]`, 25);
+    const fixtures = [dead, live, unowned, foreignLive, foreignGone].map((d) => path.basename(d));
+    const own = () => fs.readdirSync(tmpRoot).filter((n) => !fixtures.includes(n));
     const env = { TMPDIR: tmpRoot };
     const first = await startServe(['--secret', key, '--company', `acme=${company}`], 30_000, env);
     await waitFor(() => /stored acme/.test(first.stderr()), 30_000);
-    expect(first.stderr()).toMatch(/removed 1 chunk store folder/);
-    expect([fs.existsSync(dead), fs.existsSync(live), fs.existsSync(unowned)]).toEqual([false, true, true]);
+    expect(first.stderr()).toMatch(/removed 2 chunk store folder/);
+    expect([dead, live, unowned, foreignLive, foreignGone].map((d) => fs.existsSync(d))).toEqual([false, true, true, true, false]);
     expect(own()).toHaveLength(1);
-    expect(fs.readFileSync(path.join(tmpRoot, own()[0]!, 'owner'), 'utf8').trim()).toBe(String(first.child.pid));
+    expect(fs.readFileSync(path.join(tmpRoot, own()[0]!, 'owner'), 'utf8').trim()).toBe(`${first.child.pid} ${ourNs}`);
     // kill -9: the folder stays behind, and the next site removes it.
     first.child.kill('SIGKILL');
     await new Promise((r) => first.child.once('exit', r));
@@ -180,6 +191,6 @@ describe('chunk store at the site', () => {
     expect(own()).toHaveLength(1);
     await second.stop();
     expect(own()).toHaveLength(0);
-    expect([fs.existsSync(live), fs.existsSync(unowned)]).toEqual([true, true]);
+    expect([live, unowned, foreignLive].map((d) => fs.existsSync(d))).toEqual([true, true, true]);
   });
 });
