@@ -52,6 +52,7 @@ import { BaseCopies, BaseStep } from './basecopies.js';
 import type { GoodChunks } from './verify.js';
 import { chunkSegmentsOf } from '../work/segments.js';
 import { SnapferryError, ErrorCodes, fail, toSnapferryError } from '../util/errors.js';
+import { ByteGate } from '../util/bytegate.js';
 import { TokenBucket } from '../util/rate.js';
 import { noteGarbage } from '../util/gc.js';
 import { capYoungGeneration } from './heap.js';
@@ -1088,7 +1089,7 @@ class PullRun {
     // 2. From the site: block patches for chunks of files that existed.
     const L = this.layout;
     const windowBytes = this.opts.windowBytes ?? 16 << 20;
-    const gate = new ByteGate(windowBytes);
+    const gate = new ByteGate(windowBytes, 32); // 32 requests: the site refuses more than 64 per session
     // Settled tasks leave the set, so it stays as small as the window.
     const tasks = new Set<Promise<void>>();
     let failure: unknown;
@@ -1459,28 +1460,4 @@ function* patchBatchesOf(from: Uint8Array, L: Layout, bases: Map<number, string>
     bytes += n;
   }
   if (runs.length) yield { runs, bytes };
-}
-
-/** Bounds bytes in flight. */
-class ByteGate {
-  private used = 0;
-  private count = 0;
-  private waiters: Array<() => void> = [];
-  /** At most `limit` bytes and `maxCount` requests (the site refuses more than 64 per session) in flight. */
-  constructor(
-    private readonly limit: number,
-    private readonly maxCount = 32,
-  ) {}
-  async take(n: number): Promise<void> {
-    while (this.count >= this.maxCount || (this.used > 0 && this.used + n > this.limit)) await new Promise<void>((r) => this.waiters.push(r));
-    this.used += n;
-    this.count++;
-  }
-  give(n: number): void {
-    this.used -= n;
-    this.count--;
-    const w = this.waiters;
-    this.waiters = [];
-    for (const f of w) f();
-  }
 }

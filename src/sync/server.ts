@@ -28,12 +28,15 @@ import {
   encodePatchHeader,
   OpenMsg,
   ManifestMsg,
+  GetMsg,
+  PatchGetMsg,
 } from '../protocol/messages.js';
 import type { ReadPackJob, ReadPackResult, MakePatchJob, MakePatchResult } from '../work/tasks.js';
 import { Compressor } from '../work/zstd.js';
 import { SnapferryError, ErrorCodes, fail, fsProblem, toSnapferryError } from '../util/errors.js';
 import { TokenBucket, formatBytes } from '../util/rate.js';
 import { noteGarbage } from '../util/gc.js';
+import { ByteGate } from '../util/bytegate.js';
 import { capYoungGeneration } from './heap.js';
 import { ChunkStore, makeTempStoreFolder } from '../store/chunkstore.js';
 import { fillStore } from './storefill.js';
@@ -127,6 +130,13 @@ const LEVEL_LADDER = [1, -1];
  * lower threshold cost the branch 0.3-0.8 CPU s per seed.
  */
 const ANSWER_GARBAGE_EVERY = 4 << 20;
+
+/**
+ * Chunk bytes a session's answers may be made or sent at once: twice a puller's window (16 MiB), so a branch never
+ * waits on it, while a peer that asks for 64 packs of 8 MiB and reads nothing makes the site hold 32 MiB of them, not
+ * all of them sealed (about a GiB).
+ */
+const ANSWER_BUDGET_BYTES = 32 << 20;
 
 /** A bounded cache of compressed packs, keyed by generation and chunk ranges, shared by concurrent sessions. */
 class PackCache {
@@ -432,6 +442,7 @@ export class SnapferryServer {
     let company: Company | undefined;
     let inFlight = 0;
     const maxInFlight = 64;
+    const answers = new ByteGate(ANSWER_BUDGET_BYTES, maxInFlight);
     let failure: SnapferryError | undefined;
     const work: Array<Promise<void>> = [];
     let reading: { c: Company; root: string } | undefined;
@@ -479,7 +490,7 @@ export class SnapferryServer {
             inFlight++;
             const g = gen;
             const c = company;
-            const p = (msg[0] === MsgType.GET ? this.answerGet(session, c, g, msg) : this.answerPatch(session, c, g, msg))
+            const p = (msg[0] === MsgType.GET ? this.answerGet(session, c, g, msg, answers) : this.answerPatch(session, c, g, msg, answers))
               .catch((err) => {
                 failure ??= toSnapferryError(err);
                 session.sendError(failure).finally(() => session.close());
@@ -614,7 +625,7 @@ export class SnapferryServer {
     }
   }
 
-  private async answerGet(session: SecureSession, company: Company, gen: Generation, msg: Buffer): Promise<void> {
+  private async answerGet(session: SecureSession, company: Company, gen: Generation, msg: Buffer, answers: ByteGate): Promise<void> {
     const req = decodeGet(msg);
     const layout = this.layoutFor(company, gen);
     let n = 0;
@@ -628,6 +639,16 @@ export class SnapferryServer {
         if (bytes > MAX_GET_BYTES) fail(ErrorCodes.LIMIT, 'GET asks for too many bytes at once');
       }
     }
+    await answers.take(bytes);
+    try {
+      if (!session.channel.isClosed) await this.sendPack(session, company, gen, layout, req, n, bytes);
+    } finally {
+      answers.give(bytes);
+    }
+  }
+
+  /** Answers a checked GET: stored frames where the store has them all, else a pack read and compressed now. */
+  private async sendPack(session: SecureSession, company: Company, gen: Generation, layout: Layout, req: GetMsg, n: number, bytes: number): Promise<void> {
     // Stored frames are sent as they are: no reading of the company, no compression. A pack not wholly stored (yet),
     // or larger stored than raw (incompressible data: a frame costs a few bytes more), is made as before.
     const stored = await company.store?.readFrames(idWords(layout.id), req.ranges);
@@ -661,7 +682,7 @@ export class SnapferryServer {
     noteGarbage(payload.length * 2, ANSWER_GARBAGE_EVERY);
   }
 
-  private async answerPatch(session: SecureSession, company: Company, gen: Generation, msg: Buffer): Promise<void> {
+  private async answerPatch(session: SecureSession, company: Company, gen: Generation, msg: Buffer, answers: ByteGate): Promise<void> {
     const req = decodePatchGet(msg);
     const layout = this.layoutFor(company, gen);
     let bytes = 0;
@@ -681,6 +702,16 @@ export class SnapferryServer {
         sigs: r.sigs,
       };
     });
+    await answers.take(bytes);
+    try {
+      if (!session.channel.isClosed) await this.sendPatch(session, company, req, runs);
+    } finally {
+      answers.give(bytes);
+    }
+  }
+
+  /** Answers a checked PATCH_GET. */
+  private async sendPatch(session: SecureSession, company: Company, req: PatchGetMsg, runs: MakePatchJob['runs']): Promise<void> {
     const result = await this.pool.run<MakePatchResult>({ kind: 'makePatch', runs, blockSize: req.blockSize, level: this.levelFor(session) });
     if ('stale' in result) {
       const rel = path.relative(company.scanner.root, result.stale).split(path.sep).join('/');

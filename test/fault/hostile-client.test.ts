@@ -631,6 +631,31 @@ describe('hostile clients against a real site', () => {
       await realPull(site.url);
     });
 
+    // BUG (src/sync/server.ts answerGet(): each request's answer was made before its send waited): a peer that asked
+    // for 64 packs of ~8 MiB (all a session may have in flight) and read nothing had the site make and hold them all,
+    // each sealed too (the site grew by about a GiB) until the idle timeout. Fix: a session's answers being made or
+    // sent are bounded to 32 MiB of chunks (twice a puller's window); further requests wait their turn.
+    it('a peer that asks for 64 packs of 8 MiB and never reads does not make the site hold them', async () => {
+      const pid = site.child.pid!;
+      const s = await connect(site.url, { secret, peerId: 'stalled' });
+      try {
+        const { layout } = await openLayout(s, NAME);
+        s.channel.socket!.pause();
+        const ranges = fullGet(layout);
+        const before = rssMiB(pid);
+        for (let r = 1; r <= 64; r++) await s.send(encodeGet({ reqId: r, ranges }));
+        let peak = 0;
+        for (let i = 0; i < 15; i++) {
+          await sleep(100);
+          peak = Math.max(peak, rssMiB(pid) - before);
+        }
+        expect(peak, `the site grew by ${peak.toFixed(0)} MiB`).toBeLessThan(150);
+      } finally {
+        s.channel.ws.terminate();
+      }
+      await realPull(site.url);
+    });
+
     // BUG (src/transport/channel.ts: messages received were queued without a cap): while the session waited on a send,
     // everything the peer sent piled up in the site's memory (90 MB of 60 KB PINGs: the site grew by 75 MiB). Fix: more
     // than 256 messages or 8 MiB waiting unread end the session with a LIMIT error.
