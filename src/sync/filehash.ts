@@ -1,14 +1,22 @@
 /**
- * Reads files and hashes their chunks for `verify --deep`: many reads in flight on libuv's thread pool, the hashing on
- * this thread. Why not the worker pool: a disk answers several reads at once faster than one after another (a cold
- * 1 GiB company here, 1 MiB reads: one in flight 1.17 s, eight 0.70 s; `cat` 0.8-1.2 s), hashing (xxh64, ~9 GB/s)
- * leaves this thread time to spare, and no worker has to boot (~0.1 s) before the first byte is checked. Whole cold
- * `verify --deep` runs, medians of 3 alternated: 8 in flight 1.10 s, 16 1.00 s, 32 0.91 s but 0.83-1.11 s; cat 0.92 s.
+ * Reads files and hashes their chunks for `verify --deep`: many reads queued on libuv's thread pool (4 threads, so 4 at
+ * once on the disk), the hashing on this thread. Why not the worker pool: a disk answers several reads at once faster
+ * than one after another (a cold 1 GiB company here, 1 MiB reads: one queued at a time 1.17 s, eight 0.70 s; `cat`
+ * 0.8-1.2 s), hashing (xxh64, ~9 GB/s) leaves this thread time to spare, and no worker has to boot (~0.1 s) before the
+ * first byte is checked. Whole cold `verify --deep` runs, medians of 3 alternated: 8 queued 1.10 s, 16 1.00 s, 32 0.91 s
+ * but 0.83-1.11 s; cat 0.92 s; a pool of 8 threads instead of 4 made no clear difference (16 queued: 0.94-1.02 s).
  */
 import fs from 'node:fs';
 import type { Hasher } from '../chunk/hash.js';
 import { openRegular } from '../util/open.js';
 import { SnapferryError, ErrorCodes } from '../util/errors.js';
+
+/**
+ * Errors of open that say the path holds nothing readable as the file: reported as damage (repair replaces the file,
+ * which needs no reading of it), not as a failure to check. A missing file, a link or a device in its place, or a file
+ * this user may not read any more.
+ */
+const UNREADABLE = new Set(['ENOENT', 'ENOTDIR', 'ELOOP', 'ENXIO', 'ENODEV', 'EACCES', 'EPERM']);
 
 /** What one file's chunks hashed to. */
 export interface FileHashes {
@@ -20,7 +28,7 @@ export interface FileHashes {
 
 /** Tuning of a FileHasher. */
 export interface FileHasherOptions {
-  /** Reads in flight at once. */
+  /** Reads queued at once (libuv's pool runs 4 of them at a time). */
   inFlight?: number;
   /** Bytes per read (whole chunks: a piece ends at a chunk boundary; a larger chunk is read alone). */
   pieceBytes?: number;
@@ -70,7 +78,8 @@ export class FileHasher {
 
   /**
    * Queues a file cut into chunks of `lens` (in order, from offset 0); resolves when every chunk is hashed. Rejects
-   * with SNAPFERRY_E_IO, naming the file, when a read fails (a file that is missing or not regular is not a failure).
+   * with SNAPFERRY_E_IO, naming the file, when it cannot be read (EIO) or opened for want of descriptors; a file that is
+   * missing, unreadable to this user, or not a regular file any more (a link, a folder, a FIFO), resolves with every id 0.
    */
   hashFile(path: string, lens: ArrayLike<number>): Promise<FileHashes> {
     return new Promise<FileHashes>((resolve, reject) => {
@@ -106,15 +115,19 @@ export class FileHasher {
     }
   }
 
+  /** Reads and hashes one piece; never rejects (a failure is kept for the file's promise). */
   private async readPiece(p: Piece): Promise<void> {
     const f = p.file;
-    const buf = this.takeBuffer(p.bytes);
+    let buf: Buffer | undefined;
     try {
+      buf = this.takeBuffer(p.bytes);
       if (f.fd === undefined) {
         try {
           f.fd = openRegular(f.path);
-        } catch {
-          f.fd = -1; // gone, or a link in its place: nothing of it is readable
+        } catch (err) {
+          // Any other refusal (no descriptors left, EIO) means it could not be checked.
+          if (!UNREADABLE.has((err as NodeJS.ErrnoException).code ?? '')) throw err;
+          f.fd = -1;
         }
       }
       if (f.fd >= 0 && !f.ended && f.failed === undefined) {
@@ -132,13 +145,20 @@ export class FileHasher {
     } catch (err) {
       f.failed ??= new SnapferryError(ErrorCodes.IO, `reading ${f.path}: ${(err as Error).message}`, { cause: err });
     } finally {
-      this.buffers.push(buf);
+      if (buf) this.buffers.push(buf);
       if (--f.pending === 0) this.finish(f);
     }
   }
 
   private finish(f: OpenFile): void {
-    if (f.fd !== undefined && f.fd >= 0) fs.closeSync(f.fd);
+    if (f.fd !== undefined && f.fd >= 0) {
+      try {
+        fs.closeSync(f.fd);
+      } catch (err) {
+        // A close that fails (a network filesystem's write-back) must not leave the file's promise unsettled.
+        f.failed ??= new SnapferryError(ErrorCodes.IO, `closing ${f.path}: ${(err as Error).message}`, { cause: err });
+      }
+    }
     if (f.failed !== undefined) f.reject(f.failed);
     else f.resolve({ ids: f.ids, readable: f.readable });
   }

@@ -108,15 +108,18 @@ export async function verifyDir(dir: string, opts: VerifyOptions = {}): Promise<
       }
       if (e.kind === 'dir') continue;
       const size = Number(st.size);
+      /** The file's size problem, if any: deep mode adds its damaged ranges to it. */
+      let sizeProblem: Damage | undefined;
       if (size !== e.size) {
-        damaged.push({ path: e.path, problem: size < e.size ? 'truncated' : 'grown', expectedSize: e.size, actualSize: size });
+        sizeProblem = { path: e.path, problem: size < e.size ? 'truncated' : 'grown', expectedSize: e.size, actualSize: size };
+        damaged.push(sizeProblem);
       } else if (!sameMtime(st.mtimeNs, e.mtimeNs)) {
         // In deep mode too: the copy promises the mtime, and repair mends only what verify reports.
         damaged.push({ path: e.path, problem: 'mtime-changed' });
       }
       if (hasher && e.size > 0) {
         deepJobs.push(
-          checkFile(hasher, abs, e, i, damaged, good).then(
+          checkFile(hasher, abs, e, i, sizeProblem, damaged, good).then(
             (n) => void (bytesRead += n),
             (err: unknown) => void (readFailure ??= { err }),
           ),
@@ -148,7 +151,7 @@ export async function verifyDir(dir: string, opts: VerifyOptions = {}): Promise<
 }
 
 /** Deep-checks one file; records good chunks and damaged ranges. Returns bytes read. */
-async function checkFile(hasher: FileHasher, abs: string, e: Entry, idx: number, damaged: Damage[], good: GoodChunks): Promise<number> {
+async function checkFile(hasher: FileHasher, abs: string, e: Entry, idx: number, sizeProblem: Damage | undefined, damaged: Damage[], good: GoodChunks): Promise<number> {
   const lens = e.lens!;
   const ok = new Uint8Array(lens.length);
   const { ids, readable } = await hasher.hashFile(abs, lens);
@@ -164,11 +167,11 @@ async function checkFile(hasher: FileHasher, abs: string, e: Entry, idx: number,
     }
     o += lens[k]!;
   }
-  const sizeProblem = damaged.some((d) => d.path === e.path && (d.problem === 'truncated' || d.problem === 'grown'));
-  if (ranges.length > 0 && !sizeProblem) damaged.push({ path: e.path, problem: 'content-changed', ranges });
-  else if (ranges.length > 0) {
-    const d = damaged.find((x) => x.path === e.path && (x.problem === 'truncated' || x.problem === 'grown'))!;
-    d.ranges = ranges;
+  // Looked up before, in a list of every damaged path: quadratic (a 40,000-file copy whose every mtime changed took
+  // 6.5 s to verify deeply against 1.1 s intact).
+  if (ranges.length > 0) {
+    if (sizeProblem) sizeProblem.ranges = ranges;
+    else damaged.push({ path: e.path, problem: 'content-changed', ranges });
   }
   return readable;
 }
