@@ -65,6 +65,7 @@ export class FileHasher {
   private head = 0;
   private active = 0;
   private readonly buffers: Buffer[] = [];
+  private roomWaiters: Array<() => void> = [];
   private readonly inFlight: number;
   private readonly pieceBytes: number;
 
@@ -99,6 +100,19 @@ export class FileHasher {
     });
   }
 
+  /** Pieces queued and not started. */
+  get queued(): number {
+    return this.queue.length - this.head;
+  }
+
+  /**
+   * Resolves once fewer than `limit` pieces wait: a caller that queues a whole company (100,000 files: ~1.2 KB each
+   * while queued) waits here so that what is queued stays bounded.
+   */
+  room(limit: number): Promise<void> {
+    return this.queued < limit ? Promise.resolve() : new Promise<void>((resolve) => this.roomWaiters.push(resolve));
+  }
+
   private pump(): void {
     while (this.active < this.inFlight && this.head < this.queue.length) {
       const piece = this.queue[this.head]!;
@@ -112,6 +126,15 @@ export class FileHasher {
     if (this.head === this.queue.length) {
       this.queue.length = 0;
       this.head = 0;
+    } else if (this.head > 4096 && this.head * 2 > this.queue.length) {
+      this.queue.splice(0, this.head);
+      this.head = 0;
+    }
+    // Waiters re-check their limit themselves (room() again), so all are woken: few of them, one per verify walk.
+    if (this.roomWaiters.length) {
+      const waiters = this.roomWaiters;
+      this.roomWaiters = [];
+      for (const wake of waiters) wake();
     }
   }
 

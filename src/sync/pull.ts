@@ -452,8 +452,7 @@ class PullRun {
     this.appliedNonFolders ??= nonFolders(this.paths.dir, this.applied!.manifest.entries);
     if (underAny(this.appliedNonFolders, e.path)) return false;
     if (this.good && e.kind === 'file') {
-      const ok = this.good.get(idx);
-      if (e.size > 0 && (!ok || ok.includes(0))) return false;
+      if (e.size > 0 && !this.good.allGood(idx)) return false;
     }
     let st: fs.BigIntStats;
     try {
@@ -477,9 +476,9 @@ class PullRun {
     if (!this.opts.repair && !(this.opts.adopt && !this.applied)) return out;
     if (this.applied && this.good) {
       const olds = this.applied.manifest.entries;
-      for (const [i, ok] of this.good) {
+      for (const i of this.good.files()) {
         const oe = olds[i]!;
-        if (!ok.includes(0) && this.trusted(oe, i)) continue;
+        if (this.good.allGood(i) && this.trusted(oe, i)) continue;
         const abs = entryPath(this.paths.dir, oe.path);
         let size = 0;
         try {
@@ -488,7 +487,7 @@ class PullRun {
           continue;
         }
         const chunks: Array<{ id: bigint; offset: number }> = [];
-        for (let k = 0, o = 0; k < oe.lens!.length; o += oe.lens![k]!, k++) if (ok[k]) chunks.push({ id: oe.ids![k]!, offset: o });
+        for (let k = 0, o = 0; k < oe.lens!.length; o += oe.lens![k]!, k++) if (this.good.isGood(i, k)) chunks.push({ id: oe.ids![k]!, offset: o });
         out.set(oe.path, { abs, size, chunks });
       }
       return out;

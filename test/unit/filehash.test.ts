@@ -75,6 +75,24 @@ describe('FileHasher', () => {
     }
   });
 
+  it('room() holds a caller back while too many pieces wait, and lets it on as the reads catch up', async () => {
+    const data = prng(20_000, 77);
+    const lens = new Array<number>(20).fill(1000);
+    const fh = new FileHasher(h, { inFlight: 1, pieceBytes: 1000 });
+    const done = fh.hashFile(write('many', data), lens);
+    expect(fh.queued).toBe(19); // one read started at once
+    let waits = 0;
+    while (fh.queued >= 5) {
+      await fh.room(5);
+      waits++;
+    }
+    expect(fh.queued).toBe(4);
+    expect(waits).toBeGreaterThan(0);
+    await fh.room(5); // at once: below the limit
+    expect(Array.from((await done).ids)).toEqual(expectedIds(data, lens));
+    expect(fh.queued).toBe(0);
+  });
+
   it('a file with no chunks resolves at once', async () => {
     expect((await new FileHasher(h).hashFile(path.join(dir, 'none'), [])).readable).toBe(0);
   });
