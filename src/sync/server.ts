@@ -40,6 +40,7 @@ import { ByteGate } from '../util/bytegate.js';
 import { capYoungGeneration } from './heap.js';
 import { ChunkStore, makeTempStoreFolder } from '../store/chunkstore.js';
 import { fillStore } from './storefill.js';
+import { PendingHandshakes } from './handshakes.js';
 import { loadHasher } from '../chunk/hash.js';
 import { idWords } from '../manifest/idindex.js';
 
@@ -189,7 +190,7 @@ export class SnapferryServer {
   /** Sessions that completed the handshake: the ones `maxConnections` counts. */
   private readonly authenticated = new Set<Channel>();
   /** TCP connections not authenticated yet (before the upgrade or in the handshake), oldest first. */
-  private readonly unauthenticated = new Set<net.Socket>();
+  private readonly unauthenticated = new PendingHandshakes();
   /** Unauthenticated connections closed for newer ones since that was last logged, and when it was. */
   private evicted = 0;
   private evictedLoggedAt = 0;
@@ -262,17 +263,15 @@ export class SnapferryServer {
     server.on('connection', (socket: net.Socket) => {
       // Until the upgrade, a socket that sends nothing for 10 s is dropped; sessions have their own timeouts.
       socket.setTimeout(10_000, () => socket.destroy());
-      // Budget full: the oldest connection that has not authenticated makes room. Refusing the newcomer instead would
-      // let whoever holds the budget lock every branch out; this way a branch, whose handshake takes milliseconds, is
-      // the newest and is not the one closed.
+      // Budget full: an older connection that has not authenticated makes room, the oldest of the address holding the
+      // most. Refusing the newcomer instead would let whoever holds the budget lock every branch out; closing the
+      // oldest of all let a party opening connections faster than a branch's handshake (milliseconds) close the
+      // branch's every time; now a flood from one address closes its own.
       if (this.unauthenticated.size >= maxUnauthenticated) {
-        const oldest = this.unauthenticated.values().next().value as net.Socket;
-        this.unauthenticated.delete(oldest);
-        oldest.destroy();
+        this.unauthenticated.takeForEviction()?.destroy();
         this.noteEvicted(maxUnauthenticated);
       }
       this.unauthenticated.add(socket);
-      socket.once('close', () => this.unauthenticated.delete(socket));
     });
     server.on('upgrade', (req, socket, head) => {
       (socket as net.Socket).setTimeout(0);
@@ -393,7 +392,7 @@ export class SnapferryServer {
     this.evicted++;
     const now = Date.now();
     if (now - this.evictedLoggedAt < 60_000) return;
-    this.log(`closed ${this.evicted} connection(s) that had not authenticated, the oldest, to make room for newer ones (${budget} at once)`);
+    this.log(`closed ${this.evicted} connection(s) that had not authenticated, the oldest of the address holding the most, to make room for newer ones (${budget} at once)`);
     this.evicted = 0;
     this.evictedLoggedAt = now;
   }

@@ -510,7 +510,7 @@ describe('hostile clients against a real site', () => {
         // No newcomer was refused, and the site kept no more of them than the budget: it closed the oldest.
         expect(refusedBefore).toBe(0);
         expect(openBefore).toBeLessThanOrEqual(BUDGET);
-        expect(site.stderr()).toMatch(/closed \d+ connection\(s\) that had not authenticated, the oldest, to make room for newer ones \(4 at once\)/);
+        expect(site.stderr()).toMatch(/closed \d+ connection\(s\) that had not authenticated, the oldest of the address holding the most, to make room for newer ones \(4 at once\)/);
       } finally {
         for (const c of held) c.destroy();
       }
@@ -523,6 +523,49 @@ describe('hostile clients against a real site', () => {
         const ws = await RawWs.open(sitePort, 3000);
         return { closed: () => ws.closedAt !== undefined, destroy: () => ws.destroy() };
       });
+    });
+
+    // BUG (src/sync/server.ts 'connection'): with the budget full, the oldest connection of all that had not
+    // authenticated was closed for each newcomer, so a party opening connections faster than a branch completes its
+    // handshake closed the branch's every time (a pull with --retries 0 failed: SNAPFERRY_E_CONNECTION_LOST). Fix: the
+    // oldest of the address holding the most is closed. Fault: four loops opening TCP connections from 127.0.0.2 (a
+    // loopback address) back to back, as fast as the site accepts them, for as long as the pull runs (at most 20,000
+    // each); the branch connects from 127.0.0.1.
+    it("a flood of new connections from another address, faster than a handshake, does not close the branch's", async () => {
+      let flooding = true;
+      let opened = 0;
+      const flood = new Set<net.Socket>();
+      // Four connections every millisecond or so, not waiting for them (a connect the kernel holds back must not
+      // slow the flood), each dropped once the site closes it.
+      const floodLoop = (async () => {
+        for (let i = 0; i < 20_000 && flooding; i++) {
+          const s = net.connect({ port: sitePort, host: '127.0.0.1', localAddress: '127.0.0.2' });
+          flood.add(s);
+          s.once('connect', () => void opened++);
+          s.on('error', () => undefined);
+          s.once('close', () => flood.delete(s));
+          s.on('end', () => s.destroy());
+          if (i % 4 === 3) await sleep(1);
+        }
+      })();
+      try {
+        await sleep(300);
+        const before = opened;
+        const dest = path.join(tmp.dir, `b${n++}`, NAME);
+        fs.mkdirSync(path.dirname(dest));
+        const r = await runCli(['pull', site.url, NAME, dest, '--secret', keyFile, '--retries', '0', '--json'], { timeoutMs: 30_000 });
+        const during = opened - before;
+        flooding = false;
+        await floodLoop;
+        expect(r.code, r.stderr).toBe(0);
+        expect(fingerprintDiff(want, treeFingerprint(dest))).toEqual([]);
+        expect(during, 'connections the flood opened while the pull ran').toBeGreaterThan(100);
+      } finally {
+        flooding = false;
+        await floodLoop;
+        for (const s of flood) s.destroy();
+      }
+      expect(site.child.exitCode).toBeNull();
     });
 
     // Fault: TCP connections that connect and never send a byte (no HTTP request, so no upgrade).
