@@ -13,7 +13,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { IdIndex } from '../manifest/idindex.js';
 import type { Hasher } from '../chunk/hash.js';
-import { isAlive, removeTree, diskSpace, diskReserve, fsyncDir } from './state.js';
+import { isAlive, removeTree, diskSpace, diskReserve } from './state.js';
 
 const TEMP_PREFIX = 'snapferry-store-';
 /**
@@ -43,10 +43,13 @@ function staleStore(dir: string): boolean {
   } catch {
     return Date.now() - fs.statSync(dir).mtimeMs > UNCHECKED_GRACE_MS;
   }
-  const owner = Number.parseInt(words[0] ?? '', 10);
+  const owner = Number(words[0]);
   const ns = words[1];
-  if (ns !== undefined && ns !== pidNamespace()) return Date.now() - fs.statSync(ownerFile).mtimeMs > UNCHECKED_GRACE_MS;
-  return !(Number.isInteger(owner) && owner > 0 && isAlive(owner));
+  // A pid from another namespace names another process here (or none); a file that names no pid, none at all.
+  if ((ns !== undefined && ns !== pidNamespace()) || !(Number.isInteger(owner) && owner > 0)) {
+    return Date.now() - fs.statSync(ownerFile).mtimeMs > UNCHECKED_GRACE_MS;
+  }
+  return !isAlive(owner);
 }
 
 /**
@@ -77,7 +80,9 @@ export function makeTempStoreFolder(tmp: string): { dir: string; removed: number
   const dir = fs.mkdtempSync(path.join(tmp, TEMP_PREFIX));
   const ownerFile = path.join(dir, 'owner');
   const ns = pidNamespace();
-  fs.writeFileSync(ownerFile, `${process.pid}${ns ? ` ${ns}` : ''}\n`);
+  // Written whole under another name first: a sweeping site must never find it empty.
+  fs.writeFileSync(`${ownerFile}.new`, `${process.pid}${ns ? ` ${ns}` : ''}\n`);
+  fs.renameSync(`${ownerFile}.new`, ownerFile);
   const mark = setInterval(() => {
     const now = new Date();
     fs.promises.utimes(ownerFile, now, now).catch(() => undefined);
@@ -136,6 +141,18 @@ async function appendRecords(file: string, records: Buffer, durable: boolean): P
       await fh.truncate(size).catch(() => undefined);
       throw err;
     }
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Flushes a folder's entries to disk without blocking the thread; a filesystem that refuses (EINVAL) is let be. */
+async function fsyncDirAsync(dir: string): Promise<void> {
+  const fh = await fs.promises.open(dir, 'r');
+  try {
+    await fh.sync();
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
   } finally {
     await fh.close();
   }
@@ -203,8 +220,11 @@ export class ChunkStore {
     const names = fs.readdirSync(dir).sort();
     const present = new Set(names);
     for (const name of names) {
-      // A compaction cut short before it wrote its index: its frames are copies of frames kept elsewhere.
-      if (name.includes('-compact-') && name.endsWith('.seg') && !present.has(indexOf(name))) fs.rmSync(path.join(dir, name), { force: true });
+      // Halves of a pair a crash left: a segment without its index (frames of a compaction cut short before it wrote
+      // its index, copies of frames kept elsewhere; or a worker's frames the site never recorded) holds nothing that
+      // can be found; an index without its segment (a deletion cut between the two files) points at nothing.
+      const orphan = name.endsWith('.seg') ? !present.has(indexOf(name)) : name.endsWith('.idx') && !present.has(name.slice(0, -4) + '.seg');
+      if (orphan) fs.rmSync(path.join(dir, name), { force: true });
     }
     for (const name of names) {
       if (!name.endsWith('.idx')) continue;
@@ -348,7 +368,11 @@ export class ChunkStore {
       if (!h) {
         h = fs.promises.open(path.join(this.dir, this.segNames[seg]!), 'r');
         this.handles.set(seg, h);
-        h.catch(() => this.handles.delete(seg));
+        // Only its own entry: the number may belong to a new segment by the time a failed open (its file retired
+        // meanwhile) is known, and that segment's handle must stay where close() finds it.
+        h.catch(() => {
+          if (this.handles.get(seg) === h) this.handles.delete(seg);
+        });
       }
       const fh = await h;
       let done = 0;
@@ -452,7 +476,7 @@ export class ChunkStore {
         i = end;
       }
       await finish();
-      fsyncDir(this.dir); // the new segments' names
+      await fsyncDirAsync(this.dir); // the new segments' names (not blocking the site's sessions meanwhile)
     } catch {
       // No room or no permission for the new segments: the store stays as it was (the new files are removed).
       return abandon();

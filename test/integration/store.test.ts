@@ -173,13 +173,15 @@ describe('chunk store at the site', () => {
     const unowned = folder('unowned');
     const foreignLive = folder('foreign-live', `${exited} pid:[1]`);
     const foreignGone = folder('foreign-gone', `${exited} pid:[1]`, 25);
-    const fixtures = [dead, live, unowned, foreignLive, foreignGone].map((d) => path.basename(d));
+    // And an owner file that names no pid (as found while a site writes it, or damaged): judged by its mark too.
+    const garbled = folder('garbled', '');
+    const fixtures = [dead, live, unowned, foreignLive, foreignGone, garbled].map((d) => path.basename(d));
     const own = () => fs.readdirSync(tmpRoot).filter((n) => !fixtures.includes(n));
     const env = { TMPDIR: tmpRoot };
     const first = await startServe(['--secret', key, '--company', `acme=${company}`], 30_000, env);
     await waitFor(() => /stored acme/.test(first.stderr()), 30_000);
     expect(first.stderr()).toMatch(/removed 2 chunk store folder/);
-    expect([dead, live, unowned, foreignLive, foreignGone].map((d) => fs.existsSync(d))).toEqual([false, true, true, true, false]);
+    expect([dead, live, unowned, foreignLive, foreignGone, garbled].map((d) => fs.existsSync(d))).toEqual([false, true, true, true, false, true]);
     expect(own()).toHaveLength(1);
     expect(fs.readFileSync(path.join(tmpRoot, own()[0]!, 'owner'), 'utf8').trim()).toBe(`${first.child.pid} ${ourNs}`);
     // kill -9: the folder stays behind, and the next site removes it.
@@ -191,6 +193,6 @@ describe('chunk store at the site', () => {
     expect(own()).toHaveLength(1);
     await second.stop();
     expect(own()).toHaveLength(0);
-    expect([live, unowned, foreignLive].map((d) => fs.existsSync(d))).toEqual([true, true, true]);
+    expect([live, unowned, foreignLive, garbled].map((d) => fs.existsSync(d))).toEqual([true, true, true, true]);
   });
 });

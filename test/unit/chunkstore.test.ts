@@ -52,6 +52,23 @@ describe('chunk store segments', () => {
     await store.close();
   }, 60_000);
 
+  it('halves of a pair left by a crash are removed at open: a segment without its index, an index without its segment', async () => {
+    // Produced by writing the files a crash leaves: a worker's frames never recorded (w.seg alone), and a deletion cut
+    // between the segment and its index (gone.idx alone). Before, both stayed on disk for good.
+    tmp = tempDir('sf-store-');
+    const dir = path.join(tmp.dir, 'store');
+    const store = ChunkStore.open(dir, h);
+    const kept = randomBytes(400);
+    await storeFrame(store, dir, 'kept.seg', 7n, kept);
+    await store.close();
+    fs.writeFileSync(path.join(dir, 'w.seg'), randomBytes(1000));
+    fs.writeFileSync(path.join(dir, 'gone.idx'), Buffer.alloc(24));
+    const reopened = ChunkStore.open(dir, h);
+    expect(fs.readdirSync(dir).sort()).toEqual(['kept.idx', 'kept.seg']);
+    expect(await read(reopened, 7n)).toEqual(kept);
+    await reopened.close();
+  });
+
   it("a compaction's retired segment numbers go to new segments; every frame reads right, before and after a restart", async () => {
     tmp = tempDir('sf-store-');
     const dir = path.join(tmp.dir, 'store');
