@@ -133,11 +133,12 @@ const LEVEL_LADDER = [1, -1];
 const ANSWER_GARBAGE_EVERY = 4 << 20;
 
 /**
- * Chunk bytes a session's answers may be made or sent at once: twice a puller's window (16 MiB), so a branch never
- * waits on it, while a peer that asks for 64 packs of 8 MiB and reads nothing makes the site hold 32 MiB of them, not
- * all of them sealed (about a GiB).
+ * Chunk bytes a session's answers may be made or sent at once: a puller's window (16 MiB). The site gives a request's
+ * bytes back when its answer is handed to the socket, before the puller gives them back (once written), so a branch
+ * never waits on it; a peer that asks for 64 packs of 8 MiB and reads nothing makes the site hold two of them (each
+ * with its sealed copy and what the socket holds: 42 MiB in all, measured), not all 64 (over a GiB).
  */
-const ANSWER_BUDGET_BYTES = 32 << 20;
+const ANSWER_BUDGET_BYTES = 16 << 20;
 
 /** A bounded cache of compressed packs, keyed by generation and chunk ranges, shared by concurrent sessions. */
 class PackCache {

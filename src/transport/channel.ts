@@ -87,8 +87,9 @@ export class Channel {
     return this.socket?.bytesWritten ?? 0;
   }
 
+  /** Whether the channel is closed or closing (the socket gone, the close event not yet here: a send would be lost). */
   get isClosed(): boolean {
-    return this.closedWith !== undefined;
+    return this.closedWith !== undefined || this.ws.readyState === this.ws.CLOSING || this.ws.readyState === this.ws.CLOSED;
   }
 
   /** Next message, in order. Rejects when the channel closes or after timeoutMs. */

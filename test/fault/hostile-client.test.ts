@@ -677,7 +677,7 @@ describe('hostile clients against a real site', () => {
     // BUG (src/sync/server.ts answerGet(): each request's answer was made before its send waited): a peer that asked
     // for 64 packs of ~8 MiB (all a session may have in flight) and read nothing had the site make and hold them all,
     // each sealed too (the site grew by about a GiB) until the idle timeout. Fix: a session's answers being made or
-    // sent are bounded to 32 MiB of chunks (twice a puller's window); further requests wait their turn.
+    // sent are bounded to 16 MiB of chunks (a puller's window); further requests wait their turn.
     it('a peer that asks for 64 packs of 8 MiB and never reads does not make the site hold them', async () => {
       const pid = site.child.pid!;
       const s = await connect(site.url, { secret, peerId: 'stalled' });
