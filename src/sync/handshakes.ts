@@ -21,6 +21,7 @@ export function addressKey(address: string | undefined): string {
     .join(':')}::/64`;
 }
 
+/** Connections in their handshake, by address (see the module comment). */
 export class PendingHandshakes {
   /** Per remote address, its connections in arrival order (Sets keep insertion order). */
   private readonly byAddress = new Map<string, Set<net.Socket>>();
