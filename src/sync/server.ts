@@ -69,9 +69,9 @@ export interface ServeOptions {
   maxConnections?: number;
   /**
    * Connections that have not authenticated yet, allowed at once (default 64): TCP connections before their WebSocket
-   * upgrade and WebSockets in their handshake together. When the budget is full, the oldest of them is closed to make
-   * room for a new connection (never the newcomer refused), so peers without the secret can delay a branch's
-   * handshake only by opening connections faster than it completes (milliseconds on a LAN), not by holding them.
+   * upgrade and WebSockets in their handshake together. When the budget is full, the oldest of them from the address
+   * holding the most is closed to make room for a new connection (never the newcomer refused; see handshakes.ts), so
+   * peers without the secret cannot keep a branch out by holding connections, nor by flooding from one address.
    */
   maxUnauthenticated?: number;
   /** Close a session that sends nothing for this long. */
@@ -190,7 +190,7 @@ export class SnapferryServer {
   private readonly sessions = new Set<Channel>();
   /** Sessions that completed the handshake: the ones `maxConnections` counts. */
   private readonly authenticated = new Set<Channel>();
-  /** TCP connections not authenticated yet (before the upgrade or in the handshake), oldest first. */
+  /** TCP connections not authenticated yet (before the upgrade or in the handshake), by address, oldest first. */
   private readonly unauthenticated = new PendingHandshakes();
   /** Unauthenticated connections closed for newer ones since that was last logged, and when it was. */
   private evicted = 0;
@@ -639,12 +639,27 @@ export class SnapferryServer {
         if (bytes > MAX_GET_BYTES) fail(ErrorCodes.LIMIT, 'GET asks for too many bytes at once');
       }
     }
+    await this.withinBudget(session, answers, bytes, () => this.sendPack(session, company, gen, layout, req, n, bytes));
+  }
+
+  /**
+   * Makes and sends one answer of `bytes` chunk bytes within the session's answer budget; skipped when the session has
+   * closed while it waited.
+   */
+  private async withinBudget(session: SecureSession, answers: ByteGate, bytes: number, answer: () => Promise<void>): Promise<void> {
     await answers.take(bytes);
     try {
-      if (!session.channel.isClosed) await this.sendPack(session, company, gen, layout, req, n, bytes);
+      if (!session.channel.isClosed) await answer();
     } finally {
       answers.give(bytes);
     }
+  }
+
+  /** Tells the session a read found `absPath` changed since the scan, and has the scanner read it again next time. */
+  private async answerStale(session: SecureSession, company: Company, reqId: number, absPath: string): Promise<void> {
+    const rel = path.relative(company.scanner.root, absPath).split(path.sep).join('/');
+    company.scanner.invalidate(rel);
+    await session.sendJson(MsgType.STALE, { reqId, path: rel });
   }
 
   /** Answers a checked GET: stored frames where the store has them all, else a pack read and compressed now. */
@@ -670,12 +685,7 @@ export class SnapferryServer {
       return this.pool.run<ReadPackResult>(job);
     };
     const result = await (shared ? this.cache.get(key, read) : read());
-    if ('stale' in result) {
-      const rel = path.relative(company.scanner.root, result.stale).split(path.sep).join('/');
-      company.scanner.invalidate(rel);
-      await session.sendJson(MsgType.STALE, { reqId: req.reqId, path: rel });
-      return;
-    }
+    if ('stale' in result) return this.answerStale(session, company, req.reqId, result.stale);
     const payload = Buffer.from(result.payload.buffer, result.payload.byteOffset, result.payload.byteLength);
     await this.bucket?.take(payload.length);
     await session.send([encodeDataHeader(req.reqId, result.compressed, result.rawLen), payload]);
@@ -702,23 +712,13 @@ export class SnapferryServer {
         sigs: r.sigs,
       };
     });
-    await answers.take(bytes);
-    try {
-      if (!session.channel.isClosed) await this.sendPatch(session, company, req, runs);
-    } finally {
-      answers.give(bytes);
-    }
+    await this.withinBudget(session, answers, bytes, () => this.sendPatch(session, company, req, runs));
   }
 
   /** Answers a checked PATCH_GET. */
   private async sendPatch(session: SecureSession, company: Company, req: PatchGetMsg, runs: MakePatchJob['runs']): Promise<void> {
     const result = await this.pool.run<MakePatchResult>({ kind: 'makePatch', runs, blockSize: req.blockSize, level: this.levelFor(session) });
-    if ('stale' in result) {
-      const rel = path.relative(company.scanner.root, result.stale).split(path.sep).join('/');
-      company.scanner.invalidate(rel);
-      await session.sendJson(MsgType.STALE, { reqId: req.reqId, path: rel });
-      return;
-    }
+    if ('stale' in result) return this.answerStale(session, company, req.reqId, result.stale);
     const payload = Buffer.from(result.payload.buffer, result.payload.byteOffset, result.payload.byteLength);
     const header = encodePatchHeader(req.reqId, result.compressed, result.rawLen, result.bitmaps);
     await this.bucket?.take(payload.length + header.length);

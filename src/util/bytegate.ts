@@ -9,7 +9,7 @@ export class ByteGate {
   /** At most `limit` bytes and `maxCount` requests in flight. */
   constructor(
     private readonly limit: number,
-    private readonly maxCount = 32,
+    private readonly maxCount: number,
   ) {}
   /** Waits until `n` more bytes and one more request fit. */
   async take(n: number): Promise<void> {
