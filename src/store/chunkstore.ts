@@ -13,7 +13,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { IdIndex } from '../manifest/idindex.js';
 import type { Hasher } from '../chunk/hash.js';
-import { isAlive, removeTree, diskSpace, diskReserve } from './state.js';
+import { isAlive, removeTree, diskSpace, diskReserve, writeFileDurable } from './state.js';
 
 const TEMP_PREFIX = 'snapferry-store-';
 /**
@@ -34,8 +34,11 @@ function pidNamespace(): string | undefined {
   }
 }
 
-/** Whether a temporary store folder's owner no longer runs (or, not checkable, it was not marked for the grace period). */
-function staleStore(dir: string): boolean {
+/**
+ * Whether a temporary store folder's owner no longer runs (or, not checkable, it was not marked for the grace period).
+ * `ownNs`: this process's PID namespace.
+ */
+function staleStore(dir: string, ownNs: string | undefined): boolean {
   const ownerFile = path.join(dir, 'owner');
   let words: string[];
   try {
@@ -46,7 +49,7 @@ function staleStore(dir: string): boolean {
   const owner = Number(words[0]);
   const ns = words[1];
   // A pid from another namespace names another process here (or none); a file that names no pid, none at all.
-  if ((ns !== undefined && ns !== pidNamespace()) || !(Number.isInteger(owner) && owner > 0)) {
+  if ((ns !== undefined && ns !== ownNs) || !(Number.isInteger(owner) && owner > 0)) {
     return Date.now() - fs.statSync(ownerFile).mtimeMs > UNCHECKED_GRACE_MS;
   }
   return !isAlive(owner);
@@ -60,6 +63,7 @@ function staleStore(dir: string): boolean {
  * stale ones were removed.
  */
 export function makeTempStoreFolder(tmp: string): { dir: string; removed: number; stop: () => void } {
+  const ns = pidNamespace();
   let removed = 0;
   let names: string[] = [];
   try {
@@ -70,7 +74,7 @@ export function makeTempStoreFolder(tmp: string): { dir: string; removed: number
   for (const n of names) {
     const dir = path.join(tmp, n);
     try {
-      if (!staleStore(dir)) continue;
+      if (!staleStore(dir, ns)) continue;
       removeTree(dir);
       removed++;
     } catch {
@@ -79,10 +83,8 @@ export function makeTempStoreFolder(tmp: string): { dir: string; removed: number
   }
   const dir = fs.mkdtempSync(path.join(tmp, TEMP_PREFIX));
   const ownerFile = path.join(dir, 'owner');
-  const ns = pidNamespace();
-  // Written whole under another name first: a sweeping site must never find it empty.
-  fs.writeFileSync(`${ownerFile}.new`, `${process.pid}${ns ? ` ${ns}` : ''}\n`);
-  fs.renameSync(`${ownerFile}.new`, ownerFile);
+  // Written whole under another name first (writeFileDurable): a sweeping site must never find it empty.
+  writeFileDurable(ownerFile, `${process.pid}${ns ? ` ${ns}` : ''}\n`);
   const mark = setInterval(() => {
     const now = new Date();
     fs.promises.utimes(ownerFile, now, now).catch(() => undefined);
