@@ -55,7 +55,7 @@ import { SnapferryError, ErrorCodes, fail, toSnapferryError } from '../util/erro
 import { ByteGate } from '../util/bytegate.js';
 import { TokenBucket } from '../util/rate.js';
 import { noteGarbage } from '../util/gc.js';
-import { capYoungGeneration } from './heap.js';
+import { boundHeapGrowth } from './heap.js';
 import { inodeStamp, utimesSeconds } from '../util/stamp.js';
 import { copyWhole } from '../util/copy.js';
 
@@ -147,7 +147,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 export async function pull(opts: PullOptions): Promise<PullResult> {
   // A big manifest and a long transfer would otherwise grow the main heap with the company (see heap.ts); first, so
   // that every worker's start is seen.
-  capYoungGeneration();
+  boundHeapGrowth();
   const paths = new StatePaths(opts.dir);
   const lock = new DirLock(paths);
   const started = performance.now();

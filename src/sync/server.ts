@@ -37,7 +37,7 @@ import { SnapferryError, ErrorCodes, fail, fsProblem, toSnapferryError } from '.
 import { TokenBucket, formatBytes } from '../util/rate.js';
 import { noteGarbage } from '../util/gc.js';
 import { ByteGate } from '../util/bytegate.js';
-import { capYoungGeneration } from './heap.js';
+import { boundHeapGrowth } from './heap.js';
 import { ChunkStore, makeTempStoreFolder } from '../store/chunkstore.js';
 import { fillStore } from './storefill.js';
 import { PendingHandshakes } from './handshakes.js';
@@ -216,7 +216,7 @@ export class SnapferryServer {
     if (!this.poolInstance) {
       // Scans and long transfers would otherwise grow the main heap with the company (see heap.ts); before the pool,
       // so that the workers' start is seen.
-      capYoungGeneration();
+      boundHeapGrowth();
       this.poolInstance = new WorkerPool(this.opts.workers);
     }
     return this.poolInstance;
