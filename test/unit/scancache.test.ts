@@ -1,0 +1,78 @@
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { ScanCache, saveScanCache, loadScanCache, type CachedFile } from '../../src/scan/cachefile.js';
+import { DEFAULT_CHUNK_PARAMS } from '../../src/chunk/chunker.js';
+
+function file(k: number): CachedFile {
+  return {
+    size: 4096 * k + 1,
+    // Beyond 2^53: nanosecond times and 64-bit inodes must come back exact.
+    mtimeNs: 1_764_000_000_000_000_000n + BigInt(k),
+    ctimeNs: 1_764_000_000_000_000_001n + BigInt(k),
+    ino: 0xffff_ffff_ffff_0000n + BigInt(k),
+    lens: Uint32Array.of(4096 * k + 1),
+    ids: BigUint64Array.of(0x1234_5678_9abc_def0n ^ BigInt(k)),
+  };
+}
+
+const dirs: string[] = [];
+afterEach(() => {
+  for (const d of dirs.splice(0)) fs.rmSync(d, { recursive: true, force: true });
+});
+
+describe('ScanCache (the scan cache in columns)', () => {
+  it('gives back what was set, exactly, past the first growth of its columns', () => {
+    const c = new ScanCache();
+    const n = 3000; // the columns start at 1024 rows and double
+    for (let k = 0; k < n; k++) c.set(`d${k % 7}/f${k}`, file(k));
+    expect(c.size).toBe(n);
+    for (const k of [0, 1023, 1024, 2047, 2048, n - 1]) {
+      const got = c.get(`d${k % 7}/f${k}`)!;
+      const want = file(k);
+      expect(got.path).toBe(`d${k % 7}/f${k}`);
+      expect([got.size, got.mtimeNs, got.ctimeNs, got.ino]).toEqual([want.size, want.mtimeNs, want.ctimeNs, want.ino]);
+      expect([...got.lens]).toEqual([...want.lens]);
+      expect([...got.ids]).toEqual([...want.ids]);
+    }
+    expect(c.get('d0/missing')).toBeUndefined();
+  });
+
+  it('keeps the chunk arrays it was given (shared with the manifest entry, not copied)', () => {
+    const c = new ScanCache();
+    const f = file(3);
+    c.set('a', f);
+    expect(c.get('a')!.lens).toBe(f.lens);
+    expect(c.get('a')!.ids).toBe(f.ids);
+  });
+
+  it('replaces a path set twice and forgets a deleted one', () => {
+    const c = new ScanCache();
+    c.set('a', file(1));
+    c.set('b', file(2));
+    c.set('a', file(5));
+    expect(c.size).toBe(2);
+    expect(c.get('a')!.size).toBe(file(5).size);
+    c.delete('b');
+    expect(c.get('b')).toBeUndefined();
+    expect([...c.entries()].map(([p]) => p)).toEqual(['a']);
+  });
+
+  it('survives the cache file (serve --cache-dir) exactly, and a file for another folder is ignored', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sf-scancache-'));
+    dirs.push(dir);
+    const c = new ScanCache();
+    for (let k = 0; k < 1500; k++) c.set(`f${k}`, file(k));
+    const at = path.join(dir, 'cache');
+    saveScanCache(at, { root: '/co', params: DEFAULT_CHUNK_PARAMS, generation: 7, rootHash: 'ab'.repeat(32), files: c });
+    const back = loadScanCache(at, '/co', DEFAULT_CHUNK_PARAMS)!;
+    expect(back.generation).toBe(7);
+    expect(back.files.size).toBe(1500);
+    for (const [p, f] of c.entries()) {
+      const g = back.files.get(p)!;
+      expect([g.path, g.size, g.mtimeNs, g.ctimeNs, g.ino, [...g.lens], [...g.ids]]).toEqual([p, f.size, f.mtimeNs, f.ctimeNs, f.ino, [...f.lens], [...f.ids]]);
+    }
+    expect(loadScanCache(at, '/other', DEFAULT_CHUNK_PARAMS)).toBeUndefined();
+  });
+});
