@@ -9,6 +9,7 @@ import { Writer, Reader, ChunkArrays } from '../manifest/manifest.js';
 import { idWords } from '../manifest/idindex.js';
 import type { ChunkParams } from '../chunk/chunker.js';
 import { writeFileDurable } from '../store/state.js';
+import { nextCapacity, widen } from '../util/columns.js';
 
 /** One cached file. */
 export interface CachedFile {
@@ -86,19 +87,11 @@ export class ScanCache {
   }
 
   private grow(): void {
-    const n = Math.max(1024, this.sizes.length * 2);
-    const sizes = new Float64Array(n);
-    const mtimes = new BigInt64Array(n);
-    const ctimes = new BigInt64Array(n);
-    const inos = new BigUint64Array(n);
-    sizes.set(this.sizes);
-    mtimes.set(this.mtimes);
-    ctimes.set(this.ctimes);
-    inos.set(this.inos);
-    this.sizes = sizes;
-    this.mtimes = mtimes;
-    this.ctimes = ctimes;
-    this.inos = inos;
+    const n = nextCapacity(this.sizes.length);
+    this.sizes = widen(this.sizes, n);
+    this.mtimes = widen(this.mtimes, n);
+    this.ctimes = widen(this.ctimes, n);
+    this.inos = widen(this.inos, n);
   }
 }
 

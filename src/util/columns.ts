@@ -1,0 +1,15 @@
+/** Typed-array columns that grow: the compact per-file tables (scan cache, walk listing) keep no object per row. */
+
+type Column = Uint8Array | Uint16Array | Float64Array | BigInt64Array | BigUint64Array;
+
+/** A copy of `column` with room for `rows` rows (rows >= its length). */
+export function widen<T extends Column>(column: T, rows: number): T {
+  const out = new (column.constructor as new (n: number) => T)(rows);
+  out.set(column as never);
+  return out;
+}
+
+/** The next capacity for columns holding `rows` rows: doubling, from 1024. */
+export function nextCapacity(rows: number): number {
+  return Math.max(1024, rows * 2);
+}
