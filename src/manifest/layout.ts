@@ -20,7 +20,7 @@ export interface Layout {
 /** Computes the layout of a manifest. */
 export function layoutOf(m: Manifest): Layout {
   let total = 0;
-  for (const e of m.entries) total += e.lens?.length ?? 0;
+  for (const e of m.entries) if (e.kind === 'file') total += e.lens?.length ?? 0;
   const entryStart = new Uint32Array(m.entries.length + 1);
   const entry = new Uint32Array(total);
   const offset = new Float64Array(total);
@@ -29,15 +29,16 @@ export function layoutOf(m: Manifest): Layout {
   let g = 0;
   m.entries.forEach((e, ei) => {
     entryStart[ei] = g;
-    if (!e.lens) return;
+    const lens = e.lens; // read once: a PackedEntry makes a view at each read
+    if (!lens) return;
     // Whole-array copies: reading ids one by one would make a BigInt per chunk.
-    len.set(e.lens, g);
+    len.set(lens, g);
     id.set(e.ids!, g);
-    entry.fill(ei, g, g + e.lens.length);
+    entry.fill(ei, g, g + lens.length);
     let o = 0;
-    for (let i = 0; i < e.lens.length; i++, g++) {
+    for (let i = 0; i < lens.length; i++, g++) {
       offset[g] = o;
-      o += e.lens[i]!;
+      o += lens[i]!;
     }
   });
   entryStart[m.entries.length] = g;

@@ -24,7 +24,7 @@ export interface CachedFile {
 /**
  * The cached files in columns: a row number per path and typed arrays of sizes and times, no object or BigInt kept per
  * file. With an object per file (and its ctime and inode as BigInts) 100,000 small files cost the site ~19 MB; the
- * rows ~8. A file's chunk arrays are the very ones its manifest entry holds (shared, not copied). Rows of deleted
+ * rows ~8. A file's chunk arrays are the bytes its manifest entry holds (shared, not copied). Rows of deleted
  * paths stay until the next scan builds a fresh cache.
  */
 export class ScanCache {
@@ -35,8 +35,12 @@ export class ScanCache {
   private mtimes = new BigInt64Array(0);
   private ctimes = new BigInt64Array(0);
   private inos = new BigUint64Array(0);
-  private lens: Uint32Array[] = [];
-  private ids: BigUint64Array[] = [];
+  // The chunk arrays as buffer, byte offset and count (views are made when read: see PackedEntry).
+  private lensOf: ArrayBufferLike[] = [];
+  private idsOf: ArrayBufferLike[] = [];
+  private lensAt = new Float64Array(0);
+  private idsAt = new Float64Array(0);
+  private counts = new Uint32Array(0);
 
   /** Number of paths cached. */
   get size(): number {
@@ -47,16 +51,16 @@ export class ScanCache {
   set(path: string, f: CachedFile): void {
     let row = this.rows.get(path);
     if (row === undefined) {
-      row = this.lens.length;
+      row = this.paths.length;
       if (row === this.sizes.length) this.grow();
       this.rows.set(path, row);
       this.paths.push(path);
-      this.lens.push(f.lens);
-      this.ids.push(f.ids);
-    } else {
-      this.lens[row] = f.lens;
-      this.ids[row] = f.ids;
     }
+    this.lensOf[row] = f.lens.buffer;
+    this.idsOf[row] = f.ids.buffer;
+    this.lensAt[row] = f.lens.byteOffset;
+    this.idsAt[row] = f.ids.byteOffset;
+    this.counts[row] = f.lens.length;
     this.sizes[row] = f.size;
     this.mtimes[row] = f.mtimeNs;
     this.ctimes[row] = f.ctimeNs;
@@ -83,7 +87,10 @@ export class ScanCache {
   }
 
   private at(row: number): CachedFile & { path: string } {
-    return { path: this.paths[row]!, size: this.sizes[row]!, mtimeNs: this.mtimes[row]!, ctimeNs: this.ctimes[row]!, ino: this.inos[row]!, lens: this.lens[row]!, ids: this.ids[row]! };
+    const n = this.counts[row]!;
+    const lens = new Uint32Array(this.lensOf[row]!, this.lensAt[row]!, n);
+    const ids = new BigUint64Array(this.idsOf[row]!, this.idsAt[row]!, n);
+    return { path: this.paths[row]!, size: this.sizes[row]!, mtimeNs: this.mtimes[row]!, ctimeNs: this.ctimes[row]!, ino: this.inos[row]!, lens, ids };
   }
 
   private grow(): void {
@@ -92,6 +99,9 @@ export class ScanCache {
     this.mtimes = widen(this.mtimes, n);
     this.ctimes = widen(this.ctimes, n);
     this.inos = widen(this.inos, n);
+    this.lensAt = widen(this.lensAt, n);
+    this.idsAt = widen(this.idsAt, n);
+    this.counts = widen(this.counts, n);
   }
 }
 

@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import { isUtf8 } from 'node:buffer';
 import path from 'node:path';
 import { ChunkParams, DEFAULT_CHUNK_PARAMS } from '../chunk/chunker.js';
-import { Entry, Manifest, encodeManifest, entryPath, rootHashOf, comparePaths, checkTree } from '../manifest/manifest.js';
+import { Entry, Manifest, PackedEntry, sameChunkArrays, encodeManifest, entryPath, rootHashOf, comparePaths, checkTree } from '../manifest/manifest.js';
 import { WorkerPool } from '../work/pool.js';
 import type { ChunkSegmentResult, ChunkFilesResult } from '../work/tasks.js';
 import { chunkSegmentsOf, joinChunkLists } from '../work/segments.js';
@@ -141,14 +141,14 @@ class Listing {
 
 const KIND_CODES: ReadonlyArray<StatB['kind']> = ['file', 'dir', 'symlink', 'other'];
 
-/** Whether two scans listed the same entries (a cache hit keeps the very chunk arrays, so those compare by identity). */
+/** Whether two scans listed the same entries (a cache hit keeps the very chunk arrays: those compare by their bytes' place). */
 function sameEntries(a: Entry[], b: Entry[]): boolean {
   if (a.length !== b.length) return false;
   for (let i = 0; i < a.length; i++) {
     const x = a[i]!;
     const y = b[i]!;
     if (x.path !== y.path || x.kind !== y.kind || x.mode !== y.mode || x.mtimeNs !== y.mtimeNs || x.size !== y.size) return false;
-    if (x.target !== y.target || x.lens !== y.lens || x.ids !== y.ids) return false;
+    if (x.target !== y.target || !sameChunkArrays(x.lens, y.lens) || !sameChunkArrays(x.ids, y.ids)) return false;
   }
   return true;
 }
@@ -291,8 +291,7 @@ export class CompanyScanner {
       const st = listed.stat(row);
       const target = listed.targets.get(row);
       const abs = entryPath(this.root, rel);
-      // Every field from the start: properties added later go to a separate property store (~40 bytes a file).
-      const e: Entry = { path: rel, kind: 'file', mode: st.mode, mtimeNs: st.mtimeNs, size: 0, lens: undefined, ids: undefined, target: undefined };
+      const e: Entry = new PackedEntry(rel, 'file', st.mode, st.mtimeNs);
       entries.push(e);
       if (st.kind === 'dir') {
         e.kind = 'dir';

@@ -487,7 +487,9 @@ class PullRun {
           continue;
         }
         const chunks: Array<{ id: bigint; offset: number }> = [];
-        for (let k = 0, o = 0; k < oe.lens!.length; o += oe.lens![k]!, k++) if (this.good.isGood(i, k)) chunks.push({ id: oe.ids![k]!, offset: o });
+        const lens = oe.lens!; // read once: a PackedEntry makes a view at each read
+        const ids = oe.ids!;
+        for (let k = 0, o = 0; k < lens.length; o += lens[k]!, k++) if (this.good.isGood(i, k)) chunks.push({ id: ids[k]!, offset: o });
         out.set(oe.path, { abs, size, chunks });
       }
       return out;
@@ -1357,9 +1359,10 @@ class StartChunks {
 
   /** The chunks of a manifest entry. */
   static ofEntry(e: Entry): StartChunks {
-    const offset = new Float64Array(e.lens!.length);
-    for (let i = 1; i < offset.length; i++) offset[i] = offset[i - 1]! + e.lens![i - 1]!;
-    return new StartChunks(offset, e.lens!, idWords(e.ids!), 0, offset.length);
+    const lens = e.lens!; // read once: a PackedEntry makes a view at each read
+    const offset = new Float64Array(lens.length);
+    for (let i = 1; i < offset.length; i++) offset[i] = offset[i - 1]! + lens[i - 1]!;
+    return new StartChunks(offset, lens, idWords(e.ids!), 0, offset.length);
   }
 
   /** Bytes of target chunks [g0, g1) that `c` holds in place. */

@@ -208,7 +208,8 @@ async function checkFile(hasher: FileHasher, abs: string, e: Entry, idx: number,
   const lens = e.lens!;
   const ok = new Uint8Array(lens.length);
   const { ids, readable } = await hasher.hashFile(abs, lens);
-  for (let k = 0; k < ids.length; k++) if (ids[k] === e.ids![k]) ok[k] = 1;
+  const want = e.ids!; // read once: a PackedEntry makes a view at each read
+  for (let k = 0; k < ids.length; k++) if (ids[k] === want[k]) ok[k] = 1;
   good.set(idx, ok);
   const ranges: Array<[number, number]> = [];
   let o = 0;

@@ -1,6 +1,6 @@
 /** Typed-array columns that grow: the compact per-file tables (scan cache, walk listing) keep no object per row. */
 
-type Column = Uint8Array | Uint16Array | Float64Array | BigInt64Array | BigUint64Array;
+type Column = Uint8Array | Uint16Array | Uint32Array | Float64Array | BigInt64Array | BigUint64Array;
 
 /** A copy of `column` with room for `rows` rows (rows >= its length). */
 export function widen<T extends Column>(column: T, rows: number): T {

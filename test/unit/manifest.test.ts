@@ -13,6 +13,8 @@ import {
   globToRegExp,
   LIMITS,
   ChunkArrays,
+  PackedEntry,
+  sameChunkArrays,
   type Entry,
   type Manifest,
 } from '../../src/manifest/manifest.js';
@@ -727,5 +729,38 @@ describe('layoutOf', () => {
     expect(L.total).toBe(2 + 1 + 2);
     expect(Array.from(L.entryStart)).toEqual([0, 0, 2, 2, 3, 3, 3, 3, 5]);
     expect(Array.from(L.offset)).toEqual([0, 300, 0, 0, 1 << 20]);
+  });
+});
+
+describe('PackedEntry (chunk arrays kept as buffer, offset and count)', () => {
+  it('reads back what was set, as views of the same bytes, and nothing for an entry without chunks', () => {
+    const slab = new Uint32Array(8);
+    const ids = new BigUint64Array(8);
+    const e = new PackedEntry('a/b', 'file', 0o644, 5n, 300);
+    expect([e.lens, e.ids]).toEqual([undefined, undefined]);
+    e.lens = slab.subarray(3, 6);
+    e.ids = ids.subarray(3, 6);
+    slab.set([100, 100, 100], 3);
+    ids.set([1n, 2n ** 64n - 1n, 3n], 3);
+    expect([...e.lens!]).toEqual([100, 100, 100]);
+    expect([...e.ids!]).toEqual([1n, 2n ** 64n - 1n, 3n]);
+    // Each read is a new view of the same bytes: equal by sameChunkArrays, never by ===.
+    expect(e.lens === e.lens).toBe(false);
+    expect(sameChunkArrays(e.lens, e.lens)).toBe(true);
+    expect(sameChunkArrays(e.lens, slab.subarray(3, 5))).toBe(false);
+    expect(sameChunkArrays(e.ids, ids.subarray(4, 7))).toBe(false);
+    expect(sameChunkArrays(undefined, undefined)).toBe(true);
+    e.lens = undefined;
+    expect(e.lens).toBeUndefined();
+    expect(new PackedEntry('d', 'dir', 0o755, 1n).lens).toBeUndefined();
+  });
+
+  it('is what decodeManifest makes, and the decoded manifest encodes to the same bytes', () => {
+    const m = sample();
+    const enc = encodeManifest(m);
+    const d = decodeManifest(enc);
+    expect(d.entries.every((e) => e instanceof PackedEntry)).toBe(true);
+    expectSameManifest(m, d);
+    expect(Buffer.compare(encodeManifest(d), enc)).toBe(0);
   });
 });

@@ -4,6 +4,7 @@ import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ScanCache, saveScanCache, loadScanCache, type CachedFile } from '../../src/scan/cachefile.js';
 import { DEFAULT_CHUNK_PARAMS } from '../../src/chunk/chunker.js';
+import { sameChunkArrays } from '../../src/manifest/manifest.js';
 
 function file(k: number): CachedFile {
   return {
@@ -43,8 +44,11 @@ describe('ScanCache (the scan cache in columns)', () => {
     const c = new ScanCache();
     const f = file(3);
     c.set('a', f);
-    expect(c.get('a')!.lens).toBe(f.lens);
-    expect(c.get('a')!.ids).toBe(f.ids);
+    // Views of the same bytes (made when read), not copies: a write through one shows in the other.
+    expect(sameChunkArrays(c.get('a')!.lens, f.lens)).toBe(true);
+    expect(sameChunkArrays(c.get('a')!.ids, f.ids)).toBe(true);
+    f.lens[0] = 7;
+    expect(c.get('a')!.lens![0]).toBe(7);
   });
 
   it('replaces a path set twice and forgets a deleted one', () => {
