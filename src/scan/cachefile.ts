@@ -24,8 +24,8 @@ export interface CachedFile {
 /**
  * The cached files in columns: a row number per path and typed arrays of sizes and times, no object or BigInt kept per
  * file. With an object per file (and its ctime and inode as BigInts) 100,000 small files cost the site ~19 MB; the
- * rows ~8. A file's chunk arrays are the bytes its manifest entry holds (shared, not copied). Rows of deleted
- * paths stay until the next scan builds a fresh cache.
+ * rows ~8. A file's chunk arrays are the bytes its manifest entry holds (shared, not copied). Rows of deleted or
+ * replaced paths stay until the next scan builds a fresh cache (a scan sets each path once).
  */
 export class ScanCache {
   private readonly rows = new Map<string, number>();
@@ -49,13 +49,11 @@ export class ScanCache {
 
   /** Caches (or replaces) a file's chunk lists with the stats they were made from. */
   set(path: string, f: CachedFile): void {
-    let row = this.rows.get(path);
-    if (row === undefined) {
-      row = this.paths.length;
-      if (row === this.sizes.length) this.grow();
-      this.rows.set(path, row);
-      this.paths.push(path);
-    }
+    // Always a new row (one Map operation, not two): a replaced path's old row is left behind, like a deleted one's.
+    const row = this.paths.length;
+    if (row === this.sizes.length) this.grow();
+    this.rows.set(path, row);
+    this.paths.push(path);
     this.lensOf[row] = f.lens.buffer;
     this.idsOf[row] = f.ids.buffer;
     this.lensAt[row] = f.lens.byteOffset;
