@@ -490,7 +490,9 @@ async function verifyStep(ctx: E2EContext, dst: string, run: number, cold = fals
       // exit 1 = damaged: expected here (the copy was just damaged)
       const bad = v.r.timedOut || (v.r.code !== 0 && v.r.code !== 1) || !v.json;
       const found = v.json ? v.json.damaged.length : 0;
-      const note = bad ? `snapferry verify: ${failure(v.r) ?? 'no JSON'}` : found !== expected ? `verify found ${found} of ${expected} damaged paths` : undefined;
+      // Each problem is named when the count is off, so that the run says which (one path can have two problems).
+      const problems = v.json ? v.json.damaged.map((d) => `${d.path} ${d.problem}`).join(', ') : '';
+      const note = bad ? `snapferry verify: ${failure(v.r) ?? 'no JSON'}` : found !== expected ? `verify found ${found} problems, ${expected} expected: ${problems}` : undefined;
       R.add(scenario, 'loopback', 'snapferry', {
         run,
         ok: !bad,
