@@ -142,8 +142,12 @@ function damage(dir: string, run: number): Damage {
   for (let i = 0; i < page.length; i++) page[i] = page[i]! ^ 0xff;
   fs.writeSync(fd, page, 0, 4096, offset);
   fs.closeSync(fd);
-  // Put back to well within a microsecond (a Date would cut it to the millisecond: verify reports that as a change).
-  fs.utimesSync(fp, Number(st.atimeNs) / 1e9, Number(st.mtimeNs) / 1e9);
+  // Put back to the very microsecond (a Date would cut it to the millisecond: verify reports that as a change). libuv
+  // truncates to the microsecond, and seconds as a double are ~0.24 us coarse: ns / 1e9 could land just below and lose
+  // a whole microsecond, which with the pull's own truncation went past verify's 2 us (two runs counted the flipped
+  // file's mtime as changed too). Half a microsecond up, truncated, is the microsecond itself.
+  const atUs = (ns: bigint): number => (Number(ns / 1000n) + 0.5) / 1e6;
+  fs.utimesSync(fp, atUs(st.atimeNs), atUs(st.mtimeNs));
   // 2. a large file truncated by 1 KiB
   const tp = path.join(dir, second);
   fs.truncateSync(tp, fs.statSync(tp).size - 1024);

@@ -13,7 +13,10 @@ export interface ChunkParams {
   maxSize: number;
 }
 
-/** Defaults tuned by `bench` (see bench/README section "chunk size"). */
+/**
+ * Defaults. Measured against 64 KiB chunks (16/64/256 KiB) on the reference company, by hand: a first delta moved
+ * 15.9 MB against 21.3 MB (rsync 23.3 MB), for 3.6x the chunk count (a site serving 4 GiB peaked 27 MiB higher).
+ */
 export const DEFAULT_CHUNK_PARAMS: ChunkParams = { minSize: 4 << 10, avgSize: 16 << 10, maxSize: 64 << 10 };
 
 /** Files are chunked in independent segments of this size (a multiple of every maxSize we use). */
