@@ -20,7 +20,7 @@ export interface Layout {
 /** Computes the layout of a manifest. */
 export function layoutOf(m: Manifest): Layout {
   let total = 0;
-  for (const e of m.entries) if (e.kind === 'file') total += e.lens?.length ?? 0;
+  for (const e of m.entries) total += e.lens?.length ?? 0;
   const entryStart = new Uint32Array(m.entries.length + 1);
   const entry = new Uint32Array(total);
   const offset = new Float64Array(total);

@@ -41,7 +41,8 @@ export class PackedEntry implements Entry {
   #idsOf: ArrayBufferLike | undefined = undefined;
   #lensAt = 0;
   #idsAt = 0;
-  #count = 0;
+  #lensCount = 0;
+  #idsCount = 0;
 
   constructor(
     public path: string,
@@ -54,23 +55,34 @@ export class PackedEntry implements Entry {
   }
 
   get lens(): Uint32Array | undefined {
-    return this.#lensOf && new Uint32Array(this.#lensOf, this.#lensAt, this.#count);
+    return this.#lensOf && new Uint32Array(this.#lensOf, this.#lensAt, this.#lensCount);
   }
 
   set lens(v: Uint32Array | undefined) {
     this.#lensOf = v?.buffer;
     this.#lensAt = v?.byteOffset ?? 0;
-    this.#count = v?.length ?? 0;
+    this.#lensCount = v?.length ?? 0;
   }
 
   get ids(): BigUint64Array | undefined {
-    return this.#idsOf && new BigUint64Array(this.#idsOf, this.#idsAt, this.#count);
+    return this.#idsOf && new BigUint64Array(this.#idsOf, this.#idsAt, this.#idsCount);
   }
 
   set ids(v: BigUint64Array | undefined) {
     this.#idsOf = v?.buffer;
     this.#idsAt = v?.byteOffset ?? 0;
-    this.#count = v?.length ?? 0;
+    this.#idsCount = v?.length ?? 0;
+  }
+
+  /** Whether both entries' chunk arrays are the same bytes, without making views when both are PackedEntry. */
+  static sameChunks(a: Entry, b: Entry): boolean {
+    if (a instanceof PackedEntry && b instanceof PackedEntry) {
+      return (
+        a.#lensOf === b.#lensOf && a.#lensAt === b.#lensAt && a.#lensCount === b.#lensCount &&
+        a.#idsOf === b.#idsOf && a.#idsAt === b.#idsAt && a.#idsCount === b.#idsCount
+      );
+    }
+    return sameChunkArrays(a.lens, b.lens) && sameChunkArrays(a.ids, b.ids);
   }
 }
 

@@ -79,12 +79,28 @@ export class ScanCache {
     this.rows.delete(path);
   }
 
-  /** Every cached path with its file, in the order first cached. */
+  /** Every cached path with its file. */
   *entries(): IterableIterator<[string, CachedFile]> {
     for (const row of this.rows.values()) yield [this.paths[row]!, this.at(row)];
   }
 
-  private at(row: number): CachedFile & { path: string } {
+  /** Every cached path with its row (for matches(): no views made, as a stat sweep of every file needs none). */
+  rowsOf(): IterableIterator<[string, number]> {
+    return this.rows.entries();
+  }
+
+  /** A path's row, or undefined when it is not cached. */
+  rowOf(path: string): number | undefined {
+    return this.rows.get(path);
+  }
+
+  /** Whether a file's stats are still those its row's chunk lists were made from. */
+  matches(row: number, st: { size: bigint; mtimeNs: bigint; ctimeNs: bigint; ino: bigint }): boolean {
+    return this.sizes[row] === Number(st.size) && this.mtimes[row] === st.mtimeNs && this.ctimes[row] === st.ctimeNs && this.inos[row] === st.ino;
+  }
+
+  /** A row's stats and chunk lists (a fresh object), with the path string the cache holds (see get). */
+  at(row: number): CachedFile & { path: string } {
     const n = this.counts[row]!;
     const lens = new Uint32Array(this.lensOf[row]!, this.lensAt[row]!, n);
     const ids = new BigUint64Array(this.idsOf[row]!, this.idsAt[row]!, n);

@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import { isUtf8 } from 'node:buffer';
 import path from 'node:path';
 import { ChunkParams, DEFAULT_CHUNK_PARAMS } from '../chunk/chunker.js';
-import { Entry, Manifest, PackedEntry, sameChunkArrays, encodeManifest, entryPath, rootHashOf, comparePaths, checkTree } from '../manifest/manifest.js';
+import { Entry, Manifest, PackedEntry, encodeManifest, entryPath, rootHashOf, comparePaths, checkTree } from '../manifest/manifest.js';
 import { WorkerPool } from '../work/pool.js';
 import type { ChunkSegmentResult, ChunkFilesResult } from '../work/tasks.js';
 import { chunkSegmentsOf, joinChunkLists } from '../work/segments.js';
@@ -57,10 +57,6 @@ function sameStat(a: StatB, b: StatB): boolean {
   return a.size === b.size && a.mtimeNs === b.mtimeNs && a.ctimeNs === b.ctimeNs && a.ino === b.ino;
 }
 
-/** Whether a file's stats are still those its cached chunk list was made from. */
-function stillCached(c: CachedFile, st: StatB): boolean {
-  return BigInt(c.size) === st.size && c.mtimeNs === st.mtimeNs && c.ctimeNs === st.ctimeNs && c.ino === st.ino;
-}
 
 /**
  * A file written less than this long ago may be half-way through an application's multi-write update (a ledger page
@@ -145,7 +141,7 @@ const KIND_CODES: ReadonlyArray<StatB['kind']> = ['file', 'dir', 'symlink', 'oth
 function sameEntry(x: Entry, y: Entry): boolean {
   if (x === y) return true;
   if (x.path !== y.path || x.kind !== y.kind || x.mode !== y.mode || x.mtimeNs !== y.mtimeNs || x.size !== y.size) return false;
-  return x.target === y.target && sameChunkArrays(x.lens, y.lens) && sameChunkArrays(x.ids, y.ids);
+  return x.target === y.target && PackedEntry.sameChunks(x, y);
 }
 
 /** Whether two scans listed the same entries. */
@@ -215,7 +211,7 @@ export class CompanyScanner {
   async filesUnchanged(): Promise<boolean> {
     const cache = this.cache;
     let n = 0;
-    for (const [rel, c] of cache.entries()) {
+    for (const [rel, row] of cache.rowsOf()) {
       // Other sessions go on between slices (a sweep of 100,000 files takes a fifth of a second).
       if (++n % 2048 === 0) {
         await new Promise((r) => setImmediate(r));
@@ -227,7 +223,7 @@ export class CompanyScanner {
       } catch {
         return false;
       }
-      if (!stillCached(c, st)) return false;
+      if (!cache.matches(row, st)) return false;
     }
     return true;
   }
@@ -313,8 +309,9 @@ export class CompanyScanner {
         entries[entries.length - 1] = keepOld(e);
       } else {
         e.size = Number(st.size);
-        const hit = this.cache.get(rel);
-        if (hit && stillCached(hit, st)) {
+        const row = this.cache.rowOf(rel);
+        const hit = row !== undefined && this.cache.matches(row, st) ? this.cache.at(row) : undefined;
+        if (hit) {
           // The cache's copy of the path: the walk's own becomes garbage, so each rescan does not add a copy.
           e.path = hit.path;
           e.lens = hit.lens;

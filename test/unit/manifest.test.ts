@@ -752,6 +752,19 @@ describe('PackedEntry (chunk arrays kept as buffer, offset and count)', () => {
     expect(sameChunkArrays(undefined, undefined)).toBe(true);
     e.lens = undefined;
     expect(e.lens).toBeUndefined();
+    // Each array on its own: clearing or resizing one leaves the other as it was.
+    expect([...e.ids!]).toEqual([1n, 2n ** 64n - 1n, 3n]);
+    e.lens = slab.subarray(0, 1);
+    expect([e.lens!.length, e.ids!.length]).toEqual([1, 3]);
+    expect(PackedEntry.sameChunks(e, e)).toBe(true);
+    const f = new PackedEntry('a/b', 'file', 0o644, 5n, 300);
+    f.lens = slab.subarray(0, 1);
+    f.ids = ids.subarray(3, 5);
+    expect(PackedEntry.sameChunks(e, f)).toBe(false);
+    f.ids = ids.subarray(3, 6);
+    expect(PackedEntry.sameChunks(e, f)).toBe(true);
+    // A plain entry (a test's, or another code path's) compares by its views.
+    expect(PackedEntry.sameChunks(e, { path: 'a/b', kind: 'file', mode: 0o644, mtimeNs: 5n, size: 300, lens: slab.subarray(0, 1), ids: ids.subarray(3, 6) })).toBe(true);
     expect(new PackedEntry('d', 'dir', 0o755, 1n).lens).toBeUndefined();
   });
 

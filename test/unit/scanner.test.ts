@@ -33,6 +33,10 @@ describe('CompanyScanner rescans', () => {
     for (let k = 0; k < 20; k++) fs.writeFileSync(path.join(root, 'masters', `m${k}.xml`), `<ledger n="${k}"/>\n`.repeat(50));
     fs.writeFileSync(path.join(root, 'Company.900'), Buffer.alloc(300_000, 7));
     fs.symlinkSync('masters/m1.xml', path.join(root, 'current.xml'));
+    // A time utimes sets exactly (whole microseconds and a half: libuv truncates to the microsecond), so that the link
+    // below can get it back and differ in its target alone.
+    const linkTime = Math.floor(Date.now() / 1000) - 120 + 0.0000125;
+    fs.lutimesSync(path.join(root, 'current.xml'), linkTime, linkTime);
     // Older than the scanner's quiet time, so that nothing is waited for.
     const old = new Date(Date.now() - 60_000);
     for (const f of ['Company.900', ...Array.from({ length: 20 }, (_, k) => `masters/m${k}.xml`)]) fs.utimesSync(path.join(root, f), old, old);
@@ -40,12 +44,22 @@ describe('CompanyScanner rescans', () => {
     const g1 = await scanner.scan();
     fs.writeFileSync(path.join(root, 'masters', 'm3.xml'), '<ledger n="3" changed="yes"/>\n');
     fs.utimesSync(path.join(root, 'masters', 'm3.xml'), old, new Date(Date.now() - 30_000));
+    // Changes that keep the mtime: a folder's mode, and a link pointed elsewhere with its old mtime put back.
+    const link = path.join(root, 'current.xml');
+    const linkMtime = fs.lstatSync(link, { bigint: true }).mtimeNs;
+    fs.unlinkSync(link);
+    fs.symlinkSync('masters/m2.xml', link);
+    fs.lutimesSync(link, linkTime, linkTime);
+    expect(fs.lstatSync(link, { bigint: true }).mtimeNs).toBe(linkMtime);
+    fs.chmodSync(path.join(root, 'masters'), 0o700);
     const g2 = await scanner.scan();
     expect(g2.rootHash).not.toBe(g1.rootHash);
     const before = new Map(g1.manifest.entries.map((e) => [e.path, e]));
     const changed = g2.manifest.entries.filter((e) => e !== before.get(e.path)).map((e) => e.path);
-    // Only the rewritten file is a new object; the folder, the link, the large file and 19 small ones are the old ones.
-    expect(changed).toEqual(['masters/m3.xml']);
+    // New objects for what changed; the large file and 19 small ones are the old ones.
+    expect(changed).toEqual(['current.xml', 'masters', 'masters/m3.xml']);
+    const now = new Map(g2.manifest.entries.map((e) => [e.path, e]));
+    expect([now.get('current.xml')!.target, now.get('masters')!.mode]).toEqual(['masters/m2.xml', 0o700]);
     expect(g2.manifest.entries.length).toBe(g1.manifest.entries.length);
     expect(scanner.lastBytesRead).toBe(fs.statSync(path.join(root, 'masters', 'm3.xml')).size);
   });
