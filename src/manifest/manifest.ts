@@ -32,7 +32,8 @@ export interface Entry {
  * An entry that keeps its chunk arrays as buffer, offset and count, and makes the typed-array views when they are read.
  * A view costs V8 ~92 bytes besides its data, two per file: for 100,000 small files that was 18 MB of a site's and of
  * a branch's heap, more than the entries themselves. Reading `lens` or `ids` makes a new view each time (~0.1 us), so
- * loops take them once; two reads are never the same object (compare with sameChunkArrays, not ===).
+ * loops take them once; two reads are never the same object (compare with PackedEntry.sameChunks or sameChunkArrays,
+ * not ===).
  */
 export class PackedEntry implements Entry {
   kind: EntryKind;

@@ -57,7 +57,6 @@ function sameStat(a: StatB, b: StatB): boolean {
   return a.size === b.size && a.mtimeNs === b.mtimeNs && a.ctimeNs === b.ctimeNs && a.ino === b.ino;
 }
 
-
 /**
  * A file written less than this long ago may be half-way through an application's multi-write update (a ledger page
  * and its index): it is read only once it has been quiet this long, and a read during which it was written is retried.

@@ -1,10 +1,10 @@
 /**
- * Bounds the heap's headroom. Keeps the main thread's young generation at the size it has once the process is up. V8 doubles the young generation
- * each time the bytes that survived scavenges since its last growth exceed its size (up to 2 x 16 MiB semi-spaces), so
- * a site that scans more files, or a long transfer paced by many young-generation GCs (util/gc.ts), ends with 16-32 MiB
- * more committed heap than a short one: peak memory grew with the company size. Scavenges stay cheap at the smaller
- * size (what survives them is little). The flag is read by V8 each time it would grow the young generation, so setting
- * it at run time works; workers have their own fixed cap (work/pool.ts).
+ * Bounds the heap's headroom. Keeps the main thread's young generation at the size it has once the process is up: V8
+ * doubles the young generation each time the bytes that survived scavenges since its last growth exceed its size (up
+ * to 2 x 16 MiB semi-spaces), so a site that scans more files, or a long transfer paced by many young-generation GCs
+ * (util/gc.ts), ends with 16-32 MiB more committed heap than a short one: peak memory grew with the company size.
+ * Scavenges stay cheap at the smaller size (what survives them is little). The flag is read by V8 each time it would
+ * grow the young generation, so setting it at run time works; workers have their own fixed cap (work/pool.ts).
  *
  * The old generation likewise: after each full GC V8 lets the heap grow by a factor it picks from the GC's speed
  * (1.1-4x of what survived) before the next one. The live data grows with the company (chunk tables, file entries),
