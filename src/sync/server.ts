@@ -377,8 +377,11 @@ export class SnapferryServer {
       // stays within about twice the company's compressed size however many generations pass.
       if (!current()) return;
       const k = await store.compact(idWords(layout.id), layout.total);
-      if (k.compacted) this.log(`compacted ${c.name}'s chunk store: ${k.chunksBefore} -> ${k.chunksAfter} chunks, ${formatBytes(k.bytesBefore)} -> ${formatBytes(k.bytesAfter)}`);
-      else if (k.reserveKept !== undefined) this.log(`compacting ${c.name}'s chunk store skipped to keep ${formatBytes(k.reserveKept)} free on the disk of ${store.dir} (it copies the live frames first)`);
+      if (k.compacted) {
+        this.log(`compacted ${c.name}'s chunk store: ${k.chunksBefore} -> ${k.chunksAfter} chunks, ${formatBytes(k.bytesBefore)} -> ${formatBytes(k.bytesAfter)}`);
+        // The segments it deleted may include those the workers append to: their descriptors would hold the disk.
+        await this.pool.runOnEach({ kind: 'releaseSegment' });
+      } else if (k.reserveKept !== undefined) this.log(`compacting ${c.name}'s chunk store skipped to keep ${formatBytes(k.reserveKept)} free on the disk of ${store.dir} (it copies the live frames first)`);
     };
     c.storeWork = (c.storeWork ?? Promise.resolve()).then(work).catch((err) => this.log(`storing ${c.name} generation ${g.generation} failed (pulls compress on demand): ${toSnapferryError(err).message}`));
   }

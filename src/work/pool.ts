@@ -91,6 +91,11 @@ export class WorkerPool {
     });
   }
 
+  /** Runs a job once on every worker (per-thread state: see ReleaseSegmentJob). */
+  runOnEach<T>(job: Job): Promise<T[]> {
+    return Promise.all(this.slots.map((_, i) => this.run<T>(job, false, i)));
+  }
+
   /** Stops the workers; pending jobs fail. */
   async close(): Promise<void> {
     this.closed = true;

@@ -69,6 +69,14 @@ export interface StoreChunksJob extends Omit<ReadPackJob, 'kind'> {
   kind: 'storeChunks';
   segDir: string;
 }
+/**
+ * Closes this thread's open segment if the store deleted it (a compaction): the descriptor would otherwise hold the
+ * deleted file's disk, up to SEGMENT_LIMIT a thread, until the thread's next storeChunks job (the company's next change).
+ */
+export interface ReleaseSegmentJob {
+  kind: 'releaseSegment';
+}
+
 /** Where each chunk's frame went: segment file name (in segDir), offset, length and xxh32 of the frame. */
 export type StoreChunksResult = { segment: string; offsets: Uint32Array; clens: Uint32Array; checks: Uint32Array } | { stale: string };
 
@@ -181,7 +189,7 @@ export interface FinishFilesResult {
   stats: string[];
 }
 
-export type Job = FinishFilesJob | ChunkFilesJob | ChunkSegmentJob | ReadPackJob | StoreChunksJob | WritePackJob | CopyRangesJob | BlockSigsJob | MakePatchJob | ApplyPatchJob;
+export type Job = FinishFilesJob | ChunkFilesJob | ChunkSegmentJob | ReadPackJob | StoreChunksJob | ReleaseSegmentJob | WritePackJob | CopyRangesJob | BlockSigsJob | MakePatchJob | ApplyPatchJob;
 
 /** Per-thread state the jobs reuse. */
 export interface JobContext {
@@ -347,6 +355,15 @@ function segmentOf(ctx: JobContext, dir: string): { dir: string; name: string; f
   const fd = fs.openSync(path.join(dir, name), fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
   ctx.segment = { dir, name, fd, size: 0 };
   return ctx.segment;
+}
+
+/** The releaseSegment job: true when a deleted segment's descriptor was closed. */
+function releaseSegment(ctx: JobContext): boolean {
+  const cur = ctx.segment;
+  if (!cur || fs.fstatSync(cur.fd).nlink > 0) return false;
+  fs.closeSync(cur.fd);
+  ctx.segment = undefined;
+  return true;
 }
 
 function storeChunks(ctx: JobContext, j: StoreChunksJob): StoreChunksResult {
@@ -661,6 +678,8 @@ export function runJob(ctx: JobContext, job: Job): unknown {
       return readPack(ctx, job);
     case 'storeChunks':
       return storeChunks(ctx, job);
+    case 'releaseSegment':
+      return releaseSegment(ctx);
     case 'writePack':
       return writePack(ctx, job);
     case 'copyRanges':

@@ -129,6 +129,20 @@ describe('chunk store at the site', () => {
       expect(site.stderr()).toMatch(/stored acme: generation 3/);
       const after = segBytes();
       expect(after, `store ${after} B after compaction, ${first} B for generation 1`).toBeLessThan(first + (1 << 20));
+      // Nor is a deleted segment held open for writing (a worker kept the one it appended to until its next store job,
+      // holding up to 256 MiB of disk each; read handles close 10 s after their segment goes, for reads under way).
+      const heldDeleted = () =>
+        fs.readdirSync(`/proc/${site.child.pid}/fd`).flatMap((fd) => {
+          try {
+            const to = fs.readlinkSync(`/proc/${site.child.pid}/fd/${fd}`);
+            const flags = parseInt(/^flags:\s+(\d+)/m.exec(fs.readFileSync(`/proc/${site.child.pid}/fdinfo/${fd}`, 'utf8'))![1]!, 8);
+            return to.startsWith(storeDir) && to.endsWith('.seg (deleted)') && (flags & 3) !== 0 ? [to] : [];
+          } catch {
+            return []; // closed meanwhile
+          }
+        });
+      await waitFor(() => heldDeleted().length === 0, 5_000).catch(() => undefined);
+      expect(heldDeleted()).toEqual([]);
       const dest = path.join(tmp.dir, 'compact', 'branch', 'acme');
       fs.mkdirSync(path.dirname(dest));
       const r = await runCli(['pull', site.url, 'acme', dest, '--secret', key, '--json', '--no-fsync']);
