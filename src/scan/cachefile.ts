@@ -29,7 +29,7 @@ export interface CachedFile {
  */
 export class ScanCache {
   private readonly rows = new Map<string, number>();
-  /** Each row's path: the very string the row is keyed by (see get). */
+  /** Each row's path: the very string the row is keyed by (see at). */
   private paths: string[] = [];
   private sizes = new Float64Array(0);
   private mtimes = new BigInt64Array(0);
@@ -65,15 +65,6 @@ export class ScanCache {
     this.inos[row] = f.ino;
   }
 
-  /**
-   * A file's cached stats and chunk lists (a fresh object; undefined when not cached), with the path string the cache
-   * holds: a scan that keeps it for its entry leaves one copy of each path in memory, not one per scan.
-   */
-  get(path: string): (CachedFile & { path: string }) | undefined {
-    const row = this.rows.get(path);
-    return row === undefined ? undefined : this.at(row);
-  }
-
   /** Forgets a file. */
   delete(path: string): void {
     this.rows.delete(path);
@@ -99,7 +90,10 @@ export class ScanCache {
     return this.sizes[row] === Number(st.size) && this.mtimes[row] === st.mtimeNs && this.ctimes[row] === st.ctimeNs && this.inos[row] === st.ino;
   }
 
-  /** A row's stats and chunk lists (a fresh object), with the path string the cache holds (see get). */
+  /**
+   * A row's stats and chunk lists (a fresh object), with the path string the cache holds: a scan that keeps it for its
+   * entry leaves one copy of each path in memory, not one per scan.
+   */
   at(row: number): CachedFile & { path: string } {
     const n = this.counts[row]!;
     const lens = new Uint32Array(this.lensOf[row]!, this.lensAt[row]!, n);
