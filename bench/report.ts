@@ -11,6 +11,8 @@ export type Extra = Record<string, number | string | boolean | null>;
 /** One run of one tool in one scenario over one link. */
 export interface Sample {
   run: number;
+  /** Which of a run's repeated measurements this is (unchanged: three a run), paired with the peer's same one. */
+  rep?: number;
   ok: boolean;
   note?: string;
   seconds: number;
@@ -113,7 +115,7 @@ export class Results {
     const b = this.get(scenarioB, link, toolB);
     const ratios: number[] = [];
     for (const sa of a) {
-      const sb = b.find((x) => x.run === sa.run);
+      const sb = b.find((x) => x.run === sa.run && (x.rep ?? 0) === (sa.rep ?? 0));
       if (!sb || !sa.ok || !sb.ok) continue;
       const va = metric(sa);
       const vb = metric(sb);
@@ -382,6 +384,7 @@ export function toJson(r: Results, checks: Check[]): unknown[] {
   for (const row of r.rows()) {
     const samples = r.get(row.scenario, row.link, row.tool).map((s) => ({
       run: s.run,
+      ...(s.rep !== undefined ? { rep: s.rep } : {}),
       ok: s.ok,
       seconds: s.seconds,
       bytesOnWire: s.bytesOnWire,
