@@ -307,10 +307,10 @@ async function copyTree(ctx: E2EContext, from: string, to: string): Promise<void
   await exec('cp', ['-a', from, to], { maxBuffer: 1 << 20 });
 }
 
-/** Runs the steps of one run in alternating order. */
 /** Unchanged re-pulls measured per run (see companyCycle). */
 const UNCHANGED_REPEATS = 3;
 
+/** Runs the steps of one run in alternating order. */
 async function pair(run: number, steps: Array<(() => Promise<void>) | false>): Promise<void> {
   const list = steps.filter((s): s is () => Promise<void> => s !== false);
   if (run % 2 === 0) list.reverse();
