@@ -74,6 +74,8 @@ export interface Check {
   /** Shown on the SVG chart (snapferry/rsync ratios). */
   chart: boolean;
   unit: 'x' | 'MiB' | '%' | 's';
+  /** The per-run ratios behind a median, when there are several: how far the runs spread, and how many met the floor. */
+  perRun?: number[];
 }
 
 export class Results {
@@ -111,6 +113,12 @@ export class Results {
 
   /** Per-run ratio a/b of a metric, paired by run number, then the median. */
   pairedRatio(scenario: string, link: string, toolA: string, toolB: string, metric: (s: Sample) => number | null, scenarioB = scenario): number | null {
+    const ratios = this.pairedRatios(scenario, link, toolA, toolB, metric, scenarioB);
+    return ratios.length ? median(ratios) : null;
+  }
+
+  /** The per-run ratios a/b of a metric, paired by run number (and repetition). */
+  pairedRatios(scenario: string, link: string, toolA: string, toolB: string, metric: (s: Sample) => number | null, scenarioB = scenario): number[] {
     const a = this.get(scenario, link, toolA);
     const b = this.get(scenarioB, link, toolB);
     const ratios: number[] = [];
@@ -122,7 +130,7 @@ export class Results {
       if (va === null || vb === null || !Number.isFinite(va) || !Number.isFinite(vb) || vb <= 0) continue;
       ratios.push(va / vb);
     }
-    return ratios.length ? median(ratios) : null;
+    return ratios;
   }
 }
 
@@ -214,8 +222,9 @@ export function computeChecks(r: Results, links: string[], fanoutN: number): Che
   const out: Check[] = [];
   for (const link of links) {
     for (const v of VS_RSYNC) {
-      const value = r.pairedRatio(v.scenario, link, 'snapferry', 'rsync', M[v.metric], v.scenario.replace('+index', ''));
-      if (value === null) continue;
+      const perRun = r.pairedRatios(v.scenario, link, 'snapferry', 'rsync', M[v.metric], v.scenario.replace('+index', ''));
+      if (perRun.length === 0) continue;
+      const value = median(perRun);
       const floor = v.floor[link as LinkName] ?? null;
       out.push({
         name: `${v.scenario} ${LABEL[v.metric]} snapferry/rsync`,
@@ -228,6 +237,7 @@ export function computeChecks(r: Results, links: string[], fanoutN: number): Che
         pass: verdict(value, floor),
         chart: v.metric !== 'cpuSeconds',
         unit: 'x',
+        ...(perRun.length > 1 ? { perRun } : {}),
       });
     }
     const tar = r.pairedRatio('seed', link, 'snapferry', 'tar', M.seconds);
@@ -353,6 +363,14 @@ function fmtCheck(c: Check): string {
   if (c.value === null) return '-';
   return c.unit === 'x' ? `${c.value.toFixed(2)}x` : c.unit === '%' ? `${c.value.toFixed(2)}%` : c.unit === 's' ? `${c.value.toFixed(2)} s` : `${c.value.toFixed(0)} MiB`;
 }
+/** The spread of a median's per-run ratios and, under a floor, how many runs met it: "0.58-0.79x, 2/3". */
+function fmtPerRun(c: Check): string {
+  if (!c.perRun) return '';
+  const lo = Math.min(...c.perRun);
+  const hi = Math.max(...c.perRun);
+  const met = c.floor === null ? '' : `, ${c.perRun.filter((x) => x <= c.floor!).length}/${c.perRun.length}`;
+  return `${lo.toFixed(2)}-${hi.toFixed(2)}x${met}`;
+}
 function fmtFloor(c: Check): string {
   if (c.floor === null) return '-';
   return c.unit === 'x' ? `<= ${c.floor.toFixed(2)}x` : c.unit === '%' ? `<= ${c.floor}%` : c.unit === 's' ? `<= ${c.floor} s` : `<= ${c.floor} MiB`;
@@ -361,9 +379,9 @@ function fmtFloor(c: Check): string {
 export function renderChecks(checks: Check[]): string {
   if (!checks.length) return '';
   return table(
-    ['check (median of per-run ratios)', 'link', 'value', 'floor', 'verdict', 'source'],
-    checks.map((c) => [c.name, c.link, fmtCheck(c), fmtFloor(c), c.pass === null ? '' : c.pass ? 'PASS' : 'FAIL', c.source]),
-    [false, false, true, true, false, false],
+    ['check (median of per-run ratios)', 'link', 'value', 'runs (range, met)', 'floor', 'verdict', 'source'],
+    checks.map((c) => [c.name, c.link, fmtCheck(c), fmtPerRun(c), fmtFloor(c), c.pass === null ? '' : c.pass ? 'PASS' : 'FAIL', c.source]),
+    [false, false, true, true, true, false, false],
   );
 }
 
@@ -399,7 +417,7 @@ export function toJson(r: Results, checks: Check[]): unknown[] {
   for (const m of r.micro)
     out.push({ scenario: `micro:${m.name}`, link: 'in-process', tool: m.tool, seconds: null, bytesOnWire: null, cpuSeconds: null, peakRssMiB: null, value: m.value, unit: m.unit, detail: m.detail ?? null, ...(m.extra ?? {}) });
   for (const c of checks)
-    out.push({ scenario: `check:${c.scenario}`, link: c.link, tool: 'check', seconds: null, bytesOnWire: null, cpuSeconds: null, peakRssMiB: null, check: c.name, metric: c.metric, value: c.value, unit: c.unit, floor: c.floor, pass: c.pass, source: c.source });
+    out.push({ scenario: `check:${c.scenario}`, link: c.link, tool: 'check', seconds: null, bytesOnWire: null, cpuSeconds: null, peakRssMiB: null, check: c.name, metric: c.metric, value: c.value, unit: c.unit, floor: c.floor, pass: c.pass, source: c.source, ...(c.perRun ? { perRun: c.perRun } : {}) });
   return out.map(rounded) as unknown[];
 }
 
