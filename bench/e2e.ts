@@ -448,6 +448,8 @@ async function companyCycle(ctx: E2EContext, link: Link, dir: string, sizeMiB: n
     if (has(ctx, 'unchanged')) {
       for (let rep = 0; rep < UNCHANGED_REPEATS; rep++) {
         if (ctx.budget.spent) return R.note(`time budget spent: unchanged on ${L} run ${run} skipped`);
+        // pair() takes the turn's number for its order only: run + rep alternates who goes first turn by turn (the
+        // samples keep their run and carry rep).
         await pair(run + rep, [
           () => sfStep('unchanged', true, 'pull', undefined, rep).then(() => undefined),
           () => rsStep('unchanged', true, false, undefined, rep),
