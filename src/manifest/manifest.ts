@@ -144,17 +144,40 @@ export class ChunkArrays {
   }
 }
 
-/** A growable byte buffer for encoders (also used for the site's scan cache file). */
+/**
+ * A byte buffer for encoders (also used for the site's scan cache file). Without a sink it grows to hold everything;
+ * with one it hands each full buffer to the sink and starts again, so writing a file of any size takes `capacity`
+ * bytes. Growing by doubling leaves the old buffers behind as holes the C heap keeps (a 4 GiB company's manifest went
+ * through 64 KiB..4 MiB): callers that know the size say so.
+ */
 export class Writer {
-  private buf = Buffer.allocUnsafe(1 << 16);
+  private buf: Buffer;
   private len = 0;
+  /**
+   * @param capacity bytes to start with (the whole output's size when the caller knows it)
+   * @param sink where full buffers go (and any bytes() larger than the buffer); the bytes are only valid during the call
+   */
+  constructor(
+    capacity = 1 << 16,
+    private readonly sink?: (bytes: Uint8Array) => void,
+  ) {
+    this.buf = Buffer.allocUnsafe(Math.max(16, capacity));
+  }
   private ensure(n: number): void {
     if (this.len + n <= this.buf.length) return;
+    if (this.sink) {
+      this.drain();
+      return; // every write but bytes() is at most 10 bytes, and the buffer holds at least 16
+    }
     let cap = this.buf.length * 2;
     while (cap < this.len + n) cap *= 2;
     const next = Buffer.allocUnsafe(cap);
     this.buf.copy(next, 0, 0, this.len);
     this.buf = next;
+  }
+  private drain(): void {
+    if (this.len > 0) this.sink!(this.buf.subarray(0, this.len));
+    this.len = 0;
   }
   u8(v: number): void {
     this.ensure(1);
@@ -189,6 +212,12 @@ export class Writer {
     this.len += 8;
   }
   bytes(b: Uint8Array): void {
+    if (this.sink && b.length > this.buf.length) {
+      // Past the buffer: handed over as it is, so that the buffer never grows.
+      this.drain();
+      this.sink(b);
+      return;
+    }
     this.ensure(b.length);
     this.buf.set(b, this.len);
     this.len += b.length;
@@ -198,11 +227,19 @@ export class Writer {
     this.varint(b.length);
     this.bytes(b);
   }
+  /** Bytes held (not yet given to the sink). */
   get length(): number {
     return this.len;
   }
-  /** The bytes written; copied out when the buffer has grown well past them (a site keeps manifests for hours). */
+  /**
+   * The bytes written; copied out when the buffer has grown well past them (a site keeps manifests for hours). With a
+   * sink, gives it the rest and returns an empty buffer.
+   */
   finish(): Buffer {
+    if (this.sink) {
+      this.drain();
+      return Buffer.alloc(0);
+    }
     const out = this.buf.subarray(0, this.len);
     return this.buf.length - this.len > 1 << 16 ? Buffer.from(out) : out;
   }
@@ -315,7 +352,8 @@ export class Reader {
 
 /** Canonical encoding of a manifest. The same manifest always encodes to the same bytes. */
 export function encodeManifest(m: Manifest): Buffer {
-  const w = new Writer();
+  // + 10: a varint asks for room for its longest form, the last one too.
+  const w = new Writer(encodedSize(m) + 10);
   w.bytes(MAGIC);
   w.varint(m.params.minSize);
   w.varint(m.params.avgSize);
@@ -340,6 +378,36 @@ export function encodeManifest(m: Manifest): Buffer {
   }
   w.u8(END);
   return w.finish();
+}
+
+/** Bytes of encodeManifest(m), counted without encoding: its buffer is made once, at its final size. */
+export function encodedSize(m: Manifest): number {
+  let n = MAGIC.length + varintSize(m.params.minSize) + varintSize(m.params.avgSize) + varintSize(m.params.maxSize) + 1;
+  for (const e of m.entries) {
+    n += 1 + strSize(e.path) + varintSize(e.mode) + 8;
+    if (e.kind === 'file') {
+      const lens = e.lens!;
+      n += varintSize(e.size) + varintSize(lens.length) + 8 * lens.length;
+      for (let i = 0; i < lens.length; i++) n += varintSize(lens[i]!);
+    } else if (e.kind === 'symlink') n += strSize(e.target!);
+  }
+  return n;
+}
+
+/** Bytes of Writer.varint(v). */
+function varintSize(v: number): number {
+  let n = 1;
+  while (v >= 0x80) {
+    v = Math.floor(v / 0x80);
+    n++;
+  }
+  return n;
+}
+
+/** Bytes of Writer.str(s). */
+function strSize(s: string): number {
+  const b = Buffer.byteLength(s, 'utf8');
+  return varintSize(b) + b;
 }
 
 /** Decodes and fully validates a manifest a peer sent (or that was read back from our own state). */

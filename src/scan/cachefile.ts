@@ -126,30 +126,36 @@ const MAGIC = Buffer.from('SFC1');
 
 /** Writes the cache atomically. */
 export function saveScanCache(file: string, d: ScanCacheData): void {
-  const w = new Writer();
-  w.bytes(MAGIC);
-  w.str(d.root);
-  w.varint(d.params.minSize);
-  w.varint(d.params.avgSize);
-  w.varint(d.params.maxSize);
-  w.varint(d.generation);
-  w.str(d.rootHash);
-  w.varint(d.files.size);
-  for (const [p, f] of d.files.entries()) {
-    w.str(p);
-    w.varint(f.size);
-    w.i64(f.mtimeNs);
-    w.i64(f.ctimeNs);
-    w.u64(f.ino);
-    w.varint(f.lens.length);
-    const words = idWords(f.ids);
-    for (let i = 0; i < f.lens.length; i++) {
-      w.varint(f.lens[i]!);
-      w.u64At(words, i);
+  // Written through a bounded buffer: an image of the whole file (one id per chunk) would be as large as the cache.
+  writeFileDurable(file, (write) => {
+    const w = new Writer(SAVE_BUFFER, write);
+    w.bytes(MAGIC);
+    w.str(d.root);
+    w.varint(d.params.minSize);
+    w.varint(d.params.avgSize);
+    w.varint(d.params.maxSize);
+    w.varint(d.generation);
+    w.str(d.rootHash);
+    w.varint(d.files.size);
+    for (const [p, f] of d.files.entries()) {
+      w.str(p);
+      w.varint(f.size);
+      w.i64(f.mtimeNs);
+      w.i64(f.ctimeNs);
+      w.u64(f.ino);
+      w.varint(f.lens.length);
+      const words = idWords(f.ids);
+      for (let i = 0; i < f.lens.length; i++) {
+        w.varint(f.lens[i]!);
+        w.u64At(words, i);
+      }
     }
-  }
-  writeFileDurable(file, w.finish());
+    w.finish();
+  });
 }
+
+/** Bytes saveScanCache buffers between writes. */
+const SAVE_BUFFER = 256 << 10;
 
 /** Reads the cache for this folder and these parameters, or undefined. */
 export function loadScanCache(file: string, root: string, params: ChunkParams): ScanCacheData | undefined {

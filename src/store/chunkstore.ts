@@ -160,6 +160,15 @@ async function fsyncDirAsync(dir: string): Promise<void> {
   }
 }
 
+/** Bytes of a file, 0 when it cannot be read. */
+function fileSize(file: string): number {
+  try {
+    return fs.statSync(file).size;
+  } catch {
+    return 0;
+  }
+}
+
 /** Deletes segment `seg` of the store in dir, and its index. */
 function removeSegment(dir: string, seg: string): void {
   fs.rmSync(path.join(dir, seg), { force: true });
@@ -228,6 +237,10 @@ export class ChunkStore {
       const orphan = name.endsWith('.seg') ? !present.has(indexOf(name)) : name.endsWith('.idx') && !present.has(name.slice(0, -4) + '.seg');
       if (orphan) fs.rmSync(path.join(dir, name), { force: true });
     }
+    // Room for every record at once (an upper bound: some are duplicates or were never written whole).
+    let records = 0;
+    for (const name of names) if (name.endsWith('.idx') && present.has(name.slice(0, -4) + '.seg')) records += fileSize(path.join(dir, name)) / RECORD;
+    store.reserve(Math.floor(records));
     for (const name of names) {
       if (!name.endsWith('.idx')) continue;
       const segName = name.slice(0, -4) + '.seg';
@@ -274,6 +287,14 @@ export class ChunkStore {
   }
 
   /**
+   * Makes room for `n` more chunks at once. The index otherwise doubles as chunks arrive, and each doubling leaves the
+   * old columns behind as holes the C heap keeps: a fill that knows how many it may add says so first.
+   */
+  reserve(n: number): void {
+    if (this.count + n > this.ids.length) this.grow(this.count + n, true);
+  }
+
+  /**
    * Records frames a worker appended to segment `segName` (storeChunks), in memory and in the segment's index file.
    * ids[i]'s frame is at offsets[i], clens[i] bytes, with xxh32 checks[i].
    */
@@ -307,8 +328,10 @@ export class ChunkStore {
     return this.count - before;
   }
 
-  private grow(need: number): void {
+  /** Grows the columns to hold `need` chunks: to exactly that many when `exact`, else to the next doubling. */
+  private grow(need: number, exact = false): void {
     let cap = this.ids.length;
+    if (exact) cap = need;
     while (cap < need) cap *= 2;
     const a = slotArrays(cap);
     a.ids.set(this.ids.subarray(0, this.count));

@@ -156,18 +156,27 @@ export function exists(p: string): boolean {
   }
 }
 
-/** Writes a file durably: temp file, fsync, rename, fsync of the folder. */
-export function writeFileDurable(file: string, data: string | Uint8Array): void {
+/**
+ * Writes a file durably: temp file, fsync, rename, fsync of the folder. `data` may be a function that writes the
+ * contents piece by piece through the function it is given (a large file without its whole image in memory).
+ */
+export function writeFileDurable(file: string, data: string | Uint8Array | ((write: (bytes: Uint8Array) => void) => void)): void {
   const tmp = `${file}.tmp`;
   const fd = fs.openSync(tmp, 'w', 0o600);
   try {
-    fs.writeFileSync(fd, data);
+    if (typeof data === 'function') data((bytes) => writeAll(fd, bytes));
+    else fs.writeFileSync(fd, data);
     fs.fsyncSync(fd);
   } finally {
     fs.closeSync(fd);
   }
   fs.renameSync(tmp, file);
   fsyncDir(path.dirname(file));
+}
+
+/** Writes all of bytes at fd's position. */
+function writeAll(fd: number, bytes: Uint8Array): void {
+  for (let at = 0; at < bytes.length; ) at += fs.writeSync(fd, bytes, at, bytes.length - at);
 }
 
 /** fsync of a directory (makes renames and creations in it durable). */

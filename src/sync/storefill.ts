@@ -41,7 +41,11 @@ export async function fillStore(
   current: () => boolean,
 ): Promise<FillResult> {
   const words = idWords(layout.id);
-  const seen = new IdIndex(layout.id, layout.total);
+  // The chunks the store lacks, counted first: the store's index and `seen` are sized once, to them.
+  let missing = 0;
+  for (let g = 0; g < layout.total; g++) if (!store.hasIn(words, g)) missing++;
+  store.reserve(missing);
+  const seen = new IdIndex(layout.id, missing);
   const result: FillResult = { chunks: 0, bytes: 0, stale: 0, superseded: false };
   const running = new Set<Promise<void>>();
   let failure: unknown;

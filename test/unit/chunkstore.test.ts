@@ -33,6 +33,26 @@ function read(store: ChunkStore, ...ids: bigint[]): Promise<Buffer | undefined> 
 }
 
 describe('chunk store segments', () => {
+  it('chunks added after a reservation (reserve()), and past it, are all found', async () => {
+    tmp = tempDir('sf-store-');
+    const store = ChunkStore.open(tmp.dir, h);
+    store.reserve(3000);
+    store.reserve(0);
+    const frames = Array.from({ length: 5000 }, (_, k) => randomBytes(8 + (k % 5)));
+    // One segment, written as a worker appends: frame after frame, then recorded in batches.
+    const seg = Buffer.concat(frames);
+    fs.writeFileSync(path.join(tmp.dir, 's.seg'), seg);
+    let at = 0;
+    const offs = frames.map((f) => ((at += f.length), at - f.length));
+    for (let b = 0; b < 5000; b += 1000) {
+      const r = frames.slice(b, b + 1000);
+      await store.add('s.seg', BigUint64Array.from(r, (_, i) => BigInt(b + i + 1)), Uint32Array.from(offs.slice(b, b + 1000)), Uint32Array.from(r, (f) => f.length), Uint32Array.from(r, (f) => h.h32(f)));
+    }
+    expect(store.size).toBe(5000);
+    for (const k of [0, 2999, 3000, 4999]) expect((await read(store, BigInt(k + 1)))!.equals(frames[k]!)).toBe(true);
+    expect(await read(store, 5001n)).toBeUndefined();
+  });
+
   it('frames stay where they are after more than 65,536 segment names in one process', async () => {
     // Produced by recording one-record segments under 65,537 names (their index files are written for real; the
     // frames of the first and the last are). Segment numbers were 16-bit: the last name took the first one's number,

@@ -14,6 +14,8 @@ import {
   LIMITS,
   ChunkArrays,
   PackedEntry,
+  Writer,
+  encodedSize,
   sameChunkArrays,
   type Entry,
   type Manifest,
@@ -217,6 +219,33 @@ describe('canonical encoding and root hash', () => {
     m.entries[1]!.mtimeNs -= 1n;
     m.entries[1]!.ids![0] ^= 1n;
     expect(rootHashOf(encodeManifest(m))).not.toBe(h1);
+  });
+
+  it('counts its size before encoding (encodedSize), exactly, over names, links, modes and varints of every width', () => {
+    const entries: Entry[] = [dir('d'), dir('d/\u00e9t\u00e9 \u{1f4d2}', 0o7777)];
+    for (let i = 0; i < 200; i++) entries.push(file(`d/f${String(i).padStart(4, '0')}`, [1, 127, 128, 16383, 16384, 2097151, 2097152].slice(0, (i % 7) + 1)));
+    entries.push(link('d/link', 'f0000', -1n));
+    for (const m of [man(entries), man([])]) {
+      const enc = encodeManifest(m);
+      expect(encodedSize(m)).toBe(enc.length);
+      // Made at its final size (and room for one longest varint): never grown, so never copied.
+      if (enc.length >= 4096) expect(enc.buffer.byteLength).toBe(enc.length + 10);
+    }
+  });
+
+  it('Writer with a sink hands over full buffers of at most its capacity (one oversized write aside), same bytes', () => {
+    const parts: Buffer[] = [];
+    const w = new Writer(64, (b) => parts.push(Buffer.from(b)));
+    const plain = new Writer();
+    for (const x of [w, plain]) {
+      for (let i = 0; i < 500; i++) x.varint(i * 977);
+      x.bytes(Buffer.alloc(200, 7)); // larger than the sink's buffer
+      x.str('end');
+    }
+    expect(w.finish().length).toBe(0);
+    expect(Buffer.concat(parts).equals(plain.finish())).toBe(true);
+    expect(parts.length).toBeGreaterThan(10);
+    expect(parts.filter((b) => b.length > 64).map((b) => b.length)).toEqual([200]);
   });
 
   it('grows its buffer past 64 KiB without corruption', () => {

@@ -85,4 +85,23 @@ describe('ScanCache (the scan cache in columns)', () => {
     }
     expect(loadScanCache(at, '/other', DEFAULT_CHUNK_PARAMS)).toBeUndefined();
   });
+
+  it('is written through a bounded buffer: a cache file of many writes comes back exactly, and replaces the old one', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sf-scancache-'));
+    dirs.push(dir);
+    const at = path.join(dir, 'cache');
+    saveScanCache(at, { root: '/co', params: DEFAULT_CHUNK_PARAMS, generation: 1, rootHash: 'cd'.repeat(32), files: new ScanCache() });
+    const c = new ScanCache();
+    // 40,000 chunks of 9-12 bytes each: about 440 kB, past the 256 KiB the writer holds between writes.
+    for (let k = 0; k < 200; k++) {
+      const f = file(k);
+      c.set(`f${k}`, { ...f, lens: new Uint32Array(200).fill(4096), ids: BigUint64Array.from({ length: 200 }, (_, i) => BigInt(k * 1000 + i) << 40n) });
+    }
+    saveScanCache(at, { root: '/co', params: DEFAULT_CHUNK_PARAMS, generation: 2, rootHash: 'ab'.repeat(32), files: c });
+    expect(fs.statSync(at).size).toBeGreaterThan(256 << 10);
+    expect(fs.existsSync(`${at}.tmp`)).toBe(false);
+    const back = loadScanCache(at, '/co', DEFAULT_CHUNK_PARAMS)!;
+    expect(back.generation).toBe(2);
+    for (const [p, f] of c.entries()) expect([...cached(back.files, p)!.ids]).toEqual([...f.ids]);
+  });
 });
