@@ -328,10 +328,13 @@ export class ChunkStore {
     return this.count - before;
   }
 
-  /** Grows the columns to hold `need` chunks: to exactly that many when `exact`, else to the next doubling. */
+  /**
+   * Grows the columns to hold `need` chunks: to the next doubling, or when `exact` to that many and at least a quarter
+   * more than now (a reservation per generation would otherwise copy and re-index the whole store each time).
+   */
   private grow(need: number, exact = false): void {
     let cap = this.ids.length;
-    if (exact) cap = need;
+    if (exact) cap = Math.max(need, Math.ceil(cap * 1.25));
     while (cap < need) cap *= 2;
     const a = slotArrays(cap);
     a.ids.set(this.ids.subarray(0, this.count));

@@ -15,7 +15,7 @@ import { connect, SecureSession, printable } from './session.js';
 import type { WorkerPool } from '../work/pool.js';
 import { layoutOf, Layout } from '../manifest/layout.js';
 import { IdIndex, idWords } from '../manifest/idindex.js';
-import { appliedMode, decodeManifest, Entry, entryPath, Manifest, rootHashOf, sameContent, sameMtime, totalBytes } from '../manifest/manifest.js';
+import { appliedMode, decodeManifest, encodeManifest, Entry, entryPath, Manifest, rootHashOf, sameContent, sameMtime, totalBytes } from '../manifest/manifest.js';
 import {
   MsgType,
   decodeJson,
@@ -334,13 +334,16 @@ class PullRun {
       return this.result(true, { files: intactRecord.files, bytes: intactRecord.bytes });
     }
     if (!this.opts.repair) this.applied = readApplied(this.paths);
-    let encoded: Buffer;
+    // The manifest's bytes are not kept through the transfer (as many as 12 a chunk): the commit encodes this.m again,
+    // which gives them back exactly (the decoder refuses every non-canonical form) and is checked against the root hash.
+    let encodedLength: number;
     if (head.unchanged) {
       if (!this.applied || this.applied.record.rootHash !== head.rootHash) fail(ErrorCodes.PROTOCOL, 'site claims an unchanged generation we do not hold');
-      encoded = fs.readFileSync(this.paths.appliedManifest);
+      encodedLength = fs.statSync(this.paths.appliedManifest).size;
       this.m = this.applied.manifest;
     } else {
-      encoded = await this.receiveManifest(head);
+      const encoded = await this.receiveManifest(head);
+      encodedLength = encoded.length;
       this.m = decodeManifest(encoded);
     }
     this.layout = layoutOf(this.m);
@@ -357,7 +360,7 @@ class PullRun {
     this.opts.onPoint?.('plan');
     const { WorkerPool } = await import('../work/pool.js');
     this.pool = new WorkerPool(this.opts.workers);
-    this.plan(encoded, await this.partialSources());
+    this.plan(encodedLength, await this.partialSources());
     // next/ has its folders, links and symlinks now, and no file data yet.
     this.opts.onPoint?.('planned');
     await this.checkSpace();
@@ -381,6 +384,8 @@ class PullRun {
       bytes: this.bytesTotal,
     };
     await this.spareDrop;
+    const encoded = encodeManifest(this.m);
+    if (rootHashOf(encoded) !== this.rootHash) fail(ErrorCodes.INTERNAL, 'the manifest encoded again does not match its root hash');
     commit(this.paths, signRecord(record, this.opts.secret), encoded, this.opts.durable !== false, this.opts.onPoint, this.opts.spare !== false, () =>
       writeStats(this.paths, this.rootHash, this.m, this.finishedStats),
     );
@@ -526,7 +531,7 @@ class PullRun {
    * so a branch's memory does not grow with the company): identical chunks are fetched once and written to every
    * occurrence, chunks held locally are copied, changed chunks of files that existed are patched.
    */
-  private plan(encoded: Buffer, partial: Partial): void {
+  private plan(encodedLength: number, partial: Partial): void {
     const p = this.paths;
     // Resume only into a next/ built for this very generation; anything else is discarded.
     let resumable = false;
@@ -543,7 +548,7 @@ class PullRun {
       fs.rmSync(p.nextJournal, { force: true });
       fs.rmSync(p.nextLinks, { force: true });
       fs.mkdirSync(p.next, { mode: 0o700 });
-      writeFileDurable(p.nextJson, JSON.stringify({ rootHash: this.rootHash, bytes: encoded.length }));
+      writeFileDurable(p.nextJson, JSON.stringify({ rootHash: this.rootHash, bytes: encodedLength }));
     }
     const L = this.layout;
     this.remaining = new Int32Array(this.m.entries.length);
