@@ -238,6 +238,8 @@ class PullRun {
   private rootHash = '';
   private generation = 0;
   private applied?: Applied;
+  /** Whether unchangedByStats found DIR holding the applied generation as committed at this pull's start. */
+  private appliedIntact = false;
   /** Occurrences the journal of an interrupted attempt says are verified in next/ (read once, by plan). */
   private done = new Uint8Array(0);
   /** Entries whose file in next/ holds its base: a copy of DIR's version, or (spareBased) its spare. */
@@ -334,6 +336,9 @@ class PullRun {
       return this.result(true, { files: intactRecord.files, bytes: intactRecord.bytes });
     }
     if (!this.opts.repair) this.applied = readApplied(this.paths);
+    // The check against the stats a moment ago found every file of the applied generation as committed: the plan
+    // trusts them without a second lstat of each (~90 ms for 2,626 files here, on the first delta's critical path).
+    this.appliedIntact = intactRecord !== undefined && intactRecord.rootHash === this.applied?.record.rootHash;
     // The manifest's bytes are not kept through the transfer (as many as 12 a chunk): the commit encodes this.m again,
     // which gives them back exactly (the decoder refuses every non-canonical form) and is checked against the root hash.
     let encodedLength: number;
@@ -783,7 +788,7 @@ class PullRun {
       oldIndex = new IdIndex(oldLayout.id, oldLayout.total);
       for (let i = 0; i < olds.length; i++) {
         const oe = olds[i]!;
-        if (oe.kind !== 'file' || !this.trusted(oe, i)) continue;
+        if (oe.kind !== 'file' || !(this.appliedIntact || this.trusted(oe, i))) continue;
         oldByPath.set(oe.path, i);
         for (let k = oldLayout.entryStart[i]!; k < oldLayout.entryStart[i + 1]!; k++) oldIndex.add(k);
       }

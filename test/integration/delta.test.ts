@@ -87,6 +87,35 @@ describe('delta sync after the seed', () => {
     }
   });
 
+  it('a delta does not trust branch files edited by hand (size and mtime put back) as hard links or local sources', async () => {
+    // Produced by rewriting a byte in every fifth file of the branch and setting each file's mtime back (to the
+    // millisecond, as a user's tool would), then changing the site. The plan trusts the applied generation wholesale
+    // only when the stats check at the pull's start found every file as committed; here it must not (trusting them
+    // all left Company.900 with the edited byte), and the edited files come back from the site.
+    const { src, dest, served } = await seeded('edited', 4);
+    try {
+      const files = fs.readdirSync(dest, { recursive: true, withFileTypes: true }).filter((d) => d.isFile());
+      const edited = files.filter((_, i) => i % 5 === 0).map((d) => path.join(d.parentPath ?? d.path, d.name));
+      for (const f of edited) {
+        const st = fs.statSync(f);
+        if (st.size === 0) continue;
+        const fd = fs.openSync(f, 'r+');
+        const b = Buffer.alloc(1);
+        fs.readSync(fd, b, 0, 1, 0);
+        fs.writeSync(fd, Buffer.of(b[0]! ^ 0xff), 0, 1, 0);
+        fs.closeSync(fd);
+        fs.utimesSync(f, st.atime, st.mtime);
+      }
+      await mutateCompany(src, 6);
+      const r = await runCli(['pull', served.url, 'acme', dest, '--secret', key, '--json', '--no-fsync']);
+      expect(r.code, r.stderr).toBe(0);
+      expect(JSON.parse(r.stdout).unchanged).toBe(false);
+      expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
+    } finally {
+      await served.stop();
+    }
+  });
+
   it('applies mode and mtime changes without fetching content', async () => {
     const { src, dest, served } = await seeded('meta', 4);
     try {
