@@ -10,6 +10,7 @@
  *   next.journal     what of next/ is verified (resume after kill -9 re-fetches none of it)
  *   next.links       inode and ctime of DIR's files hard-linked into next/ (the link changes their ctime: without this
  *                    record a resumed pull would distrust, and fetch again, every file the interrupted one linked)
+ *   next.manifest    the manifest being applied, as received (kept here, not in memory, until the commit)
  *   commit.json      present only while a commit swaps next/ into DIR; recovery rolls it forward
  *   old/             the previous tree during a commit
  *   spare/           the previous tree after it: the files the last commit replaced, rewritten in place by the next
@@ -84,6 +85,7 @@ export class StatePaths {
   readonly nextJson: string;
   readonly nextJournal: string;
   readonly nextLinks: string;
+  readonly nextManifest: string;
   readonly commitJson: string;
   readonly old: string;
   readonly pendingJson: string;
@@ -107,6 +109,7 @@ export class StatePaths {
     this.nextJson = at('next.json');
     this.nextJournal = at('next.journal');
     this.nextLinks = at('next.links');
+    this.nextManifest = at('next.manifest');
     this.commitJson = at('commit.json');
     this.old = at('old');
     this.pendingJson = at('pending.json');
@@ -525,6 +528,7 @@ function rollForward(paths: StatePaths, onPoint?: (p: string) => void, keepSpare
   fs.rmSync(paths.nextJson, { force: true });
   fs.rmSync(paths.nextJournal, { force: true });
   fs.rmSync(paths.nextLinks, { force: true });
+  fs.rmSync(paths.nextManifest, { force: true });
   // The replaced tree is kept as the spare (its files' stats decide later whether any can be used), or deleted.
   if (keepSpare && exists(paths.old) && !exists(paths.spare)) {
     removeSharedLinks(paths.old);

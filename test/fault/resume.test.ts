@@ -59,6 +59,35 @@ describe('resume and atomic commit under kill -9', () => {
     expect(fingerprintDiff(treeFingerprint(company), treeFingerprint(dest))).toEqual([]);
   });
 
+  it('a manifest kept for the commit (next.manifest) and changed meanwhile is refused: DIR keeps the old generation', async () => {
+    // Produced by flipping a byte of next.manifest while a delta runs on a slow link (--bwlimit): the commit reads it
+    // back and checks it against the root hash the site sent, so a changed one is never installed as DIR's record.
+    const src = path.join(tmp.dir, 'src-nm', 'acme');
+    await makeCompany(src, 8, 17);
+    const local = await startServe(['--secret', key, '--company', `acme=${src}`]);
+    try {
+      const dest = path.join(tmp.dir, 'd-nm', 'acme');
+      fs.mkdirSync(path.dirname(dest));
+      expect((await runCli(['pull', local.url, 'acme', dest, '--secret', key])).code).toBe(0);
+      const before = treeFingerprint(dest);
+      await mutateCompany(src, 9);
+      const kept = path.join(path.dirname(dest), '.acme.snapferry', 'next.manifest');
+      const child = spawn(process.execPath, [CLI, 'pull', local.url, 'acme', dest, '--secret', key, '--bwlimit', '64k'], { stdio: ['ignore', 'ignore', 'pipe'] });
+      let stderr = '';
+      child.stderr!.on('data', (d) => (stderr += d));
+      const exited = new Promise<number | null>((r) => child.once('exit', r));
+      await waitFor(() => fs.existsSync(kept) && fs.statSync(kept).size > 100, 30_000);
+      const b = fs.readFileSync(kept);
+      b[b.length - 2] ^= 1;
+      fs.writeFileSync(kept, b);
+      expect(await exited).not.toBe(0);
+      expect(stderr).toMatch(/next\.manifest .*changed/);
+      expect(fingerprintDiff(before, treeFingerprint(dest))).toEqual([]);
+    } finally {
+      await local.stop();
+    }
+  });
+
   it('a seed killed before a symlink target was written resumes (the link it made dangles in next/ meanwhile)', async () => {
     const src = path.join(tmp.dir, 'src-link', 'acme');
     await makeCompany(src, 8, 13);
