@@ -58,7 +58,7 @@ export const USAGE = `usage: node dist/bench/main.js [--quick] [--json FILE] [--
   --quick   small data, 1 run: every scenario in under 2 minutes on 2 cores (CI smoke, no thresholds)
   defaults: full = 1024 MiB company, 100000 small files, 10 fan-out pulls, 3 runs;
             quick = 64 MiB (16 MiB on the shaped link), 5000 small files, 3 fan-out pulls, 1 run
-  memory: one seed of the company and one of a company 4x its size (4 GiB in full mode), peak RSS of each side
+  memory: seeds of the company and of one 4x its size (4 GiB in full mode), each --runs times, peak RSS of each side
   follow: pull --follow on the company; seconds from an edit at the site to the branch's JSON line for it`;
 
 export class UsageError extends Error {}

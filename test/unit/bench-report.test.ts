@@ -27,6 +27,27 @@ describe('bench checks', () => {
     expect(renderChecks([check])).toMatch(/1\.50-5\.00x, 2\/3/);
   });
 
+  it("pairs each run's 4x seed with its 1x seed for the memory ratio (the median of those), each side on its own", () => {
+    const r = new Results();
+    const mem = (run: number, src: number, dst: number): Sample => ({ ...sample(run, 5), srcRssKiB: src * 1024, dstRssKiB: dst * 1024 });
+    r.add('memory-1x', 'loopback', 'snapferry', mem(1, 100, 120));
+    r.add('memory-4x', 'loopback', 'snapferry', mem(1, 110, 120));
+    // Run 2 recorded 4x first (alternating order), with a noisier 1x.
+    r.add('memory-4x', 'loopback', 'snapferry', mem(2, 150, 132));
+    r.add('memory-1x', 'loopback', 'snapferry', mem(2, 125, 120));
+    r.add('memory-1x', 'loopback', 'snapferry', mem(3, 100, 110));
+    r.add('memory-4x', 'loopback', 'snapferry', mem(3, 130, 121));
+    const checks = computeChecks(r, ['loopback'], 10);
+    const site = checks.find((c) => c.name === 'peak RSS 4x company / 1x, serving side')!;
+    expect(site.perRun).toEqual([1.1, 1.2, 1.3]);
+    expect(site.value).toBe(1.2);
+    expect(site.pass).toBe(false);
+    const branch = checks.find((c) => c.name === 'peak RSS 4x company / 1x, pulling side')!;
+    expect(branch.perRun).toEqual([1, 1.1, 1.1]);
+    expect(branch.value).toBe(1.1);
+    expect(checks.find((c) => c.name === 'peak RSS 4x company, serving side')!.value).toBe(130);
+  });
+
   it('leaves out a run whose peer failed, and gives no range for a single run', () => {
     const r = new Results();
     r.add('seed', 'loopback', 'snapferry', sample(1, 3));
