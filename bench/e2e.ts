@@ -615,11 +615,10 @@ async function smallFiles(ctx: E2EContext, link: Link, dir: string, run: number,
   }
 }
 
-/** One pull, then N concurrent pulls, each from a fresh serve process: the server's whole-life CPU. */
 /**
  * Peak RSS against company size: a seed of the company and of one 4x its size (4 GiB in full mode), `--runs` times
  * each, the two sizes in alternating order and paired by run. (One run each let a single sample decide the ratio: the
- * same code's site peaked at 146, 155 and 149 MiB at 4 GiB in three runs.) The serving side's figure is the whole
+ * same site code peaked at 146, 155 and 149 MiB at 4 GiB in three runs.) The serving side's figure is the whole
  * process's peak, its first index included; the branch's is the pull's.
  */
 async function memoryScale(ctx: E2EContext, link: Link, dir: string, ports: Ports): Promise<void> {
@@ -720,6 +719,7 @@ async function followLatency(ctx: E2EContext, link: Link, dir: string, ports: Po
   }
 }
 
+/** One pull, then N concurrent pulls, each from a fresh serve process: the server's whole-life CPU. */
 async function fanout(ctx: E2EContext, link: Link, dir: string, sizeMiB: number, run: number, ports: Ports): Promise<void> {
   const { results: R, opts } = ctx;
   const T = opts.stepTimeoutMs;
