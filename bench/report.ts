@@ -113,8 +113,14 @@ export class Results {
 
   /** Per-run ratio a/b of a metric, paired by run number, then the median. */
   pairedRatio(scenario: string, link: string, toolA: string, toolB: string, metric: (s: Sample) => number | null, scenarioB = scenario): number | null {
+    return this.pairedMedian(scenario, link, toolA, toolB, metric, scenarioB)?.value ?? null;
+  }
+
+  /** The median of the per-run ratios and, when there are several, the ratios themselves (a check's `perRun`). */
+  pairedMedian(scenario: string, link: string, toolA: string, toolB: string, metric: (s: Sample) => number | null, scenarioB = scenario): Pick<Check, 'perRun'> & { value: number } | null {
     const ratios = this.pairedRatios(scenario, link, toolA, toolB, metric, scenarioB);
-    return ratios.length ? median(ratios) : null;
+    if (ratios.length === 0) return null;
+    return { value: median(ratios), ...(ratios.length > 1 ? { perRun: ratios } : {}) };
   }
 
   /** The per-run ratios a/b of a metric, paired by run number (and repetition). */
@@ -222,22 +228,21 @@ export function computeChecks(r: Results, links: string[], fanoutN: number): Che
   const out: Check[] = [];
   for (const link of links) {
     for (const v of VS_RSYNC) {
-      const perRun = r.pairedRatios(v.scenario, link, 'snapferry', 'rsync', M[v.metric], v.scenario.replace('+index', ''));
-      if (perRun.length === 0) continue;
-      const value = median(perRun);
+      const paired = r.pairedMedian(v.scenario, link, 'snapferry', 'rsync', M[v.metric], v.scenario.replace('+index', ''));
+      if (paired === null) continue;
+      const { value } = paired;
       const floor = v.floor[link as LinkName] ?? null;
       out.push({
         name: `${v.scenario} ${LABEL[v.metric]} snapferry/rsync`,
         scenario: v.scenario,
         link,
         metric: v.metric,
-        value,
         floor,
         source: v.source,
         pass: verdict(value, floor),
         chart: v.metric !== 'cpuSeconds',
         unit: 'x',
-        ...(perRun.length > 1 ? { perRun } : {}),
+        ...paired,
       });
     }
     const tar = r.pairedRatio('seed', link, 'snapferry', 'tar', M.seconds);
@@ -277,11 +282,10 @@ export function computeChecks(r: Results, links: string[], fanoutN: number): Che
       const pick = (s: Sample) => (side === 'src' ? s.srcRssKiB : s.dstRssKiB);
       const big = med(r.get('memory-4x', link, 'snapferry').filter((s) => s.ok).map(pick));
       // Each run's 4x seed against its 1x seed, then the median, as the other ratios.
-      const perRun = r.pairedRatios('memory-4x', link, 'snapferry', 'snapferry', pick, 'memory-1x');
-      if (big === null || perRun.length === 0) continue;
-      const ratio = median(perRun);
+      const paired = r.pairedMedian('memory-4x', link, 'snapferry', 'snapferry', pick, 'memory-1x');
+      if (big === null || paired === null) continue;
       const who = side === 'src' ? 'serving' : 'pulling';
-      out.push({ name: `peak RSS 4x company / 1x, ${who} side`, scenario: 'memory', link, metric: `${side}Rss`, value: ratio, floor: 1.0, source: 'issue 2 (no larger for a 4 GiB folder)', pass: verdict(ratio, 1.0), chart: false, unit: 'x', ...(perRun.length > 1 ? { perRun } : {}) });
+      out.push({ name: `peak RSS 4x company / 1x, ${who} side`, scenario: 'memory', link, metric: `${side}Rss`, floor: 1.0, source: 'issue 2 (no larger for a 4 GiB folder)', pass: verdict(paired.value, 1.0), chart: false, unit: 'x', ...paired });
       out.push({ name: `peak RSS 4x company, ${who} side`, scenario: 'memory', link, metric: `${side}Rss`, value: big / 1024, floor: 200, source: 'issue 2 (<= 200 MiB each side)', pass: verdict(big / 1024, 200), chart: false, unit: 'MiB' });
     }
     for (const scen of ['seed', 'small-seed']) {
