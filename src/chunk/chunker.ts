@@ -19,6 +19,49 @@ export interface ChunkParams {
  */
 export const DEFAULT_CHUNK_PARAMS: ChunkParams = { minSize: 4 << 10, avgSize: 16 << 10, maxSize: 64 << 10 };
 
+/**
+ * The levels a site chooses from by the company's size: the defaults, then each four times larger. Up to 32 GiB a
+ * company has no more chunks than a 2 GiB one at 16 KiB, so every table kept per chunk (the manifest's lists, the
+ * layouts, the site's store index, the branch's plan) stays the size it is at 2 GiB: memory does not grow with the
+ * company (Syncthing bounds its block lists the same way, with block sizes by file size). Beyond 32 GiB counts grow
+ * again: 1 MiB is the largest chunk a manifest may carry.
+ * The cost is in deltas of large companies: a changed page takes a larger chunk with it (patched, so mostly only its
+ * changed blocks travel; 64 KiB chunks moved 21.3 MB against 15.9 MB for the 1 GiB reference change).
+ */
+export const CHUNK_LEVELS: readonly ChunkParams[] = [
+  DEFAULT_CHUNK_PARAMS,
+  { minSize: 16 << 10, avgSize: 64 << 10, maxSize: 256 << 10 },
+  { minSize: 64 << 10, avgSize: 256 << 10, maxSize: 1 << 20 },
+];
+
+/** Largest company (bytes of files) chunked at level k when no level is in use yet: 2 GiB, 8 GiB, then unbounded. */
+function levelLimit(k: number): number {
+  return k >= CHUNK_LEVELS.length - 1 ? Infinity : 2 ** 31 * 4 ** k;
+}
+
+/**
+ * Chunk parameters for a company of `totalBytes` bytes of files. `current` is the level in use (the last scan's, or
+ * the saved scan cache's): it is kept while the company stays within twice its bounds, so a company that hovers about
+ * a bound does not change level back and forth (a change makes every chunk new: the site stores the company again and
+ * the next delta patches every file). Parameters that are not one of the levels (a caller's own) are always kept.
+ */
+export function chunkParamsFor(totalBytes: number, current?: ChunkParams): ChunkParams {
+  const c = current ? CHUNK_LEVELS.findIndex((l) => sameChunkParams(l, current)) : -1;
+  if (current && c < 0) return current;
+  if (c >= 0 && totalBytes <= 2 * levelLimit(c) && (c === 0 || totalBytes > levelLimit(c - 1) / 2)) return CHUNK_LEVELS[c]!;
+  let k = 0;
+  while (totalBytes > levelLimit(k)) k++;
+  return CHUNK_LEVELS[k]!;
+}
+
+/** Chooses chunk parameters from a company's bytes of files and the parameters in use; chunkParamsFor is the site's. */
+export type ChunkPolicy = (totalBytes: number, current?: ChunkParams) => ChunkParams;
+
+/** Whether two parameter sets are the same. */
+export function sameChunkParams(a: ChunkParams, b: ChunkParams): boolean {
+  return a.minSize === b.minSize && a.avgSize === b.avgSize && a.maxSize === b.maxSize;
+}
+
 /** Files are chunked in independent segments of this size (a multiple of every maxSize we use). */
 export const SEGMENT_SIZE = 4 << 20;
 

@@ -7,7 +7,7 @@
 import fs from 'node:fs';
 import { Writer, Reader, ChunkArrays } from '../manifest/manifest.js';
 import { idWords } from '../manifest/idindex.js';
-import type { ChunkParams } from '../chunk/chunker.js';
+import { type ChunkParams, sameChunkParams, validateChunkParams } from '../chunk/chunker.js';
 import { writeFileDurable } from '../store/state.js';
 import { nextCapacity, widen } from '../util/columns.js';
 
@@ -157,8 +157,11 @@ export function saveScanCache(file: string, d: ScanCacheData): void {
 /** Bytes saveScanCache buffers between writes. */
 const SAVE_BUFFER = 256 << 10;
 
-/** Reads the cache for this folder and these parameters, or undefined. */
-export function loadScanCache(file: string, root: string, params: ChunkParams): ScanCacheData | undefined {
+/**
+ * Reads the cache for this folder, or undefined. With `params`, only a cache saved with those; without, one saved
+ * with any valid parameters (a site that chooses them by the company's size takes the level it was using).
+ */
+export function loadScanCache(file: string, root: string, params?: ChunkParams): ScanCacheData | undefined {
   let buf: Buffer;
   try {
     buf = fs.readFileSync(file);
@@ -170,7 +173,7 @@ export function loadScanCache(file: string, root: string, params: ChunkParams): 
     if (!Buffer.from(r.bytes(4)).equals(MAGIC)) return undefined;
     const savedRoot = r.str(4096);
     const p = { minSize: r.varint(), avgSize: r.varint(), maxSize: r.varint() };
-    if (savedRoot !== root || p.minSize !== params.minSize || p.avgSize !== params.avgSize || p.maxSize !== params.maxSize) return undefined;
+    if (savedRoot !== root || !(params ? sameChunkParams(p, params) : validateChunkParams(p))) return undefined;
     const generation = r.varint();
     const rootHash = r.str(128);
     const n = r.varint();
@@ -191,7 +194,7 @@ export function loadScanCache(file: string, root: string, params: ChunkParams): 
       }
       files.set(path, { size, mtimeNs, ctimeNs, ino, lens, ids });
     }
-    return { root, params, generation, rootHash, files };
+    return { root, params: p, generation, rootHash, files };
   } catch {
     return undefined;
   }

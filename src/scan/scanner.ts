@@ -7,7 +7,7 @@
 import fs from 'node:fs';
 import { isUtf8 } from 'node:buffer';
 import path from 'node:path';
-import { ChunkParams, DEFAULT_CHUNK_PARAMS } from '../chunk/chunker.js';
+import { ChunkParams, ChunkPolicy, DEFAULT_CHUNK_PARAMS, chunkParamsFor, sameChunkParams } from '../chunk/chunker.js';
 import { Entry, Manifest, PackedEntry, encodeManifest, entryPath, rootHashOf, comparePaths, checkTree } from '../manifest/manifest.js';
 import { WorkerPool } from '../work/pool.js';
 import type { ChunkSegmentResult, ChunkFilesResult } from '../work/tasks.js';
@@ -117,6 +117,13 @@ class Listing {
     return { kind: KIND_CODES[this.kinds[row]!]!, mode: this.modes[row]!, size: BigInt(this.sizes[row]!), mtimeNs: this.mtimes[row]!, ctimeNs: this.ctimes[row]!, ino: this.inos[row]! };
   }
 
+  /** Bytes in the regular files listed. */
+  fileBytes(): number {
+    let n = 0;
+    for (let row = 0; row < this.rels.length; row++) if (this.kinds[row] === FILE_CODE) n += this.sizes[row]!;
+    return n;
+  }
+
   /** Row numbers in manifest order. */
   sorted(): Uint32Array {
     const rels = this.rels;
@@ -135,6 +142,7 @@ class Listing {
 }
 
 const KIND_CODES: ReadonlyArray<StatB['kind']> = ['file', 'dir', 'symlink', 'other'];
+const FILE_CODE = KIND_CODES.indexOf('file');
 
 /** Whether two entries are the same in every field (a cache hit keeps the very chunk arrays: those compare by place). */
 function sameEntry(x: Entry, y: Entry): boolean {
@@ -159,21 +167,32 @@ export class CompanyScanner {
   /** Bytes read by the last scan (0 when everything came from the cache). */
   lastBytesRead = 0;
 
+  /** Chunk parameters of the last scan (or of the saved cache). */
+  private params: ChunkParams;
+  /** Chooses them at each scan from the company's size; undefined when the caller fixed them. */
+  private readonly policy?: ChunkPolicy;
+
   /**
+   * @param params chunk parameters for every scan, or a policy choosing them at each scan from the company's size
+   *   (default chunkParamsFor: a large company has no more chunks than a 2 GiB one)
    * @param cacheFile where to keep the scan cache across restarts (serve --cache-dir); memory only when undefined
    */
   constructor(
     readonly root: string,
     private readonly pool: WorkerPool,
-    private readonly params: ChunkParams = DEFAULT_CHUNK_PARAMS,
+    params: ChunkParams | ChunkPolicy = chunkParamsFor,
     private readonly cacheFile?: string,
   ) {
+    const fixed = typeof params === 'function' ? undefined : params;
+    this.policy = typeof params === 'function' ? params : undefined;
+    this.params = fixed ?? DEFAULT_CHUNK_PARAMS;
     if (cacheFile) {
-      const saved = loadScanCache(cacheFile, root, params);
+      const saved = loadScanCache(cacheFile, root, fixed);
       if (saved) {
         this.cache = saved.files;
         this.generationNo = saved.generation;
         this.savedRoot = saved.rootHash;
+        this.params = saved.params;
       }
     }
   }
@@ -256,6 +275,15 @@ export class CompanyScanner {
     const invalidated = (this.invalidatedMidScan = new Set<string>());
     const listed = await this.walk();
     this.lastBytesRead = 0;
+    if (this.policy) {
+      // The level in use is kept within its bounds: only a first scan (no cache saved) chooses from the size alone.
+      const params = this.policy(listed.fileBytes(), this.last || this.savedRoot ? this.params : undefined);
+      if (!sameChunkParams(params, this.params)) {
+        // Every file is chunked again with the new parameters: nothing cached under the old ones applies.
+        this.params = params;
+        this.cache = new ScanCache();
+      }
+    }
     let entries: Entry[] = [];
     const nextCache = new ScanCache();
     /** Files listed by the walk but gone (or no longer regular files) when read: not part of this generation. */

@@ -35,6 +35,7 @@ import type { ReadPackJob, ReadPackResult, MakePatchJob, MakePatchResult } from 
 import { Compressor } from '../work/zstd.js';
 import { SnapferryError, ErrorCodes, fail, fsProblem, toSnapferryError } from '../util/errors.js';
 import { TokenBucket, formatBytes } from '../util/rate.js';
+import { DEFAULT_CHUNK_PARAMS, type ChunkParams, type ChunkPolicy } from '../chunk/chunker.js';
 import { noteGarbage } from '../util/gc.js';
 import { ByteGate } from '../util/bytegate.js';
 import { boundHeapGrowth } from './heap.js';
@@ -92,6 +93,8 @@ export interface ServeOptions {
    * folder removed when the site stops. Costs disk: about a third of the company on company data.
    */
   store?: boolean;
+  /** Chunk parameters, or the policy choosing them from a company's size (default chunkParamsFor). */
+  chunkParams?: ChunkParams | ChunkPolicy;
   /** zstd level of the chunk store (default 1: the best ratio on company data, as rsync's). */
   storeLevel?: number;
   log?: (line: string) => void;
@@ -240,7 +243,7 @@ export class SnapferryServer {
         fail(ErrorCodes.USAGE, `company ${name}: folder ${dir} cannot be served (${fsProblem(err)})`);
       }
       const cacheFile = this.opts.cacheDir ? path.join(this.opts.cacheDir, `${name}.scan`) : undefined;
-      this.companies.set(name, { name, scanner: new CompanyScanner(real, this.pool, undefined, cacheFile), layouts: new WeakMap(), readers: new Map() });
+      this.companies.set(name, { name, scanner: new CompanyScanner(real, this.pool, this.opts.chunkParams, cacheFile), layouts: new WeakMap(), readers: new Map() });
     }
     if (this.opts.store !== false) await this.openStores();
     // Idle or slow HTTP clients must not hold sockets for long: Node checks header and request deadlines every second.
@@ -540,7 +543,10 @@ export class SnapferryServer {
   private sayIndexed(c: Company, g: Generation): void {
     if (c.saidGeneration === g.generation) return;
     c.saidGeneration = g.generation;
-    this.log(`indexed ${c.name}: generation ${g.generation}, ${g.manifest.entries.length} entries, ${c.scanner.lastBytesRead} bytes read`);
+    // The chunk size is named when it is not the default: a large company's (chunkParamsFor), which its deltas show.
+    const avg = g.manifest.params.avgSize;
+    const size = avg === DEFAULT_CHUNK_PARAMS.avgSize ? '' : `, chunks of ${formatBytes(avg)} on average`;
+    this.log(`indexed ${c.name}: generation ${g.generation}, ${g.manifest.entries.length} entries, ${c.scanner.lastBytesRead} bytes read${size}`);
     this.fill(c, g);
   }
 

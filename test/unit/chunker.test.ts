@@ -2,6 +2,8 @@ import { describe, it, expect, beforeAll } from 'vitest';
 import { prng as prngFrom } from '../helpers.js';
 import {
   chunkLengths,
+  chunkParamsFor,
+  CHUNK_LEVELS,
   DEFAULT_CHUNK_PARAMS,
   SEGMENT_SIZE,
   validateChunkParams,
@@ -278,5 +280,46 @@ describe('hash', () => {
     expect(idHex(0xef46db3751d8e999n)).toBe('ef46db3751d8e999');
     expect(idHex((1n << 64n) - 1n)).toBe('ffffffffffffffff');
     expect(idHex(hasher.h64(new Uint8Array(0)))).toBe('ef46db3751d8e999');
+  });
+});
+
+describe('chunkParamsFor (chunk size by company size)', () => {
+  const GiB = 2 ** 30;
+  const level = (p: ChunkParams) => CHUNK_LEVELS.indexOf(p);
+
+  it('every level is valid, each four times the one before, the first the defaults', () => {
+    expect(CHUNK_LEVELS[0]).toBe(DEFAULT_CHUNK_PARAMS);
+    CHUNK_LEVELS.forEach((p, k) => {
+      expect(validateChunkParams(p)).toBe(true);
+      if (k > 0) expect([p.minSize, p.avgSize, p.maxSize]).toEqual([CHUNK_LEVELS[k - 1]!.minSize * 4, CHUNK_LEVELS[k - 1]!.avgSize * 4, CHUNK_LEVELS[k - 1]!.maxSize * 4]);
+    });
+  });
+
+  it('a first scan chooses by size: 16 KiB up to 2 GiB, 64 KiB up to 8 GiB, 256 KiB beyond (chunk counts stay near a 2 GiB company\'s)', () => {
+    const sizes = [0, 1, GiB, 2 * GiB, 2 * GiB + 1, 4 * GiB, 8 * GiB, 8 * GiB + 1, 100 * GiB];
+    expect(sizes.map((s) => level(chunkParamsFor(s)))).toEqual([0, 0, 0, 0, 1, 1, 1, 2, 2]);
+    // Up to 32 GiB; beyond, counts grow again (1 MiB is the largest chunk a manifest may carry).
+    for (const s of sizes.filter((x) => x <= 32 * GiB)) expect(s / chunkParamsFor(s).avgSize).toBeLessThanOrEqual(2 ** 17);
+  });
+
+  it('the level in use is kept within twice its bounds, so a company hovering about a bound does not switch back and forth', () => {
+    const [l0, l1, l2] = CHUNK_LEVELS as [ChunkParams, ChunkParams, ChunkParams];
+    // Grown past 2 GiB on level 0: kept up to 4 GiB, then re-chosen.
+    expect(chunkParamsFor(3 * GiB, l0)).toBe(l0);
+    expect(chunkParamsFor(4 * GiB, l0)).toBe(l0);
+    expect(chunkParamsFor(4 * GiB + 1, l0)).toBe(l1);
+    expect(chunkParamsFor(40 * GiB, l0)).toBe(l2);
+    // Shrunk below 2 GiB on level 1: kept down to just over 1 GiB.
+    expect(chunkParamsFor(1.5 * GiB, l1)).toBe(l1);
+    expect(chunkParamsFor(1 * GiB, l1)).toBe(l0);
+    expect(chunkParamsFor(16 * GiB, l1)).toBe(l1);
+    expect(chunkParamsFor(16 * GiB + 1, l1)).toBe(l2);
+    expect(chunkParamsFor(4 * GiB + 1, l2)).toBe(l2);
+    expect(chunkParamsFor(4 * GiB, l2)).toBe(l1);
+    // Parameters of the caller's own are never replaced.
+    const own = { minSize: 1024, avgSize: 8192, maxSize: 32768 };
+    expect(chunkParamsFor(50 * GiB, own)).toBe(own);
+    // A copy of a level counts as that level.
+    expect(chunkParamsFor(3 * GiB, { ...l0 })).toBe(l0);
   });
 });

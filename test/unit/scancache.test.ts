@@ -3,7 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ScanCache, saveScanCache, loadScanCache, type CachedFile } from '../../src/scan/cachefile.js';
-import { DEFAULT_CHUNK_PARAMS } from '../../src/chunk/chunker.js';
+import { CHUNK_LEVELS, DEFAULT_CHUNK_PARAMS } from '../../src/chunk/chunker.js';
 import { sameChunkArrays } from '../../src/manifest/manifest.js';
 
 function file(k: number): CachedFile {
@@ -84,6 +84,23 @@ describe('ScanCache (the scan cache in columns)', () => {
       expect([g.path, g.size, g.mtimeNs, g.ctimeNs, g.ino, [...g.lens], [...g.ids]]).toEqual([p, f.size, f.mtimeNs, f.ctimeNs, f.ino, [...f.lens], [...f.ids]]);
     }
     expect(loadScanCache(at, '/other', DEFAULT_CHUNK_PARAMS)).toBeUndefined();
+  });
+
+  it('is loaded with the parameters it was saved with when none are asked for (a site choosing them by size), else only with the same', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sf-scancache-'));
+    dirs.push(dir);
+    const c = new ScanCache();
+    c.set('f', file(1));
+    const at = path.join(dir, 'cache');
+    saveScanCache(at, { root: '/co', params: CHUNK_LEVELS[1]!, generation: 3, rootHash: 'ab'.repeat(32), files: c });
+    expect(loadScanCache(at, '/co', DEFAULT_CHUNK_PARAMS)).toBeUndefined();
+    expect(loadScanCache(at, '/co', CHUNK_LEVELS[1])!.files.size).toBe(1);
+    const any = loadScanCache(at, '/co')!;
+    expect(any.params).toEqual(CHUNK_LEVELS[1]);
+    expect(any.generation).toBe(3);
+    // Parameters no scanner could have used (min above avg) are not taken.
+    saveScanCache(at, { root: '/co', params: { minSize: 64 << 10, avgSize: 16 << 10, maxSize: 1 << 20 }, generation: 4, rootHash: 'ab'.repeat(32), files: c });
+    expect(loadScanCache(at, '/co')).toBeUndefined();
   });
 
   it('is written through a bounded buffer: a cache file of many writes comes back exactly, and replaces the old one', () => {

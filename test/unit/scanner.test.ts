@@ -4,6 +4,7 @@
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import fs from 'node:fs';
+import crypto from 'node:crypto';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { tempDir, ROOT } from '../helpers.js';
@@ -62,5 +63,39 @@ describe('CompanyScanner rescans', () => {
     expect([now.get('current.xml')!.target, now.get('masters')!.mode]).toEqual(['masters/m2.xml', 0o700]);
     expect(g2.manifest.entries.length).toBe(g1.manifest.entries.length);
     expect(scanner.lastBytesRead).toBe(fs.statSync(path.join(root, 'masters', 'm3.xml')).size);
+  });
+
+  it('chooses the chunk size by the company\'s size, keeps it across a restart (cache file) and re-reads every file when it changes', async () => {
+    const { chunkParamsFor, CHUNK_LEVELS } = await built<typeof import('../../src/chunk/chunker.js')>('chunk/chunker.js');
+    // The site's policy on a company 4096 times larger: 1 MB here stands for 3.8 GiB.
+    const policy = (bytes: number, current?: Parameters<typeof chunkParamsFor>[1]) => chunkParamsFor(bytes * 4096, current);
+    const root = path.join(tmp.dir, 'sized');
+    fs.mkdirSync(root);
+    const old = new Date(Date.now() - 60_000);
+    const put = (name: string, n: number) => {
+      fs.writeFileSync(path.join(root, name), crypto.randomBytes(n));
+      fs.utimesSync(path.join(root, name), old, old);
+    };
+    put('Company.900', 1_000_000);
+    const cacheFile = path.join(tmp.dir, 'sized.scan');
+    const level = (g: { manifest: { params: unknown } }) => CHUNK_LEVELS.findIndex((l) => JSON.stringify(l) === JSON.stringify(g.manifest.params));
+    const g1 = await new CompanyScanner(root, pool, policy, cacheFile).scan();
+    expect(level(g1)).toBe(1);
+    // Level 1 cuts: every chunk but the last at least its 16 KiB minimum, none over 256 KiB.
+    const lens = [...g1.manifest.entries.find((e) => e.path === 'Company.900')!.lens!];
+    expect(lens.slice(0, -1).every((l) => l >= 16 << 10 && l <= 256 << 10)).toBe(true);
+    expect(lens.length).toBeLessThan(1_000_000 / (16 << 10));
+    // A restarted site takes the level and the chunk lists from its cache file: nothing read.
+    const again = new CompanyScanner(root, pool, policy, cacheFile);
+    const g2 = await again.scan();
+    expect([level(g2), g2.rootHash, again.lastBytesRead]).toEqual([1, g1.rootHash, 0]);
+    // Grown to 19 GiB (past twice level 1's 8 GiB bound): level 2, and every file chunked again.
+    put('Tranmgr.900', 4_000_000);
+    const g3 = await again.scan();
+    expect([level(g3), again.lastBytesRead]).toEqual([2, 5_000_000]);
+    // Back to 3.8 GiB: under half of level 2's lower bound (8 GiB), so level 1 again.
+    fs.rmSync(path.join(root, 'Tranmgr.900'));
+    const g4 = await again.scan();
+    expect([level(g4), again.lastBytesRead, g4.rootHash]).toEqual([1, 1_000_000, g1.rootHash]);
   });
 });
