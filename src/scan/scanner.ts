@@ -303,7 +303,7 @@ export class CompanyScanner {
       while (inFlight >= inFlightLimit) await new Promise<void>((r) => (wake = r));
       inFlight++;
       jobs.push(
-        this.chunkSmallFiles(batch, started, settleTimeoutMs, nextCache, gone)
+        this.chunkSmallFiles(batch, settleTimeoutMs, nextCache, gone)
           .catch((err) => void (firstError ??= err))
           .finally(() => {
             inFlight--;
@@ -357,7 +357,7 @@ export class CompanyScanner {
         while (inFlight >= inFlightLimit) await new Promise<void>((r) => (wake = r));
         inFlight++;
         jobs.push(
-          this.chunkFile(abs, rel, st, e, started, settleTimeoutMs)
+          this.chunkFile(abs, rel, st, e, settleTimeoutMs)
             .then((c) => void (c ? nextCache.set(rel, c) : gone.add(e)))
             .catch((err) => void (firstError ??= err))
             .finally(() => {
@@ -408,7 +408,17 @@ export class CompanyScanner {
     const out = new Listing();
     const visit = async (relDir: string): Promise<void> => {
       const absDir = relDir ? entryPath(this.root, relDir) : this.root;
-      const names = (await fs.promises.readdir(absDir)).sort((a, b) => comparePaths(a, b));
+      let listedNames: string[];
+      try {
+        listedNames = await fs.promises.readdir(absDir);
+      } catch (err) {
+        // A folder removed (or replaced by a file) since its parent was listed: as it was then, empty as far as this
+        // walk saw. Its removal is the next generation's, as for a file deleted during the walk.
+        const code = (err as NodeJS.ErrnoException).code;
+        if (relDir && (code === 'ENOENT' || code === 'ENOTDIR')) return;
+        throw err;
+      }
+      const names = listedNames.sort((a, b) => comparePaths(a, b));
       if (names.some((n) => n.includes('\ufffd'))) await refuseNonUtf8(absDir, relDir);
       const subdirs: string[] = [];
       for (const name of names) {
@@ -446,7 +456,7 @@ export class CompanyScanner {
    * Chunks a batch of small files in one job. Each file's stat is checked again afterwards; one that changed while it
    * was read goes through chunkFile (re-read until it holds still, within the settle budget), one gone goes in `gone`.
    */
-  private async chunkSmallFiles(batch: SmallFile[], started: number, settleTimeoutMs: number, into: ScanCache, gone: Set<Entry>): Promise<void> {
+  private async chunkSmallFiles(batch: SmallFile[], settleTimeoutMs: number, into: ScanCache, gone: Set<Entry>): Promise<void> {
     const r = await this.pool.run<ChunkFilesResult>({
       kind: 'chunkFiles',
       paths: batch.map((f) => f.abs),
@@ -474,7 +484,7 @@ export class CompanyScanner {
       } else if (!after || after.kind !== 'file') {
         gone.add(f.e); // deleted, renamed away or replaced since the walk listed it: as if gone during the walk
       } else {
-        retry.push(this.chunkFile(f.abs, f.rel, after, f.e, started, settleTimeoutMs).then((c) => void (c ? into.set(f.rel, c) : gone.add(f.e))));
+        retry.push(this.chunkFile(f.abs, f.rel, after, f.e, settleTimeoutMs).then((c) => void (c ? into.set(f.rel, c) : gone.add(f.e))));
       }
     });
     await Promise.all(retry);
@@ -484,12 +494,16 @@ export class CompanyScanner {
    * Chunks one file, re-reading it while it changes under us, within the settle budget. Undefined when the file is gone
    * or no longer a regular file: it is then left out of this generation, like a file deleted during the walk.
    */
-  private async chunkFile(abs: string, rel: string, st0: StatB, e: Entry, started: number, settleTimeoutMs: number): Promise<CachedFile | undefined> {
+  private async chunkFile(abs: string, rel: string, st0: StatB, e: Entry, settleTimeoutMs: number): Promise<CachedFile | undefined> {
     let before = st0;
+    // The settle budget counts from when this file was first seen changing, not from the scan's start: a long scan
+    // (a large company's first index) must not fail a file that was written once, briefly, just before its turn.
+    let changingSince: number | undefined;
+    const settling = () => Date.now() - (changingSince ??= Date.now()) > settleTimeoutMs;
     for (let attempt = 0; ; attempt++) {
       if (justWritten(before)) {
         // Written a moment ago: wait until it has been quiet for QUIET_MS before reading it at all.
-        if (Date.now() - started > settleTimeoutMs) fail(ErrorCodes.UNSTABLE_FILE, `${rel} kept changing for ${Math.round(settleTimeoutMs / 1000)} s while it was read; generation delayed, try again when it is idle`);
+        if (settling()) fail(ErrorCodes.UNSTABLE_FILE, `${rel} kept changing for ${Math.round(settleTimeoutMs / 1000)} s while it was read; generation delayed, try again when it is idle`);
         await sleep(QUIET_MS - ageMs(before) + 2);
         let again: StatB;
         try {
@@ -530,7 +544,7 @@ export class CompanyScanner {
         e.ids = ids;
         return { size, mtimeNs: before.mtimeNs, ctimeNs: before.ctimeNs, ino: before.ino, lens, ids };
       }
-      if (Date.now() - started > settleTimeoutMs) {
+      if (settling()) {
         fail(ErrorCodes.UNSTABLE_FILE, `${rel} kept changing for ${Math.round(settleTimeoutMs / 1000)} s while it was read; generation delayed, try again when it is idle`);
       }
       // Back off a little more each time so that an application mid-write can finish.

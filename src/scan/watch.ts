@@ -229,14 +229,17 @@ export class CompanyWatcher extends EventEmitter {
       await this.scanner.idle();
       const t0 = Date.now();
       const seq = this.eventSeq;
+      const prior = this.scanner.current?.rootHash;
       const g: Generation = await this.scanner.scan({ settleTimeoutMs: this.opts.settleTimeoutMs });
       this.lastScanMs = Date.now() - t0;
       this.lastScanAt = Date.now();
       this.cleanSeq = seq;
       this.watchDirs(g);
-      // Announced by what this watcher last announced, not by the scanner's newest generation: a pull's own scan may
-      // have found the change first, and followers still need to hear of it.
-      if (g.rootHash !== this.announced) {
+      // Announced when it differs from what this watcher last announced (a pull's own scan may have found the change
+      // first, and followers still need to hear of it) or from the scanner's generation before this scan: a change
+      // undone within the settle time leaves the tree as last announced, yet a pull may have taken the changed tree
+      // meanwhile (a lock file made and removed), and its branch must hear that the site is back.
+      if (g.rootHash !== this.announced || g.rootHash !== prior) {
         this.announced = g.rootHash;
         this.emit('generation', g);
       }

@@ -65,6 +65,55 @@ describe('CompanyScanner rescans', () => {
     expect(scanner.lastBytesRead).toBe(fs.statSync(path.join(root, 'masters', 'm3.xml')).size);
   });
 
+  /**
+   * Runs `scan` with fs.promises.readdir of `folder` doing `before` first (the walk's own call, at the moment it lists
+   * that folder): how a folder removed, or a file written, while a long walk is under way is produced here.
+   */
+  async function duringWalkOf<T>(folder: string, before: () => Promise<void> | void, scan: () => Promise<T>): Promise<T> {
+    const real = fs.promises.readdir;
+    (fs.promises as { readdir: unknown }).readdir = async (p: fs.PathLike, ...rest: unknown[]) => {
+      if (String(p) === folder) await before();
+      return (real as (...a: unknown[]) => unknown)(p, ...rest);
+    };
+    try {
+      return await scan();
+    } finally {
+      fs.promises.readdir = real;
+    }
+  }
+
+  it('a folder removed after its parent was listed and before it is, is left empty in this generation, not a failed scan', async () => {
+    const root = path.join(tmp.dir, 'vanishing');
+    fs.mkdirSync(path.join(root, 'exports', 'tmp'), { recursive: true });
+    fs.writeFileSync(path.join(root, 'exports', 'tmp', 'x.csv'), 'a;b\n');
+    fs.writeFileSync(path.join(root, 'Company.900'), 'ledger');
+    const old = new Date(Date.now() - 60_000);
+    fs.utimesSync(path.join(root, 'Company.900'), old, old);
+    const scanner = new CompanyScanner(root, pool);
+    const g = await duringWalkOf(path.join(root, 'exports', 'tmp'), () => fs.rmSync(path.join(root, 'exports', 'tmp'), { recursive: true }), () => scanner.scan());
+    expect(g.manifest.entries.map((e) => e.path)).toEqual(['Company.900', 'exports', 'exports/tmp']);
+    // The next scan sees it gone.
+    expect((await scanner.scan()).manifest.entries.map((e) => e.path)).toEqual(['Company.900', 'exports']);
+  });
+
+  it('a file written once just before its turn in a scan longer than the settle budget is read once quiet, not refused', async () => {
+    const root = path.join(tmp.dir, 'slowwalk');
+    fs.mkdirSync(path.join(root, 'vouchers'), { recursive: true });
+    const file = path.join(root, 'vouchers', 'v1.xml');
+    fs.writeFileSync(file, 'old');
+    const scanner = new CompanyScanner(root, pool);
+    // The walk takes 400 ms to reach vouchers/ (a large tree on a slow disk); the file is written as it gets there.
+    const g = await duringWalkOf(
+      path.join(root, 'vouchers'),
+      async () => {
+        await new Promise((r) => setTimeout(r, 400));
+        fs.writeFileSync(file, '<voucher n="1"/>');
+      },
+      () => scanner.scan({ settleTimeoutMs: 200 }),
+    );
+    expect(g.manifest.entries.find((e) => e.path === 'vouchers/v1.xml')!.size).toBe('<voucher n="1"/>'.length);
+  });
+
   it('chooses the chunk size by the company\'s size, keeps it across a restart (cache file) and re-reads every file when it changes', async () => {
     const { chunkParamsFor, CHUNK_LEVELS } = await built<typeof import('../../src/chunk/chunker.js')>('chunk/chunker.js');
     // The site's policy on a company 4096 times larger: 1 MB here stands for 3.8 GiB.

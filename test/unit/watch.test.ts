@@ -95,6 +95,14 @@ describe('CompanyWatcher.settledGeneration', () => {
       fs.appendFileSync(path.join(root, 'a', 'x.xml'), 'three\n');
       const byPull = await scanner.scan();
       await waitFor(() => heard.includes(byPull.rootHash), 10_000);
+      // A change undone within the settle time, which a pull's scan took meanwhile (a lock file made and removed): the
+      // tree is again what the watcher last announced, but that pull's branch holds the lock file and must hear of it.
+      heard.length = 0;
+      fs.writeFileSync(path.join(root, 'ledger.lck'), 'locked by PC-7\n');
+      const withLock = await scanner.scan();
+      fs.rmSync(path.join(root, 'ledger.lck'));
+      expect(withLock.rootHash).not.toBe(byPull.rootHash);
+      await waitFor(() => heard.includes(byPull.rootHash), 10_000);
     } finally {
       watcher.stop();
     }
