@@ -65,7 +65,8 @@ async function waitForChange(opts: FollowOptions, have: string): Promise<boolean
       for (;;) {
         const msg = await s.recv((opts.pingMs ?? 15_000) * 4);
         if (msg[0] === MsgType.CHANGED) {
-          decodeJson(msg);
+          // One naming the generation held is no change (a site that said so each time had the follower pull in a loop).
+          if (decodeJson<{ rootHash?: unknown }>(msg).rootHash === have) continue;
           return true;
         }
         if (msg[0] !== MsgType.PONG) throw new SnapferryError(ErrorCodes.PROTOCOL, `unexpected message type ${msg[0]} while following`);
@@ -140,10 +141,18 @@ export async function follow(opts: FollowOptions, onApplied: (r: PullResult) => 
             opts.log?.('stopped during a pull; the next pull resumes it');
             return 'stopped-in-pull';
           }
+          // Told of a change, the pull found none (a change undone at once, or a site that says so each time): the
+          // next wait begins after the backoff, so that such a site cannot keep the follower pulling in a loop.
+          const nothing = !first && r.unchanged;
           if (first || !r.unchanged) onApplied(r);
           first = false;
           have = r.rootHash;
           if (opts.spare !== false) prep = sparePrep(opts);
+          if (nothing) {
+            await sleep(backoff, opts.signal);
+            backoff = Math.min(opts.maxBackoffMs ?? 30_000, backoff * 2);
+            continue;
+          }
         }
         backoff = 500;
         unreachable = 0;

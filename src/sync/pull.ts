@@ -251,7 +251,8 @@ class PullRun {
   private bytesDone = 0;
   private bytesTotal = 0;
   private stats = { fetched: 0, patched: 0, reused: 0, written: 0, spares: 0 };
-  private pending = new Map<number, { resolve: (m: Buffer) => void; reject: (e: unknown) => void }>();
+  /** Requests awaiting their answer, with the message type that answers them (DATA or PATCH). */
+  private pending = new Map<number, { answer: number; resolve: (m: Buffer) => void; reject: (e: unknown) => void }>();
   private nextReq = 1;
   private readerError?: SnapferryError;
   private bucket?: TokenBucket;
@@ -1045,7 +1046,6 @@ class PullRun {
     watchdog.unref();
     s.channel.ws.once('close', () => clearInterval(watchdog));
     s.channel.onMessage = (frame) => {
-      lastHeard = performance.now();
       if (this.readerError) return;
       noteGarbage(frame.length * 2);
       let msg: Buffer;
@@ -1056,6 +1056,9 @@ class PullRun {
         s.channel.abort(toSnapferryError(err));
         return;
       }
+      // Only what answers (or refuses) counts as hearing from the site: a PONG nobody asked for, sent every half second,
+      // kept a site that answered nothing alive for ever.
+      if (msg[0] !== MsgType.PONG) lastHeard = performance.now();
       try {
         this.route(msg, fault);
       } catch (err) {
@@ -1074,6 +1077,7 @@ class PullRun {
       const reqId = type === MsgType.STALE ? Number(decodeJson<{ reqId: number }>(msg).reqId) : msg.length >= 5 ? msg.readUInt32BE(1) : -1;
       const p = this.pending.get(reqId);
       if (!p) return fault(new SnapferryError(ErrorCodes.PROTOCOL, 'answer to a request we did not make'));
+      if (type !== MsgType.STALE && type !== p.answer) return fault(new SnapferryError(ErrorCodes.PROTOCOL, `answer of type ${type} to a request for type ${p.answer}`));
       this.pending.delete(reqId);
       if (type === MsgType.STALE) {
         const path_ = printable(String(decodeJson<{ path?: string }>(msg).path ?? '?')).slice(0, 300);
@@ -1087,11 +1091,11 @@ class PullRun {
     }
   }
 
-  private request(build: (reqId: number) => Buffer): Promise<Buffer> {
+  private request(answer: number, build: (reqId: number) => Buffer): Promise<Buffer> {
     if (this.readerError) return Promise.reject(this.readerError);
     const reqId = this.nextReq++;
     return new Promise<Buffer>((resolve, reject) => {
-      this.pending.set(reqId, { resolve, reject });
+      this.pending.set(reqId, { answer, resolve, reject });
       this.session!.send(build(reqId)).catch(reject);
     });
   }
@@ -1202,7 +1206,7 @@ class PullRun {
       if (last && last[1] === g) last[1]++;
       else ranges.push([g, g + 1]);
     }
-    const msg = await this.request((reqId) => encodeGet({ reqId, ranges }));
+    const msg = await this.request(MsgType.DATA, (reqId) => encodeGet({ reqId, ranges }));
     const data = decodeData(msg);
     await this.bucket?.take(msg.length);
     const lens = Uint32Array.from(firsts, (g) => L.len[g]!);
@@ -1247,7 +1251,7 @@ class PullRun {
     });
     const ranges = shaped.map((r) => ({ path: r.path, offset: r.offset, length: r.lens.reduce((a, b) => a + b, 0) }));
     const sigs = await this.pool!.run<Uint32Array[]>({ kind: 'blockSigs', ranges, blockSize: PATCH_BLOCK });
-    const msg = await this.request((reqId) =>
+    const msg = await this.request(MsgType.PATCH, (reqId) =>
       encodePatchGet({ reqId, blockSize: PATCH_BLOCK, runs: runs.map((run, k) => ({ chunk: run[0]!, count: run.length, sigs: sigs[k]! })) }),
     );
     const patch = decodePatch(msg);

@@ -677,6 +677,8 @@ export class SnapferryServer {
     // or larger stored than raw (incompressible data: a frame costs a few bytes more), is made as before.
     const stored = await company.store?.readFrames(idWords(layout.id), req.ranges);
     if (stored && stored.length < bytes) {
+      // A session gone meanwhile takes no share of --bwlimit (the bucket is one queue for every session).
+      if (session.channel.isClosed) return;
       await this.bucket?.take(stored.length);
       await session.send([encodeDataHeader(req.reqId, true, bytes), stored]);
       noteGarbage(stored.length * 2, ANSWER_GARBAGE_EVERY);
@@ -696,6 +698,7 @@ export class SnapferryServer {
     const result = await (shared ? this.cache.get(key, read) : read());
     if ('stale' in result) return this.answerStale(session, company, req.reqId, result.stale);
     const payload = Buffer.from(result.payload.buffer, result.payload.byteOffset, result.payload.byteLength);
+    if (session.channel.isClosed) return;
     await this.bucket?.take(payload.length);
     await session.send([encodeDataHeader(req.reqId, result.compressed, result.rawLen), payload]);
     noteGarbage(payload.length * 2, ANSWER_GARBAGE_EVERY);
@@ -730,6 +733,7 @@ export class SnapferryServer {
     if ('stale' in result) return this.answerStale(session, company, req.reqId, result.stale);
     const payload = Buffer.from(result.payload.buffer, result.payload.byteOffset, result.payload.byteLength);
     const header = encodePatchHeader(req.reqId, result.compressed, result.rawLen, result.bitmaps);
+    if (session.channel.isClosed) return;
     await this.bucket?.take(payload.length + header.length);
     await session.send([header, payload]);
   }

@@ -85,7 +85,9 @@ export async function connect(url: string, opts: ConnectOptions): Promise<Secure
   // URL.canParse too: ws would throw a bare "Invalid URL" for "ws://[::1".
   if (!/^wss?:\/\//.test(url) || !URL.canParse(url)) fail(ErrorCodes.USAGE, `not a site URL: ${url} (expected ws://HOST:PORT)`);
   const ws = new WebSocket(url, { maxPayload: MAX_FRAME + 1024, perMessageDeflate: false, handshakeTimeout: timeoutMs });
-  const channel = new Channel(ws);
+  // What the site sends beyond what was asked for waits in at most 16 MiB (and the socket): a site that floods a branch
+  // busy planning (an --adopt chunking a large folder) once held 576 MiB of its frames there.
+  const channel = new Channel(ws, { pauseAtBytes: 16 << 20 });
   try {
     await new Promise<void>((resolve, reject) => {
       ws.once('open', () => resolve());

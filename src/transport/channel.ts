@@ -20,6 +20,12 @@ export interface ChannelOptions {
   maxQueuedMessages?: number;
   /** End the channel (LIMIT) when received messages waiting unread exceed this many bytes (default: unbounded). */
   maxQueuedBytes?: number;
+  /**
+   * Stop reading the socket while received messages waiting unread exceed this many bytes, and read on once they are
+   * down to half (default: never): a peer that sends what was not asked for then meets TCP's flow control, not ever
+   * more of our memory.
+   */
+  pauseAtBytes?: number;
 }
 
 export class Channel {
@@ -37,10 +43,24 @@ export class Channel {
   private queuedBytes = 0;
   private readonly maxQueuedMessages: number;
   private readonly maxQueuedBytes: number;
+  private readonly pauseAtBytes: number;
+  private paused = false;
+  private handler?: (msg: Buffer) => void;
   /** How many sends had to wait for the peer or the link (backpressure): tells a slow link from a fast one. */
   waits = 0;
-  /** Called for each message instead of queueing, when set. */
-  onMessage?: (msg: Buffer) => void;
+  /** Called for each message instead of queueing, when set; messages queued before are handed to it at once, in order. */
+  get onMessage(): ((msg: Buffer) => void) | undefined {
+    return this.handler;
+  }
+
+  set onMessage(h: ((msg: Buffer) => void) | undefined) {
+    this.handler = h;
+    if (!h) return;
+    const queued = this.queue.splice(0);
+    this.queuedBytes = 0;
+    this.readOn();
+    for (const m of queued) h(m);
+  }
   /** Called once when the channel closes. */
   onClose?: (err: SnapferryError) => void;
 
@@ -52,6 +72,7 @@ export class Channel {
     this.drainTimeoutMs = opts.drainTimeoutMs ?? 0;
     this.maxQueuedMessages = opts.maxQueuedMessages ?? Infinity;
     this.maxQueuedBytes = opts.maxQueuedBytes ?? Infinity;
+    this.pauseAtBytes = opts.pauseAtBytes ?? Infinity;
     ws.binaryType = 'nodebuffer';
     ws.on('message', (data: Buffer, isBinary: boolean) => {
       if (!isBinary) return this.abort(new SnapferryError(ErrorCodes.PROTOCOL, 'peer sent a text message'));
@@ -64,12 +85,23 @@ export class Channel {
       }
       this.queue.push(data);
       this.queuedBytes += data.length;
+      if (this.queuedBytes > this.pauseAtBytes && !this.paused) {
+        this.paused = true;
+        ws.pause();
+      }
     });
     ws.on('close', (code: number, reason: Buffer) => {
       const why = reason.toString() || `connection closed (${code})`;
       this.finish(new SnapferryError(ErrorCodes.CONNECTION_LOST, why, { retryable: true }));
     });
     ws.on('error', (err) => this.finish(toSnapferryError(err)));
+  }
+
+  /** Reads the socket again after a pause (pauseAtBytes). */
+  private readOn(): void {
+    if (!this.paused) return;
+    this.paused = false;
+    if (this.ws.readyState === this.ws.OPEN) this.ws.resume();
   }
 
   /** The raw TCP socket (for byte counts). */
@@ -97,6 +129,7 @@ export class Channel {
     const queued = this.queue.shift();
     if (queued) {
       this.queuedBytes -= queued.length;
+      if (this.queuedBytes <= this.pauseAtBytes / 2) this.readOn();
       return Promise.resolve(queued);
     }
     if (this.closedWith) return Promise.reject(this.closedWith);

@@ -798,4 +798,36 @@ describe('hostile clients against a real site', () => {
     await expect(answerGet(undefined, fake, gen, encodeGet({ reqId: 1, ranges: [[0, 1_000_000]] }))).rejects.toMatchObject({ code: 'SNAPFERRY_E_LIMIT' });
     expect(reads).toBeLessThanOrEqual(MAX_GET_BYTES / (64 << 10) + 1);
   });
+
+  // Found by review: with --bwlimit, an answer took its share of the rate (one queue for every session) even when its
+  // session had gone while the pack was read: a branch that asks for 8 MiB and hangs up, again and again, held honest
+  // branches' answers back by the time those bytes would have taken. Produced in-process (the site's bucket is then
+  // at hand): GETs for the whole company (about 1.3 MB compressed) at 256 KiB/s, the session closed at once; the
+  // bucket must still be free.
+  it('with --bwlimit, answers to a session that has gone take no share of the rate', async () => {
+    // The built site: its worker threads load from dist/.
+    const Built = ((await import(pathToFileURL(path.join(ROOT, 'dist', 'src', 'sync', 'server.js')).href)) as { SnapferryServer: typeof SnapferryServer }).SnapferryServer;
+    const site = new Built({ host: '127.0.0.1', port: 0, secretFor: () => secret, companies: new Map([[NAME, company]]), bwlimit: 256 << 10, store: false, watch: false });
+    const url = await site.start();
+    try {
+      const s = await connect(url, { secret, peerId: 'gone' });
+      const { layout } = await openLayout(s, NAME);
+      let at = 0;
+      for (let reqId = 1; reqId <= 4 && at < layout.total; reqId++) {
+        let end = at;
+        for (let bytes = 0; end < layout.total && bytes + layout.len[end]! <= 1 << 20; end++) bytes += layout.len[end]!;
+        await s.send(encodeGet({ reqId, ranges: [[at, end]] }));
+        at = end;
+      }
+      s.channel.abort(new Error('gone'));
+      // The site reads and compresses the packs (a moment), then would wait its turn to send them: about 5 s.
+      await sleep(500);
+      const bucket = (site as unknown as { bucket: { take(n: number): Promise<void> } }).bucket;
+      const t0 = performance.now();
+      await bucket.take(1);
+      expect(performance.now() - t0, 'the rate was still spent on the gone session').toBeLessThan(1000);
+    } finally {
+      await site.close();
+    }
+  });
 });

@@ -21,7 +21,7 @@ import { ROOT, tempDir, treeFingerprint } from '../helpers.js';
 import { Channel } from '../../src/transport/channel.js';
 import { accept, SecureSession } from '../../src/sync/session.js';
 import { encodeManifest, rootHashOf, Entry, Manifest } from '../../src/manifest/manifest.js';
-import { MsgType, MAX_FRAME, decodeGet, encodeDataHeader, encodeJson } from '../../src/protocol/messages.js';
+import { MsgType, MAX_FRAME, decodeGet, decodeJson, encodeDataHeader, encodeJson } from '../../src/protocol/messages.js';
 import { DEFAULT_CHUNK_PARAMS } from '../../src/chunk/chunker.js';
 import { Compressor } from '../../src/work/zstd.js';
 import { loadHasher, Hasher } from '../../src/chunk/hash.js';
@@ -122,8 +122,8 @@ function partHeader(compressed: number, rawLen: number): Buffer {
   return h;
 }
 
-/** What a scenario does after OPEN. */
-type Scenario = (s: SecureSession, ch: Channel) => Promise<void>;
+/** What a scenario does after OPEN (or, for a site made with `anyFirst`, after whatever the branch sent first). */
+type Scenario = (s: SecureSession, ch: Channel, first: Buffer) => Promise<void>;
 
 class HostileSite {
   private server = http.createServer();
@@ -134,6 +134,7 @@ class HostileSite {
   constructor(
     private readonly secret: Buffer,
     private readonly scenario: Scenario,
+    anyFirst = false,
   ) {
     this.wss.on('connection', (ws) => {
       this.sockets.add(ws);
@@ -142,8 +143,8 @@ class HostileSite {
       accept(ch, () => this.secret, 10_000)
         .then(async (s) => {
           const open = await s.recv(10_000);
-          if (open[0] !== MsgType.OPEN) throw new Error('expected OPEN');
-          await this.scenario(s, ch);
+          if (!anyFirst && open[0] !== MsgType.OPEN) throw new Error('expected OPEN');
+          await this.scenario(s, ch, open);
         })
         .catch(() => undefined);
     });
@@ -484,7 +485,112 @@ describe('a hostile site cannot escape DIR, plant data or exhaust the puller', (
       const o = await attempt(dataScenario(async () => undefined), { timeoutMs: 2000 }, 8000);
       expectRefused(o, ['SNAPFERRY_E_TIMEOUT', 'SNAPFERRY_E_CONNECTION_LOST']);
     });
+
+    // Found by review: every message reset the watchdog, and a PONG is ignored, so a site answering nothing but
+    // sending a PONG every 200 ms (nobody asked) kept the pull waiting for ever.
+    it('gives up on a site that answers nothing but PONGs nobody asked for (TIMEOUT within bounded time)', async () => {
+      const o = await attempt(
+        async (s) => {
+          await sendManifest(s, good);
+          await s.recv(10_000); // the first GET, left unanswered
+          for (let i = 0; i < 60; i++) {
+            await s.send(Buffer.from([MsgType.PONG]));
+            await sleep(200);
+          }
+        },
+        { timeoutMs: 2000 },
+        10_000,
+      );
+      expectRefused(o, 'SNAPFERRY_E_TIMEOUT');
+    });
+
+    it('refuses an answer of another type than its request asked for (a PATCH for a GET)', async () => {
+      const o = await attempt(
+        dataScenario(async (s, reqId, ranges) => {
+          const raw = bytesFor(ranges);
+          const h = encodeDataHeader(reqId, false, raw.length);
+          h[0] = MsgType.PATCH;
+          await s.send([h, raw]);
+        }),
+      );
+      expectRefused(o, 'SNAPFERRY_E_PROTOCOL', /answer of type/);
+    });
   });
+
+  // Found by review: a follower took any CHANGED for a change and pulled at once, without a pause after a pull that
+  // found nothing new: a site answering every FOLLOW with CHANGED had it handshake and pull in a loop, for ever.
+  it('a follower told of changes that are never there does not pull in a loop', async () => {
+    const goodRoot = rootHashOf(good);
+    const seen = { follows: 0, opens: 0 };
+    const site = await new HostileSite(
+      secret,
+      async (s, _ch, first) => {
+        if (first[0] === MsgType.FOLLOW) {
+          seen.follows++;
+          const have = String(decodeJson<{ have?: string }>(first).have);
+          // First a CHANGED naming what the branch holds (no change at all), then one naming a generation that
+          // the pull will not find.
+          await s.sendJson(MsgType.CHANGED, { company: 'acme', generation: 1, rootHash: have });
+          await s.sendJson(MsgType.CHANGED, { company: 'acme', generation: 2, rootHash: randomBytes(32).toString('hex') });
+          await s.recv(30_000).catch(() => undefined);
+          return;
+        }
+        seen.opens++;
+        if (decodeJson<{ have?: string }>(first).have === goodRoot) {
+          await sendManifest(s, good, { head: { unchanged: true }, parts: 0, rawParts: [] });
+          await s.recv(10_000).catch(() => undefined);
+          return;
+        }
+        await sendManifest(s, good);
+        await serveGets(s, (reqId, ranges) => honest(s, reqId, ranges));
+      },
+      true,
+    ).start();
+    sites.push(site);
+    const { follow } = (await import(pathToFileURL(path.join(ROOT, 'dist', 'src', 'sync', 'follow.js')).href)) as typeof import('../../src/sync/follow.js');
+    const dest = path.join(tmp.dir, 'liar', 'acme');
+    fs.mkdirSync(path.dirname(dest));
+    const stop = new AbortController();
+    const applied: PullResult[] = [];
+    const run = follow({ url: site.url, company: 'acme', dir: dest, secret, retries: 0, workers: 1, durable: false, timeoutMs: 5000, spare: false, signal: stop.signal }, (r) => applied.push(r));
+    await sleep(4000);
+    stop.abort();
+    await run;
+    // The seed, then pulls 0.5, 1 and 2 s apart: a handful, where the loop made hundreds.
+    expect(applied.length).toBe(1);
+    expect(seen.opens, `${seen.opens} pulls`).toBeLessThanOrEqual(5);
+    expect(seen.follows, `${seen.follows} FOLLOWs`).toBeLessThanOrEqual(5);
+    expect(fs.readFileSync(path.join(dest, 'data', 'ledger.dat')).equals(content)).toBe(true);
+  }, 30_000);
+
+  // Found by review: the branch read nothing between the manifest and its first request, and its channel queued every
+  // frame meanwhile: a site flooding a branch busy planning (an adopt chunking its folder) held 576 MiB of it there.
+  // The branch now stops reading the socket at 16 MiB unread; the frames, read once it listens, are refused.
+  it('a site flooding the branch while it plans meets a paused socket, not the branch\'s memory', async () => {
+    const site = await new HostileSite(secret, async (s) => {
+      await sendManifest(s, good);
+      const junk = Buffer.alloc(4 * MiB - 64, 7);
+      for (let i = 0; i < 96; i++) await s.send([encodeDataHeader(1_000_000 + i, false, junk.length), junk]);
+    }).start();
+    sites.push(site);
+    const dest = path.join(tmp.dir, 'flood', 'acme');
+    fs.mkdirSync(path.join(dest, 'data'), { recursive: true });
+    // An adopted folder whose 1 GiB (sparse) ledger the branch chunks before it asks for anything: a second or more.
+    fs.closeSync(fs.openSync(path.join(dest, 'data', 'ledger.dat'), 'w'));
+    fs.truncateSync(path.join(dest, 'data', 'ledger.dat'), 1 << 30);
+    const base = process.memoryUsage().rss;
+    let peak = base;
+    const timer = setInterval(() => (peak = Math.max(peak, process.memoryUsage().rss)), 10);
+    const e = await pull({ url: site.url, company: 'acme', dir: dest, secret, retries: 0, workers: 1, durable: false, timeoutMs: 5000, adopt: true }).then(
+      () => undefined,
+      (err: { code: string; message: string }) => err,
+    );
+    clearInterval(timer);
+    expect(e?.code, e?.message).toBe('SNAPFERRY_E_PROTOCOL');
+    expect(peak - base, `resident memory grew by ${((peak - base) / MiB).toFixed(0)} MiB`).toBeLessThan(120 * MiB);
+    // The adopted folder is as it was.
+    expect(fs.statSync(path.join(dest, 'data', 'ledger.dat')).size).toBe(1 << 30);
+  }, 60_000);
 
   // BUG (src/sync/pull.ts PullRun.finishTree: chmodSync(p, e.mode) with any mode <= 0o7777): a site chooses the
   // setuid/setgid/sticky bits of what the branch writes. A puller running as root (a service) then creates
