@@ -43,10 +43,12 @@ function parseCompanies(list: string[]): Map<string, string> {
 
 /**
  * Fault injection for the fault suite: SNAPFERRY_FAULT_KILL_AT=<point> makes the process SIGKILL itself at that named
- * point of a pull (plan, commit, before-intent, intent, swap, swapped, committed), exactly as a power cut or kill -9.
+ * point of a pull (plan, commit, before-intent, intent, swap, swapped, committed), exactly as a power cut or kill -9;
+ * SNAPFERRY_FAULT_STOP_AT=<point> stops it there (SIGSTOP) for a test to change something before it goes on.
  */
 function faultPoint(point: string): void {
   if (process.env.SNAPFERRY_FAULT_KILL_AT === point) process.kill(process.pid, 'SIGKILL');
+  if (process.env.SNAPFERRY_FAULT_STOP_AT === point) process.kill(process.pid, 'SIGSTOP');
 }
 
 /** A number given to an option: an integer from min to max (a typo would otherwise become NaN and mean "no limit"). */

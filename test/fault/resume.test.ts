@@ -88,6 +88,46 @@ describe('resume and atomic commit under kill -9', () => {
     }
   });
 
+  it('a file of DIR written after the pull trusted it and before its base copy fails the pull; the next pull brings the site\'s version', async () => {
+    // Produced by stopping the puller (SIGSTOP at "planned": DIR's files trusted by their stats, the plan made, no
+    // copy yet) and writing into the DIR file the delta changes, keeping its size and putting its mtime back. The
+    // plan counts the base copy's unchanged chunks as held without reading them: without the check after the copy,
+    // the written bytes were committed as the site's and every later pull trusted them.
+    const src = path.join(tmp.dir, 'src-tw', 'acme');
+    await makeCompany(src, 8, 21);
+    const local = await startServe(['--secret', key, '--company', `acme=${src}`]);
+    try {
+      const dest = path.join(tmp.dir, 'd-tw', 'acme');
+      fs.mkdirSync(path.dirname(dest));
+      expect((await runCli(['pull', local.url, 'acme', dest, '--secret', key])).code).toBe(0);
+      await mutateCompany(src, 4);
+      // A large file the change rewrites pages of (same path, other content): the delta starts it as a copy of DIR's.
+      const big = ['Company.900', 'Tranmgr.900', 'Manager.900', 'LinkMgr.900'].find((f) => fs.existsSync(path.join(dest, f)) && !fs.readFileSync(path.join(dest, f)).equals(fs.readFileSync(path.join(src, f))))!;
+      expect(big).toBeDefined();
+      // --retries 0: a pull retries a retryable failure itself (and would stop at "planned" again).
+      const child = spawn(process.execPath, [CLI, 'pull', local.url, 'acme', dest, '--secret', key, '--retries', '0'], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, SNAPFERRY_FAULT_STOP_AT: 'planned' } });
+      let stderr = '';
+      child.stderr!.on('data', (d) => (stderr += d));
+      const exited = new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
+      await waitFor(() => /^\d+ \(.*\) T /.test(fs.readFileSync(`/proc/${child.pid}/stat`, 'utf8')), 30_000);
+      const f = path.join(dest, big);
+      const st = fs.statSync(f);
+      const fd = fs.openSync(f, 'r+');
+      fs.writeSync(fd, Buffer.from('written behind snapferry\'s back'), 0, 24, 0);
+      fs.closeSync(fd);
+      fs.utimesSync(f, st.atime, st.mtime);
+      child.kill('SIGCONT');
+      expect(await exited).not.toBe(0);
+      expect(stderr).toMatch(new RegExp(`${big.replace('.', '\\.')} was changed in .* during the pull.*SNAPFERRY_E_STATE`));
+      expect(fs.readFileSync(f).subarray(0, 24).toString()).toBe('written behind snapferry');
+      const again = await runCli(['pull', local.url, 'acme', dest, '--secret', key]);
+      expect(again.code, again.stderr).toBe(0);
+      expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
+    } finally {
+      await local.stop();
+    }
+  });
+
   it('a seed killed before a symlink target was written resumes (the link it made dangles in next/ meanwhile)', async () => {
     const src = path.join(tmp.dir, 'src-link', 'acme');
     await makeCompany(src, 8, 13);
