@@ -195,6 +195,9 @@ export async function pull(opts: PullOptions): Promise<PullResult> {
   }
 }
 
+/** Hard links the plan makes between two records of them in next.links (recordOwnLinks). */
+const LINKS_BATCH = 64;
+
 /** Where plan decided an occurrence of a chunk comes from (one byte per global chunk index). */
 const enum From {
   /** Nothing to do: reused in place, hard-linked, already verified, or not a file's chunk. */
@@ -574,6 +577,7 @@ class PullRun {
     const ol = local.oldLayout;
     const oldWords = ol ? idWords(ol.id) : words;
     const linkedOld: number[] = [];
+    let linksRecorded = 0;
     // The spare generation's record, read when a changed file first asks for it.
     let spare: Spare | null | undefined;
     const spareOf = () => (spare === undefined ? (spare = Spare.load(p) ?? null) : spare) ?? undefined;
@@ -607,6 +611,13 @@ class PullRun {
           if (have !== 'link') fs.linkSync(src, dst);
           this.linked.add(ei);
           linkedOld.push(oi!);
+          // Recorded as they are made, a batch at a time: a pull killed in its plan resumes trusting what it linked
+          // (by the ctime the link gave it); recorded once after the loop, every file linked before a kill was fetched.
+          if (linkedOld.length - linksRecorded >= LINKS_BATCH) {
+            this.recordOwnLinks(linkedOld.slice(linksRecorded));
+            linksRecorded = linkedOld.length;
+            this.opts.onPoint?.('links');
+          }
         } else if (!this.based.has(ei)) {
           // Same bytes, other mode or mtime: a hard link would change the old generation too, so copy.
           this.bases.add({ ei, from: src, spare: false, trusted: this.trustOf(oi!) });
@@ -652,7 +663,7 @@ class PullRun {
       this.remaining[ei] = remaining;
     }
     this.local = local;
-    this.recordOwnLinks(linkedOld);
+    this.recordOwnLinks(linkedOld.slice(linksRecorded));
     // Spare files not used by now never will be (the commit makes this generation's replaced files the new spare).
     this.spareDrop = dropSpareFilesAsync(p);
   }
@@ -761,18 +772,28 @@ class PullRun {
         /* gone: it is not trusted then */
       }
     }
-    fs.writeFileSync(this.paths.nextLinks, JSON.stringify({ applied: this.applied?.record.rootHash, stats }));
+    // One JSON line a batch (a file of one object, as written before batches, reads the same).
+    fs.appendFileSync(this.paths.nextLinks, `${JSON.stringify({ applied: this.applied?.record.rootHash, stats })}\n`);
   }
 
   /** Trusts DIR's files that an interrupted attempt hard-linked into next/ by the ctime that link gave them. */
   private trustOwnLinks(): void {
     if (!this.applied) return;
     try {
-      const r = JSON.parse(fs.readFileSync(this.paths.nextLinks, 'utf8')) as { applied?: string; stats?: Record<string, string> };
-      if (r.applied !== this.applied.record.rootHash || !r.stats) return;
-      for (const [oi, st] of Object.entries(r.stats)) {
-        const i = Number(oi);
-        if (Number.isInteger(i) && i >= 0 && i < this.applied.stats.length && typeof st === 'string') this.applied.stats[i] = st;
+      for (const line of fs.readFileSync(this.paths.nextLinks, 'utf8').split('\n')) {
+        if (line.trim() === '') continue;
+        // A line cut short by the kill is the last one: the files of its batch are fetched again.
+        let r: { applied?: string; stats?: Record<string, string> };
+        try {
+          r = JSON.parse(line) as typeof r;
+        } catch {
+          continue;
+        }
+        if (r.applied !== this.applied.record.rootHash || !r.stats) continue;
+        for (const [oi, st] of Object.entries(r.stats)) {
+          const i = Number(oi);
+          if (Number.isInteger(i) && i >= 0 && i < this.applied.stats.length && typeof st === 'string') this.applied.stats[i] = st;
+        }
       }
     } catch {
       /* no record: files the interrupted attempt linked are fetched again */

@@ -9,7 +9,7 @@ import path from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, Served, CLI, waitFor, NO_DAC_OVERRIDE } from '../helpers.js';
-import { makeCompany, mutateCompany } from '../../src/gen/company.js';
+import { makeCompany, makeSmallFiles, mutateCompany } from '../../src/gen/company.js';
 
 /**
  * Starts a pull into `dest` on a slow link (--bwlimit, so that the kill lands mid-transfer) and kills it with SIGKILL
@@ -123,6 +123,35 @@ describe('resume and atomic commit under kill -9', () => {
       const again = await runCli(['pull', local.url, 'acme', dest, '--secret', key]);
       expect(again.code, again.stderr).toBe(0);
       expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
+    } finally {
+      await local.stop();
+    }
+  });
+
+  it('a delta killed in its plan, after it hard-linked some unchanged files, fetches none of them again', async () => {
+    // Produced with SNAPFERRY_FAULT_KILL_AT=links: the puller kills itself once its first batch of hard links is made
+    // and recorded. The links changed those DIR files' ctime; unrecorded, the resumed pull distrusted and fetched them.
+    const src = path.join(tmp.dir, 'src-kl', 'acme');
+    await makeCompany(src, 8, 23);
+    await makeSmallFiles(path.join(src, 'vouchers'), 300, 5);
+    const local = await startServe(['--secret', key, '--company', `acme=${src}`]);
+    try {
+      const killed = path.join(tmp.dir, 'd-kl', 'acme');
+      const straight = path.join(tmp.dir, 'd-kl2', 'acme');
+      for (const d of [killed, straight]) {
+        fs.mkdirSync(path.dirname(d));
+        expect((await runCli(['pull', local.url, 'acme', d, '--secret', key])).code).toBe(0);
+      }
+      await mutateCompany(src, 6);
+      const k = await runCli(['pull', local.url, 'acme', killed, '--secret', key], { env: { SNAPFERRY_FAULT_KILL_AT: 'links' } });
+      expect(k.signal ?? k.code).toBe('SIGKILL');
+      const links = fs.readFileSync(path.join(path.dirname(killed), '.acme.snapferry', 'next.links'), 'utf8');
+      expect(Object.keys(JSON.parse(links.split('\n')[0]!).stats).length).toBe(64);
+      const resumed = await runCli(['pull', local.url, 'acme', killed, '--secret', key, '--json']);
+      const plain = await runCli(['pull', local.url, 'acme', straight, '--secret', key, '--json']);
+      expect([resumed.code, plain.code], resumed.stderr + plain.stderr).toEqual([0, 0]);
+      expect(JSON.parse(resumed.stdout).chunksFetched).toBe(JSON.parse(plain.stdout).chunksFetched);
+      expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(killed))).toEqual([]);
     } finally {
       await local.stop();
     }
