@@ -482,9 +482,17 @@ function clearIntent(paths: StatePaths): void {
 export function recover(paths: StatePaths): boolean {
   if (!exists(paths.commitJson)) {
     // No declared commit: leftovers of one that was never declared, or of one whose cleanup was cut short.
-    removeTree(paths.old);
-    removeTree(paths.spareDrop);
-    removeTree(paths.sparePrep);
+    discardTree(paths, paths.old);
+    discardTree(paths, paths.spareDrop);
+    discardTree(paths, paths.sparePrep);
+    for (const n of exists(paths.state) ? fs.readdirSync(paths.state) : []) {
+      if (!n.startsWith(TRASH)) continue;
+      try {
+        removeTree(path.join(paths.state, n));
+      } catch {
+        /* still not ours to remove: left, out of every commit's way */
+      }
+    }
     fs.rmSync(paths.pendingJson, { force: true });
     fs.rmSync(paths.pendingManifest, { force: true });
     return false;
@@ -501,7 +509,7 @@ function rollForward(paths: StatePaths, onPoint?: (p: string) => void, keepSpare
   const hasNext = exists(paths.next);
   if (hasNext) {
     if (exists(paths.dir)) {
-      removeTree(paths.old);
+      discardTree(paths, paths.old);
       fs.renameSync(paths.dir, paths.old);
       onPoint?.('swap');
     }
@@ -512,7 +520,7 @@ function rollForward(paths: StatePaths, onPoint?: (p: string) => void, keepSpare
   if (exists(paths.pendingManifest)) {
     // The record of the generation just replaced goes with its tree (old/, soon spare/). Renames, so that a recovery
     // that repeats this step finds either the old record to move or none (never a half-moved one).
-    removeTree(paths.spare);
+    discardTree(paths, paths.spare);
     for (const [from, to] of [
       [paths.appliedManifest, paths.spareManifest],
       [paths.appliedStats, paths.spareStats],
@@ -529,12 +537,33 @@ function rollForward(paths: StatePaths, onPoint?: (p: string) => void, keepSpare
   fs.rmSync(paths.nextJournal, { force: true });
   fs.rmSync(paths.nextLinks, { force: true });
   fs.rmSync(paths.nextManifest, { force: true });
-  // The replaced tree is kept as the spare (its files' stats decide later whether any can be used), or deleted.
-  if (keepSpare && exists(paths.old) && !exists(paths.spare)) {
-    removeSharedLinks(paths.old);
-    fs.renameSync(paths.old, paths.spare);
-  } else removeTree(paths.old);
+  // The replaced tree is kept as the spare (its files' stats decide later whether any can be used), or deleted. DIR
+  // is the new generation by now: a tree that cannot be cleaned (a folder another user owns, in an adopted folder)
+  // is set aside, never a reason to fail the commit (which every later command would then fail to finish again).
+  try {
+    if (keepSpare && exists(paths.old) && !exists(paths.spare)) {
+      removeSharedLinks(paths.old);
+      fs.renameSync(paths.old, paths.spare);
+    } else removeTree(paths.old);
+  } catch {
+    discardTree(paths, paths.old);
+  }
   onPoint?.('spare-kept');
+}
+
+/** Names of trees set aside in the state folder (discardTree); each later recovery tries to remove them again. */
+const TRASH = 'trash.';
+
+/**
+ * Removes a tree of snapferry's own in the state folder, or, when it cannot (a folder in it owned by another user, for
+ * a puller that is not root), renames it out of the way (`trash.*`, removed later if it ever can be).
+ */
+function discardTree(paths: StatePaths, p: string): void {
+  try {
+    removeTree(p);
+  } catch {
+    if (exists(p)) fs.renameSync(p, path.join(paths.state, `${TRASH}${Date.now()}.${process.pid}.${path.basename(p)}`));
+  }
 }
 
 /**

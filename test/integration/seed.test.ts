@@ -217,6 +217,38 @@ describe('seed over WebSocket (CLI, two processes)', () => {
     }
   });
 
+  it('an adopted folder holding a folder the puller may not empty still ends as the generation; later commands work', async (ctx) => {
+    // Produced as root without the capabilities that override permissions and ownership (setpriv): a folder owned by
+    // nobody (65534) with a symlink in it, in the adopted folder. Removing the replaced tree's links fails after the
+    // swap. Before: the pull failed though DIR was the new generation, and every later pull and verify failed in the
+    // recovery the same way. Now the tree is set aside (trash.* in the state folder) and the commit ends.
+    if (process.getuid?.() !== 0 || !NO_DAC_OVERRIDE.length) return ctx.skip();
+    const wrap = ['setpriv', '--bounding-set=-dac_override,-dac_read_search,-fowner'];
+    const src = path.join(tmp.dir, 'adopt-foreign-src', 'acme');
+    await makeCompany(src, 4, 41);
+    const dest = path.join(tmp.dir, 'adopt-foreign', 'acme');
+    fs.cpSync(src, dest, { recursive: true, preserveTimestamps: true, verbatimSymlinks: true });
+    const foreign = path.join(dest, 'shared-by-nobody');
+    fs.mkdirSync(foreign, { mode: 0o755 });
+    fs.symlinkSync('x', path.join(foreign, 'link'));
+    fs.lchownSync(path.join(foreign, 'link'), 65534, 65534);
+    fs.chownSync(foreign, 65534, 65534);
+    const site = await startServe(['--secret', key, '--company', `acme=${src}`]);
+    try {
+      const r = await runCli(['pull', site.url, 'acme', dest, '--secret', key, '--adopt', '--json'], { wrap });
+      expect(r.code, r.stderr).toBe(0);
+      expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
+      expect(fs.readdirSync(path.join(path.dirname(dest), '.acme.snapferry')).some((n) => n.startsWith('trash.'))).toBe(true);
+      const v = await runCli(['verify', dest], { wrap });
+      expect(v.code, v.stderr).toBe(0);
+      const again = await runCli(['pull', site.url, 'acme', dest, '--secret', key, '--json'], { wrap });
+      expect(again.code, again.stderr).toBe(0);
+      expect(JSON.parse(again.stdout).unchanged).toBe(true);
+    } finally {
+      await site.stop();
+    }
+  });
+
   it('fills an empty folder the user made for it', async () => {
     const dest = path.join(tmp.dir, 'emptydest', 'acme');
     fs.mkdirSync(dest, { recursive: true });
