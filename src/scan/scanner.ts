@@ -93,6 +93,8 @@ interface SmallFile {
 class Listing {
   readonly rels: string[] = [];
   readonly targets = new Map<number, string>();
+  /** Whether a folder the walk listed was gone (or no longer a folder) when it came to list its entries. */
+  vanished = false;
   private kinds = new Uint8Array(0);
   private modes = new Uint16Array(0);
   private sizes = new Float64Array(0);
@@ -273,15 +275,22 @@ export class CompanyScanner {
     }
     if (!rootStat.isDirectory()) fail(ErrorCodes.IO, `company folder ${this.root} is not a directory`);
     const invalidated = (this.invalidatedMidScan = new Set<string>());
-    const listed = await this.walk();
+    let listed = await this.walk();
+    // A folder removed or renamed while the walk ran is walked again (twice at most): the generation is then the tree
+    // after the change, not one that lacks a moved folder's files (which every branch would delete, then fetch anew).
+    for (let i = 0; i < 2 && listed.vanished; i++) listed = await this.walk();
     this.lastBytesRead = 0;
-    if (this.policy) {
+    // The parameters and the cache this scan chunks and looks files up with; this.params and this.cache change only
+    // when it succeeds (a failed scan must leave the cache that vouches for the last generation as it was).
+    let params = this.params;
+    let cache = this.cache;
+    if (this.policy && !listed.vanished) {
       // The level in use is kept within its bounds: only a first scan (no cache saved) chooses from the size alone.
-      const params = this.policy(listed.fileBytes(), this.last || this.savedRoot ? this.params : undefined);
-      if (!sameChunkParams(params, this.params)) {
+      const chosen = this.policy(listed.fileBytes(), this.last || this.savedRoot ? this.params : undefined);
+      if (!sameChunkParams(chosen, this.params)) {
         // Every file is chunked again with the new parameters: nothing cached under the old ones applies.
-        this.params = params;
-        this.cache = new ScanCache();
+        params = chosen;
+        cache = new ScanCache();
       }
     }
     let entries: Entry[] = [];
@@ -303,7 +312,7 @@ export class CompanyScanner {
       while (inFlight >= inFlightLimit) await new Promise<void>((r) => (wake = r));
       inFlight++;
       jobs.push(
-        this.chunkSmallFiles(batch, settleTimeoutMs, nextCache, gone)
+        this.chunkSmallFiles(batch, params, settleTimeoutMs, nextCache, gone)
           .catch((err) => void (firstError ??= err))
           .finally(() => {
             inFlight--;
@@ -321,6 +330,9 @@ export class CompanyScanner {
       return old && sameEntry(old, e) ? old : e;
     };
     for (const row of listed.sorted()) {
+      // A file that would not hold still has failed the scan: nothing more is read (each file waits for its own
+      // settle budget, so going on would make a scan of many busy files fail only after many budgets).
+      if (firstError) break;
       const rel = listed.rels[row]!;
       const st = listed.stat(row);
       const target = listed.targets.get(row);
@@ -336,8 +348,8 @@ export class CompanyScanner {
         entries[entries.length - 1] = keepOld(e);
       } else {
         e.size = Number(st.size);
-        const row = this.cache.rowOf(rel);
-        const hit = row !== undefined && this.cache.matches(row, st) ? this.cache.at(row) : undefined;
+        const row = cache.rowOf(rel);
+        const hit = row !== undefined && cache.matches(row, st) ? cache.at(row) : undefined;
         if (hit) {
           // The cache's copy of the path: the walk's own becomes garbage, so each rescan does not add a copy.
           e.path = hit.path;
@@ -357,7 +369,7 @@ export class CompanyScanner {
         while (inFlight >= inFlightLimit) await new Promise<void>((r) => (wake = r));
         inFlight++;
         jobs.push(
-          this.chunkFile(abs, rel, st, e, settleTimeoutMs)
+          this.chunkFile(abs, rel, st, e, params, settleTimeoutMs)
             .then((c) => void (c ? nextCache.set(rel, c) : gone.add(e)))
             .catch((err) => void (firstError ??= err))
             .finally(() => {
@@ -374,13 +386,14 @@ export class CompanyScanner {
     // An invalidate that came after this scan took the file from the old cache must outlive the swap below.
     for (const rel of invalidated) nextCache.delete(rel);
     this.cache = nextCache;
+    this.params = params;
     // Nothing read and every entry as before: the same generation, without checking, encoding and hashing it again
     // (an unchanged company's pull costs the site one walk of the tree).
     if (this.lastBytesRead === 0 && this.last && sameEntries(this.last.manifest.entries, entries)) {
       this.last = { ...this.last, scannedAt: started };
       return this.last;
     }
-    const manifest: Manifest = { params: this.params, entries };
+    const manifest: Manifest = { params, entries };
     try {
       checkTree(manifest);
     } catch (err) {
@@ -393,7 +406,7 @@ export class CompanyScanner {
     if (previous !== rootHash) this.generationNo++;
     if (this.cacheFile && (previous !== rootHash || this.lastBytesRead > 0)) {
       try {
-        saveScanCache(this.cacheFile, { root: this.root, params: this.params, generation: this.generationNo, rootHash, files: this.cache });
+        saveScanCache(this.cacheFile, { root: this.root, params, generation: this.generationNo, rootHash, files: this.cache });
         this.savedRoot = rootHash;
       } catch {
         /* a cache that cannot be written only costs a re-read after a restart */
@@ -412,10 +425,13 @@ export class CompanyScanner {
       try {
         listedNames = await fs.promises.readdir(absDir);
       } catch (err) {
-        // A folder removed (or replaced by a file) since its parent was listed: as it was then, empty as far as this
-        // walk saw. Its removal is the next generation's, as for a file deleted during the walk.
+        // A folder removed, renamed or replaced by a file since its parent was listed: empty as far as this walk saw
+        // (and the scan walks again).
         const code = (err as NodeJS.ErrnoException).code;
-        if (relDir && (code === 'ENOENT' || code === 'ENOTDIR')) return;
+        if (relDir && (code === 'ENOENT' || code === 'ENOTDIR')) {
+          out.vanished = true;
+          return;
+        }
         throw err;
       }
       const names = listedNames.sort((a, b) => comparePaths(a, b));
@@ -456,12 +472,12 @@ export class CompanyScanner {
    * Chunks a batch of small files in one job. Each file's stat is checked again afterwards; one that changed while it
    * was read goes through chunkFile (re-read until it holds still, within the settle budget), one gone goes in `gone`.
    */
-  private async chunkSmallFiles(batch: SmallFile[], settleTimeoutMs: number, into: ScanCache, gone: Set<Entry>): Promise<void> {
+  private async chunkSmallFiles(batch: SmallFile[], params: ChunkParams, settleTimeoutMs: number, into: ScanCache, gone: Set<Entry>): Promise<void> {
     const r = await this.pool.run<ChunkFilesResult>({
       kind: 'chunkFiles',
       paths: batch.map((f) => f.abs),
       sizes: Float64Array.from(batch.map((f) => f.e.size)),
-      params: this.params,
+      params,
     });
     const retry: Array<Promise<void>> = [];
     let k = 0;
@@ -484,7 +500,7 @@ export class CompanyScanner {
       } else if (!after || after.kind !== 'file') {
         gone.add(f.e); // deleted, renamed away or replaced since the walk listed it: as if gone during the walk
       } else {
-        retry.push(this.chunkFile(f.abs, f.rel, after, f.e, settleTimeoutMs).then((c) => void (c ? into.set(f.rel, c) : gone.add(f.e))));
+        retry.push(this.chunkFile(f.abs, f.rel, after, f.e, params, settleTimeoutMs).then((c) => void (c ? into.set(f.rel, c) : gone.add(f.e))));
       }
     });
     await Promise.all(retry);
@@ -494,7 +510,7 @@ export class CompanyScanner {
    * Chunks one file, re-reading it while it changes under us, within the settle budget. Undefined when the file is gone
    * or no longer a regular file: it is then left out of this generation, like a file deleted during the walk.
    */
-  private async chunkFile(abs: string, rel: string, st0: StatB, e: Entry, settleTimeoutMs: number): Promise<CachedFile | undefined> {
+  private async chunkFile(abs: string, rel: string, st0: StatB, e: Entry, params: ChunkParams, settleTimeoutMs: number): Promise<CachedFile | undefined> {
     let before = st0;
     // The settle budget counts from when this file was first seen changing, not from the scan's start: a long scan
     // (a large company's first index) must not fail a file that was written once, briefly, just before its turn.
@@ -520,7 +536,7 @@ export class CompanyScanner {
       let results: ChunkSegmentResult[] | undefined;
       let readError: unknown;
       try {
-        results = await Promise.all(chunkSegmentsOf(this.pool, abs, size, this.params));
+        results = await Promise.all(chunkSegmentsOf(this.pool, abs, size, params));
       } catch (err) {
         readError = err;
       }

@@ -82,18 +82,49 @@ describe('CompanyScanner rescans', () => {
     }
   }
 
-  it('a folder removed after its parent was listed and before it is, is left empty in this generation, not a failed scan', async () => {
+  it('a folder removed or renamed after its parent was listed and before it is makes the scan walk again, not fail', async () => {
     const root = path.join(tmp.dir, 'vanishing');
     fs.mkdirSync(path.join(root, 'exports', 'tmp'), { recursive: true });
+    fs.mkdirSync(path.join(root, 'exports', 'run'), { recursive: true });
     fs.writeFileSync(path.join(root, 'exports', 'tmp', 'x.csv'), 'a;b\n');
+    fs.writeFileSync(path.join(root, 'exports', 'run', 'y.csv'), 'c;d\n');
     fs.writeFileSync(path.join(root, 'Company.900'), 'ledger');
     const old = new Date(Date.now() - 60_000);
-    fs.utimesSync(path.join(root, 'Company.900'), old, old);
+    for (const f of ['Company.900', 'exports/tmp/x.csv', 'exports/run/y.csv']) fs.utimesSync(path.join(root, f), old, old);
     const scanner = new CompanyScanner(root, pool);
-    const g = await duringWalkOf(path.join(root, 'exports', 'tmp'), () => fs.rmSync(path.join(root, 'exports', 'tmp'), { recursive: true }), () => scanner.scan());
-    expect(g.manifest.entries.map((e) => e.path)).toEqual(['Company.900', 'exports', 'exports/tmp']);
-    // The next scan sees it gone.
-    expect((await scanner.scan()).manifest.entries.map((e) => e.path)).toEqual(['Company.900', 'exports']);
+    const paths = (g: { manifest: { entries: Array<{ path: string }> } }) => g.manifest.entries.map((e) => e.path);
+    // Removed: the generation is the tree without it (it was a failed scan, a final IO error for a follower).
+    const g1 = await duringWalkOf(path.join(root, 'exports', 'tmp'), () => fs.rmSync(path.join(root, 'exports', 'tmp'), { recursive: true }), () => scanner.scan());
+    expect(paths(g1)).toEqual(['Company.900', 'exports', 'exports/run', 'exports/run/y.csv']);
+    // Renamed: its files are in the generation under the new name (an empty folder in its place would have had every
+    // branch delete them, then fetch them anew).
+    const g2 = await duringWalkOf(path.join(root, 'exports', 'run'), () => fs.renameSync(path.join(root, 'exports', 'run'), path.join(root, 'exports', 'done')), () => scanner.scan());
+    expect(paths(g2)).toEqual(['Company.900', 'exports', 'exports/done', 'exports/done/y.csv']);
+  });
+
+  it('a scan that fails after choosing another chunk size leaves the cache that vouches for the last generation', async () => {
+    const { chunkParamsFor } = await built<typeof import('../../src/chunk/chunker.js')>('chunk/chunker.js');
+    const policy = (bytes: number, current?: Parameters<typeof chunkParamsFor>[1]) => chunkParamsFor(bytes * 4096, current);
+    const root = path.join(tmp.dir, 'failing-level');
+    fs.mkdirSync(root);
+    const old = new Date(Date.now() - 60_000);
+    fs.writeFileSync(path.join(root, 'Company.900'), crypto.randomBytes(1_000_000));
+    fs.utimesSync(path.join(root, 'Company.900'), old, old);
+    const scanner = new CompanyScanner(root, pool, policy);
+    await scanner.scan();
+    // Grown past level 1's bounds (level 2 chosen), with a file that never holds still: the scan fails.
+    const busy = path.join(root, 'Tranmgr.900');
+    fs.writeFileSync(busy, crypto.randomBytes(4_000_000));
+    const writer = setInterval(() => fs.appendFileSync(busy, 'x'), 20);
+    try {
+      await expect(scanner.scan({ settleTimeoutMs: 300 })).rejects.toMatchObject({ code: 'SNAPFERRY_E_UNSTABLE_FILE' });
+    } finally {
+      clearInterval(writer);
+    }
+    // The stat sweep still knows Company.900 (it was emptied with the level change, and then vouched for anything).
+    expect(await scanner.filesUnchanged()).toBe(true);
+    fs.utimesSync(path.join(root, 'Company.900'), old, new Date(Date.now() - 30_000));
+    expect(await scanner.filesUnchanged()).toBe(false);
   });
 
   it('a file written once just before its turn in a scan longer than the settle budget is read once quiet, not refused', async () => {
