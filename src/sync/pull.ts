@@ -772,8 +772,9 @@ class PullRun {
         /* gone: it is not trusted then */
       }
     }
-    // One JSON line a batch (a file of one object, as written before batches, reads the same).
-    fs.appendFileSync(this.paths.nextLinks, `${JSON.stringify({ applied: this.applied?.record.rootHash, stats })}\n`);
+    // One JSON line a batch (a file of one object, as written before batches, reads the same). Each starts with a
+    // newline too: a record a power cut left without its end must not take the next one down with it.
+    fs.appendFileSync(this.paths.nextLinks, `\n${JSON.stringify({ applied: this.applied?.record.rootHash, stats })}\n`);
   }
 
   /** Trusts DIR's files that an interrupted attempt hard-linked into next/ by the ctime that link gave them. */

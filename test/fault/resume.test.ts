@@ -146,12 +146,48 @@ describe('resume and atomic commit under kill -9', () => {
       const k = await runCli(['pull', local.url, 'acme', killed, '--secret', key], { env: { SNAPFERRY_FAULT_KILL_AT: 'links' } });
       expect(k.signal ?? k.code).toBe('SIGKILL');
       const links = fs.readFileSync(path.join(path.dirname(killed), '.acme.snapferry', 'next.links'), 'utf8');
-      expect(Object.keys(JSON.parse(links.split('\n')[0]!).stats).length).toBe(64);
+      expect(Object.keys(JSON.parse(links.split('\n').find((l) => l !== '')!).stats).length).toBe(64);
       const resumed = await runCli(['pull', local.url, 'acme', killed, '--secret', key, '--json']);
       const plain = await runCli(['pull', local.url, 'acme', straight, '--secret', key, '--json']);
       expect([resumed.code, plain.code], resumed.stderr + plain.stderr).toEqual([0, 0]);
       expect(JSON.parse(resumed.stdout).chunksFetched).toBe(JSON.parse(plain.stdout).chunksFetched);
       expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(killed))).toEqual([]);
+    } finally {
+      await local.stop();
+    }
+  });
+
+  it('a next.links record cut short (a power cut) costs its own batch only, not the batch a later attempt appends', async () => {
+    // Produced by killing a delta at 'links', cutting the last bytes of its record (no line end left), then, on one
+    // branch, resuming to the end; on another, resuming killed at 'links' again (its batch appended) and then to the
+    // end. Both must fetch the same: the cut batch's files again, nothing of the appended batch.
+    const src = path.join(tmp.dir, 'src-cut', 'acme');
+    await makeCompany(src, 8, 25);
+    await makeSmallFiles(path.join(src, 'vouchers'), 300, 7);
+    const local = await startServe(['--secret', key, '--company', `acme=${src}`]);
+    try {
+      const branches = [path.join(tmp.dir, 'd-cut1', 'acme'), path.join(tmp.dir, 'd-cut2', 'acme')];
+      for (const d of branches) {
+        fs.mkdirSync(path.dirname(d));
+        expect((await runCli(['pull', local.url, 'acme', d, '--secret', key])).code).toBe(0);
+      }
+      await mutateCompany(src, 8);
+      const killAtLinks = async (d: string) => {
+        const k = await runCli(['pull', local.url, 'acme', d, '--secret', key], { env: { SNAPFERRY_FAULT_KILL_AT: 'links' } });
+        expect(k.signal ?? k.code).toBe('SIGKILL');
+      };
+      const fetched: number[] = [];
+      for (const [i, d] of branches.entries()) {
+        await killAtLinks(d);
+        const links = path.join(path.dirname(d), '.acme.snapferry', 'next.links');
+        fs.truncateSync(links, fs.statSync(links).size - 10);
+        if (i === 1) await killAtLinks(d);
+        const r = await runCli(['pull', local.url, 'acme', d, '--secret', key, '--json']);
+        expect(r.code, r.stderr).toBe(0);
+        fetched.push(JSON.parse(r.stdout).chunksFetched);
+        expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(d))).toEqual([]);
+      }
+      expect(fetched[1]).toBe(fetched[0]);
     } finally {
       await local.stop();
     }
