@@ -515,11 +515,15 @@ export class CompanyScanner {
     // The settle budget counts from when this file was first seen changing, not from the scan's start: a long scan
     // (a large company's first index) must not fail a file that was written once, briefly, just before its turn.
     let changingSince: number | undefined;
-    const settling = () => Date.now() - (changingSince ??= Date.now()) > settleTimeoutMs;
+    const failIfUnsettled = () => {
+      if (Date.now() - (changingSince ??= Date.now()) > settleTimeoutMs) {
+        fail(ErrorCodes.UNSTABLE_FILE, `${rel} kept changing for ${Math.round(settleTimeoutMs / 1000)} s while it was read; generation delayed, try again when it is idle`);
+      }
+    };
     for (let attempt = 0; ; attempt++) {
       if (justWritten(before)) {
         // Written a moment ago: wait until it has been quiet for QUIET_MS before reading it at all.
-        if (settling()) fail(ErrorCodes.UNSTABLE_FILE, `${rel} kept changing for ${Math.round(settleTimeoutMs / 1000)} s while it was read; generation delayed, try again when it is idle`);
+        failIfUnsettled();
         await sleep(QUIET_MS - ageMs(before) + 2);
         let again: StatB;
         try {
@@ -560,9 +564,7 @@ export class CompanyScanner {
         e.ids = ids;
         return { size, mtimeNs: before.mtimeNs, ctimeNs: before.ctimeNs, ino: before.ino, lens, ids };
       }
-      if (settling()) {
-        fail(ErrorCodes.UNSTABLE_FILE, `${rel} kept changing for ${Math.round(settleTimeoutMs / 1000)} s while it was read; generation delayed, try again when it is idle`);
-      }
+      failIfUnsettled();
       // Back off a little more each time so that an application mid-write can finish.
       await sleep(Math.min(1000, 50 * 2 ** attempt));
       before = after;

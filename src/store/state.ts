@@ -540,14 +540,14 @@ function rollForward(paths: StatePaths, onPoint?: (p: string) => void, keepSpare
   // The replaced tree is kept as the spare (its files' stats decide later whether any can be used), or deleted. DIR
   // is the new generation by now: a tree that cannot be cleaned (a folder another user owns, in an adopted folder)
   // is set aside, never a reason to fail the commit (which every later command would then fail to finish again).
-  try {
-    if (keepSpare && exists(paths.old) && !exists(paths.spare)) {
+  if (keepSpare && exists(paths.old) && !exists(paths.spare)) {
+    try {
       removeSharedLinks(paths.old);
       fs.renameSync(paths.old, paths.spare);
-    } else removeTree(paths.old);
-  } catch {
-    discardTree(paths, paths.old);
-  }
+    } catch {
+      discardTree(paths, paths.old);
+    }
+  } else discardTree(paths, paths.old);
   onPoint?.('spare-kept');
 }
 

@@ -13,11 +13,6 @@ export interface BaseStep {
   from: string;
   /** A spare already moved into next/ (no bytes to copy). */
   spare: boolean;
-  /**
-   * A copy of DIR's file: the applied generation's entry it is trusted as (by its stats, when the pull began), checked
-   * again once the copy is made, since the plan counts the copy's chunks as that entry's without reading them.
-   */
-  trusted?: { size: number; mtimeNs: bigint; stamp: string | null };
 }
 
 /** A bounded queue of base steps with one promise per entry, so that a chunk waits only for its own file's base. */

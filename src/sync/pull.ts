@@ -482,7 +482,7 @@ class PullRun {
     }
     if (e.kind === 'dir') return st.isDirectory();
     if (e.kind === 'symlink') return st.isSymbolicLink();
-    return asCommitted(st, e.size, e.mtimeNs, this.applied!.stats[idx] || null);
+    return this.asApplied(st, idx);
   }
 
   /**
@@ -620,14 +620,14 @@ class PullRun {
           }
         } else if (!this.based.has(ei)) {
           // Same bytes, other mode or mtime: a hard link would change the old generation too, so copy.
-          this.bases.add({ ei, from: src, spare: false, trusted: this.trustOf(oi!) });
+          this.bases.add({ ei, from: src, spare: false });
         }
         continue;
       }
       // Files are created by the first write, on the workers; only empty ones are made here.
       if (e.size === 0 && absent(dst)) fs.closeSync(fs.openSync(dst, 'w', 0o600));
       const fromOld = old && e.size > 0 ? new StartChunks(ol!.offset, ol!.len, oldWords, ol!.entryStart[oi!]!, ol!.entryStart[oi! + 1]!) : undefined;
-      const start = e.size > 0 ? this.startOf(ei, dst, src, fromOld, spareOf, words, oi) : undefined;
+      const start = e.size > 0 ? this.startOf(ei, dst, src, fromOld, spareOf, words) : undefined;
       const part = old ? undefined : partial.get(e.path);
       const base = old ? { path: src, size: old.size } : part ? { path: part.abs, size: part.size } : undefined;
       if (base) this.patchBase.set(ei, base.path);
@@ -724,7 +724,6 @@ class PullRun {
     fromOld: StartChunks | undefined,
     spareOf: () => Spare | undefined,
     words: Uint32Array,
-    oi: number | undefined,
   ): StartChunks | undefined {
     const e = this.m.entries[ei]!;
     const L = this.layout;
@@ -752,7 +751,7 @@ class PullRun {
         return fromSpare;
       }
     }
-    this.bases.add({ ei, from: src, spare: false, trusted: oi === undefined ? undefined : this.trustOf(oi) });
+    this.bases.add({ ei, from: src, spare: false });
     return fromOld;
   }
 
@@ -982,22 +981,24 @@ class PullRun {
     return gs;
   }
 
-  /** What the applied generation's entry `oi` is trusted as: its size, mtime and committed inode/ctime stamp. */
-  private trustOf(oi: number): BaseStep['trusted'] {
+  /** Whether `st` is DIR's file of the applied generation's entry `oi` as committed: size, mtime, inode and ctime. */
+  private asApplied(st: fs.BigIntStats, oi: number): boolean {
     const old = this.applied!.manifest.entries[oi]!;
-    return { size: old.size, mtimeNs: old.mtimeNs, stamp: this.applied!.stats[oi] || null };
+    return asCommitted(st, old.size, old.mtimeNs, this.applied!.stats[oi] || null);
   }
 
   /** Puts one changed file's base in place in next/ (step 1 of transfer(); see BaseCopies). */
-  private async makeBase({ ei, from, spare, trusted }: BaseStep): Promise<void> {
+  private async makeBase({ ei, from, spare }: BaseStep): Promise<void> {
     const e = this.m.entries[ei]!;
     const dst = entryPath(this.paths.next, e.path);
     // A spare is already in place (plan moved it); a copy is made now. A reflink where the filesystem has them (btrfs,
     // XFS: no bytes copied; only the chunks written later take new blocks), else an in-kernel copy.
     if (!spare) await copyWhole(from, dst, this.opts.durable !== false);
-    // DIR's file was trusted by its stats when the pull began, and the plan counts the copy's chunks as held without
-    // reading them: a write to it since (or during the copy) changed its ctime, and the copy cannot be trusted.
-    if (!spare && trusted && !asCommitted(await fs.promises.lstat(from, { bigint: true }), trusted.size, trusted.mtimeNs, trusted.stamp)) {
+    // DIR's file (the applied entry of its path the plan trusted) was trusted by its stats when the pull began, and the
+    // plan counts the copy's chunks as held without reading them: a write to it since (or during the copy) changed its
+    // ctime, and the copy cannot be trusted.
+    const oi = spare ? undefined : this.local!.oldByPath.get(e.path);
+    if (oi !== undefined && !this.asApplied(await fs.promises.lstat(from, { bigint: true }), oi)) {
       throw new SnapferryError(ErrorCodes.STATE, `${e.path} was changed in ${this.paths.dir} during the pull (snapferry's copies are not to be written to); nothing was committed: pull again`, { retryable: true });
     }
     // The source's mode may be read-only: the file is ours to patch until it is finished.

@@ -677,10 +677,7 @@ export class SnapferryServer {
     // or larger stored than raw (incompressible data: a frame costs a few bytes more), is made as before.
     const stored = await company.store?.readFrames(idWords(layout.id), req.ranges);
     if (stored && stored.length < bytes) {
-      // A session gone meanwhile takes no share of --bwlimit (the bucket is one queue for every session).
-      if (session.channel.isClosed) return;
-      await this.bucket?.take(stored.length);
-      await session.send([encodeDataHeader(req.reqId, true, bytes), stored]);
+      await this.sendAnswer(session, [encodeDataHeader(req.reqId, true, bytes), stored], stored.length);
       noteGarbage(stored.length * 2, ANSWER_GARBAGE_EVERY);
       return;
     }
@@ -698,10 +695,18 @@ export class SnapferryServer {
     const result = await (shared ? this.cache.get(key, read) : read());
     if ('stale' in result) return this.answerStale(session, company, req.reqId, result.stale);
     const payload = Buffer.from(result.payload.buffer, result.payload.byteOffset, result.payload.byteLength);
-    if (session.channel.isClosed) return;
-    await this.bucket?.take(payload.length);
-    await session.send([encodeDataHeader(req.reqId, result.compressed, result.rawLen), payload]);
+    await this.sendAnswer(session, [encodeDataHeader(req.reqId, result.compressed, result.rawLen), payload], payload.length);
     noteGarbage(payload.length * 2, ANSWER_GARBAGE_EVERY);
+  }
+
+  /**
+   * Sends an answer within --bwlimit (`rated` bytes of it counted). A session gone while its answer was made takes no
+   * share of the rate: the bucket is one queue for every session.
+   */
+  private async sendAnswer(session: SecureSession, parts: Buffer[], rated: number): Promise<void> {
+    if (session.channel.isClosed) return;
+    await this.bucket?.take(rated);
+    await session.send(parts);
   }
 
   private async answerPatch(session: SecureSession, company: Company, gen: Generation, msg: Buffer, answers: ByteGate): Promise<void> {
@@ -733,8 +738,6 @@ export class SnapferryServer {
     if ('stale' in result) return this.answerStale(session, company, req.reqId, result.stale);
     const payload = Buffer.from(result.payload.buffer, result.payload.byteOffset, result.payload.byteLength);
     const header = encodePatchHeader(req.reqId, result.compressed, result.rawLen, result.bitmaps);
-    if (session.channel.isClosed) return;
-    await this.bucket?.take(payload.length + header.length);
-    await session.send([header, payload]);
+    await this.sendAnswer(session, [header, payload], payload.length + header.length);
   }
 }
