@@ -128,23 +128,37 @@ describe('resume and atomic commit under kill -9', () => {
     }
   });
 
+  /**
+   * For the tests of next.links: a company with 300 vouchers more than usual (so that the plan links unchanged files in
+   * several batches of 64), served; two branches seeded from it; then the company changed (`seeds.mutate`).
+   */
+  async function twoBranchesOfAChange(tag: string, seeds: { company: number; vouchers: number; mutate: number }): Promise<{ src: string; local: Served; branches: [string, string] }> {
+    const src = path.join(tmp.dir, `src-${tag}`, 'acme');
+    await makeCompany(src, 8, seeds.company);
+    await makeSmallFiles(path.join(src, 'vouchers'), 300, seeds.vouchers);
+    const local = await startServe(['--secret', key, '--company', `acme=${src}`]);
+    const branches: [string, string] = [path.join(tmp.dir, `d-${tag}1`, 'acme'), path.join(tmp.dir, `d-${tag}2`, 'acme')];
+    for (const d of branches) {
+      fs.mkdirSync(path.dirname(d));
+      expect((await runCli(['pull', local.url, 'acme', d, '--secret', key])).code).toBe(0);
+    }
+    await mutateCompany(src, seeds.mutate);
+    return { src, local, branches };
+  }
+
+  /** A pull into `d` that kills itself (SNAPFERRY_FAULT_KILL_AT=links) once its first batch of hard links is recorded. */
+  async function killAtLinks(url: string, d: string): Promise<void> {
+    const k = await runCli(['pull', url, 'acme', d, '--secret', key], { env: { SNAPFERRY_FAULT_KILL_AT: 'links' } });
+    expect(k.signal ?? k.code).toBe('SIGKILL');
+  }
+
   it('a delta killed in its plan, after it hard-linked some unchanged files, fetches none of them again', async () => {
     // Produced with SNAPFERRY_FAULT_KILL_AT=links: the puller kills itself once its first batch of hard links is made
     // and recorded. The links changed those DIR files' ctime; unrecorded, the resumed pull distrusted and fetched them.
-    const src = path.join(tmp.dir, 'src-kl', 'acme');
-    await makeCompany(src, 8, 23);
-    await makeSmallFiles(path.join(src, 'vouchers'), 300, 5);
-    const local = await startServe(['--secret', key, '--company', `acme=${src}`]);
+    const { src, local, branches } = await twoBranchesOfAChange('kl', { company: 23, vouchers: 5, mutate: 6 });
     try {
-      const killed = path.join(tmp.dir, 'd-kl', 'acme');
-      const straight = path.join(tmp.dir, 'd-kl2', 'acme');
-      for (const d of [killed, straight]) {
-        fs.mkdirSync(path.dirname(d));
-        expect((await runCli(['pull', local.url, 'acme', d, '--secret', key])).code).toBe(0);
-      }
-      await mutateCompany(src, 6);
-      const k = await runCli(['pull', local.url, 'acme', killed, '--secret', key], { env: { SNAPFERRY_FAULT_KILL_AT: 'links' } });
-      expect(k.signal ?? k.code).toBe('SIGKILL');
+      const [killed, straight] = branches;
+      await killAtLinks(local.url, killed);
       const links = fs.readFileSync(path.join(path.dirname(killed), '.acme.snapferry', 'next.links'), 'utf8');
       expect(Object.keys(JSON.parse(links.split('\n').find((l) => l !== '')!).stats).length).toBe(64);
       const resumed = await runCli(['pull', local.url, 'acme', killed, '--secret', key, '--json']);
@@ -161,27 +175,14 @@ describe('resume and atomic commit under kill -9', () => {
     // Produced by killing a delta at 'links', cutting the last bytes of its record (no line end left), then, on one
     // branch, resuming to the end; on another, resuming killed at 'links' again (its batch appended) and then to the
     // end. Both must fetch the same: the cut batch's files again, nothing of the appended batch.
-    const src = path.join(tmp.dir, 'src-cut', 'acme');
-    await makeCompany(src, 8, 25);
-    await makeSmallFiles(path.join(src, 'vouchers'), 300, 7);
-    const local = await startServe(['--secret', key, '--company', `acme=${src}`]);
+    const { src, local, branches } = await twoBranchesOfAChange('cut', { company: 25, vouchers: 7, mutate: 8 });
     try {
-      const branches = [path.join(tmp.dir, 'd-cut1', 'acme'), path.join(tmp.dir, 'd-cut2', 'acme')];
-      for (const d of branches) {
-        fs.mkdirSync(path.dirname(d));
-        expect((await runCli(['pull', local.url, 'acme', d, '--secret', key])).code).toBe(0);
-      }
-      await mutateCompany(src, 8);
-      const killAtLinks = async (d: string) => {
-        const k = await runCli(['pull', local.url, 'acme', d, '--secret', key], { env: { SNAPFERRY_FAULT_KILL_AT: 'links' } });
-        expect(k.signal ?? k.code).toBe('SIGKILL');
-      };
       const fetched: number[] = [];
       for (const [i, d] of branches.entries()) {
-        await killAtLinks(d);
+        await killAtLinks(local.url, d);
         const links = path.join(path.dirname(d), '.acme.snapferry', 'next.links');
         fs.truncateSync(links, fs.statSync(links).size - 10);
-        if (i === 1) await killAtLinks(d);
+        if (i === 1) await killAtLinks(local.url, d);
         const r = await runCli(['pull', local.url, 'acme', d, '--secret', key, '--json']);
         expect(r.code, r.stderr).toBe(0);
         fetched.push(JSON.parse(r.stdout).chunksFetched);
