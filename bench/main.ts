@@ -8,6 +8,7 @@
  */
 import fs from 'node:fs';
 import os from 'node:os';
+import { probePageCache, describePageCache } from './pagecache.js';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -82,6 +83,11 @@ export async function runBench(argv: string[]): Promise<number> {
 
   R.info.machine = `${os.availableParallelism()} cores (${os.cpus()[0]?.model ?? '?'}), ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB RAM, ${os.type()} ${os.release()}`;
   R.info.node = process.version;
+  try {
+    R.info['page cache'] = describePageCache(probePageCache(tmp));
+  } catch (err) {
+    R.info['page cache'] = `not probed: ${(err as Error).message}`;
+  }
   R.info.rsync = have('rsync') ? version('rsync', ['--version']) : 'not installed';
   R.info.mode = `${opts.quick ? 'quick' : 'full'}: ${opts.runs} run(s); company ${opts.sizeMiB} MiB (loopback), ${opts.shapedSizeMiB} MiB (shaped); ${opts.smallFiles} small files; fan-out ${opts.fanout}`;
   log(`bench: ${R.info.mode}; temp ${tmp}${opts.keep ? ' (kept)' : ''}`);

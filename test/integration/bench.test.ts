@@ -44,6 +44,8 @@ describe('bench --quick', () => {
       expect(rows.some((r) => r.scenario.startsWith('micro:chunker'))).toBe(true);
       if (has('rsync')) expect(fs.readFileSync(path.join(tmp.dir, 'ratios.svg'), 'utf8')).toMatch(/^<svg|<\?xml/);
       expect(out.stdout).toMatch(/seed time snapferry\/rsync|rsync.*skipped/);
+      // The machine's cost of a page of new file data, read before the runs (bench/pagecache.ts).
+      expect(out.stdout).toMatch(/page cache: writing a new file \d+\.\d\d s\/GiB, again right after deleting it \d+\.\d\d s\/GiB/);
     } finally {
       tmp.cleanup();
     }
