@@ -8,7 +8,6 @@
  */
 import fs from 'node:fs';
 import os from 'node:os';
-import { probePageCache, describePageCache } from './pagecache.js';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -32,6 +31,7 @@ import { LOOPBACK, makeShapedLink } from './netns.js';
 import { makeTarKey } from './peers.js';
 import * as sf from './snapferry.js';
 import { haveGnuTime, setScratchDir } from './measure.js';
+import { probePageCache, describePageCache } from './pagecache.js';
 
 function have(cmd: string): boolean {
   return spawnSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' }).status === 0;
