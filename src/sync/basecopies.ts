@@ -13,6 +13,8 @@ export interface BaseStep {
   from: string;
   /** A spare already moved into next/ (no bytes to copy). */
   spare: boolean;
+  /** Bytes the step copies (0 for a spare). */
+  bytes: number;
 }
 
 /** A bounded queue of base steps with one promise per entry, so that a chunk waits only for its own file's base. */
@@ -43,8 +45,13 @@ export class BaseCopies {
     this.pump();
   }
 
-  /** Lets the queued steps run (until then they only wait). */
+  /**
+   * Lets the queued steps run (until then they only wait), largest first: the copy of the largest changed file is
+   * what a first delta waits for longest, and started last it ends last (measured on a 1 GiB company: its 483 MB
+   * ledger started fifth, once a slot was free).
+   */
   start(): void {
+    if (!this.started) this.queue.sort((a, b) => b.bytes - a.bytes);
     this.started = true;
     this.pump();
   }

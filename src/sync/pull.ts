@@ -57,7 +57,7 @@ import { TokenBucket } from '../util/rate.js';
 import { noteGarbage } from '../util/gc.js';
 import { boundHeapGrowth } from './heap.js';
 import { inodeStamp, utimesSeconds } from '../util/stamp.js';
-import { copyWhole } from '../util/copy.js';
+import { copyAround } from '../util/copy.js';
 
 /** Progress of a pull, reported as it goes. */
 export interface PullProgress {
@@ -620,7 +620,7 @@ class PullRun {
           }
         } else if (!this.based.has(ei)) {
           // Same bytes, other mode or mtime: a hard link would change the old generation too, so copy.
-          this.bases.add({ ei, from: src, spare: false });
+          this.bases.add({ ei, from: src, spare: false, bytes: e.size });
         }
         continue;
       }
@@ -747,11 +747,11 @@ class PullRun {
       const inOld = StartChunks.bytesHeld(fromOld.again(), L, words, g0, g1);
       if (StartChunks.bytesHeld(fromSpare.again(), L, words, g0, g1) >= inOld - e.size / 2) {
         fs.renameSync(sf.abs, dst);
-        this.bases.add({ ei, from: sf.abs, spare: true });
+        this.bases.add({ ei, from: sf.abs, spare: true, bytes: 0 });
         return fromSpare;
       }
     }
-    this.bases.add({ ei, from: src, spare: false });
+    this.bases.add({ ei, from: src, spare: false, bytes: e.size });
     return fromOld;
   }
 
@@ -992,8 +992,9 @@ class PullRun {
     const e = this.m.entries[ei]!;
     const dst = entryPath(this.paths.next, e.path);
     // A spare is already in place (plan moved it); a copy is made now. A reflink where the filesystem has them (btrfs,
-    // XFS: no bytes copied; only the chunks written later take new blocks), else an in-kernel copy.
-    if (!spare) await copyWhole(from, dst, this.opts.durable !== false);
+    // XFS: no bytes copied; only the chunks written later take new blocks), else a copy written to the disk directly
+    // except for the pages the chunks will be written into (copyAround).
+    if (!spare) await copyAround(from, dst, this.rewrittenOf(ei), this.opts.durable !== false);
     // DIR's file (the applied entry of its path the plan trusted) was trusted by its stats when the pull began, and the
     // plan counts the copy's chunks as held without reading them: a write to it since (or during the copy) changed its
     // ctime, and the copy cannot be trusted.
@@ -1007,6 +1008,19 @@ class PullRun {
     if (spare) this.stats.spares++;
     else this.stats.written += e.size;
     this.journal([(J_BASED | (spare ? J_SPARE : 0) | ei) >>> 0]);
+  }
+
+  /** The byte ranges of entry `ei`'s file that its chunks will be written to (flat [start, end) pairs, merged, in order). */
+  private rewrittenOf(ei: number): number[] {
+    const L = this.layout;
+    const ranges: number[] = [];
+    for (let g = L.entryStart[ei]!; g < L.entryStart[ei + 1]!; g++) {
+      if (this.from[g] === From.NONE) continue;
+      const s = L.offset[g]!;
+      if (ranges.length > 0 && ranges[ranges.length - 1] === s) ranges[ranges.length - 1] = s + L.len[g]!;
+      else ranges.push(s, s + L.len[g]!);
+    }
+    return ranges;
   }
 
   /** Waits for the base copies of every file that chunks `firsts` (and their duplicates) are written to. */

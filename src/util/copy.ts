@@ -17,3 +17,119 @@ export async function copyWhole(src: string, dst: string, writeBack: boolean): P
   await fs.promises.rm(dst, { force: true });
   await fs.promises.copyFile(src, dst, fs.constants.COPYFILE_FICLONE | (writeBack ? 0 : fs.constants.COPYFILE_EXCL));
 }
+
+/** The unit of direct I/O: a page, which is also a multiple of every disk's logical block. */
+const BLOCK = 4096;
+/** Bytes moved per read and direct write. */
+const WINDOW = 4 << 20;
+
+/**
+ * Buffers for direct I/O, which must start on a block boundary in memory: a Node Buffer does not (malloc puts its
+ * header first), a WebAssembly memory does (it is mapped whole pages). Kept for reuse: one per copy running.
+ */
+const alignedFree: Buffer[] = [];
+function takeAligned(): Buffer {
+  return alignedFree.pop() ?? Buffer.from(new WebAssembly.Memory({ initial: WINDOW / 65536 }).buffer);
+}
+
+/**
+ * Copies `src` to a new file `dst` that chunks will then be written into at `rewritten` (sorted, disjoint [start, end)
+ * pairs, flat). Where the filesystem can, the copy bypasses the page cache (O_DIRECT) for every page that no chunk
+ * will touch, and writes only the pages that chunks will touch through it. Why: where a page of memory the guest has
+ * not used lately costs the host a fault on first write (a ballooned VM), copying a delta's 945 MB of changed files
+ * into new cache pages took 1.7-2.2 s; written directly they never take cache pages. The pages chunks touch do go
+ * through the cache, so that writing a chunk never has to read its edge pages back from the disk (which made an
+ * all-direct copy slower than a plain one). Falls back to copyWhole where there is a reflink (no bytes to copy at all)
+ * or no direct I/O (tmpfs).
+ */
+export async function copyAround(src: string, dst: string, rewritten: ArrayLike<number>, writeBack: boolean): Promise<void> {
+  await fs.promises.rm(dst, { force: true });
+  try {
+    await fs.promises.copyFile(src, dst, fs.constants.COPYFILE_FICLONE_FORCE | fs.constants.COPYFILE_EXCL);
+    return;
+  } catch {
+    await fs.promises.rm(dst, { force: true });
+  }
+  // The source first: a missing one must leave no file behind.
+  const from = await fs.promises.open(src, 'r');
+  const open: fs.promises.FileHandle[] = [from];
+  const buf = takeAligned();
+  try {
+    const direct = await fs.promises.open(dst, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_DIRECT, 0o600);
+    open.push(direct);
+    const viaCache = await fs.promises.open(dst, fs.constants.O_WRONLY);
+    open.push(viaCache);
+    const size = (await from.stat()).size;
+    const spans = cachedSpans(rewritten, size);
+    const tail = Math.floor(size / BLOCK) * BLOCK;
+    for (let pos = 0; pos < size; pos += WINDOW) {
+      const n = await readFull(from, buf, Math.min(WINDOW, size - pos), pos);
+      // The whole window goes direct (one large write: many small ones between the rewritten spans cost more than
+      // all of it), then the spans that chunks will be written into are written again through the cache, whole
+      // pages, so that they are in it without a read (the direct write dropped whatever the cache held there).
+      const directEnd = Math.min(pos + n, tail);
+      if (directEnd > pos) await writeFull(direct, buf, 0, directEnd - pos, pos);
+      for (let i = firstEndingAfter(spans, pos); i < spans.length && spans[i]! < pos + n; i += 2) {
+        const s = Math.max(spans[i]!, pos);
+        const e = Math.min(spans[i + 1]!, pos + n);
+        await writeFull(viaCache, buf, s - pos, e - s, s);
+      }
+    }
+  } catch (err) {
+    // EINVAL: no direct I/O on this filesystem (at open, or at the first write): the plain copy.
+    if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
+    await Promise.all(open.splice(0).map((fh) => fh.close()));
+    return copyWhole(src, dst, writeBack);
+  } finally {
+    await Promise.all(open.map((fh) => fh.close()));
+    alignedFree.push(buf);
+  }
+}
+
+/** Index of the first span (flat pairs) that ends after `pos`. */
+function firstEndingAfter(spans: number[], pos: number): number {
+  let lo = 0;
+  let hi = spans.length / 2;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (spans[2 * mid + 1]! <= pos) lo = mid + 1;
+    else hi = mid;
+  }
+  return 2 * lo;
+}
+
+/**
+ * The byte spans of a file of `size` bytes to copy through the page cache: every block a rewritten range touches, and
+ * the last block when it is partial (a direct write is whole blocks). Sorted, disjoint, flat [start, end) pairs.
+ */
+export function cachedSpans(rewritten: ArrayLike<number>, size: number): number[] {
+  const spans: number[] = [];
+  const add = (s: number, e: number) => {
+    if (spans.length > 0 && s <= spans[spans.length - 1]!) spans[spans.length - 1] = Math.max(spans[spans.length - 1]!, e);
+    else spans.push(s, e);
+  };
+  for (let k = 0; k < rewritten.length; k += 2) {
+    add(Math.floor(rewritten[k]! / BLOCK) * BLOCK, Math.ceil(rewritten[k + 1]! / BLOCK) * BLOCK);
+  }
+  const tail = Math.floor(size / BLOCK) * BLOCK;
+  if (tail < size) add(tail, tail + BLOCK);
+  return spans;
+}
+
+async function readFull(fh: fs.promises.FileHandle, buf: Buffer, length: number, position: number): Promise<number> {
+  let got = 0;
+  while (got < length) {
+    const { bytesRead } = await fh.read(buf, got, length - got, position + got);
+    if (bytesRead === 0) break;
+    got += bytesRead;
+  }
+  return got;
+}
+
+async function writeFull(fh: fs.promises.FileHandle, buf: Buffer, offset: number, length: number, position: number): Promise<void> {
+  let put = 0;
+  while (put < length) {
+    const { bytesWritten } = await fh.write(buf, offset + put, length - put, position + put);
+    put += bytesWritten;
+  }
+}

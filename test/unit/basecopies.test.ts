@@ -30,7 +30,7 @@ function copier() {
   return { seen, run };
 }
 
-const step = (i: number): BaseStep => ({ ei: i, from: path.join(dir, `f${i}`), spare: false });
+const step = (i: number): BaseStep => ({ ei: i, from: path.join(dir, `f${i}`), spare: false, bytes: 0 });
 
 describe('BaseCopies', () => {
   it('runs nothing before start(), then every step, at most `limit` at once; each file is whole when its promise resolves', async () => {
@@ -50,6 +50,16 @@ describe('BaseCopies', () => {
     expect(seen.most).toBe(3);
     expect(q.steps.map((s) => s.ei)).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
     expect(q.readyOf(42)).toBeUndefined();
+  });
+
+  it('starts the queued steps largest first (the largest copy is what the delta waits for longest)', async () => {
+    const { seen, run } = copier();
+    const q = new BaseCopies(run, 1);
+    const sizes = [5, 900, 0, 40, 900, 7];
+    sizes.forEach((bytes, i) => q.add({ ...step(i), bytes }));
+    await q.done();
+    // Equal sizes keep the plan's order.
+    expect(seen.ran).toEqual([1, 4, 3, 5, 0, 2]);
   });
 
   it('a failed copy (its source is gone) fails done() with its error; steps not yet begun never run and their waiters are told', async () => {

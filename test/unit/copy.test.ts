@@ -4,9 +4,15 @@ import fs from 'node:fs';
 import path from 'node:path';
 import crypto from 'node:crypto';
 import { tempDir } from '../helpers.js';
-import { copyWhole } from '../../src/util/copy.js';
+import { cachedSpans, copyAround, copyWhole } from '../../src/util/copy.js';
 
-describe('copyWhole', () => {
+/** The two copies with one signature: copyAround with no rewritten ranges is a whole copy too. */
+const copies = {
+  copyWhole: (src: string, dst: string, writeBack: boolean) => copyWhole(src, dst, writeBack),
+  copyAround: (src: string, dst: string, writeBack: boolean) => copyAround(src, dst, [], writeBack),
+};
+
+describe.each(Object.entries(copies))('%s', (name, copy) => {
   const tmp = tempDir();
   afterAll(() => tmp.cleanup());
 
@@ -14,13 +20,14 @@ describe('copyWhole', () => {
     it(`copies exactly and replaces a longer file left at the destination (writeBack ${writeBack})`, async () => {
       const src = path.join(tmp.dir, `src-${writeBack}`);
       const dst = path.join(tmp.dir, `dst-${writeBack}`);
-      const data = crypto.randomBytes(3 << 20);
+      // Not a whole number of pages, and more than one of copyAround's 4 MiB windows.
+      const data = crypto.randomBytes((9 << 20) + 1234);
       fs.writeFileSync(src, data);
-      await copyWhole(src, dst, writeBack);
+      await copy(src, dst, writeBack);
       expect(fs.readFileSync(dst).equals(data)).toBe(true);
       // What an interrupted attempt leaves: a longer file of other bytes. None of it may survive the next copy.
-      fs.writeFileSync(dst, Buffer.alloc(5 << 20, 0x55));
-      await copyWhole(src, dst, writeBack);
+      fs.writeFileSync(dst, Buffer.alloc(11 << 20, 0x55));
+      await copy(src, dst, writeBack);
       expect(fs.readFileSync(dst).equals(data)).toBe(true);
     });
   }
@@ -36,7 +43,7 @@ describe('copyWhole', () => {
       fs.writeFileSync(src, data);
       fs.writeFileSync(other, kept);
       fs.linkSync(other, dst);
-      await copyWhole(src, dst, writeBack);
+      await copy(src, dst, writeBack);
       expect(fs.readFileSync(dst).equals(data)).toBe(true);
       expect(fs.readFileSync(other).equals(kept)).toBe(true);
       expect(fs.statSync(other).nlink).toBe(1);
@@ -44,8 +51,56 @@ describe('copyWhole', () => {
   }
 
   it('fails on a missing source and leaves no file behind', async () => {
-    const dst = path.join(tmp.dir, 'never');
-    await expect(copyWhole(path.join(tmp.dir, 'missing'), dst, false)).rejects.toMatchObject({ code: 'ENOENT' });
+    const dst = path.join(tmp.dir, `never-${name}`);
+    await expect(copy(path.join(tmp.dir, 'missing'), dst, false)).rejects.toMatchObject({ code: 'ENOENT' });
     expect(fs.existsSync(dst)).toBe(false);
+  });
+});
+
+describe('copyAround', () => {
+  const tmp = tempDir();
+  afterAll(() => tmp.cleanup());
+
+  it('leaves the old bytes everywhere, so that chunks written into the rewritten ranges give the new file', async () => {
+    const src = path.join(tmp.dir, 'old');
+    const dst = path.join(tmp.dir, 'new');
+    const old = crypto.randomBytes((6 << 20) + 777);
+    fs.writeFileSync(src, old);
+    // Chunk-like ranges: inside a page, across pages, across the 4 MiB window, touching each other, at the very end.
+    const rewritten = [100, 200, 4000, 9000, 9000, 20000, (4 << 20) - 50, (4 << 20) + 70000, old.length - 300, old.length];
+    await copyAround(src, dst, rewritten, true);
+    expect(fs.readFileSync(dst).equals(old)).toBe(true);
+    // The puller then writes the chunks (through the page cache, as its workers do).
+    const expected = Buffer.from(old);
+    const fd = fs.openSync(dst, 'r+');
+    for (let k = 0; k < rewritten.length; k += 2) {
+      const chunk = crypto.randomBytes(rewritten[k + 1]! - rewritten[k]!);
+      chunk.copy(expected, rewritten[k]!);
+      fs.writeSync(fd, chunk, 0, chunk.length, rewritten[k]!);
+    }
+    fs.closeSync(fd);
+    expect(fs.readFileSync(dst).equals(expected)).toBe(true);
+  });
+
+  it('copies an empty file and one shorter than a page', async () => {
+    for (const size of [0, 1, 4095, 4096, 4097]) {
+      const src = path.join(tmp.dir, `s${size}`);
+      const dst = path.join(tmp.dir, `d${size}`);
+      const data = crypto.randomBytes(size);
+      fs.writeFileSync(src, data);
+      await copyAround(src, dst, size > 0 ? [0, 1] : [], false);
+      expect(fs.readFileSync(dst).equals(data)).toBe(true);
+    }
+  });
+});
+
+describe('cachedSpans', () => {
+  it('widens each rewritten range to whole pages, merges what then touches, and adds a partial last page', () => {
+    expect(cachedSpans([], 8192)).toEqual([]);
+    expect(cachedSpans([], 8193)).toEqual([8192, 12288]);
+    expect(cachedSpans([10, 20], 100000)).toEqual([0, 4096, 98304, 102400]);
+    // 5000-6000 and 8000-8100 share a page; 8100-9000 runs on into the next one.
+    expect(cachedSpans([5000, 6000, 8000, 8100, 8100, 9000], 1 << 20)).toEqual([4096, 12288]);
+    expect(cachedSpans([4096, 8192, 16384, 16385], 1 << 20)).toEqual([4096, 8192, 16384, 20480]);
   });
 });
