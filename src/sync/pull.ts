@@ -1151,7 +1151,7 @@ class PullRun {
 
   /** Local work first (base copies, local chunk copies), then patches and packs from the site, window-bounded. */
   private async transfer(): Promise<void> {
-    // 1. Base copies: a changed file starts as its old version (in-kernel copy), before any chunk lands on it. They
+    // 1. Base copies: a changed file starts as its old version (copyAround), before any chunk lands on it. They
     // run while the patches are asked for (signatures come from the old files, not the copies); a patch waits only
     // for the copies of the files it writes to (basesOf).
     const allBases = this.bases.done();

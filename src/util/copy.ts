@@ -39,8 +39,8 @@ function takeAligned(): Buffer {
  * not used lately costs the host a fault on first write (a ballooned VM), copying a delta's 945 MB of changed files
  * into new cache pages took 1.7-2.2 s; written directly they never take cache pages. The pages chunks touch do go
  * through the cache, so that writing a chunk never has to read its edge pages back from the disk (which made an
- * all-direct copy slower than a plain one). Falls back to copyWhole where there is a reflink (no bytes to copy at all)
- * or no direct I/O (tmpfs).
+ * all-direct copy slower than a plain one). A reflink is made instead where the filesystem has them (no bytes to copy
+ * at all), and copyWhole (with `writeBack`) where it has no direct I/O.
  */
 export async function copyAround(src: string, dst: string, rewritten: ArrayLike<number>, writeBack: boolean): Promise<void> {
   await fs.promises.rm(dst, { force: true });
