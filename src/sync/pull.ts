@@ -58,6 +58,7 @@ import { noteGarbage } from '../util/gc.js';
 import { boundHeapGrowth } from './heap.js';
 import { inodeStamp, utimesSeconds } from '../util/stamp.js';
 import { copyAround } from '../util/copy.js';
+import { prefetch, type FileRange } from '../util/prefetch.js';
 
 /** Progress of a pull, reported as it goes. */
 export interface PullProgress {
@@ -136,6 +137,8 @@ export interface PullResult {
 const PATCH_BLOCK = 1024;
 /** Raw bytes per GET. */
 const PACK_BYTES = 512 << 10;
+/** A page of the page cache. */
+const PAGE = 4096;
 /** Journal records: a chunk index, or J_BASED | entry index (next/'s file holds its base), J_SPARE marking a spare base. */
 const J_BASED = 0x80000000;
 const J_SPARE = 0x40000000;
@@ -1010,6 +1013,19 @@ class PullRun {
     this.journal([(J_BASED | (spare ? J_SPARE : 0) | ei) >>> 0]);
   }
 
+  /** Whether every byte of entry `ei`'s file is still to be written (no base copy, spare or earlier attempt holds any). */
+  private baseless(ei: number): boolean {
+    let known = this.baselessOf.get(ei);
+    if (known === undefined) {
+      const L = this.layout;
+      known = true;
+      for (let g = L.entryStart[ei]!; g < L.entryStart[ei + 1]! && known; g++) if (this.from[g] === From.NONE) known = false;
+      this.baselessOf.set(ei, known);
+    }
+    return known;
+  }
+  private readonly baselessOf = new Map<number, boolean>();
+
   /** The byte ranges of entry `ei`'s file that its chunks will be written to (flat [start, end) pairs, merged, in order). */
   private rewrittenOf(ei: number): number[] {
     const L = this.layout;
@@ -1167,13 +1183,21 @@ class PullRun {
       const t: Promise<void> = p.catch((err) => void (failure ??= err)).finally(() => tasks.delete(t));
       tasks.add(t);
     };
-    for (const batch of patchBatchesOf(this.from, L, this.patchBase)) {
-      if (failure || this.readerError) break;
-      await gate.take(batch.bytes);
-      track(this.patchRuns(batch.runs).finally(() => gate.give(batch.bytes)));
+    // Read ahead what the patch jobs will read and the pages they will partly overwrite (see patchReadAhead).
+    let patched = false;
+    const readAhead = prefetch(this.patchReadAhead(), () => patched || failure !== undefined);
+    try {
+      for (const batch of patchBatchesOf(this.from, L, this.patchBase)) {
+        if (failure || this.readerError) break;
+        await gate.take(batch.bytes);
+        track(this.patchRuns(batch.runs).finally(() => gate.give(batch.bytes)));
+      }
+      // Patches that fell back to whole chunks became GETs; wait for them before packing.
+      await Promise.all(tasks);
+    } finally {
+      patched = true;
+      await readAhead;
     }
-    // Patches that fell back to whole chunks became GETs; wait for them before packing.
-    await Promise.all(tasks);
     await allBases;
     if (failure) throw failure;
     // 3. Chunks the puller already holds elsewhere (into files whose base copies are done).
@@ -1189,6 +1213,28 @@ class PullRun {
     if (this.readerError) throw this.readerError;
     for (let ei = 0; ei < this.remaining.length; ei++) {
       if (this.remaining[ei]! > 0) fail(ErrorCodes.INTERNAL, `file ${this.m.entries[ei]!.path} incomplete after transfer`);
+    }
+  }
+
+  /**
+   * The ranges patch jobs into spares will touch, in the order they are asked for: the old bytes each run's signatures
+   * are made from (DIR's file, which earlier direct writes left out of the page cache), and the whole pages of the
+   * spare the run will be written into (written chunk by chunk, each edge page would otherwise be read from the disk
+   * first, by a worker waiting for it). Not for files with a base copy: copyAround leaves the pages to be written
+   * cached, and reads ahead would take the threads and the disk the copies need (first deltas took 2.0-2.2 s here
+   * against 1.7 s without).
+   */
+  private *patchReadAhead(): Generator<FileRange> {
+    if (this.patchBase.size === 0) return;
+    const L = this.layout;
+    const spares = new Set(this.bases.steps.filter((s) => s.spare).map((s) => s.ei));
+    for (const { run, bytes } of patchRunsOf(this.from, L)) {
+      const ei = L.entry[run[0]!]!;
+      const offset = L.offset[run[0]!]!;
+      if (!spares.has(ei)) continue;
+      yield { path: this.patchBase.get(ei)!, offset, length: bytes };
+      const first = Math.floor(offset / PAGE) * PAGE;
+      yield { path: this.targetPath(run[0]!), offset: first, length: Math.ceil((offset + bytes) / PAGE) * PAGE - first };
     }
   }
 
@@ -1274,6 +1320,7 @@ class PullRun {
       ids,
       ...targets,
       ...this.finishesOf({ entries, tPath: targets.tPath }),
+      direct: Uint8Array.from(entries, (ei) => (this.baseless(ei) ? 1 : 0)),
     };
     const r = await this.pool!.run<WritePackResult>(job, true, L.entry[firsts[0]!]!);
     r.finished?.forEach((st, pi) => st && this.finishedStats.set(entries[pi]!, st));

@@ -55,6 +55,10 @@ export async function copyAround(src: string, dst: string, rewritten: ArrayLike<
   const open: fs.promises.FileHandle[] = [from];
   const buf = takeAligned();
   try {
+    // The source is read directly too: DIR's large files were written directly (a seed's long runs, earlier copies),
+    // so the page cache seldom holds them, and reading them through it would fill new cache pages (the cost above).
+    const reader = await fs.promises.open(src, fs.constants.O_RDONLY | fs.constants.O_DIRECT);
+    open.push(reader);
     const direct = await fs.promises.open(dst, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_DIRECT, 0o600);
     open.push(direct);
     const viaCache = await fs.promises.open(dst, fs.constants.O_WRONLY);
@@ -63,7 +67,9 @@ export async function copyAround(src: string, dst: string, rewritten: ArrayLike<
     const spans = cachedSpans(rewritten, size);
     const tail = Math.floor(size / BLOCK) * BLOCK;
     for (let pos = 0; pos < size; pos += WINDOW) {
-      const n = await readFull(from, buf, Math.min(WINDOW, size - pos), pos);
+      // Whole blocks asked for (direct reads are); the last read stops short at the end of the file.
+      const want = Math.min(WINDOW, size - pos);
+      const n = Math.min(want, await readBlocks(reader, buf, Math.ceil(want / BLOCK) * BLOCK, pos));
       // The whole window goes direct (one large write: many small ones between the rewritten spans cost more than
       // all of it), then the spans that chunks will be written into are written again through the cache, whole
       // pages, so that they are in it without a read (the direct write dropped whatever the cache held there).
@@ -116,12 +122,16 @@ export function cachedSpans(rewritten: ArrayLike<number>, size: number): number[
   return spans;
 }
 
-async function readFull(fh: fs.promises.FileHandle, buf: Buffer, length: number, position: number): Promise<number> {
+/**
+ * Reads up to `length` bytes (whole blocks) at `position` through a direct descriptor. A read that ends inside a block
+ * has reached the end of the file (and reading on from there would be unaligned).
+ */
+async function readBlocks(fh: fs.promises.FileHandle, buf: Buffer, length: number, position: number): Promise<number> {
   let got = 0;
   while (got < length) {
     const { bytesRead } = await fh.read(buf, got, length - got, position + got);
-    if (bytesRead === 0) break;
     got += bytesRead;
+    if (bytesRead === 0 || got % BLOCK !== 0) break;
   }
   return got;
 }
