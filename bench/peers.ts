@@ -127,7 +127,9 @@ export async function rsyncPush(
   opts: { checksum?: boolean; timeoutMs: number },
 ): Promise<Transfer> {
   const win = daemon.server.window();
-  const args = [...RSYNC_ARGS, ...(opts.checksum ? ['-c'] : []), `${src}/`, daemon.url(sub)];
+  // --durable: rsync flushes too (--fsync, every written file), so the tools are compared at the same durability.
+  const durable = process.env.SNAPFERRY_BENCH_DURABLE ? ['--fsync'] : [];
+  const args = [...RSYNC_ARGS, ...durable, ...(opts.checksum ? ['-c'] : []), `${src}/`, daemon.url(sub)];
   const r = await runTimed('rsync', args, { ns: link.srcNs, timeoutMs: opts.timeoutMs });
   // The daemon's per-connection process exits just after the client: wait for it (bounded) so its CPU is counted.
   const d = await win.stop(5000);
