@@ -1320,7 +1320,8 @@ class PullRun {
       ids,
       ...targets,
       ...this.finishesOf({ entries, tPath: targets.tPath }),
-      direct: Uint8Array.from(entries, (ei) => (this.baseless(ei) ? 1 : 0)),
+      // Around the page cache only for a pull that flushes before its commit (see WritePackJob.direct).
+      direct: this.opts.durable !== false ? Uint8Array.from(entries, (ei) => (this.baseless(ei) ? 1 : 0)) : undefined,
     };
     const r = await this.pool!.run<WritePackResult>(job, true, L.entry[firsts[0]!]!);
     r.finished?.forEach((st, pi) => st && this.finishedStats.set(entries[pi]!, st));

@@ -1,5 +1,6 @@
 /** Whole-file copies made the cheapest way the filesystem allows. */
 import fs from 'node:fs';
+import { SnapferryError, ErrorCodes } from './errors.js';
 
 /**
  * Copies `src` to `dst`: a reflink where the filesystem has them (btrfs, XFS), else an in-kernel copy. Whatever is at
@@ -55,10 +56,11 @@ export async function copyAround(src: string, dst: string, rewritten: ArrayLike<
   const open: fs.promises.FileHandle[] = [from];
   const buf = takeAligned();
   try {
-    // The source is read directly too: DIR's large files were written directly (a seed's long runs, earlier copies),
-    // so the page cache seldom holds them, and reading them through it would fill new cache pages (the cost above).
-    const reader = await fs.promises.open(src, fs.constants.O_RDONLY | fs.constants.O_DIRECT);
-    open.push(reader);
+    // With `writeBack` the source is read directly too: such pulls write their large files directly (a seed's long
+    // runs, earlier copies), so the page cache seldom holds them, and reading them through it would fill new cache
+    // pages (the cost above). Without, a seed wrote through the cache, which likely holds them still.
+    const reader = writeBack ? await fs.promises.open(src, fs.constants.O_RDONLY | fs.constants.O_DIRECT) : from;
+    if (reader !== from) open.push(reader);
     const direct = await fs.promises.open(dst, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_DIRECT, 0o600);
     open.push(direct);
     const viaCache = await fs.promises.open(dst, fs.constants.O_WRONLY);
@@ -69,7 +71,9 @@ export async function copyAround(src: string, dst: string, rewritten: ArrayLike<
     for (let pos = 0; pos < size; pos += WINDOW) {
       // Whole blocks asked for (direct reads are); the last read stops short at the end of the file.
       const want = Math.min(WINDOW, size - pos);
-      const n = Math.min(want, await readBlocks(reader, buf, Math.ceil(want / BLOCK) * BLOCK, pos));
+      const n = reader === from ? await readFull(from, buf, want, pos) : Math.min(want, await readBlocks(reader, buf, Math.ceil(want / BLOCK) * BLOCK, pos));
+      // Never a copy with a hole where the source ended early (the pull checks the source's stats after the copy too).
+      if (n < want) throw new SnapferryError(ErrorCodes.STATE, `${src} shrank while it was copied`, { retryable: true });
       // The whole window goes direct (one large write: many small ones between the rewritten spans cost more than
       // all of it), then the spans that chunks will be written into are written again through the cache, whole
       // pages, so that they are in it without a read (the direct write dropped whatever the cache held there).
@@ -120,6 +124,16 @@ export function cachedSpans(rewritten: ArrayLike<number>, size: number): number[
   const tail = Math.floor(size / BLOCK) * BLOCK;
   if (tail < size) add(tail, tail + BLOCK);
   return spans;
+}
+
+async function readFull(fh: fs.promises.FileHandle, buf: Buffer, length: number, position: number): Promise<number> {
+  let got = 0;
+  while (got < length) {
+    const { bytesRead } = await fh.read(buf, got, length - got, position + got);
+    if (bytesRead === 0) break;
+    got += bytesRead;
+  }
+  return got;
 }
 
 /**

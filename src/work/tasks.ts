@@ -106,9 +106,10 @@ export interface WritePackJob {
   finishModes?: Int32Array;
   finishMtimes?: Float64Array;
   /**
-   * Per path: 1 where the file has no base (every byte of it comes from chunks), so its long runs may be written to
-   * the disk directly (see writeRun); 0 where chunks are written into a base copy, whose pages they touch are in the
-   * page cache already.
+   * Per path: 1 where the file has no base (every byte of it comes from chunks), so its long runs are written to the
+   * disk directly (see writeRun); 0 where chunks are written into a base copy, whose pages they touch are in the page
+   * cache already. Absent (all through the cache) for a pull that does not flush before its commit (`--no-fsync`):
+   * there the page cache is the fast way whenever it has pages to spare, and the data need not reach the disk soon.
    */
   direct?: Uint8Array;
 }

@@ -82,14 +82,16 @@ describe('copyAround', () => {
     expect(fs.readFileSync(dst).equals(expected)).toBe(true);
   });
 
-  it('copies an empty file and one shorter than a page', async () => {
-    for (const size of [0, 1, 4095, 4096, 4097]) {
-      const src = path.join(tmp.dir, `s${size}`);
-      const dst = path.join(tmp.dir, `d${size}`);
-      const data = crypto.randomBytes(size);
-      fs.writeFileSync(src, data);
-      await copyAround(src, dst, size > 0 ? [0, 1] : [], false);
-      expect(fs.readFileSync(dst).equals(data)).toBe(true);
+  it('copies an empty file and one shorter than a page, reading around the page cache (writeBack) or through it', async () => {
+    for (const writeBack of [true, false]) {
+      for (const size of [0, 1, 4095, 4096, 4097]) {
+        const src = path.join(tmp.dir, `s${size}-${writeBack}`);
+        const dst = path.join(tmp.dir, `d${size}-${writeBack}`);
+        const data = crypto.randomBytes(size);
+        fs.writeFileSync(src, data);
+        await copyAround(src, dst, size > 0 ? [0, 1] : [], writeBack);
+        expect(fs.readFileSync(dst).equals(data)).toBe(true);
+      }
     }
   });
 });
