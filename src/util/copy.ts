@@ -20,17 +20,22 @@ export async function copyWhole(src: string, dst: string, writeBack: boolean): P
 }
 
 /** The unit of direct I/O: a page, which is also a multiple of every disk's logical block. */
-const BLOCK = 4096;
+export const BLOCK = 4096;
 /** Bytes moved per read and direct write. */
 const WINDOW = 4 << 20;
 
 /**
- * Buffers for direct I/O, which must start on a block boundary in memory: a Node Buffer does not (malloc puts its
- * header first), a WebAssembly memory does (it is mapped whole pages). Kept for reuse: one per copy running.
+ * A buffer for direct I/O of `bytes` (a multiple of 64 KiB), which must start on a block boundary in memory: a Node
+ * Buffer does not (malloc puts its header first), a WebAssembly memory does (it is mapped whole pages).
  */
+export function pageAligned(bytes: number): Buffer {
+  return Buffer.from(new WebAssembly.Memory({ initial: bytes / 65536 }).buffer);
+}
+
+/** Copy buffers kept for reuse: one per copy running. */
 const alignedFree: Buffer[] = [];
 function takeAligned(): Buffer {
-  return alignedFree.pop() ?? Buffer.from(new WebAssembly.Memory({ initial: WINDOW / 65536 }).buffer);
+  return alignedFree.pop() ?? pageAligned(WINDOW);
 }
 
 /**

@@ -14,6 +14,7 @@ import { fail, ErrorCodes } from '../util/errors.js';
 import { inodeStamp } from '../util/stamp.js';
 import { joinChunkLists } from './segments.js';
 import { openRegular } from '../util/open.js';
+import { BLOCK, pageAligned } from '../util/copy.js';
 
 /** A level meaning: send as they are (where CPU, not the link, is the bottleneck). */
 export const NO_COMPRESSION = -1000;
@@ -280,29 +281,27 @@ class TargetFiles {
   }
 }
 
-/** The unit of direct I/O: a page, also a multiple of every disk's logical block. */
-const PAGE = 4096;
 /** Runs shorter than this are written through the page cache: a direct write waits for the disk. */
 const DIRECT_MIN = 64 << 10;
 /** Size of the page-aligned staging buffer of direct writes. */
 const DIRECT_STAGE = 1 << 20;
 
 /**
- * Writes `data` at `pos` of `path`. A long run into a file without a base (`direct`) goes to the disk directly
- * (O_DIRECT) for the pages it covers whole, and through the page cache for its partial first and last pages, which
- * other runs share (a direct write of a shared page would overwrite their bytes). Why: where a page of memory the guest
- * has not used lately costs the host a fault on first write (a ballooned VM), a seed's 1 GiB written through the cache
- * cost 1.4-3.2 s of system CPU a GiB here; direct writes take no cache pages. A filesystem without direct I/O (EINVAL)
- * gets every write through the cache from then on.
+ * Writes `data` at `pos` of `path`. A long run marked `direct` (a file without a base, in a pull that flushes before
+ * its commit) goes to the disk directly (O_DIRECT) for the pages it covers whole, and through the page cache for its
+ * partial first and last pages, which other runs share (a direct write of a shared page would overwrite their bytes).
+ * Why: such a pull's data must reach the disk before its commit anyway, and where a page of memory the guest has not
+ * used lately costs the host a fault on first write (a ballooned VM), a seed's 1 GiB written through the cache cost
+ * 1.4-3.2 s of system CPU here; direct writes take no cache pages. A filesystem without direct I/O (EINVAL) gets
+ * every write through the cache from then on.
  */
 function writeRun(ctx: JobContext, files: TargetFiles, path: string, data: Uint8Array, pos: number, direct: boolean): void {
   if (!direct || ctx.noDirect || data.length < DIRECT_MIN) return writeAll(files.get(path), data, pos);
-  const first = Math.ceil(pos / PAGE) * PAGE;
-  const end = Math.floor((pos + data.length) / PAGE) * PAGE;
+  const first = Math.ceil(pos / BLOCK) * BLOCK;
+  const end = Math.floor((pos + data.length) / BLOCK) * BLOCK;
   try {
     const fd = files.direct(path);
-    // Direct I/O reads from memory that starts on a page: a Node Buffer does not, a WebAssembly memory (whole pages) does.
-    const stage = (ctx.alignedBuffer ??= Buffer.from(new WebAssembly.Memory({ initial: DIRECT_STAGE / 65536 }).buffer));
+    const stage = (ctx.alignedBuffer ??= pageAligned(DIRECT_STAGE));
     for (let s = first; s < end; s += DIRECT_STAGE) {
       const n = Math.min(DIRECT_STAGE, end - s);
       stage.set(data.subarray(s - pos, s - pos + n));
