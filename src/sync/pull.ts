@@ -1013,16 +1013,17 @@ class PullRun {
 
   /** Whether every byte of entry `ei`'s file is still to be written (no base copy, spare or earlier attempt holds any). */
   private baseless(ei: number): boolean {
-    let known = this.baselessOf.get(ei);
-    if (known === undefined) {
+    // Per entry: 0 not yet known, 1 baseless, 2 not (a byte each: a seed asks for every file).
+    const known = (this.baselessOf ??= new Uint8Array(this.m.entries.length));
+    if (known[ei] === 0) {
       const L = this.layout;
-      known = true;
-      for (let g = L.entryStart[ei]!; g < L.entryStart[ei + 1]! && known; g++) if (this.from[g] === From.NONE) known = false;
-      this.baselessOf.set(ei, known);
+      let g = L.entryStart[ei]!;
+      while (g < L.entryStart[ei + 1]! && this.from[g] !== From.NONE) g++;
+      known[ei] = g === L.entryStart[ei + 1]! ? 1 : 2;
     }
-    return known;
+    return known[ei] === 1;
   }
-  private readonly baselessOf = new Map<number, boolean>();
+  private baselessOf?: Uint8Array;
 
   /** The byte ranges of entry `ei`'s file that its chunks will be written to (flat [start, end) pairs, merged, in order). */
   private rewrittenOf(ei: number): number[] {
