@@ -74,9 +74,9 @@ export async function copyAround(src: string, dst: string, rewritten: ArrayLike<
     const spans = cachedSpans(rewritten, size);
     const tail = Math.floor(size / BLOCK) * BLOCK;
     for (let pos = 0; pos < size; pos += WINDOW) {
-      // Whole blocks asked for (direct reads are); the last read stops short at the end of the file.
+      // Whole blocks asked for (direct reads must; WINDOW is whole blocks); the last read stops at the end of the file.
       const want = Math.min(WINDOW, size - pos);
-      const n = reader === from ? await readFull(from, buf, want, pos) : Math.min(want, await readBlocks(reader, buf, Math.ceil(want / BLOCK) * BLOCK, pos));
+      const n = Math.min(want, await readBlocks(reader, buf, Math.ceil(want / BLOCK) * BLOCK, pos));
       // Never a copy with a hole where the source ended early (the pull checks the source's stats after the copy too).
       if (n < want) throw new SnapferryError(ErrorCodes.STATE, `${src} shrank while it was copied`, { retryable: true });
       // The whole window goes direct (one large write: many small ones between the rewritten spans cost more than
@@ -131,19 +131,9 @@ export function cachedSpans(rewritten: ArrayLike<number>, size: number): number[
   return spans;
 }
 
-async function readFull(fh: fs.promises.FileHandle, buf: Buffer, length: number, position: number): Promise<number> {
-  let got = 0;
-  while (got < length) {
-    const { bytesRead } = await fh.read(buf, got, length - got, position + got);
-    if (bytesRead === 0) break;
-    got += bytesRead;
-  }
-  return got;
-}
-
 /**
- * Reads up to `length` bytes (whole blocks) at `position` through a direct descriptor. A read that ends inside a block
- * has reached the end of the file (and reading on from there would be unaligned).
+ * Reads up to `length` bytes (whole blocks) at `position`, through a direct descriptor or a cached one. A read that
+ * ends inside a block has reached the end of the file (and reading on from there would be unaligned for the first).
  */
 async function readBlocks(fh: fs.promises.FileHandle, buf: Buffer, length: number, position: number): Promise<number> {
   let got = 0;
