@@ -11,6 +11,7 @@ import { SnapferryServer } from '../sync/server.js';
 import { pull } from '../sync/pull.js';
 import { progressLine, summary } from './progress.js';
 import { formatBytes } from '../util/rate.js';
+import { makeDirs } from '../util/mkdirs.js';
 
 export interface DemoOptions {
   sizeMiB: number;
@@ -20,13 +21,13 @@ export interface DemoOptions {
 
 export async function runDemo(o: DemoOptions): Promise<void> {
   const root = o.workdir ? path.resolve(o.workdir) : fs.mkdtempSync(path.join(os.tmpdir(), 'snapferry-demo-'));
-  fs.mkdirSync(root, { recursive: true });
+  makeDirs(root);
   const head = path.join(root, 'head-office', 'acme');
   const branch = path.join(root, 'branch', 'acme');
   const say = (s: string) => process.stdout.write(`${s}\n`);
   fs.rmSync(path.join(root, 'head-office'), { recursive: true, force: true });
   fs.rmSync(path.join(root, 'branch'), { recursive: true, force: true });
-  fs.mkdirSync(path.dirname(branch), { recursive: true });
+  makeDirs(path.dirname(branch));
   say(`snapferry demo in ${root}`);
   const made = await makeCompany(head, o.sizeMiB, 1);
   say(`1. made a sample company "acme": ${made.files} files, ${formatBytes(made.bytes)} in ${head}`);

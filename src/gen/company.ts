@@ -13,6 +13,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { makeDirs } from '../util/mkdirs.js';
 
 const fsp = fs.promises;
 
@@ -286,7 +287,7 @@ class SmallWriter {
     const dir = path.dirname(file);
     if (!this.dirs.has(dir)) {
       await this.drain(); // files already queued may live in dirs we created; keep it simple
-      await fsp.mkdir(dir, { recursive: true });
+      makeDirs(dir);
       this.dirs.add(dir);
     }
     this.inflight.push(fsp.writeFile(file, data));
@@ -331,7 +332,7 @@ const SMALL_SHARE = 0.08;
  */
 export async function makeCompany(dir: string, sizeMiB: number, seed = 1): Promise<{ files: number; bytes: number }> {
   const r = new Rng(seed);
-  await fsp.mkdir(dir, { recursive: true });
+  makeDirs(dir);
   const total = Math.floor(sizeMiB * 1048576);
   const filler = new Filler();
   let i = 0; // record numbers run on across files, as in the reference
@@ -498,7 +499,7 @@ export async function mutateCompany(dir: string, seed = 2): Promise<MutateResult
   // 5. New files.
   const added: string[] = [];
   let addedBytes = 0;
-  await fsp.mkdir(path.join(dir, 'masters', 'new'), { recursive: true });
+  makeDirs(path.join(dir, 'masters', 'new'));
   for (let k = 0; k < 20; k++) {
     const rel = `masters/new/n${String(k).padStart(3, '0')}.xml`;
     const size = r.randint(1 << 10, 32 << 10);
@@ -539,7 +540,7 @@ export async function mutateCompany(dir: string, seed = 2): Promise<MutateResult
  */
 export async function makeSmallFiles(dir: string, count: number, seed = 3): Promise<{ files: number; bytes: number }> {
   const r = new Rng(seed);
-  await fsp.mkdir(dir, { recursive: true });
+  makeDirs(dir);
   const w = new SmallWriter();
   let i = 0;
   let bytes = 0;

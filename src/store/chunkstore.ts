@@ -13,6 +13,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { IdIndex } from '../manifest/idindex.js';
 import type { Hasher } from '../chunk/hash.js';
+import { makeDirs } from '../util/mkdirs.js';
 import { isAlive, removeTree, diskSpace, diskReserve, writeFileDurable } from './state.js';
 
 const TEMP_PREFIX = 'snapferry-store-';
@@ -226,7 +227,7 @@ export class ChunkStore {
 
   /** Opens (creating, owner-only) the store in dir and loads what earlier runs stored there. */
   static open(dir: string, hasher: Hasher): ChunkStore {
-    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    makeDirs(dir, 0o700);
     const store = new ChunkStore(dir, hasher);
     const names = fs.readdirSync(dir).sort();
     const present = new Set(names);

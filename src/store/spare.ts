@@ -15,6 +15,7 @@ import path from 'node:path';
 import { decodeManifest, Entry, entryPath, rootHashOf } from '../manifest/manifest.js';
 import { StatePaths, removeTree, readApplied, exists, diskReserve, diskSpace, fsyncDir, writeFileDurable, asCommitted } from './state.js';
 import { inodeStamp, utimesSeconds } from '../util/stamp.js';
+import { makeDirs } from '../util/mkdirs.js';
 
 /** A spare that may be rewritten into the next generation: where it is and what it holds. */
 export interface SpareFile {
@@ -196,7 +197,7 @@ export async function prepareSpare(paths: StatePaths, signal: AbortSignal): Prom
       };
       if (!unchanged()) continue;
       const dst = entryPath(prep, e.path);
-      fs.mkdirSync(path.dirname(dst), { recursive: true, mode: 0o700 });
+      makeDirs(path.dirname(dst), 0o700);
       await fs.promises.copyFile(src, dst, fs.constants.COPYFILE_FICLONE);
       fs.utimesSync(dst, utimesSeconds(e.mtimeNs), utimesSeconds(e.mtimeNs));
       // On disk before it is recorded: a copy a power cut emptied would otherwise still match its record.

@@ -24,6 +24,7 @@ import { createHmac, hkdfSync, timingSafeEqual } from 'node:crypto';
 import { decodeManifest, entryPath, Manifest, rootHashOf, sameMtime } from '../manifest/manifest.js';
 import { fail, ErrorCodes, SnapferryError, toSnapferryError } from '../util/errors.js';
 import { inodeStamp } from '../util/stamp.js';
+import { makeDirs, dirProblem } from '../util/mkdirs.js';
 
 /** The record of an applied generation. */
 export interface AppliedRecord {
@@ -267,7 +268,12 @@ export class DirLock {
     const deadline = Date.now() + waitMs;
     for (;;) {
       // Each try: a holder that made the folder removes it at release when it is empty.
-      this.madeState = fs.mkdirSync(this.paths.state, { recursive: true, mode: 0o700 }) !== undefined;
+      try {
+        this.madeState = makeDirs(this.paths.state, 0o700) !== undefined;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') fail(ErrorCodes.DIR_NOT_WRITABLE, `cannot make ${this.paths.state}: ${dirProblem(err)}`);
+        throw toSnapferryError(err, `cannot make ${this.paths.state}`);
+      }
       try {
         const fd = fs.openSync(this.paths.lock, 'wx', 0o600);
         fs.writeSync(fd, `${process.pid}\n`);

@@ -59,6 +59,7 @@ import { boundHeapGrowth } from './heap.js';
 import { inodeStamp, utimesSeconds } from '../util/stamp.js';
 import { copyAround, BLOCK } from '../util/copy.js';
 import { prefetch, type FileRange } from '../util/prefetch.js';
+import { makeDirs } from '../util/mkdirs.js';
 
 /** Progress of a pull, reported as it goes. */
 export interface PullProgress {
@@ -589,7 +590,7 @@ class PullRun {
       const e = this.m.entries[ei]!;
       const dst = entryPath(p.next, e.path);
       if (e.kind === 'dir') {
-        fs.mkdirSync(dst, { recursive: true, mode: 0o700 });
+        makeDirs(dst, 0o700);
         continue;
       }
       if (e.kind === 'symlink') {

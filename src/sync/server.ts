@@ -38,6 +38,7 @@ import { TokenBucket, formatBytes } from '../util/rate.js';
 import { DEFAULT_CHUNK_PARAMS, type ChunkParams, type ChunkPolicy } from '../chunk/chunker.js';
 import { noteGarbage } from '../util/gc.js';
 import { ByteGate } from '../util/bytegate.js';
+import { makeDirs, dirProblem } from '../util/mkdirs.js';
 import { boundHeapGrowth } from './heap.js';
 import { ChunkStore, makeTempStoreFolder } from '../store/chunkstore.js';
 import { fillStore } from './storefill.js';
@@ -229,9 +230,9 @@ export class SnapferryServer {
   async start(): Promise<string> {
     if (this.opts.cacheDir) {
       try {
-        fs.mkdirSync(this.opts.cacheDir, { recursive: true, mode: 0o700 });
+        makeDirs(this.opts.cacheDir, 0o700);
       } catch (err) {
-        fail(ErrorCodes.USAGE, `--cache-dir ${this.opts.cacheDir} cannot be made: ${fsProblem(err)}`);
+        fail(ErrorCodes.USAGE, `--cache-dir ${this.opts.cacheDir} cannot be made: ${dirProblem(err)}`);
       }
     }
     for (const [name, dir] of this.opts.companies) {
