@@ -252,6 +252,8 @@ export function buildProgram(): Commander.Command {
     .option('--json', 'print one JSON object when done')
     .option('--no-fsync', 'do not flush to disk before commit')
     .action(async (dir: string, url: string, name: string, o: { secret: string; json?: boolean; fsync: boolean }) => {
+      // pull takes URL NAME DIR, repair DIR URL NAME: a URL given first would otherwise be taken for a folder's path.
+      if (/^wss?:\/\//.test(dir) && !/^wss?:\/\//.test(url)) fail(ErrorCodes.USAGE, `repair takes DIR URL NAME, the folder first; "${dir}" is a site URL`);
       const secret = readSecret(o.secret);
       const progress = progressLine(!o.json && process.stderr.isTTY === true);
       const { pull } = await import('../sync/pull.js');

@@ -55,8 +55,12 @@ export function makeDirs(p: string, mode = 0o777): string | undefined {
 
 /**
  * What stopped makeDirs, in words for a message that names the folder: its ENOENT means the filesystem takes no new
- * folders there (every missing parent was made first), not that something is missing.
+ * folders there (every missing parent was made first), not that something is missing; its EEXIST, that a file or
+ * other non-folder has the name.
  */
 export function dirProblem(err: unknown): string {
-  return (err as NodeJS.ErrnoException)?.code === 'ENOENT' ? 'the filesystem there takes no new folders' : fsProblem(err);
+  const code = (err as NodeJS.ErrnoException)?.code;
+  if (code === 'ENOENT') return 'the filesystem there takes no new folders';
+  if (code === 'EEXIST') return 'something that is not a folder has its name';
+  return fsProblem(err);
 }

@@ -172,6 +172,15 @@ describe('verify and repair', () => {
     expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
   });
 
+  it('repair given pull\'s order (URL NAME DIR) says so in one line and makes nothing', async () => {
+    const dest = path.join(tmp.dir, 'swapped', 'acme');
+    const r = await runCli(['repair', served.url, 'acme', dest, '--secret', key]);
+    expect(r.code, r.stderr).toBe(64);
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    expect(r.stderr).toMatch(/repair takes DIR URL NAME, the folder first; "ws:\/\/.*" is a site URL.*SNAPFERRY_E_USAGE/);
+    expect(fs.existsSync(path.join(tmp.dir, 'swapped'))).toBe(false);
+  });
+
   // BUG (src/sync/pull.ts pull): the company asked for was never compared with the one DIR holds: a mistyped name
   // replaced one company's copy with another's (repair even said "the site had moved on").
   it('a pull or repair naming another company than DIR holds is refused; DIR stays as it is', async () => {

@@ -28,7 +28,14 @@ describe('makeDirs', () => {
 
   it('throws EEXIST (ENOTDIR below it) when a file stands where a folder should be', () => {
     fs.writeFileSync(path.join(tmp.dir, 'file'), 'x');
-    expect(() => makeDirs(path.join(tmp.dir, 'file'))).toThrow(expect.objectContaining({ code: 'EEXIST' }));
+    let err: unknown;
+    try {
+      makeDirs(path.join(tmp.dir, 'file'));
+    } catch (e) {
+      err = e;
+    }
+    expect((err as NodeJS.ErrnoException).code).toBe('EEXIST');
+    expect(dirProblem(err)).toBe('something that is not a folder has its name');
     expect(() => makeDirs(path.join(tmp.dir, 'file', 'sub'))).toThrow(expect.objectContaining({ code: 'ENOTDIR' }));
     expect(fs.statSync(path.join(tmp.dir, 'file')).isFile()).toBe(true);
   });
