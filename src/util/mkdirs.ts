@@ -1,7 +1,8 @@
 /**
  * Making a folder with its missing parents, instead of `fs.mkdirSync(p, { recursive: true })`: Node's recursive mkdir
  * loops forever, at full CPU, when mkdir answers ENOENT under a parent that exists, and procfs does (`pull URL NAME
- * /proc/x` and `serve --cache-dir /proc/x` spun until killed). Here each missing folder is made once, top down.
+ * /proc/x`, `serve --cache-dir /proc/x` and `mkcompany /proc/x` spun until killed). Here each missing folder is made
+ * once, top down.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -19,7 +20,8 @@ function isDir(p: string): boolean {
  * Makes folder `p` and its missing parents, each with `mode` (less the umask), like `mkdir -p`. Returns the first
  * folder it made, or undefined when `p` was a folder already (what the recursive `fs.mkdirSync` returns). Throws the
  * error of the first mkdir that fails, ENOENT included (a filesystem that refuses new folders), and EEXIST (ENOTDIR
- * below it) when something other than a folder stands in the way. A folder another process makes meanwhile is taken as made.
+ * below it) when something other than a folder stands in the way. A folder another process makes meanwhile is taken
+ * as made.
  */
 export function makeDirs(p: string, mode = 0o777): string | undefined {
   const target = path.resolve(p);
