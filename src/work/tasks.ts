@@ -9,7 +9,7 @@ import crypto from 'node:crypto';
 import { threadId } from 'node:worker_threads';
 import { chunkLengths, ChunkParams } from '../chunk/chunker.js';
 import { Hasher, idHex } from '../chunk/hash.js';
-import { Compressor, Decompressor, compressBound } from './zstd.js';
+import { Compressor, Decompressor, compressBound, scratchSize } from './zstd.js';
 import { fail, ErrorCodes } from '../util/errors.js';
 import { inodeStamp } from '../util/stamp.js';
 import { joinChunkLists } from './segments.js';
@@ -218,7 +218,7 @@ export interface JobContext {
 
 /** The thread's read buffer, at least n bytes: reading into it instead of fresh buffers keeps memory flat. */
 function readBuffer(ctx: JobContext, n: number): Buffer {
-  if (!ctx.readBuffer || ctx.readBuffer.length < n) ctx.readBuffer = Buffer.allocUnsafe(Math.max(n, 1 << 20));
+  if (!ctx.readBuffer || ctx.readBuffer.length < n) ctx.readBuffer = Buffer.allocUnsafe(scratchSize(n));
   return ctx.readBuffer.subarray(0, n);
 }
 
@@ -432,7 +432,7 @@ function storeChunks(ctx: JobContext, j: StoreChunksJob): StoreChunksResult {
   if (!Buffer.isBuffer(raw)) return raw;
   let bound = 0;
   for (let i = 0; i < j.lens.length; i++) bound += compressBound(j.lens[i]!);
-  if (!ctx.storeBuffer || ctx.storeBuffer.length < bound) ctx.storeBuffer = Buffer.allocUnsafe(Math.max(bound, 1 << 20));
+  if (!ctx.storeBuffer || ctx.storeBuffer.length < bound) ctx.storeBuffer = Buffer.allocUnsafe(scratchSize(bound));
   const out = ctx.storeBuffer;
   const seg = segmentOf(ctx, j.segDir);
   const offsets = new Uint32Array(j.lens.length);

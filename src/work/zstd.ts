@@ -19,6 +19,16 @@ interface Binding {
 
 const binding = createRequire(import.meta.url)('zstd-napi/binding') as Binding;
 
+/**
+ * The size to give a thread's reused buffer that must hold n bytes: a power of two, at least 1 MiB. Jobs ask for sizes
+ * that creep up (a 2 MiB job plus part of a chunk), and a buffer sized to each new largest request was replaced again
+ * and again: the old ones, long-lived and so in the old generation, stayed until a major collection (a site's workers
+ * held 15 MiB each of them after filling a store). Only the pages used are ever touched, so the headroom costs no memory.
+ */
+export function scratchSize(n: number): number {
+  return Math.max(1 << 20, 2 ** Math.ceil(Math.log2(Math.max(n, 1))));
+}
+
 /** A reusable compressor (one per thread: contexts are not thread-safe). */
 export class Compressor {
   private readonly cctx = new binding.CCtx();
@@ -30,7 +40,7 @@ export class Compressor {
    */
   compress(src: Uint8Array, level: number): Buffer | undefined {
     const bound = binding.compressBound(src.length);
-    if (this.scratch.length < bound) this.scratch = Buffer.allocUnsafe(Math.max(bound, 1 << 20));
+    if (this.scratch.length < bound) this.scratch = Buffer.allocUnsafe(scratchSize(bound));
     const n = this.cctx.compress(this.scratch, src, level);
     if (n >= src.length - (src.length >> 5)) return undefined;
     return Buffer.from(this.scratch.subarray(0, n));
@@ -66,7 +76,7 @@ export class Decompressor {
    * buffers for every pack cost page faults and garbage collection.
    */
   decompressScratch(src: Uint8Array, rawLen: number): Buffer {
-    if (this.scratch.length < rawLen) this.scratch = Buffer.allocUnsafe(Math.max(rawLen, 1 << 20));
+    if (this.scratch.length < rawLen) this.scratch = Buffer.allocUnsafe(scratchSize(rawLen));
     return this.decompressInto(this.scratch.subarray(0, rawLen), src, rawLen);
   }
 

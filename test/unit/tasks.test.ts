@@ -19,7 +19,7 @@ import {
   type WritePackJob,
   type ApplyPatchJob,
 } from '../../src/work/tasks.js';
-import { Compressor, Decompressor } from '../../src/work/zstd.js';
+import { Compressor, Decompressor, scratchSize } from '../../src/work/zstd.js';
 import { loadHasher } from '../../src/chunk/hash.js';
 import { chunkLengths, DEFAULT_CHUNK_PARAMS, type ChunkParams } from '../../src/chunk/chunker.js';
 import { SnapferryError, ErrorCodes } from '../../src/util/errors.js';
@@ -414,6 +414,38 @@ describe('readPack and writePack', () => {
     // at most the declared size (or the decompressor's 1 MiB minimum scratch), never anything near 64 MiB
     expect(Math.max(0, ...sizes)).toBeLessThanOrEqual(1 << 20);
     expect(fs.existsSync(target)).toBe(false);
+  });
+});
+
+describe("a thread's reused buffers", () => {
+  it('are not replaced as jobs creep past the largest so far (the replaced ones lingered until a major collection)', async () => {
+    // Produced as a store fill does: jobs of about 2 MiB that each end a little further into the file.
+    const data = textish(3 << 20, 41);
+    const p = writeTmp(data);
+    const whole = wholeFilePack(p, data, 1);
+    const own: JobContext = { hasher: ctx.hasher, compressor: new Compressor(), decompressor: new Decompressor() };
+    const segDir = fs.mkdtempSync(path.join(dir, 'seg-'));
+    const seen = { read: new Set<unknown>(), store: new Set<unknown>() };
+    let jobs = 0;
+    for (let end = 1, bytes = 0; end <= whole.lens.length; end++) {
+      bytes += whole.lens[end - 1]!;
+      if (bytes < (3 << 20) / 2) continue;
+      const pick = <T extends Uint32Array | Float64Array | BigUint64Array>(a: T): T => a.slice(0, end) as T;
+      const job = { kind: 'storeChunks' as const, paths: [p], pathIdx: pick(whole.pathIdx), offsets: pick(whole.offsets), lens: pick(whole.lens), ids: pick(whole.ids), level: 1, segDir };
+      const r = runJob(own, job);
+      expect('stale' in (r as object)).toBe(false);
+      seen.read.add(own.readBuffer);
+      seen.store.add(own.storeBuffer);
+      jobs++;
+    }
+    expect(jobs).toBeGreaterThan(10);
+    // One buffer each, made at the first job: 1.5 MiB and more rounded up to 2 MiB, then 4 MiB, not one per new size.
+    expect(seen.read.size).toBeLessThanOrEqual(2);
+    expect(seen.store.size).toBeLessThanOrEqual(2);
+    expect(scratchSize(1)).toBe(1 << 20);
+    expect(scratchSize((2 << 20) + 1)).toBe(4 << 20);
+    expect(scratchSize(4 << 20)).toBe(4 << 20);
+    if (own.segment) fs.closeSync(own.segment.fd);
   });
 });
 
