@@ -23,7 +23,7 @@ const binding = createRequire(import.meta.url)('zstd-napi/binding') as Binding;
  * The size to give a thread's reused buffer that must hold n bytes: a power of two, at least 1 MiB. Jobs ask for sizes
  * that creep up (a 2 MiB job plus part of a chunk), and a buffer sized to each new largest request was replaced again
  * and again: the old ones, long-lived and so in the old generation, stayed until a major collection (a site's workers
- * held 15 MiB each of them after filling a store). Only the pages used are ever touched, so the headroom costs no memory.
+ * held 12-13 MiB each of them after filling a store). Only the pages used are ever touched, so the headroom costs no memory.
  */
 export function scratchSize(n: number): number {
   return Math.max(1 << 20, 2 ** Math.ceil(Math.log2(Math.max(n, 1))));

@@ -418,7 +418,7 @@ describe('readPack and writePack', () => {
 });
 
 describe("a thread's reused buffers", () => {
-  it('are not replaced as jobs creep past the largest so far (the replaced ones lingered until a major collection)', async () => {
+  it('are not replaced as jobs creep past the largest so far (the replaced ones lingered until a major collection)', () => {
     // Produced as a store fill does: jobs of about 2 MiB that each end a little further into the file.
     const data = textish(3 << 20, 41);
     const p = writeTmp(data);
