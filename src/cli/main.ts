@@ -15,6 +15,7 @@ import type { VerifyResult } from '../sync/verify.js';
 import { progressLine, summary } from './progress.js';
 import { formatBytes, parseRate } from '../util/rate.js';
 import { ErrorCodes, fail, toSnapferryError } from '../util/errors.js';
+import { isSiteUrl } from '../transport/url.js';
 
 // commander through require, as ws (see transport/ws.ts): importing CommonJS from an ES module lexes its source first.
 const { Command, Option } = createRequire(import.meta.url)('commander') as typeof Commander;
@@ -253,7 +254,7 @@ export function buildProgram(): Commander.Command {
     .option('--no-fsync', 'do not flush to disk before commit')
     .action(async (dir: string, url: string, name: string, o: { secret: string; json?: boolean; fsync: boolean }) => {
       // pull takes URL NAME DIR, repair DIR URL NAME: a URL given first would otherwise be taken for a folder's path.
-      if (/^wss?:\/\//.test(dir) && !/^wss?:\/\//.test(url)) fail(ErrorCodes.USAGE, `repair takes DIR URL NAME, the folder first; "${dir}" is a site URL`);
+      if (isSiteUrl(dir) && !isSiteUrl(url)) fail(ErrorCodes.USAGE, `repair takes DIR URL NAME, the folder first; "${dir}" is a site URL`);
       const secret = readSecret(o.secret);
       const progress = progressLine(!o.json && process.stderr.isTTY === true);
       const { pull } = await import('../sync/pull.js');

@@ -4,6 +4,7 @@
  */
 import { WebSocket } from '../transport/ws.js';
 import { Channel } from '../transport/channel.js';
+import { isSiteUrl } from '../transport/url.js';
 import { ClientHandshake, ServerHandshake, MAX_HANDSHAKE_MESSAGE } from '../protocol/handshake.js';
 import { FrameSealer, FrameOpener, DIR_CLIENT_TO_SERVER, DIR_SERVER_TO_CLIENT } from '../protocol/seal.js';
 import { MsgType, MAX_FRAME, encodeJson, decodeJson, ErrorMsg } from '../protocol/messages.js';
@@ -83,7 +84,7 @@ export interface ConnectOptions {
 export async function connect(url: string, opts: ConnectOptions): Promise<SecureSession> {
   const timeoutMs = opts.timeoutMs ?? 15_000;
   // URL.canParse too: ws would throw a bare "Invalid URL" for "ws://[::1".
-  if (!/^wss?:\/\//.test(url) || !URL.canParse(url)) fail(ErrorCodes.USAGE, `not a site URL: ${url} (expected ws://HOST:PORT)`);
+  if (!isSiteUrl(url) || !URL.canParse(url)) fail(ErrorCodes.USAGE, `not a site URL: ${url} (expected ws://HOST:PORT)`);
   const ws = new WebSocket(url, { maxPayload: MAX_FRAME + 1024, perMessageDeflate: false, handshakeTimeout: timeoutMs });
   // What the site sends beyond what was asked for waits in at most 16 MiB (and the socket): a site that floods a branch
   // busy planning (an --adopt chunking a large folder) once held 576 MiB of its frames there.
