@@ -63,14 +63,34 @@ function sameStat(a: StatB, b: StatB): boolean {
  */
 export const QUIET_MS = 100;
 
-function ageMs(st: StatB): number {
-  return Date.now() - Number(st.mtimeNs / 1_000_000n);
+/**
+ * How long after its stamp a whole-second timestamp may still be the stamp of a new write: FAT keeps 2 s, ext4 with
+ * 128-byte inodes and HFS+ 1 s. Until then a same-size rewrite leaves size, mtime, ctime and inode as they were, so
+ * neither the check around a read nor the scan cache could see it: such a file is read only once its tick is over.
+ */
+const COARSE_TICK_MS = 2000;
+
+/**
+ * Whether a file's times come from a filesystem that keeps whole seconds. Both times: on a finer filesystem an mtime
+ * set to a whole second (a copy from FAT, a `touch -d`) comes with a ctime of the moment it was set.
+ */
+function coarseTimes(st: StatB): boolean {
+  return st.mtimeNs % 1_000_000_000n === 0n && st.ctimeNs % 1_000_000_000n === 0n;
 }
 
-/** Written within QUIET_MS (an mtime in the future, from another machine's clock, does not count as recent). */
+/**
+ * Milliseconds until a file has been quiet long enough to be read (0 when it has): QUIET_MS after its mtime, plus a
+ * whole tick on a filesystem that keeps whole seconds. An mtime in the future (another machine's clock) does not count.
+ */
+function quietInMs(st: StatB, now = Date.now()): number {
+  const age = now - Number(st.mtimeNs / 1_000_000n);
+  const wait = QUIET_MS + (coarseTimes(st) ? COARSE_TICK_MS : 0);
+  return age >= 0 && age < wait ? wait - age : 0;
+}
+
+/** Written too recently to be read, or to trust a read of (see quietInMs). */
 function justWritten(st: StatB): boolean {
-  const age = ageMs(st);
-  return age >= 0 && age < QUIET_MS;
+  return quietInMs(st) > 0;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -522,9 +542,9 @@ export class CompanyScanner {
     };
     for (let attempt = 0; ; attempt++) {
       if (justWritten(before)) {
-        // Written a moment ago: wait until it has been quiet for QUIET_MS before reading it at all.
+        // Written a moment ago: wait until it has been quiet long enough before reading it at all.
         failIfUnsettled();
-        await sleep(QUIET_MS - ageMs(before) + 2);
+        await sleep(quietInMs(before) + 2);
         let again: StatB;
         try {
           again = lstatCompact(abs);

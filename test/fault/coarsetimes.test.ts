@@ -1,0 +1,98 @@
+/**
+ * A company on a filesystem that keeps whole seconds (FAT keeps 2 s, ext4 with 128-byte inodes and HFS+ 1 s): a file
+ * rewritten at the same size within the second the site read it keeps its size, mtime, ctime and inode, so neither the
+ * check around a read nor the scan cache can see the rewrite, unless the site waits for that second to pass before it
+ * trusts a read. Produced for real: an ext4 image with 128-byte inodes, made and loop-mounted by the test (root only;
+ * skipped with a reason elsewhere), and a real worker pool over the built modules.
+ */
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import fs from 'node:fs';
+import crypto from 'node:crypto';
+import path from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { pathToFileURL } from 'node:url';
+import { tempDir, ROOT } from '../helpers.js';
+import type { CompanyScanner as Scanner, Generation } from '../../src/scan/scanner.js';
+import type { WorkerPool as Pool } from '../../src/work/pool.js';
+
+const built = async <T>(rel: string): Promise<T> => (await import(pathToFileURL(path.join(ROOT, 'dist', 'src', rel)).href)) as T;
+
+function cannotMount(): string | undefined {
+  if (process.platform !== 'linux') return 'loop mounts need Linux';
+  if (process.getuid?.() !== 0) return 'a loop mount needs root';
+  const mkfs = spawnSync('mkfs.ext4', ['-V'], { encoding: 'utf8' });
+  if (mkfs.error) return `mkfs.ext4 not found (e2fsprogs): ${mkfs.error.message}`;
+  if (!fs.existsSync('/dev/loop-control')) return 'no loop devices here (/dev/loop-control)';
+  return undefined;
+}
+
+const skipReason = cannotMount();
+if (skipReason) console.warn(`coarsetimes.test.ts skipped: ${skipReason}`);
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** The chunk ids of `rel` in a generation, as one string. */
+function idsOf(g: Generation, rel: string): string {
+  const e = g.manifest.entries.find((x) => x.path === rel);
+  expect(e, `${rel} is in the generation`).toBeDefined();
+  return Array.from(e!.ids ?? []).join(',');
+}
+
+describe.skipIf(skipReason !== undefined)('a company on a filesystem with whole-second timestamps (real ext4, 128-byte inodes)', () => {
+  let tmp: ReturnType<typeof tempDir>;
+  let mnt: string;
+  let mounted = false;
+  let pool: Pool;
+  let CompanyScanner: typeof Scanner;
+
+  beforeAll(async () => {
+    tmp = tempDir();
+    const image = path.join(tmp.dir, 'coarse.img');
+    fs.writeFileSync(image, '');
+    fs.truncateSync(image, 32 << 20);
+    const mk = spawnSync('mkfs.ext4', ['-q', '-F', '-I', '128', image], { encoding: 'utf8' });
+    expect(mk.status, mk.stderr).toBe(0);
+    mnt = path.join(tmp.dir, 'mnt');
+    fs.mkdirSync(mnt);
+    const r = spawnSync('mount', ['-o', 'loop', image, mnt], { encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(0);
+    mounted = true;
+    ({ CompanyScanner } = await built<{ CompanyScanner: typeof Scanner }>('scan/scanner.js'));
+    const { WorkerPool } = await built<{ WorkerPool: typeof Pool }>('work/pool.js');
+    pool = new WorkerPool(1);
+  });
+
+  afterAll(async () => {
+    await pool?.close();
+    if (mounted) {
+      const r = spawnSync('umount', [mnt]);
+      if (r.status !== 0) spawnSync('umount', ['-l', mnt]);
+    }
+    tmp.cleanup();
+  });
+
+  it('a same-size rewrite in the second a scan read the file is found by the next scan', async () => {
+    const root = path.join(mnt, 'co');
+    fs.mkdirSync(root);
+    const ledger = path.join(root, 'Company.900');
+    const size = 200_000;
+    fs.writeFileSync(ledger, crypto.randomBytes(size));
+    const old = fs.lstatSync(ledger, { bigint: true });
+    // The filesystem is what the test says it is: timestamps in whole seconds.
+    expect(old.mtimeNs % 1_000_000_000n).toBe(0n);
+    expect(old.ctimeNs % 1_000_000_000n).toBe(0n);
+    const scanner = new CompanyScanner(root, pool);
+    // Written and read early in one second, rewritten right after the read: without the wait, all three in that second.
+    await sleep(1000 - (Date.now() % 1000) + 10);
+    fs.writeFileSync(ledger, crypto.randomBytes(size));
+    const g1 = await scanner.scan();
+    const first = idsOf(g1, 'Company.900');
+    fs.writeFileSync(ledger, crypto.randomBytes(size));
+    const g2 = await scanner.scan();
+    // What a scanner with no cache reads now is the truth.
+    const fresh = await new CompanyScanner(root, pool).scan();
+    expect(idsOf(fresh, 'Company.900')).not.toBe(first);
+    expect(idsOf(g2, 'Company.900')).toBe(idsOf(fresh, 'Company.900'));
+    expect(g2.rootHash).toBe(fresh.rootHash);
+  }, 30_000);
+});
