@@ -7,7 +7,9 @@
  *   applied.manifest that generation's manifest (its SHA-256 must equal the recorded root hash)
  *   applied.stats    inode and ctime of each file as committed (so unchanged files are trusted without reading)
  *   next/            the next generation being built; next.json names its root hash
- *   next.journal     what of next/ is verified (resume after kill -9 re-fetches none of it)
+ *   next.journal     what of next/ is verified, as of the last flush to disk (a power cut loses none of it)
+ *   next.unsynced    the same, written as soon as the data is, under a header naming the page cache's life
+ *                    (store/cachelife.ts): a resume after kill -9 in that life re-fetches nothing verified
  *   next.links       inode and ctime of DIR's files hard-linked into next/ (the link changes their ctime: without this
  *                    record a resumed pull would distrust, and fetch again, every file the interrupted one linked)
  *   next.manifest    the manifest being applied, as received (kept here, not in memory, until the commit)
@@ -85,6 +87,7 @@ export class StatePaths {
   readonly next: string;
   readonly nextJson: string;
   readonly nextJournal: string;
+  readonly nextUnsynced: string;
   readonly nextLinks: string;
   readonly nextManifest: string;
   readonly commitJson: string;
@@ -109,6 +112,7 @@ export class StatePaths {
     this.next = at('next');
     this.nextJson = at('next.json');
     this.nextJournal = at('next.journal');
+    this.nextUnsynced = at('next.unsynced');
     this.nextLinks = at('next.links');
     this.nextManifest = at('next.manifest');
     this.commitJson = at('commit.json');
@@ -565,6 +569,7 @@ function rollForward(paths: StatePaths, onPoint?: (p: string) => void, keepSpare
   fsyncDir(paths.state);
   fs.rmSync(paths.nextJson, { force: true });
   fs.rmSync(paths.nextJournal, { force: true });
+  fs.rmSync(paths.nextUnsynced, { force: true });
   fs.rmSync(paths.nextLinks, { force: true });
   fs.rmSync(paths.nextManifest, { force: true });
   // The replaced tree is kept as the spare (its files' stats decide later whether any can be used), or deleted. DIR

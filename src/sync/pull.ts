@@ -39,6 +39,7 @@ import {
   unchangedByStats,
   removeTree,
   exists,
+  syncFilesystem,
   syncFilesystemAsync,
   Applied,
   AppliedRecord,
@@ -58,6 +59,7 @@ import { noteGarbage } from '../util/gc.js';
 import { boundHeapGrowth } from './heap.js';
 import { inodeStamp, utimesSeconds } from '../util/stamp.js';
 import { copyAround, BLOCK } from '../util/copy.js';
+import { cacheLifeOf } from '../store/cachelife.js';
 import { prefetch, type FileRange } from '../util/prefetch.js';
 import { makeDirs } from '../util/mkdirs.js';
 
@@ -252,6 +254,8 @@ class PullRun {
   private spareBased = new Set<number>();
   private journalBuf: number[] = [];
   private lastCheckpoint = performance.now();
+  /** next.unsynced, open for appending while an attempt runs (see openUnsynced); undefined where it is not kept. */
+  private unsyncedFd?: number;
   private remaining!: Int32Array;
   private bytesDone = 0;
   private bytesTotal = 0;
@@ -316,6 +320,7 @@ class PullRun {
       await this.flushJournal(true).catch(() => undefined);
       throw err;
     } finally {
+      this.closeUnsynced();
       this.wireBytes = this.session.channel.bytesRead;
       this.session.close();
       await this.pool?.close();
@@ -557,16 +562,19 @@ class PullRun {
     } catch {
       resumable = false;
     }
+    const life = cacheLifeOf(p.state);
     if (resumable) {
-      this.readJournal();
+      this.readJournal(life);
       this.trustOwnLinks();
     } else {
       removeTree(p.next);
       fs.rmSync(p.nextJournal, { force: true });
+      fs.rmSync(p.nextUnsynced, { force: true });
       fs.rmSync(p.nextLinks, { force: true });
       fs.mkdirSync(p.next, { mode: 0o700 });
       writeFileDurable(p.nextJson, JSON.stringify({ rootHash: this.rootHash, bytes: encodedLength }));
     }
+    this.openUnsynced(life);
     const L = this.layout;
     this.remaining = new Int32Array(this.m.entries.length);
     this.from = new Uint8Array(L.total);
@@ -878,24 +886,91 @@ class PullRun {
     }
   }
 
-  private readJournal(): void {
+  /**
+   * Reads what an interrupted attempt recorded as verified in next/: next.journal (flushed data, as of its last
+   * checkpoint), and next.unsynced (everything up to the kill) when it was written under the same page cache life.
+   */
+  private readJournal(life: Buffer | undefined): void {
+    this.readRecords(this.paths.nextJournal, 0);
+    const unsynced = this.paths.nextUnsynced;
+    if (!life || !startsWith(unsynced, life)) return;
+    if (this.opts.durable !== false) {
+      // Its data may be in the page cache only: flushed now, as the journal's is at each checkpoint. A flush that
+      // fails leaves those chunks to be fetched again, and their records go (the failure is reported only once).
+      try {
+        syncFilesystem(this.paths.next);
+      } catch {
+        fs.rmSync(unsynced, { force: true });
+        return;
+      }
+    }
+    this.readRecords(unsynced, life.length);
+  }
+
+  /** Adds a journal file's records after `skip` bytes of header; a record cut short by a kill is dropped. */
+  private readRecords(file: string, skip: number): void {
     let buf: Buffer;
     try {
-      buf = fs.readFileSync(this.paths.nextJournal);
+      buf = fs.readFileSync(file);
     } catch {
       return;
     }
-    const n = Math.floor(buf.length / 4);
-    this.done = new Uint8Array(this.layout.total);
+    const n = Math.floor((buf.length - skip) / 4);
+    if (this.done.length === 0) this.done = new Uint8Array(this.layout.total);
+    // Later appends start where whole records end.
+    if (skip + n * 4 !== buf.length) fs.truncateSync(file, skip + n * 4);
     for (let i = 0; i < n; i++) {
-      const v = buf.readUInt32LE(i * 4);
+      const v = buf.readUInt32LE(skip + i * 4);
       if (v & J_BASED) (v & J_SPARE ? this.spareBased : this.based).add(v & J_ENTRY);
       else if (v < this.layout.total) this.done[v] = 1;
     }
   }
 
+  /**
+   * Opens next.unsynced for this attempt: the journal's records written as soon as their data is, not once a second
+   * after a flush, so that a kill -9 costs no verified chunk (next.journal alone would cost up to a second's). Kept
+   * under a header naming the page cache life (store/cachelife.ts): after a reboot or a remount its records are not
+   * trusted. Not kept where that life cannot be named.
+   */
+  private openUnsynced(life: Buffer | undefined): void {
+    const file = this.paths.nextUnsynced;
+    if (!life) return void fs.rmSync(file, { force: true });
+    try {
+      if (!startsWith(file, life)) fs.writeFileSync(file, life);
+      this.unsyncedFd = fs.openSync(file, 'a');
+    } catch {
+      // Only a speed-up for the next attempt: the journal still records everything.
+      this.closeUnsynced();
+    }
+  }
+
+  private closeUnsynced(): void {
+    if (this.unsyncedFd === undefined) return;
+    try {
+      fs.closeSync(this.unsyncedFd);
+    } catch {
+      /* nothing to keep */
+    }
+    this.unsyncedFd = undefined;
+  }
+
+  /** Records occurrences (or bases) whose data is written in next/: in next.unsynced now, in next.journal at the next checkpoint. */
   private journal(values: number[]): void {
     for (const v of values) this.journalBuf.push(v);
+    if (this.unsyncedFd === undefined || values.length === 0) return;
+    const b = Buffer.allocUnsafe(values.length * 4);
+    for (let i = 0; i < values.length; i++) b.writeUInt32LE(values[i]! >>> 0, i * 4);
+    let written = 0;
+    try {
+      written = fs.writeSync(this.unsyncedFd, b);
+    } catch {
+      written = -1;
+    }
+    if (written !== b.length) {
+      // A full disk, say: records written in part would misalign the ones after them; it is no longer kept.
+      this.closeUnsynced();
+      fs.rmSync(this.paths.nextUnsynced, { force: true });
+    }
   }
 
   /**
@@ -1510,6 +1585,20 @@ class StartChunks {
  * What DIR's record says of `field`, if there is a readable record and the field is a string: its word, unchecked
  * (readApplied checks the record against the manifest).
  */
+/** Whether `file` begins with `header` (false when it cannot be read). */
+function startsWith(file: string, header: Buffer): boolean {
+  let fd: number | undefined;
+  try {
+    fd = fs.openSync(file, 'r');
+    const b = Buffer.alloc(header.length);
+    return fs.readSync(fd, b, 0, b.length, 0) === b.length && b.equals(header);
+  } catch {
+    return false;
+  } finally {
+    if (fd !== undefined) fs.closeSync(fd);
+  }
+}
+
 function recordSays(paths: StatePaths, field: 'rootHash' | 'company'): string | undefined {
   try {
     const v = (JSON.parse(fs.readFileSync(paths.appliedJson, 'utf8')) as Record<string, unknown>)[field];

@@ -24,7 +24,7 @@ import { prng, sleep, errorCodeOf } from './netfault.js';
 const SEED = Number(process.env.SNAPFERRY_FAULT_SEED ?? 0x5eed_2026);
 const TRIALS = Math.max(20, Number(process.env.SNAPFERRY_FAULT_TRIALS ?? 22));
 const COMMIT_POINTS = ['plan', 'commit', 'before-intent', 'intent', 'swap', 'swapped', 'spare-kept', 'committed'];
-const STATE_NAMES = /^(lock|lock\.stale\.\d+|applied\.json|applied\.manifest|applied\.stats|next|next\.json|next\.journal|next\.links|next\.manifest|spare|spare\.manifest|spare\.stats|spare\.drop|commit\.json|old|pending\.json|pending\.manifest|[a-z.]+\.tmp)$/;
+const STATE_NAMES = /^(lock|lock\.stale\.\d+|applied\.json|applied\.manifest|applied\.stats|next|next\.json|next\.journal|next\.unsynced|next\.links|next\.manifest|spare|spare\.manifest|spare\.stats|spare\.drop|commit\.json|old|pending\.json|pending\.manifest|[a-z.]+\.tmp)$/;
 
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
@@ -45,9 +45,14 @@ function snapshot(state: string): StateSnapshot {
   const manifest = read('applied.manifest');
   const commit = read('commit.json');
   const next = read('next.json');
+  // What the killed pull recorded as verified: next.journal (flushed) and next.unsynced (written as soon as the data
+  // is, after its 28-byte header naming the page cache's life, which a kill -9 leaves as it was).
   const journal = new Set<number>();
-  const j = read('next.journal');
-  if (j) for (let i = 0; i + 4 <= j.length; i += 4) if (!(j.readUInt32LE(i) & 0x80000000)) journal.add(j.readUInt32LE(i));
+  const records = (b: Buffer | undefined, skip: number) => {
+    if (b) for (let i = skip; i + 4 <= b.length; i += 4) if (!(b.readUInt32LE(i) & 0x80000000)) journal.add(b.readUInt32LE(i));
+  };
+  records(read('next.journal'), 0);
+  records(read('next.unsynced'), 28);
   return {
     names,
     appliedRoot: applied ? JSON.parse(applied.toString()).rootHash : undefined,
