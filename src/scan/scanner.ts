@@ -71,19 +71,23 @@ export const QUIET_MS = 100;
 const COARSE_TICK_MS = 2000;
 
 /**
- * Whether a file's times come from a filesystem that keeps whole seconds. Both times: on a finer filesystem an mtime
- * set to a whole second (a copy from FAT, a `touch -d`) comes with a ctime of the moment it was set.
+ * Whether a file's times may come from a filesystem that keeps whole seconds: its mtime has no sub-second part. (Not
+ * its ctime too: FAT kept a creation time there, to 10 ms, before Linux 6.0.) An mtime set to a whole second on a finer
+ * filesystem (an archive's, a copy's) is taken as coarse too; that costs a wait only while it is under 2.1 s old.
  */
 function coarseTimes(st: StatB): boolean {
-  return st.mtimeNs % 1_000_000_000n === 0n && st.ctimeNs % 1_000_000_000n === 0n;
+  return st.mtimeNs % 1_000_000_000n === 0n;
 }
 
 /**
- * Milliseconds until a file has been quiet long enough to be read (0 when it has): QUIET_MS after its mtime, plus a
- * whole tick on a filesystem that keeps whole seconds. An mtime in the future (another machine's clock) does not count.
+ * Milliseconds until a file has been quiet long enough to be read (0 when it has): QUIET_MS after its last change,
+ * plus a whole tick on a filesystem that keeps whole seconds. The last change is the later of mtime and ctime: a copy
+ * that puts an older mtime back (`cp -p`, tar) is told only by its ctime. A time in the future (another machine's
+ * clock) does not count.
  */
 function quietInMs(st: StatB, now = Date.now()): number {
-  const age = now - Number(st.mtimeNs / 1_000_000n);
+  const changed = st.ctimeNs > st.mtimeNs ? st.ctimeNs : st.mtimeNs;
+  const age = now - Number(changed / 1_000_000n);
   const wait = QUIET_MS + (coarseTimes(st) ? COARSE_TICK_MS : 0);
   return age >= 0 && age < wait ? wait - age : 0;
 }

@@ -2,7 +2,8 @@
  * Names the life of the page cache that holds a folder's unflushed writes: the kernel's boot id and the id of the
  * mount the folder is on. What a process wrote and did not flush survives its kill -9 (the kernel holds it) for as
  * long as both stay the same; a reboot (a power cut, a crash) changes the first, an unmount (a USB disk pulled and put
- * back) the second. The puller's unflushed journal (next.unsynced) is trusted only under the life it was written in.
+ * back) the second, unless the kernel hands the new mount the old id (it reuses free ones): so the puller trusts its
+ * unflushed journal (next.unsynced) only under the life it was written in, and even then reads its chunks back first.
  */
 import fs from 'node:fs';
 import path from 'node:path';

@@ -9,7 +9,8 @@
  *   next/            the next generation being built; next.json names its root hash
  *   next.journal     what of next/ is verified, as of the last flush to disk (a power cut loses none of it)
  *   next.unsynced    the same, written as soon as the data is, under a header naming the page cache's life
- *                    (store/cachelife.ts): a resume after kill -9 in that life re-fetches nothing verified
+ *                    (store/cachelife.ts): a resume after kill -9 in that life, once it has hashed those chunks
+ *                    again, re-fetches nothing verified
  *   next.links       inode and ctime of DIR's files hard-linked into next/ (the link changes their ctime: without this
  *                    record a resumed pull would distrust, and fetch again, every file the interrupted one linked)
  *   next.manifest    the manifest being applied, as received (kept here, not in memory, until the commit)

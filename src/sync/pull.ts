@@ -60,6 +60,8 @@ import { boundHeapGrowth } from './heap.js';
 import { inodeStamp, utimesSeconds } from '../util/stamp.js';
 import { copyAround, BLOCK } from '../util/copy.js';
 import { cacheLifeOf } from '../store/cachelife.js';
+import { loadHasher, type Hasher } from '../chunk/hash.js';
+import { openRegular } from '../util/open.js';
 import { prefetch, type FileRange } from '../util/prefetch.js';
 import { makeDirs } from '../util/mkdirs.js';
 
@@ -256,6 +258,10 @@ class PullRun {
   private lastCheckpoint = performance.now();
   /** next.unsynced, open for appending while an attempt runs (see openUnsynced); undefined where it is not kept. */
   private unsyncedFd?: number;
+  /** The page cache life next.unsynced is written under (store/cachelife.ts); undefined where it cannot be named. */
+  private life?: Buffer;
+  /** Whether this attempt goes on from an interrupted one's next/ (plan). */
+  private resumed = false;
   private remaining!: Int32Array;
   private bytesDone = 0;
   private bytesTotal = 0;
@@ -382,7 +388,10 @@ class PullRun {
     this.opts.onPoint?.('plan');
     const { WorkerPool } = await import('../work/pool.js');
     this.pool = new WorkerPool(this.opts.workers);
-    this.plan(encodedLength, await this.partialSources());
+    // Records of an interrupted attempt that were never flushed are checked against their chunks' ids (readJournal).
+    const hasher = fs.existsSync(this.paths.nextUnsynced) ? await loadHasher() : undefined;
+    this.plan(encodedLength, await this.partialSources(), hasher);
+    this.settleJournal();
     // next/ has its folders, links and symlinks now, and no file data yet.
     this.opts.onPoint?.('planned');
     await this.checkSpace();
@@ -553,7 +562,7 @@ class PullRun {
    * so a branch's memory does not grow with the company): identical chunks are fetched once and written to every
    * occurrence, chunks held locally are copied, changed chunks of files that existed are patched.
    */
-  private plan(encodedLength: number, partial: Partial): void {
+  private plan(encodedLength: number, partial: Partial, hasher: Hasher | undefined): void {
     const p = this.paths;
     // Resume only into a next/ built for this very generation; anything else is discarded.
     let resumable = false;
@@ -562,9 +571,10 @@ class PullRun {
     } catch {
       resumable = false;
     }
-    const life = cacheLifeOf(p.state);
+    this.life = cacheLifeOf(p.state);
+    this.resumed = resumable;
     if (resumable) {
-      this.readJournal(life);
+      this.readJournal(hasher);
       this.trustOwnLinks();
     } else {
       removeTree(p.next);
@@ -574,7 +584,6 @@ class PullRun {
       fs.mkdirSync(p.next, { mode: 0o700 });
       writeFileDurable(p.nextJson, JSON.stringify({ rootHash: this.rootHash, bytes: encodedLength }));
     }
-    this.openUnsynced(life);
     const L = this.layout;
     this.remaining = new Int32Array(this.m.entries.length);
     this.from = new Uint8Array(L.total);
@@ -888,59 +897,94 @@ class PullRun {
 
   /**
    * Reads what an interrupted attempt recorded as verified in next/: next.journal (flushed data, as of its last
-   * checkpoint), and next.unsynced (everything up to the kill) when it was written under the same page cache life.
+   * checkpoint), then next.unsynced (records written as the data was, up to the kill) when it was written under this
+   * page cache life. Those chunks are read back and hashed first: a disk pulled and put back can come back under a
+   * reused mount id without the writes it had not flushed. Bases named only there are not trusted (a base cannot be
+   * checked by its chunks; the file is then finished from what it verifiably holds).
    */
-  private readJournal(life: Buffer | undefined): void {
-    this.readRecords(this.paths.nextJournal, 0);
+  private readJournal(hasher: Hasher | undefined): void {
+    for (const v of recordsOf(this.paths.nextJournal, 0)) this.applyRecord(v);
     const unsynced = this.paths.nextUnsynced;
-    if (!life || !startsWith(unsynced, life)) return;
+    if (!this.life || !hasher || !startsWith(unsynced, this.life)) return;
     if (this.opts.durable !== false) {
-      // Its data may be in the page cache only: flushed now, as the journal's is at each checkpoint. A flush that
-      // fails leaves those chunks to be fetched again, and their records go (the failure is reported only once).
+      // Flushed now, as the journal's data is at each checkpoint; a flush that fails leaves them to be fetched again.
       try {
         syncFilesystem(this.paths.next);
       } catch {
-        fs.rmSync(unsynced, { force: true });
         return;
       }
     }
-    this.readRecords(unsynced, life.length);
+    const L = this.layout;
+    const check: number[] = [];
+    for (const v of recordsOf(unsynced, this.life.length)) if (!(v & J_BASED) && v < L.total && this.done[v] !== 1) check.push(v);
+    check.sort((a, b) => a - b);
+    let buf = Buffer.alloc(0);
+    let fdEntry = -1;
+    let fd = -1;
+    const close = () => {
+      if (fd >= 0) fs.closeSync(fd);
+      fd = -1;
+    };
+    try {
+      for (const g of check) {
+        if (L.entry[g] !== fdEntry) {
+          close();
+          fdEntry = L.entry[g]!;
+          try {
+            fd = openRegular(this.targetPath(g));
+          } catch {
+            fd = -1;
+          }
+        }
+        if (fd < 0) continue;
+        const len = L.len[g]!;
+        if (buf.length < len) buf = Buffer.allocUnsafe(len);
+        let got = 0;
+        try {
+          got = fs.readSync(fd, buf, 0, len, L.offset[g]!);
+        } catch {
+          got = -1;
+        }
+        if (got === len && hasher.h64(buf.subarray(0, len)) === L.id[g]) this.applyRecord(g);
+      }
+    } finally {
+      close();
+    }
   }
 
-  /** Adds a journal file's records after `skip` bytes of header; a record cut short by a kill is dropped. */
-  private readRecords(file: string, skip: number): void {
-    let buf: Buffer;
-    try {
-      buf = fs.readFileSync(file);
-    } catch {
-      return;
-    }
-    const n = Math.floor((buf.length - skip) / 4);
-    if (this.done.length === 0) this.done = new Uint8Array(this.layout.total);
-    // Later appends start where whole records end.
-    if (skip + n * 4 !== buf.length) fs.truncateSync(file, skip + n * 4);
-    for (let i = 0; i < n; i++) {
-      const v = buf.readUInt32LE(skip + i * 4);
-      if (v & J_BASED) (v & J_SPARE ? this.spareBased : this.based).add(v & J_ENTRY);
-      else if (v < this.layout.total) this.done[v] = 1;
+  /** Marks a journal record's occurrence verified, or its entry's file as holding its base. */
+  private applyRecord(v: number): void {
+    if (v & J_BASED) (v & J_SPARE ? this.spareBased : this.based).add(v & J_ENTRY);
+    else if (v < this.layout.total) {
+      if (this.done.length === 0) this.done = new Uint8Array(this.layout.total);
+      this.done[v] = 1;
     }
   }
 
   /**
-   * Opens next.unsynced for this attempt: the journal's records written as soon as their data is, not once a second
-   * after a flush, so that a kill -9 costs no verified chunk (next.journal alone would cost up to a second's). Kept
-   * under a header naming the page cache life (store/cachelife.ts): after a reboot or a remount its records are not
-   * trusted. Not kept where that life cannot be named.
+   * After the plan: next.journal is rewritten from what the plan kept of an interrupted attempt's records (the plan
+   * drops those of files it removes, and they must not come back at a later resume, nor those only next.unsynced
+   * held be lost by a power cut), and next.unsynced starts empty under this attempt's page cache life. Records are
+   * written to it as soon as their data is, so that a kill -9 costs no verified chunk (next.journal alone, appended
+   * once a second after a flush, would cost up to that second's). Not kept where the life cannot be named.
    */
-  private openUnsynced(life: Buffer | undefined): void {
-    const file = this.paths.nextUnsynced;
-    if (!life) return void fs.rmSync(file, { force: true });
+  private settleJournal(): void {
+    const p = this.paths;
+    if (this.resumed) {
+      const vals: number[] = [];
+      for (let g = 0; g < this.done.length; g++) if (this.done[g] === 1) vals.push(g);
+      for (const ei of this.based) vals.push((J_BASED | ei) >>> 0);
+      for (const ei of this.spareBased) vals.push((J_BASED | J_SPARE | ei) >>> 0);
+      writeFileDurable(p.nextJournal, recordBytes(vals));
+    }
+    this.closeUnsynced();
     try {
-      if (!startsWith(file, life)) fs.writeFileSync(file, life);
-      this.unsyncedFd = fs.openSync(file, 'a');
+      if (!this.life) return void fs.rmSync(p.nextUnsynced, { force: true });
+      fs.writeFileSync(p.nextUnsynced, this.life);
+      this.unsyncedFd = fs.openSync(p.nextUnsynced, 'a');
     } catch {
-      // Only a speed-up for the next attempt: the journal still records everything.
-      this.closeUnsynced();
+      // Only a speed-up for the next attempt: next.journal still records everything.
+      this.dropUnsynced();
     }
   }
 
@@ -954,23 +998,29 @@ class PullRun {
     this.unsyncedFd = undefined;
   }
 
+  /** Stops keeping next.unsynced (its records would be cut or misaligned); best effort. */
+  private dropUnsynced(): void {
+    this.closeUnsynced();
+    try {
+      fs.rmSync(this.paths.nextUnsynced, { force: true });
+    } catch {
+      /* a stale file is checked chunk by chunk at the next resume */
+    }
+  }
+
   /** Records occurrences (or bases) whose data is written in next/: in next.unsynced now, in next.journal at the next checkpoint. */
   private journal(values: number[]): void {
     for (const v of values) this.journalBuf.push(v);
     if (this.unsyncedFd === undefined || values.length === 0) return;
-    const b = Buffer.allocUnsafe(values.length * 4);
-    for (let i = 0; i < values.length; i++) b.writeUInt32LE(values[i]! >>> 0, i * 4);
+    const b = recordBytes(values);
     let written = 0;
     try {
       written = fs.writeSync(this.unsyncedFd, b);
     } catch {
       written = -1;
     }
-    if (written !== b.length) {
-      // A full disk, say: records written in part would misalign the ones after them; it is no longer kept.
-      this.closeUnsynced();
-      fs.rmSync(this.paths.nextUnsynced, { force: true });
-    }
+    // A full disk, say: records written in part would misalign the ones after them; it is no longer kept.
+    if (written !== b.length) this.dropUnsynced();
   }
 
   /**
@@ -988,11 +1038,7 @@ class PullRun {
     if (this.journalBuf.length === 0) return;
     const vals = this.journalBuf;
     this.journalBuf = [];
-    const append = () => {
-      const b = Buffer.allocUnsafe(vals.length * 4);
-      for (let i = 0; i < vals.length; i++) b.writeUInt32LE(vals[i]! >>> 0, i * 4);
-      fs.appendFileSync(this.paths.nextJournal, b);
-    };
+    const append = () => fs.appendFileSync(this.paths.nextJournal, recordBytes(vals));
     if (this.opts.durable === false) return append();
     const checkpoint = syncFilesystemAsync(this.paths.next).then(append);
     if (force) return checkpoint;
@@ -1585,6 +1631,27 @@ class StartChunks {
  * What DIR's record says of `field`, if there is a readable record and the field is a string: its word, unchecked
  * (readApplied checks the record against the manifest).
  */
+/** Journal records as bytes (little-endian uint32 each). */
+function recordBytes(values: readonly number[]): Buffer {
+  const b = Buffer.allocUnsafe(values.length * 4);
+  for (let i = 0; i < values.length; i++) b.writeUInt32LE(values[i]! >>> 0, i * 4);
+  return b;
+}
+
+/** A journal file's records after `skip` bytes of header; none when it cannot be read, and a record cut short by a kill is left out. */
+function recordsOf(file: string, skip: number): Uint32Array {
+  let buf: Buffer;
+  try {
+    buf = fs.readFileSync(file);
+  } catch {
+    return new Uint32Array(0);
+  }
+  const n = Math.max(0, Math.floor((buf.length - skip) / 4));
+  const out = new Uint32Array(n);
+  for (let i = 0; i < n; i++) out[i] = buf.readUInt32LE(skip + i * 4);
+  return out;
+}
+
 /** Whether `file` begins with `header` (false when it cannot be read). */
 function startsWith(file: string, header: Buffer): boolean {
   let fd: number | undefined;

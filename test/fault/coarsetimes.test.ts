@@ -2,7 +2,8 @@
  * A company on a filesystem that keeps whole seconds (FAT keeps 2 s, ext4 with 128-byte inodes and HFS+ 1 s): a file
  * rewritten at the same size within the second the site read it keeps its size, mtime, ctime and inode, so neither the
  * check around a read nor the scan cache can see the rewrite, unless the site waits for that second to pass before it
- * trusts a read. Produced for real: an ext4 image with 128-byte inodes, made and loop-mounted by the test (root only;
+ * trusts a read (counted from the later of mtime and ctime: a copy that puts an old mtime back changes only the ctime).
+ * Produced for real: an ext4 image with 128-byte inodes, made and loop-mounted by the test (root only;
  * skipped with a reason elsewhere), and a real worker pool over the built modules.
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
@@ -94,5 +95,28 @@ describe.skipIf(skipReason !== undefined)('a company on a filesystem with whole-
     expect(idsOf(fresh, 'Company.900')).not.toBe(first);
     expect(idsOf(g2, 'Company.900')).toBe(idsOf(fresh, 'Company.900'));
     expect(g2.rootHash).toBe(fresh.rootHash);
+  }, 30_000);
+
+  it('a same-size copy that puts the old mtime back (cp -p), twice in one second, is found by the next scan', async () => {
+    const root = path.join(mnt, 'co2');
+    fs.mkdirSync(root);
+    const ledger = path.join(root, 'Company.901');
+    const size = 200_000;
+    // An mtime of long ago: only the ctime tells when each copy was made.
+    const old = new Date('2024-03-04T05:06:07Z');
+    const copyIn = () => {
+      fs.writeFileSync(ledger, crypto.randomBytes(size));
+      fs.utimesSync(ledger, old, old);
+    };
+    const scanner = new CompanyScanner(root, pool);
+    await sleep(1000 - (Date.now() % 1000) + 10);
+    copyIn();
+    const g1 = await scanner.scan();
+    const first = idsOf(g1, 'Company.901');
+    copyIn();
+    const g2 = await scanner.scan();
+    const fresh = await new CompanyScanner(root, pool).scan();
+    expect(idsOf(fresh, 'Company.901')).not.toBe(first);
+    expect(idsOf(g2, 'Company.901')).toBe(idsOf(fresh, 'Company.901'));
   }, 30_000);
 });

@@ -78,6 +78,29 @@ describe('resume and atomic commit under kill -9', () => {
   }
 
   /**
+   * Kills a seed into `dest` once next.unsynced holds 16 records more than next.journal (and, with `files`, once the
+   * records name chunks of that many files); returns the state folder.
+   */
+  async function killWithUnsynced(dest: string, files = 1): Promise<string> {
+    fs.mkdirSync(path.dirname(dest));
+    const state = path.join(path.dirname(dest), '.acme.snapferry');
+    const journal = path.join(state, 'next.journal');
+    const unsynced = path.join(state, 'next.unsynced');
+    const manifest = path.join(state, 'next.manifest');
+    const child = spawn(process.execPath, [CLI, 'pull', served.url, 'acme', dest, '--secret', key, '--bwlimit', '2M'], { stdio: 'ignore' });
+    let entryOf: Uint32Array | undefined;
+    const filesNamed = () => {
+      if (files === 1) return true;
+      entryOf ??= fs.existsSync(manifest) ? layoutOf(decodeManifest(fs.readFileSync(manifest))).entry : undefined;
+      return entryOf !== undefined && new Set([...recorded(journal, 0), ...recorded(unsynced, 28)].map((g) => entryOf![g])).size >= files;
+    };
+    await waitFor(() => recorded(unsynced, 28).size >= recorded(journal, 0).size + 16 && filesNamed(), 30_000);
+    child.kill('SIGKILL');
+    await new Promise((r) => child.once('exit', r));
+    return state;
+  }
+
+  /**
    * A seed killed between two flushes of next.journal (records once a second, after the data is flushed): the records
    * written since, in next.unsynced, are trusted in the same page cache life (no reboot, no remount), so nothing the
    * killed pull verified is fetched again; with a header of another life (a reboot changes the kernel's boot id: here
@@ -86,15 +109,9 @@ describe('resume and atomic commit under kill -9', () => {
   for (const life of ['the same', 'another'] as const) {
     it(`a seed killed between two journal flushes: records written since are trusted in ${life} page cache life`, async () => {
       const dest = path.join(tmp.dir, `unsynced-${life === 'the same' ? 'same' : 'other'}`, 'acme');
-      fs.mkdirSync(path.dirname(dest));
-      const state = path.join(path.dirname(dest), '.acme.snapferry');
+      const state = await killWithUnsynced(dest);
       const journal = path.join(state, 'next.journal');
       const unsynced = path.join(state, 'next.unsynced');
-      const child = spawn(process.execPath, [CLI, 'pull', served.url, 'acme', dest, '--secret', key, '--bwlimit', '2M'], { stdio: 'ignore' });
-      // Killed once the unflushed records are well ahead of the flushed ones (bounded: waitFor's 30 s).
-      await waitFor(() => recorded(unsynced, 28).size >= recorded(journal, 0).size + 16, 30_000);
-      child.kill('SIGKILL');
-      await new Promise((r) => child.once('exit', r));
       const flushed = recorded(journal, 0);
       const all = new Set([...flushed, ...recorded(unsynced, 28)]);
       expect(all.size).toBeGreaterThan(flushed.size);
@@ -118,6 +135,47 @@ describe('resume and atomic commit under kill -9', () => {
       expect(fs.readdirSync(state).sort()).toEqual(['applied.json', 'applied.manifest', 'applied.stats']);
     });
   }
+
+  it('a record of next.unsynced whose bytes next/ no longer holds (a disk put back under a reused mount id) is not trusted', async () => {
+    const dest = path.join(tmp.dir, 'unsynced-lost', 'acme');
+    const state = await killWithUnsynced(dest);
+    const flushed = recorded(path.join(state, 'next.journal'), 0);
+    const L = layoutOf(decodeManifest(fs.readFileSync(path.join(state, 'next.manifest'))));
+    const m = decodeManifest(fs.readFileSync(path.join(state, 'next.manifest')));
+    // The unflushed writes lost, as a disk pulled out before its write-back leaves them: zeros where two chunks went.
+    const lost = [...recorded(path.join(state, 'next.unsynced'), 28)].filter((g) => !flushed.has(g)).slice(0, 2);
+    expect(lost).toHaveLength(2);
+    for (const g of lost) {
+      const fd = fs.openSync(path.join(state, 'next', m.entries[L.entry[g]!]!.path), 'r+');
+      fs.writeSync(fd, Buffer.alloc(L.len[g]!), 0, L.len[g]!, L.offset[g]!);
+      fs.closeSync(fd);
+    }
+    const r = await runCli(['pull', served.url, 'acme', dest, '--secret', key, '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(fingerprintDiff(treeFingerprint(company), treeFingerprint(dest))).toEqual([]);
+  });
+
+  it('the plan of a resumed pull rewrites next.journal without the records of a file it removed', async () => {
+    const dest = path.join(tmp.dir, 'journal-rewritten', 'acme');
+    const state = await killWithUnsynced(dest, 2);
+    const m = decodeManifest(fs.readFileSync(path.join(state, 'next.manifest')));
+    const L = layoutOf(m);
+    const all = new Set([...recorded(path.join(state, 'next.journal'), 0), ...recorded(path.join(state, 'next.unsynced'), 28)]);
+    // A file next/ no longer holds (as if removed by a plan that did not trust it): its records must not outlive it.
+    const g = [...all].sort((a, b) => a - b)[0]!;
+    const ei = L.entry[g]!;
+    fs.rmSync(path.join(state, 'next', m.entries[ei]!.path));
+    const planned = await runCli(['pull', served.url, 'acme', dest, '--secret', key], { env: { SNAPFERRY_FAULT_KILL_AT: 'planned' } });
+    expect(planned.signal).toBe('SIGKILL');
+    // Exactly the records of the other files, unflushed ones included (checked against their chunks, now flushed).
+    const kept = [...recorded(path.join(state, 'next.journal'), 0)].sort((a, b) => a - b);
+    expect(kept).toEqual([...all].filter((k) => L.entry[k] !== ei).sort((a, b) => a - b));
+    expect(kept.length).toBeGreaterThan(0);
+    expect(fs.statSync(path.join(state, 'next.unsynced')).size).toBe(28);
+    const r = await runCli(['pull', served.url, 'acme', dest, '--secret', key, '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(fingerprintDiff(treeFingerprint(company), treeFingerprint(dest))).toEqual([]);
+  });
 
   it('a manifest kept for the commit (next.manifest) and changed meanwhile is refused: DIR keeps the old generation', async () => {
     // Produced by flipping a byte of next.manifest while a delta runs on a slow link (--bwlimit): the commit reads it
