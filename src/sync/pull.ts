@@ -256,7 +256,7 @@ class PullRun {
   private spareBased = new Set<number>();
   private journalBuf: number[] = [];
   private lastCheckpoint = performance.now();
-  /** next.unsynced, open for appending while an attempt runs (see openUnsynced); undefined where it is not kept. */
+  /** next.unsynced, open for appending while an attempt runs (see settleJournal); undefined where it is not kept. */
   private unsyncedFd?: number;
   /** The page cache life next.unsynced is written under (store/cachelife.ts); undefined where it cannot be named. */
   private life?: Buffer;
@@ -1627,10 +1627,6 @@ class StartChunks {
   }
 }
 
-/**
- * What DIR's record says of `field`, if there is a readable record and the field is a string: its word, unchecked
- * (readApplied checks the record against the manifest).
- */
 /** Journal records as bytes (little-endian uint32 each). */
 function recordBytes(values: readonly number[]): Buffer {
   const b = Buffer.allocUnsafe(values.length * 4);
@@ -1666,6 +1662,10 @@ function startsWith(file: string, header: Buffer): boolean {
   }
 }
 
+/**
+ * What DIR's record says of `field`, if there is a readable record and the field is a string: its word, unchecked
+ * (readApplied checks the record against the manifest).
+ */
 function recordSays(paths: StatePaths, field: 'rootHash' | 'company'): string | undefined {
   try {
     const v = (JSON.parse(fs.readFileSync(paths.appliedJson, 'utf8')) as Record<string, unknown>)[field];

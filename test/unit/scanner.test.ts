@@ -38,7 +38,7 @@ describe('CompanyScanner rescans', () => {
     // below can get it back and differ in its target alone.
     const linkTime = Math.floor(Date.now() / 1000) - 120 + 0.0000125;
     fs.lutimesSync(path.join(root, 'current.xml'), linkTime, linkTime);
-    // Older than the scanner's quiet time, so that nothing is waited for.
+    // mtimes older than the scanner's quiet time (their ctimes are now: each file waits that 100 ms once).
     const old = new Date(Date.now() - 60_000);
     for (const f of ['Company.900', ...Array.from({ length: 20 }, (_, k) => `masters/m${k}.xml`)]) fs.utimesSync(path.join(root, f), old, old);
     const scanner = new CompanyScanner(root, pool);
