@@ -698,11 +698,21 @@ class PullRun {
    * - 'absent': nothing (whatever was there is removed, and the journal's marks for it cleared).
    */
   private reconcile(ei: number, dst: string, whole?: { src: string; link: boolean }): 'absent' | 'link' | 'file' {
+    const g0 = this.layout.entryStart[ei]!;
+    const g1 = this.layout.entryStart[ei + 1]!;
+    // Whatever the records of an interrupted attempt say of a file next/ does not hold as it should, they go with it:
+    // left in memory, the journal rewritten after the plan would keep them for bytes no file holds.
+    const absent = (): 'absent' => {
+      this.based.delete(ei);
+      this.spareBased.delete(ei);
+      if (this.done.length) this.done.fill(0, g0, g1);
+      return 'absent';
+    };
     let st: fs.Stats;
     try {
       st = fs.lstatSync(dst);
     } catch {
-      return 'absent';
+      return absent();
     }
     if (whole?.link) {
       try {
@@ -712,9 +722,9 @@ class PullRun {
         /* DIR's file is gone: the link is made again (and fails) as on a fresh plan */
       }
     }
-    const g0 = this.layout.entryStart[ei]!;
-    const g1 = this.layout.entryStart[ei + 1]!;
-    if (st.isFile() && st.nlink === 1) {
+    // Longer than the entry: not a base (made to the entry's size) nor chunks written in place (a spare moved in before
+    // its base step, whose chunks were checked at their places): its tail would stay.
+    if (st.isFile() && st.nlink === 1 && st.size <= this.m.entries[ei]!.size) {
       const journaled = this.done.length > 0 && g1 > g0;
       // Only what the journal vouches for: its base (made to the entry's size) or chunks written in place. A file with
       // no record (a copy cut short before its record, a spare moved in before its base step) may be longer than the
@@ -723,10 +733,7 @@ class PullRun {
       if (whole && (this.based.has(ei) || (journaled && !this.done.subarray(g0, g1).includes(0)))) return 'file';
     }
     fs.rmSync(dst, { force: true });
-    this.based.delete(ei);
-    this.spareBased.delete(ei);
-    if (this.done.length) this.done.fill(0, g0, g1);
-    return 'absent';
+    return absent();
   }
 
   /**
@@ -906,6 +913,11 @@ class PullRun {
     for (const v of recordsOf(this.paths.nextJournal, 0)) this.applyRecord(v);
     const unsynced = this.paths.nextUnsynced;
     if (!this.life || !hasher || !startsWith(unsynced, this.life)) return;
+    const L = this.layout;
+    const check: number[] = [];
+    for (const v of recordsOf(unsynced, this.life.length)) if (!(v & J_BASED) && v < L.total && this.done[v] !== 1) check.push(v);
+    // Usually none: an attempt that failed without a kill flushed all it had into next.journal.
+    if (check.length === 0) return;
     if (this.opts.durable !== false) {
       // Flushed now, as the journal's data is at each checkpoint; a flush that fails leaves them to be fetched again.
       try {
@@ -914,9 +926,6 @@ class PullRun {
         return;
       }
     }
-    const L = this.layout;
-    const check: number[] = [];
-    for (const v of recordsOf(unsynced, this.life.length)) if (!(v & J_BASED) && v < L.total && this.done[v] !== 1) check.push(v);
     check.sort((a, b) => a - b);
     let buf = Buffer.alloc(0);
     let fdEntry = -1;
@@ -971,11 +980,16 @@ class PullRun {
   private settleJournal(): void {
     const p = this.paths;
     if (this.resumed) {
-      const vals: number[] = [];
-      for (let g = 0; g < this.done.length; g++) if (this.done[g] === 1) vals.push(g);
-      for (const ei of this.based) vals.push((J_BASED | ei) >>> 0);
-      for (const ei of this.spareBased) vals.push((J_BASED | J_SPARE | ei) >>> 0);
-      writeFileDurable(p.nextJournal, recordBytes(vals));
+      // Written straight into the file's bytes (a large resumed seed has millions of records).
+      let n = this.based.size + this.spareBased.size;
+      for (let g = 0; g < this.done.length; g++) n += this.done[g]!;
+      const b = Buffer.allocUnsafe(n * 4);
+      let o = 0;
+      for (let g = 0; g < this.done.length; g++) if (this.done[g] === 1) o = b.writeUInt32LE(g, o);
+      for (const ei of this.based) o = b.writeUInt32LE((J_BASED | ei) >>> 0, o);
+      for (const ei of this.spareBased) o = b.writeUInt32LE((J_BASED | J_SPARE | ei) >>> 0, o);
+      // A disk too full for this fails the pull here rather than at checkSpace (next.journal is left as it was).
+      writeFileDurable(p.nextJournal, b);
     }
     this.closeUnsynced();
     try {

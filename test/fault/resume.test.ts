@@ -78,8 +78,8 @@ describe('resume and atomic commit under kill -9', () => {
   }
 
   /**
-   * Kills a seed into `dest` once next.unsynced holds 16 records more than next.journal (and, with `files`, once the
-   * records name chunks of that many files); returns the state folder.
+   * Kills a seed into `dest` once next.unsynced holds 16 records more than next.journal (and, with `files`, once
+   * next.journal holds some and the two name chunks of that many files); returns the state folder.
    */
   async function killWithUnsynced(dest: string, files = 1): Promise<string> {
     fs.mkdirSync(path.dirname(dest));
@@ -92,7 +92,8 @@ describe('resume and atomic commit under kill -9', () => {
     const filesNamed = () => {
       if (files === 1) return true;
       entryOf ??= fs.existsSync(manifest) ? layoutOf(decodeManifest(fs.readFileSync(manifest))).entry : undefined;
-      return entryOf !== undefined && new Set([...recorded(journal, 0), ...recorded(unsynced, 28)].map((g) => entryOf![g])).size >= files;
+      const flushed = recorded(journal, 0);
+      return entryOf !== undefined && flushed.size > 0 && new Set([...flushed, ...recorded(unsynced, 28)].map((g) => entryOf![g])).size >= files;
     };
     await waitFor(() => recorded(unsynced, 28).size >= recorded(journal, 0).size + 16 && filesNamed(), 30_000);
     child.kill('SIGKILL');
@@ -155,14 +156,31 @@ describe('resume and atomic commit under kill -9', () => {
     expect(fingerprintDiff(treeFingerprint(company), treeFingerprint(dest))).toEqual([]);
   });
 
+  it('a file of next/ longer than its entry is not gone on from, whatever its records say', async () => {
+    const dest = path.join(tmp.dir, 'longer-than-entry', 'acme');
+    const state = await killWithUnsynced(dest);
+    const m = decodeManifest(fs.readFileSync(path.join(state, 'next.manifest')));
+    const L = layoutOf(m);
+    const g = [...recorded(path.join(state, 'next.journal'), 0), ...recorded(path.join(state, 'next.unsynced'), 28)].sort((a, b) => a - b)[0]!;
+    const e = m.entries[L.entry[g]!]!;
+    // A tail past the entry's end (a spare moved in before its base step cut it to size leaves one).
+    fs.truncateSync(path.join(state, 'next', e.path), e.size + 4096);
+    const r = await runCli(['pull', served.url, 'acme', dest, '--secret', key, '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(fs.statSync(path.join(dest, e.path)).size).toBe(e.size);
+    expect(fingerprintDiff(treeFingerprint(company), treeFingerprint(dest))).toEqual([]);
+  });
+
   it('the plan of a resumed pull rewrites next.journal without the records of a file it removed', async () => {
     const dest = path.join(tmp.dir, 'journal-rewritten', 'acme');
     const state = await killWithUnsynced(dest, 2);
     const m = decodeManifest(fs.readFileSync(path.join(state, 'next.manifest')));
     const L = layoutOf(m);
-    const all = new Set([...recorded(path.join(state, 'next.journal'), 0), ...recorded(path.join(state, 'next.unsynced'), 28)]);
-    // A file next/ no longer holds (as if removed by a plan that did not trust it): its records must not outlive it.
-    const g = [...all].sort((a, b) => a - b)[0]!;
+    const flushed = recorded(path.join(state, 'next.journal'), 0);
+    const all = new Set([...flushed, ...recorded(path.join(state, 'next.unsynced'), 28)]);
+    // A file next/ no longer holds (as if removed by a plan that did not trust it), one next.journal names: its
+    // records must not outlive it (read back, they would leave its chunks unwritten when the file is made again).
+    const g = [...flushed].sort((a, b) => a - b)[0]!;
     const ei = L.entry[g]!;
     fs.rmSync(path.join(state, 'next', m.entries[ei]!.path));
     const planned = await runCli(['pull', served.url, 'acme', dest, '--secret', key], { env: { SNAPFERRY_FAULT_KILL_AT: 'planned' } });
