@@ -570,6 +570,9 @@ function rollForward(paths: StatePaths, onPoint?: (p: string) => void, keepSpare
   fsyncDir(paths.state);
   fs.rmSync(paths.nextJson, { force: true });
   fs.rmSync(paths.nextJournal, { force: true });
+  // What a kill or a full disk left of writeFileDurable's rewrites of these two.
+  fs.rmSync(`${paths.nextJson}.tmp`, { force: true });
+  fs.rmSync(`${paths.nextJournal}.tmp`, { force: true });
   fs.rmSync(paths.nextUnsynced, { force: true });
   fs.rmSync(paths.nextLinks, { force: true });
   fs.rmSync(paths.nextManifest, { force: true });
