@@ -141,8 +141,8 @@ describe('resume and atomic commit under kill -9', () => {
     const dest = path.join(tmp.dir, 'unsynced-lost', 'acme');
     const state = await killWithUnsynced(dest);
     const flushed = recorded(path.join(state, 'next.journal'), 0);
-    const L = layoutOf(decodeManifest(fs.readFileSync(path.join(state, 'next.manifest'))));
     const m = decodeManifest(fs.readFileSync(path.join(state, 'next.manifest')));
+    const L = layoutOf(m);
     // The unflushed writes lost, as a disk pulled out before its write-back leaves them: zeros where two chunks went.
     const lost = [...recorded(path.join(state, 'next.unsynced'), 28)].filter((g) => !flushed.has(g)).slice(0, 2);
     expect(lost).toHaveLength(2);
