@@ -85,9 +85,9 @@ function coarseTimes(st: StatB): boolean {
  * that puts an older mtime back (`cp -p`, tar) is told only by its ctime. A time in the future (another machine's
  * clock) does not count.
  */
-function quietInMs(st: StatB, now = Date.now()): number {
+function quietInMs(st: StatB): number {
   const changed = st.ctimeNs > st.mtimeNs ? st.ctimeNs : st.mtimeNs;
-  const age = now - Number(changed / 1_000_000n);
+  const age = Date.now() - Number(changed / 1_000_000n);
   const wait = QUIET_MS + (coarseTimes(st) ? COARSE_TICK_MS : 0);
   return age >= 0 && age < wait ? wait - age : 0;
 }

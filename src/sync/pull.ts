@@ -260,8 +260,6 @@ class PullRun {
   private unsyncedFd?: number;
   /** The page cache life next.unsynced is written under (store/cachelife.ts); undefined where it cannot be named. */
   private life?: Buffer;
-  /** Whether this attempt goes on from an interrupted one's next/ (plan). */
-  private resumed = false;
   private remaining!: Int32Array;
   private bytesDone = 0;
   private bytesTotal = 0;
@@ -390,8 +388,8 @@ class PullRun {
     this.pool = new WorkerPool(this.opts.workers);
     // Records of an interrupted attempt that were never flushed are checked against their chunks' ids (readJournal).
     const hasher = fs.existsSync(this.paths.nextUnsynced) ? await loadHasher() : undefined;
-    this.plan(encodedLength, await this.partialSources(), hasher);
-    this.settleJournal();
+    const resumed = this.plan(encodedLength, await this.partialSources(), hasher);
+    this.settleJournal(resumed);
     // next/ has its folders, links and symlinks now, and no file data yet.
     this.opts.onPoint?.('planned');
     await this.checkSpace();
@@ -562,7 +560,7 @@ class PullRun {
    * so a branch's memory does not grow with the company): identical chunks are fetched once and written to every
    * occurrence, chunks held locally are copied, changed chunks of files that existed are patched.
    */
-  private plan(encodedLength: number, partial: Partial, hasher: Hasher | undefined): void {
+  private plan(encodedLength: number, partial: Partial, hasher: Hasher | undefined): boolean {
     const p = this.paths;
     // Resume only into a next/ built for this very generation; anything else is discarded.
     let resumable = false;
@@ -572,7 +570,6 @@ class PullRun {
       resumable = false;
     }
     this.life = cacheLifeOf(p.state);
-    this.resumed = resumable;
     if (resumable) {
       this.readJournal(hasher);
       this.trustOwnLinks();
@@ -685,6 +682,7 @@ class PullRun {
     this.recordOwnLinks(linkedOld.slice(linksRecorded));
     // Spare files not used by now never will be (the commit makes this generation's replaced files the new spare).
     this.spareDrop = dropSpareFilesAsync(p);
+    return resumable;
   }
 
   /**
@@ -910,12 +908,11 @@ class PullRun {
    * checked by its chunks; the file is then finished from what it verifiably holds).
    */
   private readJournal(hasher: Hasher | undefined): void {
-    for (const v of recordsOf(this.paths.nextJournal, 0)) this.applyRecord(v);
-    const unsynced = this.paths.nextUnsynced;
-    if (!this.life || !hasher || !startsWith(unsynced, this.life)) return;
+    for (const v of recordsOf(this.paths.nextJournal)) this.applyRecord(v);
+    if (!this.life || !hasher) return;
     const L = this.layout;
     const check: number[] = [];
-    for (const v of recordsOf(unsynced, this.life.length)) if (!(v & J_BASED) && v < L.total && this.done[v] !== 1) check.push(v);
+    for (const v of recordsOf(this.paths.nextUnsynced, this.life)) if (!(v & J_BASED) && v < L.total && this.done[v] !== 1) check.push(v);
     // Usually none: an attempt that failed without a kill flushed all it had into next.journal.
     if (check.length === 0) return;
     if (this.opts.durable !== false) {
@@ -977,9 +974,9 @@ class PullRun {
    * written to it as soon as their data is, so that a kill -9 costs no verified chunk (next.journal alone, appended
    * once a second after a flush, would cost up to that second's). Not kept where the life cannot be named.
    */
-  private settleJournal(): void {
+  private settleJournal(resumed: boolean): void {
     const p = this.paths;
-    if (this.resumed) {
+    if (resumed) {
       // Written straight into the file's bytes (a large resumed seed has millions of records).
       let n = this.based.size + this.spareBased.size;
       for (let g = 0; g < this.done.length; g++) n += this.done[g]!;
@@ -1648,32 +1645,23 @@ function recordBytes(values: readonly number[]): Buffer {
   return b;
 }
 
-/** A journal file's records after `skip` bytes of header; none when it cannot be read, and a record cut short by a kill is left out. */
-function recordsOf(file: string, skip: number): Uint32Array {
+/**
+ * A journal file's records, after `header` when one is given (none when the file does not begin with it, or cannot be
+ * read); a record cut short by a kill is left out.
+ */
+function recordsOf(file: string, header?: Buffer): Uint32Array {
   let buf: Buffer;
   try {
     buf = fs.readFileSync(file);
   } catch {
     return new Uint32Array(0);
   }
-  const n = Math.max(0, Math.floor((buf.length - skip) / 4));
+  const skip = header?.length ?? 0;
+  if (header && !buf.subarray(0, skip).equals(header)) return new Uint32Array(0);
+  const n = Math.floor((buf.length - skip) / 4);
   const out = new Uint32Array(n);
   for (let i = 0; i < n; i++) out[i] = buf.readUInt32LE(skip + i * 4);
   return out;
-}
-
-/** Whether `file` begins with `header` (false when it cannot be read). */
-function startsWith(file: string, header: Buffer): boolean {
-  let fd: number | undefined;
-  try {
-    fd = fs.openSync(file, 'r');
-    const b = Buffer.alloc(header.length);
-    return fs.readSync(fd, b, 0, b.length, 0) === b.length && b.equals(header);
-  } catch {
-    return false;
-  } finally {
-    if (fd !== undefined) fs.closeSync(fd);
-  }
 }
 
 /**
