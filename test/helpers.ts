@@ -112,6 +112,17 @@ export function servedOnceListening(child: ChildProcess, what: string, timeoutMs
 }
 
 /**
+ * The chunk occurrences a puller's journal file records as verified (next.journal, or next.unsynced after its
+ * `skip`-byte header), bases left out; none when the file is missing.
+ */
+export function journalRecords(file: string, skip = 0): Set<number> {
+  const out = new Set<number>();
+  const b = fs.existsSync(file) ? fs.readFileSync(file) : Buffer.alloc(0);
+  for (let i = skip; i + 4 <= b.length; i += 4) if (!(b.readUInt32LE(i) & 0x80000000)) out.add(b.readUInt32LE(i));
+  return out;
+}
+
+/**
  * A fingerprint of a tree: every path with its kind, mode, mtime (µs) and content hash, sorted. Two trees with the
  * same fingerprint are the same generation.
  */

@@ -15,7 +15,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, Served, CLI } from '../helpers.js';
+import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, Served, CLI, journalRecords } from '../helpers.js';
 import { makeCompany, mutateCompany } from '../../src/gen/company.js';
 import { decodeManifest } from '../../src/manifest/manifest.js';
 import { layoutOf } from '../../src/manifest/layout.js';
@@ -47,12 +47,7 @@ function snapshot(state: string): StateSnapshot {
   const next = read('next.json');
   // What the killed pull recorded as verified: next.journal (flushed) and next.unsynced (written as soon as the data
   // is, after its 28-byte header naming the page cache's life, which a kill -9 leaves as it was).
-  const journal = new Set<number>();
-  const records = (b: Buffer | undefined, skip: number) => {
-    if (b) for (let i = skip; i + 4 <= b.length; i += 4) if (!(b.readUInt32LE(i) & 0x80000000)) journal.add(b.readUInt32LE(i));
-  };
-  records(read('next.journal'), 0);
-  records(read('next.unsynced'), 28);
+  const journal = new Set([...journalRecords(path.join(state, 'next.journal')), ...journalRecords(path.join(state, 'next.unsynced'), 28)]);
   return {
     names,
     appliedRoot: applied ? JSON.parse(applied.toString()).rootHash : undefined,

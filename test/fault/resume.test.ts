@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, Served, CLI, waitFor, NO_DAC_OVERRIDE } from '../helpers.js';
+import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, Served, CLI, waitFor, NO_DAC_OVERRIDE, journalRecords } from '../helpers.js';
 import { makeCompany, makeSmallFiles, mutateCompany } from '../../src/gen/company.js';
 import { decodeManifest } from '../../src/manifest/manifest.js';
 import { layoutOf } from '../../src/manifest/layout.js';
@@ -61,14 +61,6 @@ describe('resume and atomic commit under kill -9', () => {
     expect(fingerprintDiff(treeFingerprint(company), treeFingerprint(dest))).toEqual([]);
   });
 
-  /** Occurrences recorded as verified in a journal file, after `skip` bytes of header (bases left out). */
-  function recorded(file: string, skip: number): Set<number> {
-    const out = new Set<number>();
-    const b = fs.existsSync(file) ? fs.readFileSync(file) : Buffer.alloc(0);
-    for (let i = skip; i + 4 <= b.length; i += 4) if (!(b.readUInt32LE(i) & 0x80000000)) out.add(b.readUInt32LE(i));
-    return out;
-  }
-
   /** Distinct chunk ids of the company's generation at occurrences not in `have` (what a resumed seed must fetch). */
   function distinctMissing(manifest: Buffer, have: Set<number>): number {
     const L = layoutOf(decodeManifest(manifest));
@@ -92,10 +84,10 @@ describe('resume and atomic commit under kill -9', () => {
     const filesNamed = () => {
       if (files === 1) return true;
       entryOf ??= fs.existsSync(manifest) ? layoutOf(decodeManifest(fs.readFileSync(manifest))).entry : undefined;
-      const flushed = recorded(journal, 0);
-      return entryOf !== undefined && flushed.size > 0 && new Set([...flushed, ...recorded(unsynced, 28)].map((g) => entryOf![g])).size >= files;
+      const flushed = journalRecords(journal, 0);
+      return entryOf !== undefined && flushed.size > 0 && new Set([...flushed, ...journalRecords(unsynced, 28)].map((g) => entryOf![g])).size >= files;
     };
-    await waitFor(() => recorded(unsynced, 28).size >= recorded(journal, 0).size + 16 && filesNamed(), 30_000);
+    await waitFor(() => journalRecords(unsynced, 28).size >= journalRecords(journal, 0).size + 16 && filesNamed(), 30_000);
     child.kill('SIGKILL');
     await new Promise((r) => child.once('exit', r));
     return state;
@@ -113,8 +105,8 @@ describe('resume and atomic commit under kill -9', () => {
       const state = await killWithUnsynced(dest);
       const journal = path.join(state, 'next.journal');
       const unsynced = path.join(state, 'next.unsynced');
-      const flushed = recorded(journal, 0);
-      const all = new Set([...flushed, ...recorded(unsynced, 28)]);
+      const flushed = journalRecords(journal, 0);
+      const all = new Set([...flushed, ...journalRecords(unsynced, 28)]);
       expect(all.size).toBeGreaterThan(flushed.size);
       if (life === 'another') {
         const b = fs.readFileSync(unsynced);
@@ -140,11 +132,11 @@ describe('resume and atomic commit under kill -9', () => {
   it('a record of next.unsynced whose bytes next/ no longer holds (a disk put back under a reused mount id) is not trusted', async () => {
     const dest = path.join(tmp.dir, 'unsynced-lost', 'acme');
     const state = await killWithUnsynced(dest);
-    const flushed = recorded(path.join(state, 'next.journal'), 0);
+    const flushed = journalRecords(path.join(state, 'next.journal'), 0);
     const m = decodeManifest(fs.readFileSync(path.join(state, 'next.manifest')));
     const L = layoutOf(m);
     // The unflushed writes lost, as a disk pulled out before its write-back leaves them: zeros where two chunks went.
-    const lost = [...recorded(path.join(state, 'next.unsynced'), 28)].filter((g) => !flushed.has(g)).slice(0, 2);
+    const lost = [...journalRecords(path.join(state, 'next.unsynced'), 28)].filter((g) => !flushed.has(g)).slice(0, 2);
     expect(lost).toHaveLength(2);
     for (const g of lost) {
       const fd = fs.openSync(path.join(state, 'next', m.entries[L.entry[g]!]!.path), 'r+');
@@ -161,7 +153,7 @@ describe('resume and atomic commit under kill -9', () => {
     const state = await killWithUnsynced(dest);
     const m = decodeManifest(fs.readFileSync(path.join(state, 'next.manifest')));
     const L = layoutOf(m);
-    const g = [...recorded(path.join(state, 'next.journal'), 0), ...recorded(path.join(state, 'next.unsynced'), 28)].sort((a, b) => a - b)[0]!;
+    const g = [...journalRecords(path.join(state, 'next.journal'), 0), ...journalRecords(path.join(state, 'next.unsynced'), 28)].sort((a, b) => a - b)[0]!;
     const e = m.entries[L.entry[g]!]!;
     // A tail past the entry's end (a spare moved in before its base step cut it to size leaves one).
     fs.truncateSync(path.join(state, 'next', e.path), e.size + 4096);
@@ -176,8 +168,8 @@ describe('resume and atomic commit under kill -9', () => {
     const state = await killWithUnsynced(dest, 2);
     const m = decodeManifest(fs.readFileSync(path.join(state, 'next.manifest')));
     const L = layoutOf(m);
-    const flushed = recorded(path.join(state, 'next.journal'), 0);
-    const all = new Set([...flushed, ...recorded(path.join(state, 'next.unsynced'), 28)]);
+    const flushed = journalRecords(path.join(state, 'next.journal'), 0);
+    const all = new Set([...flushed, ...journalRecords(path.join(state, 'next.unsynced'), 28)]);
     // A file next/ no longer holds (as if removed by a plan that did not trust it), one next.journal names: its
     // records must not outlive it (read back, they would leave its chunks unwritten when the file is made again).
     const g = [...flushed].sort((a, b) => a - b)[0]!;
@@ -186,7 +178,7 @@ describe('resume and atomic commit under kill -9', () => {
     const planned = await runCli(['pull', served.url, 'acme', dest, '--secret', key], { env: { SNAPFERRY_FAULT_KILL_AT: 'planned' } });
     expect(planned.signal).toBe('SIGKILL');
     // Exactly the records of the other files, unflushed ones included (checked against their chunks, now flushed).
-    const kept = [...recorded(path.join(state, 'next.journal'), 0)].sort((a, b) => a - b);
+    const kept = [...journalRecords(path.join(state, 'next.journal'), 0)].sort((a, b) => a - b);
     expect(kept).toEqual([...all].filter((k) => L.entry[k] !== ei).sort((a, b) => a - b));
     expect(kept.length).toBeGreaterThan(0);
     expect(fs.statSync(path.join(state, 'next.unsynced')).size).toBe(28);
