@@ -38,7 +38,7 @@ export interface ScanOptions {
  * What the scanner keeps of a stat: a BigIntStats object costs over a kilobyte, and a scan holds one per file
  * (100,000 files would be 100+ MiB).
  */
-interface StatB {
+export interface StatB {
   kind: 'file' | 'dir' | 'symlink' | 'other';
   mode: number;
   size: bigint;
@@ -80,21 +80,50 @@ function coarseTimes(st: StatB): boolean {
 }
 
 /**
- * Milliseconds until a file has been quiet long enough to be read (0 when it has): QUIET_MS after its last change,
- * plus a whole tick on a filesystem that keeps whole seconds. The last change is the later of mtime and ctime: a copy
- * that puts an older mtime back (`cp -p`, tar) is told only by its ctime. A time in the future (another machine's
- * clock) does not count.
+ * When a scanner first saw each stamp that lay ahead of its clock: on a file server whose clock runs ahead (a company
+ * folder on a NAS), a file's times cannot tell how long ago it changed, so its quiet time counts from when this
+ * scanner first saw it as it is (at most that long after the change). Only such stamps are kept (the files changed
+ * within the clocks' difference), by path; one not met again in a scan is forgotten at its end.
  */
-function quietInMs(st: StatB): number {
-  const changed = st.ctimeNs > st.mtimeNs ? st.ctimeNs : st.mtimeNs;
-  const age = Date.now() - Number(changed / 1_000_000n);
-  const wait = QUIET_MS + (coarseTimes(st) ? COARSE_TICK_MS : 0);
-  return age >= 0 && age < wait ? wait - age : 0;
+export class FutureStamps {
+  private readonly seen = new Map<string, { stamp: string; at: number }>();
+  private readonly met = new Set<string>();
+
+  /** When `rel` was first seen with the stamp of `st` (now, if it is new or changed). */
+  firstSeen(rel: string, st: StatB, now: number): number {
+    const stamp = `${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+    let s = this.seen.get(rel);
+    if (s?.stamp !== stamp) this.seen.set(rel, (s = { stamp, at: now }));
+    this.met.add(rel);
+    return s.at;
+  }
+
+  /** A scan is over: the paths it did not meet go. */
+  endScan(): void {
+    for (const rel of this.seen.keys()) if (!this.met.has(rel)) this.seen.delete(rel);
+    this.met.clear();
+  }
+
+  /** Stamps kept (for tests). */
+  get size(): number {
+    return this.seen.size;
+  }
 }
 
-/** Written too recently to be read, or to trust a read of (see quietInMs). */
-function justWritten(st: StatB): boolean {
-  return quietInMs(st) > 0;
+/**
+ * Milliseconds until a file has been quiet long enough to be read (0 when it has): QUIET_MS after its last change,
+ * plus a whole tick on a filesystem that keeps whole seconds. The last change is the later of mtime and ctime: a copy
+ * that puts an older mtime back (`cp -p`, tar) is told only by its ctime. A time ahead of this machine's clock
+ * (another machine's) counts from when the stamp was first seen (FutureStamps).
+ */
+export function quietInMs(st: StatB, rel: string, future: FutureStamps): number {
+  const changed = st.ctimeNs > st.mtimeNs ? st.ctimeNs : st.mtimeNs;
+  const now = Date.now();
+  let since = Number(changed / 1_000_000n);
+  if (since > now) since = future.firstSeen(rel, st, now);
+  const age = now - since;
+  const wait = QUIET_MS + (coarseTimes(st) ? COARSE_TICK_MS : 0);
+  return age < wait ? wait - age : 0;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -193,6 +222,9 @@ export class CompanyScanner {
   /** Bytes read by the last scan (0 when everything came from the cache). */
   lastBytesRead = 0;
 
+  /** Stamps seen ahead of this machine's clock, and when (quietInMs). */
+  private readonly future = new FutureStamps();
+
   /** Chunk parameters of the last scan (or of the saved cache). */
   private params: ChunkParams;
   /** Chooses them at each scan from the company's size; undefined when the caller fixed them. */
@@ -279,6 +311,7 @@ export class CompanyScanner {
       .finally(() => {
         this.running = undefined;
         this.invalidatedMidScan = undefined;
+        this.future.endScan();
       });
     return this.running;
   }
@@ -496,6 +529,11 @@ export class CompanyScanner {
    * Chunks a batch of small files in one job. Each file's stat is checked again afterwards; one that changed while it
    * was read goes through chunkFile (re-read until it holds still, within the settle budget), one gone goes in `gone`.
    */
+  /** Written too recently to be read, or to trust a read of (see quietInMs). */
+  private justWritten(st: StatB, rel: string): boolean {
+    return quietInMs(st, rel, this.future) > 0;
+  }
+
   private async chunkSmallFiles(batch: SmallFile[], params: ChunkParams, settleTimeoutMs: number, into: ScanCache, gone: Set<Entry>): Promise<void> {
     const r = await this.pool.run<ChunkFilesResult>({
       kind: 'chunkFiles',
@@ -516,7 +554,7 @@ export class CompanyScanner {
       } catch {
         after = undefined;
       }
-      if (res && after && sameStat(f.st, after) && !justWritten(after)) {
+      if (res && after && sameStat(f.st, after) && !this.justWritten(after, f.rel)) {
         this.lastBytesRead += f.e.size;
         f.e.lens = res.lens;
         f.e.ids = res.ids;
@@ -545,10 +583,10 @@ export class CompanyScanner {
       }
     };
     for (let attempt = 0; ; attempt++) {
-      if (justWritten(before)) {
+      if (this.justWritten(before, rel)) {
         // Written a moment ago: wait until it has been quiet long enough before reading it at all.
         failIfUnsettled();
-        await sleep(quietInMs(before) + 2);
+        await sleep(quietInMs(before, rel, this.future) + 2);
         let again: StatB;
         try {
           again = lstatCompact(abs);
@@ -578,7 +616,7 @@ export class CompanyScanner {
       if (!after || after.kind !== 'file') return undefined;
       // A file that is still as it was yet cannot be read (permission, I/O error) fails the scan; a changed one is re-read.
       if (readError && sameStat(before, after) && !(readError instanceof SnapferryError && readError.code === ErrorCodes.UNSTABLE_FILE)) throw readError;
-      if (results && after && sameStat(before, after) && !justWritten(after)) {
+      if (results && after && sameStat(before, after) && !this.justWritten(after, rel)) {
         this.lastBytesRead += size;
         const { lens, ids } = joinChunkLists(results);
         e.size = size;

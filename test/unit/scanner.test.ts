@@ -178,4 +178,60 @@ describe('CompanyScanner rescans', () => {
     const g4 = await again.scan();
     expect([level(g4), again.lastBytesRead, g4.rootHash]).toEqual([1, 1_000_000, g1.rootHash]);
   });
+  it('a file server whose clock runs ahead: a file is read only once it has held still since it was first seen', async () => {
+    const root = path.join(tmp.dir, 'ahead');
+    fs.mkdirSync(root);
+    const ledger = path.join(root, 'Company.900');
+    // Whole seconds an hour ahead of this machine's clock, as a NAS with a fast clock and a coarse filesystem stamps.
+    const ahead = Math.floor(Date.now() / 1000) + 3600;
+    fs.writeFileSync(ledger, crypto.randomBytes(300_000));
+    fs.utimesSync(ledger, ahead, ahead);
+    const scanner = new CompanyScanner(root, pool);
+    // The application's second write of an update, half a second after the scan met the file, stamped in the same
+    // future second (only its ctime, this machine's, differs). Read at once, the generation held the first write only.
+    let written: Promise<void> | undefined;
+    const g1 = await duringWalkOf(
+      root,
+      () => {
+        written ??= new Promise<void>((resolve) =>
+          setTimeout(() => {
+            fs.writeFileSync(ledger, crypto.randomBytes(300_000));
+            fs.utimesSync(ledger, ahead, ahead);
+            resolve();
+          }, 500),
+        );
+      },
+      () => scanner.scan(),
+    );
+    await written;
+    const fresh = await new CompanyScanner(root, pool).scan();
+    const idsOf = (g: typeof g1) => Buffer.from(g.manifest.entries.find((e) => e.path === 'Company.900')!.ids!.buffer).toString('hex');
+    expect(idsOf(g1)).toBe(idsOf(fresh));
+    const stampsKept = () => (scanner as unknown as { future: { size: number } }).future.size;
+    expect(stampsKept()).toBe(1);
+    // Read once it held still: the next scan trusts it from the cache, and its stamp is no longer kept.
+    await scanner.scan();
+    expect([scanner.lastBytesRead, stampsKept()]).toEqual([0, 0]);
+  }, 30_000);
+
+  it('quietInMs: a stamp ahead of the clock waits from when it was first seen, again when it changes, and is forgotten when not met', async () => {
+    const { quietInMs, FutureStamps } = await built<typeof import('../../src/scan/scanner.js')>('scan/scanner.js');
+    const future = new FutureStamps();
+    const hourAhead = BigInt(Date.now() + 3_600_000) * 1_000_000n + 123_456n;
+    const st = { kind: 'file' as const, mode: 0o644, size: 10n, mtimeNs: hourAhead, ctimeNs: hourAhead, ino: 7n };
+    expect(quietInMs(st, 'a', future)).toBeGreaterThan(90);
+    await new Promise((r) => setTimeout(r, 110));
+    expect(quietInMs(st, 'a', future)).toBe(0);
+    // Another stamp at the same path (a write, same size): waited for again; in whole seconds, a whole tick more.
+    expect(quietInMs({ ...st, ctimeNs: hourAhead + 1n }, 'a', future)).toBeGreaterThan(90);
+    const coarse = (hourAhead / 1_000_000_000n) * 1_000_000_000n;
+    expect(quietInMs({ ...st, mtimeNs: coarse, ctimeNs: coarse }, 'b', future)).toBeGreaterThan(2000);
+    // An old stamp never waits, and is not kept.
+    expect(quietInMs({ ...st, mtimeNs: 1_000_000_000n, ctimeNs: 1_000_000_000n }, 'c', future)).toBe(0);
+    expect(future.size).toBe(2);
+    future.endScan();
+    expect(future.size).toBe(2);
+    future.endScan();
+    expect(future.size).toBe(0);
+  });
 });
