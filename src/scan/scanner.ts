@@ -525,15 +525,15 @@ export class CompanyScanner {
     return out;
   }
 
-  /**
-   * Chunks a batch of small files in one job. Each file's stat is checked again afterwards; one that changed while it
-   * was read goes through chunkFile (re-read until it holds still, within the settle budget), one gone goes in `gone`.
-   */
   /** Written too recently to be read, or to trust a read of (see quietInMs). */
   private justWritten(st: StatB, rel: string): boolean {
     return quietInMs(st, rel, this.future) > 0;
   }
 
+  /**
+   * Chunks a batch of small files in one job. Each file's stat is checked again afterwards; one that changed while it
+   * was read goes through chunkFile (re-read until it holds still, within the settle budget), one gone goes in `gone`.
+   */
   private async chunkSmallFiles(batch: SmallFile[], params: ChunkParams, settleTimeoutMs: number, into: ScanCache, gone: Set<Entry>): Promise<void> {
     const r = await this.pool.run<ChunkFilesResult>({
       kind: 'chunkFiles',
