@@ -73,7 +73,8 @@ const COARSE_TICK_MS = 2000;
 /**
  * Whether a file's times may come from a filesystem that keeps whole seconds: its mtime has no sub-second part. (Not
  * its ctime too: FAT kept a creation time there, to 10 ms, before Linux 6.0.) An mtime set to a whole second on a finer
- * filesystem (an archive's, a copy's) is taken as coarse too; that costs a wait only while it is under 2.1 s old.
+ * filesystem (an archive's, a copy's) is taken as coarse too; that costs a wait only while it is under 2.1 s old (or,
+ * ahead of the clock, for 2.1 s from when it is first seen).
  */
 function coarseTimes(st: StatB): boolean {
   return st.mtimeNs % 1_000_000_000n === 0n;
@@ -114,11 +115,11 @@ export class FutureStamps {
  * Milliseconds until a file has been quiet long enough to be read (0 when it has): QUIET_MS after its last change,
  * plus a whole tick on a filesystem that keeps whole seconds. The last change is the later of mtime and ctime: a copy
  * that puts an older mtime back (`cp -p`, tar) is told only by its ctime. A time ahead of this machine's clock
- * (another machine's) counts from when the stamp was first seen (FutureStamps).
+ * (another machine's) counts from when the stamp was first seen (FutureStamps). `now`: the moment asked about (a
+ * read's start, for whether that read can be trusted).
  */
-export function quietInMs(st: StatB, rel: string, future: FutureStamps): number {
+export function quietInMs(st: StatB, rel: string, future: FutureStamps, now = Date.now()): number {
   const changed = st.ctimeNs > st.mtimeNs ? st.ctimeNs : st.mtimeNs;
-  const now = Date.now();
   let since = Number(changed / 1_000_000n);
   if (since > now) since = future.firstSeen(rel, st, now);
   const age = now - since;
@@ -509,12 +510,15 @@ export class CompanyScanner {
         }
         if (st.kind === 'dir') {
           subdirs.push(rel);
+        } else if (st.kind === 'file') {
+          // A sighting: a stamp ahead of this machine's clock waits from here (FutureStamps), not from its first read.
+          quietInMs(st, rel, this.future);
         } else if (target !== undefined) {
           const resolved = path.resolve(path.dirname(abs), target);
           if (path.isAbsolute(target) || !(resolved === this.root || resolved.startsWith(this.root + path.sep))) {
             fail(ErrorCodes.UNSAFE_TREE, `refused ${rel}: symlink points outside the company folder (${target})`);
           }
-        } else if (st.kind !== 'file') {
+        } else {
           fail(ErrorCodes.UNSAFE_TREE, `refused ${rel}: special file (device, socket or FIFO) in the company folder`);
         }
         out.push(rel, st, target);
@@ -525,9 +529,9 @@ export class CompanyScanner {
     return out;
   }
 
-  /** Written too recently to be read, or to trust a read of (see quietInMs). */
-  private justWritten(st: StatB, rel: string): boolean {
-    return quietInMs(st, rel, this.future) > 0;
+  /** Written too recently to be read, or to trust a read of that began at `at` (see quietInMs). */
+  private justWritten(st: StatB, rel: string, at?: number): boolean {
+    return quietInMs(st, rel, this.future, at) > 0;
   }
 
   /**
@@ -535,6 +539,7 @@ export class CompanyScanner {
    * was read goes through chunkFile (re-read until it holds still, within the settle budget), one gone goes in `gone`.
    */
   private async chunkSmallFiles(batch: SmallFile[], params: ChunkParams, settleTimeoutMs: number, into: ScanCache, gone: Set<Entry>): Promise<void> {
+    const readAt = Date.now();
     const r = await this.pool.run<ChunkFilesResult>({
       kind: 'chunkFiles',
       paths: batch.map((f) => f.abs),
@@ -554,7 +559,7 @@ export class CompanyScanner {
       } catch {
         after = undefined;
       }
-      if (res && after && sameStat(f.st, after) && !this.justWritten(after, f.rel)) {
+      if (res && after && sameStat(f.st, after) && !this.justWritten(after, f.rel, readAt)) {
         this.lastBytesRead += f.e.size;
         f.e.lens = res.lens;
         f.e.ids = res.ids;
@@ -601,6 +606,7 @@ export class CompanyScanner {
       const size = Number(before.size);
       let results: ChunkSegmentResult[] | undefined;
       let readError: unknown;
+      const readAt = Date.now();
       try {
         results = await Promise.all(chunkSegmentsOf(this.pool, abs, size, params));
       } catch (err) {
@@ -616,7 +622,7 @@ export class CompanyScanner {
       if (!after || after.kind !== 'file') return undefined;
       // A file that is still as it was yet cannot be read (permission, I/O error) fails the scan; a changed one is re-read.
       if (readError && sameStat(before, after) && !(readError instanceof SnapferryError && readError.code === ErrorCodes.UNSTABLE_FILE)) throw readError;
-      if (results && after && sameStat(before, after) && !this.justWritten(after, rel)) {
+      if (results && after && sameStat(before, after) && !this.justWritten(after, rel, readAt)) {
         this.lastBytesRead += size;
         const { lens, ids } = joinChunkLists(results);
         e.size = size;
