@@ -178,6 +178,7 @@ describe('CompanyScanner rescans', () => {
     const g4 = await again.scan();
     expect([level(g4), again.lastBytesRead, g4.rootHash]).toEqual([1, 1_000_000, g1.rootHash]);
   });
+
   it('a file server whose clock runs ahead: a file is read only once it has held still since it was first seen', async () => {
     const root = path.join(tmp.dir, 'ahead');
     fs.mkdirSync(root);
