@@ -588,10 +588,11 @@ export class CompanyScanner {
       }
     };
     for (let attempt = 0; ; attempt++) {
-      if (this.justWritten(before, rel)) {
+      const quietIn = quietInMs(before, rel, this.future);
+      if (quietIn > 0) {
         // Written a moment ago: wait until it has been quiet long enough before reading it at all.
         failIfUnsettled();
-        await sleep(quietInMs(before, rel, this.future) + 2);
+        await sleep(quietIn + 2);
         let again: StatB;
         try {
           again = lstatCompact(abs);
