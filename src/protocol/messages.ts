@@ -204,9 +204,12 @@ export function decodePatchGet(b: Buffer): PatchGetMsg {
   return { reqId: b.readUInt32BE(1), blockSize, runs };
 }
 
+/** Bytes of a PATCH answer's fixed header (each run then adds 4 and its bitmap). */
+export const PATCH_HEADER_BYTES = 14;
+
 /** PATCH header: type, reqId, flags, rawLen, run count, then each run's bitmap length and bitmap. */
 export function encodePatchHeader(reqId: number, compressed: boolean, rawLen: number, bitmaps: Uint8Array[]): Buffer {
-  let size = 14;
+  let size = PATCH_HEADER_BYTES;
   for (const bm of bitmaps) size += 4 + bm.length;
   const b = Buffer.allocUnsafe(size);
   b[0] = MsgType.PATCH;

@@ -7,7 +7,8 @@
 import { createCipheriv, createDecipheriv } from 'node:crypto';
 import { fail, ErrorCodes } from '../util/errors.js';
 
-const TAG_LEN = 16;
+/** Bytes of the AEAD tag at the end of every sealed frame. */
+export const TAG_LEN = 16;
 
 /** Direction labels keep the two directions' nonces apart even if both keys were ever the same. */
 export const DIR_CLIENT_TO_SERVER = 0x63327331; // "c2s1"

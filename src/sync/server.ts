@@ -21,6 +21,7 @@ import {
   MsgType,
   MAX_FRAME,
   MAX_GET_BYTES,
+  PATCH_HEADER_BYTES,
   decodeJson,
   decodeGet,
   decodePatchGet,
@@ -500,6 +501,8 @@ export class SnapferryServer {
             const p = (msg[0] === MsgType.GET ? this.answerGet(session, c, g, msg, answers) : this.answerPatch(session, c, g, msg, answers))
               .catch((err) => {
                 failure ??= toSnapferryError(err);
+                // The peer is told in any case; a fault of the site's own is worth its log too.
+                if (failure.code === ErrorCodes.INTERNAL) this.log(`answering ${session.peerId} failed: ${failure.message}`);
                 session.sendError(failure).finally(() => session.close());
               })
               .finally(() => inFlight--);
@@ -713,10 +716,12 @@ export class SnapferryServer {
   private async answerPatch(session: SecureSession, company: Company, gen: Generation, msg: Buffer, answers: ByteGate): Promise<void> {
     const req = decodePatchGet(msg);
     const layout = this.layoutFor(company, gen);
-    let bytes = 0;
+    // The answer's header (a bitmap of the blocks per run) counts too: the answer must fit in one frame.
+    let bytes = PATCH_HEADER_BYTES;
     const runs: MakePatchJob['runs'] = req.runs.map((r) => {
       const end = r.chunk + r.count;
       if (end > layout.total) fail(ErrorCodes.PROTOCOL, 'PATCH_GET names chunks beyond the manifest');
+      bytes += 4 + Math.ceil(r.sigs.length / 8);
       for (let k = r.chunk; k < end; k++) {
         if (layout.entry[k] !== layout.entry[r.chunk]) fail(ErrorCodes.PROTOCOL, 'PATCH_GET run spans files');
         bytes += layout.len[k]!;

@@ -6,9 +6,12 @@ import { WebSocket } from '../transport/ws.js';
 import { Channel } from '../transport/channel.js';
 import { isSiteUrl } from '../transport/url.js';
 import { ClientHandshake, ServerHandshake, MAX_HANDSHAKE_MESSAGE } from '../protocol/handshake.js';
-import { FrameSealer, FrameOpener, DIR_CLIENT_TO_SERVER, DIR_SERVER_TO_CLIENT } from '../protocol/seal.js';
+import { FrameSealer, FrameOpener, DIR_CLIENT_TO_SERVER, DIR_SERVER_TO_CLIENT, TAG_LEN } from '../protocol/seal.js';
 import { MsgType, MAX_FRAME, encodeJson, decodeJson, ErrorMsg } from '../protocol/messages.js';
 import { SnapferryError, ErrorCodes, ErrorCode, fail, toSnapferryError } from '../util/errors.js';
+
+/** The largest plaintext a sealed frame may carry: the frame limit less the AEAD tag. */
+export const MAX_MESSAGE = MAX_FRAME + 1024 - TAG_LEN;
 
 /** First byte of an unsealed pre-authentication error. */
 const PREAUTH_ERROR = 0xee;
@@ -23,8 +26,14 @@ export class SecureSession {
     readonly peerId: string,
   ) {}
 
-  /** Seals and sends one message (parts are concatenated). */
+  /**
+   * Seals and sends one message (parts are concatenated). A message over the frame limit is refused before it is
+   * sealed: sealing spends a counter, and the peer, which never sees that frame, could then open nothing after it
+   * (not even the ERROR that says why).
+   */
   send(parts: Buffer | Buffer[]): Promise<void> {
+    const size = Array.isArray(parts) ? parts.reduce((n, p) => n + p.length, 0) : parts.length;
+    if (size > MAX_MESSAGE) return Promise.reject(new SnapferryError(ErrorCodes.INTERNAL, `message too large (${size} bytes)`));
     return this.channel.send(this.sealer.seal(parts));
   }
 

@@ -18,14 +18,14 @@ import { randomBytes } from 'node:crypto';
 import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, waitFor, Served, ROOT, CLI, servedOnceListening } from '../helpers.js';
 import { makeCompany } from '../../src/gen/company.js';
 import { ClientHandshake } from '../../src/protocol/handshake.js';
-import { connect, SecureSession } from '../../src/sync/session.js';
+import { connect, SecureSession, MAX_MESSAGE } from '../../src/sync/session.js';
 import { SnapferryServer } from '../../src/sync/server.js';
 import { readSecret } from '../../src/cli/secret.js';
-import { MsgType, MAX_GET_BYTES, encodeGet, decodeJson } from '../../src/protocol/messages.js';
+import { MsgType, MAX_GET_BYTES, encodeGet, encodePatchGet, decodeJson } from '../../src/protocol/messages.js';
 import { decodeManifest } from '../../src/manifest/manifest.js';
 import { layoutOf, Layout } from '../../src/manifest/layout.js';
 import { Decompressor } from '../../src/work/zstd.js';
-import { NO_COMPRESSION } from '../../src/work/tasks.js';
+import { NO_COMPRESSION, blockLayout } from '../../src/work/tasks.js';
 import type { Generation } from '../../src/scan/scanner.js';
 import { RawWs, encodeClientFrame, sleep, errorCodeOf } from './netfault.js';
 
@@ -623,6 +623,83 @@ describe('hostile clients against a real site', () => {
       held?.close();
       await small.stop();
     }
+  });
+
+  describe('answers that would not fit one frame (site sending uncompressed)', () => {
+    let site: Served;
+
+    beforeAll(async () => {
+      site = await startSite(tmp.dir, { secret, companies: [[NAME, company]], store: false, level: NO_COMPRESSION, watch: false });
+    });
+
+    afterAll(async () => {
+      await site?.stop();
+    });
+
+    /**
+     * PATCH_GET runs (chunks of one file each; runs may repeat chunks) of at most MAX_GET_BYTES whose answer, every block
+     * differing and sent uncompressed, is larger than one sealed frame may carry: the answer's header (4 bytes and a
+     * bitmap per run, one bit per 1 KiB block) takes it over. 256 runs: a few of the widest range, one filling up to
+     * just under the budget, the rest the smallest chunk (each adding to the header more than its bytes fill).
+     */
+    function oversizeRuns(layout: Layout, BS: number): Array<{ chunk: number; count: number; sigs: Uint32Array }> {
+      const ranges: Array<{ chunk: number; count: number; bytes: number; offset: number }> = [];
+      for (let c = 0; c < layout.total; c++) {
+        let bytes = 0;
+        for (let d = c; d < layout.total && layout.entry[d] === layout.entry[c] && d - c < 4096; d++) {
+          bytes += layout.len[d]!;
+          ranges.push({ chunk: c, count: d - c + 1, bytes, offset: layout.offset[c]! });
+        }
+      }
+      const widest = ranges.reduce((a, b) => (b.bytes > a.bytes ? b : a));
+      const smallest = ranges.reduce((a, b) => (b.bytes < a.bytes ? b : a));
+      const blocks = (r: { offset: number; bytes: number }) => blockLayout(r.offset, r.bytes, BS).starts.length;
+      const headerOf = (rs: Array<{ offset: number; bytes: number }>) => rs.reduce((n, r) => n + 4 + Math.ceil(blocks(r) / 8), 14);
+      for (let k = Math.floor(MAX_GET_BYTES / widest.bytes); k >= 1; k--) {
+        const pad = Array<typeof smallest>(255 - k).fill(smallest);
+        const rest = MAX_GET_BYTES - k * widest.bytes - pad.length * smallest.bytes;
+        for (const filler of ranges) {
+          if (filler.bytes > rest) continue;
+          const runs = [...Array<typeof widest>(k).fill(widest), filler, ...pad];
+          const total = runs.reduce((n, r) => n + r.bytes, 0);
+          if (headerOf(runs) + total > MAX_MESSAGE) {
+            return runs.map((r) => ({ chunk: r.chunk, count: r.count, sigs: new Uint32Array(blocks(r)).fill(0x12345678) }));
+          }
+        }
+      }
+      throw new Error('no runs found whose answer would overflow a frame');
+    }
+
+    // BUG (src/sync/server.ts answerPatch(): the 8 MiB budget left out the answer's header): a PATCH_GET within the
+    // budget could make an answer over the frame limit. Sealing it spent a counter before the send refused it, so the
+    // ERROR the site sent next could not be opened: the peer saw a forged frame, the site logged nothing. Fix: the
+    // header counts in the budget (LIMIT), and a message too large is refused before it is sealed.
+    it('a PATCH_GET whose answer would exceed a frame gets a readable LIMIT error', async () => {
+      const s = await connect(site.url, { secret, peerId: 'greedy' });
+      try {
+        const { layout } = await openLayout(s, NAME);
+        await s.send(encodePatchGet({ reqId: 9, blockSize: 1024, runs: oversizeRuns(layout, 1024) }));
+        const err = await s.recv(20_000).then(
+          () => undefined,
+          (e: { code: string; message: string }) => e,
+        );
+        expect(err?.code, err?.message).toBe('SNAPFERRY_E_LIMIT');
+      } finally {
+        s.close();
+      }
+    });
+
+    it('a message too large for a frame is refused before it is sealed: the session goes on', async () => {
+      const s = await connect(site.url, { secret, peerId: 'big' });
+      try {
+        await expect(s.send(Buffer.alloc(MAX_MESSAGE + 1, MsgType.PING))).rejects.toMatchObject({ code: 'SNAPFERRY_E_INTERNAL' });
+        // The counter was not spent: the site opens the next frame and answers it.
+        const { layout } = await openLayout(s, NAME);
+        expect(layout.total).toBeGreaterThan(0);
+      } finally {
+        s.close();
+      }
+    });
   });
 
   describe('an authenticated peer that stops reading (site with a 4 s idle timeout, packs sent uncompressed)', () => {
