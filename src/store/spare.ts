@@ -16,6 +16,7 @@ import { decodeManifest, Entry, entryPath, rootHashOf } from '../manifest/manife
 import { StatePaths, removeTree, readApplied, exists, diskReserve, diskSpace, fsyncDir, writeFileDurable, asCommitted } from './state.js';
 import { inodeStamp, utimesSeconds } from '../util/stamp.js';
 import { makeDirs } from '../util/mkdirs.js';
+import { mountPoints } from '../util/mounts.js';
 
 /** A spare that may be rewritten into the next generation: where it is and what it holds. */
 export interface SpareFile {
@@ -95,6 +96,15 @@ export function inodesInUse(): Set<string> | undefined {
     return undefined;
   }
   const out = new Set<string>();
+  // A file bind-mounted elsewhere (mount --bind SPARE PATH) is read through that path without being open anywhere:
+  // stat of a mount point gives what is mounted there.
+  for (const m of mountPoints()) {
+    try {
+      out.add(openKey(fs.statSync(m, { bigint: true })));
+    } catch {
+      /* unmounted meanwhile, or not ours to stat */
+    }
+  }
   const self = String(process.pid);
   for (const pid of pids) {
     if (pid === self) continue;
@@ -154,7 +164,13 @@ export async function dropSpareFilesAsync(paths: StatePaths): Promise<void> {
   } catch {
     return;
   }
-  await fs.promises.rm(paths.spareDrop, { recursive: true, force: true }).catch(() => removeTree(paths.spareDrop));
+  await fs.promises.rm(paths.spareDrop, { recursive: true, force: true }).catch(() => {
+    try {
+      removeTree(paths.spareDrop);
+    } catch {
+      // Not ours to remove (a file in it made immutable, a folder another user owns): left for recover() to set aside.
+    }
+  });
 }
 
 /** Files smaller than this are not worth preparing: a delta copies them whole in no time. */

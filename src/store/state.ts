@@ -28,6 +28,7 @@ import { decodeManifest, entryPath, Entry, Manifest, rootHashOf, sameMtime } fro
 import { fail, ErrorCodes, SnapferryError, toSnapferryError } from '../util/errors.js';
 import { inodeStamp } from '../util/stamp.js';
 import { makeDirs, dirProblem } from '../util/mkdirs.js';
+import { mountsAtOrUnder } from '../util/mounts.js';
 
 /** The record of an applied generation. */
 export interface AppliedRecord {
@@ -67,14 +68,24 @@ export function recordAuthentic(r: AppliedRecord, secret: Buffer): boolean {
 /**
  * DIR given as a symbolic link to a folder (the data kept on another disk) means that folder: the commit's renames
  * then replace the folder and leave the link leading to the new generation, and the state lives beside the folder. A
- * link that leads nowhere stays as it is, for checkDirUsable to refuse by name.
+ * link that leads nowhere stays as it is, for checkDirUsable to refuse by name, unless a commit cut short between its
+ * two renames left it so: then it means the folder it names, where that commit's intent waits to be finished.
  */
 function followDirLink(dir: string): string {
   try {
-    return fs.lstatSync(dir).isSymbolicLink() ? fs.realpathSync(dir) : dir;
+    if (!fs.lstatSync(dir).isSymbolicLink()) return dir;
+    return fs.realpathSync(dir);
   } catch {
-    return dir;
+    /* no such path, or a link that leads nowhere */
   }
+  try {
+    const target = path.resolve(path.dirname(dir), fs.readlinkSync(dir));
+    const real = path.join(fs.realpathSync(path.dirname(target)), path.basename(target));
+    if (fs.existsSync(path.join(path.dirname(real), `.${path.basename(real)}.snapferry`, 'commit.json'))) return real;
+  } catch {
+    /* not a link, or its folder's parent is gone too */
+  }
+  return dir;
 }
 
 /** Where things live for one DIR. */
@@ -494,11 +505,15 @@ export function commit(
   keepSpare: boolean,
   recordStats: () => void,
 ): void {
+  checkSwappable(paths);
   if (durable) syncFilesystem(paths.next);
   writeFileDurable(paths.pendingManifest, encodedManifest);
   writeFileDurable(paths.pendingJson, JSON.stringify(record, null, 1));
   onPoint?.('before-intent');
-  writeFileDurable(paths.commitJson, JSON.stringify({ rootHash: record.rootHash, at: new Date().toISOString() }));
+  // DIR's identity goes with the intent: a folder made at DIR's path between the swap's renames is then not taken for
+  // the generation being replaced.
+  const intent: CommitIntent = { rootHash: record.rootHash, at: new Date().toISOString(), dir: identityOf(paths.dir) };
+  writeFileDurable(paths.commitJson, JSON.stringify(intent));
   onPoint?.('intent');
   rollForward(paths, onPoint, keepSpare);
   // The new generation's inode/ctime record before the intent goes: a crash until then is rolled forward again and
@@ -540,12 +555,57 @@ export function recover(paths: StatePaths): boolean {
   return true;
 }
 
+/** What commit.json holds: the commit declared, and DIR's identity ("dev:ino", null if absent) when it was. */
+interface CommitIntent {
+  rootHash: string;
+  at: string;
+  /** Absent in intents written before it was recorded: DIR is then taken for the generation being replaced. */
+  dir?: string | null;
+}
+
+/** A path's device and inode ("dev:ino"), or null where nothing is. */
+function identityOf(p: string): string | null {
+  try {
+    const st = fs.lstatSync(p, { bigint: true });
+    return `${st.dev}:${st.ino}`;
+  } catch {
+    return null;
+  }
+}
+
+/** Whether what is at DIR now is the generation the declared commit replaces (not something made since). */
+function isReplacedGeneration(paths: StatePaths): boolean {
+  let intent: CommitIntent;
+  try {
+    intent = JSON.parse(fs.readFileSync(paths.commitJson, 'utf8')) as CommitIntent;
+  } catch {
+    return true;
+  }
+  return intent.dir === undefined || intent.dir === identityOf(paths.dir);
+}
+
 function rollForward(paths: StatePaths, onPoint?: (p: string) => void, keepSpare = true): void {
   const hasNext = exists(paths.next);
   if (hasNext) {
+    if (exists(paths.dir) && !isReplacedGeneration(paths)) {
+      // Made at DIR's path after the commit moved the old generation aside (or, for a seed, after it was declared):
+      // not snapferry's to replace, unless it is an empty folder.
+      const st = fs.lstatSync(paths.dir);
+      if (!st.isDirectory() || fs.readdirSync(paths.dir).length > 0) {
+        fail(ErrorCodes.DIR_FOREIGN, `${paths.dir} was made while snapferry was putting a new generation in its place; move it away and run the command again (the commit then completes)`);
+      }
+      fs.rmdirSync(paths.dir);
+    }
     if (exists(paths.dir)) {
       discardTree(paths, paths.old);
-      fs.renameSync(paths.dir, paths.old);
+      try {
+        fs.renameSync(paths.dir, paths.old);
+      } catch (err) {
+        // Nothing has moved: DIR is still the old generation. The intent goes with the failure, or every later
+        // command would fail on it again (the next pull resumes from next/ and commits anew).
+        clearIntent(paths);
+        throw err;
+      }
       onPoint?.('swap');
     }
     fs.renameSync(paths.next, paths.dir);
@@ -645,8 +705,30 @@ export function checkDirUsable(paths: StatePaths, adopt = false): void {
     fail(ErrorCodes.DIR_FOREIGN, `${paths.dir} is a symbolic link to ${JSON.stringify(fs.readlinkSync(paths.dir))}, which leads to no folder; make the folder it names, or give a folder`);
   }
   if (!st.isDirectory()) fail(ErrorCodes.DIR_FOREIGN, `${paths.dir} exists and is not a folder; refusing to replace it`);
+  checkSwappable(paths);
   if (adopt || exists(paths.appliedJson)) return;
   if (fs.readdirSync(paths.dir).length > 0) {
     fail(ErrorCodes.DIR_FOREIGN, `${paths.dir} already exists and was not made by snapferry; refusing to overwrite it (choose a new or empty folder, or pull --adopt to replace it, reusing what matches)`);
+  }
+}
+
+/**
+ * Checks that DIR, where it exists, can be swapped by a commit: it is no mount point and holds none (the commit moves
+ * DIR aside, which a mount point refuses, and deletes what the old generation held, which for a mount inside it would
+ * be another filesystem's files), and it may be moved (renaming a folder into another needs write permission on it).
+ */
+export function checkSwappable(paths: StatePaths): void {
+  if (!exists(paths.dir) || !fs.lstatSync(paths.dir).isDirectory()) return;
+  const mounts = mountsAtOrUnder(paths.dir);
+  if (mounts.includes(fs.realpathSync(paths.dir))) {
+    fail(ErrorCodes.DIR_NOT_WRITABLE, `${paths.dir} is a mount point: a commit moves DIR aside and puts the new generation in its place, which a mount point refuses; give a folder inside it`);
+  }
+  if (mounts.length > 0) {
+    fail(ErrorCodes.DIR_FOREIGN, `${paths.dir} holds another filesystem mounted at ${mounts[0]}: refusing to replace it (those files are not the company's); unmount it or give another folder`);
+  }
+  try {
+    fs.accessSync(paths.dir, fs.constants.W_OK);
+  } catch {
+    fail(ErrorCodes.DIR_NOT_WRITABLE, `cannot write ${paths.dir}: a commit moves it aside, which needs write permission on it`);
   }
 }
