@@ -16,6 +16,7 @@ import { progressLine, summary } from './progress.js';
 import { formatBytes, parseRate } from '../util/rate.js';
 import { ErrorCodes, fail, toSnapferryError } from '../util/errors.js';
 import { isSiteUrl } from '../transport/url.js';
+import { COMPANY_NAME, COMPANY_NAME_RULE } from '../util/names.js';
 
 // commander through require, as ws (see transport/ws.ts): importing CommonJS from an ES module lexes its source first.
 const { Command, Option } = createRequire(import.meta.url)('commander') as typeof Commander;
@@ -34,7 +35,7 @@ function parseCompanies(list: string[]): Map<string, string> {
     const eq = item.indexOf('=');
     if (eq <= 0 || eq === item.length - 1) fail(ErrorCodes.USAGE, `--company takes NAME=DIR, not ${JSON.stringify(item)}`);
     const name = item.slice(0, eq);
-    if (!/^[A-Za-z0-9._-]{1,64}$/.test(name)) fail(ErrorCodes.USAGE, `company name ${JSON.stringify(name)}: use letters, digits, . _ - (at most 64)`);
+    if (!COMPANY_NAME.test(name)) fail(ErrorCodes.USAGE, `company name ${JSON.stringify(name)}: ${COMPANY_NAME_RULE}`);
     if (out.has(name)) fail(ErrorCodes.USAGE, `company ${name} named twice`);
     out.set(name, path.resolve(item.slice(eq + 1)));
   }

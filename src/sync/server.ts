@@ -46,6 +46,7 @@ import { fillStore } from './storefill.js';
 import { PendingHandshakes } from './handshakes.js';
 import { loadHasher } from '../chunk/hash.js';
 import { idWords } from '../manifest/idindex.js';
+import { COMPANY_NAME, COMPANY_NAME_RULE } from '../util/names.js';
 
 /** Options of a serving site. */
 export interface ServeOptions {
@@ -237,6 +238,7 @@ export class SnapferryServer {
       }
     }
     for (const [name, dir] of this.opts.companies) {
+      if (!COMPANY_NAME.test(name)) fail(ErrorCodes.USAGE, `company name ${JSON.stringify(name)}: ${COMPANY_NAME_RULE}`);
       let real: string;
       try {
         real = fs.realpathSync(dir);

@@ -73,6 +73,16 @@ describe('CLI: bad secret files and company folders', () => {
     expect(r.stderr).toMatch(/already exists; refusing to overwrite a secret.*SNAPFERRY_E_EXISTS/);
   });
 
+  // BUG (src/cli/main.ts, src/sync/server.ts): "." and ".." passed the name check, and without --cache-dir the chunk
+  // store of a company named ".." opened in the temporary folder itself, where it deleted files it took for halves of
+  // its own segment pairs (a user's book.idx and video.seg) and left its segments for good.
+  it('a company named ".", ".." or as a hidden file is refused before anything is opened', async () => {
+    for (const name of ['..', '.', '.hidden']) {
+      const quoted = JSON.stringify(name).replace(/\./g, '\\.');
+      await expectRefused(['serve', '--listen', '127.0.0.1:0', '--secret', key, '--company', `${name}=${company}`], 64, new RegExp(`company name ${quoted}: use letters.*starting with a letter or digit`), 'SNAPFERRY_E_USAGE');
+    }
+  });
+
   it('a company folder that is missing or is a file; a --cache-dir that cannot be made', async () => {
     await expectRefused(serve(key, path.join(tmp.dir, 'gone')), 64, /company acme: folder \S*gone cannot be served \(no such file or folder\)/, 'SNAPFERRY_E_USAGE');
     await expectRefused(serve(key, path.join(tmp.dir, 'empty.key')), 64, /company acme: folder \S*empty\.key cannot be served \(not a folder\)/, 'SNAPFERRY_E_USAGE');
