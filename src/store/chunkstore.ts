@@ -4,7 +4,8 @@
  * frames is a valid pack for the puller as it is: zstd decompresses concatenated frames in one call.
  *
  * On disk, a folder of segment files (`*.seg`, frames appended by the worker thread that compressed them) each with an
- * index (`*.idx`, 24-byte records: id, offset, length, xxh32 of the frame) appended by this class once the frames are
+ * index (`*.idx`, 24-byte records: id, offset, length, xxh32 of the frame, the chunk's raw length) appended by this
+ * class once the frames are
  * written. A record past the end of its segment (a crash between the two) is ignored; a frame whose xxh32 does not
  * match is never sent (the caller falls back to reading the company folder). The store is an accelerator only: a
  * chunk it lacks is read and compressed on demand as before.
@@ -114,14 +115,18 @@ export interface CompactResult {
   reserveKept?: number;
 }
 
-/** Writes index record i: the chunk's id, its frame's offset and length in the segment, the frame's xxh32. */
-function putRecord(rec: Buffer, i: number, id: bigint, offset: number, clen: number, check: number): void {
+/**
+ * Writes index record i: the chunk's id, its frame's offset and length in the segment, the frame's xxh32, and the
+ * chunk's raw length (ids are xxh64, which anyone who writes files at the site can make collide: a frame is served
+ * for a chunk of its id and its length only). Stores written before the length was recorded hold 0 there.
+ */
+function putRecord(rec: Buffer, i: number, id: bigint, offset: number, clen: number, check: number, len: number): void {
   const r = i * RECORD;
   rec.writeBigUInt64LE(id, r);
   rec.writeUInt32LE(offset, r + 8);
   rec.writeUInt32LE(clen, r + 12);
   rec.writeUInt32LE(check, r + 16);
-  rec.writeUInt32LE(0, r + 20);
+  rec.writeUInt32LE(len, r + 20);
 }
 
 /** The index file of segment `seg` (`NAME.seg` -> `NAME.idx`). */
@@ -179,6 +184,8 @@ function removeSegment(dir: string, seg: string): void {
 /** The in-memory index, one slot per stored chunk, column by column. */
 interface SlotArrays {
   ids: BigUint64Array;
+  /** The chunk's raw length. */
+  len: Uint32Array;
   seg: Uint32Array;
   off: Uint32Array;
   clen: Uint32Array;
@@ -186,7 +193,7 @@ interface SlotArrays {
 }
 
 function slotArrays(cap: number): SlotArrays {
-  return { ids: new BigUint64Array(cap), seg: new Uint32Array(cap), off: new Uint32Array(cap), clen: new Uint32Array(cap), check: new Uint32Array(cap) };
+  return { ids: new BigUint64Array(cap), len: new Uint32Array(cap), seg: new Uint32Array(cap), off: new Uint32Array(cap), clen: new Uint32Array(cap), check: new Uint32Array(cap) };
 }
 
 /** Where one stored chunk's frame is. */
@@ -200,6 +207,7 @@ interface Slot {
 /** A chunk store in one folder (see the module comment). Main thread only. */
 export class ChunkStore {
   private ids = new BigUint64Array(1024);
+  private len = new Uint32Array(1024);
   private seg = new Uint32Array(1024);
   private off = new Uint32Array(1024);
   private clen = new Uint32Array(1024);
@@ -255,6 +263,7 @@ export class ChunkStore {
       }
       const n = Math.floor(records.length / RECORD);
       const ids = new BigUint64Array(n);
+      const lens = new Uint32Array(n);
       const offs = new Uint32Array(n);
       const clens = new Uint32Array(n);
       const checks = new Uint32Array(n);
@@ -264,7 +273,11 @@ export class ChunkStore {
         const o = records.readUInt32LE(r + 8);
         const c = records.readUInt32LE(r + 12);
         if (o + c > segSize) continue; // written to the index, but the frames never reached the disk
+        // No length (an older store): never served, so its frames are stored again and the segment goes below.
+        const len = records.readUInt32LE(r + 20);
+        if (len === 0) continue;
         ids[k] = records.readBigUInt64LE(r);
+        lens[k] = len;
         offs[k] = o;
         clens[k] = c;
         checks[k] = records.readUInt32LE(r + 16);
@@ -272,7 +285,7 @@ export class ChunkStore {
       }
       // A segment that adds nothing (all its frames held by another: a compaction cut short after its copies were
       // indexed, before the old segments went) is deleted, or its bytes would stay on disk, unseen, forever.
-      if (store.remember(segName, ids.subarray(0, k), offs, clens, checks) === 0) store.retire(store.numberOf(segName));
+      if (store.remember(segName, ids.subarray(0, k), lens, offs, clens, checks) === 0) store.retire(store.numberOf(segName));
     }
     return store;
   }
@@ -297,13 +310,13 @@ export class ChunkStore {
 
   /**
    * Records frames a worker appended to segment `segName` (storeChunks), in memory and in the segment's index file.
-   * ids[i]'s frame is at offsets[i], clens[i] bytes, with xxh32 checks[i].
+   * Chunk i (id ids[i], lens[i] bytes raw) has its frame at offsets[i], clens[i] bytes, with xxh32 checks[i].
    */
-  add(segName: string, ids: BigUint64Array, offsets: Uint32Array, clens: Uint32Array, checks: Uint32Array): Promise<void> {
+  add(segName: string, ids: BigUint64Array, lens: Uint32Array, offsets: Uint32Array, clens: Uint32Array, checks: Uint32Array): Promise<void> {
     if (this.closed) return Promise.resolve();
-    this.remember(segName, ids, offsets, clens, checks);
+    this.remember(segName, ids, lens, offsets, clens, checks);
     const rec = Buffer.allocUnsafe(ids.length * RECORD);
-    for (let i = 0; i < ids.length; i++) putRecord(rec, i, ids[i]!, offsets[i]!, clens[i]!, checks[i]!);
+    for (let i = 0; i < ids.length; i++) putRecord(rec, i, ids[i]!, offsets[i]!, clens[i]!, checks[i]!, lens[i]!);
     const file = path.join(this.dir, indexOf(segName));
     // Appends in order, one at a time; a failure (disk full) only loses the records, never serves a wrong frame.
     this.idxWrites = this.idxWrites.then(() => appendRecords(file, rec, false)).catch(() => undefined);
@@ -311,14 +324,17 @@ export class ChunkStore {
   }
 
   /** Adds frames to the in-memory index; returns how many were new. */
-  private remember(segName: string, ids: BigUint64Array, offsets: Uint32Array, clens: Uint32Array, checks: Uint32Array): number {
+  private remember(segName: string, ids: BigUint64Array, lens: Uint32Array, offsets: Uint32Array, clens: Uint32Array, checks: Uint32Array): number {
     const before = this.count;
     const s = this.numberOf(segName);
     if (this.count + ids.length > this.ids.length) this.grow(this.count + ids.length);
     for (let i = 0; i < ids.length; i++) {
       const k = this.count;
       this.ids[k] = ids[i]!;
-      if (this.index.add(k) !== -1) continue; // stored already (two threads compressed the same chunk)
+      // Stored already (two threads compressed the same chunk; or a chunk of the same id and another length, a crafted
+      // collision: the first one stays, and packs holding the other are made on demand).
+      if (this.index.add(k) !== -1) continue;
+      this.len[k] = lens[i]!;
       this.seg[k] = s;
       this.off[k] = offsets[i]!;
       this.clen[k] = clens[i]!;
@@ -339,6 +355,7 @@ export class ChunkStore {
     while (cap < need) cap *= 2;
     const a = slotArrays(cap);
     a.ids.set(this.ids.subarray(0, this.count));
+    a.len.set(this.len.subarray(0, this.count));
     a.seg.set(this.seg.subarray(0, this.count));
     a.off.set(this.off.subarray(0, this.count));
     a.clen.set(this.clen.subarray(0, this.count));
@@ -354,17 +371,18 @@ export class ChunkStore {
   }
 
   /**
-   * The stored frames of chunks `ranges` ([start, end) pairs over an id array given as `idWords`), concatenated in
-   * order: a pack. Undefined when any chunk is missing or its frame fails its check, or the store is closed.
+   * The stored frames of chunks `ranges` ([start, end) pairs over an id array given as `idWords`, their raw lengths
+   * `lens`), concatenated in order: a pack. Undefined when any chunk is missing (or stored only with another length)
+   * or its frame fails its check, or the store is closed.
    */
-  async readFrames(words: Uint32Array, ranges: ReadonlyArray<readonly [number, number]>): Promise<Buffer | undefined> {
+  async readFrames(words: Uint32Array, lens: Uint32Array, ranges: ReadonlyArray<readonly [number, number]>): Promise<Buffer | undefined> {
     if (this.closed) return undefined;
     const slots: Slot[] = [];
     let total = 0;
     for (const [s, e] of ranges) {
       for (let g = s; g < e; g++) {
         const k = this.index.findIn(words, g);
-        if (k < 0) return undefined;
+        if (k < 0 || this.len[k] !== lens[g]) return undefined;
         slots.push({ seg: this.seg[k]!, offset: this.off[k]!, clen: this.clen[k]!, check: this.check[k]! });
         total += this.clen[k]!;
       }
@@ -495,7 +513,7 @@ export class ChunkStore {
           if (!ok || this.hasher.h32(frame) !== this.check[k]) continue;
           await out.fh.write(frame, 0, c, out.size);
           const rec = Buffer.allocUnsafe(RECORD);
-          putRecord(rec, 0, this.ids[k]!, out.size, c, this.check[k]!);
+          putRecord(rec, 0, this.ids[k]!, out.size, c, this.check[k]!, this.len[k]!);
           out.records.push(rec);
           movedSeg[k] = out.seg;
           movedOff[k] = out.size;
@@ -524,6 +542,7 @@ export class ChunkStore {
       const moved = k < n && movedSeg[k]! >= 0;
       if (k < n && !moved) continue;
       a.ids[i] = this.ids[k]!;
+      a.len[i] = this.len[k]!;
       a.seg[i] = moved ? movedSeg[k]! : this.seg[k]!;
       a.off[i] = moved ? movedOff[k]! : this.off[k]!;
       a.clen[i] = this.clen[k]!;

@@ -681,7 +681,7 @@ export class SnapferryServer {
   private async sendPack(session: SecureSession, company: Company, gen: Generation, layout: Layout, req: GetMsg, n: number, bytes: number): Promise<void> {
     // Stored frames are sent as they are: no reading of the company, no compression. A pack not wholly stored (yet),
     // or larger stored than raw (incompressible data: a frame costs a few bytes more), is made as before.
-    const stored = await company.store?.readFrames(idWords(layout.id), req.ranges);
+    const stored = await company.store?.readFrames(idWords(layout.id), layout.len, req.ranges);
     if (stored && stored.length < bytes) {
       await this.sendAnswer(session, [encodeDataHeader(req.reqId, true, bytes), stored], stored.length);
       noteGarbage(stored.length * 2, ANSWER_GARBAGE_EVERY);

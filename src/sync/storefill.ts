@@ -58,6 +58,7 @@ export async function fillStore(
     if (failure) break;
     // The job's arrays move to the worker (detached here): keep what the answer needs.
     const ids = job.ids.slice();
+    const lens = job.lens.slice();
     let raw = 0;
     for (const l of job.lens) raw += l;
     // Every job in flight may write its raw size (incompressible data), and then some: count them all.
@@ -73,7 +74,7 @@ export async function fillStore(
           result.stale += ids.length;
           return;
         }
-        await store.add(r.segment, ids, r.offsets, r.clens, r.checks);
+        await store.add(r.segment, ids, lens, r.offsets, r.clens, r.checks);
         result.chunks += ids.length;
         result.bytes += raw;
       })
