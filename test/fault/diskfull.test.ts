@@ -304,7 +304,7 @@ describe.skipIf(skipReason !== undefined)('disk full while pulling (real tmpfs)'
     fs.writeFileSync(path.join(dir, 's.seg'), seg);
     const frame = (o: number, n: number) => ({ o, n, check: h.h32(seg.subarray(o, o + n)) });
     const record = (id: bigint, f: { o: number; n: number; check: number }) =>
-      store.add('s.seg', BigUint64Array.of(id), Uint32Array.of(f.o), Uint32Array.of(f.n), Uint32Array.of(f.check));
+      store.add('s.seg', BigUint64Array.of(id), Uint32Array.of(f.n), Uint32Array.of(f.o), Uint32Array.of(f.n), Uint32Array.of(f.check));
     const early = frame(0, 100);
     for (let i = 0; i < 170; i++) await record(BigInt(1000 + i), early);
     expect(fs.statSync(path.join(dir, 's.idx')).size).toBe(4080);
@@ -325,7 +325,7 @@ describe.skipIf(skipReason !== undefined)('disk full while pulling (real tmpfs)'
     await store.close();
     const reopened = ChunkStore.open(dir, h);
     expect(reopened.size).toBe(171);
-    expect(await reopened.readFrames(idWords(BigUint64Array.of(6n)), [[0, 1]])).toEqual(seg.subarray(200, 500));
+    expect(await reopened.readFrames(idWords(BigUint64Array.of(6n)), Uint32Array.of(300), [[0, 1]])).toEqual(seg.subarray(200, 500));
     await reopened.close();
   });
 
