@@ -150,31 +150,17 @@ export function treeFingerprint(root: string): Map<string, string> {
   return out;
 }
 
-/** Differences between two fingerprints (for readable assertion failures); mtimes compared within 2 µs. */
+/** Differences between two fingerprints (for readable assertion failures); mtimes compared to the microsecond. */
 export function fingerprintDiff(a: Map<string, string>, b: Map<string, string>): string[] {
   const diffs: string[] = [];
   const norm = (v: string | undefined) => v;
   for (const [k, v] of a) {
     const w = b.get(k);
     if (w === undefined) diffs.push(`missing ${k}`);
-    else if (!sameEntry(v, w)) diffs.push(`differs ${k}: ${norm(v)} vs ${norm(w)}`);
+    else if (v !== w) diffs.push(`differs ${k}: ${norm(v)} vs ${norm(w)}`);
   }
   for (const k of b.keys()) if (!a.has(k)) diffs.push(`extra ${k}`);
   return diffs;
-}
-
-function sameEntry(a: string, b: string): boolean {
-  if (a === b) return true;
-  const pa = a.split(' ');
-  const pb = b.split(' ');
-  if (pa.length !== pb.length || pa[0] !== pb[0] || pa[0] === 'link') return false;
-  for (let i = 0; i < pa.length; i++) {
-    if (i === 2) {
-      const d = BigInt(pa[i]!) - BigInt(pb[i]!);
-      if (d > 2n || d < -2n) return false;
-    } else if (pa[i] !== pb[i]) return false;
-  }
-  return true;
 }
 
 /** Waits for a condition, bounded in time. */

@@ -502,11 +502,23 @@ export class CompanyScanner {
         const abs = `${absDir}/${name}`;
         let st: StatB;
         let target: string | undefined;
+        let rawTarget: Buffer | undefined;
         try {
           st = lstatCompact(abs);
-          if (st.kind === 'symlink') target = fs.readlinkSync(abs);
+          if (st.kind === 'symlink') rawTarget = fs.readlinkSync(abs, { encoding: 'buffer' });
         } catch {
           continue; // deleted while we listed: not part of this generation
+        }
+        // Read as a string, a target that is not UTF-8 would be carried with U+FFFD in its bytes' place: refused as
+        // such names are.
+        if (rawTarget) {
+          if (!isUtf8(rawTarget)) fail(ErrorCodes.UNSAFE_TREE, `refused ${rel}: its symbolic link's target is not valid UTF-8 (snapferry carries UTF-8 names only; make the link anew)`);
+          target = rawTarget.toString('utf8');
+        }
+        // The manifest holds times as signed 64-bit nanoseconds: a stamp past 2262-04-11 (ext4 allows up to 2446)
+        // would wrap to 1677 and be carried wrong.
+        if (st.mtimeNs > MAX_TIME_NS || st.mtimeNs < -MAX_TIME_NS) {
+          fail(ErrorCodes.UNSAFE_TREE, `refused ${rel}: its modification time is beyond what snapferry carries (1677 to 2262); set it with touch`);
         }
         if (st.kind === 'dir') {
           subdirs.push(rel);
@@ -654,6 +666,9 @@ function absPathsOf(root: string, entries: readonly Entry[]): (ei: number) => st
  * lists such a name with U+FFFD in place of the bad bytes, a name no call can open: left alone, the file would be
  * missing from every generation without a word. Called only when a listed name has U+FFFD in it (it may be genuine).
  */
+/** The largest time (nanoseconds from the epoch, either way) a manifest holds: a signed 64-bit integer's range. */
+const MAX_TIME_NS = (1n << 63n) - 1n;
+
 async function refuseNonUtf8(absDir: string, relDir: string): Promise<void> {
   for (const raw of await fs.promises.readdir(absDir, { encoding: 'buffer' })) {
     if (isUtf8(raw)) continue;

@@ -14,7 +14,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { decodeManifest, Entry, entryPath, rootHashOf } from '../manifest/manifest.js';
 import { StatePaths, removeTree, readApplied, exists, diskReserve, diskSpace, fsyncDir, writeFileDurable, asCommitted } from './state.js';
-import { inodeStamp, utimesSeconds } from '../util/stamp.js';
+import { inodeStamp, utimesSeconds, utimesArg } from '../util/stamp.js';
 import { makeDirs } from '../util/mkdirs.js';
 import { mountPoints } from '../util/mounts.js';
 
@@ -215,7 +215,7 @@ export async function prepareSpare(paths: StatePaths, signal: AbortSignal): Prom
       const dst = entryPath(prep, e.path);
       makeDirs(path.dirname(dst), 0o700);
       await fs.promises.copyFile(src, dst, fs.constants.COPYFILE_FICLONE);
-      fs.utimesSync(dst, utimesSeconds(e.mtimeNs), utimesSeconds(e.mtimeNs));
+      fs.utimesSync(dst, utimesArg(utimesSeconds(e.mtimeNs)), utimesArg(utimesSeconds(e.mtimeNs)));
       // On disk before it is recorded: a copy a power cut emptied would otherwise still match its record.
       const fh = await fs.promises.open(dst, 'r+');
       try {

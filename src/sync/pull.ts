@@ -57,7 +57,7 @@ import { ByteGate } from '../util/bytegate.js';
 import { TokenBucket } from '../util/rate.js';
 import { noteGarbage } from '../util/gc.js';
 import { boundHeapGrowth } from './heap.js';
-import { inodeStamp, utimesSeconds } from '../util/stamp.js';
+import { inodeStamp, utimesSeconds, utimesArg } from '../util/stamp.js';
 import { copyAround, BLOCK } from '../util/copy.js';
 import { cacheLifeOf } from '../store/cachelife.js';
 import { loadHasher, type Hasher } from '../chunk/hash.js';
@@ -1534,7 +1534,7 @@ class PullRun {
     await Promise.all(this.finishing);
     for (const e of entries) {
       if (e.kind !== 'symlink') continue;
-      const t = utimesSeconds(e.mtimeNs);
+      const t = utimesArg(utimesSeconds(e.mtimeNs));
       fs.lutimesSync(entryPath(this.paths.next, e.path), t, t);
     }
     for (let i = entries.length - 1; i >= 0; i--) {
@@ -1542,7 +1542,7 @@ class PullRun {
       if (e.kind !== 'dir') continue;
       const p = entryPath(this.paths.next, e.path);
       fs.chmodSync(p, appliedMode(e.mode));
-      const t = utimesSeconds(e.mtimeNs);
+      const t = utimesArg(utimesSeconds(e.mtimeNs));
       fs.utimesSync(p, t, t);
     }
     fs.chmodSync(this.paths.next, 0o777 & ~process.umask());

@@ -11,7 +11,7 @@ import { chunkLengths, ChunkParams } from '../chunk/chunker.js';
 import { Hasher, idHex } from '../chunk/hash.js';
 import { Compressor, Decompressor, compressBound, scratchSize } from './zstd.js';
 import { fail, ErrorCodes } from '../util/errors.js';
-import { inodeStamp } from '../util/stamp.js';
+import { inodeStamp, utimesArg } from '../util/stamp.js';
 import { joinChunkLists } from './segments.js';
 import { openRegular } from '../util/open.js';
 import { BLOCK, pageAligned } from '../util/copy.js';
@@ -509,7 +509,7 @@ function finishOpen(files: TargetFiles, paths: string[], modes: Int32Array, mtim
     if (modes[i]! < 0) return '';
     const fd = files.get(p);
     fs.fchmodSync(fd, modes[i]!);
-    fs.futimesSync(fd, mtimes[i]!, mtimes[i]!);
+    fs.futimesSync(fd, utimesArg(mtimes[i]!), utimesArg(mtimes[i]!));
     const st = fs.fstatSync(fd, { bigint: true });
     return inodeStamp(st);
   });
@@ -719,7 +719,7 @@ function finishFiles(j: FinishFilesJob): FinishFilesResult {
     const p = j.paths[i]!;
     // A file that got no chunk (empty) exists already; chunks created all others.
     fs.chmodSync(p, j.modes[i]!);
-    fs.utimesSync(p, j.mtimes[i]!, j.mtimes[i]!);
+    fs.utimesSync(p, utimesArg(j.mtimes[i]!), utimesArg(j.mtimes[i]!));
     const st = fs.lstatSync(p, { bigint: true });
     stats.push(inodeStamp(st));
   }

@@ -124,6 +124,23 @@ describe('seed over WebSocket (CLI, two processes)', () => {
           () => fs.rmSync(Buffer.from(`${src}/sub/B\xfcro.txt`, 'latin1')),
           /refused sub\/B\\xfcro\.txt: file name is not valid UTF-8/,
         ],
+        // Before, the target was read as a string: its Latin-1 byte became U+FFFD at the branch, and stayed so.
+        [
+          'link to a Latin-1 name',
+          () => fs.symlinkSync(Buffer.from('\xe9t\xe9', 'latin1'), path.join(src, 'sub', 'summer')),
+          () => fs.rmSync(path.join(src, 'sub', 'summer')),
+          /refused sub\/summer: its symbolic link's target is not valid UTF-8/,
+        ],
+        // Before, a stamp past 2262 wrapped to 1715 in the site's listing (64-bit nanoseconds) and was carried so.
+        [
+          'mtime in 2300',
+          () => {
+            fs.writeFileSync(path.join(src, 'sub', 'later.txt'), 'x');
+            fs.utimesSync(path.join(src, 'sub', 'later.txt'), new Date('2300-01-01T00:00:00Z'), new Date('2300-01-01T00:00:00Z'));
+          },
+          () => fs.rmSync(path.join(src, 'sub', 'later.txt')),
+          /refused sub\/later\.txt: its modification time is beyond what snapferry carries/,
+        ],
       ];
       for (const [what, make, remove, message] of cases) {
         make();
