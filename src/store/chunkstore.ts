@@ -101,6 +101,8 @@ const COMPACT_MIN_DEAD = 4 << 20;
 const COMPACT_SEGMENT_BYTES = 1 << 30;
 /** Reads coalesced by compact(): runs of neighbouring frames up to this size. */
 const COMPACT_READ_BYTES = 4 << 20;
+/** Read handles a store keeps open at most (segments read from longer ago are opened again when next read). */
+const MAX_READ_HANDLES = 32;
 /** How long a deleted segment's open handle is kept for reads already under way. */
 const RETIRE_MS = 10_000;
 
@@ -412,9 +414,14 @@ export class ChunkStore {
   private async readAt(seg: number, into: Buffer, position: number): Promise<boolean> {
     try {
       let h = this.handles.get(seg);
-      if (!h) {
+      if (h) {
+        // Most recently used last: the first is the one to close when too many are open.
+        this.handles.delete(seg);
+        this.handles.set(seg, h);
+      } else {
         h = fs.promises.open(path.join(this.dir, this.segNames[seg]!), 'r');
         this.handles.set(seg, h);
+        this.closeLeastUsed();
         // Only its own entry: the number may belong to a new segment by the time a failed open (its file retired
         // meanwhile) is known, and that segment's handle must stay where close() finds it.
         h.catch(() => {
@@ -583,6 +590,18 @@ export class ChunkStore {
     this.segNo.delete(name);
     this.segNames[s] = '';
     this.freeSegs.push(s);
+  }
+
+  /**
+   * Closes the least recently used read handle once more than MAX_READ_HANDLES are open (a store of many segments,
+   * after many restarts, would otherwise hold a descriptor per segment until its next compaction). A read under way
+   * on it finishes first (FileHandle.close waits for it); the next read opens it again.
+   */
+  private closeLeastUsed(): void {
+    if (this.handles.size <= MAX_READ_HANDLES) return;
+    const [seg, h] = this.handles.entries().next().value as [number, Promise<fs.promises.FileHandle>];
+    this.handles.delete(seg);
+    void h.then((fh) => fh.close()).catch(() => undefined);
   }
 
   /** Closes the segment files; later reads answer undefined. */

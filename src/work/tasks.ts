@@ -206,8 +206,8 @@ export interface JobContext {
   decompressor: Decompressor;
   /** A read buffer reused by every job of the thread (never handed out of the job). */
   readBuffer?: Buffer;
-  /** This thread's open chunk-store segment (storeChunks). */
-  segment?: { dir: string; name: string; fd: number; size: number };
+  /** This thread's open chunk-store segment in each store folder (storeChunks). */
+  segments?: Map<string, { dir: string; name: string; fd: number; size: number }>;
   /** Compressed output of storeChunks, reused. */
   storeBuffer?: Buffer;
   /** Page-aligned staging for direct writes (writeRun), reused. */
@@ -354,6 +354,9 @@ function chunkFiles(ctx: JobContext, j: ChunkFilesJob): ChunkFilesResult {
   return { ...joinChunkLists(files), counts };
 }
 
+/** Errors opening a listed file that mean it changed since the scan (gone, or a link or folder in its place). */
+const CHANGED_SINCE_SCAN = new Set(['ENOENT', 'ENOTDIR', 'ELOOP']);
+
 /** Reads the chunks of a readPack or storeChunks job into the thread's read buffer, each checked against its id. */
 function readChunks(ctx: JobContext, j: Omit<ReadPackJob, 'kind'>): Buffer | { stale: string } {
   const rawLen = sumOf(j.lens);
@@ -367,7 +370,10 @@ function readChunks(ctx: JobContext, j: Omit<ReadPackJob, 'kind'>): Buffer | { s
       if (fd === undefined) {
         try {
           fd = openRegular(j.paths[pi]!);
-        } catch {
+        } catch (err) {
+          // Gone, or a link put in its place: changed since the scan. Anything else (out of descriptors, an I/O
+          // error) is the site's own failure, not a change: reported as STALE it sent branches after phantom changes.
+          if (!CHANGED_SINCE_SCAN.has((err as NodeJS.ErrnoException).code ?? '')) throw err;
           return { stale: j.paths[pi]! };
         }
         // Gone, or no longer a regular file (a folder, FIFO or link put in its place): changed since the scan.
@@ -404,27 +410,36 @@ function readPack(ctx: JobContext, j: ReadPackJob): ReadPackResult {
   return packed ? { payload: packed, compressed: true, rawLen } : { payload: Buffer.from(raw), compressed: false, rawLen };
 }
 
-/** The thread's segment in dir with room left, opened (created, owner-only) when the last one is full or elsewhere. */
+/**
+ * The thread's segment in store folder `dir` with room left, opened (created, owner-only) when there is none or it is
+ * full. One per folder: a thread storing two companies' chunks in turn (a site serving both, one --cache-dir) would
+ * otherwise start a new segment at every switch, a file and a reader's descriptor more per generation.
+ */
 function segmentOf(ctx: JobContext, dir: string): { dir: string; name: string; fd: number; size: number } {
-  const cur = ctx.segment;
+  const segments = (ctx.segments ??= new Map());
+  const cur = segments.get(dir);
   // A segment the store compacted away (deleted) is not appended to: its frames would be lost with it.
-  if (cur && cur.dir === dir && cur.size < SEGMENT_LIMIT && fs.fstatSync(cur.fd).nlink > 0) return cur;
+  if (cur && cur.size < SEGMENT_LIMIT && fs.fstatSync(cur.fd).nlink > 0) return cur;
   if (cur) fs.closeSync(cur.fd);
-  ctx.segment = undefined;
+  segments.delete(dir);
   // Unique across threads, processes and restarts: a segment is only ever appended to by the thread that made it.
   const name = `${Date.now().toString(36)}-${process.pid}-${threadId}-${crypto.randomBytes(4).toString('hex')}.seg`;
   const fd = fs.openSync(path.join(dir, name), fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
-  ctx.segment = { dir, name, fd, size: 0 };
-  return ctx.segment;
+  const seg = { dir, name, fd, size: 0 };
+  segments.set(dir, seg);
+  return seg;
 }
 
 /** The releaseSegment job: true when a deleted segment's descriptor was closed. */
 function releaseSegment(ctx: JobContext): boolean {
-  const cur = ctx.segment;
-  if (!cur || fs.fstatSync(cur.fd).nlink > 0) return false;
-  fs.closeSync(cur.fd);
-  ctx.segment = undefined;
-  return true;
+  let released = false;
+  for (const [dir, cur] of ctx.segments ?? []) {
+    if (fs.fstatSync(cur.fd).nlink > 0) continue;
+    fs.closeSync(cur.fd);
+    ctx.segments!.delete(dir);
+    released = true;
+  }
+  return released;
 }
 
 function storeChunks(ctx: JobContext, j: StoreChunksJob): StoreChunksResult {

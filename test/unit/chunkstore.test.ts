@@ -167,4 +167,29 @@ describe('chunk store segments', () => {
     expect(await read(store, 9n)).toBeUndefined();
     await store.close();
   });
+
+  // BUG (src/store/chunkstore.ts readAt): a read handle stayed open for every segment ever read until a compaction;
+  // a store of many segments (a site restarted often, or storing two companies in turn) ran the site out of
+  // descriptors (EMFILE), and its failed reads then answered STALE.
+  it('keeps a bounded number of segments open for reading, and reads every frame right', async () => {
+    tmp = tempDir('sf-store-');
+    const dir = path.join(tmp.dir, 'store');
+    const store = ChunkStore.open(dir, h);
+    const frames = Array.from({ length: 80 }, () => randomBytes(100));
+    for (let i = 0; i < frames.length; i++) await storeFrame(store, dir, `s${i}.seg`, BigInt(i + 1), frames[i]!);
+    const openOnStore = () =>
+      fs.readdirSync('/proc/self/fd').filter((fd) => {
+        try {
+          return fs.readlinkSync(`/proc/self/fd/${fd}`).startsWith(dir + path.sep);
+        } catch {
+          return false;
+        }
+      }).length;
+    for (let round = 0; round < 2; round++) {
+      for (let i = 0; i < frames.length; i++) expect(await read(store, BigInt(i + 1))).toEqual(frames[i]);
+    }
+    await new Promise((r) => setTimeout(r, 50)); // closes are asynchronous
+    expect(openOnStore()).toBeLessThanOrEqual(32);
+    await store.close();
+  });
 });

@@ -445,7 +445,42 @@ describe("a thread's reused buffers", () => {
     expect(scratchSize(1)).toBe(1 << 20);
     expect(scratchSize((2 << 20) + 1)).toBe(4 << 20);
     expect(scratchSize(4 << 20)).toBe(4 << 20);
-    if (own.segment) fs.closeSync(own.segment.fd);
+    for (const seg of own.segments?.values() ?? []) fs.closeSync(seg.fd);
+  });
+});
+
+describe('storeChunks and readPack against what they meet', () => {
+  // BUG (src/work/tasks.ts segmentOf): a thread kept one open segment, in one folder; a site storing two companies'
+  // chunks in turn (one --cache-dir) started a new segment at every switch: a file, and a reader's descriptor, more
+  // per generation, with no compaction in sight.
+  it('a thread storing two folders\' chunks in turn appends to one segment in each', () => {
+    const data = textish(300_000, 51);
+    const p = writeTmp(data);
+    const job = wholeFilePack(p, data, 1);
+    const own: JobContext = { hasher: ctx.hasher, compressor: new Compressor(), decompressor: new Decompressor() };
+    const dirs = [fs.mkdtempSync(path.join(dir, 'segA-')), fs.mkdtempSync(path.join(dir, 'segB-'))];
+    try {
+      for (let i = 0; i < 6; i++) {
+        const r = runJob(own, { ...job, kind: 'storeChunks', lens: job.lens.slice(), ids: job.ids.slice(), segDir: dirs[i % 2]! });
+        expect('stale' in (r as object)).toBe(false);
+      }
+      for (const d of dirs) expect(fs.readdirSync(d).filter((n) => n.endsWith('.seg'))).toHaveLength(1);
+    } finally {
+      for (const seg of own.segments?.values() ?? []) fs.closeSync(seg.fd);
+    }
+  });
+
+  // BUG (src/work/tasks.ts readChunks): every failure to open a listed file answered STALE ("changed at the site"),
+  // out of descriptors (EMFILE) included: branches were sent after changes that never happened. Produced here with a
+  // name too long to open (ENAMETOOLONG), which like EMFILE says nothing of the file.
+  it('a file gone is STALE; an open that fails for another reason is an error, not STALE', () => {
+    const data = textish(50_000, 52);
+    const p = writeTmp(data);
+    const job = wholeFilePack(p, data, 1);
+    const gone = path.join(dir, 'gone.bin');
+    expect(runJob(ctx, { ...job, paths: [gone] })).toEqual({ stale: gone });
+    const tooLong = path.join(dir, 'x'.repeat(300));
+    expect(() => runJob(ctx, { ...job, paths: [tooLong] })).toThrow(/ENAMETOOLONG|too long/);
   });
 });
 
