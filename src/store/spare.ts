@@ -16,7 +16,7 @@ import { decodeManifest, Entry, entryPath, rootHashOf } from '../manifest/manife
 import { StatePaths, removeTree, readApplied, exists, diskReserve, diskSpace, fsyncDir, writeFileDurable, asCommitted } from './state.js';
 import { inodeStamp, utimesSeconds, utimesArg } from '../util/stamp.js';
 import { makeDirs } from '../util/mkdirs.js';
-import { mountPoints } from '../util/mounts.js';
+import { bindMountPoints } from '../util/mounts.js';
 
 /** A spare that may be rewritten into the next generation: where it is and what it holds. */
 export interface SpareFile {
@@ -98,7 +98,7 @@ export function inodesInUse(): Set<string> | undefined {
   const out = new Set<string>();
   // A file bind-mounted elsewhere (mount --bind SPARE PATH) is read through that path without being open anywhere:
   // stat of a mount point gives what is mounted there.
-  for (const m of mountPoints()) {
+  for (const m of bindMountPoints()) {
     try {
       out.add(openKey(fs.statSync(m, { bigint: true })));
     } catch {

@@ -2,23 +2,47 @@
 import fs from 'node:fs';
 import path from 'node:path';
 
+/** One line of /proc/self/mountinfo: what part of its filesystem is mounted (`root`), and where (`point`). */
+interface Mount {
+  root: string;
+  point: string;
+}
+
 /**
- * Every mount point in this process's mount namespace, as absolute paths; empty where /proc cannot tell. Field 5 of
- * each line is the mount point, with space, tab, newline and backslash written as octal escapes (\040 and so on).
+ * Every mount in this process's mount namespace; empty where /proc cannot tell. Fields 4 and 5 of each line are the
+ * mounted part's path within its filesystem and the mount point, with space, tab, newline and backslash written as
+ * octal escapes (\040 and so on).
  */
-export function mountPoints(): string[] {
+function mounts(): Mount[] {
   let text: string;
   try {
     text = fs.readFileSync('/proc/self/mountinfo', 'utf8');
   } catch {
     return [];
   }
-  const out: string[] = [];
+  const unescape = (f: string) => f.replace(/\\([0-7]{3})/g, (_m, oct: string) => String.fromCharCode(parseInt(oct, 8)));
+  const out: Mount[] = [];
   for (const line of text.split('\n')) {
-    const field = line.split(' ', 5)[4];
-    if (field) out.push(field.replace(/\\([0-7]{3})/g, (_m, oct: string) => String.fromCharCode(parseInt(oct, 8))));
+    const fields = line.split(' ', 5);
+    if (fields[4]) out.push({ root: unescape(fields[3]!), point: unescape(fields[4]) });
   }
   return out;
+}
+
+/** Every mount point, as absolute paths. */
+export function mountPoints(): string[] {
+  return mounts().map((m) => m.point);
+}
+
+/**
+ * The mount points of bind mounts of part of a filesystem (a folder or a file in it, not its root): where a file can
+ * be read from elsewhere without being open anywhere. Only these are worth a stat (a stat of every mount point would
+ * hang on a network filesystem whose server is gone).
+ */
+export function bindMountPoints(): string[] {
+  return mounts()
+    .filter((m) => m.root !== '/')
+    .map((m) => m.point);
 }
 
 /**
