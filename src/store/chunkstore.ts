@@ -5,10 +5,9 @@
  *
  * On disk, a folder of segment files (`*.seg`, frames appended by the worker thread that compressed them) each with an
  * index (`*.idx`, 24-byte records: id, offset, length, xxh32 of the frame, the chunk's raw length) appended by this
- * class once the frames are
- * written. A record past the end of its segment (a crash between the two) is ignored; a frame whose xxh32 does not
- * match is never sent (the caller falls back to reading the company folder). The store is an accelerator only: a
- * chunk it lacks is read and compressed on demand as before.
+ * class once the frames are written. A record past the end of its segment (a crash between the two) is ignored; a
+ * frame whose xxh32 does not match is never sent (the caller falls back to reading the company folder). The store is
+ * an accelerator only: a chunk it lacks is read and compressed on demand as before.
  */
 import fs from 'node:fs';
 import path from 'node:path';
