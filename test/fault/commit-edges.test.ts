@@ -153,6 +153,33 @@ describe('the commit at its edges', () => {
     expectCopy(dest);
   });
 
+  // The same, where the checks cannot tell: a folder marked append-only (chattr +a) may be written but not moved.
+  // The swap's first rename then fails with nothing moved: the intent goes with it, DIR stays the old generation.
+  it('a first rename that fails after the checks passed leaves no intent: DIR is the old generation, verify works', async () => {
+    const { dest, state } = branch();
+    let r = await pull(dest);
+    expect(r.code, r.stderr).toBe(0);
+    const before = treeFingerprint(dest);
+    const c = spawnSync('chattr', ['+a', dest], { encoding: 'utf8' });
+    if (c.status !== 0) return void console.warn(`chattr +a failed (${c.stderr.trim()}): case not run`);
+    try {
+      await mutateCompany(src, 50);
+      r = await pull(dest);
+      expect(r.code).not.toBe(0);
+      expectOneLine(r.stderr);
+      expect(r.stderr).toMatch(/permission denied: .*acme .*SNAPFERRY_E_DIR_NOT_WRITABLE/);
+      expect(fs.existsSync(path.join(state, 'commit.json'))).toBe(false);
+      expect(fingerprintDiff(before, treeFingerprint(dest))).toEqual([]);
+      const v = await runCli(['verify', dest]);
+      expect(v.code, v.stderr).toBe(0);
+    } finally {
+      spawnSync('chattr', ['-a', dest]);
+    }
+    r = await pull(dest);
+    expect(r.code, r.stderr).toBe(0);
+    expectCopy(dest);
+  });
+
   // BUG (src/store/spare.ts dropSpareFilesAsync, documented never to reject): a spare file it could not delete threw
   // from its catch, and the pull ended on an unhandled rejection with a stack trace.
   it('a spare the background drop cannot delete (chattr +i) does not end the pull', async () => {
