@@ -310,7 +310,7 @@ class PullRun {
       }
     }
     try {
-      this.session = await connect(this.opts.url, { secret: this.opts.secret, peerId: this.opts.peerId ?? os.hostname(), timeoutMs: this.opts.timeoutMs });
+      this.session = await connect(this.opts.url, { secret: this.opts.secret, peerId: this.opts.peerId ?? os.hostname(), timeoutMs: this.opts.timeoutMs, readLimit: this.bucket });
     } catch (err) {
       throw toSnapferryError(err);
     }
@@ -1435,7 +1435,6 @@ class PullRun {
     }
     const msg = await this.request(MsgType.DATA, (reqId) => encodeGet({ reqId, ranges }));
     const data = decodeData(msg);
-    await this.bucket?.take(msg.length);
     const lens = Uint32Array.from(firsts, (g) => L.len[g]!);
     const ids = new BigUint64Array(firsts.length);
     firsts.forEach((g, k) => (ids[k] = L.id[g]!));
@@ -1485,7 +1484,6 @@ class PullRun {
     );
     const patch = decodePatch(msg);
     if (patch.bitmaps.length !== runs.length) fail(ErrorCodes.PROTOCOL, 'PATCH answers another number of runs');
-    await this.bucket?.take(msg.length);
     const all = runs.flat();
     await this.basesOf(all);
     const r = await this.pool!.run<ApplyPatchResult>({

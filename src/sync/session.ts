@@ -9,6 +9,7 @@ import { ClientHandshake, ServerHandshake, MAX_HANDSHAKE_MESSAGE } from '../prot
 import { FrameSealer, FrameOpener, DIR_CLIENT_TO_SERVER, DIR_SERVER_TO_CLIENT, TAG_LEN } from '../protocol/seal.js';
 import { MsgType, MAX_FRAME, encodeJson, decodeJson, ErrorMsg } from '../protocol/messages.js';
 import { SnapferryError, ErrorCodes, ErrorCode, fail, toSnapferryError } from '../util/errors.js';
+import type { TokenBucket } from '../util/rate.js';
 
 /** The largest plaintext a sealed frame may carry: the frame limit less the AEAD tag. */
 export const MAX_MESSAGE = MAX_FRAME + 1024 - TAG_LEN;
@@ -87,6 +88,8 @@ export interface ConnectOptions {
   secret: Buffer;
   peerId?: string;
   timeoutMs?: number;
+  /** Caps what is read from the site (`pull --bwlimit`): see ChannelOptions.readLimit. */
+  readLimit?: TokenBucket;
 }
 
 /** Connects to ws://host:port, authenticates both ways and returns the session. */
@@ -97,7 +100,7 @@ export async function connect(url: string, opts: ConnectOptions): Promise<Secure
   const ws = new WebSocket(url, { maxPayload: MAX_FRAME + 1024, perMessageDeflate: false, handshakeTimeout: timeoutMs });
   // What the site sends beyond what was asked for waits in at most 16 MiB (and the socket): a site that floods a branch
   // busy planning (an --adopt chunking a large folder) once held 576 MiB of its frames there.
-  const channel = new Channel(ws, { pauseAtBytes: 16 << 20 });
+  const channel = new Channel(ws, { pauseAtBytes: 16 << 20, readLimit: opts.readLimit });
   try {
     await new Promise<void>((resolve, reject) => {
       ws.once('open', () => resolve());

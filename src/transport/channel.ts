@@ -7,6 +7,7 @@ import { WebSocket } from './ws.js';
 import type { Socket } from 'node:net';
 import { SnapferryError, ErrorCodes, toSnapferryError } from '../util/errors.js';
 import { MAX_FRAME } from '../protocol/messages.js';
+import type { TokenBucket } from '../util/rate.js';
 
 /** Options of a channel. */
 export interface ChannelOptions {
@@ -26,6 +27,12 @@ export interface ChannelOptions {
    * more of our memory.
    */
   pauseAtBytes?: number;
+  /**
+   * A cap on what is read (`--bwlimit` at the receiving end): the socket is not read while the bucket is in debt, so
+   * the link itself is held to the rate by TCP's flow control (pacing after the bytes have arrived caps nothing on the
+   * wire: a window of requests' answers would come at the link's full speed).
+   */
+  readLimit?: TokenBucket;
 }
 
 export class Channel {
@@ -45,6 +52,10 @@ export class Channel {
   private readonly maxQueuedBytes: number;
   private readonly pauseAtBytes: number;
   private paused = false;
+  private readonly readLimit?: TokenBucket;
+  /** Set while reads are held back for readLimit; the socket is read again when it fires (unless paused). */
+  private holdTimer?: NodeJS.Timeout;
+  private heldUntil = 0;
   private handler?: (msg: Buffer) => void;
   /** How many sends had to wait for the peer or the link (backpressure): tells a slow link from a fast one. */
   waits = 0;
@@ -73,9 +84,11 @@ export class Channel {
     this.maxQueuedMessages = opts.maxQueuedMessages ?? Infinity;
     this.maxQueuedBytes = opts.maxQueuedBytes ?? Infinity;
     this.pauseAtBytes = opts.pauseAtBytes ?? Infinity;
+    this.readLimit = opts.readLimit;
     ws.binaryType = 'nodebuffer';
     ws.on('message', (data: Buffer, isBinary: boolean) => {
       if (!isBinary) return this.abort(new SnapferryError(ErrorCodes.PROTOCOL, 'peer sent a text message'));
+      if (this.readLimit) this.holdReads(this.readLimit.debit(data.length));
       if (this.onMessage) return this.onMessage(data);
       const w = this.waiters.shift();
       if (w) return w.resolve(data);
@@ -97,11 +110,29 @@ export class Channel {
     ws.on('error', (err) => this.finish(toSnapferryError(err)));
   }
 
-  /** Reads the socket again after a pause (pauseAtBytes). */
+  /** Reads the socket again after a pause (pauseAtBytes), unless reads are held for the rate. */
   private readOn(): void {
     if (!this.paused) return;
     this.paused = false;
-    if (this.ws.readyState === this.ws.OPEN) this.ws.resume();
+    if (!this.holdTimer && this.ws.readyState === this.ws.OPEN) this.ws.resume();
+  }
+
+  /** Stops reading the socket for `ms` (the read limit's debt), or longer if a hold is already running. */
+  private holdReads(ms: number): void {
+    if (ms <= 0 || this.closedWith) return;
+    this.heldUntil = Math.max(this.heldUntil, performance.now() + ms);
+    if (this.holdTimer) return;
+    this.ws.pause();
+    const check = () => {
+      const left = this.heldUntil - performance.now();
+      if (left > 0 && !this.closedWith) {
+        this.holdTimer = setTimeout(check, left);
+        return;
+      }
+      this.holdTimer = undefined;
+      if (!this.paused && this.ws.readyState === this.ws.OPEN) this.ws.resume();
+    };
+    this.holdTimer = setTimeout(check, ms);
   }
 
   /** The raw TCP socket (for byte counts). */
@@ -219,6 +250,8 @@ export class Channel {
     this.closedWith = err;
     clearTimeout(this.drainTimer);
     this.drainTimer = undefined;
+    clearTimeout(this.holdTimer);
+    this.holdTimer = undefined;
     for (const w of this.waiters) w.reject(err);
     this.waiters = [];
     for (const w of this.drainWaiters) w();

@@ -38,6 +38,18 @@ export class TokenBucket {
     this.tokens = this.burst;
   }
 
+  /**
+   * Counts `n` bytes that have passed already (read from a socket: they cannot wait) and answers how long, in ms, the
+   * next ones should wait: 0 while within the rate. Shares the bucket with take().
+   */
+  debit(n: number): number {
+    const now = performance.now();
+    this.tokens = Math.min(this.burst, this.tokens + ((now - this.last) / 1000) * this.rate);
+    this.last = now;
+    this.tokens -= n;
+    return this.tokens >= 0 ? 0 : (-this.tokens / this.rate) * 1000;
+  }
+
   take(n: number): Promise<void> {
     // Serialize takers so that the order of sends is kept and the cap holds across concurrent senders.
     this.chain = this.chain.then(() => this.takeNow(n));
