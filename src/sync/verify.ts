@@ -236,16 +236,17 @@ function extras(root: string, entries: Entry[]): string[] {
   const dirs = new Set(entries.filter((e) => e.kind === 'dir').map((e) => e.path));
   const out: string[] = [];
   const walk = (rel: string) => {
-    let names: string[];
+    let found: fs.Dirent[];
     try {
-      names = fs.readdirSync(rel ? path.join(root, rel) : root);
+      found = fs.readdirSync(rel ? path.join(root, rel) : root, { withFileTypes: true });
     } catch {
       return;
     }
-    for (const n of names) {
-      const r = rel ? `${rel}/${n}` : n;
+    for (const d of found) {
+      const r = rel ? `${rel}/${d.name}` : d.name;
       if (!known.has(r)) out.push(r);
-      else if (dirs.has(r)) walk(r);
+      // Only a folder is walked: a link in a folder's place (reported as such) would list what lies outside DIR.
+      else if (dirs.has(r) && d.isDirectory()) walk(r);
     }
   };
   walk('');
