@@ -642,11 +642,13 @@ function rollForward(paths: StatePaths, onPoint?: (p: string) => void, keepSpare
   if (keepSpare && exists(paths.old) && !exists(paths.spare)) {
     try {
       removeSharedLinks(paths.old);
-      fs.renameSync(paths.old, paths.spare);
+      // An empty tree (the empty folder a seed replaced) is no spare.
+      if (fs.readdirSync(paths.old).length > 0) fs.renameSync(paths.old, paths.spare);
     } catch {
-      discardTree(paths, paths.old);
+      /* set aside below */
     }
-  } else discardTree(paths, paths.old);
+  }
+  if (exists(paths.old)) discardTree(paths, paths.old);
   onPoint?.('spare-kept');
 }
 

@@ -272,6 +272,8 @@ describe('seed over WebSocket (CLI, two processes)', () => {
     const r = await runCli(['pull', served.url, 'acme', dest, '--secret', key, '--json']);
     expect(r.code, r.stderr).toBe(0);
     expect(fingerprintDiff(treeFingerprint(company), treeFingerprint(dest))).toEqual([]);
+    // The empty folder it replaced is not kept as a spare generation (it left an empty spare/: found in review).
+    expect(fs.readdirSync(path.join(tmp.dir, 'emptydest', '.acme.snapferry')).sort()).toEqual(['applied.json', 'applied.manifest', 'applied.stats']);
   });
 
   it('DIR given as a symbolic link to a folder (the data on another disk): seeds and deltas land there and the link stays; a link to nowhere is refused by name', async () => {
