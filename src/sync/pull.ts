@@ -138,6 +138,8 @@ export interface PullResult {
   seconds: number;
 }
 
+/** The most bytes a WebSocket frame's header takes (a PONG's frame is counted with it: see startReader). */
+const WS_HEADER_MAX = 14;
 /** Block size of the patch level: small enough that a rewritten 4 KiB page costs ~4 KiB, large enough that signatures stay cheap. */
 const PATCH_BLOCK = 1024;
 /** Raw bytes per GET. */
@@ -1233,7 +1235,15 @@ class PullRun {
     // A site or link that goes silent while requests are pending is given up on (retryable): never a hang.
     const timeoutMs = this.opts.timeoutMs ?? 60_000;
     let lastHeard = performance.now();
+    // Bytes of PONGs, which never count (however many a site sends), and the socket's count when last heard from.
+    let pongBytes = 0;
+    let heardAt = s.channel.bytesRead;
     const watchdog = setInterval(() => {
+      // An answer still on its way counts (a 512 KiB pack over a 7 KB/s link takes 75 s), a trickle does not.
+      if (s.channel.alive(heardAt + pongBytes)) {
+        heardAt = s.channel.bytesRead - pongBytes;
+        lastHeard = performance.now();
+      }
       if (this.pending.size > 0 && performance.now() - lastHeard > timeoutMs) {
         const e = new SnapferryError(ErrorCodes.TIMEOUT, `the site sent nothing for ${Math.round(timeoutMs / 1000)} s`, { retryable: true });
         fault(e);
@@ -1256,6 +1266,7 @@ class PullRun {
       // Only what answers (or refuses) counts as hearing from the site: a PONG nobody asked for, sent every half second,
       // kept a site that answered nothing alive for ever.
       if (msg[0] !== MsgType.PONG) lastHeard = performance.now();
+      else pongBytes += frame.length + WS_HEADER_MAX;
       try {
         this.route(msg, fault);
       } catch (err) {

@@ -35,6 +35,12 @@ export interface ChannelOptions {
   readLimit?: TokenBucket;
 }
 
+/**
+ * Bytes a link must bring within a timeout period to count as alive while a message is on its way: a slow link's
+ * 512 KiB pack may take minutes, and a trickle below this (a PONG or two a second) is no transfer.
+ */
+export const MIN_PROGRESS_BYTES = 16 << 10;
+
 export class Channel {
   private queue: Buffer[] = [];
   private waiters: Array<{ resolve: (b: Buffer) => void; reject: (e: unknown) => void }> = [];
@@ -140,6 +146,14 @@ export class Channel {
     return (this.ws as unknown as { _socket?: Socket })._socket;
   }
 
+  /**
+   * Whether the link has brought at least MIN_PROGRESS_BYTES since the socket had read `mark` bytes: a message still
+   * on its way counts as hearing from the peer, a trickle (a hostile peer's PONGs) does not.
+   */
+  alive(mark: number): boolean {
+    return this.bytesRead - mark >= MIN_PROGRESS_BYTES;
+  }
+
   /** Bytes received on the socket so far. */
   get bytesRead(): number {
     return this.socket?.bytesRead ?? 0;
@@ -178,10 +192,18 @@ export class Channel {
       };
       this.waiters.push(w);
       if (timeoutMs > 0) {
-        timer = setTimeout(() => {
+        let mark = this.bytesRead;
+        const expire = () => {
+          // A large message on its way over a slow link is not silence (a 1 MiB manifest part at 7 KB/s takes 150 s).
+          if (this.alive(mark)) {
+            mark = this.bytesRead;
+            timer = setTimeout(expire, timeoutMs);
+            return;
+          }
           this.waiters = this.waiters.filter((x) => x !== w);
           reject(new SnapferryError(ErrorCodes.TIMEOUT, `peer sent nothing for ${Math.round(timeoutMs / 1000)} s`, { retryable: true }));
-        }, timeoutMs);
+        };
+        timer = setTimeout(expire, timeoutMs);
       }
     });
   }

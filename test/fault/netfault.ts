@@ -233,6 +233,75 @@ export function afterBytesOrMs(dir: Direction, n: number, ms: number): Hook {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+
+/**
+ * A TCP proxy on 127.0.0.1 that carries the site's bytes to the puller at a steady `bytesPerSecond` (in slices of a
+ * 20th of a second), the other way at full speed: a slow but live link, on which one large message takes longer to
+ * arrive than a timeout. It reads the site only as fast as it forwards (TCP's flow control holds the site back).
+ */
+export class ThrottleProxy {
+  private server?: net.Server;
+  private sockets = new Set<net.Socket>();
+  port = 0;
+
+  constructor(
+    private readonly targetPort: number,
+    private readonly bytesPerSecond: number,
+  ) {}
+
+  get url(): string {
+    return `ws://127.0.0.1:${this.port}`;
+  }
+
+  async start(): Promise<this> {
+    this.server = net.createServer((client) => {
+      const upstream = net.connect(this.targetPort, '127.0.0.1');
+      for (const sock of [client, upstream]) {
+        this.sockets.add(sock);
+        sock.on('close', () => this.sockets.delete(sock));
+        sock.on('error', () => undefined);
+      }
+      client.on('close', () => upstream.destroy());
+      upstream.on('close', () => client.destroy());
+      client.pipe(upstream);
+      const slice = Math.max(1, Math.floor(this.bytesPerSecond / 20));
+      const held: Buffer[] = [];
+      let timer: NodeJS.Timeout | undefined;
+      const tick = () => {
+        let room = slice;
+        while (room > 0 && held.length > 0) {
+          const b = held[0]!;
+          const n = Math.min(room, b.length);
+          client.write(b.subarray(0, n));
+          if (n === b.length) held.shift();
+          else held[0] = b.subarray(n);
+          room -= n;
+        }
+        if (held.length > 0) timer = setTimeout(tick, 50);
+        else {
+          timer = undefined;
+          upstream.resume();
+        }
+      };
+      upstream.on('data', (d: Buffer) => {
+        held.push(d);
+        upstream.pause();
+        if (!timer) timer = setTimeout(tick, 50);
+      });
+      upstream.on('close', () => clearTimeout(timer));
+    });
+    await new Promise<void>((resolve) => this.server!.listen(0, '127.0.0.1', () => resolve()));
+    this.port = (this.server.address() as net.AddressInfo).port;
+    return this;
+  }
+
+  async close(): Promise<void> {
+    for (const sock of this.sockets) sock.destroy();
+    await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // A raw WebSocket client: sends exactly the bytes a hostile peer wants and records every byte it receives.
 
 export class RawWs {

@@ -1,0 +1,45 @@
+/**
+ * A slow but live link: the site's bytes arrive at a steady 128 KiB/s through a throttling proxy on 127.0.0.1, so one
+ * 512 KiB pack takes 4 s, longer than the pull's timeout (1 s here, 60 s by default: a 7 KB/s link is the same case).
+ * What must hold: a message still on its way counts as hearing from the site; the pull completes exactly.
+ */
+import { describe, it, expect, afterAll } from 'vitest';
+import fs from 'node:fs';
+import path from 'node:path';
+import { tempDir, secretFile, startServe, treeFingerprint, fingerprintDiff, ROOT } from '../helpers.js';
+import { makeCompany } from '../../src/gen/company.js';
+import { pathToFileURL } from 'node:url';
+import { readSecret } from '../../src/cli/secret.js';
+import { ThrottleProxy } from './netfault.js';
+
+describe('a slow but live link', () => {
+  const tmp = tempDir('sf-slowlink-');
+  afterAll(() => tmp.cleanup());
+
+  // BUG (src/sync/pull.ts startReader, src/transport/channel.ts next): only a whole message counted as hearing from
+  // the site, so a pack (or a manifest part) that took longer than the timeout to arrive over a slow, steady link
+  // ended the attempt as "the site sent nothing", and every retry met the same: the pull could never finish.
+  it('packs that each take longer than the timeout to arrive: the pull waits for them and completes exactly', async () => {
+    const key = secretFile(tmp.dir);
+    const src = path.join(tmp.dir, 'site', 'acme');
+    await makeCompany(src, 1, 61);
+    // Uncompressed: each 512 KiB pack is 512 KiB on the link.
+    const site = await startServe(['--secret', key, '--company', `acme=${src}`, '--level', 'none']);
+    const proxy = await new ThrottleProxy(Number(new URL(site.url).port), 128 << 10).start();
+    try {
+      const dest = path.join(tmp.dir, 'branch', 'acme');
+      fs.mkdirSync(path.dirname(dest));
+      // In-process from dist/, as users run it (its worker threads are dist's).
+      const { pull } = (await import(pathToFileURL(path.join(ROOT, 'dist', 'src', 'sync', 'pull.js')).href)) as typeof import('../../src/sync/pull.js');
+      const t0 = Date.now();
+      const r = await pull({ url: proxy.url, company: 'acme', dir: dest, secret: readSecret(key), retries: 0, workers: 1, durable: false, timeoutMs: 1000 });
+      // It was slow (the proxy held it to the rate), and it came whole.
+      expect(Date.now() - t0).toBeGreaterThan(4000);
+      expect(r.bytesOnWire).toBeGreaterThan(1 << 20);
+      expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
+    } finally {
+      await proxy.close();
+      await site.stop();
+    }
+  }, 60_000);
+});
