@@ -138,6 +138,8 @@ export interface PullResult {
   seconds: number;
 }
 
+/** Attempts of one pull at most, however many made progress (see pull()). */
+const MAX_ATTEMPTS = 200;
 /** The most bytes a WebSocket frame's header takes (a PONG's frame is counted with it: see startReader). */
 const WS_HEADER_MAX = 14;
 /** Block size of the patch level: small enough that a rewritten 4 KiB page costs ~4 KiB, large enough that signatures stay cheap. */
@@ -176,7 +178,10 @@ export async function pull(opts: PullOptions): Promise<PullResult> {
     if (opts.adopt || (opts.repair && fs.existsSync(paths.appliedManifest))) checkDirUsable(paths, true);
     else checkDirUsable(paths);
     checkSameCompany(paths, opts.company);
-    for (let attempt = 0; ; attempt++) {
+    // Failed attempts in a row without progress: an attempt that brought chunks starts the count again, so a link that
+    // drops every few megabytes still finishes (the budget bounds a site or link that gets nowhere, not a long pull).
+    // All attempts are bounded too: progress a new generation undoes each time must not retry for ever.
+    for (let attempt = 0, total = 0; ; attempt++, total++) {
       const run = new PullRun(opts, paths, started);
       try {
         const r = await run.execute();
@@ -192,6 +197,7 @@ export async function pull(opts: PullOptions): Promise<PullResult> {
         }
         // A site that refuses connections from the start is reported at once; anything reached before, or a link
         // cut mid-handshake, or a busy site, is retried with backoff.
+        if (run.progressed && total < MAX_ATTEMPTS) attempt = 0;
         if (!e.retryable || attempt >= retries || (!everConnected && e.code === ErrorCodes.UNREACHABLE)) throw e;
         const backoff = Math.min(30_000, 500 * 2 ** attempt);
         opts.log?.(`${e.message}; retrying in ${(backoff / 1000).toFixed(1)} s (attempt ${attempt + 2} of ${retries + 1})`);
@@ -242,6 +248,11 @@ interface LocalChunks {
 class PullRun {
   wireBytes = 0;
   neverConnected = true;
+
+  /** Whether this attempt received and wrote chunks from the site (what a retry need not fetch again). */
+  get progressed(): boolean {
+    return this.stats.fetched + this.stats.patched > 0;
+  }
   private session?: SecureSession;
   private pool?: WorkerPool;
   private m!: Manifest;

@@ -159,8 +159,8 @@ describe('a faulty or hostile link between pull and serve', () => {
       expect(p.connections).toBeGreaterThanOrEqual(2);
     });
 
-    it('a link cut on every connection fails after the bounded retries with one clear line, and no DIR', async () => {
-      const p = await proxy(seedSite, () => ({ s2c: afterBytes('s2c', 256 << 10, 'cut') }));
+    it('a link cut on every connection before any chunk arrives fails after the bounded retries with one clear line, and no DIR', async () => {
+      const p = await proxy(seedSite, () => ({ s2c: afterBytes('s2c', 4 << 10, 'cut') }));
       const dest = freshDest();
       const t0 = Date.now();
       const r = await pullVia(p, dest, ['--retries', '2']);
@@ -171,6 +171,16 @@ describe('a faulty or hostile link between pull and serve', () => {
       expect(Date.now() - t0).toBeLessThan(20_000);
       expectSeedNotApplied(dest);
     });
+
+    // BUG (src/sync/pull.ts pull): the retry count only grew, so a link that dropped every few hundred KiB ran out of
+    // retries while each attempt was still verifying new chunks (the same command run again finished from the journal).
+    it('a link cut every 256 KiB with --retries 2: each attempt that brings chunks starts the count again; exact', async () => {
+      const p = await proxy(seedSite, () => ({ s2c: afterBytes('s2c', 256 << 10, 'cut') }));
+      const dest = freshDest();
+      const r = await pullVia(p, dest, ['--retries', '2'], 120_000);
+      expectExact(r, dest, seedFp);
+      expect(p.connections).toBeGreaterThan(3);
+    }, 130_000);
 
     it('a stall of 2.5 s mid-transfer is waited out and the copy is exact', async () => {
       const p = await proxy(
