@@ -144,8 +144,10 @@ const MAX_ATTEMPTS = 200;
 const WS_HEADER_MAX = 14;
 /** Block size of the patch level: small enough that a rewritten 4 KiB page costs ~4 KiB, large enough that signatures stay cheap. */
 const PATCH_BLOCK = 1024;
-/** Raw bytes per GET. */
+/** Raw bytes per GET (and per batch of patches). */
 const PACK_BYTES = 512 << 10;
+/** The smallest pack, for a pull capped at a low rate (--bwlimit): half a second of the rate, down to this. */
+const MIN_PACK_BYTES = 16 << 10;
 /** Journal records: a chunk index, or J_BASED | entry index (next/'s file holds its base), J_SPARE marking a spare base. */
 const J_BASED = 0x80000000;
 const J_SPARE = 0x40000000;
@@ -248,6 +250,14 @@ interface LocalChunks {
 class PullRun {
   wireBytes = 0;
   neverConnected = true;
+
+  /**
+   * Raw bytes per pack: PACK_BYTES, or under --bwlimit half a second of the rate (at least MIN_PACK_BYTES), so that a
+   * pack on its way is no longer burst than that.
+   */
+  private get packBytes(): number {
+    return this.opts.bwlimit ? Math.max(MIN_PACK_BYTES, Math.min(PACK_BYTES, Math.floor(this.opts.bwlimit / 2))) : PACK_BYTES;
+  }
 
   /** Whether this attempt received and wrote chunks from the site (what a retry need not fetch again). */
   get progressed(): boolean {
@@ -1328,7 +1338,9 @@ class PullRun {
     allBases.catch(() => undefined); // awaited below; a failure also fails the patches waiting for it
     // 2. From the site: block patches for chunks of files that existed.
     const L = this.layout;
-    const windowBytes = this.opts.windowBytes ?? 16 << 20;
+    // Under --bwlimit, about a second of the rate (raw bytes, so less on the wire) is asked for at a time: what is in
+    // flight comes at the link's speed into the socket buffers, however slowly it is then read.
+    const windowBytes = this.opts.windowBytes ?? (this.opts.bwlimit ? Math.min(16 << 20, Math.max(this.packBytes, this.opts.bwlimit)) : 16 << 20);
     const gate = new ByteGate(windowBytes, 32); // 32 requests: the site refuses more than 64 per session
     // Settled tasks leave the set, so it stays as small as the window.
     const tasks = new Set<Promise<void>>();
@@ -1341,7 +1353,7 @@ class PullRun {
     let patched = false;
     const readAhead = prefetch(this.patchReadAhead(), () => patched || failure !== undefined);
     try {
-      for (const batch of patchBatchesOf(this.from, L, this.patchBase)) {
+      for (const batch of patchBatchesOf(this.from, L, this.patchBase, this.packBytes)) {
         if (failure || this.readerError) break;
         await gate.take(batch.bytes);
         track(this.patchRuns(batch.runs).finally(() => gate.give(batch.bytes)));
@@ -1357,7 +1369,7 @@ class PullRun {
     // 3. Chunks the puller already holds elsewhere (into files whose base copies are done).
     await this.copyLocal();
     // 4. Packs from the site for the rest.
-    for (const pack of packsOf(this.from, L)) {
+    for (const pack of packsOf(this.from, L, this.packBytes)) {
       if (failure || this.readerError) break;
       await gate.take(pack.bytes);
       track(this.getPack(pack.firsts).finally(() => gate.give(pack.bytes)));
@@ -1382,7 +1394,7 @@ class PullRun {
     if (this.patchBase.size === 0) return;
     const L = this.layout;
     const spares = new Set(this.bases.steps.filter((s) => s.spare).map((s) => s.ei));
-    for (const { run, bytes } of patchRunsOf(this.from, L)) {
+    for (const { run, bytes } of patchRunsOf(this.from, L, this.packBytes)) {
       const ei = L.entry[run[0]!]!;
       const offset = L.offset[run[0]!]!;
       if (!spares.has(ei)) continue;
@@ -1698,10 +1710,10 @@ function recordSays(paths: StatePaths, field: 'rootHash' | 'company'): string | 
 }
 
 /**
- * Groups the chunks planned as GET, in chunk order, into packs of about PACK_BYTES raw; deterministic, so concurrent
+ * Groups the chunks planned as GET, in chunk order, into packs of about packBytes raw; deterministic, so concurrent
  * branches ask alike. Lazy: only the pack being sent exists.
  */
-function* packsOf(from: Uint8Array, L: Layout): Generator<{ firsts: number[]; bytes: number }> {
+function* packsOf(from: Uint8Array, L: Layout, packBytes: number): Generator<{ firsts: number[]; bytes: number }> {
   let cur: number[] = [];
   let bytes = 0;
   let ranges = 0;
@@ -1710,7 +1722,7 @@ function* packsOf(from: Uint8Array, L: Layout): Generator<{ firsts: number[]; by
     const len = L.len[g]!;
     const prev = cur[cur.length - 1];
     const newRange = prev === undefined || prev + 1 !== g;
-    if (cur.length > 0 && (bytes + len > PACK_BYTES || (newRange && ranges >= 1024))) {
+    if (cur.length > 0 && (bytes + len > packBytes || (newRange && ranges >= 1024))) {
       yield { firsts: cur, bytes };
       cur = [];
       bytes = 0;
@@ -1723,15 +1735,15 @@ function* packsOf(from: Uint8Array, L: Layout): Generator<{ firsts: number[]; by
   if (cur.length) yield { firsts: cur, bytes };
 }
 
-/** Groups the chunks planned as PATCH, in chunk order, into runs of consecutive chunks of one file, about PACK_BYTES each. */
-function* patchRunsOf(from: Uint8Array, L: Layout): Generator<{ run: number[]; bytes: number }> {
+/** Groups the chunks planned as PATCH, in chunk order, into runs of consecutive chunks of one file, about packBytes each. */
+function* patchRunsOf(from: Uint8Array, L: Layout, packBytes: number): Generator<{ run: number[]; bytes: number }> {
   let cur: number[] = [];
   let bytes = 0;
   for (let g = 0; g < from.length; g++) {
     if (from[g] !== From.PATCH) continue;
     const len = L.len[g]!;
     const prev = cur[cur.length - 1];
-    if (prev !== undefined && (prev + 1 !== g || L.entry[prev] !== L.entry[g] || bytes + len > PACK_BYTES)) {
+    if (prev !== undefined && (prev + 1 !== g || L.entry[prev] !== L.entry[g] || bytes + len > packBytes)) {
       yield { run: cur, bytes };
       cur = [];
       bytes = 0;
@@ -1742,13 +1754,13 @@ function* patchRunsOf(from: Uint8Array, L: Layout): Generator<{ run: number[]; b
   if (cur.length) yield { run: cur, bytes };
 }
 
-/** Groups patch runs into batches of at most 64 runs and PACK_BYTES: one request and two jobs per batch. */
-function* patchBatchesOf(from: Uint8Array, L: Layout, bases: Map<number, string>): Generator<{ runs: number[][]; bytes: number }> {
+/** Groups patch runs into batches of at most 64 runs and packBytes: one request and two jobs per batch. */
+function* patchBatchesOf(from: Uint8Array, L: Layout, bases: Map<number, string>, packBytes: number): Generator<{ runs: number[][]; bytes: number }> {
   let runs: number[][] = [];
   let bytes = 0;
   if (bases.size === 0) return;
-  for (const { run, bytes: n } of patchRunsOf(from, L)) {
-    if (runs.length > 0 && (runs.length >= 64 || bytes + n > PACK_BYTES)) {
+  for (const { run, bytes: n } of patchRunsOf(from, L, packBytes)) {
+    if (runs.length > 0 && (runs.length >= 64 || bytes + n > packBytes)) {
       yield { runs, bytes };
       runs = [];
       bytes = 0;

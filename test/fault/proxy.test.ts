@@ -14,7 +14,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, Served, CliResult } from '../helpers.js';
 import { makeCompany, mutateCompany } from '../../src/gen/company.js';
-import { FaultProxy, Plan, Hook, Unit, Action, afterBytes, afterBytesOrMs, errorCodeOf, errorLines } from './netfault.js';
+import { FaultProxy, Plan, Hook, Unit, Action, ProxyConn, afterBytes, afterBytesOrMs, errorCodeOf, errorLines, sleep } from './netfault.js';
 
 /** The first unit matching `match` gets `act`; everything else passes unchanged. */
 function once(match: (u: Unit) => boolean, act: (u: Unit) => Action): Hook {
@@ -181,6 +181,26 @@ describe('a faulty or hostile link between pull and serve', () => {
       expectExact(r, dest, seedFp);
       expect(p.connections).toBeGreaterThan(3);
     }, 130_000);
+
+    // BUG (src/sync/pull.ts): --bwlimit at the pull paced only what it did with answers once they had come: 32
+    // requests (16 MiB of chunks) were asked for at once, and the answers crossed the link at its full speed (all
+    // 2.6 MB in the first second of a 100 KiB/s pull). Counted here at a proxy that reads the site as fast as it sends.
+    it('pull --bwlimit 256K holds the site to about the rate on the link, not only in the pull', async () => {
+      const seen: ProxyConn[] = [];
+      const p = await proxy(deltaSite, () => ({ s2c: (_u, c) => void (seen.includes(c) || seen.push(c)) }));
+      const dest = freshDest();
+      const pulling = pullVia(p, dest, ['--bwlimit', '256K']);
+      // Bounded: the first bytes come within seconds.
+      for (let i = 0; i < 200 && seen.length === 0; i++) await sleep(25);
+      await sleep(1500);
+      const early = seen.reduce((n, c) => n + c.forwarded.s2c, 0);
+      const r = await pulling;
+      expectExact(r, dest, newFp);
+      const total = JSON.parse(r.stdout).bytesOnWire as number;
+      expect(total).toBeGreaterThan(1 << 20);
+      // 1.5 s at the rate, a window of requests (at most a second of it), the handshake and manifest, and slack.
+      expect(early, `${early} of ${total} bytes crossed in the first 1.5 s`).toBeLessThan(1.5 * (256 << 10) + (256 << 10) + (256 << 10));
+    });
 
     it('a stall of 2.5 s mid-transfer is waited out and the copy is exact', async () => {
       const p = await proxy(
