@@ -113,6 +113,14 @@ export class StatePaths {
   readonly spareDrop: string;
   /** A spare being prepared while a following branch waits (spare.ts, prepareSpare). */
   readonly sparePrep: string;
+  /**
+   * The next/ of an attempt at another generation (the company changed between attempts), with its manifest and
+   * journals: its verified chunks are copied into the new next/ instead of fetched again. Gone with the next commit.
+   */
+  readonly prev: string;
+  readonly prevManifest: string;
+  readonly prevJournal: string;
+  readonly prevUnsynced: string;
   constructor(dir: string) {
     this.dir = followDirLink(path.resolve(dir));
     this.state = path.join(path.dirname(this.dir), `.${path.basename(this.dir)}.snapferry`);
@@ -136,6 +144,10 @@ export class StatePaths {
     this.spareStats = at('spare.stats');
     this.sparePrep = at('spare.prep');
     this.spareDrop = at('spare.drop');
+    this.prev = at('prev');
+    this.prevManifest = at('prev.manifest');
+    this.prevJournal = at('prev.journal');
+    this.prevUnsynced = at('prev.unsynced');
   }
 }
 
@@ -636,6 +648,9 @@ function rollForward(paths: StatePaths, onPoint?: (p: string) => void, keepSpare
   fs.rmSync(paths.nextUnsynced, { force: true });
   fs.rmSync(paths.nextLinks, { force: true });
   fs.rmSync(paths.nextManifest, { force: true });
+  // What an attempt at another generation left (its chunks were copied from, or are of no more use).
+  discardTree(paths, paths.prev);
+  for (const f of [paths.prevManifest, paths.prevJournal, paths.prevUnsynced]) fs.rmSync(f, { force: true });
   // The replaced tree is kept as the spare (its files' stats decide later whether any can be used), or deleted. DIR
   // is the new generation by now: a tree that cannot be cleaned (a folder another user owns, in an adopted folder)
   // is set aside, never a reason to fail the commit (which every later command would then fail to finish again).

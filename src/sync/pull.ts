@@ -231,8 +231,8 @@ const enum From {
 /** A chunk the puller already holds: an index into the applied generation's layout (>= 0) or into partial chunks (-1 - k). */
 type LocalRef = number;
 
-/** Local files re-chunked or verified in repair, that may serve chunks and patch bases (see partialSources). */
-type Partial = Map<string, { abs: string; size: number; chunks: Array<{ id: bigint; offset: number }> }>;
+/** Local files re-chunked or verified in repair, or left by an attempt at another generation, that may serve chunks and patch bases (see partialSources). */
+type Partial = Map<string, { abs: string; size: number; chunks: Array<{ id: bigint; offset: number }>; copyOnly?: boolean }>;
 
 /** Chunks the puller already holds, found by id. */
 interface LocalChunks {
@@ -391,6 +391,7 @@ class PullRun {
       const encoded = await this.receiveManifest(head);
       encodedLength = encoded.length;
       this.m = decodeManifest(encoded);
+      this.setAsideOtherGeneration();
       manifestFile = this.paths.nextManifest;
       fs.writeFileSync(manifestFile, encoded, { mode: 0o600 });
     }
@@ -523,6 +524,72 @@ class PullRun {
   }
 
   /**
+   * A next/ an earlier attempt built for another generation (the company changed at the site between the attempts)
+   * is set aside as prev/, with its manifest and journals, before this generation's manifest takes next.manifest's
+   * place: its verified chunks are then copied (checked against their ids) instead of fetched again. Without it, a
+   * seed over a flaky link of a company in use started from nothing after every drop that met a change.
+   */
+  private setAsideOtherGeneration(): void {
+    const p = this.paths;
+    let other: unknown;
+    try {
+      other = JSON.parse(fs.readFileSync(p.nextJson, 'utf8')).rootHash;
+    } catch {
+      return;
+    }
+    if (other === this.rootHash || !exists(p.next) || !exists(p.nextManifest) || (!exists(p.nextJournal) && !exists(p.nextUnsynced))) return;
+    removeTree(p.prev);
+    for (const f of [p.prevManifest, p.prevJournal, p.prevUnsynced]) fs.rmSync(f, { force: true });
+    fs.renameSync(p.next, p.prev);
+    fs.renameSync(p.nextManifest, p.prevManifest);
+    if (exists(p.nextJournal)) fs.renameSync(p.nextJournal, p.prevJournal);
+    if (exists(p.nextUnsynced)) fs.renameSync(p.nextUnsynced, p.prevUnsynced);
+  }
+
+  /**
+   * The chunks of prev/ (setAsideOtherGeneration) its journals vouch for, as partial sources by path. A chunk found
+   * there is copied only if its bytes still hash to its id, so a record that does not hold costs a fetch, never a
+   * wrong chunk.
+   */
+  private prevSources(out: Partial): void {
+    const p = this.paths;
+    if (!exists(p.prev)) return;
+    let m: Manifest;
+    try {
+      m = decodeManifest(fs.readFileSync(p.prevManifest));
+    } catch {
+      return;
+    }
+    const L = layoutOf(m);
+    const byEntry = new Map<number, Array<{ id: bigint; offset: number }>>();
+    // The unflushed journal only while its data can still be in the page cache (see cachelife.ts).
+    const life = cacheLifeOf(p.state);
+    const records = life ? [recordsOf(p.prevJournal), recordsOf(p.prevUnsynced, life)] : [recordsOf(p.prevJournal)];
+    for (const list of records) {
+      for (const v of list) {
+        if (v & J_BASED || v >= L.total) continue;
+        const ei = L.entry[v]!;
+        let chunks = byEntry.get(ei);
+        if (!chunks) byEntry.set(ei, (chunks = []));
+        chunks.push({ id: L.id[v]!, offset: L.offset[v]! });
+      }
+    }
+    for (const [ei, chunks] of byEntry) {
+      const e = m.entries[ei]!;
+      if (out.has(e.path)) continue;
+      const abs = entryPath(p.prev, e.path);
+      let st: fs.Stats;
+      try {
+        st = fs.lstatSync(abs);
+      } catch {
+        continue;
+      }
+      // Not a patch base: where it holds nothing verified it holds zeros (a GET, from the site's store, costs less).
+      if (st.isFile()) out.set(e.path, { abs, size: st.size, chunks, copyOnly: true });
+    }
+  }
+
+  /**
    * Local files that are not trusted whole but still hold good chunks: in repair, damaged files of the applied
    * generation (their verified chunks); with no record at all, every file of the site's generation that DIR has,
    * re-chunked here. Each serves as a patch base for its own path and as a source of chunks by id (copies are
@@ -530,6 +597,7 @@ class PullRun {
    */
   private async partialSources(): Promise<Partial> {
     const out: Partial = new Map();
+    this.prevSources(out);
     if (!this.opts.repair && !(this.opts.adopt && !this.applied)) return out;
     if (this.applied && this.good) {
       const olds = this.applied.manifest.entries;
@@ -668,7 +736,8 @@ class PullRun {
       const fromOld = old && e.size > 0 ? new StartChunks(ol!.offset, ol!.len, oldWords, ol!.entryStart[oi!]!, ol!.entryStart[oi! + 1]!) : undefined;
       const start = e.size > 0 ? this.startOf(ei, dst, src, fromOld, spareOf, words) : undefined;
       const part = old ? undefined : partial.get(e.path);
-      const base = old ? { path: src, size: old.size } : part ? { path: part.abs, size: part.size } : undefined;
+      // A partial file serves as a patch base for its path unless it is only a source of chunks (prevSources).
+      const base = old ? { path: src, size: old.size } : part && !part.copyOnly ? { path: part.abs, size: part.size } : undefined;
       if (base) this.patchBase.set(ei, base.path);
       let remaining = 0;
       for (let g = L.entryStart[ei]!; g < L.entryStart[ei + 1]!; g++) {
@@ -869,7 +938,7 @@ class PullRun {
         for (let k = oldLayout.entryStart[i]!; k < oldLayout.entryStart[i + 1]!; k++) oldIndex.add(k);
       }
     }
-    // Partial sources exist only in repair: few enough to keep as objects.
+    // Partial sources exist only in repair, adopt, and after a change between attempts: few enough to keep as objects.
     const partChunks: Array<{ path: string; offset: number }> = [];
     const partIds: bigint[] = [];
     for (const src of partial.values()) {
