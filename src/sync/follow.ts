@@ -53,7 +53,7 @@ const FIRST_CONTACT_TRIES = 4;
 async function waitForChange(opts: FollowOptions, have: string): Promise<boolean> {
   let session: SecureSession | undefined;
   try {
-    session = await connect(opts.url, { secret: opts.secret, peerId: opts.peerId ?? os.hostname(), timeoutMs: opts.timeoutMs });
+    session = await connect(opts.url, { secret: opts.secret, peerId: opts.peerId ?? os.hostname(), timeoutMs: opts.timeoutMs, signal: opts.signal });
     await session.sendJson(MsgType.FOLLOW, { company: opts.company, have });
     // A stop asked for while connecting: the abort event has fired already and would not fire again.
     if (opts.signal?.aborted) return false;

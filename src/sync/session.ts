@@ -90,6 +90,8 @@ export interface ConnectOptions {
   timeoutMs?: number;
   /** Caps what is read from the site (`pull --bwlimit`): see ChannelOptions.readLimit. */
   readLimit?: TokenBucket;
+  /** Ends the attempt at once when aborted (a follower told to stop while it connects). */
+  signal?: AbortSignal;
 }
 
 /** Connects to ws://host:port, authenticates both ways and returns the session. */
@@ -101,10 +103,25 @@ export async function connect(url: string, opts: ConnectOptions): Promise<Secure
   // What the site sends beyond what was asked for waits in at most 16 MiB (and the socket): a site that floods a branch
   // busy planning (an --adopt chunking a large folder) once held 576 MiB of its frames there.
   const channel = new Channel(ws, { pauseAtBytes: 16 << 20, readLimit: opts.readLimit });
+  // A stop asked for while connecting ends the wait for the upgrade or a handshake reply, not only the next one.
+  const onAbort = () => channel.abort(new SnapferryError(ErrorCodes.CONNECTION_LOST, 'stopped'));
+  if (opts.signal?.aborted) onAbort();
+  opts.signal?.addEventListener('abort', onAbort);
+  try {
+    return await handshake(url, ws, channel, opts, timeoutMs);
+  } finally {
+    opts.signal?.removeEventListener('abort', onAbort);
+  }
+}
+
+/** The upgrade and the handshake of connect(). */
+async function handshake(url: string, ws: WebSocket, channel: Channel, opts: ConnectOptions, timeoutMs: number): Promise<SecureSession> {
   try {
     await new Promise<void>((resolve, reject) => {
       ws.once('open', () => resolve());
       ws.once('error', (err) => reject(err));
+      // Aborted (channel.abort terminates the socket) before the upgrade: no 'error' comes.
+      ws.once('close', () => reject(new SnapferryError(ErrorCodes.CONNECTION_LOST, `connection to ${url} closed during the upgrade`, { retryable: true })));
       ws.once('unexpected-response', (_req, res) =>
         reject(
           res.statusCode === 503
@@ -117,7 +134,9 @@ export async function connect(url: string, opts: ConnectOptions): Promise<Secure
     channel.abort(toSnapferryError(err, `cannot reach ${url}`));
     const e = toSnapferryError(err, `cannot reach ${url}`);
     if (e.code === ErrorCodes.INTERNAL || e.code === ErrorCodes.IO) {
-      throw new SnapferryError(ErrorCodes.UNREACHABLE, `cannot reach ${url}: ${e.message}`, { retryable: true });
+      // Said once: the message may already name the site ("cannot reach ws://…: cannot reach ws://…: …" before).
+      const said = e.message.startsWith(`cannot reach ${url}`) ? e.message : `cannot reach ${url}: ${e.message}`;
+      throw new SnapferryError(ErrorCodes.UNREACHABLE, said, { retryable: true });
     }
     throw e;
   }
