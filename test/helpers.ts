@@ -5,7 +5,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { spawn, ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { expect } from 'vitest';
@@ -198,4 +198,22 @@ export function prng(n: number, seed = 1): Buffer {
     out[i] = s & 0xff;
   }
   return out;
+}
+
+/**
+ * Why tmpfs mounts cannot be made here (not Linux, not root, mount refused), or undefined when they can: tests that
+ * make real mounts (a full disk, a mount inside DIR) skip with this reason.
+ */
+export function tmpfsUnavailable(): string | undefined {
+  if (process.platform !== 'linux') return 'tmpfs mounts need Linux';
+  if (process.getuid?.() !== 0) return 'mounting a tmpfs needs root';
+  const probe = fs.mkdtempSync('/tmp/sf-mountprobe-');
+  try {
+    const r = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', probe], { encoding: 'utf8' });
+    if (r.status !== 0) return `mount -t tmpfs failed: ${(r.stderr || r.error?.message || '').trim()}`;
+    spawnSync('umount', [probe]);
+    return undefined;
+  } finally {
+    fs.rmSync(probe, { recursive: true, force: true });
+  }
 }

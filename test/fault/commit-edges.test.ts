@@ -12,24 +12,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, Served, NO_DAC_OVERRIDE } from '../helpers.js';
+import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, Served, NO_DAC_OVERRIDE, tmpfsUnavailable } from '../helpers.js';
 import { makeCompany, mutateCompany } from '../../src/gen/company.js';
 
-/** Why mounts cannot be made here, or undefined when they can (root on Linux, mount works). */
-function mountSkipReason(): string | undefined {
-  if (process.platform !== 'linux') return 'mounts need Linux';
-  if (process.getuid?.() !== 0) return 'mounting needs root';
-  const probe = fs.mkdtempSync('/tmp/sf-mountprobe-');
-  try {
-    const r = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', probe], { encoding: 'utf8' });
-    if (r.status !== 0) return `mount -t tmpfs failed: ${(r.stderr || r.error?.message || '').trim()}`;
-    spawnSync('umount', [probe]);
-    return undefined;
-  } finally {
-    fs.rmSync(probe, { recursive: true, force: true });
-  }
-}
-const noMounts = mountSkipReason();
+const noMounts = tmpfsUnavailable();
 
 const sha = (p: string) => createHash('sha256').update(fs.readFileSync(p)).digest('hex');
 

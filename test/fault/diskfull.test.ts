@@ -11,7 +11,7 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import fs from 'node:fs';
 import path from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
-import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, Served, CLI, CliResult, waitFor } from '../helpers.js';
+import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, Served, CLI, CliResult, waitFor, tmpfsUnavailable } from '../helpers.js';
 import { makeCompany } from '../../src/gen/company.js';
 import { ChunkStore } from '../../src/store/chunkstore.js';
 import { idWords } from '../../src/manifest/idindex.js';
@@ -20,21 +20,8 @@ import { errorCodeOf, errorLines, sleep } from './netfault.js';
 
 const MiB = 1 << 20;
 
-function canMount(): string | undefined {
-  if (process.platform !== 'linux') return 'tmpfs mounts need Linux';
-  if (process.getuid?.() !== 0) return 'mounting a tmpfs needs root';
-  const probe = fs.mkdtempSync('/tmp/sf-mountprobe-');
-  try {
-    const r = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', probe], { encoding: 'utf8' });
-    if (r.status !== 0) return `mount -t tmpfs failed: ${(r.stderr || r.error?.message || '').trim()}`;
-    spawnSync('umount', [probe]);
-    return undefined;
-  } finally {
-    fs.rmSync(probe, { recursive: true, force: true });
-  }
-}
 
-const skipReason = canMount();
+const skipReason = tmpfsUnavailable();
 if (skipReason) console.warn(`diskfull.test.ts skipped: ${skipReason}`);
 
 /** Bytes in use on the filesystem holding p. */
