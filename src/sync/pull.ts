@@ -11,6 +11,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import { connect, SecureSession, printable } from './session.js';
+import { WS_HEADER_MAX } from '../transport/channel.js';
 // The worker pool, zstd and verify are loaded when a pull needs them: an unchanged re-pull never does.
 import type { WorkerPool } from '../work/pool.js';
 import { layoutOf, Layout } from '../manifest/layout.js';
@@ -140,8 +141,6 @@ export interface PullResult {
 
 /** Attempts of one pull at most, however many made progress (see pull()). */
 const MAX_ATTEMPTS = 200;
-/** The most bytes a WebSocket frame's header takes (a PONG's frame is counted with it: see startReader). */
-const WS_HEADER_MAX = 14;
 /** Block size of the patch level: small enough that a rewritten 4 KiB page costs ~4 KiB, large enough that signatures stay cheap. */
 const PATCH_BLOCK = 1024;
 /** Raw bytes per GET (and per batch of patches). */
@@ -363,7 +362,7 @@ class PullRun {
     await s.sendJson(MsgType.OPEN, { company: this.opts.company, have } satisfies OpenMsg);
     const intactRecord = have && !this.opts.repair ? unchangedByStats(this.paths) : undefined;
     this.progress('manifest');
-    const headMsg = await s.recv(timeout);
+    const headMsg = await s.recv(timeout, true);
     if (headMsg[0] !== MsgType.MANIFEST) fail(ErrorCodes.PROTOCOL, 'expected a manifest');
     const head = decodeJson<ManifestMsg & { unchanged?: boolean }>(headMsg);
     if (typeof head.rootHash !== 'string' || !/^[0-9a-f]{64}$/.test(head.rootHash)) fail(ErrorCodes.PROTOCOL, 'malformed manifest header');
@@ -479,7 +478,7 @@ class PullRun {
     const z = new Decompressor();
     let o = 0;
     for (let i = 0; i < parts; i++) {
-      const msg = await this.session!.recv(this.opts.timeoutMs ?? 60_000);
+      const msg = await this.session!.recv(this.opts.timeoutMs ?? 60_000, true);
       if (msg[0] !== MsgType.MANIFEST_PART || msg.length < 6) fail(ErrorCodes.PROTOCOL, 'expected a manifest part');
       const rawLen = msg.readUInt32BE(2);
       if (rawLen > 1 << 20 || o + rawLen > size) fail(ErrorCodes.BAD_MANIFEST, 'manifest part out of bounds');
@@ -1327,11 +1326,11 @@ class PullRun {
     let lastHeard = performance.now();
     // Bytes of PONGs, which never count (however many a site sends), and the socket's count when last heard from.
     let pongBytes = 0;
-    let heardAt = s.channel.bytesRead;
+    let heardAt = s.channel.progressBytes;
     const watchdog = setInterval(() => {
       // An answer still on its way counts (a 512 KiB pack over a 7 KB/s link takes 75 s), a trickle does not.
       if (s.channel.alive(heardAt + pongBytes)) {
-        heardAt = s.channel.bytesRead - pongBytes;
+        heardAt = s.channel.progressBytes - pongBytes;
         lastHeard = performance.now();
       }
       if (this.pending.size > 0 && performance.now() - lastHeard > timeoutMs) {

@@ -58,9 +58,12 @@ export class SecureSession {
     return msg;
   }
 
-  /** Receives and opens the next message; an ERROR message from the peer is thrown as its typed error. */
-  async recv(timeoutMs = 0): Promise<Buffer> {
-    const msg = this.open(await this.channel.next(timeoutMs));
+  /**
+   * Receives and opens the next message; an ERROR message from the peer is thrown as its typed error. `whileBytesCome`:
+   * see Channel.next.
+   */
+  async recv(timeoutMs = 0, whileBytesCome = false): Promise<Buffer> {
+    const msg = this.open(await this.channel.next(timeoutMs, whileBytesCome));
     if (msg[0] === MsgType.ERROR) throw peerError(msg);
     return msg;
   }

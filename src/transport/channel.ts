@@ -40,6 +40,8 @@ export interface ChannelOptions {
  * 512 KiB pack may take minutes, and a trickle below this (a PONG or two a second) is no transfer.
  */
 export const MIN_PROGRESS_BYTES = 16 << 10;
+/** The most bytes a WebSocket frame's header takes (counted with a control frame's payload). */
+export const WS_HEADER_MAX = 14;
 
 export class Channel {
   private queue: Buffer[] = [];
@@ -62,6 +64,8 @@ export class Channel {
   /** Set while reads are held back for readLimit; the socket is read again when it fires (unless paused). */
   private holdTimer?: NodeJS.Timeout;
   private heldUntil = 0;
+  /** Bytes of WebSocket control frames received (never progress: a peer could ping a wait open for ever). */
+  private controlBytes = 0;
   private handler?: (msg: Buffer) => void;
   /** How many sends had to wait for the peer or the link (backpressure): tells a slow link from a fast one. */
   waits = 0;
@@ -109,6 +113,9 @@ export class Channel {
         ws.pause();
       }
     });
+    const control = (data: Buffer) => (this.controlBytes += data.length + WS_HEADER_MAX);
+    ws.on('ping', control);
+    ws.on('pong', control);
     ws.on('close', (code: number, reason: Buffer) => {
       const why = reason.toString() || `connection closed (${code})`;
       this.finish(new SnapferryError(ErrorCodes.CONNECTION_LOST, why, { retryable: true }));
@@ -147,11 +154,17 @@ export class Channel {
   }
 
   /**
-   * Whether the link has brought at least MIN_PROGRESS_BYTES since the socket had read `mark` bytes: a message still
-   * on its way counts as hearing from the peer, a trickle (a hostile peer's PONGs) does not.
+   * Whether the link has brought at least MIN_PROGRESS_BYTES of data frames since progressBytes was `mark`, or reads
+   * are held back for the read limit (the peer has sent; we are not reading): a message still on its way counts as
+   * hearing from the peer, a trickle or WebSocket pings do not.
    */
   alive(mark: number): boolean {
-    return this.bytesRead - mark >= MIN_PROGRESS_BYTES;
+    return this.holdTimer !== undefined || this.progressBytes - mark >= MIN_PROGRESS_BYTES;
+  }
+
+  /** Bytes received on the socket so far, less WebSocket control frames (pings and pongs): see alive(). */
+  get progressBytes(): number {
+    return this.bytesRead - this.controlBytes;
   }
 
   /** Bytes received on the socket so far. */
@@ -169,8 +182,12 @@ export class Channel {
     return this.closedWith !== undefined || this.ws.readyState === this.ws.CLOSING || this.ws.readyState === this.ws.CLOSED;
   }
 
-  /** Next message, in order. Rejects when the channel closes or after timeoutMs. */
-  next(timeoutMs = 0): Promise<Buffer> {
+  /**
+   * Next message, in order. Rejects when the channel closes or after timeoutMs; with `whileBytesCome`, only once a
+   * timeout period passes without progress (alive()): a large message over a slow link. Never for a wait whose peer
+   * is not yet authenticated, which must end on time whatever it sends.
+   */
+  next(timeoutMs = 0, whileBytesCome = false): Promise<Buffer> {
     const queued = this.queue.shift();
     if (queued) {
       this.queuedBytes -= queued.length;
@@ -192,11 +209,11 @@ export class Channel {
       };
       this.waiters.push(w);
       if (timeoutMs > 0) {
-        let mark = this.bytesRead;
+        let mark = this.progressBytes;
         const expire = () => {
           // A large message on its way over a slow link is not silence (a 1 MiB manifest part at 7 KB/s takes 150 s).
-          if (this.alive(mark)) {
-            mark = this.bytesRead;
+          if (whileBytesCome && this.alive(mark)) {
+            mark = this.progressBytes;
             timer = setTimeout(expire, timeoutMs);
             return;
           }

@@ -354,8 +354,8 @@ function chunkFiles(ctx: JobContext, j: ChunkFilesJob): ChunkFilesResult {
   return { ...joinChunkLists(files), counts };
 }
 
-/** Errors opening a listed file that mean it changed since the scan (gone, or a link or folder in its place). */
-const CHANGED_SINCE_SCAN = new Set(['ENOENT', 'ENOTDIR', 'ELOOP']);
+/** Errors opening a listed file that mean it changed since the scan (gone, or a link, folder or socket in its place). */
+const CHANGED_SINCE_SCAN = new Set(['ENOENT', 'ENOTDIR', 'ELOOP', 'ENXIO']);
 
 /** Reads the chunks of a readPack or storeChunks job into the thread's read buffer, each checked against its id. */
 function readChunks(ctx: JobContext, j: Omit<ReadPackJob, 'kind'>): Buffer | { stale: string } {

@@ -357,10 +357,19 @@ describe('hostile clients against a real site', () => {
         loris.push(rec);
       }
       const idle = await rawWs();
+      // BUG (src/transport/channel.ts next, for a day): bytes coming in kept a timed wait alive, WebSocket pings
+      // included, so a peer pinging every 40 ms and never sending its hello held its handshake open for ever. The
+      // handshake's wait now ends on time whatever the peer sends.
+      const pinger = await rawWs();
+      const pings = setInterval(() => pinger.send(Buffer.alloc(125), 0x9), 40);
       // While they hang on, a real branch pulls.
       await realPull();
       // The handshake timeout is 10 s; wait until 16 s after the idle WebSocket opened.
       while (Date.now() - idle.openedAt < 16_000 && (idle.closeFrameAt === undefined || idle.closedAt === undefined)) await sleep(100);
+      while (Date.now() - pinger.openedAt < 16_000 && pinger.closedAt === undefined) await sleep(100);
+      clearInterval(pings);
+      expect(pinger.closedAt, 'a peer sending WebSocket pings kept its handshake open').toBeDefined();
+      expect(pinger.closedAt! - pinger.openedAt).toBeLessThanOrEqual(16_000);
       seen.wsCloseFrameMs = idle.closeFrameAt !== undefined ? idle.closeFrameAt - idle.openedAt : -1;
       seen.wsClosedMs = idle.closedAt !== undefined ? idle.closedAt - idle.openedAt : -1;
       seen.tcpOpenAfter = tcp.filter((r) => r.closedAt === undefined).length;

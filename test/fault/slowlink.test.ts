@@ -6,6 +6,7 @@
 import { describe, it, expect, afterAll } from 'vitest';
 import fs from 'node:fs';
 import path from 'node:path';
+import { randomBytes } from 'node:crypto';
 import { tempDir, secretFile, startServe, treeFingerprint, fingerprintDiff, ROOT } from '../helpers.js';
 import { makeCompany } from '../../src/gen/company.js';
 import { pathToFileURL } from 'node:url';
@@ -39,6 +40,28 @@ describe('a slow but live link', () => {
       expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
     } finally {
       await proxy.close();
+      await site.stop();
+    }
+  }, 60_000);
+
+  // BUG (src/transport/channel.ts, for a day): while --bwlimit held the socket's reads back, no bytes came in, and the
+  // watchdog took the site for silent: a pull capped below a pack's size per timeout period never finished.
+  it('a pull capped below a pack per timeout period (--bwlimit 32K, 0.3 s timeout) waits out its own holds', async () => {
+    const key = secretFile(tmp.dir, 'cap.key');
+    const src = path.join(tmp.dir, 'site-cap', 'acme');
+    fs.mkdirSync(src, { recursive: true });
+    for (let i = 0; i < 6; i++) fs.writeFileSync(path.join(src, `f${i}.bin`), randomBytes(32 << 10));
+    const site = await startServe(['--secret', key, '--company', `acme=${src}`, '--level', 'none']);
+    try {
+      const dest = path.join(tmp.dir, 'branch-cap', 'acme');
+      fs.mkdirSync(path.dirname(dest));
+      const { pull } = (await import(pathToFileURL(path.join(ROOT, 'dist', 'src', 'sync', 'pull.js')).href)) as typeof import('../../src/sync/pull.js');
+      const t0 = Date.now();
+      await pull({ url: site.url, company: 'acme', dir: dest, secret: readSecret(key), retries: 0, workers: 1, durable: false, timeoutMs: 300, bwlimit: 32 << 10 });
+      // 192 KiB at 32 KiB/s, less the bucket's first 64 KiB; each 16 KiB pack held longer than the timeout.
+      expect(Date.now() - t0).toBeGreaterThan(3000);
+      expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
+    } finally {
       await site.stop();
     }
   }, 60_000);
