@@ -78,12 +78,17 @@ function followDirLink(dir: string): string {
   } catch {
     /* no such path, or a link that leads nowhere */
   }
+  // Followed link by link (as the kernel would, each target against the real folder of the link that names it), as
+  // many as the kernel follows, to the first path that is no link.
+  let at = dir;
   try {
-    const target = path.resolve(path.dirname(dir), fs.readlinkSync(dir));
-    const real = path.join(fs.realpathSync(path.dirname(target)), path.basename(target));
-    if (fs.existsSync(path.join(path.dirname(real), `.${path.basename(real)}.snapferry`, 'commit.json'))) return real;
+    for (let hop = 0; hop < 40 && fs.lstatSync(at, { throwIfNoEntry: false })?.isSymbolicLink(); hop++) {
+      const target = path.resolve(fs.realpathSync(path.dirname(at)), fs.readlinkSync(at));
+      at = path.join(fs.realpathSync(path.dirname(target)), path.basename(target));
+    }
+    if (fs.existsSync(path.join(path.dirname(at), `.${path.basename(at)}.snapferry`, 'commit.json'))) return at;
   } catch {
-    /* not a link, or its folder's parent is gone too */
+    /* a folder on the way is gone too */
   }
   return dir;
 }
@@ -567,7 +572,7 @@ export function recover(paths: StatePaths): boolean {
   return true;
 }
 
-/** What commit.json holds: the commit declared, and DIR's identity ("dev:ino", null if absent) when it was. */
+/** What commit.json holds: the commit declared, and DIR's identity (its inode, null if absent) when it was. */
 interface CommitIntent {
   rootHash: string;
   at: string;
@@ -575,11 +580,13 @@ interface CommitIntent {
   dir?: string | null;
 }
 
-/** A path's device and inode ("dev:ino"), or null where nothing is. */
+/**
+ * A path's inode number (as a string), or null where nothing is. Not its device: a disk's device number may change
+ * across the reboot after a power cut (another loop or USB device), and DIR, never a mount point, is on its parent's.
+ */
 function identityOf(p: string): string | null {
   try {
-    const st = fs.lstatSync(p, { bigint: true });
-    return `${st.dev}:${st.ino}`;
+    return String(fs.lstatSync(p, { bigint: true }).ino);
   } catch {
     return null;
   }
@@ -609,6 +616,8 @@ function rollForward(paths: StatePaths, onPoint?: (p: string) => void, keepSpare
       fs.rmdirSync(paths.dir);
     }
     if (exists(paths.dir)) {
+      // A recovery's swap too: a mount made inside DIR since the intent would go with the old generation.
+      checkNoMounts(paths);
       discardTree(paths, paths.old);
       try {
         fs.renameSync(paths.dir, paths.old);
@@ -649,8 +658,7 @@ function rollForward(paths: StatePaths, onPoint?: (p: string) => void, keepSpare
   fs.rmSync(paths.nextLinks, { force: true });
   fs.rmSync(paths.nextManifest, { force: true });
   // What an attempt at another generation left (its chunks were copied from, or are of no more use).
-  discardTree(paths, paths.prev);
-  for (const f of [paths.prevManifest, paths.prevJournal, paths.prevUnsynced]) fs.rmSync(f, { force: true });
+  dropPrev(paths);
   // The replaced tree is kept as the spare (its files' stats decide later whether any can be used), or deleted. DIR
   // is the new generation by now: a tree that cannot be cleaned (a folder another user owns, in an adopted folder)
   // is set aside, never a reason to fail the commit (which every later command would then fail to finish again).
@@ -665,6 +673,12 @@ function rollForward(paths: StatePaths, onPoint?: (p: string) => void, keepSpare
   }
   if (exists(paths.old)) discardTree(paths, paths.old);
   onPoint?.('spare-kept');
+}
+
+/** Removes what an attempt at another generation left (prev/ and its records: StatePaths.prev). */
+export function dropPrev(paths: StatePaths): void {
+  discardTree(paths, paths.prev);
+  for (const f of [paths.prevManifest, paths.prevJournal, paths.prevUnsynced]) fs.rmSync(f, { force: true });
 }
 
 /** Names of trees set aside in the state folder (discardTree); each later recovery tries to remove them again. */
@@ -736,16 +750,21 @@ export function checkDirUsable(paths: StatePaths, adopt = false): void {
  */
 export function checkSwappable(paths: StatePaths): void {
   if (!exists(paths.dir) || !fs.lstatSync(paths.dir).isDirectory()) return;
+  checkNoMounts(paths);
+  try {
+    fs.accessSync(paths.dir, fs.constants.W_OK);
+  } catch {
+    fail(ErrorCodes.DIR_NOT_WRITABLE, `cannot write ${paths.dir}: a commit moves it aside, which needs write permission on it`);
+  }
+}
+
+/** Refuses a DIR that is a mount point or holds one (see checkSwappable): also checked by a recovery's swap. */
+function checkNoMounts(paths: StatePaths): void {
   const mounts = mountsAtOrUnder(paths.dir);
   if (mounts.includes(fs.realpathSync(paths.dir))) {
     fail(ErrorCodes.DIR_NOT_WRITABLE, `${paths.dir} is a mount point: a commit moves DIR aside and puts the new generation in its place, which a mount point refuses; give a folder inside it`);
   }
   if (mounts.length > 0) {
     fail(ErrorCodes.DIR_FOREIGN, `${paths.dir} holds another filesystem mounted at ${mounts[0]}: refusing to replace it (those files are not the company's); unmount it or give another folder`);
-  }
-  try {
-    fs.accessSync(paths.dir, fs.constants.W_OK);
-  } catch {
-    fail(ErrorCodes.DIR_NOT_WRITABLE, `cannot write ${paths.dir}: a commit moves it aside, which needs write permission on it`);
   }
 }

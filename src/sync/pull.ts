@@ -32,6 +32,7 @@ import {
   StatePaths,
   DirLock,
   recover,
+  dropPrev,
   readApplied,
   checkDirUsable,
   checkParentWritable,
@@ -537,8 +538,7 @@ class PullRun {
       return;
     }
     if (other === this.rootHash || !exists(p.next) || !exists(p.nextManifest) || (!exists(p.nextJournal) && !exists(p.nextUnsynced))) return;
-    removeTree(p.prev);
-    for (const f of [p.prevManifest, p.prevJournal, p.prevUnsynced]) fs.rmSync(f, { force: true });
+    dropPrev(p);
     fs.renameSync(p.next, p.prev);
     fs.renameSync(p.nextManifest, p.prevManifest);
     if (exists(p.nextJournal)) fs.renameSync(p.nextJournal, p.prevJournal);
@@ -985,6 +985,9 @@ class PullRun {
     const free = () => diskSpace(this.paths.state)?.free ?? Infinity;
     // Unused spare files are being deleted: when space is short, what they free counts.
     if (toWrite > free()) await this.spareDrop;
+    // So does what an attempt at another generation left (prev/): its chunks planned as copies are fetched instead
+    // (a copy whose source is gone falls back to a fetch), the same bytes written.
+    if (toWrite > free() && exists(this.paths.prev)) dropPrev(this.paths);
     const left = free();
     if (toWrite > left) {
       fail(ErrorCodes.DISK_FULL, `disk full: this generation needs ${toWrite} more bytes beside ${this.paths.dir}, ${left} are free`);

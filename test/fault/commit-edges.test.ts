@@ -83,6 +83,24 @@ describe('the commit at its edges', () => {
     expectCopy(dest);
   });
 
+  // The same through two links (a review found the first fix followed one hop only).
+  it('DIR a link to a link to the folder, killed between the two renames: the next pull through the first finishes it', async () => {
+    const { parent, dest } = branch();
+    const real = path.join(parent, 'disk3', 'acme');
+    fs.mkdirSync(real, { recursive: true });
+    fs.symlinkSync(real, path.join(parent, 'hop'));
+    fs.symlinkSync('hop', dest);
+    let r = await pull(dest);
+    expect(r.code, r.stderr).toBe(0);
+    await mutateCompany(src, 51);
+    r = await pull(dest, { SNAPFERRY_FAULT_KILL_AT: 'swap' });
+    expect(r.signal).toBe('SIGKILL');
+    r = await pull(dest);
+    expect(r.code, r.stderr).toBe(0);
+    expectCopy(dest);
+    expect(fs.lstatSync(dest).isSymbolicLink()).toBe(true);
+  });
+
   // BUG (src/store/state.ts rollForward): a folder made at DIR's path between the swap's renames was taken for the old
   // generation: moved into the state folder, kept as the spare, and deleted by the next delta.
   it('a folder made at DIR between the two renames is not taken: refused by name while it holds files, kept whole', async () => {
@@ -228,6 +246,33 @@ describe('the commit at its edges', () => {
         expect(r.stderr).toMatch(/holds another filesystem mounted at .*extra: refusing to replace it.*SNAPFERRY_E_DIR_FOREIGN/);
         expect(fs.readdirSync(extra).sort()).toEqual(['keep.txt', 'latest']);
         expect(fs.statSync(extra).mode & 0o777).toBe(0o755);
+      } finally {
+        umount(extra);
+      }
+      fs.rmdirSync(extra);
+      r = await pull(dest);
+      expect(r.code, r.stderr).toBe(0);
+      expectCopy(dest);
+    });
+
+    // The recovery's swap checks too (a review found only the commit's did): a mount made inside DIR after the
+    // intent, before the next command rolled the commit forward, went with the old generation into the state folder.
+    it('a filesystem mounted inside DIR after the intent: the recovery refuses by name; unmounted, it completes', async () => {
+      const { dest } = branch();
+      let r = await pull(dest);
+      expect(r.code, r.stderr).toBe(0);
+      await mutateCompany(src, 52);
+      r = await pull(dest, { SNAPFERRY_FAULT_KILL_AT: 'intent' });
+      expect(r.signal).toBe('SIGKILL');
+      const extra = path.join(dest, 'mnt2');
+      fs.mkdirSync(extra);
+      mount(['-t', 'tmpfs', '-o', 'size=8m,mode=0755', 'tmpfs'], extra);
+      try {
+        fs.writeFileSync(path.join(extra, 'keep.txt'), 'not the company\'s\n');
+        const v = await runCli(['verify', dest]);
+        expect(v.code).not.toBe(0);
+        expect(v.stderr).toMatch(/holds another filesystem mounted at .*mnt2.*SNAPFERRY_E_DIR_FOREIGN/);
+        expect(fs.readdirSync(extra)).toEqual(['keep.txt']);
       } finally {
         umount(extra);
       }

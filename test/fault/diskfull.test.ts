@@ -12,7 +12,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
 import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, Served, CLI, CliResult, waitFor, tmpfsUnavailable } from '../helpers.js';
-import { makeCompany } from '../../src/gen/company.js';
+import { makeCompany, mutateCompany } from '../../src/gen/company.js';
 import { ChunkStore } from '../../src/store/chunkstore.js';
 import { idWords } from '../../src/manifest/idindex.js';
 import { loadHasher } from '../../src/chunk/hash.js';
@@ -176,6 +176,28 @@ describe.skipIf(skipReason !== undefined)('disk full while pulling (real tmpfs)'
     const ok = await runCli(['pull', bigSite.url, 'acme', dest, '--secret', key, '--json']);
     expect(ok.code, ok.stderr).toBe(0);
     expectSettled(m, dest, bigFp);
+  });
+
+  // BUG (src/sync/pull.ts checkSpace, for a day): what an attempt at another generation left (prev/, kept to copy its
+  // chunks from) was never given up for space: a seed killed before its commit, then a change at the site, and every
+  // later pull failed DISK_FULL on a disk the new generation fits. Produced on a 14 MiB tmpfs with an 8 MiB company.
+  it('a seed cut before its commit, then a change at the site: prev/ is given up when the disk is short', async () => {
+    const src = path.join(tmp.dir, 'head3', 'acme');
+    await makeCompany(src, 8, 43);
+    const site = await startServe(['--secret', key, '--company', `acme=${src}`]);
+    try {
+      const m = mount('m-prev', '14m');
+      const dest = path.join(m, 'acme');
+      const killed = await runCli(['pull', site.url, 'acme', dest, '--secret', key, '--no-fsync'], { env: { SNAPFERRY_FAULT_KILL_AT: 'commit' } });
+      expect(killed.signal).toBe('SIGKILL');
+      await mutateCompany(src, 44);
+      await waitFor(() => /indexed acme: generation 2/.test(site.stderr()), 20_000);
+      const ok = await runCli(['pull', site.url, 'acme', dest, '--secret', key, '--json']);
+      expect(ok.code, ok.stderr).toBe(0);
+      expectSettled(m, dest, treeFingerprint(src));
+    } finally {
+      await site.stop();
+    }
   });
 
   it('a seed whose disk fills up mid-transfer fails cleanly (no DIR); freed, the next pull reuses what it verified', async () => {
