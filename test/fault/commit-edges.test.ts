@@ -14,6 +14,7 @@ import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, Served, NO_DAC_OVERRIDE, tmpfsUnavailable } from '../helpers.js';
 import { makeCompany, mutateCompany } from '../../src/gen/company.js';
+import { mountPoints } from '../../src/util/mounts.js';
 
 const noMounts = tmpfsUnavailable();
 
@@ -37,6 +38,8 @@ describe('the commit at its edges', () => {
 
   afterAll(async () => {
     for (const m of mounts.reverse()) if (spawnSync('umount', [m]).status !== 0) spawnSync('umount', ['-l', m]);
+    // And any a failed case let move with a generation (into the state folder), before the folder is removed.
+    if (tmp) for (const m of mountPoints().filter((p) => p.startsWith(fs.realpathSync(tmp.dir) + path.sep)).reverse()) spawnSync('umount', ['-l', m]);
     await served?.stop();
     tmp?.cleanup();
   });
