@@ -182,7 +182,7 @@ describe.skipIf(skipReason !== undefined)('disk full while pulling (real tmpfs)'
   // chunks from) was never given up for space: a seed killed before its commit, then a change at the site, and every
   // later pull failed DISK_FULL on a disk the new generation fits. Produced on a 14 MiB tmpfs with an 8 MiB company.
   it('a seed cut before its commit, then a change at the site: prev/ is given up when the disk is short', async () => {
-    const src = path.join(tmp.dir, 'head3', 'acme');
+    const src = path.join(tmp.dir, 'head-prev', 'acme');
     await makeCompany(src, 8, 43);
     const site = await startServe(['--secret', key, '--company', `acme=${src}`]);
     try {
