@@ -1330,9 +1330,11 @@ class PullRun {
     // Bytes of PONGs, which never count (however many a site sends), and the socket's count when last heard from.
     let pongBytes = 0;
     let heardAt = s.channel.progressBytes;
+    // A hold on reads (--bwlimit) counts only if the last message was not a PONG: PONGs put the bucket in debt too.
+    let lastWasPong = false;
     const watchdog = setInterval(() => {
       // An answer still on its way counts (a 512 KiB pack over a 7 KB/s link takes 75 s), a trickle does not.
-      if (s.channel.alive(heardAt + pongBytes)) {
+      if (s.channel.alive(heardAt + pongBytes, !lastWasPong)) {
         heardAt = s.channel.progressBytes - pongBytes;
         lastHeard = performance.now();
       }
@@ -1357,7 +1359,8 @@ class PullRun {
       }
       // Only what answers (or refuses) counts as hearing from the site: a PONG nobody asked for, sent every half second,
       // kept a site that answered nothing alive for ever.
-      if (msg[0] !== MsgType.PONG) lastHeard = performance.now();
+      lastWasPong = msg[0] === MsgType.PONG;
+      if (!lastWasPong) lastHeard = performance.now();
       else pongBytes += frame.length + WS_HEADER_MAX;
       try {
         this.route(msg, fault);

@@ -155,11 +155,12 @@ export class Channel {
 
   /**
    * Whether the link has brought at least MIN_PROGRESS_BYTES of data frames since progressBytes was `mark`, or reads
-   * are held back for the read limit (the peer has sent; we are not reading): a message still on its way counts as
-   * hearing from the peer, a trickle or WebSocket pings do not.
+   * are held back for the read limit (the peer has sent; we are not reading) and `holdCounts` (the caller's say: what
+   * put the bucket in debt may be what it does not count, a PONG): a message still on its way counts as hearing from
+   * the peer, a trickle or WebSocket pings do not.
    */
-  alive(mark: number): boolean {
-    return this.holdTimer !== undefined || this.progressBytes - mark >= MIN_PROGRESS_BYTES;
+  alive(mark: number, holdCounts = true): boolean {
+    return (holdCounts && this.holdTimer !== undefined) || this.progressBytes - mark >= MIN_PROGRESS_BYTES;
   }
 
   /** Bytes received on the socket so far, less WebSocket control frames (pings and pongs): see alive(). */

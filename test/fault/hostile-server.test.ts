@@ -504,6 +504,25 @@ describe('a hostile site cannot escape DIR, plant data or exhaust the puller', (
       expectRefused(o, 'SNAPFERRY_E_TIMEOUT');
     });
 
+    // Found in review (a day's regression): under --bwlimit a PONG puts the read limit in debt like any message, and a
+    // hold on reads counted as hearing from the site: large PONGs a little faster than the cap kept the pull alive.
+    it('under --bwlimit, gives up on a site that answers nothing but large PONGs faster than the cap', async () => {
+      const o = await attempt(
+        async (s) => {
+          await sendManifest(s, good);
+          await s.recv(10_000); // the first GET, left unanswered
+          const pong = Buffer.alloc(40 << 10, MsgType.PONG);
+          for (let i = 0; i < 30; i++) {
+            await s.send(pong);
+            await sleep(300);
+          }
+        },
+        { timeoutMs: 2000, bwlimit: 32 << 10 },
+        12_000,
+      );
+      expectRefused(o, 'SNAPFERRY_E_TIMEOUT');
+    });
+
     it('refuses an answer of another type than its request asked for (a PATCH for a GET)', async () => {
       const o = await attempt(
         dataScenario(async (s, reqId, ranges) => {
