@@ -215,7 +215,8 @@ export async function prepareSpare(paths: StatePaths, signal: AbortSignal): Prom
       const dst = entryPath(prep, e.path);
       makeDirs(path.dirname(dst), 0o700);
       await fs.promises.copyFile(src, dst, fs.constants.COPYFILE_FICLONE);
-      fs.utimesSync(dst, utimesArg(utimesSeconds(e.mtimeNs)), utimesArg(utimesSeconds(e.mtimeNs)));
+      const t = utimesArg(utimesSeconds(e.mtimeNs));
+      fs.utimesSync(dst, t, t);
       // On disk before it is recorded: a copy a power cut emptied would otherwise still match its record.
       const fh = await fs.promises.open(dst, 'r+');
       try {

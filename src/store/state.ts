@@ -86,11 +86,16 @@ function followDirLink(dir: string): string {
       const target = path.resolve(fs.realpathSync(path.dirname(at)), fs.readlinkSync(at));
       at = path.join(fs.realpathSync(path.dirname(target)), path.basename(target));
     }
-    if (fs.existsSync(path.join(path.dirname(at), `.${path.basename(at)}.snapferry`, 'commit.json'))) return at;
+    if (fs.existsSync(path.join(stateFolderOf(at), 'commit.json'))) return at;
   } catch {
     /* a folder on the way is gone too */
   }
   return dir;
+}
+
+/** The state folder of DIR: beside it, `.NAME.snapferry`. */
+function stateFolderOf(dir: string): string {
+  return path.join(path.dirname(dir), `.${path.basename(dir)}.snapferry`);
 }
 
 /** Where things live for one DIR. */
@@ -128,7 +133,7 @@ export class StatePaths {
   readonly prevUnsynced: string;
   constructor(dir: string) {
     this.dir = followDirLink(path.resolve(dir));
-    this.state = path.join(path.dirname(this.dir), `.${path.basename(this.dir)}.snapferry`);
+    this.state = stateFolderOf(this.dir);
     const at = (name: string) => path.join(this.state, name);
     this.lock = at('lock');
     this.appliedJson = at('applied.json');

@@ -43,9 +43,7 @@ export class TokenBucket {
    * next ones should wait: 0 while within the rate. Shares the bucket with take().
    */
   debit(n: number): number {
-    const now = performance.now();
-    this.tokens = Math.min(this.burst, this.tokens + ((now - this.last) / 1000) * this.rate);
-    this.last = now;
+    this.refill();
     this.tokens -= n;
     return this.tokens >= 0 ? 0 : (-this.tokens / this.rate) * 1000;
   }
@@ -58,9 +56,7 @@ export class TokenBucket {
 
   private async takeNow(n: number): Promise<void> {
     for (;;) {
-      const now = performance.now();
-      this.tokens = Math.min(this.burst, this.tokens + ((now - this.last) / 1000) * this.rate);
-      this.last = now;
+      this.refill();
       if (this.tokens >= Math.min(n, this.burst)) {
         this.tokens -= n;
         return;
@@ -68,5 +64,12 @@ export class TokenBucket {
       const wait = ((Math.min(n, this.burst) - this.tokens) / this.rate) * 1000;
       await new Promise((r) => setTimeout(r, Math.max(1, wait)));
     }
+  }
+
+  /** Adds what the rate has earned since the last look, up to the burst. */
+  private refill(): void {
+    const now = performance.now();
+    this.tokens = Math.min(this.burst, this.tokens + ((now - this.last) / 1000) * this.rate);
+    this.last = now;
   }
 }

@@ -51,6 +51,14 @@ describe('the commit at its edges', () => {
     fs.mkdirSync(parent);
     return { parent, dest: path.join(parent, 'acme'), state: path.join(parent, '.acme.snapferry') };
   };
+  /** DIR seeded, the site changed (mutation `seed`), and the next pull killed at fault point `point`. */
+  async function seededThenKilled(dest: string, seed: number, point: string): Promise<void> {
+    const r = await pull(dest);
+    expect(r.code, r.stderr).toBe(0);
+    await mutateCompany(src, seed);
+    const killed = await pull(dest, { SNAPFERRY_FAULT_KILL_AT: point });
+    expect(killed.signal).toBe('SIGKILL');
+  }
   const expectCopy = (dest: string) => expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
   const expectOneLine = (stderr: string) => expect(stderr.trim().split('\n')).toHaveLength(1);
   function mount(args: string[], at: string): void {
@@ -71,13 +79,9 @@ describe('the commit at its edges', () => {
     const disk2 = path.join(parent, 'disk2');
     fs.mkdirSync(path.join(disk2, 'acme'), { recursive: true });
     fs.symlinkSync(path.join(disk2, 'acme'), dest);
-    let r = await pull(dest);
-    expect(r.code, r.stderr).toBe(0);
-    await mutateCompany(src, 42);
-    r = await pull(dest, { SNAPFERRY_FAULT_KILL_AT: 'swap' });
-    expect(r.signal).toBe('SIGKILL');
+    await seededThenKilled(dest, 42, 'swap');
     expect(fs.existsSync(dest), 'the link should lead nowhere between the renames').toBe(false);
-    r = await runCli(['verify', dest]);
+    let r = await runCli(['verify', dest]);
     expect(r.code, r.stderr).toBe(0);
     expect(fs.lstatSync(dest).isSymbolicLink()).toBe(true);
     expectCopy(dest);
@@ -93,12 +97,8 @@ describe('the commit at its edges', () => {
     fs.mkdirSync(real, { recursive: true });
     fs.symlinkSync(real, path.join(parent, 'hop'));
     fs.symlinkSync('hop', dest);
-    let r = await pull(dest);
-    expect(r.code, r.stderr).toBe(0);
-    await mutateCompany(src, 51);
-    r = await pull(dest, { SNAPFERRY_FAULT_KILL_AT: 'swap' });
-    expect(r.signal).toBe('SIGKILL');
-    r = await pull(dest);
+    await seededThenKilled(dest, 51, 'swap');
+    const r = await pull(dest);
     expect(r.code, r.stderr).toBe(0);
     expectCopy(dest);
     expect(fs.lstatSync(dest).isSymbolicLink()).toBe(true);
@@ -108,14 +108,10 @@ describe('the commit at its edges', () => {
   // generation: moved into the state folder, kept as the spare, and deleted by the next delta.
   it('a folder made at DIR between the two renames is not taken: refused by name while it holds files, kept whole', async () => {
     const { parent, dest } = branch();
-    let r = await pull(dest);
-    expect(r.code, r.stderr).toBe(0);
-    await mutateCompany(src, 43);
-    r = await pull(dest, { SNAPFERRY_FAULT_KILL_AT: 'swap' });
-    expect(r.signal).toBe('SIGKILL');
+    await seededThenKilled(dest, 43, 'swap');
     fs.mkdirSync(dest);
     fs.writeFileSync(path.join(dest, 'notes.txt'), 'mine\n');
-    r = await pull(dest);
+    let r = await pull(dest);
     expect(r.code).toBe(73);
     expectOneLine(r.stderr);
     expect(r.stderr).toMatch(/was made while snapferry was putting a new generation in its place; move it away.*SNAPFERRY_E_DIR_FOREIGN/);
@@ -130,13 +126,9 @@ describe('the commit at its edges', () => {
 
   it('an empty folder made at DIR between the two renames is taken away and the commit completes', async () => {
     const { dest } = branch();
-    let r = await pull(dest);
-    expect(r.code, r.stderr).toBe(0);
-    await mutateCompany(src, 44);
-    r = await pull(dest, { SNAPFERRY_FAULT_KILL_AT: 'swap' });
-    expect(r.signal).toBe('SIGKILL');
+    await seededThenKilled(dest, 44, 'swap');
     fs.mkdirSync(dest);
-    r = await pull(dest);
+    const r = await pull(dest);
     expect(r.code, r.stderr).toBe(0);
     expectCopy(dest);
   });
@@ -262,11 +254,7 @@ describe('the commit at its edges', () => {
     // intent, before the next command rolled the commit forward, went with the old generation into the state folder.
     it('a filesystem mounted inside DIR after the intent: the recovery refuses by name; unmounted, it completes', async () => {
       const { dest } = branch();
-      let r = await pull(dest);
-      expect(r.code, r.stderr).toBe(0);
-      await mutateCompany(src, 52);
-      r = await pull(dest, { SNAPFERRY_FAULT_KILL_AT: 'intent' });
-      expect(r.signal).toBe('SIGKILL');
+      await seededThenKilled(dest, 52, 'intent');
       const extra = path.join(dest, 'mnt2');
       fs.mkdirSync(extra);
       mount(['-t', 'tmpfs', '-o', 'size=8m,mode=0755', 'tmpfs'], extra);
@@ -280,7 +268,7 @@ describe('the commit at its edges', () => {
         umount(extra);
       }
       fs.rmdirSync(extra);
-      r = await pull(dest);
+      const r = await pull(dest);
       expect(r.code, r.stderr).toBe(0);
       expectCopy(dest);
     });
