@@ -47,8 +47,11 @@ describe('the company changed between two attempts of a pull', () => {
       expect(f.code, f.stderr).toBe(0);
       const all = JSON.parse(f.stdout).chunksFetched as number;
       // Most of what the first attempt verified is still in the new generation (a 1% change): not fetched again.
-      expect(j.chunksFetched, `${j.chunksFetched} fetched against ${all} for a fresh seed`).toBeLessThan(all - (verified / 4) * 0.8);
-      expect(j.chunksReused).toBeGreaterThan((verified / 4) * 0.8);
+      // 90-96% of it was reused on a quiet machine and 78% once on a loaded CI runner (the cut lands at another point
+      // of the transfer, and the mutation hits those chunks in another proportion); the code before reused none.
+      const msg = `${j.chunksFetched} fetched, ${j.chunksReused} reused, against ${all} for a fresh seed; ${verified / 4} verified`;
+      expect(j.chunksFetched, msg).toBeLessThan(all - (verified / 4) * 0.5);
+      expect(j.chunksReused, msg).toBeGreaterThan((verified / 4) * 0.5);
       expect(fs.readdirSync(state).sort()).toEqual(['applied.json', 'applied.manifest', 'applied.stats']);
     } finally {
       await proxy.close();
