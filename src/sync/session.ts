@@ -2,6 +2,7 @@
  * An authenticated, sealed session over a Channel: the handshake of protocol/handshake.ts, then every frame sealed
  * with protocol/seal.ts. Before authentication only handshake messages (and a pre-auth error) cross the wire.
  */
+import net from 'node:net';
 import { WebSocket } from '../transport/ws.js';
 import { Channel } from '../transport/channel.js';
 import { isSiteUrl } from '../transport/url.js';
@@ -102,7 +103,11 @@ export async function connect(url: string, opts: ConnectOptions): Promise<Secure
   const timeoutMs = opts.timeoutMs ?? 15_000;
   // URL.canParse too: ws would throw a bare "Invalid URL" for "ws://[::1".
   if (!isSiteUrl(url) || !URL.canParse(url)) fail(ErrorCodes.USAGE, `not a site URL: ${url} (expected ws://HOST:PORT)`);
-  const ws = new WebSocket(url, { maxPayload: MAX_FRAME + 1024, perMessageDeflate: false, handshakeTimeout: timeoutMs });
+  // Whether TCP got through: a site that took the connection and gave no upgrade is there (tried again), one that never
+  // answered the connection is not (reported at once on first contact, as a refused one).
+  let tcpConnected = false;
+  const createConnection = ((o: net.NetConnectOpts) => net.connect(o).once('connect', () => (tcpConnected = true))) as typeof net.createConnection;
+  const ws = new WebSocket(url, { maxPayload: MAX_FRAME + 1024, perMessageDeflate: false, createConnection });
   // What the site sends beyond what was asked for waits in at most 16 MiB (and the socket): a site that floods a branch
   // busy planning (an --adopt chunking a large folder) once held 576 MiB of its frames there.
   const channel = new Channel(ws, { pauseAtBytes: 16 << 20, readLimit: opts.readLimit });
@@ -111,16 +116,29 @@ export async function connect(url: string, opts: ConnectOptions): Promise<Secure
   if (opts.signal?.aborted) onAbort();
   opts.signal?.addEventListener('abort', onAbort);
   try {
-    return await handshake(url, ws, channel, opts, timeoutMs);
+    return await handshake(url, ws, channel, opts, timeoutMs, () => tcpConnected);
   } finally {
     opts.signal?.removeEventListener('abort', onAbort);
   }
 }
 
 /** The upgrade and the handshake of connect(). */
-async function handshake(url: string, ws: WebSocket, channel: Channel, opts: ConnectOptions, timeoutMs: number): Promise<SecureSession> {
+async function handshake(url: string, ws: WebSocket, channel: Channel, opts: ConnectOptions, timeoutMs: number, tcpConnected: () => boolean): Promise<SecureSession> {
+  let upgradeTimer: NodeJS.Timeout | undefined;
   try {
     await new Promise<void>((resolve, reject) => {
+      // Our own timer rather than ws's handshakeTimeout, whose plain Error read as an unreachable site even when the
+      // site had taken the connection and only its upgrade was late (overloaded, or a link that stalled): such a site
+      // is there, and is tried again as a link cut mid-handshake is.
+      upgradeTimer = setTimeout(() => {
+        const s = Math.round(timeoutMs / 1000);
+        reject(
+          tcpConnected()
+            ? new SnapferryError(ErrorCodes.TIMEOUT, `${url} took the connection but did not answer the upgrade in ${s} s`, { retryable: true })
+            : new SnapferryError(ErrorCodes.UNREACHABLE, `cannot reach ${url}: no answer to the connection in ${s} s`, { retryable: true }),
+        );
+        ws.terminate();
+      }, timeoutMs);
       ws.once('open', () => resolve());
       ws.once('error', (err) => reject(err));
       // Aborted (channel.abort terminates the socket) before the upgrade: no 'error' comes.
@@ -142,6 +160,8 @@ async function handshake(url: string, ws: WebSocket, channel: Channel, opts: Con
       throw new SnapferryError(ErrorCodes.UNREACHABLE, said, { retryable: true });
     }
     throw e;
+  } finally {
+    clearTimeout(upgradeTimer);
   }
   try {
     const hs = new ClientHandshake(opts.secret, opts.peerId ?? 'anonymous');
