@@ -5,6 +5,7 @@
  * parameters, is ignored (the site then simply reads everything once).
  */
 import fs from 'node:fs';
+import { createHash } from 'node:crypto';
 import { Writer, Reader, ChunkArrays } from '../manifest/manifest.js';
 import { idWords } from '../manifest/idindex.js';
 import { type ChunkParams, sameChunkParams, validateChunkParams } from '../chunk/chunker.js';
@@ -122,12 +123,23 @@ export interface ScanCacheData {
   files: ScanCache;
 }
 
-const MAGIC = Buffer.from('SFC1');
+/**
+ * SFC2: SFC1 with a SHA-256 of everything before it at the end. A file damaged on disk may still decode (a chunk length
+ * one off): trusted, it gave a file a chunk list that does not add up to its size, which every branch refuses as
+ * hostile data, and the site never read the file again (its stats still matched).
+ */
+const MAGIC = Buffer.from('SFC2');
+const DIGEST_BYTES = 32;
 
 /** Writes the cache atomically. */
 export function saveScanCache(file: string, d: ScanCacheData): void {
   // Written through a bounded buffer: an image of the whole file (one id per chunk) would be as large as the cache.
-  writeFileDurable(file, (write) => {
+  writeFileDurable(file, (sink) => {
+    const digest = createHash('sha256');
+    const write = (bytes: Uint8Array) => {
+      digest.update(bytes);
+      sink(bytes);
+    };
     const w = new Writer(SAVE_BUFFER, write);
     w.bytes(MAGIC);
     w.str(d.root);
@@ -151,6 +163,7 @@ export function saveScanCache(file: string, d: ScanCacheData): void {
       }
     }
     w.finish();
+    sink(digest.digest());
   });
 }
 
@@ -169,7 +182,10 @@ export function loadScanCache(file: string, root: string, params?: ChunkParams):
     return undefined;
   }
   try {
-    const r = new Reader(buf);
+    if (buf.length < MAGIC.length + DIGEST_BYTES) return undefined;
+    const body = buf.subarray(0, buf.length - DIGEST_BYTES);
+    if (!createHash('sha256').update(body).digest().equals(buf.subarray(buf.length - DIGEST_BYTES))) return undefined;
+    const r = new Reader(body);
     if (!Buffer.from(r.bytes(4)).equals(MAGIC)) return undefined;
     const savedRoot = r.str(4096);
     const p = { minSize: r.varint(), avgSize: r.varint(), maxSize: r.varint() };
@@ -194,6 +210,7 @@ export function loadScanCache(file: string, root: string, params?: ChunkParams):
       }
       files.set(path, { size, mtimeNs, ctimeNs, ino, lens, ids });
     }
+    if (r.remaining !== 0) return undefined;
     return { root, params: p, generation, rootHash, files };
   } catch {
     return undefined;
