@@ -6,6 +6,7 @@
  */
 import fs from 'node:fs';
 import { isUtf8 } from 'node:buffer';
+import { createHash } from 'node:crypto';
 import path from 'node:path';
 import { ChunkParams, ChunkPolicy, DEFAULT_CHUNK_PARAMS, chunkParamsFor, sameChunkParams } from '../chunk/chunker.js';
 import { Entry, Manifest, PackedEntry, encodeManifest, entryPath, rootHashOf, comparePaths, checkTree } from '../manifest/manifest.js';
@@ -149,6 +150,8 @@ class Listing {
   readonly targets = new Map<number, string>();
   /** Whether a folder the walk listed was gone (or no longer a folder) when it came to list its entries. */
   vanished = false;
+  /** Each folder listed (relative path, '' the root) with a digest of the names it held then (see listingMoved). */
+  readonly folders = new Map<string, string>();
   private kinds = new Uint8Array(0);
   private modes = new Uint16Array(0);
   private sizes = new Float64Array(0);
@@ -336,7 +339,9 @@ export class CompanyScanner {
     let listed = await this.walk();
     // A folder removed or renamed while the walk ran is walked again (twice at most): the generation is then the tree
     // after the change, not one that lacks a moved folder's files (which every branch would delete, then fetch anew).
-    for (let i = 0; i < 2 && listed.vanished; i++) listed = await this.walk();
+    // So is one where a folder listed early holds other names by the walk's end: a folder or file moved from a folder
+    // not listed yet into one listed already was in neither listing.
+    for (let i = 0; i < 2 && (listed.vanished || (await this.listingMoved(listed))); i++) listed = await this.walk();
     this.lastBytesRead = 0;
     // The parameters and the cache this scan chunks and looks files up with; this.params and this.cache change only
     // when it succeeds (a failed scan must leave the cache that vouches for the last generation as it was).
@@ -493,6 +498,7 @@ export class CompanyScanner {
         throw err;
       }
       const names = listedNames.sort((a, b) => comparePaths(a, b));
+      out.folders.set(relDir, namesDigest(names));
       if (names.some((n) => n.includes('\ufffd'))) await refuseNonUtf8(absDir, relDir);
       const subdirs: string[] = [];
       for (const name of names) {
@@ -539,6 +545,23 @@ export class CompanyScanner {
     };
     await visit('');
     return out;
+  }
+
+  /**
+   * Whether any folder the walk listed now holds other names than it did then (or is gone): names only, one listing a
+   * folder (no stat of its files), in the walk's order.
+   */
+  private async listingMoved(listed: Listing): Promise<boolean> {
+    for (const [relDir, digest] of listed.folders) {
+      let names: string[];
+      try {
+        names = await fs.promises.readdir(relDir ? entryPath(this.root, relDir) : this.root);
+      } catch {
+        return true;
+      }
+      if (namesDigest(names.sort((a, b) => comparePaths(a, b))) !== digest) return true;
+    }
+    return false;
   }
 
   /** Written too recently to be read, or to trust a read of that began at `at` (see quietInMs). */
@@ -659,6 +682,13 @@ export class CompanyScanner {
  */
 function absPathsOf(root: string, entries: readonly Entry[]): (ei: number) => string {
   return (ei) => entryPath(root, entries[ei]!.path);
+}
+
+/** A digest of a folder's sorted names (a walk keeps one per folder, not the names twice). */
+function namesDigest(names: readonly string[]): string {
+  const h = createHash('sha1');
+  for (const n of names) h.update(n).update('\0');
+  return h.digest('base64');
 }
 
 /** The largest time (nanoseconds from the epoch, either way) a manifest holds: a signed 64-bit integer's range. */
