@@ -14,7 +14,8 @@ import type { PullResult, PullProgress, PullOptions } from '../sync/pull.js';
 import type { VerifyResult } from '../sync/verify.js';
 import { progressLine, summary } from './progress.js';
 import { formatBytes, parseRate } from '../util/rate.js';
-import { ErrorCodes, fail, toSnapferryError } from '../util/errors.js';
+import { ErrorCodes, fail, fsProblem, toSnapferryError } from '../util/errors.js';
+import fs from 'node:fs';
 import { isSiteUrl } from '../transport/url.js';
 import { COMPANY_NAME, COMPANY_NAME_RULE } from '../util/names.js';
 
@@ -82,6 +83,43 @@ function parseLevel(text: string): number {
 }
 
 const collect = (v: string, prev: string[]) => [...prev, v];
+
+/** The names in a folder that mkcompany or mutate is given: a folder is required (refused by name otherwise). */
+function folderNames(dir: string, missingOk: boolean): string[] | undefined {
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(dir);
+  } catch (err) {
+    if (missingOk && (err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    return fail(ErrorCodes.USAGE, `cannot use ${path.resolve(dir)}: ${fsProblem(err)}`);
+  }
+  if (!st.isDirectory()) fail(ErrorCodes.USAGE, `${path.resolve(dir)} is not a folder`);
+  try {
+    return fs.readdirSync(dir);
+  } catch (err) {
+    return fail(ErrorCodes.USAGE, `cannot list ${path.resolve(dir)}: ${fsProblem(err)}`);
+  }
+}
+
+/** mkcompany writes files of fixed names: only into a new or empty folder, never over a folder's data. */
+function checkNewCompanyDir(dir: string): void {
+  const names = folderNames(dir, true);
+  if (names && names.length > 0) {
+    fail(ErrorCodes.DIR_FOREIGN, `${path.resolve(dir)} is not empty; mkcompany makes a company in a new or empty folder (it would overwrite files there)`);
+  }
+}
+
+/** mutate rewrites pages, deletes and renames files: only in a synthetic company (mkcompany's), never any folder. */
+function checkSyntheticCompany(dir: string, top: ReadonlySet<string>): void {
+  const names = folderNames(dir, false)!;
+  const odd = names.filter((n) => !top.has(n));
+  if (odd.length > 0 || !names.includes('Journal.log')) {
+    fail(
+      ErrorCodes.DIR_FOREIGN,
+      `${path.resolve(dir)} is not a synthetic company made by mkcompany (${odd.length > 0 ? `it holds ${JSON.stringify(odd[0])}` : 'it has no Journal.log'}); mutate rewrites, deletes and renames files, so it refuses any other folder`,
+    );
+  }
+}
 
 function printPull(r: PullResult, dir: string, json: boolean): void {
   if (json) process.stdout.write(`${JSON.stringify(r)}\n`);
@@ -318,9 +356,11 @@ export function buildProgram(): Commander.Command {
     .addOption(new Option('--small-files <count>', 'instead, make COUNT small files'))
     .action(async (dir: string, size: string, seed: string, o: { smallFiles?: string }) => {
       const { makeCompany, makeSmallFiles } = await import('../gen/company.js');
-      const r = o.smallFiles
-        ? await makeSmallFiles(dir, wholeNumber(o.smallFiles, '--small-files', 1), wholeNumber(seed, 'SEED', 0))
-        : await makeCompany(dir, wholeNumber(size, 'sizeMiB', 1), wholeNumber(seed, 'SEED', 0));
+      const count = o.smallFiles ? wholeNumber(o.smallFiles, '--small-files', 1) : 0;
+      const sizeMiB = o.smallFiles ? 0 : wholeNumber(size, 'sizeMiB', 1);
+      const seedN = wholeNumber(seed, 'SEED', 0);
+      checkNewCompanyDir(dir);
+      const r = o.smallFiles ? await makeSmallFiles(dir, count, seedN) : await makeCompany(dir, sizeMiB, seedN);
       process.stdout.write(`${JSON.stringify(r)}\n`);
     });
 
@@ -330,8 +370,10 @@ export function buildProgram(): Commander.Command {
     .argument('<dir>')
     .argument('[seed]', 'seed', '2')
     .action(async (dir: string, seed: string) => {
-      const { mutateCompany } = await import('../gen/company.js');
-      const r = await mutateCompany(dir, wholeNumber(seed, 'SEED', 0));
+      const { mutateCompany, SYNTHETIC_TOP_NAMES } = await import('../gen/company.js');
+      const seedN = wholeNumber(seed, 'SEED', 0);
+      checkSyntheticCompany(dir, SYNTHETIC_TOP_NAMES);
+      const r = await mutateCompany(dir, seedN);
       process.stdout.write(`${JSON.stringify({ bytesChanged: r.bytesChanged, deleted: r.deleted.length, added: r.added.length, renamed: r.renamed.length })}\n`);
     });
 

@@ -313,6 +313,11 @@ const BIG_FILES: ReadonlyArray<readonly [string, number]> = [
   ['Manager.900', 0.08],
 ];
 const JOURNAL = 'Journal.log';
+/**
+ * What the top of a folder made by {@link makeCompany} holds, mutated or not: the large files, the journal and the two
+ * folders of small files (`mutate` on the CLI refuses any other folder, since it rewrites, deletes and renames files).
+ */
+export const SYNTHETIC_TOP_NAMES: ReadonlySet<string> = new Set([...BIG_FILES.map(([n]) => n), JOURNAL, 'masters', 'reports']);
 const JOURNAL_SHARE = 0.04;
 const SMALL_SHARE = 0.08;
 

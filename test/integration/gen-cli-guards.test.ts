@@ -1,0 +1,72 @@
+/**
+ * BUG (src/cli/main.ts): `mutate DIR` rewrote random pages of the four largest files of any folder, deleted 20 of its
+ * other files and renamed 5, whatever the folder held: `mutate` given the folder above a branch copy (its state folder
+ * included) or a home folder destroyed data. `mkcompany DIR` wrote its files over those of the same names in a folder
+ * that already held data (a real company's Tranmgr.900...). Both now refuse such a folder in one line, with nothing
+ * changed; failures name the folder in words, not as an errno dump.
+ */
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import fs from 'node:fs';
+import path from 'node:path';
+import { tempDir, runCli, treeFingerprint, fingerprintDiff } from '../helpers.js';
+
+describe('mkcompany and mutate refuse folders they would destroy', () => {
+  let tmp: ReturnType<typeof tempDir>;
+  beforeAll(() => {
+    tmp = tempDir('sf-gen-guards-');
+  });
+  afterAll(() => tmp?.cleanup());
+
+  async function expectRefused(args: string[], what: RegExp): Promise<void> {
+    const before = treeFingerprint(tmp.dir);
+    const r = await runCli(args, { timeoutMs: 30_000 });
+    expect(r.signal).toBeNull();
+    expect(r.code, r.stderr).not.toBe(0);
+    const lines = r.stderr.trim().split('\n');
+    expect(lines, r.stderr).toHaveLength(1);
+    expect(lines[0]).toMatch(what);
+    expect(lines[0]).toMatch(/^snapferry: .* \[SNAPFERRY_E_[A-Z_]+\]$/);
+    // Errno codes are translated into words.
+    expect(lines[0]).not.toMatch(/\bE[A-Z]{3,}\b(?!_)/);
+    expect(fingerprintDiff(before, treeFingerprint(tmp.dir))).toEqual([]);
+  }
+
+  it('mutate refuses a folder that is not a synthetic company (the folder above a copy, a folder of documents)', async () => {
+    const co = path.join(tmp.dir, 'parent', 'acme');
+    const r = await runCli(['mkcompany', co, '2', '5'], { timeoutMs: 30_000 });
+    expect(r.code, r.stderr).toBe(0);
+    // A state folder beside it, as a branch copy has.
+    fs.mkdirSync(path.join(tmp.dir, 'parent', '.acme.snapferry'));
+    fs.writeFileSync(path.join(tmp.dir, 'parent', '.acme.snapferry', 'applied.json'), '{}');
+    await expectRefused(['mutate', path.join(tmp.dir, 'parent')], /not a synthetic company/);
+    const docs = path.join(tmp.dir, 'docs');
+    fs.mkdirSync(docs);
+    for (let i = 0; i < 30; i++) fs.writeFileSync(path.join(docs, `letter${i}.txt`), `dear ${i}\n`.repeat(100 + i));
+    await expectRefused(['mutate', docs], /not a synthetic company/);
+    // The synthetic company itself is still mutated.
+    const ok = await runCli(['mutate', co, '2'], { timeoutMs: 30_000 });
+    expect(ok.code, ok.stderr).toBe(0);
+    expect(JSON.parse(ok.stdout).deleted).toBeGreaterThan(0);
+  }, 60_000);
+
+  it('mutate of a folder that is missing or a file: one line in words', async () => {
+    await expectRefused(['mutate', path.join(tmp.dir, 'nowhere')], /no such file or folder/);
+    fs.writeFileSync(path.join(tmp.dir, 'a-file'), 'x');
+    await expectRefused(['mutate', path.join(tmp.dir, 'a-file')], /not a folder/);
+  }, 30_000);
+
+  it('mkcompany refuses a folder that already holds files (it would overwrite them), and a file', async () => {
+    const real = path.join(tmp.dir, 'real-company');
+    fs.mkdirSync(real);
+    fs.writeFileSync(path.join(real, 'Tranmgr.900'), 'the only copy of the ledger\n');
+    await expectRefused(['mkcompany', real, '1'], /not empty/);
+    expect(fs.readFileSync(path.join(real, 'Tranmgr.900'), 'utf8')).toBe('the only copy of the ledger\n');
+    fs.writeFileSync(path.join(tmp.dir, 'b-file'), 'x');
+    await expectRefused(['mkcompany', path.join(tmp.dir, 'b-file'), '1'], /not a folder/);
+    // An empty folder is fine.
+    const empty = path.join(tmp.dir, 'empty');
+    fs.mkdirSync(empty);
+    const r = await runCli(['mkcompany', empty, '1'], { timeoutMs: 30_000 });
+    expect(r.code, r.stderr).toBe(0);
+  }, 60_000);
+});
