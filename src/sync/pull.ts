@@ -163,6 +163,11 @@ export async function pull(opts: PullOptions): Promise<PullResult> {
   const paths = new StatePaths(opts.dir);
   const lock = new DirLock(paths);
   const started = performance.now();
+  // Repair mends a copy: where no state folder shows snapferry made one (a mistyped path, an empty folder), it would
+  // fetch the whole company and call that a repair. Checked before the lock, which makes the state folder.
+  if (opts.repair && !fs.existsSync(paths.state)) {
+    fail(ErrorCodes.NOT_A_COPY, `${paths.dir} holds no copy made by snapferry (no ${paths.state}); repair mends a copy, pull makes one`);
+  }
   try {
     checkParentWritable(paths);
     await lock.acquire(opts.lockWaitMs ?? 0);
