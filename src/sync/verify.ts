@@ -149,15 +149,21 @@ export async function verifyDir(dir: string, opts: VerifyOptions = {}): Promise<
         if (e.kind === 'dir') notFolders.add(e.path);
         continue;
       }
+      // Folders' and links' mtimes are the copy's too (a pull sets them): a file made and removed again in a folder
+      // leaves only its mtime changed, which repair puts back only if it is reported.
       if (e.kind === 'symlink') {
         if (fs.readlinkSync(abs) !== e.target) damaged.push({ path: e.path, problem: 'link-changed' });
+        else if (!sameMtime(st.mtimeNs, e.mtimeNs)) damaged.push({ path: e.path, problem: 'mtime-changed' });
         continue;
       }
       const mode = Number(st.mode & 0o7777n);
       if (mode !== appliedMode(e.mode)) {
         damaged.push({ path: e.path, problem: 'mode-changed', expectedMode: appliedMode(e.mode).toString(8), actualMode: mode.toString(8) });
       }
-      if (e.kind === 'dir') continue;
+      if (e.kind === 'dir') {
+        if (!sameMtime(st.mtimeNs, e.mtimeNs)) damaged.push({ path: e.path, problem: 'mtime-changed' });
+        continue;
+      }
       const size = Number(st.size);
       /** The file's size problem, if any: deep mode adds its damaged ranges to it. */
       let sizeProblem: Damage | undefined;
