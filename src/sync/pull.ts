@@ -322,6 +322,8 @@ class PullRun {
 
   async execute(): Promise<PullResult> {
     this.progress('connect');
+    /** Why repair re-establishes DIR's record: said once the site accepted the secret (a wrong one fails the check too). */
+    let recordNote: string | undefined;
     if (this.opts.repair) {
       try {
         const { verifyDir } = await import('./verify.js');
@@ -332,7 +334,7 @@ class PullRun {
       } catch (err) {
         const e = toSnapferryError(err);
         if (e.code !== ErrorCodes.STATE && e.code !== ErrorCodes.BAD_MANIFEST) throw e;
-        this.opts.log?.(`${e.message}; re-establishing it from the site`);
+        recordNote = `${e.message}; re-establishing it from the site`;
         this.applied = undefined; // re-chunk what DIR has
         this.damagedBefore = -1;
       }
@@ -343,6 +345,7 @@ class PullRun {
       throw toSnapferryError(err);
     }
     this.neverConnected = false;
+    if (recordNote) this.opts.log?.(recordNote);
     try {
       return await this.run();
     } catch (err) {
