@@ -8,9 +8,27 @@
 import { describe, it, expect, afterAll } from 'vitest';
 import fs from 'node:fs';
 import path from 'node:path';
-import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, waitFor } from '../helpers.js';
+import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, waitFor, journalRecords } from '../helpers.js';
 import { makeCompany, mutateCompany } from '../../src/gen/company.js';
+import { decodeManifest } from '../../src/manifest/manifest.js';
+import { layoutOf } from '../../src/manifest/layout.js';
 import { FaultProxy, afterBytes } from './netfault.js';
+
+/** Ids of the chunks an interrupted attempt recorded as verified (its next.journal, by its next.manifest). */
+function verifiedIds(state: string): Set<bigint> {
+  const L = layoutOf(decodeManifest(fs.readFileSync(path.join(state, 'next.manifest'))));
+  const ids = new Set<bigint>();
+  for (const g of journalRecords(path.join(state, 'next.journal'))) if (g < L.total) ids.add(L.id[g]!);
+  return ids;
+}
+
+/** Chunk occurrences of the committed generation (applied.manifest) whose id is among `ids`: what could be copied. */
+function occurrencesAmong(state: string, ids: ReadonlySet<bigint>): number {
+  const L = layoutOf(decodeManifest(fs.readFileSync(path.join(state, 'applied.manifest'))));
+  let n = 0;
+  for (let g = 0; g < L.total; g++) if (ids.has(L.id[g]!)) n++;
+  return n;
+}
 
 describe('the company changed between two attempts of a pull', () => {
   const tmp = tempDir('sf-changed-between-');
@@ -32,6 +50,7 @@ describe('the company changed between two attempts of a pull', () => {
       const state = path.join(tmp.dir, 'branch', '.acme.snapferry');
       const verified = fs.statSync(path.join(state, 'next.journal'), { throwIfNoEntry: false })?.size ?? 0;
       expect(verified / 4, 'the first attempt verified some chunks').toBeGreaterThan(20);
+      const ids = verifiedIds(state);
       await mutateCompany(src, 72);
       // The site sees the change and indexes a second generation (bounded).
       await waitFor(() => /indexed acme: generation 2/.test(site.stderr()), 20_000);
@@ -39,6 +58,8 @@ describe('the company changed between two attempts of a pull', () => {
       expect(r.code, r.stderr).toBe(0);
       const j = JSON.parse(r.stdout) as { chunksFetched: number; chunksReused: number; generation: number };
       expect(j.generation).toBe(2);
+      // Every chunk of the new generation whose id the first attempt verified is copied: exactly, whatever the load.
+      const reusable = occurrencesAmong(state, ids);
       expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
       // A fresh seed of the same generation, for comparison.
       const fresh = path.join(tmp.dir, 'fresh', 'acme');
@@ -46,12 +67,15 @@ describe('the company changed between two attempts of a pull', () => {
       const f = await runCli(['pull', site.url, 'acme', fresh, '--secret', key, '--json']);
       expect(f.code, f.stderr).toBe(0);
       const all = JSON.parse(f.stdout).chunksFetched as number;
-      // Most of what the first attempt verified is still in the new generation (a 1% change): not fetched again.
-      // 90-96% of it was reused on a quiet machine and 78% once on a loaded CI runner (the cut lands at another point
-      // of the transfer, and the mutation hits those chunks in another proportion); the code before reused none.
-      const msg = `${j.chunksFetched} fetched, ${j.chunksReused} reused, against ${all} for a fresh seed; ${verified / 4} verified`;
+      // How much of what was verified the new generation still has depends on which packs arrived before the cut
+      // (the site answers them as its workers finish): the mutation deletes every small file (all 39 of their chunks)
+      // and rewrites pages densest in the smaller big files. 90-96% here when the cut falls in the big files, 80-84%
+      // when the small files' pack came early, 78% once on a loaded CI runner (199 of 254); every time, every chunk
+      // that could be copied was. The code before reused none.
+      const msg = `${j.chunksFetched} fetched, ${j.chunksReused} reused (${reusable} could be), against ${all} for a fresh seed; ${verified / 4} verified`;
+      expect(j.chunksReused, msg).toBeGreaterThanOrEqual(reusable);
+      expect(reusable, msg).toBeGreaterThan((verified / 4) * 0.5);
       expect(j.chunksFetched, msg).toBeLessThan(all - (verified / 4) * 0.5);
-      expect(j.chunksReused, msg).toBeGreaterThan((verified / 4) * 0.5);
       expect(fs.readdirSync(state).sort()).toEqual(['applied.json', 'applied.manifest', 'applied.stats']);
     } finally {
       await proxy.close();
