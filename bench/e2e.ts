@@ -336,6 +336,8 @@ async function companyCycle(ctx: E2EContext, link: Link, dir: string, sizeMiB: n
   const useSf = tool(ctx, 'snapferry');
   const useRs = tool(ctx, 'rsync');
   let serve: { server: Server; url: string } | undefined;
+  /** Why serve did not start: each snapferry step of this run is then recorded as failed with it. */
+  let serveError: string | undefined;
   let daemon: RsyncDaemon | undefined;
   const L = link.name;
   log(`${L}: company ${sizeMiB} MiB, run ${run}/${opts.runs}`);
@@ -345,7 +347,7 @@ async function companyCycle(ctx: E2EContext, link: Link, dir: string, sizeMiB: n
         serve = await sf.startServe({ co: SRC }, ctx.secret!, link, await ports.get(), 60_000);
         if (serve.server.readySeconds > 1) R.note(`snapferry serve took ${serve.server.readySeconds.toFixed(1)} s to listen (not in the seed's wall time or CPU: see the site-index and +index rows)`);
       } catch (err) {
-        R.add('seed', L, 'snapferry', toSample(run, { ok: false, note: (err as Error).message, seconds: NaN, bytesOnWire: null, src: { cpuSeconds: NaN, peakRssKiB: 0 }, dst: { cpuSeconds: NaN, peakRssKiB: 0 } }));
+        serveError = lastLine((err as Error).message);
       }
     }
     if (useRs) daemon = await RsyncDaemon.start(dir, path.join(dir, 'rsync-root'), link, await ports.get(), 30_000);
@@ -370,7 +372,11 @@ async function companyCycle(ctx: E2EContext, link: Link, dir: string, sizeMiB: n
     };
 
     const sfStep = async (scenario: string, record: boolean, cmd: 'pull' | 'repair' = 'pull', check?: () => string | undefined, rep?: number): Promise<sf.PullJson | undefined> => {
-      if (!serve) return undefined;
+      if (!serve) {
+        // Not left out: rsync's samples of this run would then be compared with snapferry's other runs only.
+        if (serveError !== undefined && record) R.add(scenario, L, 'snapferry', { ...timeOnly(run, false, NaN, serveError), rep });
+        return undefined;
+      }
       if (cmd === 'repair' && ctx.sfMissing.has('repair')) return undefined;
       const t = await sf.pull(serve.server, serve.url, 'co', sfDst, ctx.secret!, link, T, cmd);
       if (t.unknownCommand) {

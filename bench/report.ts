@@ -120,17 +120,27 @@ export class Results {
   pairedMedian(scenario: string, link: string, toolA: string, toolB: string, metric: (s: Sample) => number | null, scenarioB = scenario): Pick<Check, 'perRun'> & { value: number } | null {
     const ratios = this.pairedRatios(scenario, link, toolA, toolB, metric, scenarioB);
     if (ratios.length === 0) return null;
-    return { value: median(ratios), ...(ratios.length > 1 ? { perRun: ratios } : {}) };
+    return { value: median(ratios), ...(ratios.length > 1 || !Number.isFinite(ratios[0]!) ? { perRun: ratios } : {}) };
   }
 
-  /** The per-run ratios a/b of a metric, paired by run number (and repetition). */
+  /**
+   * The per-run ratios a/b of a metric, paired by run number (and repetition). A run where A (the tool under test)
+   * failed or timed out counts as +Infinity, a ratio no floor is met by: leaving it out let the runs that did finish
+   * decide alone (a timed-out delta in one run of three, or in all three, could still print PASS, or no check at all).
+   * A run where only the peer (B) failed is left out: there is nothing to compare with.
+   */
   pairedRatios(scenario: string, link: string, toolA: string, toolB: string, metric: (s: Sample) => number | null, scenarioB = scenario): number[] {
     const a = this.get(scenario, link, toolA);
     const b = this.get(scenarioB, link, toolB);
     const ratios: number[] = [];
     for (const sa of a) {
       const sb = b.find((x) => x.run === sa.run && (x.rep ?? 0) === (sa.rep ?? 0));
-      if (!sb || !sa.ok || !sb.ok) continue;
+      if (!sb) continue;
+      if (!sa.ok) {
+        ratios.push(Infinity);
+        continue;
+      }
+      if (!sb.ok) continue;
       const va = metric(sa);
       const vb = metric(sb);
       if (va === null || vb === null || !Number.isFinite(va) || !Number.isFinite(vb) || vb <= 0) continue;
@@ -146,6 +156,15 @@ const med = (xs: Array<number | null | undefined>): number | null => {
   return v.length ? median(v) : null;
 };
 const mib = (kib: number | null): number | null => (kib === null ? null : kib / 1024);
+/**
+ * A check's figure over the runs of one tool: the median, a failed run counting as +Infinity (it did not show the
+ * figure within any floor), and the runs themselves when there are several or one failed.
+ */
+function runsMedian(samples: Sample[], pick: (s: Sample) => number | null): Pick<Check, 'perRun'> & { value: number } | null {
+  const v = samples.map((s) => (s.ok ? pick(s) : Infinity)).filter((x): x is number => typeof x === 'number' && !Number.isNaN(x));
+  if (!v.length) return null;
+  return { value: median(v), ...(v.length > 1 || !Number.isFinite(v[0]!) ? { perRun: v } : {}) };
+}
 
 function aggregate(scenario: string, link: string, tool: string, samples: Sample[]): Row {
   const ok = samples.filter((s) => s.ok);
@@ -228,10 +247,16 @@ export function computeChecks(r: Results, links: string[], fanoutN: number): Che
   const out: Check[] = [];
   for (const link of links) {
     for (const v of VS_RSYNC) {
-      const paired = r.pairedMedian(v.scenario, link, 'snapferry', 'rsync', M[v.metric], v.scenario.replace('+index', ''));
-      if (paired === null) continue;
-      const { value } = paired;
+      const scenarioB = v.scenario.replace('+index', '');
       const floor = v.floor[link as LinkName] ?? null;
+      const paired = r.pairedMedian(v.scenario, link, 'snapferry', 'rsync', M[v.metric], scenarioB);
+      if (paired === null) {
+        // Both ran, but no run gave a pair (the peer failed in every run): say so rather than leave the check out.
+        if (floor !== null && r.get(v.scenario, link, 'snapferry').length && r.get(scenarioB, link, 'rsync').length)
+          out.push({ name: `${v.scenario} ${LABEL[v.metric]} snapferry/rsync`, scenario: v.scenario, link, metric: v.metric, value: null, floor, source: `${v.source}; no run of rsync succeeded`, pass: null, chart: false, unit: 'x' });
+        continue;
+      }
+      const { value } = paired;
       out.push({
         name: `${v.scenario} ${LABEL[v.metric]} snapferry/rsync`,
         scenario: v.scenario,
@@ -275,27 +300,28 @@ export function computeChecks(r: Results, links: string[], fanoutN: number): Che
     const fan = r.pairedRatio(`fanout-${fanoutN}`, link, 'snapferry', 'snapferry', (s) => s.srcCpu, 'fanout-1');
     if (fan !== null)
       out.push({ name: `fan-out server CPU ${fanoutN} pulls / 1 pull, pulls alone`, scenario: 'fanout', link, metric: 'srcCpu', value: fan, floor: null, source: 'informational: the per-branch sealing and sending only', pass: null, chart: false, unit: 'x' });
-    const fol = med(r.get('follow', link, 'snapferry').filter((s) => s.ok).map((s) => s.seconds));
+    const fol = runsMedian(r.get('follow', link, 'snapferry'), (s) => s.seconds);
     if (fol !== null)
-      out.push({ name: 'follow: edit at the site to applied at the branch', scenario: 'follow', link, metric: 'seconds', value: fol, floor: 5, source: 'issue 3 (applied within 5 s)', pass: verdict(fol, 5), chart: false, unit: 's' });
+      out.push({ name: 'follow: edit at the site to applied at the branch', scenario: 'follow', link, metric: 'seconds', floor: 5, source: 'issue 3 (applied within 5 s)', pass: verdict(fol.value, 5), chart: false, unit: 's', ...fol });
     for (const side of ['src', 'dst'] as const) {
       const pick = (s: Sample) => (side === 'src' ? s.srcRssKiB : s.dstRssKiB);
-      const big = med(r.get('memory-4x', link, 'snapferry').filter((s) => s.ok).map(pick));
+      const big = runsMedian(r.get('memory-4x', link, 'snapferry'), (s) => mib(pick(s)));
       // Each run's 4x seed against its 1x seed, then the median, as the other ratios.
       const paired = r.pairedMedian('memory-4x', link, 'snapferry', 'snapferry', pick, 'memory-1x');
       if (big === null || paired === null) continue;
       const who = side === 'src' ? 'serving' : 'pulling';
       out.push({ name: `peak RSS 4x company / 1x, ${who} side`, scenario: 'memory', link, metric: `${side}Rss`, floor: 1.0, source: 'issue 2 (no larger for a 4 GiB folder)', pass: verdict(paired.value, 1.0), chart: false, unit: 'x', ...paired });
-      out.push({ name: `peak RSS 4x company, ${who} side`, scenario: 'memory', link, metric: `${side}Rss`, value: big / 1024, floor: 200, source: 'issue 2 (<= 200 MiB each side)', pass: verdict(big / 1024, 200), chart: false, unit: 'MiB' });
+      out.push({ name: `peak RSS 4x company, ${who} side`, scenario: 'memory', link, metric: `${side}Rss`, floor: 200, source: 'issue 2 (<= 200 MiB each side)', pass: verdict(big.value, 200), chart: false, unit: 'MiB', ...big });
     }
     for (const scen of ['seed', 'small-seed']) {
-      const ss = r.get(scen, link, 'snapferry').filter((s) => s.ok);
+      const ss = r.get(scen, link, 'snapferry');
       if (!ss.length) continue;
       for (const side of ['src', 'dst'] as const) {
-        const v = med(ss.map((s) => (side === 'src' ? s.srcRssKiB : s.dstRssKiB)));
+        const v = runsMedian(ss, (s) => mib(side === 'src' ? s.srcRssKiB : s.dstRssKiB));
         if (v === null) continue;
-        const value = v / 1024;
+        const { value } = v;
         out.push({
+          ...v,
           name: `${scen} peak RSS, ${side === 'src' ? 'serving' : 'pulling'} side (snapferry)`,
           scenario: scen,
           link,
@@ -367,15 +393,18 @@ export function renderRows(rows: Row[]): string {
 
 function fmtCheck(c: Check): string {
   if (c.value === null) return '-';
+  if (c.value === Infinity) return 'failed';
   return c.unit === 'x' ? `${c.value.toFixed(2)}x` : c.unit === '%' ? `${c.value.toFixed(2)}%` : c.unit === 's' ? `${c.value.toFixed(2)} s` : `${c.value.toFixed(0)} MiB`;
 }
 /** The spread of a median's per-run ratios and, under a floor, how many runs met it: "0.58-0.79x, 2/3". */
 function fmtPerRun(c: Check): string {
   if (!c.perRun) return '';
-  const lo = Math.min(...c.perRun);
-  const hi = Math.max(...c.perRun);
+  const done = c.perRun.filter((x) => Number.isFinite(x));
+  const failed = c.perRun.length - done.length;
+  const unit = c.unit === 'x' ? 'x' : c.unit === '%' ? '%' : c.unit === 's' ? ' s' : ' MiB';
+  const range = done.length ? `${Math.min(...done).toFixed(2)}-${Math.max(...done).toFixed(2)}${unit}` : 'none finished';
   const met = c.floor === null ? '' : `, ${c.perRun.filter((x) => x <= c.floor!).length}/${c.perRun.length}`;
-  return `${lo.toFixed(2)}-${hi.toFixed(2)}x${met}`;
+  return `${range}${met}${failed ? `, ${failed} failed` : ''}`;
 }
 function fmtFloor(c: Check): string {
   if (c.floor === null) return '-';
@@ -423,7 +452,12 @@ export function toJson(r: Results, checks: Check[]): unknown[] {
   for (const m of r.micro)
     out.push({ scenario: `micro:${m.name}`, link: 'in-process', tool: m.tool, seconds: null, bytesOnWire: null, cpuSeconds: null, peakRssMiB: null, value: m.value, unit: m.unit, detail: m.detail ?? null, ...(m.extra ?? {}) });
   for (const c of checks)
-    out.push({ scenario: `check:${c.scenario}`, link: c.link, tool: 'check', seconds: null, bytesOnWire: null, cpuSeconds: null, peakRssMiB: null, check: c.name, metric: c.metric, value: c.value, unit: c.unit, floor: c.floor, pass: c.pass, source: c.source, ...(c.perRun ? { perRun: c.perRun } : {}) });
+    out.push({
+      scenario: `check:${c.scenario}`, link: c.link, tool: 'check', seconds: null, bytesOnWire: null, cpuSeconds: null, peakRssMiB: null, check: c.name, metric: c.metric,
+      // A failed run's +Infinity is written as null (JSON has no infinity), and counted in failedRuns.
+      value: c.value, unit: c.unit, floor: c.floor, pass: c.pass, source: c.source,
+      ...(c.perRun ? { perRun: c.perRun, failedRuns: c.perRun.filter((x) => !Number.isFinite(x)).length } : {}),
+    });
   return out.map(rounded) as unknown[];
 }
 
@@ -467,7 +501,8 @@ export function renderSvg(checks: Check[], subtitle: string[]): string {
     parts.push(`<rect x="${labelW}" y="${y + 4}" width="${Math.max(1, x(b.value!) - labelW)}" height="${rowH - 8}" fill="${color}"/>`);
     const over = b.value! > scaleMax ? ' ▸' : '';
     const labelX = Math.max(x(b.value!), b.floor !== null ? x(b.floor) + 2 : 0) + 4;
-    parts.push(`<text x="${labelX}" y="${y + 16}" fill="#222">${b.value!.toFixed(2)}x${over}${b.pass === null ? '' : b.pass ? ' PASS' : ' FAIL'}</text>`);
+    const shown = Number.isFinite(b.value!) ? `${b.value!.toFixed(2)}x` : 'failed';
+    parts.push(`<text x="${labelX}" y="${y + 16}" fill="#222">${shown}${over}${b.pass === null ? '' : b.pass ? ' PASS' : ' FAIL'}</text>`);
     if (b.floor !== null) {
       const fx = x(b.floor);
       parts.push(`<line x1="${fx}" y1="${y + 1}" x2="${fx}" y2="${y + rowH - 1}" stroke="#000" stroke-width="2.5"/>`);
