@@ -184,9 +184,18 @@ function timeOnly(run: number, ok: boolean, seconds: number, note?: string): Sam
   return { run, ok, note, seconds, bytesOnWire: null, srcCpu: null, srcRssKiB: null, dstCpu: null, dstRssKiB: null };
 }
 
-/** The site's indexing time, as waited for by sf.waitIndexed. */
-function indexSample(run: number, w: { ok: boolean; seconds: number }): Sample {
-  return timeOnly(run, w.ok, w.seconds, w.ok ? undefined : 'the site did not say it had indexed');
+/**
+ * The site's indexing, as waited for by sf.waitIndexed: its time, and the serving process's CPU seconds since
+ * `cpuBefore` (its whole life for a first index: reading, chunking and compressing the company into its store).
+ */
+function indexSample(run: number, w: { ok: boolean; seconds: number }, server: Server, cpuBefore: number): Sample & { srcCpu: number | null } {
+  const now = server.totals()?.cpuSeconds;
+  return { ...timeOnly(run, w.ok, w.seconds, w.ok ? undefined : 'the site did not say it had indexed'), srcCpu: now === undefined ? null : now - cpuBefore };
+}
+
+/** A pull's sample with the site's index added: its time and its CPU (the serving side's). */
+function plusIndex(s: Sample, index: Sample): Sample {
+  return { ...s, seconds: s.seconds + index.seconds, srcCpu: s.srcCpu === null || index.srcCpu === null ? null : s.srcCpu + index.srcCpu };
 }
 
 function toSample(run: number, t: Transfer, check?: string): Sample {
@@ -357,18 +366,21 @@ async function companyCycle(ctx: E2EContext, link: Link, dir: string, sizeMiB: n
     // added to the pull in the "+index" rows, so both readings are in the table.
     // The site's peak while it indexed before the seed (each pull's window resets the high-water mark).
     let indexPeakKiB = 0;
-    const sfIndex = async (scenario: 'seed' | 'delta' | 'delta-2', after: number): Promise<number | undefined> => {
+    // CPU seconds of the site so far: what a re-index after a change is counted from (taken before the change).
+    const siteCpu = (): number => serve?.server.totals()?.cpuSeconds ?? 0;
+    const sfIndex = async (scenario: 'seed' | 'delta' | 'delta-2', after: number, cpuBefore: number): Promise<Sample | undefined> => {
       if (!serve) return undefined;
       const w = await sf.waitIndexed(serve.server, after, T);
       if (scenario === 'seed') indexPeakKiB = serve.server.totals()?.hwmKiB ?? 0;
-      R.add(`site-index-${scenario}`, L, 'snapferry', indexSample(run, w));
-      if (w.ok) log(`  snapferry site indexed generation ${w.generation} in ${w.seconds.toFixed(2)} s`);
-      return w.ok ? w.seconds : undefined;
+      const sample = indexSample(run, w, serve.server, cpuBefore);
+      R.add(`site-index-${scenario}`, L, 'snapferry', sample);
+      if (w.ok) log(`  snapferry site indexed generation ${w.generation} in ${w.seconds.toFixed(2)} s, ${sample.srcCpu?.toFixed(2)} s CPU`);
+      return w.ok ? sample : undefined;
     };
-    const withIndex = (scenario: 'seed' | 'delta', index: number | undefined): void => {
+    const withIndex = (scenario: 'seed' | 'delta', index: Sample | undefined): void => {
       const s = R.get(scenario, L, 'snapferry').find((x) => x.run === run);
       if (!s || index === undefined) return;
-      R.add(`${scenario}+index`, L, 'snapferry', { ...s, seconds: s.seconds + index });
+      R.add(`${scenario}+index`, L, 'snapferry', plusIndex(s, index));
     };
 
     const sfStep = async (scenario: string, record: boolean, cmd: 'pull' | 'repair' = 'pull', check?: () => string | undefined, rep?: number): Promise<sf.PullJson | undefined> => {
@@ -411,7 +423,7 @@ async function companyCycle(ctx: E2EContext, link: Link, dir: string, sizeMiB: n
 
     // seed (always recorded when it runs: the repair and delta checks compare with it)
     let seedJson: sf.PullJson | undefined;
-    const seedIndex = await sfIndex('seed', 0);
+    const seedIndex = await sfIndex('seed', 0, 0);
     await pair(run, [
       async () => {
         seedJson = await sfStep('seed', true);
@@ -425,10 +437,11 @@ async function companyCycle(ctx: E2EContext, link: Link, dir: string, sizeMiB: n
     if (has(ctx, 'delta')) {
       if (ctx.budget.spent) return R.note(`time budget spent: delta on ${L} run ${run} skipped`);
       const t0 = performance.now();
+      const cpuBeforeChange = siteCpu();
       const m = await mutateCompany(SRC, 2);
       log(`  mutated: ${m.bytesChanged} B of pages, +${m.added.length} -${m.deleted.length} files, ${m.renamed.length} renamed (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
       let deltaJson: sf.PullJson | undefined;
-      const deltaIndex = await sfIndex('delta', Number(seedJson?.generation ?? 1));
+      const deltaIndex = await sfIndex('delta', Number(seedJson?.generation ?? 1), cpuBeforeChange);
       await pair(run, [
         async () => {
           deltaJson = await sfStep('delta', true);
@@ -442,9 +455,10 @@ async function companyCycle(ctx: E2EContext, link: Link, dir: string, sizeMiB: n
       // A second working day: the branch now holds the files the first delta replaced (its spare generation), which
       // this delta rewrites instead of copying the current versions whole. rsync works as on the first day.
       if (ctx.budget.spent) return R.note(`time budget spent: delta-2 on ${L} run ${run} skipped`);
+      const cpuBeforeChange2 = siteCpu();
       const m2 = await mutateCompany(SRC, 3);
       log(`  mutated again: ${m2.bytesChanged} B of pages, +${m2.added.length} -${m2.deleted.length} files, ${m2.renamed.length} renamed`);
-      await sfIndex('delta-2', Number(deltaJson?.generation ?? 2));
+      await sfIndex('delta-2', Number(deltaJson?.generation ?? 2), cpuBeforeChange2);
       await pair(run, [() => sfStep('delta-2', true).then(() => undefined), () => rsStep('delta-2', true)]);
     }
 
@@ -599,11 +613,12 @@ async function smallFiles(ctx: E2EContext, link: Link, dir: string, run: number,
           }
           // As for the company: the site indexes in the background; the pull is timed from the branch's request.
           const w = await sf.waitIndexed(serve.server, 0, T);
-          R.add('site-index-small', L, 'snapferry', indexSample(run, w));
+          const index = indexSample(run, w, serve.server, 0);
+          R.add('site-index-small', L, 'snapferry', index);
           const t = withProbe(await sf.pull(serve.server, serve.url, 'small', sfDst, ctx.secret!, link, T));
           const c = t.ok ? sameTree(SRC, sfDst) : undefined;
           R.add('small-seed', L, 'snapferry', toSample(run, t, c));
-          if (w.ok) R.add('small-seed+index', L, 'snapferry', { ...toSample(run, t, c), seconds: t.seconds + w.seconds });
+          if (w.ok) R.add('small-seed+index', L, 'snapferry', plusIndex(toSample(run, t, c), index));
           log(`  snapferry small-seed: ${t.ok ? `${t.seconds.toFixed(2)} s${c ? `, WRONG COPY: ${c}` : ''}` : t.note}`);
         }),
       tool(ctx, 'rsync') &&

@@ -217,9 +217,11 @@ interface VsRsync {
 const VS_RSYNC: VsRsync[] = [
   { scenario: 'seed', metric: 'seconds', floor: { loopback: 1.0, shaped: 0.8 }, source: 'issue 2 (<= 1.0x on 127.0.0.1, aim 0.8x); issue 5 (<= 0.8x on the shaped link)' },
   { scenario: 'seed', metric: 'bytesOnWire', floor: { loopback: null, shaped: null }, source: 'informational' },
-  { scenario: 'seed', metric: 'cpuSeconds', floor: { loopback: null, shaped: null }, source: 'informational (both sides)' },
+  { scenario: 'seed', metric: 'cpuSeconds', floor: { loopback: null, shaped: null }, source: "informational (both sides; the site's first index not included: see seed+index)" },
+  { scenario: 'seed+index', metric: 'cpuSeconds', floor: { loopback: null, shaped: null }, source: "informational (both sides): the site's CPU for its first index of the company added (reading, chunking, compressing it into its store)" },
   { scenario: 'seed+index', metric: 'seconds', floor: { loopback: null, shaped: null }, source: "informational: the pull plus the site's first index of the company (rsync has no index)" },
   { scenario: 'delta+index', metric: 'seconds', floor: { loopback: null, shaped: null }, source: "informational: the pull plus the site's re-index after the change (incl. its settle delay)" },
+  { scenario: 'delta+index', metric: 'cpuSeconds', floor: { loopback: null, shaped: null }, source: "informational (both sides): the site's CPU for its re-index after the change added" },
   { scenario: 'small-seed+index', metric: 'seconds', floor: { loopback: null, shaped: null }, source: "informational: the pull plus the site's first index of the 100,000 files" },
   { scenario: 'delta', metric: 'bytesOnWire', floor: { loopback: 1.0, shaped: 1.0 }, source: "issue 3 (<= rsync's total bytes sent, aim 0.7x)" },
   { scenario: 'delta', metric: 'seconds', floor: { loopback: 0.7, shaped: null }, source: 'issue 3 (<= 0.7x on 127.0.0.1): the first delta after a seed, which copies each changed file whole' },
