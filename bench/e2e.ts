@@ -13,8 +13,8 @@
  *  small-seed   makeSmallFiles(N) seeded into an empty folder    snapferry | rsync
  *  fanout       one serve process: 1 pull, then N concurrent pulls; the server's whole-life CPU seconds
  *
- * After every transfer the branch folder is checked against the source (paths and sizes; after repair also the
- * damaged bytes): a run that leaves a wrong copy is marked failed, not timed.
+ * After every transfer the branch folder is checked against the source (paths, sizes, contents, link targets): a run
+ * that leaves a wrong copy is marked failed, not timed.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -102,7 +102,36 @@ function listing(root: string): Map<string, number | string> {
   return out;
 }
 
-/** undefined when dst has the same paths and sizes as src, else what differs first. */
+/** The first offset where two files of the same size differ, or -1 (read in 1 MiB blocks; not timed). */
+function firstDifference(a: string, b: string): number {
+  const fa = fs.openSync(a, 'r');
+  const fb = fs.openSync(b, 'r');
+  try {
+    const ba = Buffer.allocUnsafe(1 << 20);
+    const bb = Buffer.allocUnsafe(1 << 20);
+    for (let pos = 0; ; ) {
+      const na = fs.readSync(fa, ba, 0, ba.length, pos);
+      const nb = fs.readSync(fb, bb, 0, bb.length, pos);
+      if (na !== nb) return pos + Math.min(na, nb);
+      if (na === 0) return -1;
+      if (!ba.subarray(0, na).equals(bb.subarray(0, nb))) {
+        let i = 0;
+        while (ba[i] === bb[i]) i++;
+        return pos + i;
+      }
+      pos += na;
+    }
+  } finally {
+    fs.closeSync(fa);
+    fs.closeSync(fb);
+  }
+}
+
+/**
+ * undefined when dst has the same paths, sizes, file contents and link targets as src, else what differs first.
+ * Contents too: a delta is mostly 4 KiB pages rewritten in place, which change no size, so a copy that missed them
+ * had the source's paths and sizes and was timed as a good one.
+ */
 export function sameTree(src: string, dst: string): string | undefined {
   if (!fs.existsSync(dst)) return 'branch folder missing';
   const a = listing(src);
@@ -113,6 +142,12 @@ export function sameTree(src: string, dst: string): string | undefined {
     if (w !== v) return `${p}: size ${w}, expected ${v}`;
   }
   if (b.size !== a.size) for (const p of b.keys()) if (!a.has(p)) return `unexpected ${p}`;
+  for (const [p, v] of a) {
+    if (typeof v === 'number') {
+      const at = firstDifference(path.join(src, p), path.join(dst, p));
+      if (at >= 0) return `${p}: content differs at byte ${at}`;
+    } else if (v === 'L' && fs.readlinkSync(path.join(src, p)) !== fs.readlinkSync(path.join(dst, p))) return `${p}: link target differs`;
+  }
   return undefined;
 }
 
