@@ -89,6 +89,12 @@ export async function runBench(argv: string[]): Promise<number> {
     R.info['page cache'] = `not probed: ${(err as Error).message}`;
   }
   R.info.rsync = have('rsync') ? version('rsync', ['--version']) : 'not installed';
+  // Stated with the figures, not only in the README: the tools are timed without flushing to disk (snapferry's default
+  // flushes), and snapferry's seed and delta times are the pull's, the site's index apart.
+  R.info.durability = process.env.SNAPFERRY_BENCH_DURABLE
+    ? 'snapferry pull flushes before each commit (its default), rsync with --fsync; the tar pipeline does not flush'
+    : 'snapferry pull --no-fsync, rsync without --fsync, tar pipeline: none flushes to disk (snapferry flushes by default: --durable measures that)';
+  R.info.timing = "wall time of the command run, from spawn to exit: snapferry pull at the branch, the rsync client pushing from the site; the site's index of the company is timed apart (site-index rows) and added in the +index rows";
   R.info.mode = `${opts.quick ? 'quick' : 'full'}: ${opts.runs} run(s); company ${opts.sizeMiB} MiB (loopback), ${opts.shapedSizeMiB} MiB (shaped); ${opts.smallFiles} small files; fan-out ${opts.fanout}`;
   log(`bench: ${R.info.mode}; temp ${tmp}${opts.keep ? ' (kept)' : ''}`);
 
