@@ -209,6 +209,8 @@ export class SnapferryServer {
   private storeTmp?: string;
   /** Stops marking storeTmp as in use (see makeTempStoreFolder). */
   private stopMarkingStoreTmp?: () => void;
+  /** Temporary store folders of killed sites removed on start (logged once listening). */
+  private sweptStoreFolders = 0;
   /** The URL the site listens on, once started. */
   url = '';
 
@@ -301,9 +303,13 @@ export class SnapferryServer {
         server.off('error', reject);
         resolve();
       });
-    }).catch((err) => {
+    }).catch(async (err) => {
+      // Nothing of this site may outlive it: its temporary store folder, its stores and workers go now.
+      await this.close().catch(() => undefined);
       throw toSnapferryError(err, `cannot listen on ${this.opts.host}:${this.opts.port}`);
     });
+    // Said only by a site that runs: one that cannot listen has one thing to say.
+    if (this.sweptStoreFolders > 0) this.log(`removed ${this.sweptStoreFolders} chunk store folder(s) left in ${os.tmpdir()} by sites that were killed`);
     this.http = server;
     this.wss = wss;
     const addr = server.address() as { address: string; port: number };
@@ -348,7 +354,7 @@ export class SnapferryServer {
             const t = makeTempStoreFolder(os.tmpdir());
             this.storeTmp = t.dir;
             this.stopMarkingStoreTmp = t.stop;
-            if (t.removed > 0) this.log(`removed ${t.removed} chunk store folder(s) left in ${os.tmpdir()} by sites that were killed`);
+            this.sweptStoreFolders = t.removed;
           }
           dir = path.join(this.storeTmp, c.name);
         }

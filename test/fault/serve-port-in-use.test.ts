@@ -1,0 +1,53 @@
+/**
+ * `serve` on a port already in use: one line, exit 69, and nothing left behind. A site without --cache-dir makes its
+ * temporary chunk-store folder (and sweeps those of killed sites, saying so) before it binds the port: a serve that
+ * could not bind left its folder in the temp folder, and the next one said it had removed it before its own error,
+ * a second line. Produced for real: the port is held by a listening socket of this test, serve is a child process
+ * whose TMPDIR is a folder of the test's own.
+ */
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { tempDir, secretFile, runCli } from '../helpers.js';
+
+describe('serve on a port in use', () => {
+  let tmp: ReturnType<typeof tempDir>;
+  let key: string;
+  let company: string;
+  let tmpdir: string;
+  let holder: net.Server;
+  let port: number;
+
+  beforeAll(async () => {
+    tmp = tempDir('sf-port-in-use-');
+    key = secretFile(tmp.dir);
+    company = path.join(tmp.dir, 'acme');
+    fs.mkdirSync(company);
+    fs.writeFileSync(path.join(company, 'ledger.dat'), 'ledger\n');
+    tmpdir = path.join(tmp.dir, 'tmp');
+    fs.mkdirSync(tmpdir);
+    holder = net.createServer();
+    await new Promise<void>((r) => holder.listen(0, '127.0.0.1', () => r()));
+    port = (holder.address() as net.AddressInfo).port;
+  });
+  afterAll(async () => {
+    await new Promise<void>((r) => (holder ? holder.close(() => r()) : r()));
+    tmp?.cleanup();
+  });
+
+  it('says so in one line (exit 69) and leaves no chunk-store folder in the temp folder, however often it is tried', async () => {
+    for (let i = 0; i < 2; i++) {
+      const r = await runCli(['serve', '--listen', `127.0.0.1:${port}`, '--secret', key, '--company', `acme=${company}`], {
+        timeoutMs: 20_000,
+        env: { TMPDIR: tmpdir },
+      });
+      expect(r.code, `try ${i}: ${r.stderr}`).toBe(69);
+      const lines = r.stderr.trim().split('\n');
+      expect(lines, `try ${i}`).toHaveLength(1);
+      expect(lines[0]).toMatch(/address already in use.*SNAPFERRY_E_PORT_IN_USE/);
+      expect(r.stdout).toBe('');
+      expect(fs.readdirSync(tmpdir), `try ${i}`).toEqual([]);
+    }
+  });
+});
