@@ -154,6 +154,8 @@ const J_SPARE = 0x40000000;
 const J_ENTRY = 0x3fffffff;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** How long a pull that succeeded waits for the site's answer to its close frame (counted in bytesOnWire). */
+const CLOSE_WAIT_MS = 2000;
 
 /** Pulls with bounded retries: a dropped link resumes from the journal after a backoff. */
 export async function pull(opts: PullOptions): Promise<PullResult> {
@@ -346,8 +348,10 @@ class PullRun {
     }
     this.neverConnected = false;
     if (recordNote) this.opts.log?.(recordNote);
+    let result: PullResult | undefined;
     try {
-      return await this.run();
+      result = await this.run();
+      return result;
     } catch (err) {
       // Nothing may still write into next/ once this attempt has ended.
       await this.bases.settle();
@@ -358,7 +362,10 @@ class PullRun {
       this.closeUnsynced();
       this.wireBytes = this.session.channel.bytesRead;
       this.session.close();
-      await this.pool?.close();
+      // bytesOnWire is every byte received, the site's answer to our close frame too: a pull that succeeded waits for
+      // it (bounded; meanwhile the workers stop) before it takes the count.
+      await Promise.all([this.pool?.close(), result ? this.session.channel.closedWithin(CLOSE_WAIT_MS) : undefined]);
+      if (result) result.bytesOnWire = this.wireBytes = this.session.channel.bytesRead;
     }
   }
 

@@ -279,6 +279,23 @@ export class Channel {
     }
   }
 
+  /**
+   * Resolves once the connection has closed (after close(): the peer's answer to our close frame came and the socket
+   * ended), or after `ms` at the latest.
+   */
+  closedWithin(ms: number): Promise<void> {
+    if (this.ws.readyState === this.ws.CLOSED) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(t);
+        this.ws.off('close', done);
+        resolve();
+      };
+      const t = setTimeout(done, ms);
+      this.ws.once('close', done);
+    });
+  }
+
   /** Ends the connection at once (hostile or broken peer). */
   abort(err: SnapferryError): void {
     this.finish(err);
