@@ -209,6 +209,8 @@ export class SnapferryServer {
   private storeTmp?: string;
   /** Stops marking storeTmp as in use (see makeTempStoreFolder). */
   private stopMarkingStoreTmp?: () => void;
+  /** Set once close() began: background work it stops is not reported as failed. */
+  private closing = false;
   /** Temporary store folders of killed sites removed on start (logged once listening). */
   private sweptStoreFolders = 0;
   /** The URL the site listens on, once started. */
@@ -318,7 +320,7 @@ export class SnapferryServer {
     for (const c of this.companies.values()) {
       c.scanner.scan({ settleTimeoutMs: this.opts.settleTimeoutMs }).then(
         (g) => this.sayIndexed(c, g),
-        (err) => this.log(`indexing ${c.name} failed: ${toSnapferryError(err).message}`),
+        (err) => this.logFailure(`indexing ${c.name} failed: ${toSnapferryError(err).message}`),
       );
       // Keep the index current as the company changes, so a pull finds its generation ready (and followers hear of it).
       if (this.opts.watch !== false) this.watcherOf(c);
@@ -326,8 +328,17 @@ export class SnapferryServer {
     return this.url;
   }
 
+  /**
+   * Logs a failure of background work (indexing, watching, storing), unless the site is closing: close() stops that
+   * work itself (its workers end), and a clean shutdown must not say that something failed.
+   */
+  private logFailure(line: string): void {
+    if (!this.closing) this.log(line);
+  }
+
   /** Stops accepting, ends sessions, stops workers. */
   async close(): Promise<void> {
+    this.closing = true;
     for (const c of this.companies.values()) c.watcher?.stop();
     for (const ch of this.sessions) ch.close(1001, 'site shutting down');
     this.wss?.close();
@@ -396,7 +407,7 @@ export class SnapferryServer {
         await this.pool.runOnEach({ kind: 'releaseSegment' });
       } else if (k.reserveKept !== undefined) this.log(`compacting ${c.name}'s chunk store skipped to keep ${formatBytes(k.reserveKept)} free on the disk of ${store.dir} (it copies the live frames first)`);
     };
-    c.storeWork = (c.storeWork ?? Promise.resolve()).then(work).catch((err) => this.log(`storing ${c.name} generation ${g.generation} failed (pulls compress on demand): ${toSnapferryError(err).message}`));
+    c.storeWork = (c.storeWork ?? Promise.resolve()).then(work).catch((err) => this.logFailure(`storing ${c.name} generation ${g.generation} failed (pulls compress on demand): ${toSnapferryError(err).message}`));
   }
 
   /** Cache statistics (fan-out). */
@@ -569,7 +580,7 @@ export class SnapferryServer {
   private watcherOf(c: Company): CompanyWatcher {
     if (!c.watcher) {
       c.watcher = new CompanyWatcher(c.scanner, { settleTimeoutMs: this.opts.settleTimeoutMs });
-      c.watcher.on('error', (err) => this.log(`watching ${c.name}: ${toSnapferryError(err).message}`));
+      c.watcher.on('error', (err) => this.logFailure(`watching ${c.name}: ${toSnapferryError(err).message}`));
       // Said the same way as the first index, so an operator (and the bench) sees when a change is ready to pull.
       c.watcher.on('generation', (g: Generation) => this.sayIndexed(c, g));
       c.watcher.setMaxListeners(0);

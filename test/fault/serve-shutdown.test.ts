@@ -1,0 +1,73 @@
+/**
+ * `serve` ended by SIGINT or SIGTERM while it indexes or stores its company in the background ends cleanly: exit 0,
+ * no temporary chunk-store folder left, and no failure reported. Before, the work it was itself stopping said it had
+ * failed: "indexing acme failed: worker pool closed", "watching acme: worker pool closed", "storing acme generation 1
+ * failed (pulls compress on demand): worker pool closed", as if something had gone wrong. Produced for real: a
+ * company large enough that indexing and storing take a moment, the signal sent at several points of them.
+ */
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import fs from 'node:fs';
+import path from 'node:path';
+import { spawn } from 'node:child_process';
+import { tempDir, secretFile, CLI } from '../helpers.js';
+import { makeCompany } from '../../src/gen/company.js';
+
+describe('serve ended by a signal while it indexes and stores', () => {
+  let tmp: ReturnType<typeof tempDir>;
+  let key: string;
+  let company: string;
+  let tmpdir: string;
+  beforeAll(async () => {
+    tmp = tempDir('sf-serve-stop-');
+    key = secretFile(tmp.dir);
+    company = path.join(tmp.dir, 'acme');
+    await makeCompany(company, 48, 3);
+    tmpdir = path.join(tmp.dir, 'tmp');
+    fs.mkdirSync(tmpdir);
+  });
+  afterAll(() => tmp?.cleanup());
+
+  /** Starts serve, sends `signal` once `when` matches its output (then after `delayMs`), and returns how it ended. */
+  function stopAt(when: RegExp, delayMs: number, signal: NodeJS.Signals): Promise<{ code: number | null; stderr: string; sentAt: string }> {
+    return new Promise((resolve) => {
+      const child = spawn(process.execPath, [CLI, 'serve', '--listen', '127.0.0.1:0', '--secret', key, '--company', `acme=${company}`], {
+        stdio: ['ignore', 'pipe', 'pipe'],
+        env: { ...process.env, TMPDIR: tmpdir },
+      });
+      let out = '';
+      let err = '';
+      let sentAt = '';
+      const kill = setTimeout(() => child.kill('SIGKILL'), 30_000);
+      const check = () => {
+        if (sentAt || !when.test(out + err)) return;
+        sentAt = 'pending';
+        setTimeout(() => {
+          sentAt = err;
+          child.kill(signal);
+        }, delayMs);
+      };
+      child.stdout.on('data', (d) => ((out += d), check()));
+      child.stderr.on('data', (d) => ((err += d), check()));
+      child.on('close', (code) => {
+        clearTimeout(kill);
+        resolve({ code, stderr: err, sentAt });
+      });
+    });
+  }
+
+  const points: Array<[string, RegExp, number, NodeJS.Signals]> = [
+    ['while indexing', /listening on/, 100, 'SIGINT'],
+    ['right after indexing (storing)', /indexed acme/, 0, 'SIGTERM'],
+    ['while storing', /indexed acme/, 30, 'SIGINT'],
+  ];
+  for (const [what, when, delayMs, signal] of points) {
+    it(`${signal} ${what}: exit 0, no failure said, no store folder left`, async () => {
+      const r = await stopAt(when, delayMs, signal);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.sentAt, 'the signal was sent').not.toBe('');
+      const after = r.stderr.split('\n').filter(Boolean);
+      expect(after.filter((l) => !/ (indexed|stored) acme: generation 1,|^shutting down$/.test(l)), r.stderr).toEqual([]);
+      expect(fs.readdirSync(tmpdir)).toEqual([]);
+    });
+  }
+});
