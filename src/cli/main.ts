@@ -183,15 +183,23 @@ export function buildProgram(): Commander.Command {
         cacheDir: o.cacheDir ? path.resolve(o.cacheDir) : undefined,
         log: (line) => process.stderr.write(`${new Date().toISOString()} ${line}\n`),
       });
+      // The handlers come first: a signal sent the moment "listening on" is read (or while starting) must end the site
+      // cleanly, not kill it with its temporary store folder left behind.
+      let stopAsked = false;
+      let onStop = () => {
+        stopAsked = true;
+      };
+      const stop = () => onStop();
+      process.once('SIGINT', stop);
+      process.once('SIGTERM', stop);
       const url = await server.start();
-      process.stdout.write(`listening on ${url}\n`);
+      if (!stopAsked) process.stdout.write(`listening on ${url}\n`);
       await new Promise<void>((resolve) => {
-        const stop = () => {
+        onStop = () => {
           process.stderr.write('shutting down\n');
           server.close().then(resolve, resolve);
         };
-        process.once('SIGINT', stop);
-        process.once('SIGTERM', stop);
+        if (stopAsked) onStop();
       });
     });
 
