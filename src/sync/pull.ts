@@ -452,6 +452,11 @@ class PullRun {
       bytes: this.bytesTotal,
     };
     await this.spareDrop;
+    // DIR as it is now, not only as it was when the pull began: a folder with files made at DIR while a seed ran is not
+    // snapferry's to replace (the commit would take it for the old generation and move it into spare/). Refused by
+    // name; next/ stays, so once it is moved away the next pull commits without fetching again. (A repair mends DIR
+    // as it finds it.)
+    if (!this.opts.repair) checkDirUsable(this.paths, this.opts.adopt === true);
     const encoded = fs.readFileSync(manifestFile);
     if (rootHashOf(encoded) !== this.rootHash) fail(ErrorCodes.STATE, `the manifest kept in ${manifestFile} for the commit was changed`);
     commit(this.paths, signRecord(record, this.opts.secret), encoded, this.opts.durable !== false, this.opts.onPoint, this.opts.spare !== false, () =>

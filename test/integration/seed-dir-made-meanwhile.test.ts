@@ -1,0 +1,60 @@
+/**
+ * A folder the user makes at DIR, with files in it, while a seed into DIR runs is not snapferry's: the seed must not
+ * replace it. Before, DIR was checked only when the pull began (absent then); the commit took the user's folder for
+ * the generation being replaced, moved it into the state folder's spare/ (which the next delta rewrites or deletes)
+ * and put the company in its place: the user's file vanished from DIR with exit 0.
+ */
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import fs from 'node:fs';
+import path from 'node:path';
+import { spawn } from 'node:child_process';
+import { tempDir, secretFile, runCli, startServe, waitFor, treeFingerprint, fingerprintDiff, CLI, Served } from '../helpers.js';
+import { makeCompany } from '../../src/gen/company.js';
+
+describe('a folder made at DIR while a seed runs', () => {
+  let tmp: ReturnType<typeof tempDir>;
+  let company: string;
+  let key: string;
+  let served: Served;
+  beforeAll(async () => {
+    tmp = tempDir('sf-made-meanwhile-');
+    company = path.join(tmp.dir, 'head', 'acme');
+    await makeCompany(company, 4, 13);
+    key = secretFile(tmp.dir);
+    served = await startServe(['--secret', key, '--company', `acme=${company}`]);
+  });
+  afterAll(async () => {
+    await served?.stop();
+    tmp?.cleanup();
+  });
+
+  it('is refused by name at the commit and kept whole; moved away, the next pull completes the seed', async () => {
+    const branch = path.join(tmp.dir, 'branch');
+    fs.mkdirSync(branch);
+    const dest = path.join(branch, 'acme');
+    // A capped seed (about 1.3 MB on the wire at 256 KiB/s: some seconds), so that the folder is made while it runs.
+    const child = spawn(process.execPath, [CLI, 'pull', served.url, 'acme', dest, '--secret', key, '--bwlimit', '256K'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let err = '';
+    child.stderr.on('data', (d) => (err += d));
+    const kill = setTimeout(() => child.kill('SIGKILL'), 60_000);
+    const ended = new Promise<number | null>((r) => child.on('close', (c) => r(c)));
+    // Once the seed is writing its next generation beside DIR.
+    await waitFor(() => fs.existsSync(path.join(branch, '.acme.snapferry', 'next')), 20_000, 20);
+    fs.mkdirSync(dest);
+    fs.writeFileSync(path.join(dest, 'mine.txt'), 'the user\'s own\n');
+    const code = await ended;
+    clearTimeout(kill);
+    expect(code, err).toBe(73);
+    expect(err.trim().split('\n'), err).toHaveLength(1);
+    expect(err).toMatch(/acme.*not made by snapferry.*SNAPFERRY_E_DIR_FOREIGN/);
+    expect(fs.readdirSync(dest)).toEqual(['mine.txt']);
+    expect(fs.readFileSync(path.join(dest, 'mine.txt'), 'utf8')).toBe('the user\'s own\n');
+
+    // The user moves the folder away: the next pull completes the seed, exactly.
+    fs.renameSync(dest, path.join(branch, 'mine'));
+    const again = await runCli(['pull', served.url, 'acme', dest, '--secret', key, '--json']);
+    expect(again.code, again.stderr).toBe(0);
+    expect(fingerprintDiff(treeFingerprint(company), treeFingerprint(dest))).toEqual([]);
+    expect(fs.readFileSync(path.join(branch, 'mine', 'mine.txt'), 'utf8')).toBe('the user\'s own\n');
+  });
+});
