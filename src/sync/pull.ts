@@ -154,6 +154,14 @@ const J_SPARE = 0x40000000;
 const J_ENTRY = 0x3fffffff;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** A path's inode number (as a string), or null where nothing is. */
+function identityOf(p: string): string | null {
+  try {
+    return String(fs.lstatSync(p, { bigint: true }).ino);
+  } catch {
+    return null;
+  }
+}
 /** How long a pull that succeeded waits for the site's answer to its close frame (counted in bytesOnWire). */
 const CLOSE_WAIT_MS = 2000;
 
@@ -187,11 +195,13 @@ export async function pull(opts: PullOptions): Promise<PullResult> {
     if (opts.adopt || (opts.repair && fs.existsSync(paths.appliedManifest))) checkDirUsable(paths, true);
     else checkDirUsable(paths);
     checkSameCompany(paths, opts.company);
+    // What DIR is now (its inode, null if absent): a folder put in its place while the pull runs is not replaced.
+    const dirIdentity = identityOf(paths.dir);
     // Failed attempts in a row without progress: an attempt that brought chunks starts the count again, so a link that
     // drops every few megabytes still finishes (the budget bounds a site or link that gets nowhere, not a long pull).
     // All attempts are bounded too: progress a new generation undoes each time must not retry for ever.
     for (let attempt = 0, total = 0; ; attempt++, total++) {
-      const run = new PullRun(opts, paths, started);
+      const run = new PullRun(opts, paths, started, dirIdentity);
       try {
         const r = await run.execute();
         r.bytesOnWire += wire;
@@ -304,6 +314,8 @@ class PullRun {
     private readonly opts: PullOptions,
     private readonly paths: StatePaths,
     private readonly started: number,
+    /** DIR's identity when the pull began (identityOf). */
+    private readonly dirIdentity: string | null = null,
   ) {
     if (opts.bwlimit) this.bucket = new TokenBucket(opts.bwlimit);
   }
@@ -457,6 +469,11 @@ class PullRun {
     // name; next/ stays, so once it is moved away the next pull commits without fetching again. (A repair mends DIR
     // as it finds it.)
     if (!this.opts.repair) checkDirUsable(this.paths, this.opts.adopt === true);
+    // Nor is a folder with files put at DIR in place of the copy (moved away meanwhile) while a delta ran.
+    const nowAtDir = identityOf(this.paths.dir);
+    if (!this.opts.repair && nowAtDir !== null && nowAtDir !== this.dirIdentity && fs.lstatSync(this.paths.dir).isDirectory() && fs.readdirSync(this.paths.dir).length > 0) {
+      fail(ErrorCodes.DIR_FOREIGN, `${this.paths.dir} was replaced by another folder while the pull ran, not made by snapferry; refusing to overwrite it (move it away and pull again: what was fetched is kept)`);
+    }
     const encoded = fs.readFileSync(manifestFile);
     if (rootHashOf(encoded) !== this.rootHash) fail(ErrorCodes.STATE, `the manifest kept in ${manifestFile} for the commit was changed`);
     commit(this.paths, signRecord(record, this.opts.secret), encoded, this.opts.durable !== false, this.opts.onPoint, this.opts.spare !== false, () =>

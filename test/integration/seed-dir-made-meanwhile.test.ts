@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
 import { tempDir, secretFile, runCli, startServe, waitFor, treeFingerprint, fingerprintDiff, CLI, Served } from '../helpers.js';
-import { makeCompany } from '../../src/gen/company.js';
+import { makeCompany, mutateCompany } from '../../src/gen/company.js';
 
 describe('a folder made at DIR while a seed runs', () => {
   let tmp: ReturnType<typeof tempDir>;
@@ -56,5 +56,49 @@ describe('a folder made at DIR while a seed runs', () => {
     expect(again.code, again.stderr).toBe(0);
     expect(fingerprintDiff(treeFingerprint(company), treeFingerprint(dest))).toEqual([]);
     expect(fs.readFileSync(path.join(branch, 'mine', 'mine.txt'), 'utf8')).toBe('the user\'s own\n');
+  });
+});
+
+describe('a folder put at DIR in place of the copy while a delta runs', () => {
+  let tmp: ReturnType<typeof tempDir>;
+  let company: string;
+  let key: string;
+  let served: Served;
+  beforeAll(async () => {
+    tmp = tempDir('sf-swapped-meanwhile-');
+    company = path.join(tmp.dir, 'head', 'acme');
+    await makeCompany(company, 4, 17);
+    key = secretFile(tmp.dir);
+    served = await startServe(['--secret', key, '--company', `acme=${company}`]);
+  });
+  afterAll(async () => {
+    await served?.stop();
+    tmp?.cleanup();
+  });
+
+  it('is refused by name at the commit and kept whole (before, it was moved into spare/ and the delta put in its place)', async () => {
+    const branch = path.join(tmp.dir, 'branch');
+    fs.mkdirSync(branch);
+    const dest = path.join(branch, 'acme');
+    const seed = await runCli(['pull', served.url, 'acme', dest, '--secret', key]);
+    expect(seed.code, seed.stderr).toBe(0);
+    await mutateCompany(company, 5);
+    await waitFor(() => (served.stderr().match(/indexed acme/g) ?? []).length >= 2, 20_000);
+    // A capped delta (a few hundred KB at 64 KiB/s: seconds), so that the swap happens while it transfers.
+    const child = spawn(process.execPath, [CLI, 'pull', served.url, 'acme', dest, '--secret', key, '--bwlimit', '64K'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let err = '';
+    child.stderr.on('data', (d) => (err += d));
+    const kill = setTimeout(() => child.kill('SIGKILL'), 60_000);
+    const ended = new Promise<number | null>((r) => child.on('close', (c) => r(c)));
+    await waitFor(() => fs.existsSync(path.join(branch, '.acme.snapferry', 'next.journal')), 20_000, 20);
+    fs.renameSync(dest, path.join(branch, 'acme.moved'));
+    fs.mkdirSync(dest);
+    fs.writeFileSync(path.join(dest, 'mine.txt'), 'the user\'s own\n');
+    const code = await ended;
+    clearTimeout(kill);
+    expect(code, err).toBe(73);
+    expect(err.trim().split('\n'), err).toHaveLength(1);
+    expect(err).toMatch(/SNAPFERRY_E_DIR_FOREIGN/);
+    expect(fs.readdirSync(dest)).toEqual(['mine.txt']);
   });
 });
