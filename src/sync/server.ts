@@ -308,7 +308,7 @@ export class SnapferryServer {
     }).catch(async (err) => {
       // Nothing of this site may outlive it: its temporary store folder, its stores and workers go now.
       await this.close().catch(() => undefined);
-      throw toSnapferryError(err, `cannot listen on ${this.opts.host}:${this.opts.port}`);
+      throw listenError(err, this.opts.host, this.opts.port);
     });
     // Said only by a site that runs: one that cannot listen has one thing to say.
     if (this.sweptStoreFolders > 0) this.log(`removed ${this.sweptStoreFolders} chunk store folder(s) left in ${os.tmpdir()} by sites that were killed`);
@@ -764,5 +764,27 @@ export class SnapferryServer {
     const payload = Buffer.from(result.payload.buffer, result.payload.byteOffset, result.payload.byteLength);
     const header = encodePatchHeader(req.reqId, result.compressed, result.rawLen, result.bitmaps);
     await this.sendAnswer(session, [header, payload], payload.length + header.length);
+  }
+}
+
+/**
+ * Why --listen HOST:PORT cannot be bound, in words and with the operator's code: a port in use; a port that needs
+ * privileges, an address that is not this machine's or a host name that resolves to none are what --listen was given
+ * (before: a port below 1024 was 'permission denied' as SNAPFERRY_E_DIR_NOT_WRITABLE, exit 73, a folder's error, and
+ * an unknown name 'site unreachable').
+ */
+function listenError(err: unknown, host: string, port: number): SnapferryError {
+  const where = `cannot listen on ${host}:${port}`;
+  switch ((err as NodeJS.ErrnoException)?.code) {
+    case 'EACCES':
+    case 'EPERM':
+      return new SnapferryError(ErrorCodes.USAGE, `${where}: permission denied (a port below 1024 needs root or the CAP_NET_BIND_SERVICE capability)`, { cause: err });
+    case 'EADDRNOTAVAIL':
+      return new SnapferryError(ErrorCodes.USAGE, `${where}: ${host} is not an address of this machine`, { cause: err });
+    case 'ENOTFOUND':
+    case 'EAI_AGAIN':
+      return new SnapferryError(ErrorCodes.USAGE, `${where}: no such host name`, { cause: err });
+    default:
+      return toSnapferryError(err, where);
   }
 }

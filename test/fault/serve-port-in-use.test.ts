@@ -51,3 +51,51 @@ describe('serve on a port in use', () => {
     }
   });
 });
+
+/**
+ * Other addresses --listen cannot have, each said in words as what the operator gave wrong (exit 64), not as a folder's
+ * error: a port below 1024 without the capability to bind it (as root, dropped with setpriv; skipped where the system
+ * lets anyone bind low ports), and an address that is not this machine's (192.0.2.1, TEST-NET: binding sends nothing).
+ */
+describe('serve on an address it may not or cannot have', () => {
+  let tmp: ReturnType<typeof tempDir>;
+  let key: string;
+  let company: string;
+  let tmpdir: string;
+  beforeAll(() => {
+    tmp = tempDir('sf-listen-bad-');
+    key = secretFile(tmp.dir);
+    company = path.join(tmp.dir, 'acme');
+    fs.mkdirSync(company);
+    fs.writeFileSync(path.join(company, 'ledger.dat'), 'ledger\n');
+    tmpdir = path.join(tmp.dir, 'tmp');
+    fs.mkdirSync(tmpdir);
+  });
+  afterAll(() => tmp?.cleanup());
+
+  async function expectRefused(listen: string, what: RegExp, wrap: string[] = []): Promise<void> {
+    const r = await runCli(['serve', '--listen', listen, '--secret', key, '--company', `acme=${company}`], { timeoutMs: 20_000, env: { TMPDIR: tmpdir }, wrap });
+    expect(r.code, r.stderr).toBe(64);
+    const lines = r.stderr.trim().split('\n');
+    expect(lines, r.stderr).toHaveLength(1);
+    expect(lines[0]).toMatch(what);
+    expect(lines[0]).toContain('[SNAPFERRY_E_USAGE]');
+    expect(lines[0]).not.toMatch(/\bE[A-Z]{3,}\b(?!_)/);
+    expect(fs.readdirSync(tmpdir)).toEqual([]);
+  }
+
+  const lowPortsNeedPrivilege = (() => {
+    try {
+      return process.getuid?.() === 0 && Number(fs.readFileSync('/proc/sys/net/ipv4/ip_unprivileged_port_start', 'utf8')) > 81;
+    } catch {
+      return false;
+    }
+  })();
+  it.skipIf(!lowPortsNeedPrivilege)('a port below 1024 without the capability to bind it', async () => {
+    await expectRefused('127.0.0.1:81', /cannot listen on 127\.0\.0\.1:81: permission denied \(a port below 1024 needs root/, ['setpriv', '--bounding-set=-net_bind_service']);
+  });
+
+  it('an address that is not this machine\'s', async () => {
+    await expectRefused('192.0.2.1:7373', /cannot listen on 192\.0\.2\.1:7373: 192\.0\.2\.1 is not an address of this machine/);
+  });
+});
