@@ -55,7 +55,8 @@ describe('serve on a port in use', () => {
 /**
  * Other addresses --listen cannot have, each said in words as what the operator gave wrong (exit 64), not as a folder's
  * error: a port below 1024 without the capability to bind it (as root, dropped with setpriv; skipped where the system
- * lets anyone bind low ports), and an address that is not this machine's (192.0.2.1, TEST-NET: binding sends nothing).
+ * lets anyone bind low ports). An address that is not this machine's (EADDRNOTAVAIL) is mapped the same way but not
+ * tried here: the tests keep to 127.0.0.1.
  */
 describe('serve on an address it may not or cannot have', () => {
   let tmp: ReturnType<typeof tempDir>;
@@ -93,9 +94,5 @@ describe('serve on an address it may not or cannot have', () => {
   })();
   it.skipIf(!lowPortsNeedPrivilege)('a port below 1024 without the capability to bind it', async () => {
     await expectRefused('127.0.0.1:81', /cannot listen on 127\.0\.0\.1:81: permission denied \(a port below 1024 needs root/, ['setpriv', '--bounding-set=-net_bind_service']);
-  });
-
-  it('an address that is not this machine\'s', async () => {
-    await expectRefused('192.0.2.1:7373', /cannot listen on 192\.0\.2\.1:7373: 192\.0\.2\.1 is not an address of this machine/);
   });
 });
