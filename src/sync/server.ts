@@ -590,8 +590,8 @@ export class SnapferryServer {
   }
 
   /**
-   * Tells the session of the first generation other than `have`: the newest once `scanned` succeeded, or the next the
-   * watcher announces. Returns a function that stops it (the session ended or sent another FOLLOW).
+   * Tells the session of the first generation other than `have`: the newest once `scanned` ended (the last good one if
+   * it failed), or the next the watcher announces. Returns a function that stops it (the session ended or sent another FOLLOW).
    */
   private followerOf(c: Company, session: SecureSession, have: string, scanned: Promise<boolean>): () => void {
     const watcher = this.watcherOf(c);
@@ -606,7 +606,10 @@ export class SnapferryServer {
       watcher.off('generation', tell);
     };
     watcher.on('generation', tell);
-    void scanned.then((ok) => ok && tell(c.scanner.current));
+    // Told of the current generation even when the scan failed (a file that would not hold still): the watcher
+    // announces only a tree unlike the one it announced last, so a follower that missed that announcement (away
+    // while it came) and met a failed scan on its return would wait for ever at its old generation.
+    void scanned.then(() => tell(c.scanner.current));
     return stop;
   }
 
