@@ -7,7 +7,7 @@ import { describe, it, expect, afterAll } from 'vitest';
 import fs from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { tempDir, secretFile, startServe, treeFingerprint, fingerprintDiff, ROOT } from '../helpers.js';
+import { tempDir, secretFile, startServe, treeFingerprint, fingerprintDiff, ROOT, waitFor } from '../helpers.js';
 import { makeCompany } from '../../src/gen/company.js';
 import { pathToFileURL } from 'node:url';
 import { readSecret } from '../../src/cli/secret.js';
@@ -56,6 +56,10 @@ describe('a slow but live link', () => {
       const dest = path.join(tmp.dir, 'branch-cap', 'acme');
       fs.mkdirSync(path.dirname(dest));
       const { pull } = (await import(pathToFileURL(path.join(ROOT, 'dist', 'src', 'sync', 'pull.js')).href)) as typeof import('../../src/sync/pull.js');
+      // The 0.3 s timeout covers the handshake too: a site still busy with its first index answered the hello too late
+      // once on a loaded CI runner ("peer sent nothing for 0 s"). The pull starts once that index is done.
+      await waitFor(() => /indexed acme: generation 1/.test(site.stderr()), 20_000);
+      await new Promise((r) => setTimeout(r, 500));
       const t0 = Date.now();
       await pull({ url: site.url, company: 'acme', dir: dest, secret: readSecret(key), retries: 0, workers: 1, durable: false, timeoutMs: 300, bwlimit: 32 << 10 });
       // 192 KiB at 32 KiB/s, less the bucket's first 64 KiB; each 16 KiB pack held longer than the timeout.

@@ -8,7 +8,7 @@ import { describe, it, expect, afterAll } from 'vitest';
 import fs from 'node:fs';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { tempDir, secretFile, startServe, treeFingerprint, fingerprintDiff, ROOT } from '../helpers.js';
+import { tempDir, secretFile, startServe, treeFingerprint, fingerprintDiff, ROOT, waitFor } from '../helpers.js';
 import { makeCompany } from '../../src/gen/company.js';
 import { readSecret } from '../../src/cli/secret.js';
 import { FaultProxy } from './netfault.js';
@@ -29,6 +29,8 @@ describe('an upgrade not answered on the first contact', () => {
     const proxy = await new FaultProxy(Number(new URL(site.url).port), (i) => (stallAt.has(i) ? { c2s: (u) => (u.kind === 'head' ? { out: [], after: 'stall' } : undefined) } : {})).start();
     try {
       const { pull } = (await import(pathToFileURL(path.join(ROOT, 'dist', 'src', 'sync', 'pull.js')).href)) as typeof import('../../src/sync/pull.js');
+      // The 1 s timeout covers the handshake too: the pulls start once the site's first index is done.
+      await waitFor(() => /indexed acme: generation 1/.test(site.stderr()), 20_000);
       const dest = path.join(tmp.dir, 'branch', 'acme');
       fs.mkdirSync(path.dirname(dest));
       const log: string[] = [];
