@@ -11,29 +11,32 @@ import { spawn } from 'node:child_process';
 import { tempDir, secretFile, runCli, startServe, waitFor, treeFingerprint, fingerprintDiff, CLI, Served } from '../helpers.js';
 import { makeCompany, mutateCompany } from '../../src/gen/company.js';
 
-describe('a folder made at DIR while a seed runs', () => {
-  let tmp: ReturnType<typeof tempDir>;
-  let company: string;
-  let key: string;
-  let served: Served;
+/** A 4 MiB company served on 127.0.0.1 for the cases of one describe (made before them, stopped and removed after). */
+function servedCompany(prefix: string, seed: number): { tmp: ReturnType<typeof tempDir>; company: string; key: string; served: Served } {
+  const f = {} as { tmp: ReturnType<typeof tempDir>; company: string; key: string; served: Served };
   beforeAll(async () => {
-    tmp = tempDir('sf-made-meanwhile-');
-    company = path.join(tmp.dir, 'head', 'acme');
-    await makeCompany(company, 4, 13);
-    key = secretFile(tmp.dir);
-    served = await startServe(['--secret', key, '--company', `acme=${company}`]);
+    f.tmp = tempDir(prefix);
+    f.company = path.join(f.tmp.dir, 'head', 'acme');
+    await makeCompany(f.company, 4, seed);
+    f.key = secretFile(f.tmp.dir);
+    f.served = await startServe(['--secret', f.key, '--company', `acme=${f.company}`]);
   });
   afterAll(async () => {
-    await served?.stop();
-    tmp?.cleanup();
+    await f.served?.stop();
+    f.tmp?.cleanup();
   });
+  return f;
+}
+
+describe('a folder made at DIR while a seed runs', () => {
+  const site = servedCompany('sf-made-meanwhile-', 13);
 
   it('is refused by name at the commit and kept whole; moved away, the next pull completes the seed', async () => {
-    const branch = path.join(tmp.dir, 'branch');
+    const branch = path.join(site.tmp.dir, 'branch');
     fs.mkdirSync(branch);
     const dest = path.join(branch, 'acme');
     // A capped seed (about 1.3 MB on the wire at 256 KiB/s: some seconds), so that the folder is made while it runs.
-    const child = spawn(process.execPath, [CLI, 'pull', served.url, 'acme', dest, '--secret', key, '--bwlimit', '256K'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [CLI, 'pull', site.served.url, 'acme', dest, '--secret', site.key, '--bwlimit', '256K'], { stdio: ['ignore', 'pipe', 'pipe'] });
     let err = '';
     child.stderr.on('data', (d) => (err += d));
     const kill = setTimeout(() => child.kill('SIGKILL'), 60_000);
@@ -52,40 +55,26 @@ describe('a folder made at DIR while a seed runs', () => {
 
     // The user moves the folder away: the next pull completes the seed, exactly.
     fs.renameSync(dest, path.join(branch, 'mine'));
-    const again = await runCli(['pull', served.url, 'acme', dest, '--secret', key, '--json']);
+    const again = await runCli(['pull', site.served.url, 'acme', dest, '--secret', site.key, '--json']);
     expect(again.code, again.stderr).toBe(0);
-    expect(fingerprintDiff(treeFingerprint(company), treeFingerprint(dest))).toEqual([]);
+    expect(fingerprintDiff(treeFingerprint(site.company), treeFingerprint(dest))).toEqual([]);
     expect(fs.readFileSync(path.join(branch, 'mine', 'mine.txt'), 'utf8')).toBe('the user\'s own\n');
   });
 });
 
 describe('a folder put at DIR in place of the copy while a delta runs', () => {
-  let tmp: ReturnType<typeof tempDir>;
-  let company: string;
-  let key: string;
-  let served: Served;
-  beforeAll(async () => {
-    tmp = tempDir('sf-swapped-meanwhile-');
-    company = path.join(tmp.dir, 'head', 'acme');
-    await makeCompany(company, 4, 17);
-    key = secretFile(tmp.dir);
-    served = await startServe(['--secret', key, '--company', `acme=${company}`]);
-  });
-  afterAll(async () => {
-    await served?.stop();
-    tmp?.cleanup();
-  });
+  const site = servedCompany('sf-swapped-meanwhile-', 17);
 
   it('is refused by name at the commit and kept whole (before, it was moved into spare/ and the delta put in its place)', async () => {
-    const branch = path.join(tmp.dir, 'branch');
+    const branch = path.join(site.tmp.dir, 'branch');
     fs.mkdirSync(branch);
     const dest = path.join(branch, 'acme');
-    const seed = await runCli(['pull', served.url, 'acme', dest, '--secret', key]);
+    const seed = await runCli(['pull', site.served.url, 'acme', dest, '--secret', site.key]);
     expect(seed.code, seed.stderr).toBe(0);
-    await mutateCompany(company, 5);
-    await waitFor(() => (served.stderr().match(/indexed acme/g) ?? []).length >= 2, 20_000);
+    await mutateCompany(site.company, 5);
+    await waitFor(() => (site.served.stderr().match(/indexed acme/g) ?? []).length >= 2, 20_000);
     // A capped delta (a few hundred KB at 64 KiB/s: seconds), so that the swap happens while it transfers.
-    const child = spawn(process.execPath, [CLI, 'pull', served.url, 'acme', dest, '--secret', key, '--bwlimit', '64K'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [CLI, 'pull', site.served.url, 'acme', dest, '--secret', site.key, '--bwlimit', '64K'], { stdio: ['ignore', 'pipe', 'pipe'] });
     let err = '';
     child.stderr.on('data', (d) => (err += d));
     const kill = setTimeout(() => child.kill('SIGKILL'), 60_000);
