@@ -589,7 +589,7 @@ interface CommitIntent {
  * A path's inode number (as a string), or null where nothing is. Not its device: a disk's device number may change
  * across the reboot after a power cut (another loop or USB device), and DIR, never a mount point, is on its parent's.
  */
-function identityOf(p: string): string | null {
+export function identityOf(p: string): string | null {
   try {
     return String(fs.lstatSync(p, { bigint: true }).ino);
   } catch {

@@ -49,6 +49,7 @@ import {
   signRecord,
   asCommitted,
   diskSpace,
+  identityOf,
 } from '../store/state.js';
 import { Spare, dropSpareFilesAsync } from '../store/spare.js';
 import { BaseCopies, BaseStep } from './basecopies.js';
@@ -154,14 +155,6 @@ const J_SPARE = 0x40000000;
 const J_ENTRY = 0x3fffffff;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-/** A path's inode number (as a string), or null where nothing is. */
-function identityOf(p: string): string | null {
-  try {
-    return String(fs.lstatSync(p, { bigint: true }).ino);
-  } catch {
-    return null;
-  }
-}
 /** How long a pull that succeeded waits for the site's answer to its close frame (counted in bytesOnWire). */
 const CLOSE_WAIT_MS = 2000;
 
