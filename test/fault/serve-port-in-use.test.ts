@@ -11,43 +11,55 @@ import net from 'node:net';
 import path from 'node:path';
 import { tempDir, secretFile, runCli } from '../helpers.js';
 
-describe('serve on a port in use', () => {
+/**
+ * A one-file company, a secret and a temp folder of its own for serve (made before a describe's cases, removed after);
+ * serve() runs `snapferry serve --listen LISTEN` on them, with that folder as its TMPDIR.
+ */
+function serveFixture(prefix: string): { tmpdir: string; serve: (listen: string, wrap?: string[]) => ReturnType<typeof runCli> } {
   let tmp: ReturnType<typeof tempDir>;
   let key: string;
   let company: string;
-  let tmpdir: string;
-  let holder: net.Server;
-  let port: number;
-
-  beforeAll(async () => {
-    tmp = tempDir('sf-port-in-use-');
+  const f = {
+    tmpdir: '',
+    serve: (listen: string, wrap: string[] = []) =>
+      runCli(['serve', '--listen', listen, '--secret', key, '--company', `acme=${company}`], { timeoutMs: 20_000, env: { TMPDIR: f.tmpdir }, wrap }),
+  };
+  beforeAll(() => {
+    tmp = tempDir(prefix);
     key = secretFile(tmp.dir);
     company = path.join(tmp.dir, 'acme');
     fs.mkdirSync(company);
     fs.writeFileSync(path.join(company, 'ledger.dat'), 'ledger\n');
-    tmpdir = path.join(tmp.dir, 'tmp');
-    fs.mkdirSync(tmpdir);
+    f.tmpdir = path.join(tmp.dir, 'tmp');
+    fs.mkdirSync(f.tmpdir);
+  });
+  afterAll(() => tmp?.cleanup());
+  return f;
+}
+
+describe('serve on a port in use', () => {
+  const site = serveFixture('sf-port-in-use-');
+  let holder: net.Server;
+  let port: number;
+
+  beforeAll(async () => {
     holder = net.createServer();
     await new Promise<void>((r) => holder.listen(0, '127.0.0.1', () => r()));
     port = (holder.address() as net.AddressInfo).port;
   });
   afterAll(async () => {
     await new Promise<void>((r) => (holder ? holder.close(() => r()) : r()));
-    tmp?.cleanup();
   });
 
   it('says so in one line (exit 69) and leaves no chunk-store folder in the temp folder, however often it is tried', async () => {
     for (let i = 0; i < 2; i++) {
-      const r = await runCli(['serve', '--listen', `127.0.0.1:${port}`, '--secret', key, '--company', `acme=${company}`], {
-        timeoutMs: 20_000,
-        env: { TMPDIR: tmpdir },
-      });
+      const r = await site.serve(`127.0.0.1:${port}`);
       expect(r.code, `try ${i}: ${r.stderr}`).toBe(69);
       const lines = r.stderr.trim().split('\n');
       expect(lines, `try ${i}`).toHaveLength(1);
       expect(lines[0]).toMatch(/address already in use.*SNAPFERRY_E_PORT_IN_USE/);
       expect(r.stdout).toBe('');
-      expect(fs.readdirSync(tmpdir), `try ${i}`).toEqual([]);
+      expect(fs.readdirSync(site.tmpdir), `try ${i}`).toEqual([]);
     }
   });
 });
@@ -59,30 +71,17 @@ describe('serve on a port in use', () => {
  * tried here: the tests keep to 127.0.0.1.
  */
 describe('serve on an address it may not or cannot have', () => {
-  let tmp: ReturnType<typeof tempDir>;
-  let key: string;
-  let company: string;
-  let tmpdir: string;
-  beforeAll(() => {
-    tmp = tempDir('sf-listen-bad-');
-    key = secretFile(tmp.dir);
-    company = path.join(tmp.dir, 'acme');
-    fs.mkdirSync(company);
-    fs.writeFileSync(path.join(company, 'ledger.dat'), 'ledger\n');
-    tmpdir = path.join(tmp.dir, 'tmp');
-    fs.mkdirSync(tmpdir);
-  });
-  afterAll(() => tmp?.cleanup());
+  const site = serveFixture('sf-listen-bad-');
 
   async function expectRefused(listen: string, what: RegExp, wrap: string[] = []): Promise<void> {
-    const r = await runCli(['serve', '--listen', listen, '--secret', key, '--company', `acme=${company}`], { timeoutMs: 20_000, env: { TMPDIR: tmpdir }, wrap });
+    const r = await site.serve(listen, wrap);
     expect(r.code, r.stderr).toBe(64);
     const lines = r.stderr.trim().split('\n');
     expect(lines, r.stderr).toHaveLength(1);
     expect(lines[0]).toMatch(what);
     expect(lines[0]).toContain('[SNAPFERRY_E_USAGE]');
     expect(lines[0]).not.toMatch(/\bE[A-Z]{3,}\b(?!_)/);
-    expect(fs.readdirSync(tmpdir)).toEqual([]);
+    expect(fs.readdirSync(site.tmpdir)).toEqual([]);
   }
 
   const lowPortsNeedPrivilege = (() => {
