@@ -740,7 +740,9 @@ class PullRun {
       if (whole) {
         const g0 = L.entryStart[ei]!;
         this.stats.reused += L.entryStart[ei + 1]! - g0;
-        this.bytesDone += e.size;
+        const copyLater = have !== 'file' && !wantLink && !this.based.has(ei);
+        if (copyLater) this.creditOnBase.set(ei, e.size);
+        else this.bytesDone += e.size;
         if (have === 'file') {
           // The killed attempt left this file whole and verified (a repair's, say): it is finished with the rest.
         } else if (wantLink) {
@@ -764,6 +766,10 @@ class PullRun {
       if (e.size === 0 && absent(dst)) fs.closeSync(fs.openSync(dst, 'w', 0o600));
       const fromOld = old && e.size > 0 ? new StartChunks(ol!.offset, ol!.len, oldWords, ol!.entryStart[oi!]!, ol!.entryStart[oi! + 1]!) : undefined;
       const start = e.size > 0 ? this.startOf(ei, dst, src, fromOld, spareOf, words) : undefined;
+      // The chunks a base copy is still to bring count as done when it lands (makeBase), not now: progress and its
+      // ETA would otherwise credit a delta's largest work, the copies, before it begins.
+      const copyLater = start !== undefined && start === fromOld && !this.based.has(ei);
+      let heldLater = 0;
       const part = old ? undefined : partial.get(e.path);
       // A partial file serves as a patch base for its path unless it is only a source of chunks (prevSources).
       const base = old ? { path: src, size: old.size } : part && !part.copyOnly ? { path: part.abs, size: part.size } : undefined;
@@ -775,7 +781,8 @@ class PullRun {
         // is already there.
         if (this.done[g] === 1 || start?.holds(off, L.len[g]!, words, g)) {
           this.stats.reused++;
-          this.bytesDone += L.len[g]!;
+          if (copyLater && this.done[g] !== 1) heldLater += L.len[g]!;
+          else this.bytesDone += L.len[g]!;
           continue;
         }
         remaining++;
@@ -798,6 +805,7 @@ class PullRun {
         }
       }
       this.remaining[ei] = remaining;
+      if (heldLater > 0) this.creditOnBase.set(ei, heldLater);
     }
     this.local = local;
     this.recordOwnLinks(linkedOld.slice(linksRecorded));
@@ -1266,7 +1274,12 @@ class PullRun {
     if (spare) this.stats.spares++;
     else this.stats.written += e.size;
     this.journal([(J_BASED | (spare ? J_SPARE : 0) | ei) >>> 0]);
+    this.bytesDone += this.creditOnBase.get(ei) ?? 0;
+    this.creditOnBase.delete(ei);
+    this.progress('transfer');
   }
+  /** Per changed file with a base copy still to make: the bytes of its chunks the copy brings (see makeBase). */
+  private readonly creditOnBase = new Map<number, number>();
 
   /** Whether every byte of entry `ei`'s file is still to be written (no base copy, spare or earlier attempt holds any). */
   private baseless(ei: number): boolean {
