@@ -122,6 +122,16 @@ function sparePrep(opts: FollowOptions): { stop: () => Promise<void> } {
 export async function follow(opts: FollowOptions, onApplied: (r: PullResult) => void): Promise<'stopped' | 'stopped-in-pull'> {
   let backoff = 500;
   let unreachable = 0;
+  // Whether any pull has had a session with the site: one lost in the middle of the seed is waited for, not taken for
+  // a wrong address (each later pull, never connected itself, fails at once while the site is down).
+  let reached = false;
+  const pullOpts: FollowOptions = {
+    ...opts,
+    onConnected: () => {
+      reached = true;
+      opts.onConnected?.();
+    },
+  };
   let have: string | undefined;
   let first = true;
   let prep: { stop: () => Promise<void> } | undefined;
@@ -135,7 +145,7 @@ export async function follow(opts: FollowOptions, onApplied: (r: PullResult) => 
         if (have === undefined || (await waitForChange(opts, have))) {
           await stopPrep();
           if (opts.signal?.aborted) break;
-          const r = await untilStopped(pull(opts), opts.signal);
+          const r = await untilStopped(pull(pullOpts), opts.signal);
           if (!r) {
             // The pull goes on in the background until the caller ends the process: as safe as a kill -9 there.
             opts.log?.('stopped during a pull; the next pull resumes it');
@@ -161,7 +171,7 @@ export async function follow(opts: FollowOptions, onApplied: (r: PullResult) => 
         if (!passing(e, have !== undefined)) throw e;
         // A site never reached at all (a wrong address, most likely) is reported, as a one-shot pull does, after a few
         // tries (the network may come up a little after the follower).
-        if (have === undefined && e.code === ErrorCodes.UNREACHABLE && ++unreachable >= FIRST_CONTACT_TRIES) throw e;
+        if (!reached && e.code === ErrorCodes.UNREACHABLE && ++unreachable >= FIRST_CONTACT_TRIES) throw e;
         opts.log?.(`${e.message}; trying again in ${(backoff / 1000).toFixed(1)} s`);
         await sleep(backoff, opts.signal);
         backoff = Math.min(opts.maxBackoffMs ?? 30_000, backoff * 2);

@@ -110,6 +110,11 @@ export interface PullOptions {
    * generation (what the generation lacks goes). Without it such a folder is refused. A DIR snapferry made pulls as usual.
    */
   adopt?: boolean;
+  /**
+   * Called each time an attempt has a session with the site (authenticated), even if the pull then fails: a follower
+   * tells a site it once reached (and may reach again) from a wrong address.
+   */
+  onConnected?: () => void;
   /** Test hook: called at named points of the pull (fault tests kill the process there). */
   onPoint?: (point: string) => void;
   /**
@@ -352,6 +357,7 @@ class PullRun {
       throw toSnapferryError(err);
     }
     this.neverConnected = false;
+    this.opts.onConnected?.();
     if (recordNote) this.opts.log?.(recordNote);
     let result: PullResult | undefined;
     try {
