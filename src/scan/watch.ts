@@ -160,13 +160,19 @@ export class CompanyWatcher extends EventEmitter {
     this.changed();
   }
 
-  /** Stops watching one folder (watched again by the next watchDirs); nothing is vouched for until then. */
+  /**
+   * Stops watching a folder and every folder below it (watched again by the next watchDirs); nothing is vouched for
+   * until then. The watches below go too: they follow their folders' inodes, which moved along (mv A A.old), so a
+   * folder made anew at one of their paths (cp -a A.old A) would otherwise raise no event.
+   */
   private unwatch(dir: string): void {
-    const w = this.watchers.get(dir);
-    if (!w) return;
-    w.close();
-    this.watchers.delete(dir);
-    this.allWatched = false;
+    const below = `${dir}/`;
+    for (const [d, w] of this.watchers) {
+      if (d !== dir && !d.startsWith(below)) continue;
+      w.close();
+      this.watchers.delete(d);
+      this.allWatched = false;
+    }
   }
 
   stop(): void {

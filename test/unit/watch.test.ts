@@ -136,6 +136,39 @@ describe('CompanyWatcher.settledGeneration', () => {
     }
   });
 
+  // BUG (src/scan/watch.ts folderEvent): a folder moved away was watched afresh at its path, but the folders below it
+  // kept their watches, which moved with them (mv A A.old keeps A.old/E's inode): once A/E was made again (cp -a
+  // A.old A, a copy put back while the old one is kept), files written in A/E raised no event, and the watcher went on
+  // vouching for a generation without them (pulls got it) until its ten-minute scan. Same for the company folder itself.
+  it('watches the folders below a moved folder again once they are made anew at their paths', async () => {
+    const top = path.join(tmp.dir, 'remade-below');
+    const root = path.join(top, 'acme');
+    fs.mkdirSync(path.join(root, 'A', 'E'), { recursive: true });
+    fs.writeFileSync(path.join(root, 'A', 'E', 'a.xml'), 'a\n');
+    const scanner = new CompanyScanner(root, pool);
+    const watcher = new CompanyWatcher(scanner);
+    watcher.start();
+    try {
+      expect(await settledOf(watcher)).toBeDefined();
+      // A folder of the company moved aside and made again, then the company folder itself.
+      const moves: Array<[string, string]> = [
+        [path.join(root, 'A'), path.join(root, 'A.old')],
+        [root, path.join(top, 'acme.old')],
+      ];
+      for (const [k, [from, to]] of moves.entries()) {
+        fs.renameSync(from, to);
+        fs.mkdirSync(path.join(root, 'A', 'E'), { recursive: true });
+        await new Promise((r) => setTimeout(r, 200));
+        expect(await settledOf(watcher)).toBeDefined();
+        fs.writeFileSync(path.join(root, 'A', 'E', `new${k}.xml`), 'new\n');
+        expect(await watcher.settledGeneration(), `move ${k}`).toBeUndefined();
+        expect((await settledOf(watcher))?.manifest.entries.map((e) => e.path)).toContain(`A/E/new${k}.xml`);
+      }
+    } finally {
+      watcher.stop();
+    }
+  });
+
   it('a STALE read withdraws its word, even one that comes while a scan is under way', async (ctx) => {
     if (spawnSync('python3', ['-c', 'import mmap'], { stdio: 'ignore' }).status !== 0) return ctx.skip();
     // On a tmpfs where there is one (/dev/shm): there a page is never written back, so it stays dirty between the two
