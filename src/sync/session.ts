@@ -191,11 +191,20 @@ async function handshake(url: string, ws: WebSocket, channel: Channel, opts: Con
   }
 }
 
+/**
+ * The codes a site sends unsealed, before authentication (accept()'s preauthError): anything else in an unsealed
+ * refusal comes from a peer that proved nothing (a wrong host, an on-path party in place of the sealed READY) and must
+ * not be reported as, say, a full disk or an unsafe tree.
+ */
+const PREAUTH_CODES: readonly ErrorCode[] = [ErrorCodes.VERSION, ErrorCodes.PROTOCOL, ErrorCodes.AUTH];
+
 function peerPreauthError(msg: Buffer): SnapferryError {
   try {
     const e = JSON.parse(msg.subarray(1, 1024).toString('utf8')) as ErrorMsg;
-    const code = Object.values(ErrorCodes).includes(e.code as ErrorCode) ? (e.code as ErrorCode) : ErrorCodes.PROTOCOL;
-    return new SnapferryError(code, printable(String(e.message)).slice(0, 300));
+    if (!PREAUTH_CODES.includes(e.code as ErrorCode)) {
+      return new SnapferryError(ErrorCodes.PROTOCOL, `peer refused the handshake with an error no site sends before authenticating (${printable(String(e.code)).slice(0, 40)})`);
+    }
+    return new SnapferryError(e.code as ErrorCode, printable(String(e.message)).slice(0, 300));
   } catch {
     return new SnapferryError(ErrorCodes.PROTOCOL, 'peer refused the handshake');
   }
