@@ -9,7 +9,7 @@ import { isSiteUrl } from '../transport/url.js';
 import { ClientHandshake, ServerHandshake, MAX_HANDSHAKE_MESSAGE } from '../protocol/handshake.js';
 import { FrameSealer, FrameOpener, DIR_CLIENT_TO_SERVER, DIR_SERVER_TO_CLIENT, TAG_LEN } from '../protocol/seal.js';
 import { MsgType, MAX_FRAME, encodeJson, decodeJson, ErrorMsg } from '../protocol/messages.js';
-import { SnapferryError, ErrorCodes, ErrorCode, fail, toSnapferryError } from '../util/errors.js';
+import { SnapferryError, ErrorCodes, ErrorCode, fail, toSnapferryError, printable } from '../util/errors.js';
 import type { TokenBucket } from '../util/rate.js';
 
 /** The largest plaintext a sealed frame may carry: the frame limit less the AEAD tag. */
@@ -81,11 +81,7 @@ export function peerError(msg: Buffer): SnapferryError {
   return new SnapferryError(code, printable(String(e.message ?? 'peer reported an error')).slice(0, 500));
 }
 
-/** Text from a peer, made safe for a terminal: control characters (CR, escapes) become spaces. */
-export function printable(text: string): string {
-  // eslint-disable-next-line no-control-regex
-  return text.replace(/[\x00-\x1f\x7f-\x9f]/g, ' ');
-}
+export { printable };
 
 /** Options for connecting to a site. */
 export interface ConnectOptions {

@@ -5,7 +5,7 @@
  */
 import { WebSocket } from './ws.js';
 import type { Socket } from 'node:net';
-import { SnapferryError, ErrorCodes, toSnapferryError } from '../util/errors.js';
+import { SnapferryError, ErrorCodes, toSnapferryError, printable } from '../util/errors.js';
 import { MAX_FRAME } from '../protocol/messages.js';
 import type { TokenBucket } from '../util/rate.js';
 
@@ -117,7 +117,8 @@ export class Channel {
     ws.on('ping', control);
     ws.on('pong', control);
     ws.on('close', (code: number, reason: Buffer) => {
-      const why = reason.toString() || `connection closed (${code})`;
+      // The reason is the peer's text, unsealed (anyone on the path, or a peer without the secret, can write it).
+      const why = printable(reason.toString()) || `connection closed (${code})`;
       this.finish(new SnapferryError(ErrorCodes.CONNECTION_LOST, why, { retryable: true }));
     });
     ws.on('error', (err) => this.finish(toSnapferryError(err)));

@@ -80,6 +80,15 @@ export class SnapferryError extends Error {
   }
 }
 
+/**
+ * Text from a peer, made safe for a terminal: control characters (CR, escapes) become spaces. Everything a peer says
+ * that reaches a message goes through it (its ERROR messages, paths, a WebSocket close frame's reason).
+ */
+export function printable(text: string): string {
+  // eslint-disable-next-line no-control-regex
+  return text.replace(/[\x00-\x1f\x7f-\x9f]/g, ' ');
+}
+
 /** Shorthand constructor. */
 export function fail(code: ErrorCode, message: string, options?: { cause?: unknown; retryable?: boolean }): never {
   throw new SnapferryError(code, message, options);

@@ -5,7 +5,8 @@
  * the branch report any error of its choosing: "disk full" (exit 74), a foreign folder, an unsafe tree.
  *
  * What must hold: such a refusal naming any other code is reported as a protocol error (one line,
- * SNAPFERRY_E_PROTOCOL, exit 76), not as the code it names; nothing is written.
+ * SNAPFERRY_E_PROTOCOL, exit 76), not as the code it names; the reason of a WebSocket close frame (unsealed too)
+ * reaches the terminal without its control characters; nothing is written.
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import fs from 'node:fs';
@@ -51,7 +52,7 @@ async function forger(at: 'welcome' | 'ready', code: string, secret: Buffer): Pr
   };
 }
 
-describe('a pre-authentication refusal naming a code only an authenticated site may send', () => {
+describe('what a peer that proved nothing says reaches the branch only as it may', () => {
   let tmp: ReturnType<typeof tempDir>;
   let keyFile: string;
   let n = 0;
@@ -80,6 +81,29 @@ describe('a pre-authentication refusal naming a code only an authenticated site 
       });
     }
   }
+
+  it('a close frame whose reason holds terminal escapes (sent without the secret): printed without control characters', async () => {
+    const server = http.createServer();
+    const wss = new WebSocketServer({ server, perMessageDeflate: false });
+    // Erase the line, go back to its start, print a line of our own, conceal the rest (the error code).
+    wss.on('connection', (ws) => ws.once('message', () => ws.close(4000, 'x\x1b[2K\rsnapferry: pulled 0 files\x1b[8m')));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    try {
+      const dest = path.join(tmp.dir, `b${n++}`, 'acme');
+      fs.mkdirSync(path.dirname(dest));
+      const url = `ws://127.0.0.1:${(server.address() as { port: number }).port}`;
+      const r = await runCli(['pull', url, 'acme', dest, '--secret', keyFile, '--retries', '0'], { timeoutMs: 30_000 });
+      expect(errorCodeOf(r.stderr)).toBe('SNAPFERRY_E_CONNECTION_LOST');
+      // eslint-disable-next-line no-control-regex
+      expect(r.stderr.trimEnd(), JSON.stringify(r.stderr)).not.toMatch(/[\x00-\x1f\x7f-\x9f]/);
+      expect(fs.existsSync(dest)).toBe(false);
+    } finally {
+      for (const c of wss.clients) c.terminate();
+      wss.close();
+      server.closeAllConnections();
+      await new Promise<void>((r) => server.close(() => r()));
+    }
+  });
 
   it('the codes the site does send before authentication (here AUTH) are still taken as they are', async () => {
     const site = await forger('ready', 'SNAPFERRY_E_AUTH', readSecret(keyFile));
