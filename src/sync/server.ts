@@ -146,6 +146,9 @@ const ANSWER_GARBAGE_EVERY = 4 << 20;
  */
 const ANSWER_BUDGET_BYTES = 16 << 20;
 
+/** Ends of connections that never authenticated logged one by one per minute; the rest are counted (noteRefusal). */
+const REFUSALS_LOGGED_PER_MINUTE = 20;
+
 /** A bounded cache of compressed packs, keyed by generation and chunk ranges, shared by concurrent sessions. */
 class PackCache {
   private map = new Map<string, { promise: Promise<ReadPackResult>; size: number }>();
@@ -339,6 +342,7 @@ export class SnapferryServer {
   /** Stops accepting, ends sessions, stops workers. */
   async close(): Promise<void> {
     this.closing = true;
+    this.sayUnsaidRefusals();
     for (const c of this.companies.values()) c.watcher?.stop();
     for (const ch of this.sessions) ch.close(1001, 'site shutting down');
     this.wss?.close();
@@ -425,6 +429,40 @@ export class SnapferryServer {
     this.evictedLoggedAt = now;
   }
 
+  /**
+   * Logs the end of a connection that never authenticated: the first REFUSALS_LOGGED_PER_MINUTE of a minute one by one,
+   * the rest counted and said in one line when the minute is over (or the site stops). One line per refusal let a peer
+   * without the secret write the log as fast as it could open connections.
+   */
+  private noteRefusal(line: string): void {
+    const r = this.refusals;
+    const now = Date.now();
+    if (now - r.since >= 60_000) {
+      this.sayUnsaidRefusals();
+      r.since = now;
+      r.logged = 0;
+    }
+    if (r.logged < REFUSALS_LOGGED_PER_MINUTE) {
+      r.logged++;
+      this.log(line);
+      return;
+    }
+    r.unsaid++;
+    r.timer ??= setTimeout(() => this.sayUnsaidRefusals(), r.since + 60_000 - now).unref();
+  }
+
+  /** Says how many refusals noteRefusal counted without logging them, if any. */
+  private sayUnsaidRefusals(): void {
+    const r = this.refusals;
+    clearTimeout(r.timer);
+    r.timer = undefined;
+    if (r.unsaid === 0) return;
+    this.log(`${r.unsaid} more connection(s) that did not authenticate were refused or ended since ${new Date(r.since).toISOString()} (${REFUSALS_LOGGED_PER_MINUTE} a minute are logged one by one)`);
+    r.unsaid = 0;
+  }
+
+  private readonly refusals: { since: number; logged: number; unsaid: number; timer?: NodeJS.Timeout } = { since: 0, logged: 0, unsaid: 0 };
+
   private onConnection(ws: WebSocket, socket: net.Socket): void {
     // A peer that stops reading ends its session after the idle timeout, and one that sends without waiting for
     // answers is cut off: a puller never has more than its 64 requests in flight (GETs of at most 32 KiB) unread.
@@ -446,8 +484,10 @@ export class SnapferryServer {
       })
       .catch((err) => {
         const e = toSnapferryError(err);
-        if (e.code === ErrorCodes.AUTH) this.log(`refused ${remote}: authentication failed`);
-        else if (e.code !== ErrorCodes.CONNECTION_LOST) this.log(`session from ${remote} ended: ${e.message}`);
+        let line: string | undefined;
+        if (e.code === ErrorCodes.AUTH) line = `refused ${remote}: authentication failed`;
+        else if (e.code !== ErrorCodes.CONNECTION_LOST) line = `session from ${remote} ended: ${e.message}`;
+        if (line) authenticated ? this.log(line) : this.noteRefusal(line);
       })
       // A peer that never authenticated gets no graceful close (it would hold the socket for ws's 30 s close timeout).
       .finally(() => (authenticated ? channel.close() : setTimeout(() => channel.abort(new SnapferryError(ErrorCodes.AUTH, 'not authenticated')), 100)));
