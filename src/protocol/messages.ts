@@ -102,6 +102,19 @@ export function encodeJson(type: number, body: unknown): Buffer {
   return b;
 }
 
+/**
+ * A field of a peer's JSON as text: a string as it is, anything else as its JSON. String() would throw for an object
+ * whose toString is not a function ({"toString": 1}), as an internal error of ours.
+ */
+export function textOf(v: unknown): string {
+  return typeof v === 'string' ? v : (JSON.stringify(v) ?? 'undefined');
+}
+
+/** A field of a peer's JSON as a number: a number, or a numeric string; NaN for anything else (Number() could throw). */
+export function numberOf(v: unknown): number {
+  return typeof v === 'number' ? v : typeof v === 'string' ? Number(v) : NaN;
+}
+
 /** Parses a JSON control message body, limited to 64 KiB. */
 export function decodeJson<T>(msg: Buffer): T {
   if (msg.length > 65536) fail(ErrorCodes.PROTOCOL, 'control message too large');

@@ -20,6 +20,8 @@ import { appliedMode, decodeManifest, Entry, entryPath, Manifest, rootHashOf, sa
 import {
   MsgType,
   decodeJson,
+  textOf,
+  numberOf,
   decodeData,
   decodePatch,
   encodeGet,
@@ -394,7 +396,7 @@ class PullRun {
     const head = decodeJson<ManifestMsg & { unchanged?: boolean }>(headMsg);
     if (typeof head.rootHash !== 'string' || !/^[0-9a-f]{64}$/.test(head.rootHash)) fail(ErrorCodes.PROTOCOL, 'malformed manifest header');
     this.rootHash = head.rootHash;
-    this.generation = Number(head.generation) || 0;
+    this.generation = numberOf(head.generation) || 0;
     if (head.unchanged && intactRecord?.rootHash === head.rootHash) {
       await s.send(Buffer.from([MsgType.BYE]));
       return this.result(true, { files: intactRecord.files, bytes: intactRecord.bytes });
@@ -505,8 +507,8 @@ class PullRun {
   }
 
   private async receiveManifest(head: ManifestMsg): Promise<Buffer> {
-    const size = Number(head.encodedSize);
-    const parts = Number(head.parts);
+    const size = numberOf(head.encodedSize);
+    const parts = numberOf(head.parts);
     if (!Number.isInteger(size) || size < 5 || size > 1 << 30 || !Number.isInteger(parts) || parts !== Math.ceil(size / (1 << 20))) {
       fail(ErrorCodes.BAD_MANIFEST, 'manifest header out of bounds');
     }
@@ -1426,18 +1428,20 @@ class PullRun {
   private route(msg: Buffer, fault: (err: SnapferryError) => void): void {
     const type = msg[0];
     if (type === MsgType.DATA || type === MsgType.PATCH || type === MsgType.STALE) {
-      const reqId = type === MsgType.STALE ? Number(decodeJson<{ reqId: number }>(msg).reqId) : msg.length >= 5 ? msg.readUInt32BE(1) : -1;
+      // Decoded whole before the request leaves `pending`: a throw after that would leave it unanswered for ever.
+      const stale = type === MsgType.STALE ? decodeJson<{ reqId?: unknown; path?: unknown }>(msg) : undefined;
+      const reqId = stale ? numberOf(stale.reqId) : msg.length >= 5 ? msg.readUInt32BE(1) : -1;
       const p = this.pending.get(reqId);
       if (!p) return fault(new SnapferryError(ErrorCodes.PROTOCOL, 'answer to a request we did not make'));
       if (type !== MsgType.STALE && type !== p.answer) return fault(new SnapferryError(ErrorCodes.PROTOCOL, `answer of type ${type} to a request for type ${p.answer}`));
       this.pending.delete(reqId);
-      if (type === MsgType.STALE) {
-        const path_ = printable(String(decodeJson<{ path?: string }>(msg).path ?? '?')).slice(0, 300);
+      if (stale) {
+        const path_ = printable(textOf(stale.path ?? '?')).slice(0, 300);
         p.reject(new SnapferryError(ErrorCodes.STALE_SOURCE, `${path_} changed at the site`, { retryable: true }));
       } else p.resolve(msg);
     } else if (type === MsgType.ERROR) {
-      const e = decodeJson<{ code: string; message: string }>(msg);
-      fault(new SnapferryError((Object.values(ErrorCodes) as string[]).includes(e.code) ? (e.code as never) : ErrorCodes.PROTOCOL, printable(String(e.message)).slice(0, 300)));
+      const e = decodeJson<{ code: string; message: unknown }>(msg);
+      fault(new SnapferryError((Object.values(ErrorCodes) as string[]).includes(e.code) ? (e.code as never) : ErrorCodes.PROTOCOL, printable(textOf(e.message)).slice(0, 300)));
     } else if (type !== MsgType.PONG) {
       fault(new SnapferryError(ErrorCodes.PROTOCOL, `unexpected message type ${type}`));
     }

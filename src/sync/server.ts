@@ -23,6 +23,7 @@ import {
   MAX_GET_BYTES,
   PATCH_HEADER_BYTES,
   decodeJson,
+  textOf,
   decodeGet,
   decodePatchGet,
   encodeDataHeader,
@@ -530,9 +531,9 @@ export class SnapferryServer {
         switch (msg[0]) {
           case MsgType.OPEN: {
             const open = decodeJson<OpenMsg>(msg);
-            company = this.companies.get(String(open.company));
+            company = this.companies.get(textOf(open.company));
             if (!company) {
-              const e = new SnapferryError(ErrorCodes.UNKNOWN_COMPANY, `this site serves no company named ${JSON.stringify(String(open.company).slice(0, 100))}`);
+              const e = new SnapferryError(ErrorCodes.UNKNOWN_COMPANY, `this site serves no company named ${JSON.stringify(textOf(open.company).slice(0, 100))}`);
               await session.sendError(e);
               return;
             }
@@ -571,9 +572,9 @@ export class SnapferryServer {
           }
           case MsgType.FOLLOW: {
             const f = decodeJson<{ company?: unknown; have?: unknown }>(msg);
-            const c = this.companies.get(String(f.company));
+            const c = this.companies.get(textOf(f.company));
             if (!c) {
-              await session.sendError(new SnapferryError(ErrorCodes.UNKNOWN_COMPANY, `this site serves no company named ${JSON.stringify(String(f.company).slice(0, 100))}`));
+              await session.sendError(new SnapferryError(ErrorCodes.UNKNOWN_COMPANY, `this site serves no company named ${JSON.stringify(textOf(f.company).slice(0, 100))}`));
               return;
             }
             follow?.();
@@ -583,7 +584,7 @@ export class SnapferryServer {
               scanned = c.scanner.scan({ settleTimeoutMs: this.opts.settleTimeoutMs }).then(() => true, () => false);
               followScans.set(c, scanned);
             }
-            follow = this.followerOf(c, session, String(f.have ?? ''), scanned);
+            follow = this.followerOf(c, session, textOf(f.have ?? ''), scanned);
             break;
           }
           case MsgType.PING:

@@ -8,7 +8,7 @@ import { Channel } from '../transport/channel.js';
 import { isSiteUrl } from '../transport/url.js';
 import { ClientHandshake, ServerHandshake, MAX_HANDSHAKE_MESSAGE } from '../protocol/handshake.js';
 import { FrameSealer, FrameOpener, DIR_CLIENT_TO_SERVER, DIR_SERVER_TO_CLIENT, TAG_LEN } from '../protocol/seal.js';
-import { MsgType, MAX_FRAME, encodeJson, decodeJson, ErrorMsg } from '../protocol/messages.js';
+import { MsgType, MAX_FRAME, encodeJson, decodeJson, textOf, ErrorMsg } from '../protocol/messages.js';
 import { SnapferryError, ErrorCodes, ErrorCode, fail, toSnapferryError, printable } from '../util/errors.js';
 import type { TokenBucket } from '../util/rate.js';
 
@@ -78,7 +78,7 @@ export class SecureSession {
 export function peerError(msg: Buffer): SnapferryError {
   const e = decodeJson<ErrorMsg>(msg);
   const code = Object.values(ErrorCodes).includes(e.code as ErrorCode) ? (e.code as ErrorCode) : ErrorCodes.PROTOCOL;
-  return new SnapferryError(code, printable(String(e.message ?? 'peer reported an error')).slice(0, 500));
+  return new SnapferryError(code, printable(textOf(e.message ?? 'peer reported an error')).slice(0, 500));
 }
 
 export { printable };
@@ -198,9 +198,9 @@ function peerPreauthError(msg: Buffer): SnapferryError {
   try {
     const e = JSON.parse(msg.subarray(1, 1024).toString('utf8')) as ErrorMsg;
     if (!PREAUTH_CODES.includes(e.code as ErrorCode)) {
-      return new SnapferryError(ErrorCodes.PROTOCOL, `peer refused the handshake with an error no site sends before authenticating (${printable(String(e.code)).slice(0, 40)})`);
+      return new SnapferryError(ErrorCodes.PROTOCOL, `peer refused the handshake with an error no site sends before authenticating (${printable(textOf(e.code)).slice(0, 40)})`);
     }
-    return new SnapferryError(e.code as ErrorCode, printable(String(e.message)).slice(0, 300));
+    return new SnapferryError(e.code as ErrorCode, printable(textOf(e.message)).slice(0, 300));
   } catch {
     return new SnapferryError(ErrorCodes.PROTOCOL, 'peer refused the handshake');
   }

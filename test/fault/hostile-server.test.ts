@@ -469,6 +469,22 @@ describe('a hostile site cannot escape DIR, plant data or exhaust the puller', (
       });
     }
 
+    // JSON fields of another type than the protocol's: {"toString": 1, "valueOf": 1} cannot be made a string or a
+    // number (String() and Number() throw), and the pull ended as an internal error of the branch's own (exit 70).
+    const unconvertible = { toString: 1, valueOf: 1 };
+    const fieldCases: Array<[string, () => Scenario, string]> = [
+      ['the manifest head\'s encodedSize', () => manifestScenario(good, { head: { encodedSize: unconvertible } }), 'SNAPFERRY_E_BAD_MANIFEST'],
+      ['a STALE answer\'s reqId', () => dataScenario(async (s) => s.send(encodeJson(MsgType.STALE, { reqId: unconvertible, path: 'x' }))), 'SNAPFERRY_E_PROTOCOL'],
+      ['a STALE answer\'s path', () => dataScenario(async (s, reqId) => s.send(encodeJson(MsgType.STALE, { reqId, path: unconvertible }))), 'SNAPFERRY_E_STALE_SOURCE'],
+      ['an ERROR answer\'s message', () => dataScenario(async (s) => s.send(encodeJson(MsgType.ERROR, { code: 'SNAPFERRY_E_IO', message: unconvertible }))), 'SNAPFERRY_E_IO'],
+    ];
+    for (const [what, scenario, code] of fieldCases) {
+      it(`takes ${what} as an object that cannot be made text or a number: ${code}, not an internal error`, async () => {
+        const o = await attempt(scenario(), { retries: 0 });
+        expectRefused(o, code);
+      });
+    }
+
     // BUG (src/sync/pull.ts startReader / src/sync/session.ts peerError, and src/util/errors.ts SnapferryError): text
     // from the site (ERROR messages, STALE paths) reaches the operator's terminal with control characters intact: a
     // site can send "\r" or ANSI escapes that rewrite the printed line (hide the error code, fake a success).
