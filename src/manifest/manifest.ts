@@ -548,11 +548,12 @@ export function checkTree(m: Manifest): void {
   // pass through another symlink on its way (a link to "l/.." where l -> "." would leave the tree on disk). The walk
   // follows a tree of the links' own paths, one step a component: linear in the target's length (joining the path so
   // far at each step was quadratic: a hostile site's 4 KiB target "a/a/.../a" cost 40 ms, a manifest of them hours).
+  // Names are compared folded (foldName): where the filesystem folds case or normalization, "L/.." opens the link "l".
   if (links.size === 0) return;
   const linkTree = new LinkNode();
   for (const p of links) {
     let n = linkTree;
-    for (const c of p.split('/')) n = n.child(c);
+    for (const c of p.split('/')) n = n.child(foldName(c));
     n.isLink = true;
   }
   for (const e of m.entries) {
@@ -562,7 +563,7 @@ export function checkTree(m: Manifest): void {
     const slash = e.path.lastIndexOf('/');
     // Per folder of the way so far: its node in the links' tree, or undefined once off every link's path.
     const way: Array<LinkNode | undefined> = [linkTree];
-    if (slash >= 0) for (const c of e.path.slice(0, slash).split('/')) way.push(way[way.length - 1]?.kids.get(c));
+    if (slash >= 0) for (const c of e.path.slice(0, slash).split('/')) way.push(way[way.length - 1]?.kids.get(foldName(c)));
     const comps = t.split('/');
     let last = comps.length - 1;
     while (last >= 0 && (comps[last] === '' || comps[last] === '.')) last--;
@@ -572,12 +573,22 @@ export function checkTree(m: Manifest): void {
         if (way.length === 1) unsafe(e, 'symlink points outside the tree');
         way.pop();
       } else if (c !== '.' && c !== '') {
-        const n = way[way.length - 1]?.kids.get(c);
+        const n = way[way.length - 1]?.kids.get(foldName(c));
         way.push(n);
         if (i < last && n?.isLink) unsafe(e, 'symlink target passes through another symlink');
       }
     }
   }
+}
+
+/**
+ * A name as a filesystem that folds case and Unicode normalization may take it (macOS APFS by default, ext4 with
+ * casefold, SMB shares): "L" and "l", "e\u0301" and "\u00e9", "STRASSE" and "stra\u00dfe", "\u0391\u03a3" and "\u03b1\u03c3"
+ * are one name there. Upper case first: it maps \u00df to SS and both sigmas to \u03a3 (ASCII names: no work beyond both case maps).
+ */
+function foldName(c: string): string {
+  // eslint-disable-next-line no-control-regex
+  return (/^[\x00-\x7f]*$/.test(c) ? c : c.normalize('NFC')).toUpperCase().toLowerCase().normalize('NFC');
 }
 
 /** A folder or link on the path of some symlink of a manifest (checkTree). */

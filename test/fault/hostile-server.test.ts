@@ -327,6 +327,7 @@ describe('a hostile site cannot escape DIR, plant data or exhaust the puller', (
       ['a symlink pointing above DIR', () => manifestOf([link('out', '../../outside-sentinel.txt')]), 'SNAPFERRY_E_UNSAFE_TREE', /outside the tree/],
       ['a symlink with an absolute target', () => manifestOf([link('etc', '/etc')]), 'SNAPFERRY_E_UNSAFE_TREE'],
       ['a symlink that leaves through another symlink', () => manifestOf([link('l', '.'), link('m', 'l/../x')]), 'SNAPFERRY_E_UNSAFE_TREE'],
+      ['a symlink that leaves through another symlink spelled in another case (a case-insensitive branch)', () => manifestOf([link('l', '.'), link('m', 'L/../x')]), 'SNAPFERRY_E_UNSAFE_TREE', /passes through another symlink/],
       ['a file under a symlinked folder', () => manifestOf([dir('d'), link('l', 'd'), file('l/f', [5], [1n])]), 'SNAPFERRY_E_UNSAFE_TREE', /parent/],
       ['a file whose parent folder is missing', () => manifestOf([file('nowhere/f', [5], [1n])]), 'SNAPFERRY_E_UNSAFE_TREE'],
       ['duplicate paths', () => manifestOf([file('a.txt', [5], [1n]), file('a.txt', [5], [1n])]), 'SNAPFERRY_E_UNSAFE_TREE', /duplicate/],

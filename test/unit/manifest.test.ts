@@ -363,6 +363,19 @@ describe('decodeManifest / checkTree refuse unsafe trees', () => {
     expect(() => checkTree(m)).not.toThrow();
   });
 
+  // The walk matched a target's components to the links by their exact bytes. On a branch (or site) whose filesystem
+  // folds case or Unicode normalization (macOS APFS by default, ext4 with casefold, SMB shares), "L" or "e\u0301" in a
+  // target opens the link "l" or "\u00e9": 'm' -> 'L/../x' is inside the tree to the walk, and its parent's x on disk.
+  it('symlink targets that pass through another symlink spelled in another case or normalization are refused', () => {
+    expectRefused([link('l', '.'), link('m', 'L/../x')]);
+    expectRefused([link('\u00e9', '.'), link('m', 'e\u0301/../x')]);
+    expectRefused([link('stra\u00dfe', '.'), link('m', 'STRASSE/../x')]);
+    expectRefused([link('\u03b1\u03c3', '.'), link('m', '\u0391\u03a3/../x')]);
+    expectRefused([dir('a'), link('a/l', '.'), dir('b'), link('b/m', '../A/L/../../x')]);
+    // Ending at such a link is not passing through it; a name folding to no link's is no link.
+    expect(() => checkTree(man([link('l', '.'), link('m', 'L'), link('n', 'lx/../y')]))).not.toThrow();
+  });
+
   it('deep symlink targets are checked in time linear in their length (a hostile site\'s 4 KiB "a/a/.../a" targets)', () => {
     // 300 links of 2,048 components each: quadratic (the path so far joined at each step) took ~12 s here; one
     // step a component, well under the test's 10 s even on a loaded machine.
