@@ -512,8 +512,16 @@ export class CompanyScanner {
         try {
           st = lstatCompact(abs);
           if (st.kind === 'symlink') rawTarget = fs.readlinkSync(abs, { encoding: 'buffer' });
-        } catch {
-          continue; // deleted while we listed: not part of this generation
+        } catch (err) {
+          const code = (err as NodeJS.ErrnoException).code;
+          // Deleted while we listed (or its folder replaced by a file, or a link by something else before readlink):
+          // not part of this generation. Nothing else is: a folder the site may list but not enter (EACCES) or a path
+          // past the system's limit was once left out of the copy without a word.
+          if (code === 'ENOENT' || code === 'ENOTDIR' || code === 'EINVAL') continue;
+          if (code === 'ENAMETOOLONG') {
+            fail(ErrorCodes.UNSAFE_TREE, `refused ${shortened(rel)}: its path is longer than the site's system can open (${Buffer.byteLength(abs)} bytes from /; make the tree shallower or its names shorter)`);
+          }
+          throw err; // EACCES: the site cannot read its company (siteCannotRead names the path)
         }
         // Read as a string, a target that is not UTF-8 would be carried with U+FFFD in its bytes' place: refused as
         // such names are.
@@ -705,6 +713,11 @@ async function refuseNonUtf8(absDir: string, relDir: string): Promise<void> {
     const shown = Array.from(raw, (b) => (b >= 0x20 && b < 0x7f && b !== 0x5c ? String.fromCharCode(b) : `\\x${b.toString(16).padStart(2, '0')}`)).join('');
     fail(ErrorCodes.UNSAFE_TREE, `refused ${relDir ? `${relDir}/` : ''}${shown}: file name is not valid UTF-8 (snapferry carries UTF-8 names only; rename it)`);
   }
+}
+
+/** A path for a one-line message: a very long one (thousands of bytes) by its first and last 60 characters. */
+function shortened(rel: string): string {
+  return rel.length <= 160 ? rel : `${rel.slice(0, 60)}…${rel.slice(-60)}`;
 }
 
 /**

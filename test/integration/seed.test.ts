@@ -193,6 +193,69 @@ describe('seed over WebSocket (CLI, two processes)', () => {
     }
   });
 
+  it('a folder the site may list but not enter, and a path past the system limit, are refused by name, not left out', async () => {
+    // Before, the walk took any failed lstat for a file deleted while it listed: a folder of mode 0644 (names listed,
+    // none reachable) and a subtree deeper than PATH_MAX arrived at the branch empty or missing, with exit 0.
+    const base = fs.mkdtempSync(path.join(os.tmpdir(), 'sf-unreachable-'));
+    try {
+      const cases: Array<[string, (src: string) => void, RegExp, number]> = [
+        [
+          'folder without x',
+          (src) => {
+            fs.mkdirSync(path.join(src, 'vouchers'));
+            fs.writeFileSync(path.join(src, 'vouchers', 'v1.dat'), 'voucher\n');
+            fs.chmodSync(path.join(src, 'vouchers'), 0o644);
+          },
+          /the site cannot read its company: permission denied: \S*vouchers\/v1\.dat.*SNAPFERRY_E_IO/,
+          74,
+        ],
+        [
+          'path past PATH_MAX',
+          (src) => {
+            // 18 folders of 250 bytes: made step by step (a single path that long cannot be given to mkdir).
+            let at = src;
+            const here = process.cwd();
+            try {
+              for (let i = 0; i < 18; i++) {
+                process.chdir(at);
+                fs.mkdirSync('d'.repeat(250));
+                at = 'd'.repeat(250);
+              }
+              process.chdir(at);
+              fs.writeFileSync('deep.dat', 'deep\n');
+            } finally {
+              process.chdir(here);
+            }
+          },
+          /refused d{20}\S*: its path is longer than the site's system can open.*SNAPFERRY_E_UNSAFE_TREE/,
+          65,
+        ],
+      ];
+      for (const [what, make, message, code] of cases) {
+        const src = path.join(base, what.replace(/\W/g, ''), 'acme');
+        fs.mkdirSync(src, { recursive: true });
+        fs.writeFileSync(path.join(src, 'ledger.dat'), 'ledger\n');
+        make(src);
+        const site = await startServe(['--secret', key, '--company', `acme=${src}`], 30_000, undefined, NO_DAC_OVERRIDE);
+        try {
+          const dest = path.join(base, what.replace(/\W/g, ''), 'branch', 'acme');
+          fs.mkdirSync(path.dirname(dest));
+          const r = await runCli(['pull', site.url, 'acme', dest, '--secret', key]);
+          expect(r.code, `${what}: ${r.stderr}`).toBe(code);
+          expect(r.stderr.trim().split('\n'), what).toHaveLength(1);
+          expect(r.stderr, what).toMatch(message);
+          expect(fs.readdirSync(path.dirname(dest)), what).toEqual([]);
+        } finally {
+          await site.stop();
+        }
+      }
+    } finally {
+      // The deep tree cannot be removed by one path either: chmod -R and rm -rf walk it relatively.
+      execFileSync('chmod', ['-R', 'u+rwx', base]);
+      execFileSync('rm', ['-rf', base]);
+    }
+  });
+
   it('never overwrites an existing folder it did not make', async () => {
     const dest = path.join(tmp.dir, 'foreign', 'acme');
     fs.mkdirSync(dest, { recursive: true });
