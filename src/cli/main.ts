@@ -173,7 +173,7 @@ export function buildProgram(): Commander.Command {
         port,
         secretFor: () => secret,
         companies,
-        bwlimit: o.bwlimit ? parseRate(o.bwlimit) : undefined,
+        bwlimit: o.bwlimit !== undefined ? parseRate(o.bwlimit) : undefined, // "" is a rate given wrong, not none
         level,
         // A store holds compressed frames: none with --level none; at the operator's level when one is given.
         store: o.store && level !== NO_COMPRESSION,
@@ -226,7 +226,7 @@ export function buildProgram(): Commander.Command {
         company: name,
         dir,
         secret,
-        bwlimit: o.bwlimit ? parseRate(o.bwlimit) : undefined,
+        bwlimit: o.bwlimit !== undefined ? parseRate(o.bwlimit) : undefined, // "" is a rate given wrong, not none
         durable: o.fsync,
         spare: o.spare,
         adopt: o.adopt === true,

@@ -50,6 +50,14 @@ describe('CLI: bad secret files and company folders', () => {
     await expectRefused(['serve', '--listen', '127.0.0.1:0', '--secret', key, '--company', `acme=${company}`, '--settle-timeout', '1e3'], 64, /--settle-timeout takes a whole number/, 'SNAPFERRY_E_USAGE');
   });
 
+  // BUG (src/cli/main.ts): an empty --bwlimit (a script's "--bwlimit $RATE" with RATE unset) was taken for no option
+  // at all: the pull or the site ran uncapped without a word.
+  it('an empty --bwlimit is refused, not taken for no cap', async () => {
+    const dir = path.join(tmp.dir, 'never-made');
+    await expectRefused(['pull', 'ws://127.0.0.1:9', 'acme', dir, '--secret', key, '--bwlimit', ''], 64, /not a rate: ""/, 'SNAPFERRY_E_USAGE');
+    await expectRefused([...serve(key), '--bwlimit', ''], 64, /not a rate: ""/, 'SNAPFERRY_E_USAGE');
+  });
+
   // BUG (src/cli/main.ts): commander's own usage errors had no "snapferry:" prefix and no code, and an unknown command
   // took two lines ("error: unknown command" and "(Did you mean verify?)").
   it('usage errors are one line with SNAPFERRY_E_USAGE: an unknown command, a missing argument', async () => {
