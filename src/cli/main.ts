@@ -206,7 +206,7 @@ export function buildProgram(): Commander.Command {
   program
     .command('pull')
     .description('seed DIR with company NAME from the site at URL, or bring it to the newest generation')
-    .argument('<url>', 'ws://HOST:PORT')
+    .argument('<url>', 'ws://HOST:PORT (wss:// for a site behind a TLS proxy)')
     .argument('<name>', 'company name')
     .argument('<dir>', 'destination folder')
     .requiredOption('--secret <file>', 'site secret file')

@@ -3,6 +3,7 @@
  * with protocol/seal.ts. Before authentication only handshake messages (and a pre-auth error) cross the wire.
  */
 import net from 'node:net';
+import tls from 'node:tls';
 import { WebSocket } from '../transport/ws.js';
 import { Channel } from '../transport/channel.js';
 import { isSiteUrl } from '../transport/url.js';
@@ -102,7 +103,13 @@ export async function connect(url: string, opts: ConnectOptions): Promise<Secure
   // Whether TCP got through: a site that took the connection and gave no upgrade is there (tried again), one that never
   // answered the connection is not (reported at once on first contact, as a refused one).
   let tcpConnected = false;
-  const createConnection = ((o: net.NetConnectOpts) => net.connect(o).once('connect', () => (tcpConnected = true))) as typeof net.createConnection;
+  // wss:// is TLS (a site behind a TLS-terminating proxy), as ws itself would connect: a plain socket there sent the
+  // handshake in the clear, and a plain site took a wss:// URL as ws://.
+  const secure = new URL(url).protocol === 'wss:';
+  const createConnection = ((o: tls.ConnectionOptions & net.TcpNetConnectOpts) => {
+    const socket = secure ? tls.connect({ ...o, servername: o.servername ?? (net.isIP(o.host ?? '') ? undefined : o.host) }) : net.connect(o);
+    return socket.once('connect', () => (tcpConnected = true));
+  }) as unknown as typeof net.createConnection;
   const ws = new WebSocket(url, { maxPayload: MAX_FRAME + 1024, perMessageDeflate: false, createConnection });
   // What the site sends beyond what was asked for waits in at most 16 MiB (and the socket): a site that floods a branch
   // busy planning (an --adopt chunking a large folder) once held 576 MiB of its frames there.
@@ -149,6 +156,8 @@ async function handshake(url: string, ws: WebSocket, channel: Channel, opts: Con
     });
   } catch (err) {
     channel.abort(toSnapferryError(err, `cannot reach ${url}`));
+    const tlsProblem = url.startsWith('wss:') ? tlsFailure(err) : undefined;
+    if (tlsProblem) throw new SnapferryError(ErrorCodes.UNREACHABLE, `cannot reach ${url}: TLS failed (${tlsProblem}); a site with no TLS in front of it is ws://`);
     const e = toSnapferryError(err, `cannot reach ${url}`);
     if (e.code === ErrorCodes.INTERNAL || e.code === ErrorCodes.IO) {
       // Said once: the message may already name the site ("cannot reach ws://…: cannot reach ws://…: …" before).
@@ -193,6 +202,18 @@ async function handshake(url: string, ws: WebSocket, channel: Channel, opts: Con
  * not be reported as, say, a full disk or an unsafe tree.
  */
 const PREAUTH_CODES: readonly ErrorCode[] = [ErrorCodes.VERSION, ErrorCodes.PROTOCOL, ErrorCodes.AUTH];
+
+/** A wss:// connection's TLS failure in a few words (OpenSSL's reason or the certificate's problem), else undefined. */
+function tlsFailure(err: unknown): string | undefined {
+  const e = err as NodeJS.ErrnoException;
+  if (typeof e?.message !== 'string') return undefined;
+  // "write EPROTO 80...:error:0A00010B:SSL routines:ssl3_get_record:wrong version number:../deps/..." (no TLS there)
+  const ssl = /SSL routines:[^:]*:([^:]+)/.exec(e.message);
+  if (ssl) return ssl[1];
+  // Certificate checks: DEPTH_ZERO_SELF_SIGNED_CERT, ERR_TLS_CERT_ALTNAME_INVALID, CERT_HAS_EXPIRED...
+  if (typeof e.code === 'string' && (/CERT|ERR_TLS_|ERR_SSL_/.test(e.code) || e.code === 'EPROTO')) return e.message;
+  return undefined;
+}
 
 function peerPreauthError(msg: Buffer): SnapferryError {
   try {
