@@ -245,6 +245,16 @@ const enum From {
   COPY = 4,
 }
 
+/** Whether this process may open `file` for reading (its mode bits, or root's override of them). */
+function mayRead(file: string): boolean {
+  try {
+    fs.accessSync(file, fs.constants.R_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** A chunk the puller already holds: an index into the applied generation's layout (>= 0) or into partial chunks (-1 - k). */
 type LocalRef = number;
 
@@ -979,6 +989,9 @@ class PullRun {
       for (let i = 0; i < olds.length; i++) {
         const oe = olds[i]!;
         if (oe.kind !== 'file' || !(this.appliedIntact || this.trusted(oe, i))) continue;
+        // A file the puller may not read back (the company's mode 000 or 0200, kept as it is, for a user without root's
+        // override) can be neither a base nor a source of chunks: it is fetched (it once failed every later pull, EACCES).
+        if ((oe.mode & 0o400) === 0 && !mayRead(entryPath(this.paths.dir, oe.path))) continue;
         oldByPath.set(oe.path, i);
         for (let k = oldLayout.entryStart[i]!; k < oldLayout.entryStart[i + 1]!; k++) oldIndex.add(k);
       }
