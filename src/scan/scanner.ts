@@ -13,7 +13,7 @@ import { Entry, Manifest, PackedEntry, encodeManifest, entryPath, rootHashOf, co
 import { WorkerPool } from '../work/pool.js';
 import type { ChunkSegmentResult, ChunkFilesResult } from '../work/tasks.js';
 import { chunkSegmentsOf, joinChunkLists } from '../work/segments.js';
-import { fail, ErrorCodes, SnapferryError, toSnapferryError } from '../util/errors.js';
+import { fail, ErrorCodes, SnapferryError, toSnapferryError, shortenedPath } from '../util/errors.js';
 import { CachedFile, ScanCache, loadScanCache, saveScanCache } from './cachefile.js';
 import { nextCapacity, widen } from '../util/columns.js';
 
@@ -519,7 +519,7 @@ export class CompanyScanner {
           // past the system's limit was once left out of the copy without a word.
           if (code === 'ENOENT' || code === 'ENOTDIR' || code === 'EINVAL') continue;
           if (code === 'ENAMETOOLONG') {
-            fail(ErrorCodes.UNSAFE_TREE, `refused ${shortened(rel)}: its path is longer than the site's system can open (${Buffer.byteLength(abs)} bytes from /; make the tree shallower or its names shorter)`);
+            fail(ErrorCodes.UNSAFE_TREE, `refused ${shortenedPath(rel)}: its path is longer than the site's system can open (${Buffer.byteLength(abs)} bytes from /; make the tree shallower or its names shorter)`);
           }
           throw err; // EACCES: the site cannot read its company (siteCannotRead names the path)
         }
@@ -713,11 +713,6 @@ async function refuseNonUtf8(absDir: string, relDir: string): Promise<void> {
     const shown = Array.from(raw, (b) => (b >= 0x20 && b < 0x7f && b !== 0x5c ? String.fromCharCode(b) : `\\x${b.toString(16).padStart(2, '0')}`)).join('');
     fail(ErrorCodes.UNSAFE_TREE, `refused ${relDir ? `${relDir}/` : ''}${shown}: file name is not valid UTF-8 (snapferry carries UTF-8 names only; rename it)`);
   }
-}
-
-/** A path for a one-line message: a very long one (thousands of bytes) by its first and last 60 characters. */
-function shortened(rel: string): string {
-  return rel.length <= 160 ? rel : `${rel.slice(0, 60)}…${rel.slice(-60)}`;
 }
 
 /**

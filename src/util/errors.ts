@@ -111,9 +111,16 @@ export function fsProblem(err: unknown): string {
       return 'read-only file system';
     case 'ELOOP':
       return 'too many symbolic links';
+    case 'ENAMETOOLONG':
+      return 'path too long for this system';
     default:
       return e?.code ?? (err instanceof Error ? err.message : String(err));
   }
+}
+
+/** A path for a one-line message: a very long one (thousands of bytes) by its first and last 60 characters. */
+export function shortenedPath(p: string): string {
+  return p.length <= 160 ? p : `${p.slice(0, 60)}…${p.slice(-60)}`;
 }
 
 /** Turns any thrown value into a SnapferryError, translating the OS errors an operator can act on. */
@@ -129,6 +136,9 @@ export function toSnapferryError(err: unknown, context = ''): SnapferryError {
     case 'EPERM':
     case 'EROFS':
       return new SnapferryError(ErrorCodes.DIR_NOT_WRITABLE, `${where}permission denied: ${e.path ?? e.message}`, { cause: err });
+    case 'ENAMETOOLONG':
+      // The path may be thousands of bytes (a deep company under a long DIR): its ends say which one it is.
+      return new SnapferryError(ErrorCodes.IO, `${where}path too long for this system (${Buffer.byteLength(e.path ?? '')} bytes): ${shortenedPath(e.path ?? '?')}`, { cause: err });
     case 'EADDRINUSE':
       return new SnapferryError(ErrorCodes.PORT_IN_USE, `${where}address already in use`, { cause: err });
     case 'ECONNREFUSED':

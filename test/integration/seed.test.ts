@@ -9,6 +9,22 @@ import { execFileSync } from 'node:child_process';
 import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, Served, NO_DAC_OVERRIDE } from '../helpers.js';
 import { makeCompany, mutateCompany } from '../../src/gen/company.js';
 
+/** Makes `levels` nested folders of 250-byte names under `root` with deep.dat at the bottom, step by step (a single
+ * path longer than PATH_MAX cannot be given to mkdir). */
+function deepTree(root: string, levels: number): void {
+  const here = process.cwd();
+  try {
+    process.chdir(root);
+    for (let i = 0; i < levels; i++) {
+      fs.mkdirSync('d'.repeat(250));
+      process.chdir('d'.repeat(250));
+    }
+    fs.writeFileSync('deep.dat', 'deep\n');
+  } finally {
+    process.chdir(here);
+  }
+}
+
 describe('seed over WebSocket (CLI, two processes)', () => {
   let tmp: ReturnType<typeof tempDir>;
   let company: string;
@@ -211,22 +227,7 @@ describe('seed over WebSocket (CLI, two processes)', () => {
         ],
         [
           'path past PATH_MAX',
-          (src) => {
-            // 18 folders of 250 bytes: made step by step (a single path that long cannot be given to mkdir).
-            let at = src;
-            const here = process.cwd();
-            try {
-              for (let i = 0; i < 18; i++) {
-                process.chdir(at);
-                fs.mkdirSync('d'.repeat(250));
-                at = 'd'.repeat(250);
-              }
-              process.chdir(at);
-              fs.writeFileSync('deep.dat', 'deep\n');
-            } finally {
-              process.chdir(here);
-            }
-          },
+          (src) => deepTree(src, 18),
           /refused d{20}\S*: its path is longer than the site's system can open.*SNAPFERRY_E_UNSAFE_TREE/,
           65,
         ],
@@ -252,6 +253,33 @@ describe('seed over WebSocket (CLI, two processes)', () => {
     } finally {
       // The deep tree cannot be removed by one path either: chmod -R and rm -rf walk it relatively.
       execFileSync('chmod', ['-R', 'u+rwx', base]);
+      execFileSync('rm', ['-rf', base]);
+    }
+  });
+
+  // BUG (src/util/errors.ts): a generation path the branch's system cannot open under DIR (a deep company, a long DIR)
+  // ended in "ENAMETOOLONG: name too long, mkdir '<4,000 bytes of path>'": an errno, not words.
+  it('a path too long under the branch DIR is one line in words, nothing at DIR', async () => {
+    const base = fs.mkdtempSync(path.join(os.tmpdir(), 'sf-longdir-'));
+    try {
+      const src = path.join(base, 'acme');
+      fs.mkdirSync(src);
+      fs.writeFileSync(path.join(src, 'ledger.dat'), 'ledger\n');
+      deepTree(src, 15); // 3,765 bytes from the company folder: the site opens it, a branch under a long DIR cannot
+      const site = await startServe(['--secret', key, '--company', `acme=${src}`]);
+      try {
+        const parent = path.join(base, 'branch', 'x'.repeat(200), 'y'.repeat(200));
+        fs.mkdirSync(parent, { recursive: true });
+        const r = await runCli(['pull', site.url, 'acme', path.join(parent, 'acme'), '--secret', key]);
+        expect(r.code, r.stderr).toBe(74);
+        expect(r.stderr.trim().split('\n')).toHaveLength(1);
+        expect(r.stderr.trim()).toMatch(/^snapferry: path too long for this system \(\d+ bytes\): \/\S+…d+\S* \[SNAPFERRY_E_IO\]$/);
+        expect(r.stderr.length).toBeLessThan(400);
+        expect(fs.existsSync(path.join(parent, 'acme'))).toBe(false);
+      } finally {
+        await site.stop();
+      }
+    } finally {
       execFileSync('rm', ['-rf', base]);
     }
   });
