@@ -1,7 +1,7 @@
 /** Site secrets on disk: 256 random bits as 64 hex digits, in a file only its owner can read. */
 import fs from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import { fail, fsProblem, ErrorCodes } from '../util/errors.js';
+import { fail, fsProblem, ErrorCodes, SnapferryError, toSnapferryError } from '../util/errors.js';
 
 /** Writes a new secret; refuses to overwrite an existing file. */
 export function writeNewSecret(file: string): void {
@@ -15,10 +15,15 @@ export function writeNewSecret(file: string): void {
   try {
     fs.writeSync(fd, `${randomBytes(32).toString('hex')}\n`);
     fs.fsyncSync(fd);
-  } finally {
+    fs.fchmodSync(fd, 0o600);
+  } catch (err) {
+    // The file is ours (made just now, O_EXCL): a half-written one is no secret and would block the next keygen.
     fs.closeSync(fd);
+    fs.rmSync(file, { force: true });
+    const e = toSnapferryError(err);
+    throw new SnapferryError(e.code, `cannot write ${file}: ${e.message}`, { cause: err });
   }
-  fs.chmodSync(file, 0o600);
+  fs.closeSync(fd);
 }
 
 /** Reads a secret file (64 hex digits). */

@@ -6,7 +6,8 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import fs from 'node:fs';
 import path from 'node:path';
-import { tempDir, secretFile, runCli } from '../helpers.js';
+import { execFileSync } from 'node:child_process';
+import { tempDir, secretFile, runCli, tmpfsUnavailable } from '../helpers.js';
 
 describe('CLI: bad secret files and company folders', () => {
   let tmp: ReturnType<typeof tempDir>;
@@ -79,6 +80,30 @@ describe('CLI: bad secret files and company folders', () => {
     const r = await runCli(['keygen', key]);
     expect(r.code).not.toBe(0);
     expect(r.stderr).toMatch(/already exists; refusing to overwrite a secret.*SNAPFERRY_E_EXISTS/);
+  });
+
+  // BUG (src/cli/secret.ts): keygen on a full disk created the file, failed to write it (ENOSPC) and left it empty: not
+  // a secret, and the next keygen refused to overwrite it.
+  it.skipIf(tmpfsUnavailable() !== undefined)('keygen on a full disk leaves no file behind (a tmpfs filled for it)', async () => {
+    const mnt = path.join(tmp.dir, 'full');
+    fs.mkdirSync(mnt);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=16k', 'tmpfs', mnt]);
+    try {
+      // Filled to the last block (ENOSPC ends the write: the file holds what fitted).
+      try {
+        fs.writeFileSync(path.join(mnt, 'fill'), Buffer.alloc(64 << 10));
+      } catch {
+        /* full */
+      }
+      const r = await runCli(['keygen', path.join(mnt, 'site.key')], { timeoutMs: 20_000 });
+      expect(r.code, r.stderr).toBe(74);
+      expect(r.stderr.trim().split('\n')).toHaveLength(1);
+      expect(r.stderr).toMatch(/^snapferry: cannot write \S*site\.key: disk full .*\[SNAPFERRY_E_DISK_FULL\]/);
+      expect(fs.readdirSync(mnt)).toEqual(['fill']);
+    } finally {
+      execFileSync('umount', [mnt]);
+      fs.rmdirSync(mnt);
+    }
   });
 
   // BUG (src/cli/main.ts, src/sync/server.ts): "." and ".." passed the name check, and without --cache-dir the chunk
