@@ -541,7 +541,11 @@ export class CompanyScanner {
           quietInMs(st, rel, this.future);
         } else if (target !== undefined) {
           const resolved = path.resolve(path.dirname(abs), target);
-          if (path.isAbsolute(target) || !(resolved === this.root || resolved.startsWith(this.root + path.sep))) {
+          // Absolute, even into the company: at a branch it would lead to the site's path, not into the copy.
+          if (path.isAbsolute(target)) {
+            fail(ErrorCodes.UNSAFE_TREE, `refused ${rel}: symlink with an absolute target (${target}); a copy elsewhere would not lead where it leads: make it relative`);
+          }
+          if (!(resolved === this.root || resolved.startsWith(this.root + path.sep))) {
             fail(ErrorCodes.UNSAFE_TREE, `refused ${rel}: symlink points outside the company folder (${target})`);
           }
         } else {

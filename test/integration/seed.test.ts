@@ -127,6 +127,13 @@ describe('seed over WebSocket (CLI, two processes)', () => {
       // Each bad item is made in turn, refused by name, and removed; the site then serves the company again.
       const cases: Array<[string, () => void, () => void, RegExp]> = [
         ['symlink out of the folder', () => fs.symlinkSync('../../outside.txt', path.join(src, 'sub', 'out')), () => fs.rmSync(path.join(src, 'sub', 'out')), /refused sub\/out: symlink points outside/],
+        // Before, named "points outside the company folder" though it leads into it.
+        [
+          'absolute symlink into the folder',
+          () => fs.symlinkSync(path.join(src, 'ledger.dat'), path.join(src, 'sub', 'abs')),
+          () => fs.rmSync(path.join(src, 'sub', 'abs')),
+          /refused sub\/abs: symlink with an absolute target \(\/\S*ledger\.dat\); .* make it relative/,
+        ],
         [
           'FIFO',
           () => execFileSync('mkfifo', [path.join(src, 'sub', 'pipe')]),
