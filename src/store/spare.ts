@@ -16,6 +16,7 @@ import { decodeManifest, Entry, entryPath, rootHashOf } from '../manifest/manife
 import { StatePaths, removeTree, readApplied, exists, diskReserve, diskSpace, fsyncDir, writeFileDurable, asCommitted } from './state.js';
 import { inodeStamp, utimesSeconds, utimesArg } from '../util/stamp.js';
 import { makeDirs } from '../util/mkdirs.js';
+import { mayRead } from '../util/open.js';
 import { bindMountPoints } from '../util/mounts.js';
 
 /** A spare that may be rewritten into the next generation: where it is and what it holds. */
@@ -212,6 +213,8 @@ export async function prepareSpare(paths: StatePaths, signal: AbortSignal): Prom
         }
       };
       if (!unchanged()) continue;
+      // One the branch may not read (a company mode kept as it is) has no spare; it once ended the preparation (EACCES).
+      if ((e.mode & 0o400) === 0 && !mayRead(src)) continue;
       const dst = entryPath(prep, e.path);
       makeDirs(path.dirname(dst), 0o700);
       await fs.promises.copyFile(src, dst, fs.constants.COPYFILE_FICLONE);

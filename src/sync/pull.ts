@@ -66,7 +66,7 @@ import { inodeStamp, utimesSeconds, utimesArg } from '../util/stamp.js';
 import { copyAround, BLOCK } from '../util/copy.js';
 import { cacheLifeOf } from '../store/cachelife.js';
 import { loadHasher, type Hasher } from '../chunk/hash.js';
-import { openRegular } from '../util/open.js';
+import { openRegular, mayRead } from '../util/open.js';
 import { prefetch, type FileRange } from '../util/prefetch.js';
 import { makeDirs } from '../util/mkdirs.js';
 
@@ -243,16 +243,6 @@ const enum From {
   DUP = 3,
   /** Copied from bytes the puller already holds. */
   COPY = 4,
-}
-
-/** Whether this process may open `file` for reading (its mode bits, or root's override of them). */
-function mayRead(file: string): boolean {
-  try {
-    fs.accessSync(file, fs.constants.R_OK);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** A chunk the puller already holds: an index into the applied generation's layout (>= 0) or into partial chunks (-1 - k). */

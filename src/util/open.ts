@@ -16,3 +16,16 @@ export function openRegular(p: string): number {
   }
   return regular ? fd : -1;
 }
+
+/**
+ * Whether this process may open `file` for reading: its mode bits, or root's override of them. A copy keeps the
+ * company's modes, so a branch without root may hold files it cannot read back (mode 000, 0200).
+ */
+export function mayRead(file: string): boolean {
+  try {
+    fs.accessSync(file, fs.constants.R_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}

@@ -7,7 +7,8 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import fs from 'node:fs';
 import path from 'node:path';
-import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, Served, NO_DAC_OVERRIDE } from '../helpers.js';
+import { spawn } from 'node:child_process';
+import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, waitFor, Served, NO_DAC_OVERRIDE, CLI } from '../helpers.js';
 
 const IS_ROOT = process.getuid?.() === 0;
 
@@ -40,6 +41,27 @@ describe.skipIf(!IS_ROOT)('files the branch may not read back (mode 000), as roo
   afterAll(async () => {
     await served?.stop();
     tmp.cleanup();
+  });
+
+  // BUG (src/store/spare.ts): --follow's spare preparation copied every file of 1 MiB or more; the first it could not
+  // read (EACCES) ended it, so no file got a spare ("no spare prepared: permission denied").
+  it('--follow prepares the spares of the files it may read, skipping those it may not', async () => {
+    put('big-locked.dat', 'x'.repeat(3 << 19), 0o000);
+    put('big-open.dat', 'y'.repeat(3 << 19), 0o644);
+    const dest = path.join(tmp.dir, 'follower', 'acme');
+    fs.mkdirSync(path.dirname(dest));
+    const argv = [...NO_DAC_OVERRIDE.slice(1), process.execPath, CLI, 'pull', served.url, 'acme', dest, '--secret', key, '--follow', '--json'];
+    const child = spawn(NO_DAC_OVERRIDE[0] ?? argv.shift()!, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let err = '';
+    child.stderr.on('data', (d) => (err += d));
+    try {
+      await waitFor(() => /prepared \d+ spare file|no spare prepared/.test(err), 30_000);
+      expect(err).toMatch(/prepared 1 spare file/);
+      expect(fs.existsSync(path.join(path.dirname(dest), '.acme.snapferry', 'spare', 'big-open.dat'))).toBe(true);
+    } finally {
+      child.kill('SIGTERM');
+      await new Promise((r) => child.once('exit', r));
+    }
   });
 
   // BUG (src/sync/pull.ts): the plan took DIR's copy of a changed file as its base (copied into next/ and patched) and
