@@ -238,6 +238,7 @@ export class SnapferryServer {
 
   /** Checks the companies, binds the port, and starts indexing the companies in the background. */
   async start(): Promise<string> {
+    this.refuseCacheInCompany();
     if (this.opts.cacheDir) {
       try {
         makeDirs(this.opts.cacheDir, 0o700);
@@ -353,6 +354,32 @@ export class SnapferryServer {
     await Promise.all([...this.companies.values()].map((c) => c.store?.close()));
     this.stopMarkingStoreTmp?.();
     if (this.storeTmp) fs.rmSync(this.storeTmp, { recursive: true, force: true });
+  }
+
+  /**
+   * Refuses a --cache-dir, or without one the chunk store's temporary folder, at or inside a company's folder: the site
+   * would serve its own cache (each write to it a change, so a new generation for ever, carried to every branch).
+   * Checked before anything is made, on real paths (a folder not made yet by its nearest existing parent's).
+   */
+  private refuseCacheInCompany(): void {
+    const cache = this.opts.cacheDir
+      ? { dir: this.opts.cacheDir, what: `--cache-dir ${this.opts.cacheDir}`, fix: 'put it outside every company' }
+      : this.opts.store !== false
+        ? { dir: os.tmpdir(), what: `the chunk store's temporary folder ${os.tmpdir()} (TMPDIR)`, fix: 'give serve a --cache-dir outside every company, or --no-store' }
+        : undefined;
+    if (!cache) return;
+    const real = realPathOf(cache.dir);
+    for (const [name, dir] of this.opts.companies) {
+      let company: string;
+      try {
+        company = fs.realpathSync(dir);
+      } catch {
+        continue; // refused below, by name
+      }
+      if (real === company || real.startsWith(company.endsWith(path.sep) ? company : company + path.sep)) {
+        fail(ErrorCodes.USAGE, `${cache.what} is inside company ${name}'s folder ${dir}: the site would serve its own cache; ${cache.fix}`);
+      }
+    }
   }
 
   /**
@@ -830,5 +857,19 @@ function listenError(err: unknown, host: string, port: number): SnapferryError {
       return new SnapferryError(ErrorCodes.USAGE, `${where}: no such host name`, { cause: err });
     default:
       return toSnapferryError(err, where);
+  }
+}
+
+/** The real path `p` has or would have once made: its nearest existing ancestor's real path, then the rest as given. */
+function realPathOf(p: string): string {
+  const abs = path.resolve(p);
+  const rest: string[] = [];
+  for (let at = abs; ; at = path.dirname(at)) {
+    try {
+      return path.join(fs.realpathSync(at), ...rest.reverse());
+    } catch {
+      if (path.dirname(at) === at) return abs;
+      rest.push(path.basename(at));
+    }
   }
 }

@@ -82,6 +82,19 @@ describe('CLI: bad secret files and company folders', () => {
     expect(r.stderr).toMatch(/already exists; refusing to overwrite a secret.*SNAPFERRY_E_EXISTS/);
   });
 
+  // BUG (src/sync/server.ts): a --cache-dir (or, without one, the temporary folder of the chunk store) inside a served
+  // company made the site serve its own cache: every write to it was a change, a new generation three times a second,
+  // and the branches got the site's scan cache and chunk store as company files.
+  it('a --cache-dir or temporary folder inside a company folder is refused', async () => {
+    await expectRefused([...serve(key), '--cache-dir', path.join(company, 'cache')], 64, /--cache-dir \S*acme\/cache is inside company acme's folder \S*acme: /, 'SNAPFERRY_E_USAGE');
+    expect(fs.readdirSync(company)).toEqual(['ledger.dat']);
+    await expectRefused([...serve(key), '--cache-dir', company], 64, /--cache-dir \S*acme is inside company acme's folder/, 'SNAPFERRY_E_USAGE');
+    const r = await runCli(serve(key), { env: { TMPDIR: company }, timeoutMs: 20_000 });
+    expect(r.code, r.stderr).toBe(64);
+    expect(r.stderr).toMatch(/^snapferry: the chunk store's temporary folder \S*acme \(TMPDIR\) is inside company acme's folder .*--cache-dir.*\[SNAPFERRY_E_USAGE\]\n$/);
+    expect(fs.readdirSync(company)).toEqual(['ledger.dat']);
+  });
+
   // BUG (src/cli/secret.ts): keygen on a full disk created the file, failed to write it (ENOSPC) and left it empty: not
   // a secret, and the next keygen refused to overwrite it.
   it.skipIf(tmpfsUnavailable() !== undefined)('keygen on a full disk leaves no file behind (a tmpfs filled for it)', async () => {
