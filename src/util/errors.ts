@@ -136,9 +136,14 @@ export function toSnapferryError(err: unknown, context = ''): SnapferryError {
     case 'EPERM':
     case 'EROFS':
       return new SnapferryError(ErrorCodes.DIR_NOT_WRITABLE, `${where}permission denied: ${e.path ?? e.message}`, { cause: err });
-    case 'ENAMETOOLONG':
-      // The path may be thousands of bytes (a deep company under a long DIR): its ends say which one it is.
-      return new SnapferryError(ErrorCodes.IO, `${where}path too long for this system (${Buffer.byteLength(e.path ?? '')} bytes): ${shortenedPath(e.path ?? '?')}`, { cause: err });
+    case 'ENAMETOOLONG': {
+      // The path may be thousands of bytes (a deep company under a long DIR): its ends say which one it is. Or one name
+      // in it is over 255 bytes (a DIR of 250 bytes: its state folder's name is 11 bytes longer).
+      const p = e.path ?? '';
+      const longest = Math.max(0, ...p.split('/').map((c) => Buffer.byteLength(c)));
+      const what = longest > 255 ? `a name of ${longest} bytes in it, at most 255` : `${Buffer.byteLength(p)} bytes`;
+      return new SnapferryError(ErrorCodes.IO, `${where}path too long for this system (${what}): ${shortenedPath(p || '?')}`, { cause: err });
+    }
     case 'EADDRINUSE':
       return new SnapferryError(ErrorCodes.PORT_IN_USE, `${where}address already in use`, { cause: err });
     case 'ECONNREFUSED':

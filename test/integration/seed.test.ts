@@ -283,6 +283,12 @@ describe('seed over WebSocket (CLI, two processes)', () => {
         expect(r.stderr.trim()).toMatch(/^snapferry: path too long for this system \(\d+ bytes\): \/\S+…d+\S* \[SNAPFERRY_E_IO\]$/);
         expect(r.stderr.length).toBeLessThan(400);
         expect(fs.existsSync(path.join(parent, 'acme'))).toBe(false);
+        // A DIR named with 250 bytes: its state folder's name (".NAME.snapferry") is over 255.
+        const longName = path.join(base, 'branch', 'n'.repeat(250));
+        const n = await runCli(['pull', site.url, 'acme', longName, '--secret', key]);
+        expect(n.code, n.stderr).toBe(74);
+        expect(n.stderr.trim()).toMatch(/path too long for this system \(a name of 261 bytes in it, at most 255\): \S+…n+\.snapferry \[SNAPFERRY_E_IO\]$/);
+        expect(fs.existsSync(longName)).toBe(false);
       } finally {
         await site.stop();
       }
