@@ -78,7 +78,8 @@ function phaseLogger(next: (p: PullProgress) => void): (p: PullProgress) => void
 
 function parseLevel(text: string): number {
   const n = Number(text);
-  if (!Number.isInteger(n) || n < -7 || n > 19) fail(ErrorCodes.USAGE, `--level takes a zstd level from -7 to 19, or none; not ${JSON.stringify(text)}`);
+  // Digits only: Number() reads "" and " " as 0 (an empty --level "$LEVEL" became level 0 without a word), "0x3" as 3.
+  if (!/^\s*-?\d+\s*$/.test(text) || !Number.isInteger(n) || n < -7 || n > 19) fail(ErrorCodes.USAGE, `--level takes a zstd level from -7 to 19, or none; not ${JSON.stringify(text)}`);
   return n;
 }
 

@@ -53,10 +53,13 @@ describe('CLI: bad secret files and company folders', () => {
 
   // BUG (src/cli/main.ts): an empty --bwlimit (a script's "--bwlimit $RATE" with RATE unset) was taken for no option
   // at all: the pull or the site ran uncapped without a word.
-  it('an empty --bwlimit is refused, not taken for no cap', async () => {
+  it('an empty --bwlimit or --level is refused, not taken for no cap or level 0', async () => {
     const dir = path.join(tmp.dir, 'never-made');
     await expectRefused(['pull', 'ws://127.0.0.1:9', 'acme', dir, '--secret', key, '--bwlimit', ''], 64, /not a rate: ""/, 'SNAPFERRY_E_USAGE');
     await expectRefused([...serve(key), '--bwlimit', ''], 64, /not a rate: ""/, 'SNAPFERRY_E_USAGE');
+    // Likewise --level "" was zstd level 0, and "0x3" level 3.
+    await expectRefused([...serve(key), '--level', ''], 64, /--level takes a zstd level from -7 to 19, or none; not ""/, 'SNAPFERRY_E_USAGE');
+    await expectRefused([...serve(key), '--level', '0x3'], 64, /--level takes a zstd level/, 'SNAPFERRY_E_USAGE');
   });
 
   // BUG (src/cli/main.ts): commander's own usage errors had no "snapferry:" prefix and no code, and an unknown command
