@@ -12,6 +12,7 @@ import { pull } from '../sync/pull.js';
 import { progressLine, summary } from './progress.js';
 import { formatBytes } from '../util/rate.js';
 import { makeDirs } from '../util/mkdirs.js';
+import { ErrorCodes, fail, fsProblem } from '../util/errors.js';
 
 export interface DemoOptions {
   sizeMiB: number;
@@ -19,9 +20,28 @@ export interface DemoOptions {
   keep: boolean;
 }
 
+/** The file that marks a --dir folder as the demo's own (it replaces head-office/ and branch/ there). */
+const DEMO_MARK = '.snapferry-demo';
+
+/** A --dir folder must be new, empty or the demo's own: the demo removes its head-office and branch folders first. */
+function checkDemoDir(root: string): void {
+  let names: string[];
+  try {
+    names = fs.readdirSync(root);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    return fail(ErrorCodes.USAGE, `cannot use ${root} for the demo: ${fsProblem(err)}`);
+  }
+  if (names.length > 0 && !names.includes(DEMO_MARK)) {
+    fail(ErrorCodes.DIR_FOREIGN, `${root} is not empty and was not made by snapferry demo; the demo replaces the head-office and branch folders in it, so it takes a new or empty folder, or one of its own`);
+  }
+}
+
 export async function runDemo(o: DemoOptions): Promise<void> {
   const root = o.workdir ? path.resolve(o.workdir) : fs.mkdtempSync(path.join(os.tmpdir(), 'snapferry-demo-'));
+  if (o.workdir) checkDemoDir(root);
   makeDirs(root);
+  fs.writeFileSync(path.join(root, DEMO_MARK), 'made by snapferry demo: its head-office and branch folders are replaced by the next demo\n');
   const head = path.join(root, 'head-office', 'acme');
   const branch = path.join(root, 'branch', 'acme');
   const say = (s: string) => process.stdout.write(`${s}\n`);

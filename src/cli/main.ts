@@ -331,7 +331,7 @@ export function buildProgram(): Commander.Command {
     .command('demo')
     .description('make a sample company, seed it to a second folder over a local WebSocket, then show a delta')
     .option('--size <MiB>', 'size of the sample company', '64')
-    .option('--dir <folder>', 'work in this folder (kept) instead of a temporary one')
+    .option('--dir <folder>', 'work in this folder (kept; a new or empty one, or an earlier demo\'s) instead of a temporary one')
     .option('--keep', 'keep the temporary folder')
     .action(async (o: { size: string; dir?: string; keep?: boolean }) => {
       const { runDemo } = await import('./demo.js');

@@ -69,4 +69,20 @@ describe('mkcompany and mutate refuse folders they would destroy', () => {
     const r = await runCli(['mkcompany', empty, '1'], { timeoutMs: 30_000 });
     expect(r.code, r.stderr).toBe(0);
   }, 60_000);
+
+  // BUG (src/cli/demo.ts): `demo --dir FOLDER` began with rm -rf FOLDER/head-office and FOLDER/branch, whatever they
+  // held: `demo --dir .` in a project with a branch/ folder deleted it.
+  it('demo --dir refuses a folder holding data it did not make; runs again in its own', async () => {
+    const project = path.join(tmp.dir, 'project');
+    fs.mkdirSync(path.join(project, 'branch'), { recursive: true });
+    fs.writeFileSync(path.join(project, 'branch', 'plans.txt'), 'the only copy of the plans\n');
+    await expectRefused(['demo', '--size', '1', '--dir', project], /not empty.*demo/);
+    expect(fs.readFileSync(path.join(project, 'branch', 'plans.txt'), 'utf8')).toBe('the only copy of the plans\n');
+    const own = path.join(tmp.dir, 'demo-here');
+    for (let i = 0; i < 2; i++) {
+      const r = await runCli(['demo', '--size', '1', '--dir', own], { timeoutMs: 60_000 });
+      expect(r.code, `run ${i}: ${r.stderr}`).toBe(0);
+      expect(r.stdout).toMatch(/kept /);
+    }
+  }, 150_000);
 });
