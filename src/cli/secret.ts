@@ -30,10 +30,34 @@ export function writeNewSecret(file: string): void {
 export function readSecret(file: string): Buffer {
   let text: string;
   try {
-    text = fs.readFileSync(file, 'utf8').trim();
+    text = readHead(file, MAX_SECRET_FILE + 1).toString('utf8').trim();
   } catch (err) {
     return fail(ErrorCodes.SECRET, `cannot read secret ${file}: ${fsProblem(err)}`);
   }
   if (!/^[0-9a-fA-F]{64}$/.test(text)) fail(ErrorCodes.SECRET, `${file} is not a snapferry secret (expected 64 hex digits; make one with snapferry keygen)`);
   return Buffer.from(text, 'hex');
+}
+
+/** More than a secret file ever holds (64 hex digits and a line end, give or take spaces): what is read at most. */
+const MAX_SECRET_FILE = 4096;
+
+/**
+ * The first `max` bytes of `file` (fewer if it ends first). Not the whole file: a device given by mistake (/dev/zero)
+ * never ends, and a large file (a ledger) would be read into memory only to be refused. A FIFO (`--secret <(...)`)
+ * is read as it comes.
+ */
+function readHead(file: string, max: number): Buffer {
+  const fd = fs.openSync(file, 'r');
+  try {
+    const buf = Buffer.alloc(max);
+    let n = 0;
+    while (n < max) {
+      const got = fs.readSync(fd, buf, n, max - n, null);
+      if (got === 0) break;
+      n += got;
+    }
+    return buf.subarray(0, n);
+  } finally {
+    fs.closeSync(fd);
+  }
 }

@@ -78,6 +78,22 @@ describe('CLI: bad secret files and company folders', () => {
     await expectRefused(['pull', 'ws://127.0.0.1:1', 'acme', k('branch'), '--secret', k('none.key')], 77, /cannot read secret \S*none\.key: no such file or folder/, 'SNAPFERRY_E_SECRET');
   });
 
+  // BUG (src/cli/secret.ts): the secret file was read whole: --secret given a device (/dev/zero) grew without end
+  // (1 GB in 8 s), and a large file by mistake (a ledger) was read into memory before being refused.
+  it('a secret "file" that never ends or is large is refused at once', async () => {
+    const big = path.join(tmp.dir, 'ledger.db');
+    fs.writeFileSync(big, Buffer.alloc(8 << 20, 0x61));
+    try {
+      for (const file of ['/dev/zero', big]) {
+        const started = Date.now();
+        await expectRefused(['verify', tmp.dir, '--secret', file], 2, /is not a snapferry secret \(expected 64 hex digits/, 'SNAPFERRY_E_SECRET');
+        expect(Date.now() - started, file).toBeLessThan(15_000);
+      }
+    } finally {
+      fs.rmSync(big);
+    }
+  });
+
   it('keygen into a folder that does not exist, or over an existing secret', async () => {
     await expectRefused(['keygen', path.join(tmp.dir, 'no-such-folder', 'site.key')], 77, /cannot create \S*site\.key: no such file or folder/, 'SNAPFERRY_E_SECRET');
     const r = await runCli(['keygen', key]);
