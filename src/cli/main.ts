@@ -14,7 +14,7 @@ import type { PullResult, PullProgress, PullOptions } from '../sync/pull.js';
 import type { VerifyResult } from '../sync/verify.js';
 import { progressLine, summary } from './progress.js';
 import { formatBytes, parseRate } from '../util/rate.js';
-import { ErrorCodes, fail, fsProblem, toSnapferryError } from '../util/errors.js';
+import { ErrorCodes, fail, fsProblem, printable, toSnapferryError } from '../util/errors.js';
 import fs from 'node:fs';
 import { isSiteUrl } from '../transport/url.js';
 import { COMPANY_NAME, COMPANY_NAME_RULE } from '../util/names.js';
@@ -261,7 +261,7 @@ export function buildProgram(): Commander.Command {
 
   program
     .command('verify')
-    .description('check DIR against the generation it last applied (exit 0 intact, 1 damaged, 2 could not check)')
+    .description('check DIR against the generation it last applied (exit 0 intact, 1 damaged, 2 could not check it or some of it)')
     .argument('<dir>')
     .option('--deep', 'read every byte and check every chunk hash')
     .option('--json', 'print one JSON object')
@@ -282,13 +282,19 @@ export function buildProgram(): Commander.Command {
       }
       if (o.json) process.stdout.write(`${JSON.stringify(r)}\n`);
       else {
-        const lines = r.damaged.map((d) => `  ${d.path}: ${d.problem}${d.ranges ? ` at ${d.ranges.map(([a, b]) => `${a}-${b}`).join(', ')}` : ''}${d.expectedSize !== undefined ? ` (${d.actualSize} bytes, ${d.expectedSize} expected)` : ''}${d.expectedMode ? ` (${d.actualMode}, ${d.expectedMode} expected)` : ''}`);
+        // Names as the terminal can show them: a name holding a newline would otherwise forge a line of this report.
+        const lines = r.damaged.map((d) => `  ${printable(d.path)}: ${d.problem}${d.ranges ? ` at ${d.ranges.map(([a, b]) => `${a}-${b}`).join(', ')}` : ''}${d.expectedSize !== undefined ? ` (${d.actualSize} bytes, ${d.expectedSize} expected)` : ''}${d.expectedMode ? ` (${d.actualMode}, ${d.expectedMode} expected)` : ''}`);
+        for (const u of r.unchecked) lines.push(`  ${printable(u.path)}: not checked (${u.reason})`);
         const head = r.intact
           ? `${path.resolve(dir)} is intact: generation ${r.generation} of ${r.company}`
-          : `${path.resolve(dir)} is damaged: ${r.damaged.length} problem(s) against generation ${r.generation} of ${r.company}`;
+          : r.damaged.length > 0
+            ? `${path.resolve(dir)} is damaged: ${r.damaged.length} problem(s) against generation ${r.generation} of ${r.company}`
+            : `${path.resolve(dir)}: no damage found against generation ${r.generation} of ${r.company}, but ${r.unchecked.length} entr${r.unchecked.length === 1 ? 'y' : 'ies'} could not be checked`;
         process.stdout.write(`${head} (${o.deep ? `deep, ${formatBytes(r.bytesRead)} read` : 'metadata only'}, ${r.seconds.toFixed(2)} s)\n${lines.join('\n')}${lines.length ? '\n' : ''}`);
       }
-      if (!r.intact) throw new ExitWith(1);
+      if (r.damaged.length > 0) throw new ExitWith(1);
+      // Not all could be looked at (permissions): neither intact nor damaged, which is what 2 says.
+      if (r.unchecked.length > 0) throw new ExitWith(2);
     });
 
   program

@@ -345,6 +345,10 @@ class PullRun {
         this.applied = v.applied;
         this.good = v.good;
         this.damagedBefore = v.damaged.length;
+        if (v.unchecked.length > 0) {
+          const first = v.unchecked[0]!;
+          recordNote = `${v.unchecked.length} entr${v.unchecked.length === 1 ? 'y' : 'ies'} could not be checked (${printable(first.path)}: ${first.reason}${v.unchecked.length > 1 ? ', …' : ''}); not counted as damage`;
+        }
       } catch (err) {
         const e = toSnapferryError(err);
         if (e.code !== ErrorCodes.STATE && e.code !== ErrorCodes.BAD_MANIFEST) throw e;

@@ -8,8 +8,9 @@ import path from 'node:path';
 import { StatePaths, readApplied, recover, recordAuthentic, DirLock, Applied } from '../store/state.js';
 import { loadHasher } from '../chunk/hash.js';
 import { FileHasher } from './filehash.js';
+import { mayRead } from '../util/open.js';
 import { Entry, comparePaths, appliedMode, entryPath, sameMtime } from '../manifest/manifest.js';
-import { SnapferryError, ErrorCodes } from '../util/errors.js';
+import { SnapferryError, ErrorCodes, fsProblem } from '../util/errors.js';
 
 /** Pieces (files, or up to 1 MiB of one) a deep walk may queue ahead of the reads. */
 const MAX_QUEUED_PIECES = 1024;
@@ -26,10 +27,24 @@ export interface Damage {
   actualMode?: string;
 }
 
+/**
+ * An entry this process may not examine: under a folder it may not search, or (deep mode) a file it may not read whose
+ * mode is the generation's own (a company file of mode 000 is copied as such). Not damage: repair could not do better,
+ * and replacing the entry would leave it as unreadable as before (repair went round for ever).
+ */
+export interface Unchecked {
+  path: string;
+  /** Why, in an operator's words ("permission denied"). */
+  reason: string;
+}
+
 /** What verify found. */
 export interface VerifyResult {
+  /** No damage found and every entry checked. */
   intact: boolean;
   damaged: Damage[];
+  /** Entries that could not be checked (sorted); their content is neither vouched for nor called damaged. */
+  unchecked: Unchecked[];
   bytesRead: number;
   seconds: number;
   company?: string;
@@ -113,6 +128,7 @@ export async function verifyDir(dir: string, opts: VerifyOptions = {}): Promise<
       if (!recordAuthenticated) throw new SnapferryError(ErrorCodes.STATE, `the record of what ${paths.dir} holds is not authentic (tampered, or made with another secret); run repair`);
     }
     const damaged: Damage[] = [];
+    const unchecked: Unchecked[] = [];
     const good = new GoodChunks(applied.manifest.entries);
     let bytesRead = 0;
     const hasher = opts.deep ? new FileHasher(await loadHasher()) : undefined;
@@ -138,7 +154,14 @@ export async function verifyDir(dir: string, opts: VerifyOptions = {}): Promise<
       let st: fs.BigIntStats;
       try {
         st = fs.lstatSync(abs, { bigint: true });
-      } catch {
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        // Only these say the path holds nothing: EACCES (a folder above of mode 000, as the company has it) says
+        // nothing about the entry, and calling it missing sent repair fetching it again and again.
+        if (code !== 'ENOENT' && code !== 'ENOTDIR') {
+          unchecked.push({ path: e.path, reason: fsProblem(err) });
+          continue;
+        }
         damaged.push({ path: e.path, problem: 'missing' });
         if (e.kind === 'dir') notFolders.add(e.path);
         continue;
@@ -174,7 +197,9 @@ export async function verifyDir(dir: string, opts: VerifyOptions = {}): Promise<
         // In deep mode too: the copy promises the mtime, and repair mends only what verify reports.
         damaged.push({ path: e.path, problem: 'mtime-changed' });
       }
-      if (hasher && e.size > 0) {
+      if (hasher && e.size > 0 && !readableAsRecorded(abs, mode, e)) {
+        unchecked.push({ path: e.path, reason: `permission denied (mode ${mode.toString(8).padStart(3, '0')}, as the generation has it)` });
+      } else if (hasher && e.size > 0) {
         const job: Promise<void> = checkFile(hasher, abs, e, i, sizeProblem, damaged, good)
           .then(
             (n) => void (bytesRead += n),
@@ -192,9 +217,11 @@ export async function verifyDir(dir: string, opts: VerifyOptions = {}): Promise<
     if (readFailure) throw readFailure.err;
     for (const extra of extras(paths.dir, entries)) damaged.push({ path: extra, problem: 'extra' });
     damaged.sort((a, b) => comparePaths(a.path, b.path));
+    unchecked.sort((a, b) => comparePaths(a.path, b.path));
     return {
-      intact: damaged.length === 0,
+      intact: damaged.length === 0 && unchecked.length === 0,
       damaged,
+      unchecked,
       bytesRead,
       seconds: Math.round(performance.now() - started) / 1000,
       company: applied.record.company,
@@ -207,6 +234,16 @@ export async function verifyDir(dir: string, opts: VerifyOptions = {}): Promise<
   } finally {
     if (!opts.locked) lock.release();
   }
+}
+
+/**
+ * False when this process may not read a file whose mode is the one the generation gives it and denies its owner
+ * reading (the company's file is so): such a file is as it should be as far as anyone here can tell. A file readable by
+ * its mode is not asked (one access call per file saved), nor one whose mode was changed (reported already; repair
+ * puts the mode back).
+ */
+function readableAsRecorded(abs: string, mode: number, e: Entry): boolean {
+  return (mode & 0o400) !== 0 || mode !== appliedMode(e.mode) || mayRead(abs);
 }
 
 /** Deep-checks one file; records good chunks and damaged ranges. Returns bytes read. */
