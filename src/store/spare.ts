@@ -12,7 +12,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { decodeManifest, Entry, entryPath, rootHashOf } from '../manifest/manifest.js';
+import { decodeManifest, encodeManifest, Entry, entryPath, Manifest, rootHashOf } from '../manifest/manifest.js';
 import { StatePaths, removeTree, readApplied, exists, diskReserve, diskSpace, fsyncDir, writeFileDurable, asCommitted } from './state.js';
 import { inodeStamp, utimesSeconds, utimesArg } from '../util/stamp.js';
 import { makeDirs } from '../util/mkdirs.js';
@@ -29,15 +29,52 @@ export interface SpareFile {
 export class Spare {
   private readonly byPath = new Map<string, number>();
   private inUse?: Set<string>;
+  private readonly entries: Entry[];
 
   private constructor(
     private readonly paths: StatePaths,
-    private readonly entries: Entry[],
+    private readonly manifest: Manifest,
     private readonly stats: string[],
   ) {
-    entries.forEach((e, i) => {
+    this.entries = manifest.entries;
+    this.entries.forEach((e, i) => {
       if (e.kind === 'file' && stats[i]) this.byPath.set(e.path, i);
     });
+  }
+
+  /**
+   * Where the record has a file at `relPath` and the spare folder nothing (the last commit did not replace it: its
+   * record is the whole replaced generation's, the unchanged files' links removed): the place a prepared copy of it may
+   * take. undefined when the record holds no file there, or something is there already.
+   */
+  freeSlot(relPath: string): number | undefined {
+    if (!this.files) {
+      this.files = new Map();
+      this.entries.forEach((e, i) => {
+        if (e.kind === 'file') this.files!.set(e.path, i);
+      });
+    }
+    const i = this.files.get(relPath);
+    if (i === undefined) return undefined;
+    try {
+      fs.lstatSync(entryPath(this.paths.spare, relPath));
+      return undefined;
+    } catch {
+      return i;
+    }
+  }
+  private files?: Map<string, number>;
+
+  /** The record with the files `added` (by freeSlot's place) held too: the manifest's bytes and the stats file's. */
+  recordWith(added: Array<{ slot: number; entry: Entry; stat: string }>): { manifest: Buffer; stats: string } {
+    const entries = this.entries.slice();
+    const stats = this.stats.slice();
+    for (const a of added) {
+      entries[a.slot] = a.entry;
+      stats[a.slot] = a.stat;
+    }
+    const manifest = encodeManifest({ params: this.manifest.params, entries });
+    return { manifest, stats: JSON.stringify({ rootHash: rootHashOf(manifest), stats }) };
   }
 
   /**
@@ -51,7 +88,7 @@ export class Spare {
       if (s.rootHash !== rootHashOf(encoded) || !Array.isArray(s.stats)) return undefined;
       const m = decodeManifest(encoded);
       if (s.stats.length !== m.entries.length) return undefined;
-      return new Spare(paths, m.entries, s.stats);
+      return new Spare(paths, m, s.stats);
     } catch {
       return undefined;
     }
@@ -181,16 +218,24 @@ const PREPARE_MIN_FILE = 1 << 20;
  * Makes a spare generation out of the one DIR holds, while a following branch waits for the next (follow.ts): a copy
  * of each large file, recorded as the spare of DIR's generation. The first delta after a seed then rewrites those
  * copies where the site changed them, as every later delta does with the files the last commit replaced, instead of
- * copying the changed files whole while the branch waits. Only where there is no spare; only files whose inode and
- * ctime are still those recorded when they were committed, before and after the copy (a file written meanwhile is
- * not copied); only while a tenth of the disk (at most 1 GiB) stays free. Each copy is flushed before it is recorded.
- * Stops between files when `signal` aborts, removing what it made. Returns how many files it prepared. The caller
- * holds DIR's lock.
+ * copying the changed files whole while the branch waits. Where a spare exists (the files the last commit replaced),
+ * it is topped up with copies of the large files it lacks: a generation that did not touch a database left it without
+ * a spare, and the next one that does would copy it whole. Only files whose inode and ctime are still those recorded
+ * when they were committed, before and after the copy (a file written meanwhile is not copied); only while a tenth of
+ * the disk (at most 1 GiB) stays free. Each copy is flushed before it is recorded. Stops between files when `signal`
+ * aborts, removing what it made. Returns how many files it prepared. The caller holds DIR's lock.
  */
 export async function prepareSpare(paths: StatePaths, signal: AbortSignal): Promise<number> {
-  if (exists(paths.spareManifest) || exists(paths.spare)) return 0;
+  // Not beside an unfinished pull (next/, or prev/ set aside): the files it built on spares are known by the spare
+  // record as it stands, which topping up rewrites.
+  if (exists(paths.next) || exists(paths.prev)) return 0;
+  const hasSpare = exists(paths.spareManifest) || exists(paths.spare);
+  const spare = hasSpare ? Spare.load(paths) : undefined;
+  // A spare folder without its record (or the reverse) is the next commit's to replace.
+  if (hasSpare && (!spare || !exists(paths.spare))) return 0;
   const applied = readApplied(paths);
   if (!applied) return 0;
+  const added: Array<{ slot: number; entry: Entry; stat: string }> = [];
   const prep = paths.sparePrep;
   removeTree(prep);
   fs.mkdirSync(prep, { mode: 0o700 });
@@ -204,6 +249,8 @@ export async function prepareSpare(paths: StatePaths, signal: AbortSignal): Prom
     for (let i = 0; i < entries.length && !signal.aborted; i++) {
       const e = entries[i]!;
       if (e.kind !== 'file' || e.size < PREPARE_MIN_FILE || e.size > budget || !applied.stats[i]) continue;
+      const slot = spare?.freeSlot(e.path);
+      if (spare && slot === undefined) continue;
       const src = entryPath(paths.dir, e.path);
       const unchanged = () => {
         try {
@@ -231,9 +278,26 @@ export async function prepareSpare(paths: StatePaths, signal: AbortSignal): Prom
         fs.rmSync(dst, { force: true });
         continue;
       }
-      stats[i] = inodeStamp(fs.lstatSync(dst, { bigint: true }));
+      if (spare) added.push({ slot: slot!, entry: e, stat: '' });
+      else stats[i] = inodeStamp(fs.lstatSync(dst, { bigint: true }));
       budget -= e.size;
       prepared++;
+    }
+    if (spare && !signal.aborted && prepared > 0) {
+      // Into the spare folder, then the record: a file there that the record does not name is never used. Stamped
+      // where they land (a rename changes a file's ctime).
+      for (const a of added) {
+        const to = entryPath(paths.spare, a.entry.path);
+        makeDirs(path.dirname(to), 0o700);
+        fs.renameSync(entryPath(prep, a.entry.path), to);
+        a.stat = inodeStamp(fs.lstatSync(to, { bigint: true }));
+      }
+      removeTree(prep);
+      fsyncDir(paths.state);
+      const record = spare.recordWith(added);
+      writeFileDurable(paths.spareManifest, record.manifest);
+      writeFileDurable(paths.spareStats, record.stats);
+      return prepared;
     }
   } catch (err) {
     removeTree(prep);

@@ -327,6 +327,45 @@ describe('delta sync after the seed', () => {
     expect(fs.existsSync(path.join(state, 'spare.prep'))).toBe(false);
   });
 
+  // BUG (src/store/spare.ts): the spare was prepared only where there was none; a generation that changed a small file
+  // alone left a spare of that file, so the next change to the large one copied it whole again.
+  it('--follow tops the spare up after a generation that did not touch the large file', async () => {
+    const { src, dest, served } = await seeded('topup', 16);
+    const files = (dir: string): string[] =>
+      fs.readdirSync(dir, { withFileTypes: true }).flatMap((d) => (d.isDirectory() ? files(path.join(dir, d.name)) : d.isFile() ? [path.join(dir, d.name)] : []));
+    const bySize = files(src).sort((a, b) => fs.statSync(b).size - fs.statSync(a).size);
+    const largest = bySize[0]!;
+    const small = bySize.find((p) => fs.statSync(p).size < 64 << 10)!;
+    const size = fs.statSync(largest).size;
+    const child = spawn(process.execPath, [CLI, 'pull', served.url, 'acme', dest, '--secret', key, '--follow', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (err += d));
+    const lines = () => out.split('\n').filter(Boolean);
+    const preparations = () => (err.match(/prepared \d+ spare file/g) ?? []).length;
+    try {
+      await waitFor(() => lines().length >= 1 && preparations() >= 1, 20_000);
+      // A generation that replaces one small file: the commit keeps that file as the spare, and only it.
+      fs.writeFileSync(small, `${fs.readFileSync(small, 'latin1')}changed\n`, 'latin1');
+      await waitFor(() => lines().length >= 2, 15_000);
+      await waitFor(() => preparations() >= 2, 20_000);
+      const fd = fs.openSync(largest, 'r+');
+      fs.writeSync(fd, Buffer.alloc(4096, 0x5a), 0, 4096, Math.floor(size / 3 / 4096) * 4096);
+      fs.closeSync(fd);
+      await waitFor(() => lines().length >= 3, 15_000);
+      const delta = JSON.parse(lines()[2]!);
+      expect(delta.spareFiles).toBeGreaterThanOrEqual(1);
+      expect(delta.bytesWritten, `${delta.bytesWritten} B written for a ${size} B file`).toBeLessThan(size / 8);
+      expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
+    } finally {
+      child.kill('SIGTERM');
+      await new Promise((r) => child.once('exit', r));
+      await served.stop();
+    }
+    expect((await runCli(['verify', dest, '--deep'])).code).toBe(0);
+  });
+
   it('--follow: changes made while the seed runs arrive right after it (no gap)', async () => {
     const src = path.join(tmp.dir, 'during-src', 'acme');
     await makeCompany(src, 8, 23);
