@@ -156,7 +156,7 @@ async function handshake(url: string, ws: WebSocket, channel: Channel, opts: Con
     });
   } catch (err) {
     channel.abort(toSnapferryError(err, `cannot reach ${url}`));
-    const tlsProblem = url.startsWith('wss:') ? tlsFailure(err) : undefined;
+    const tlsProblem = /^wss:/i.test(url) ? tlsFailure(err) : undefined;
     if (tlsProblem) throw new SnapferryError(ErrorCodes.UNREACHABLE, `cannot reach ${url}: TLS failed (${tlsProblem}); a site with no TLS in front of it is ws://`);
     const e = toSnapferryError(err, `cannot reach ${url}`);
     if (e.code === ErrorCodes.INTERNAL || e.code === ErrorCodes.IO) {

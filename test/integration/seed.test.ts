@@ -77,10 +77,11 @@ describe('seed over WebSocket (CLI, two processes)', () => {
     expect(fs.existsSync(path.join(path.dirname(dest), '.acme.snapferry', 'applied.json'))).toBe(true);
   });
 
+  // The URL in capitals (a scheme is case-insensitive): it was refused as "not a site URL".
   it('prints a one-paragraph summary without --json', async () => {
     const dest = path.join(tmp.dir, 'branch2', 'acme');
     fs.mkdirSync(path.dirname(dest));
-    const r = await runCli(['pull', served.url, 'acme', dest, '--secret', key]);
+    const r = await runCli(['pull', served.url.replace(/^ws:/, 'WS:'), 'acme', dest, '--secret', key]);
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/now holds generation \d+ of acme: \d+ files/);
   });
