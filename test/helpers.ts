@@ -35,11 +35,11 @@ export interface CliResult {
 }
 
 /** Runs the CLI to completion (bounded by timeoutMs, then killed). */
-export function runCli(args: string[], opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv; wrap?: string[] } = {}): Promise<CliResult> {
+export function runCli(args: string[], opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv; wrap?: string[]; cwd?: string } = {}): Promise<CliResult> {
   return new Promise((resolve) => {
     // `wrap`: a command that execs the rest (setpriv, to run without some privileges).
     const argv = [...(opts.wrap ?? []).slice(1), process.execPath, CLI, ...args];
-    const child = spawn(opts.wrap?.[0] ?? argv.shift()!, argv, { env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(opts.wrap?.[0] ?? argv.shift()!, argv, { env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'], cwd: opts.cwd });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d) => (stdout += d));

@@ -127,6 +127,37 @@ function printPull(r: PullResult, dir: string, json: boolean): void {
   else process.stdout.write(`${summary(r, dir)}\n`);
 }
 
+/**
+ * Watches for the trap of a pull run from inside DIR (`pull URL NAME .`): the commit swaps DIR whole, and a shell
+ * left in the replaced folder (now the spare generation, or deleted) goes on showing the old files. `check()` after
+ * each pull says so once, on stderr, when DIR was replaced while this process's folder was in it.
+ */
+function cwdInsideDir(dir: string): { check: () => void } {
+  let real: string;
+  let inode: number;
+  try {
+    real = fs.realpathSync(dir);
+    const cwd = fs.realpathSync(process.cwd());
+    if (cwd !== real && !cwd.startsWith(real.endsWith(path.sep) ? real : real + path.sep)) return { check: () => undefined };
+    inode = fs.statSync(real).ino;
+  } catch {
+    return { check: () => undefined }; // DIR not there yet: a seed makes it, nobody stands in it
+  }
+  let told = false;
+  return {
+    check: () => {
+      if (told) return;
+      try {
+        if (fs.statSync(real).ino === inode) return;
+      } catch {
+        return;
+      }
+      told = true;
+      process.stderr.write(`snapferry: this command ran inside ${real}, which the new generation replaced as a whole: a shell still there sees the replaced files; cd "${real}" again to see the new ones\n`);
+    },
+  };
+}
+
 export function buildProgram(): Commander.Command {
   const program = new Command();
   program
@@ -221,6 +252,8 @@ export function buildProgram(): Commander.Command {
     .option('--adopt', 'DIR may hold a copy snapferry did not make (carried by hand, restored from a backup): reuse what matches, then replace it with the generation')
     .action(async (url: string, name: string, dir: string, o: { secret: string; json?: boolean; bwlimit?: string; fsync: boolean; wait?: boolean; retries: string; follow?: boolean; spare: boolean; adopt?: boolean }) => {
       const secret = readSecret(o.secret);
+      const absDir = path.resolve(dir);
+      const inside = cwdInsideDir(absDir);
       const progress = progressLine(!o.json && process.stderr.isTTY === true);
       const options: PullOptions = {
         url,
@@ -247,7 +280,8 @@ export function buildProgram(): Commander.Command {
         const { follow } = await import('../sync/follow.js');
         const how = await follow({ ...options, signal: stop.signal }, (r) => {
           progress.end();
-          printPull(r, path.resolve(dir), o.json === true);
+          printPull(r, absDir, o.json === true);
+          inside.check();
         });
         progress.end();
         // Stopped in the middle of a pull: end now (DIR is the old generation; the next pull resumes from the journal).
@@ -256,7 +290,8 @@ export function buildProgram(): Commander.Command {
       }
       const { pull } = await import('../sync/pull.js');
       const r = await pull(options).finally(progress.end);
-      printPull(r, path.resolve(dir), o.json === true);
+      printPull(r, absDir, o.json === true);
+      inside.check();
     });
 
   program
@@ -310,6 +345,8 @@ export function buildProgram(): Commander.Command {
       // pull takes URL NAME DIR, repair DIR URL NAME: a URL given first would otherwise be taken for a folder's path.
       if (isSiteUrl(dir) && !isSiteUrl(url)) fail(ErrorCodes.USAGE, `repair takes DIR URL NAME, the folder first; "${dir}" is a site URL`);
       const secret = readSecret(o.secret);
+      const absDir = path.resolve(dir);
+      const inside = cwdInsideDir(absDir);
       const progress = progressLine(!o.json && process.stderr.isTTY === true);
       const { pull } = await import('../sync/pull.js');
       const r = await pull({
@@ -329,8 +366,9 @@ export function buildProgram(): Commander.Command {
       if (o.json) process.stdout.write(`${JSON.stringify(r)}\n`);
       else {
         const what = r.unchanged ? 'nothing was damaged' : r.peerMovedOn ? 'the site had moved on: brought to its newest generation' : 'repaired';
-        process.stdout.write(`${what}. ${summary(r, path.resolve(dir))}\n`);
+        process.stdout.write(`${what}. ${summary(r, absDir)}\n`);
       }
+      inside.check();
     });
 
   program

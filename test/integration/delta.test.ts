@@ -283,6 +283,30 @@ describe('delta sync after the seed', () => {
     }
   });
 
+  // A pull run from inside DIR ("pull URL NAME ."): the commit swaps DIR whole, and the shell it ran from is left in the
+  // replaced folder (the spare generation), seeing the old files with no word of it.
+  it('a pull run from inside DIR says that the folder it ran in was replaced', async () => {
+    const { src, dest, served } = await seeded('dot', 2);
+    try {
+      const unchanged = await runCli(['pull', served.url, 'acme', '.', '--secret', key], { cwd: dest });
+      expect(unchanged.code, unchanged.stderr).toBe(0);
+      expect(unchanged.stderr).toBe('');
+      fs.appendFileSync(path.join(src, 'Journal.log'), 'VCH-from-inside|...\n');
+      const inside = path.join(dest, fs.readdirSync(dest, { withFileTypes: true }).find((d) => d.isDirectory())!.name);
+      let r = await runCli(['pull', served.url, 'acme', '..', '--secret', key], { cwd: inside });
+      for (let i = 0; i < 20 && r.code === 0 && r.stderr === '' && / 0 chunks fetched/.test(r.stdout); i++) {
+        await new Promise((s) => setTimeout(s, 250)); // the site indexes the change
+        r = await runCli(['pull', served.url, 'acme', '..', '--secret', key], { cwd: inside });
+      }
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stderr.trim().split('\n')).toHaveLength(1);
+      expect(r.stderr).toContain(`this command ran inside ${fs.realpathSync(dest)}, which the new generation replaced`);
+      expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
+    } finally {
+      await served.stop();
+    }
+  });
+
   it('--follow prepares a spare while it waits: the first delta after the seed rewrites a page instead of copying the file whole', async () => {
     const { src, dest, served } = await seeded('prepared', 16);
     const state = path.join(path.dirname(dest), '.acme.snapferry');
