@@ -35,7 +35,7 @@ import {
 } from '../protocol/messages.js';
 import type { ReadPackJob, ReadPackResult, MakePatchJob, MakePatchResult } from '../work/tasks.js';
 import { Compressor } from '../work/zstd.js';
-import { SnapferryError, ErrorCodes, fail, fsProblem, toSnapferryError } from '../util/errors.js';
+import { SnapferryError, ErrorCodes, fail, fsProblem, printable, toSnapferryError } from '../util/errors.js';
 import { TokenBucket, formatBytes } from '../util/rate.js';
 import { DEFAULT_CHUNK_PARAMS, type ChunkParams, type ChunkPolicy } from '../chunk/chunker.js';
 import { noteGarbage } from '../util/gc.js';
@@ -589,7 +589,7 @@ export class SnapferryServer {
               .catch((err) => {
                 failure ??= toSnapferryError(err);
                 // The peer is told in any case; a fault of the site's own is worth its log too.
-                if (failure.code === ErrorCodes.INTERNAL) this.log(`answering ${session.peerId} failed: ${failure.message}`);
+                if (failure.code === ErrorCodes.INTERNAL) this.log(`answering ${printable(session.peerId)} failed: ${failure.message}`);
                 session.sendError(failure).finally(() => session.close());
               })
               .finally(() => inFlight--);
