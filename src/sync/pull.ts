@@ -53,6 +53,7 @@ import {
   diskSpace,
   identityOf,
 } from '../store/state.js';
+import { MovedFiles } from './moves.js';
 import { Spare, dropSpareFilesAsync } from '../store/spare.js';
 import { BaseCopies, BaseStep } from './basecopies.js';
 import type { GoodChunks } from './verify.js';
@@ -732,6 +733,7 @@ class PullRun {
     // Only a resumed next/ can hold entries already (one check per file saved on a fresh one). lstat, not exists: a
     // symlink made by the interrupted attempt may point to a file not written yet.
     const absent = (dst: string) => !resumable || !exists(dst);
+    const moves = this.applied ? new MovedFiles(this.applied.manifest.entries, local.oldByPath, this.m.entries) : undefined;
     for (let ei = 0; ei < this.m.entries.length; ei++) {
       const e = this.m.entries[ei]!;
       const dst = entryPath(p.next, e.path);
@@ -743,9 +745,10 @@ class PullRun {
         if (absent(dst)) fs.symlinkSync(e.target!, dst);
         continue;
       }
-      const oi = local.oldByPath.get(e.path);
+      // A file moved at the site is linked from its old path, as an unchanged one is from its own.
+      const oi = local.oldByPath.get(e.path) ?? moves?.take(e);
       const old = oi === undefined ? undefined : this.applied!.manifest.entries[oi]!;
-      const src = entryPath(p.dir, e.path);
+      const src = entryPath(p.dir, old?.path ?? e.path);
       const whole = old !== undefined && sameContent(old, e);
       const wantLink = whole && old.mode === e.mode && sameMtime(old.mtimeNs, e.mtimeNs);
       const have = resumable ? this.reconcile(ei, dst, whole ? { src, link: wantLink } : undefined) : 'absent';

@@ -131,6 +131,35 @@ describe('delta sync after the seed', () => {
     }
   });
 
+  // BUG (src/sync/pull.ts plan): a file moved or renamed at the site was a new path to the plan, written again from
+  // local chunks: archiving a year's ledger (mv into archive/) wrote the whole file at the branch.
+  it('a file moved or renamed at the site is linked at the branch, not written again', async () => {
+    const { src, dest, served } = await seeded('moved', 16);
+    try {
+      const size = fs.statSync(path.join(src, 'Tranmgr.900')).size;
+      fs.mkdirSync(path.join(src, 'archive'));
+      fs.renameSync(path.join(src, 'Tranmgr.900'), path.join(src, 'archive', 'Tranmgr-2025.900'));
+      fs.renameSync(path.join(src, 'Manager.900'), path.join(src, 'Manager.bak'));
+      // Two new paths with the bytes of one old file: one takes the link, the other is a file of its own.
+      fs.copyFileSync(path.join(src, 'archive', 'Tranmgr-2025.900'), path.join(src, 'archive', 'copy.900'));
+      const st = fs.statSync(path.join(src, 'archive', 'Tranmgr-2025.900'));
+      fs.utimesSync(path.join(src, 'archive', 'copy.900'), st.atime, st.mtime);
+      const r = await runCli(['pull', served.url, 'acme', dest, '--secret', key, '--json']);
+      expect(r.code, r.stderr).toBe(0);
+      const j = JSON.parse(r.stdout);
+      expect(j.chunksFetched).toBe(0);
+      // The copy is written (its own inode); the moves are not.
+      expect(j.bytesWritten, `${j.bytesWritten} B written`).toBeLessThan(size + size / 8);
+      expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
+      const ino = (p: string) => fs.statSync(path.join(dest, p)).ino;
+      expect(ino('archive/Tranmgr-2025.900')).not.toBe(ino('archive/copy.900'));
+      expect(fs.statSync(path.join(dest, 'archive', 'Tranmgr-2025.900')).nlink).toBe(1);
+      expect((await runCli(['verify', dest, '--deep'])).code).toBe(0);
+    } finally {
+      await served.stop();
+    }
+  });
+
   // BUG (src/util/stamp.ts utimesSeconds, and every utimes call): Node takes a negative time for "now", so a file
   // stamped before 1970 got the pull's time at the branch and was fetched again at every pull; and libuv cuts the
   // seconds it is given to whole microseconds, so a float a hair below the exact value lost one (a third of the files
