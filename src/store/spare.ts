@@ -12,8 +12,8 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { decodeManifest, encodeManifest, Entry, entryPath, Manifest, rootHashOf } from '../manifest/manifest.js';
-import { StatePaths, removeTree, readApplied, exists, diskReserve, diskSpace, fsyncDir, writeFileDurable, asCommitted } from './state.js';
+import { decodeManifest, encodeManifest, Entry, entryPath, Manifest, rootHashOf, sameContent } from '../manifest/manifest.js';
+import { StatePaths, Applied, removeTree, readApplied, exists, diskReserve, diskSpace, fsyncDir, writeFileDurable, asCommitted } from './state.js';
 import { inodeStamp, utimesSeconds, utimesArg } from '../util/stamp.js';
 import { makeDirs } from '../util/mkdirs.js';
 import { mayRead } from '../util/open.js';
@@ -215,6 +215,65 @@ export async function dropSpareFilesAsync(paths: StatePaths): Promise<void> {
 const PREPARE_MIN_FILE = 1 << 20;
 
 /**
+ * Called by a following branch's pull once it has planned (`linked`: the new generation's files it links unchanged):
+ * the spares of those files hold their current bytes, just what the next delta wants, and the commit would drop them
+ * with the rest of the spare generation. They are moved aside (`spare.keep/`, recorded with the generation they fit and
+ * their inode stamps) for the next prepareSpare, which takes them back instead of copying the files again: without
+ * this, every generation made the follower copy each large file it did not change. A cache: what does not check out
+ * later is not used. Any earlier keep goes first.
+ */
+export function keepSpares(paths: StatePaths, spare: Spare | undefined, linked: Iterable<Entry>, rootHash: string): number {
+  dropKept(paths);
+  if (!spare) return 0;
+  const files: Record<string, string> = {};
+  let kept = 0;
+  for (const e of linked) {
+    if (e.size < PREPARE_MIN_FILE) continue;
+    const sf = spare.usable(e.path);
+    if (!sf || !sameContent(sf.entry, e)) continue;
+    const to = entryPath(paths.spareKeep, e.path);
+    makeDirs(path.dirname(to), 0o700);
+    fs.renameSync(sf.abs, to);
+    files[e.path] = inodeStamp(fs.lstatSync(to, { bigint: true }));
+    kept++;
+  }
+  if (kept > 0) fs.writeFileSync(paths.spareKeepJson, JSON.stringify({ rootHash, files }), { mode: 0o600 });
+  return kept;
+}
+
+/** Removes what keepSpares kept (used or not). */
+function dropKept(paths: StatePaths): void {
+  fs.rmSync(paths.spareKeepJson, { force: true });
+  removeTree(paths.spareKeep);
+}
+
+/** The files keepSpares kept for the generation `rootHash` (path -> inode stamp), empty when it kept none for it. */
+function keptFor(paths: StatePaths, rootHash: string): Map<string, string> {
+  try {
+    const k = JSON.parse(fs.readFileSync(paths.spareKeepJson, 'utf8')) as { rootHash?: string; files?: Record<string, string> };
+    if (k.rootHash !== rootHash || typeof k.files !== 'object' || k.files === null) return new Map();
+    return new Map(Object.entries(k.files).filter(([, v]) => typeof v === 'string'));
+  } catch {
+    return new Map();
+  }
+}
+
+/** Takes the kept spare of `e` into `dst` if it is there as kept (nothing touched it since). */
+function takeKept(paths: StatePaths, kept: Map<string, string>, e: Entry, dst: string): boolean {
+  const stamp = kept.get(e.path);
+  if (stamp === undefined) return false;
+  const abs = entryPath(paths.spareKeep, e.path);
+  try {
+    const st = fs.lstatSync(abs, { bigint: true });
+    if (!st.isFile() || st.nlink !== 1n || inodeStamp(st) !== stamp || Number(st.size) !== e.size) return false;
+    fs.renameSync(abs, dst);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
  * Makes a spare generation out of the one DIR holds, while a following branch waits for the next (follow.ts): a copy
  * of each large file, recorded as the spare of DIR's generation. The first delta after a seed then rewrites those
  * copies where the site changed them, as every later delta does with the files the last commit replaced, instead of
@@ -229,12 +288,22 @@ export async function prepareSpare(paths: StatePaths, signal: AbortSignal): Prom
   // Not beside an unfinished pull (next/, or prev/ set aside): the files it built on spares are known by the spare
   // record as it stands, which topping up rewrites.
   if (exists(paths.next) || exists(paths.prev)) return 0;
-  const hasSpare = exists(paths.spareManifest) || exists(paths.spare);
-  const spare = hasSpare ? Spare.load(paths) : undefined;
-  // A spare folder without its record (or the reverse) is the next commit's to replace.
-  if (hasSpare && (!spare || !exists(paths.spare))) return 0;
+  // A record without a folder is a spare with no file yet (the last commit replaced none: it only added or linked).
+  const spare = exists(paths.spareManifest) ? Spare.load(paths) : undefined;
+  // A spare folder without a whole record, or a record that does not check out, is the next commit's to replace.
+  if (!spare && (exists(paths.spareManifest) || exists(paths.spare))) return 0;
   const applied = readApplied(paths);
   if (!applied) return 0;
+  const kept = keptFor(paths, applied.record.rootHash);
+  try {
+    return await prepareFiles(paths, signal, spare, applied, kept);
+  } finally {
+    dropKept(paths);
+  }
+}
+
+/** prepareSpare's work, once it knows there is work to do. */
+async function prepareFiles(paths: StatePaths, signal: AbortSignal, spare: Spare | undefined, applied: Applied, kept: Map<string, string>): Promise<number> {
   const added: Array<{ slot: number; entry: Entry; stat: string }> = [];
   const prep = paths.sparePrep;
   removeTree(prep);
@@ -248,9 +317,21 @@ export async function prepareSpare(paths: StatePaths, signal: AbortSignal): Prom
   try {
     for (let i = 0; i < entries.length && !signal.aborted; i++) {
       const e = entries[i]!;
-      if (e.kind !== 'file' || e.size < PREPARE_MIN_FILE || e.size > budget || !applied.stats[i]) continue;
+      if (e.kind !== 'file' || e.size < PREPARE_MIN_FILE || !applied.stats[i]) continue;
       const slot = spare?.freeSlot(e.path);
       if (spare && slot === undefined) continue;
+      const dst = entryPath(prep, e.path);
+      if (kept.has(e.path)) {
+        makeDirs(path.dirname(dst), 0o700);
+        if (takeKept(paths, kept, e, dst)) {
+          // Its bytes are the generation's (kept as such by the pull that linked this file), on disk already.
+          if (spare) added.push({ slot: slot!, entry: e, stat: '' });
+          else stats[i] = inodeStamp(fs.lstatSync(dst, { bigint: true }));
+          prepared++;
+          continue;
+        }
+      }
+      if (e.size > budget) continue;
       const src = entryPath(paths.dir, e.path);
       const unchanged = () => {
         try {
@@ -262,7 +343,6 @@ export async function prepareSpare(paths: StatePaths, signal: AbortSignal): Prom
       if (!unchanged()) continue;
       // One the branch may not read (a company mode kept as it is) has no spare; it once ended the preparation (EACCES).
       if ((e.mode & 0o400) === 0 && !mayRead(src)) continue;
-      const dst = entryPath(prep, e.path);
       makeDirs(path.dirname(dst), 0o700);
       await fs.promises.copyFile(src, dst, fs.constants.COPYFILE_FICLONE);
       const t = utimesArg(utimesSeconds(e.mtimeNs));

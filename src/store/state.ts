@@ -123,6 +123,9 @@ export class StatePaths {
   readonly spareDrop: string;
   /** A spare being prepared while a following branch waits (spare.ts, prepareSpare). */
   readonly sparePrep: string;
+  /** Spares of files a pull left unchanged, kept past its commit for the next preparation (spare.ts, keepSpares). */
+  readonly spareKeep: string;
+  readonly spareKeepJson: string;
   /**
    * The next/ of an attempt at another generation (the company changed between attempts), with its manifest and
    * journals: its verified chunks are copied into the new next/ instead of fetched again. Gone with the next commit.
@@ -153,6 +156,8 @@ export class StatePaths {
     this.spareManifest = at('spare.manifest');
     this.spareStats = at('spare.stats');
     this.sparePrep = at('spare.prep');
+    this.spareKeep = at('spare.keep');
+    this.spareKeepJson = at('spare.keep.json');
     this.spareDrop = at('spare.drop');
     this.prev = at('prev');
     this.prevManifest = at('prev.manifest');

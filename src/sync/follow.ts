@@ -127,6 +127,7 @@ export async function follow(opts: FollowOptions, onApplied: (r: PullResult) => 
   let reached = false;
   const pullOpts: FollowOptions = {
     ...opts,
+    keepSpares: opts.spare !== false,
     onConnected: () => {
       reached = true;
       opts.onConnected?.();

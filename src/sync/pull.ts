@@ -54,7 +54,7 @@ import {
   identityOf,
 } from '../store/state.js';
 import { MovedFiles } from './moves.js';
-import { Spare, dropSpareFilesAsync } from '../store/spare.js';
+import { Spare, dropSpareFilesAsync, keepSpares } from '../store/spare.js';
 import { BaseCopies, BaseStep } from './basecopies.js';
 import type { GoodChunks } from './verify.js';
 import { chunkSegmentsOf } from '../work/segments.js';
@@ -125,6 +125,11 @@ export interface PullOptions {
    * instead of from whole copies (default true; false deletes them and uses none).
    */
   spare?: boolean;
+  /**
+   * Keep the spares of files this pull leaves unchanged past its commit, for a preparation after it (follow sets it:
+   * store/spare.ts, keepSpares). Default false: a one-shot pull drops them as before.
+   */
+  keepSpares?: boolean;
 }
 
 /** What a pull did (the --json summary). */
@@ -824,7 +829,11 @@ class PullRun {
     }
     this.local = local;
     this.recordOwnLinks(linkedOld.slice(linksRecorded));
-    // Spare files not used by now never will be (the commit makes this generation's replaced files the new spare).
+    // Spare files not used by now never will be (the commit makes this generation's replaced files the new spare),
+    // but for a follower's spares of files left as they were: kept aside for its next preparation.
+    if (this.opts.keepSpares && this.opts.spare !== false && exists(p.spare)) {
+      keepSpares(p, spareOf(), [...this.linked].map((ei) => this.m.entries[ei]!), this.rootHash);
+    }
     this.spareDrop = dropSpareFilesAsync(p);
     return resumable;
   }

@@ -399,10 +399,14 @@ describe('delta sync after the seed', () => {
     const preparations = () => (err.match(/prepared \d+ spare file/g) ?? []).length;
     try {
       await waitFor(() => lines().length >= 1 && preparations() >= 1, 20_000);
+      const spareOfLargest = path.join(path.dirname(dest), '.acme.snapferry', 'spare', path.relative(src, largest));
+      const prepared = fs.statSync(spareOfLargest).ino;
       // A generation that replaces one small file: the commit keeps that file as the spare, and only it.
       fs.writeFileSync(small, `${fs.readFileSync(small, 'latin1')}changed\n`, 'latin1');
       await waitFor(() => lines().length >= 2, 15_000);
       await waitFor(() => preparations() >= 2, 20_000);
+      // The large file's spare is the one prepared before, kept past the commit, not a new copy of it.
+      expect(fs.statSync(spareOfLargest).ino).toBe(prepared);
       const fd = fs.openSync(largest, 'r+');
       fs.writeSync(fd, Buffer.alloc(4096, 0x5a), 0, 4096, Math.floor(size / 3 / 4096) * 4096);
       fs.closeSync(fd);
@@ -410,6 +414,17 @@ describe('delta sync after the seed', () => {
       const delta = JSON.parse(lines()[2]!);
       expect(delta.spareFiles).toBeGreaterThanOrEqual(1);
       expect(delta.bytesWritten, `${delta.bytesWritten} B written for a ${size} B file`).toBeLessThan(size / 8);
+      expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
+      // A generation that only adds a file replaces none: its commit leaves a spare holding no file at all.
+      await waitFor(() => preparations() >= 3, 20_000);
+      fs.writeFileSync(path.join(path.dirname(small), 'added.xml'), '<added/>\n');
+      await waitFor(() => lines().length >= 4, 15_000);
+      await waitFor(() => preparations() >= 4, 20_000);
+      fs.writeFileSync(largest, Buffer.alloc(4096, 0x6b), { flag: 'r+' });
+      await waitFor(() => lines().length >= 5, 15_000);
+      const after = JSON.parse(lines()[4]!);
+      expect(after.spareFiles).toBeGreaterThanOrEqual(1);
+      expect(after.bytesWritten, `${after.bytesWritten} B written for a ${size} B file`).toBeLessThan(size / 8);
       expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
     } finally {
       child.kill('SIGTERM');
