@@ -203,6 +203,11 @@ export async function pull(opts: PullOptions): Promise<PullResult> {
     checkSameCompany(paths, opts.company);
     // What DIR is now (its inode, null if absent): a folder put in its place while the pull runs is not replaced.
     const dirIdentity = identityOf(paths.dir);
+    // A copy deleted or moved away since a generation was applied there is seeded anew: said, since an operator who
+    // moved it by mistake sees a whole seed instead of a delta (and the old copy, if moved, still on disk elsewhere).
+    if (dirIdentity === null && !opts.repair && recordSays(paths, 'rootHash')) {
+      opts.log?.(`${paths.dir} is gone (deleted or moved away since snapferry last applied a generation there); seeding it anew`);
+    }
     // Failed attempts in a row without progress: an attempt that brought chunks starts the count again, so a link that
     // drops every few megabytes still finishes (the budget bounds a site or link that gets nowhere, not a long pull).
     // All attempts are bounded too: progress a new generation undoes each time must not retry for ever.

@@ -160,6 +160,24 @@ describe('delta sync after the seed', () => {
     }
   });
 
+  // A branch copy deleted (or moved away) after a seed: the next pull seeds it anew, which used to pass without a word
+  // (an operator who moved it by mistake saw a whole seed where a delta was due).
+  it('a pull into a copy deleted since its last generation says so and seeds it anew', async () => {
+    const { src, dest, served } = await seeded('gone', 1);
+    try {
+      fs.rmSync(dest, { recursive: true });
+      const r = await runCli(['pull', served.url, 'acme', dest, '--secret', key, '--json']);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stderr.trim()).toBe(`${dest} is gone (deleted or moved away since snapferry last applied a generation there); seeding it anew`);
+      expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
+      const again = await runCli(['pull', served.url, 'acme', dest, '--secret', key, '--json']);
+      expect(again.code, again.stderr).toBe(0);
+      expect(again.stderr).toBe('');
+    } finally {
+      await served.stop();
+    }
+  });
+
   // BUG (src/util/stamp.ts utimesSeconds, and every utimes call): Node takes a negative time for "now", so a file
   // stamped before 1970 got the pull's time at the branch and was fetched again at every pull; and libuv cuts the
   // seconds it is given to whole microseconds, so a float a hair below the exact value lost one (a third of the files
