@@ -318,7 +318,7 @@ export function buildProgram(): Commander.Command {
       if (o.json) process.stdout.write(`${JSON.stringify(r)}\n`);
       else {
         // Names as the terminal can show them: a name holding a newline would otherwise forge a line of this report.
-        const lines = r.damaged.map((d) => `  ${printable(d.path)}: ${d.problem}${d.ranges ? ` at ${d.ranges.map(([a, b]) => `${a}-${b}`).join(', ')}` : ''}${d.expectedSize !== undefined ? ` (${d.actualSize} bytes, ${d.expectedSize} expected)` : ''}${d.expectedMode ? ` (${d.actualMode}, ${d.expectedMode} expected)` : ''}`);
+        const lines = r.damaged.map((d) => `  ${printable(d.path)}: ${d.problem}${d.ranges ? ` at ${d.ranges.map(([a, b]) => `${a}-${b}`).join(', ')}` : ''}${d.expectedSize !== undefined ? ` (${d.actualSize} bytes, ${d.expectedSize} expected)` : ''}${d.expectedMode ? ` (${d.actualMode}, ${d.expectedMode} expected)` : ''}${d.actualKind ? ` (a ${d.actualKind} where a ${d.expectedKind} should be)` : ''}`);
         for (const u of r.unchecked) lines.push(`  ${printable(u.path)}: not checked (${u.reason})`);
         const head = r.intact
           ? `${path.resolve(dir)} is intact: generation ${r.generation} of ${r.company}`

@@ -25,7 +25,22 @@ export interface Damage {
   actualSize?: number;
   expectedMode?: string;
   actualMode?: string;
+  /** What is there and what should be (kind-changed): 'file', 'folder', 'symbolic link', 'FIFO', 'socket', 'device'. */
+  actualKind?: string;
+  expectedKind?: string;
 }
+
+/** A stat's kind in an operator's words. */
+function kindOf(st: fs.BigIntStats): string {
+  if (st.isFile()) return 'file';
+  if (st.isDirectory()) return 'folder';
+  if (st.isSymbolicLink()) return 'symbolic link';
+  if (st.isFIFO()) return 'FIFO';
+  if (st.isSocket()) return 'socket';
+  return 'device';
+}
+
+const ENTRY_KIND_WORDS = { file: 'file', dir: 'folder', symlink: 'symbolic link' } as const;
 
 /**
  * An entry this process may not examine: under a folder it may not search, or (deep mode) a file it may not read whose
@@ -168,7 +183,7 @@ export async function verifyDir(dir: string, opts: VerifyOptions = {}): Promise<
       }
       const kindOk = e.kind === 'dir' ? st.isDirectory() : e.kind === 'symlink' ? st.isSymbolicLink() : st.isFile();
       if (!kindOk) {
-        damaged.push({ path: e.path, problem: 'kind-changed' });
+        damaged.push({ path: e.path, problem: 'kind-changed', actualKind: kindOf(st), expectedKind: ENTRY_KIND_WORDS[e.kind] });
         if (e.kind === 'dir') notFolders.add(e.path);
         continue;
       }

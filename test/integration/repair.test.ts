@@ -108,6 +108,10 @@ describe('verify and repair', () => {
     expect(problems.get(`masters/g01/${g01[0]}`)).toBe('kind-changed');
     expect(problems.get(`masters/g01/${g01[1]}`)).toBe('kind-changed');
     expect(problems.get('masters/g02')).toBe('kind-changed');
+    // Named by what is there (a FIFO had no word of its own).
+    const human = await runCli(['verify', dest], { timeoutMs: 30_000 });
+    expect(human.stdout).toContain(`masters/g01/${g01[0]}: kind-changed (a FIFO where a file should be)`);
+    expect(human.stdout).toContain(`masters/g02: kind-changed (a symbolic link where a folder should be)`);
     // What lies under the swapped folder is not in the tree, however good the copy it leads to.
     expect(problems.get(`masters/g02/${under}`)).toBe('missing');
     expect(problems.get('masters/g02/precious.txt')).toBeUndefined();
