@@ -2,7 +2,7 @@
 # Installs what `npm run bench` needs besides Node, from Debian packages, if missing:
 #   rsync (peer), zstd + openssl + netcat-openbsd (tar pipeline peer), iproute2 (ip netns, tc: shaped link),
 #   time (/usr/bin/time, CPU/RSS of external peers); and what the tests use: e2fsprogs (mkfs.ext4: a filesystem with
-#   whole-second timestamps on a loop image).
+#   whole-second timestamps on a loop image), strace (which files a pull flushes).
 # Idempotent; silent when everything is present. Needs root (or sudo) only when something is missing.
 set -euo pipefail
 
@@ -16,6 +16,7 @@ declare -A NEED=(
   [tc]=iproute2
   [/usr/bin/time]=time
   [mkfs.ext4]=e2fsprogs
+  [strace]=strace
 )
 
 missing=()

@@ -51,6 +51,7 @@ function parseCompanies(list: string[]): Map<string, string> {
  * SNAPFERRY_FAULT_STOP_AT=<point> stops it there (SIGSTOP) for a test to change something before it goes on.
  */
 function faultPoint(point: string): void {
+  if (process.env.SNAPFERRY_DEBUG) process.stderr.write(`[point ${(performance.now() / 1000).toFixed(3)}] ${point}\n`);
   if (process.env.SNAPFERRY_FAULT_KILL_AT === point) process.kill(process.pid, 'SIGKILL');
   if (process.env.SNAPFERRY_FAULT_STOP_AT === point) process.kill(process.pid, 'SIGSTOP');
 }

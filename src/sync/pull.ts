@@ -493,7 +493,7 @@ class PullRun {
     const encoded = fs.readFileSync(manifestFile);
     if (rootHashOf(encoded) !== this.rootHash) fail(ErrorCodes.STATE, `the manifest kept in ${manifestFile} for the commit was changed`);
     commit(this.paths, signRecord(record, this.opts.secret), encoded, this.opts.durable !== false, this.opts.onPoint, this.opts.spare !== false, () =>
-      writeStats(this.paths, this.rootHash, this.m, this.finishedStats),
+      writeStats(this.paths, this.rootHash, this.m, this.finishedStats, this.opts.durable !== false),
     );
     this.opts.onPoint?.('committed');
     return this.result(false);
@@ -722,7 +722,7 @@ class PullRun {
       fs.rmSync(p.nextUnsynced, { force: true });
       fs.rmSync(p.nextLinks, { force: true });
       fs.mkdirSync(p.next, { mode: 0o700 });
-      writeFileDurable(p.nextJson, JSON.stringify({ rootHash: this.rootHash, bytes: encodedLength }));
+      writeFileDurable(p.nextJson, JSON.stringify({ rootHash: this.rootHash, bytes: encodedLength }), this.opts.durable !== false);
     }
     const L = this.layout;
     this.remaining = new Int32Array(this.m.entries.length);
