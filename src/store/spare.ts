@@ -282,7 +282,8 @@ function takeKept(paths: StatePaths, kept: Map<string, string>, e: Entry, dst: s
  * a spare, and the next one that does would copy it whole. Only files whose inode and ctime are still those recorded
  * when they were committed, before and after the copy (a file written meanwhile is not copied); only while a tenth of
  * the disk (at most 1 GiB) stays free. Each copy is flushed before it is recorded. Stops between files when `signal`
- * aborts, removing what it made. Returns how many files it prepared. The caller holds DIR's lock.
+ * aborts: a first preparation removes what it made, a top-up records the files it finished. Returns how many files it
+ * prepared. The caller holds DIR's lock.
  */
 export async function prepareSpare(paths: StatePaths, signal: AbortSignal): Promise<number> {
   // Not beside an unfinished pull (next/, or prev/ set aside): the files it built on spares are known by the spare
@@ -363,9 +364,10 @@ async function prepareFiles(paths: StatePaths, signal: AbortSignal, spare: Spare
       budget -= e.size;
       prepared++;
     }
-    if (spare && !signal.aborted && prepared > 0) {
+    if (spare && prepared > 0) {
       // Into the spare folder, then the record: a file there that the record does not name is never used. Stamped
-      // where they land (a rename changes a file's ctime).
+      // where they land (a rename changes a file's ctime). Stopped or not: each file here is whole, and moving them
+      // takes milliseconds (a follower stops this whenever a generation comes, and the kept ones would be lost).
       for (const a of added) {
         const to = entryPath(paths.spare, a.entry.path);
         makeDirs(path.dirname(to), 0o700);
@@ -373,7 +375,6 @@ async function prepareFiles(paths: StatePaths, signal: AbortSignal, spare: Spare
         a.stat = inodeStamp(fs.lstatSync(to, { bigint: true }));
       }
       removeTree(prep);
-      fsyncDir(paths.state);
       const record = spare.recordWith(added);
       writeFileDurable(paths.spareManifest, record.manifest);
       writeFileDurable(paths.spareStats, record.stats);
