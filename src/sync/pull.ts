@@ -1502,7 +1502,7 @@ class PullRun {
     };
     // Read ahead what the patch jobs will read and the pages they will partly overwrite (see patchReadAhead).
     let patched = false;
-    const readAhead = prefetch(this.patchReadAhead(), () => patched || failure !== undefined);
+    const readAhead = prefetch(this.patchReadAhead(), () => patched || failure !== undefined, 16, { probe: 4 });
     try {
       for (const batch of patchBatchesOf(this.from, L, this.patchBase, this.packBytes)) {
         if (failure || this.readerError) break;

@@ -15,9 +15,10 @@ export interface FileRange {
  * time, while the disk serves many at once. Best effort: a range that cannot be read is skipped (the job that needs
  * it reports its own error). Resolves when every read has ended; never rejects.
  */
-export async function prefetch(ranges: Iterable<FileRange>, stop: () => boolean, concurrency = 16): Promise<void> {
+export async function prefetch(ranges: Iterable<FileRange>, stop: () => boolean, concurrency = 16, opts: { probe?: number } = {}): Promise<void> {
   const fds = new Map<string, Promise<fs.promises.FileHandle | undefined>>();
   const it = ranges[Symbol.iterator]();
+  if (opts.probe && cachedAlready(it, opts.probe)) return;
   const lane = async (): Promise<void> => {
     let buf = Buffer.allocUnsafe(64 << 10);
     for (let r = it.next(); !r.done && !stop(); r = it.next()) {
@@ -35,4 +36,36 @@ export async function prefetch(ranges: Iterable<FileRange>, stop: () => boolean,
   } finally {
     for (const fh of fds.values()) await (await fh)?.close().catch(() => undefined);
   }
+}
+
+/** A read of this long or longer (of at most PROBE_BYTES) came from the disk, not from the page cache. */
+const CACHED_READ_NS = 50_000n;
+const PROBE_BYTES = 16 << 10;
+
+/**
+ * Reads the start of the next `n` ranges synchronously, timing each: true when every one came back as fast as the page
+ * cache answers (~5-15 us for 16 KiB here; a disk takes 100 us or more). Reading ahead what the cache holds already
+ * only costs this thread: ~30 us of JavaScript a read, 0.2 s of a 1.7 s delta on a warm cache (6,000 reads), where a
+ * cold one gains more than that. A range that cannot be read counts as not cached (the read-ahead then goes on).
+ */
+function cachedAlready(it: Iterator<FileRange>, n: number): boolean {
+  const buf = Buffer.allocUnsafe(PROBE_BYTES);
+  let all = true;
+  for (let i = 0; i < n && all; i++) {
+    const r = it.next();
+    if (r.done) break;
+    const { path, offset, length } = r.value;
+    let fd: number | undefined;
+    try {
+      fd = fs.openSync(path, 'r');
+      const t0 = process.hrtime.bigint();
+      fs.readSync(fd, buf, 0, Math.min(length, PROBE_BYTES), offset);
+      if (process.hrtime.bigint() - t0 >= CACHED_READ_NS) all = false;
+    } catch {
+      all = false;
+    } finally {
+      if (fd !== undefined) fs.closeSync(fd);
+    }
+  }
+  return all;
 }

@@ -42,4 +42,39 @@ describe('prefetch', () => {
     // Each of the 3 lanes may hold one range taken before it looked at stop().
     expect(taken).toBeLessThanOrEqual(10 + 3);
   });
+
+  // BUG (delta-2 on a warm cache, src/sync/pull.ts): the read-ahead of what the page cache held already cost the main
+  // thread ~30 us of JavaScript a read, 0.2 s of a 1.7 s delta. With a probe, ranges the cache holds end it at once.
+  it('with a probe, reads nothing more when the cache holds the first ranges; without one, takes every range', async () => {
+    fs.readFileSync(path.join(dir, 'a')); // in the page cache (just written, and read)
+    const takenWith = async (probe: number): Promise<number> => {
+      let taken = 0;
+      function* ranges(): Generator<FileRange> {
+        for (let i = 0; i < 200; i++) {
+          taken++;
+          yield { path: path.join(dir, 'a'), offset: (i * 4096) % (1 << 20), length: 4096 };
+        }
+      }
+      await prefetch(ranges(), () => false, 4, { probe });
+      return taken;
+    };
+    expect(await takenWith(0)).toBe(200);
+    // A cached read is ~5 us, the bar 50 us: a loaded machine may preempt one probe read past it (the read-ahead then
+    // goes on, as for a cold cache), so up to 5 tries; without the probe every try takes all 200.
+    const tries: number[] = [];
+    for (let t = 0; t < 5 && tries.at(-1) !== 4; t++) tries.push(await takenWith(4));
+    expect(tries.at(-1), `ranges taken per try: ${tries.join(', ')}`).toBe(4);
+  });
+
+  it('a probe that meets a range it cannot read goes on reading ahead', async () => {
+    let taken = 0;
+    function* ranges(): Generator<FileRange> {
+      for (let i = 0; i < 20; i++) {
+        taken++;
+        yield { path: path.join(dir, i === 1 ? 'missing' : 'a'), offset: 0, length: 4096 };
+      }
+    }
+    await prefetch(ranges(), () => false, 4, { probe: 4 });
+    expect(taken).toBe(20);
+  });
 });
