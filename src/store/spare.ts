@@ -220,13 +220,15 @@ const PREPARE_MIN_FILE = 1 << 20;
  * with the rest of the spare generation. They are moved aside (`spare.keep/`, recorded with the generation they fit and
  * their inode stamps) for the next prepareSpare, which takes them back instead of copying the files again: without
  * this, every generation made the follower copy each large file it did not change. A cache: what does not check out
- * later is not used. Any earlier keep goes first.
+ * later is not used. A keep for another generation goes first.
  */
 export function keepSpares(paths: StatePaths, spare: Spare | undefined, linked: Iterable<Entry>, rootHash: string): number {
-  dropKept(paths);
-  if (!spare) return 0;
-  const files: Record<string, string> = {};
-  let kept = 0;
+  // An earlier attempt at this same generation (cut, then tried again) kept some already: they stay.
+  const prior = keptFor(paths, rootHash);
+  if (prior.size === 0) dropKept(paths);
+  if (!spare) return prior.size;
+  const files: Record<string, string> = Object.fromEntries(prior);
+  let kept = prior.size;
   for (const e of linked) {
     if (e.size < PREPARE_MIN_FILE) continue;
     const sf = spare.usable(e.path);
@@ -237,7 +239,7 @@ export function keepSpares(paths: StatePaths, spare: Spare | undefined, linked: 
     files[e.path] = inodeStamp(fs.lstatSync(to, { bigint: true }));
     kept++;
   }
-  if (kept > 0) fs.writeFileSync(paths.spareKeepJson, JSON.stringify({ rootHash, files }), { mode: 0o600 });
+  if (kept > prior.size) fs.writeFileSync(paths.spareKeepJson, JSON.stringify({ rootHash, files }), { mode: 0o600 });
   return kept;
 }
 
