@@ -18,6 +18,23 @@ describe('delta sync after the seed', () => {
   });
   afterAll(() => tmp?.cleanup());
 
+  /** `pull --follow --json` of `dest` from `served`, as a child process: its JSON lines so far and its stderr. */
+  function follower(served: Served, dest: string): { child: ReturnType<typeof spawn>; lines: () => string[]; stderr: () => string } {
+    const child = spawn(process.execPath, [CLI, 'pull', served.url, 'acme', dest, '--secret', key, '--follow', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout!.on('data', (d) => (out += d));
+    child.stderr!.on('data', (d) => (err += d));
+    return { child, lines: () => out.split('\n').filter(Boolean), stderr: () => err };
+  }
+
+  /** A follower's --json line for a delta that rewrote a page of a `size`-byte file in its spare, not copying it whole. */
+  function expectRewroteSpare(line: string, size: number): void {
+    const delta = JSON.parse(line);
+    expect(delta.spareFiles).toBeGreaterThanOrEqual(1);
+    expect(delta.bytesWritten, `${delta.bytesWritten} B written for a ${size} B file`).toBeLessThan(size / 8);
+  }
+
   async function seeded(name: string, mib: number): Promise<{ src: string; dest: string; served: Served; seed: Record<string, number> }> {
     const src = path.join(tmp.dir, `${name}-src`, 'acme');
     await makeCompany(src, mib, 21);
@@ -363,25 +380,18 @@ describe('delta sync after the seed', () => {
       .filter((p) => fs.statSync(p).isFile())
       .sort((a, b) => fs.statSync(b).size - fs.statSync(a).size)[0]!;
     const size = fs.statSync(largest).size;
-    const child = spawn(process.execPath, [CLI, 'pull', served.url, 'acme', dest, '--secret', key, '--follow', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (d) => (out += d));
-    child.stderr.on('data', (d) => (err += d));
-    const lines = () => out.split('\n').filter(Boolean);
+    const { child, lines, stderr } = follower(served, dest);
     try {
       await waitFor(() => lines().length >= 1, 20_000);
-      await waitFor(() => /prepared \d+ spare file/.test(err), 20_000);
+      await waitFor(() => /prepared \d+ spare file/.test(stderr()), 20_000);
       expect(fs.existsSync(path.join(state, 'spare', path.basename(largest)))).toBe(true);
       // The accounting application rewrites one page of its largest file.
       const fd = fs.openSync(largest, 'r+');
       fs.writeSync(fd, Buffer.alloc(4096, 0x5a), 0, 4096, Math.floor(size / 2 / 4096) * 4096);
       fs.closeSync(fd);
       await waitFor(() => lines().length >= 2, 15_000);
-      const delta = JSON.parse(lines()[1]!);
       // Without the prepared spare this delta copied the file whole first (bytesWritten >= its size).
-      expect(delta.spareFiles).toBeGreaterThanOrEqual(1);
-      expect(delta.bytesWritten, `${delta.bytesWritten} B written for a ${size} B file`).toBeLessThan(size / 8);
+      expectRewroteSpare(lines()[1]!, size);
       expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
     } finally {
       child.kill('SIGTERM');
@@ -408,13 +418,8 @@ describe('delta sync after the seed', () => {
     const largest = bySize[0]!;
     const small = bySize.find((p) => fs.statSync(p).size < 64 << 10)!;
     const size = fs.statSync(largest).size;
-    const child = spawn(process.execPath, [CLI, 'pull', served.url, 'acme', dest, '--secret', key, '--follow', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (d) => (out += d));
-    child.stderr.on('data', (d) => (err += d));
-    const lines = () => out.split('\n').filter(Boolean);
-    const preparations = () => (err.match(/prepared \d+ spare file/g) ?? []).length;
+    const { child, lines, stderr } = follower(served, dest);
+    const preparations = () => (stderr().match(/prepared \d+ spare file/g) ?? []).length;
     try {
       await waitFor(() => lines().length >= 1 && preparations() >= 1, 20_000);
       const spareOfLargest = path.join(path.dirname(dest), '.acme.snapferry', 'spare', path.relative(src, largest));
@@ -429,9 +434,7 @@ describe('delta sync after the seed', () => {
       fs.writeSync(fd, Buffer.alloc(4096, 0x5a), 0, 4096, Math.floor(size / 3 / 4096) * 4096);
       fs.closeSync(fd);
       await waitFor(() => lines().length >= 3, 15_000);
-      const delta = JSON.parse(lines()[2]!);
-      expect(delta.spareFiles).toBeGreaterThanOrEqual(1);
-      expect(delta.bytesWritten, `${delta.bytesWritten} B written for a ${size} B file`).toBeLessThan(size / 8);
+      expectRewroteSpare(lines()[2]!, size);
       expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
       // A generation that only adds a file replaces none: its commit leaves a spare holding no file at all.
       await waitFor(() => preparations() >= 3, 20_000);
@@ -440,9 +443,7 @@ describe('delta sync after the seed', () => {
       await waitFor(() => preparations() >= 4, 20_000);
       fs.writeFileSync(largest, Buffer.alloc(4096, 0x6b), { flag: 'r+' });
       await waitFor(() => lines().length >= 5, 15_000);
-      const after = JSON.parse(lines()[4]!);
-      expect(after.spareFiles).toBeGreaterThanOrEqual(1);
-      expect(after.bytesWritten, `${after.bytesWritten} B written for a ${size} B file`).toBeLessThan(size / 8);
+      expectRewroteSpare(lines()[4]!, size);
       expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
     } finally {
       child.kill('SIGTERM');
