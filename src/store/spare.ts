@@ -12,7 +12,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { decodeManifest, encodeManifest, Entry, entryPath, Manifest, rootHashOf, sameContent } from '../manifest/manifest.js';
+import { decodeManifest, encodeManifest, Entry, entryPath, Manifest, rootHashOf, sameContent, sameMtime } from '../manifest/manifest.js';
 import { StatePaths, Applied, removeTree, readApplied, exists, diskReserve, diskSpace, fsyncDir, writeFileDurable, asCommitted } from './state.js';
 import { inodeStamp, utimesSeconds, utimesArg } from '../util/stamp.js';
 import { makeDirs } from '../util/mkdirs.js';
@@ -232,7 +232,9 @@ export function keepSpares(paths: StatePaths, spare: Spare | undefined, linked: 
   for (const e of linked) {
     if (e.size < PREPARE_MIN_FILE) continue;
     const sf = spare.usable(e.path);
-    if (!sf || !sameContent(sf.entry, e)) continue;
+    // Only a spare that is what the generation has, bytes and mtime: prepareSpare records it under e's entry (one with
+    // an older mtime, a file touched at the site, was recorded so and never usable, its slot taken for good).
+    if (!sf || !sameContent(sf.entry, e) || !sameMtime(sf.entry.mtimeNs, e.mtimeNs)) continue;
     const to = entryPath(paths.spareKeep, e.path);
     makeDirs(path.dirname(to), 0o700);
     fs.renameSync(sf.abs, to);
@@ -243,8 +245,8 @@ export function keepSpares(paths: StatePaths, spare: Spare | undefined, linked: 
   return kept;
 }
 
-/** Removes what keepSpares kept (used or not). */
-function dropKept(paths: StatePaths): void {
+/** Removes what keepSpares kept (used or not): prepareSpare once done, and every pull that does not keep spares. */
+export function dropKept(paths: StatePaths): void {
   fs.rmSync(paths.spareKeepJson, { force: true });
   removeTree(paths.spareKeep);
 }
@@ -288,18 +290,18 @@ function takeKept(paths: StatePaths, kept: Map<string, string>, e: Entry, dst: s
  * prepared. The caller holds DIR's lock.
  */
 export async function prepareSpare(paths: StatePaths, signal: AbortSignal): Promise<number> {
-  // Not beside an unfinished pull (next/, or prev/ set aside): the files it built on spares are known by the spare
-  // record as it stands, which topping up rewrites.
-  if (exists(paths.next) || exists(paths.prev)) return 0;
-  // A record without a folder is a spare with no file yet (the last commit replaced none: it only added or linked).
-  const spare = exists(paths.spareManifest) ? Spare.load(paths) : undefined;
-  // A spare folder without a whole record, or a record that does not check out, is the next commit's to replace.
-  if (!spare && (exists(paths.spareManifest) || exists(paths.spare))) return 0;
-  const applied = readApplied(paths);
-  if (!applied) return 0;
-  const kept = keptFor(paths, applied.record.rootHash);
+  // What was kept goes whatever happens here: taken into the spare, or of no more use.
   try {
-    return await prepareFiles(paths, signal, spare, applied, kept);
+    // Not beside an unfinished pull (next/, or prev/ set aside): the files it built on spares are known by the spare
+    // record as it stands, which topping up rewrites.
+    if (exists(paths.next) || exists(paths.prev)) return 0;
+    // A record without a folder is a spare with no file yet (the last commit replaced none: it only added or linked).
+    const spare = exists(paths.spareManifest) ? Spare.load(paths) : undefined;
+    // A spare folder without a whole record, or a record that does not check out, is the next commit's to replace.
+    if (!spare && (exists(paths.spareManifest) || exists(paths.spare))) return 0;
+    const applied = readApplied(paths);
+    if (!applied) return 0;
+    return await prepareFiles(paths, signal, spare, applied, keptFor(paths, applied.record.rootHash));
   } finally {
     dropKept(paths);
   }

@@ -54,7 +54,7 @@ import {
   identityOf,
 } from '../store/state.js';
 import { MovedFiles } from './moves.js';
-import { Spare, dropSpareFilesAsync, keepSpares } from '../store/spare.js';
+import { Spare, dropKept, dropSpareFilesAsync, keepSpares } from '../store/spare.js';
 import { BaseCopies, BaseStep } from './basecopies.js';
 import type { GoodChunks } from './verify.js';
 import { chunkSegmentsOf } from '../work/segments.js';
@@ -195,6 +195,9 @@ export async function pull(opts: PullOptions): Promise<PullResult> {
   const retries = opts.retries ?? 5;
   try {
     recover(paths);
+    // Spares a follower kept for its next preparation (a follower stopped in its pull, say): no preparation follows a
+    // pull that keeps none, and they would stay for ever.
+    if (!opts.keepSpares) dropKept(paths);
     // Repair may re-establish a lost record, but only for a DIR whose state folder shows snapferry made it.
     // A repair with a record may find DIR damaged in any way but one: no longer a folder (a file, a link to nothing),
     // which it must not replace either.

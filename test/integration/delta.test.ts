@@ -5,6 +5,7 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import fs from 'node:fs';
 import path from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, Served, CLI, waitFor } from '../helpers.js';
 import { makeCompany, mutateCompany } from '../../src/gen/company.js';
 
@@ -451,6 +452,73 @@ describe('delta sync after the seed', () => {
       await served.stop();
     }
     expect((await runCli(['verify', dest, '--deep'])).code).toBe(0);
+  });
+
+  // BUG (src/store/spare.ts keepSpares): a spare kept past a commit was matched by its bytes alone and recorded under
+  // the generation's entry; one with an older mtime (a file touched at the site, its old version the spare) was then
+  // never usable, and its slot taken for good: the next page rewrite copied the file whole. Found by a helper review.
+  it('--follow keeps only the spares that are what the generation has, mtime included', async () => {
+    const { src, dest, served } = await seeded('keepmtime', 16);
+    const files = (dir: string): string[] =>
+      fs.readdirSync(dir, { withFileTypes: true }).flatMap((d) => (d.isDirectory() ? files(path.join(dir, d.name)) : d.isFile() ? [path.join(dir, d.name)] : []));
+    const bySize = files(src).sort((a, b) => fs.statSync(b).size - fs.statSync(a).size);
+    const largest = bySize[0]!;
+    const small = bySize.find((p) => fs.statSync(p).size < 64 << 10)!;
+    const size = fs.statSync(largest).size;
+    const { child, lines, stderr } = follower(served, dest);
+    const preparations = () => (stderr().match(/prepared \d+ spare file/g) ?? []).length;
+    try {
+      await waitFor(() => lines().length >= 1 && preparations() >= 1, 20_000);
+      // G: the large file touched only (same bytes, another mtime): its old version becomes the spare.
+      const t = new Date(Date.now() - 3600_000);
+      fs.utimesSync(largest, t, t);
+      await waitFor(() => lines().length >= 2 && preparations() >= 2, 20_000);
+      // G+1: a small file changes; the large one is linked, and its spare (same bytes, the old mtime) not kept.
+      fs.writeFileSync(small, `${fs.readFileSync(small, 'latin1')}changed\n`, 'latin1');
+      await waitFor(() => lines().length >= 3 && preparations() >= 3, 20_000);
+      // G+2: a page of the large file changes.
+      const fd = fs.openSync(largest, 'r+');
+      fs.writeSync(fd, Buffer.alloc(4096, 0x5a), 0, 4096, Math.floor(size / 3 / 4096) * 4096);
+      fs.closeSync(fd);
+      await waitFor(() => lines().length >= 4, 20_000);
+      expectRewroteSpare(lines()[3]!, size);
+      expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
+    } finally {
+      child.kill('SIGTERM');
+      await new Promise((r) => child.once('exit', r));
+      await served.stop();
+    }
+  });
+
+  // BUG (src/store/spare.ts, src/sync/pull.ts): spare.keep/ was removed only by a follower's next pull or preparation;
+  // a follower stopped in a pull that had kept spares, then one-shot pulls (cron), left it for ever (14.8 MB here).
+  // Found by a helper review.
+  it('spares a stopped follower kept are removed by the next one-shot pull', async () => {
+    const { src, dest, served } = await seeded('keepleak', 16);
+    const state = path.join(path.dirname(dest), '.acme.snapferry');
+    try {
+      // A slow link, so that the follower can be stopped in its pull once it has kept the spares.
+      const child = spawn(process.execPath, [CLI, 'pull', served.url, 'acme', dest, '--secret', key, '--follow', '--json', '--bwlimit', '256K'], { stdio: ['ignore', 'ignore', 'pipe'] });
+      let err = '';
+      child.stderr!.on('data', (d) => (err += d));
+      try {
+        await waitFor(() => /prepared \d+ spare file/.test(err), 30_000);
+        // A generation that adds a file and leaves the large ones as they are: their spares are kept aside.
+        fs.writeFileSync(path.join(src, 'added.bin'), randomBytes(4 << 20));
+        await waitFor(() => fs.existsSync(path.join(state, 'spare.keep.json')), 30_000, 20);
+      } finally {
+        child.kill('SIGTERM'); // stopped during the pull ("the next pull resumes it")
+        await new Promise((r) => child.once('exit', r));
+      }
+      expect(fs.existsSync(path.join(state, 'spare.keep'))).toBe(true);
+      const r = await runCli(['pull', served.url, 'acme', dest, '--secret', key]);
+      expect(r.code, r.stderr).toBe(0);
+      expect(fs.existsSync(path.join(state, 'spare.keep'))).toBe(false);
+      expect(fs.existsSync(path.join(state, 'spare.keep.json'))).toBe(false);
+      expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
+    } finally {
+      await served.stop();
+    }
   });
 
   it('--follow: changes made while the seed runs arrive right after it (no gap)', async () => {
