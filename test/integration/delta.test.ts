@@ -20,13 +20,26 @@ describe('delta sync after the seed', () => {
   afterAll(() => tmp?.cleanup());
 
   /** `pull --follow --json` of `dest` from `served`, as a child process: its JSON lines so far and its stderr. */
-  function follower(served: Served, dest: string): { child: ReturnType<typeof spawn>; lines: () => string[]; stderr: () => string } {
+  function follower(served: Served, dest: string): { child: ReturnType<typeof spawn>; lines: () => string[]; stderr: () => string; preparations: () => number } {
     const child = spawn(process.execPath, [CLI, 'pull', served.url, 'acme', dest, '--secret', key, '--follow', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     let err = '';
     child.stdout!.on('data', (d) => (out += d));
     child.stderr!.on('data', (d) => (err += d));
-    return { child, lines: () => out.split('\n').filter(Boolean), stderr: () => err };
+    return {
+      child,
+      lines: () => out.split('\n').filter(Boolean),
+      stderr: () => err,
+      preparations: () => (err.match(/prepared \d+ spare file/g) ?? []).length,
+    };
+  }
+
+  /** The company's largest file (its path and size) and a small one (under 64 KiB), anywhere in its tree. */
+  function largestAndSmall(src: string): { largest: string; small: string; size: number } {
+    const files = (dir: string): string[] =>
+      fs.readdirSync(dir, { withFileTypes: true }).flatMap((d) => (d.isDirectory() ? files(path.join(dir, d.name)) : d.isFile() ? [path.join(dir, d.name)] : []));
+    const bySize = files(src).sort((a, b) => fs.statSync(b).size - fs.statSync(a).size);
+    return { largest: bySize[0]!, small: bySize.find((p) => fs.statSync(p).size < 64 << 10)!, size: fs.statSync(bySize[0]!).size };
   }
 
   /** A follower's --json line for a delta that rewrote a page of a `size`-byte file in its spare, not copying it whole. */
@@ -413,14 +426,8 @@ describe('delta sync after the seed', () => {
   // alone left a spare of that file, so the next change to the large one copied it whole again.
   it('--follow tops the spare up after a generation that did not touch the large file', async () => {
     const { src, dest, served } = await seeded('topup', 16);
-    const files = (dir: string): string[] =>
-      fs.readdirSync(dir, { withFileTypes: true }).flatMap((d) => (d.isDirectory() ? files(path.join(dir, d.name)) : d.isFile() ? [path.join(dir, d.name)] : []));
-    const bySize = files(src).sort((a, b) => fs.statSync(b).size - fs.statSync(a).size);
-    const largest = bySize[0]!;
-    const small = bySize.find((p) => fs.statSync(p).size < 64 << 10)!;
-    const size = fs.statSync(largest).size;
-    const { child, lines, stderr } = follower(served, dest);
-    const preparations = () => (stderr().match(/prepared \d+ spare file/g) ?? []).length;
+    const { largest, small, size } = largestAndSmall(src);
+    const { child, lines, preparations } = follower(served, dest);
     try {
       await waitFor(() => lines().length >= 1 && preparations() >= 1, 20_000);
       const spareOfLargest = path.join(path.dirname(dest), '.acme.snapferry', 'spare', path.relative(src, largest));
@@ -459,14 +466,8 @@ describe('delta sync after the seed', () => {
   // never usable, and its slot taken for good: the next page rewrite copied the file whole. Found by a helper review.
   it('--follow keeps only the spares that are what the generation has, mtime included', async () => {
     const { src, dest, served } = await seeded('keepmtime', 16);
-    const files = (dir: string): string[] =>
-      fs.readdirSync(dir, { withFileTypes: true }).flatMap((d) => (d.isDirectory() ? files(path.join(dir, d.name)) : d.isFile() ? [path.join(dir, d.name)] : []));
-    const bySize = files(src).sort((a, b) => fs.statSync(b).size - fs.statSync(a).size);
-    const largest = bySize[0]!;
-    const small = bySize.find((p) => fs.statSync(p).size < 64 << 10)!;
-    const size = fs.statSync(largest).size;
-    const { child, lines, stderr } = follower(served, dest);
-    const preparations = () => (stderr().match(/prepared \d+ spare file/g) ?? []).length;
+    const { largest, small, size } = largestAndSmall(src);
+    const { child, lines, preparations } = follower(served, dest);
     try {
       await waitFor(() => lines().length >= 1 && preparations() >= 1, 20_000);
       // G: the large file touched only (same bytes, another mtime): its old version becomes the spare.
