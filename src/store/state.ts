@@ -40,6 +40,8 @@ export interface AppliedRecord {
   committedAt: string;
   files: number;
   bytes: number;
+  /** Chunks of the generation (records written before it was kept lack it): an unchanged re-pull reuses them all. */
+  chunks?: number;
   /** HMAC-SHA256 of the fields above under a key derived from the site secret: tampering is detectable by holders of the secret. */
   mac?: string;
 }

@@ -417,7 +417,7 @@ class PullRun {
     this.generation = numberOf(head.generation) || 0;
     if (head.unchanged && intactRecord?.rootHash === head.rootHash) {
       await s.send(Buffer.from([MsgType.BYE]));
-      return this.result(true, { files: intactRecord.files, bytes: intactRecord.bytes });
+      return this.result(true, { files: intactRecord.files, bytes: intactRecord.bytes, chunks: intactRecord.chunks });
     }
     if (!this.opts.repair) this.applied = readApplied(this.paths);
     // The check against the stats a moment ago found every file of the applied generation as committed: the plan
@@ -481,6 +481,7 @@ class PullRun {
       committedAt: new Date().toISOString(),
       files: this.m.entries.filter((e) => e.kind === 'file').length,
       bytes: this.bytesTotal,
+      chunks: this.layout.total,
     };
     await this.spareDrop;
     // DIR as it is now, not only as it was when the pull began: a folder with files made at DIR while a seed ran is not
@@ -502,8 +503,11 @@ class PullRun {
     return this.result(false);
   }
 
-  /** The summary; `counts` for an unchanged DIR whose manifest was not read (its record has them). */
-  private result(unchanged: boolean, counts?: { files: number; bytes: number }): PullResult {
+  /**
+   * The summary; `counts` for an unchanged DIR whose manifest was not read (its record has them: every chunk of the
+   * generation counts as reused, as in a delta, where fetched and reused chunks add up to the generation's).
+   */
+  private result(unchanged: boolean, counts?: { files: number; bytes: number; chunks?: number }): PullResult {
     return {
       company: this.opts.company,
       generation: this.generation,
@@ -513,7 +517,7 @@ class PullRun {
       bytesOnWire: this.session!.channel.bytesRead,
       chunksFetched: this.stats.fetched,
       chunksPatched: this.stats.patched,
-      chunksReused: this.stats.reused,
+      chunksReused: counts ? (counts.chunks ?? 0) : this.stats.reused,
       bytesWritten: this.stats.written,
       spareFiles: this.stats.spares,
       unchanged,

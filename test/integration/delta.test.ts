@@ -93,13 +93,15 @@ describe('delta sync after the seed', () => {
   });
 
   it('an unchanged company transfers no chunk and almost no bytes; a branch file edited by hand is put back', async () => {
-    const { src, dest, served } = await seeded('same', 4);
+    const { src, dest, served, seed } = await seeded('same', 4);
     try {
       const r = await runCli(['pull', served.url, 'acme', dest, '--secret', key, '--json']);
       expect(r.code, r.stderr).toBe(0);
       const j = JSON.parse(r.stdout);
       expect(j.unchanged).toBe(true);
       expect(j.chunksFetched).toBe(0);
+      // Every chunk of the generation is reused, as a delta counts them (it said 0: the record had no chunk count).
+      expect(j.chunksReused).toBe(seed.chunksFetched);
       expect(j.bytesOnWire).toBeLessThan(4096);
       // A page rewritten at the branch with size and mtime put back: only its ctime tells, and the quick check of an
       // unchanged pull (DIR against the stats alone) must not trust it. The pull puts the site's bytes back.
