@@ -517,7 +517,7 @@ class PullRun {
       bytesOnWire: this.session!.channel.bytesRead,
       chunksFetched: this.stats.fetched,
       chunksPatched: this.stats.patched,
-      chunksReused: counts ? (counts.chunks ?? 0) : this.stats.reused,
+      chunksReused: counts ? (Number.isSafeInteger(counts.chunks) ? counts.chunks! : 0) : this.stats.reused,
       bytesWritten: this.stats.written,
       spareFiles: this.stats.spares,
       unchanged,
