@@ -416,7 +416,10 @@ export function readApplied(paths: StatePaths): Applied | undefined {
   } catch (err) {
     return fail(ErrorCodes.STATE, `the record of what ${paths.dir} holds is unreadable (${(err as Error).message})`);
   }
-  if (record.format !== 1 || typeof record.rootHash !== 'string') fail(ErrorCodes.STATE, `the record of what ${paths.dir} holds is malformed`);
+  // Valid JSON that is no object (null, a number) is as malformed as garbage: repair re-establishes either.
+  if (typeof record !== 'object' || record === null || record.format !== 1 || typeof record.rootHash !== 'string') {
+    fail(ErrorCodes.STATE, `the record of what ${paths.dir} holds is malformed`);
+  }
   if (rootHashOf(encoded) !== record.rootHash) {
     fail(ErrorCodes.STATE, `the record of what ${paths.dir} holds does not match its manifest (tampered or damaged)`);
   }
@@ -581,8 +584,16 @@ export function recover(paths: StatePaths): boolean {
     return false;
   }
   rollForward(paths);
-  // The inode/ctime record is written at the end of a commit; a commit finished here needs it too.
-  const applied = readApplied(paths);
+  // The inode/ctime record is written at the end of a commit; a commit finished here needs it too. A record that
+  // cannot be read (lost with a power cut under --no-fsync, damaged) does not keep the intent: DIR is the new
+  // generation whatever its record says, and the command that called this reports the record (repair re-establishes
+  // it); kept, the intent made every later command, repair included, fail here for good.
+  let applied: Applied | undefined;
+  try {
+    applied = readApplied(paths);
+  } catch (err) {
+    if (!(err instanceof SnapferryError && err.code === ErrorCodes.STATE)) throw err;
+  }
   if (applied) writeStats(paths, applied.record.rootHash, applied.manifest);
   clearIntent(paths);
   return true;
@@ -610,12 +621,14 @@ export function identityOf(p: string): string | null {
 
 /** Whether what is at DIR now is the generation the declared commit replaces (not something made since). */
 function isReplacedGeneration(paths: StatePaths): boolean {
-  let intent: CommitIntent;
+  let intent: CommitIntent | null;
   try {
-    intent = JSON.parse(fs.readFileSync(paths.commitJson, 'utf8')) as CommitIntent;
+    intent = JSON.parse(fs.readFileSync(paths.commitJson, 'utf8')) as CommitIntent | null;
   } catch {
     return true;
   }
+  // An intent that is no object (null) says no more than an unreadable one.
+  if (typeof intent !== 'object' || intent === null) return true;
   return intent.dir === undefined || intent.dir === identityOf(paths.dir);
 }
 
