@@ -321,7 +321,8 @@ export class DirLock {
       }
       try {
         const fd = fs.openSync(this.paths.lock, 'wx', 0o600);
-        fs.writeSync(fd, `${process.pid}\n`);
+        // The pid and when this process started: a pid alone may name another program after a reboot or a wrap.
+        fs.writeSync(fd, `${process.pid} ${startTimeOf(process.pid)}\n`);
         fs.closeSync(fd);
         this.held = true;
         return;
@@ -381,9 +382,30 @@ function lockHolder(p: string): number | 'starting' | 'stale' {
   } catch {
     return 'stale';
   }
-  const pid = Number.parseInt(text, 10);
-  if (Number.isFinite(pid) && pid > 0) return isAlive(pid) ? pid : 'stale';
+  const [pidWord, started] = text.split(/\s+/);
+  const pid = Number.parseInt(pidWord ?? '', 10);
+  if (Number.isFinite(pid) && pid > 0) {
+    if (!isAlive(pid)) return 'stale';
+    // A live process that started at another time is not the one that took the lock (its pid was reused, as after
+    // the power cut that left the lock). Where the start time is unknown (no /proc, a lock of an older snapferry), the
+    // pid's life decides alone.
+    const now = started ? startTimeOf(pid) : '';
+    return now !== '' && now !== started ? 'stale' : pid;
+  }
   return text === '' && ageMs < 5000 ? 'starting' : 'stale';
+}
+
+/**
+ * When process `pid` started, in clock ticks since boot (field 22 of /proc/PID/stat), or '' where that cannot be read.
+ * The name in field 2 may hold spaces and parentheses: fields are counted from after its last ')'.
+ */
+export function startTimeOf(pid: number): string {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? '';
+  } catch {
+    return '';
+  }
 }
 
 /** Whether a process with this pid runs (one of another user's counts as running). */

@@ -2,9 +2,9 @@
 import { describe, it, expect, afterAll } from 'vitest';
 import fs from 'node:fs';
 import path from 'node:path';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { tempDir } from '../helpers.js';
-import { DirLock, StatePaths } from '../../src/store/state.js';
+import { DirLock, StatePaths, startTimeOf } from '../../src/store/state.js';
 
 describe('DirLock', () => {
   const tmp = tempDir('sf-lock-');
@@ -32,7 +32,7 @@ describe('DirLock', () => {
     const paths = pathsWithLock('', 30);
     const lock = new DirLock(paths);
     await lock.acquire(0);
-    expect(fs.readFileSync(paths.lock, 'utf8').trim()).toBe(String(process.pid));
+    expect(fs.readFileSync(paths.lock, 'utf8').trim()).toBe(`${process.pid} ${startTimeOf(process.pid)}`);
     lock.release();
   });
 
@@ -41,11 +41,32 @@ describe('DirLock', () => {
     const paths = pathsWithLock(`${dead.stdout}\n`);
     const lock = new DirLock(paths);
     await lock.acquire(0);
-    expect(fs.readFileSync(paths.lock, 'utf8').trim()).toBe(String(process.pid));
+    expect(fs.readFileSync(paths.lock, 'utf8').trim()).toBe(`${process.pid} ${startTimeOf(process.pid)}`);
     expect(fs.readdirSync(paths.state).filter((f) => f.startsWith('lock'))).toEqual(['lock']);
     lock.release();
     // This very process stands for a live holder.
     const live = pathsWithLock(`${process.pid}\n`);
     await expect(new DirLock(live).acquire(0)).rejects.toMatchObject({ code: 'SNAPFERRY_E_DIR_LOCKED' });
+  });
+
+  // BUG (lockHolder, found by a helper review): a lock naming only a pid was held by whatever process had that pid,
+  // so a lock left by a power cut blocked DIR for good once the pid was reused after the reboot (`pull --wait` waited
+  // 24 h). Produced with a live process of another program (sleep) and the start time the lock records.
+  it("a live process whose start time is not the lock's (its pid reused) does not hold it; the one that took it does", async () => {
+    const other = spawn('sleep', ['30'], { stdio: 'ignore' });
+    try {
+      const pid = other.pid!;
+      await new Promise((r) => setTimeout(r, 100));
+      const started = startTimeOf(pid);
+      expect(started).toMatch(/^\d+$/);
+      const reused = pathsWithLock(`${pid} ${Number(started) - 100}\n`);
+      const lock = new DirLock(reused);
+      await lock.acquire(0);
+      lock.release();
+      const held = pathsWithLock(`${pid} ${started}\n`);
+      await expect(new DirLock(held).acquire(0)).rejects.toMatchObject({ code: 'SNAPFERRY_E_DIR_LOCKED', message: expect.stringContaining(String(pid)) });
+    } finally {
+      other.kill('SIGKILL');
+    }
   });
 });
