@@ -887,7 +887,7 @@ class PullRun {
     }
     // Longer than the entry: not a base (made to the entry's size) nor chunks written in place (a spare moved in before
     // its base step, whose chunks were checked at their places): its tail would stay.
-    if (st.isFile() && st.nlink === 1 && st.size <= this.m.entries[ei]!.size) {
+    if (st.isFile() && st.nlink === 1 && st.size <= this.m.entries[ei]!.size && this.sizeFitsJournal(ei, st.size)) {
       const journaled = this.done.length > 0 && g1 > g0;
       // Only what the journal vouches for: its base (made to the entry's size) or chunks written in place. A file with
       // no record (a copy cut short before its record, a spare moved in before its base step) may be longer than the
@@ -897,6 +897,22 @@ class PullRun {
     }
     fs.rmSync(dst, { force: true });
     return absent();
+  }
+
+  /**
+   * Whether a file of `size` bytes in next/ can be what the journal says of entry `ei`: a base is made to the entry's
+   * size, and a chunk recorded as written lies inside the file. A file cut short since (a disk that lost writes, a
+   * hand in the state folder) holds less than the records say: it is fetched again, never committed as it is (it was,
+   * with exit 0, and the next pull found DIR 'unchanged').
+   */
+  private sizeFitsJournal(ei: number, size: number): boolean {
+    if ((this.based.has(ei) || this.spareBased.has(ei)) && size !== this.m.entries[ei]!.size) return false;
+    if (this.done.length === 0) return true;
+    const L = this.layout;
+    for (let g = L.entryStart[ei + 1]! - 1; g >= L.entryStart[ei]!; g--) {
+      if (this.done[g] === 1) return L.offset[g]! + L.len[g]! <= size;
+    }
+    return true;
   }
 
   /**

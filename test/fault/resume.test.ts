@@ -370,6 +370,28 @@ describe('resume and atomic commit under kill -9', () => {
     fs.closeSync(fd);
   }
 
+  // BUG (src/sync/pull.ts reconcile, found by a helper review): a pull killed at its commit point, whose next/ file was
+  // then cut short (a disk that lost writes, a hand in the state folder), was resumed from its records alone and
+  // committed the short file with exit 0; the next pull found DIR 'unchanged'. Produced with a delta of a page in a.bin
+  // killed at 'commit' (SNAPFERRY_FAULT_KILL_AT) and next/a.bin truncated to 5,000 bytes before the next pull.
+  it('a file of next/ shorter than its records say is fetched again, not committed', async () => {
+    const { src, dest, local, state } = await twoFiles('cut-short');
+    try {
+      rewritePage(path.join(src, 'a.bin'), 1 << 20, 0x5a);
+      const killed = await runCli(['pull', local.url, 'acme', dest, '--secret', key], { env: { SNAPFERRY_FAULT_KILL_AT: 'commit' } });
+      expect(killed.signal).toBe('SIGKILL');
+      const cut = path.join(state, 'next', 'a.bin');
+      expect(fs.statSync(cut).nlink).toBe(1);
+      fs.truncateSync(cut, 5000);
+      const r = await runCli(['pull', local.url, 'acme', dest, '--secret', key, '--json']);
+      expect(r.code, r.stderr).toBe(0);
+      expect(JSON.parse(r.stdout).chunksFetched).toBeGreaterThan(0);
+      expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
+    } finally {
+      await local.stop();
+    }
+  });
+
   // BUG (src/sync/pull.ts plan): a resumed attempt took over what the killed one left in next/ as it was, even where
   // its plan differs. A file the killed attempt hard-linked to DIR's version (trusted then) and that is not trusted
   // now (edited at the branch between the attempts) was fetched into that link: into DIR's own file, before the commit.
