@@ -343,7 +343,8 @@ export class DirLock {
               /* a newer lock is in place already */
             }
           }
-          fs.rmSync(stale, { force: true });
+          // Recursive: a lock that is a folder (made by hand, or by another tool) is set aside the same way.
+          fs.rmSync(stale, { recursive: true, force: true });
         } catch {
           /* someone else moved it first; retry */
         }
@@ -790,6 +791,10 @@ export function checkDirUsable(paths: StatePaths, adopt = false): void {
   checkSwappable(paths);
   if (adopt || exists(paths.appliedJson)) return;
   if (fs.readdirSync(paths.dir).length > 0) {
+    // The rest of the record is there: snapferry made DIR, and its record of what DIR holds is what was lost.
+    if (exists(paths.appliedManifest) || exists(paths.appliedStats)) {
+      fail(ErrorCodes.DIR_FOREIGN, `the record of what ${paths.dir} holds is missing (${paths.appliedJson}); run repair, which re-establishes it and fetches only what differs`);
+    }
     fail(ErrorCodes.DIR_FOREIGN, `${paths.dir} already exists and was not made by snapferry; refusing to overwrite it (choose a new or empty folder, or pull --adopt to replace it, reusing what matches)`);
   }
 }

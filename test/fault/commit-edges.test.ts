@@ -219,6 +219,22 @@ describe('the commit at its edges', () => {
     expectCopy(dest);
   });
 
+  // BUG (src/store/state.ts checkDirUsable, found by a helper review): a copy whose applied.json was deleted (the
+  // rest of its record still there) was called "not made by snapferry" and the user sent to pull --adopt.
+  it('a copy whose record lost applied.json is named as such and sent to repair, which mends it', async () => {
+    const { dest, state } = branch();
+    let r = await pull(dest);
+    expect(r.code, r.stderr).toBe(0);
+    fs.rmSync(path.join(state, 'applied.json'));
+    r = await pull(dest);
+    expect(r.code).not.toBe(0);
+    expectOneLine(r.stderr);
+    expect(r.stderr).toMatch(/record of what .*acme holds is missing .*run repair/);
+    r = await runCli(['repair', dest, served.url, 'acme', '--secret', key]);
+    expect(r.code, r.stderr).toBe(0);
+    expectCopy(dest);
+  });
+
   // BUG (src/store/spare.ts dropSpareFilesAsync, documented never to reject): a spare file it could not delete threw
   // from its catch, and the pull ended on an unhandled rejection with a stack trace.
   it('a spare the background drop cannot delete (chattr +i) does not end the pull', async () => {

@@ -49,6 +49,19 @@ describe('DirLock', () => {
     await expect(new DirLock(live).acquire(0)).rejects.toMatchObject({ code: 'SNAPFERRY_E_DIR_LOCKED' });
   });
 
+  // BUG (DirLock.acquire, found by a helper review): a lock that is a folder was taken over but left in the state
+  // folder as lock.stale.PID (removed without `recursive`).
+  it('a lock that is a folder is taken over and nothing of it is left', async () => {
+    const paths = pathsWithLock('');
+    fs.rmSync(paths.lock);
+    fs.mkdirSync(paths.lock);
+    fs.writeFileSync(path.join(paths.lock, 'x'), 'x');
+    const lock = new DirLock(paths);
+    await lock.acquire(0);
+    expect(fs.readdirSync(paths.state).filter((f) => f.startsWith('lock'))).toEqual(['lock']);
+    lock.release();
+  });
+
   // BUG (lockHolder, found by a helper review): a lock naming only a pid was held by whatever process had that pid,
   // so a lock left by a power cut blocked DIR for good once the pid was reused after the reboot (`pull --wait` waited
   // 24 h). Produced with a live process of another program (sleep) and the start time the lock records.
