@@ -617,7 +617,14 @@ export function recover(paths: StatePaths): boolean {
   } catch (err) {
     if (!(err instanceof SnapferryError && err.code === ErrorCodes.STATE)) throw err;
   }
-  if (applied) writeStats(paths, applied.record.rootHash, applied.manifest);
+  if (applied) {
+    try {
+      writeStats(paths, applied.record.rootHash, applied.manifest);
+    } catch {
+      // Only a quicker check of DIR is lost (its files are then trusted by size and mtime: readApplied).
+      removeRecord(paths.appliedStats);
+    }
+  }
   clearIntent(paths);
   return true;
 }
@@ -694,21 +701,21 @@ function rollForward(paths: StatePaths, onPoint?: (p: string) => void, keepSpare
       [paths.appliedStats, paths.spareStats],
     ] as const) {
       // A record already moved by the run a crash cut short is left where it is (from is gone then, to is the one).
-      if (keepSpare && exists(from)) fs.renameSync(from, to);
-      else if (!keepSpare) fs.rmSync(to, { force: true });
+      if (keepSpare && exists(from)) moveRecord(from, to);
+      else if (!keepSpare) removeRecord(to);
     }
-    fs.renameSync(paths.pendingManifest, paths.appliedManifest);
+    moveRecord(paths.pendingManifest, paths.appliedManifest);
   }
-  if (exists(paths.pendingJson)) fs.renameSync(paths.pendingJson, paths.appliedJson);
+  if (exists(paths.pendingJson)) moveRecord(paths.pendingJson, paths.appliedJson);
   if (sync) fsyncDir(paths.state);
-  fs.rmSync(paths.nextJson, { force: true });
-  fs.rmSync(paths.nextJournal, { force: true });
+  removeRecord(paths.nextJson);
+  removeRecord(paths.nextJournal);
   // What a kill or a full disk left of writeFileDurable's rewrites of these two.
-  fs.rmSync(`${paths.nextJson}.tmp`, { force: true });
-  fs.rmSync(`${paths.nextJournal}.tmp`, { force: true });
-  fs.rmSync(paths.nextUnsynced, { force: true });
-  fs.rmSync(paths.nextLinks, { force: true });
-  fs.rmSync(paths.nextManifest, { force: true });
+  removeRecord(`${paths.nextJson}.tmp`);
+  removeRecord(`${paths.nextJournal}.tmp`);
+  removeRecord(paths.nextUnsynced);
+  removeRecord(paths.nextLinks);
+  removeRecord(paths.nextManifest);
   // What an attempt at another generation left (its chunks were copied from, or are of no more use).
   dropPrev(paths);
   // The replaced tree is kept as the spare (its files' stats decide later whether any can be used), or deleted. DIR
@@ -730,7 +737,27 @@ function rollForward(paths: StatePaths, onPoint?: (p: string) => void, keepSpare
 /** Removes what an attempt at another generation left (prev/ and its records: StatePaths.prev). */
 export function dropPrev(paths: StatePaths): void {
   discardTree(paths, paths.prev);
-  for (const f of [paths.prevManifest, paths.prevJournal, paths.prevUnsynced]) fs.rmSync(f, { force: true });
+  for (const f of [paths.prevManifest, paths.prevJournal, paths.prevUnsynced]) removeRecord(f);
+}
+
+/**
+ * Removes one of the state folder's record files, whatever stands at its name (a folder put there by hand included):
+ * a recovery that failed on it would fail again at every later command, and the commit it finishes with it.
+ */
+function removeRecord(p: string): void {
+  fs.rmSync(p, { recursive: true, force: true });
+}
+
+/** Renames record file `from` to `to`, over whatever stands at `to` (a folder included: see removeRecord). */
+function moveRecord(from: string, to: string): void {
+  try {
+    fs.renameSync(from, to);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code !== 'EISDIR' && code !== 'ENOTEMPTY' && code !== 'EEXIST') throw err;
+    removeRecord(to);
+    fs.renameSync(from, to);
+  }
 }
 
 /** Names of trees set aside in the state folder (discardTree); each later recovery tries to remove them again. */
