@@ -668,6 +668,9 @@ export class CompanyScanner {
       }
       // Deleted, renamed away or replaced by a folder, FIFO or link since it was listed (ENOENT, ELOOP...): not a failure.
       if (!after || after.kind !== 'file') return undefined;
+      // A folder above it replaced by a link since the walk listed it: the path now leads through the link (the
+      // workers refuse to read there: openRegular's exact paths), and the file the walk saw is gone from its place.
+      if ((readError || !sameStat(before, after)) && !inPlace(abs)) return undefined;
       // A file that is still as it was yet cannot be read (permission, I/O error) fails the scan; a changed one is re-read.
       if (readError && sameStat(before, after) && !(readError instanceof SnapferryError && readError.code === ErrorCodes.UNSTABLE_FILE)) throw readError;
       if (results && after && sameStat(before, after) && !this.justWritten(after, rel, readAt)) {
@@ -692,6 +695,16 @@ export class CompanyScanner {
  * A generation's absPath, made outside doScan: a closure made there would keep the whole scan's context alive with
  * the generation (its scan cache, batches and job list: ~12 MB for 100,000 files once a second scan found nothing new).
  */
+/** Whether the folders above `abs` (a path made from the company's real path) are still folders, no link among them. */
+function inPlace(abs: string): boolean {
+  const dir = path.dirname(abs);
+  try {
+    return fs.realpathSync(dir) === dir;
+  } catch {
+    return false;
+  }
+}
+
 function absPathsOf(root: string, entries: readonly Entry[]): (ei: number) => string {
   return (ei) => entryPath(root, entries[ei]!.path);
 }

@@ -231,7 +231,8 @@ export class SnapferryServer {
       // Scans and long transfers would otherwise grow the main heap with the company (see heap.ts); before the pool,
       // so that the workers' start is seen.
       boundHeapGrowth();
-      this.poolInstance = new WorkerPool(this.opts.workers);
+      // The companies' paths are made from their folders' real paths (start): every file read is checked to be there.
+      this.poolInstance = new WorkerPool(this.opts.workers, { exactPaths: true });
     }
     return this.poolInstance;
   }

@@ -42,11 +42,15 @@ export class WorkerPool {
   private nextId = 1;
   private closed = false;
 
-  constructor(size = defaultPoolSize()) {
+  /** `exactPaths`: a site's pool, whose jobs name files by paths without links (JobContext.exactPaths). */
+  constructor(size = defaultPoolSize(), opts: { exactPaths?: boolean } = {}) {
     const url = new URL('./worker.js', import.meta.url);
     for (let i = 0; i < size; i++) {
       // Small young generations: the workers' garbage is large buffers, and big semi-spaces only raise peak memory.
-      const worker = new Worker(url, { resourceLimits: { maxYoungGenerationSizeMb: 4, maxOldGenerationSizeMb: 256 } });
+      const worker = new Worker(url, {
+        resourceLimits: { maxYoungGenerationSizeMb: 4, maxOldGenerationSizeMb: 256 },
+        workerData: { exactPaths: opts.exactPaths === true },
+      });
       worker.unref();
       const slot: Slot = { worker, busy: 0 };
       worker.on('message', (msg: { id: number; ok: boolean; value?: unknown; code?: ErrorCode; message?: string }) => {

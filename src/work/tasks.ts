@@ -214,6 +214,8 @@ export interface JobContext {
   alignedBuffer?: Buffer;
   /** Set once a direct open or write failed with EINVAL: this filesystem has no direct I/O. */
   noDirect?: boolean;
+  /** A site's threads: the files they read are named by paths without links, checked at each open (openRegular). */
+  exactPaths?: boolean;
 }
 
 /** The thread's read buffer, at least n bytes: reading into it instead of fresh buffers keeps memory flat. */
@@ -319,7 +321,7 @@ function writeRun(ctx: JobContext, files: TargetFiles, path: string, data: Uint8
 
 function chunkSegment(ctx: JobContext, j: ChunkSegmentJob): ChunkSegmentResult {
   const buf = readBuffer(ctx, j.length);
-  const fd = openRegular(j.path);
+  const fd = openRegular(j.path, ctx.exactPaths);
   // A folder or FIFO put in the file's place since it was listed: a change, as the scanner handles changes.
   if (fd < 0) fail(ErrorCodes.UNSTABLE_FILE, `${j.path} is no longer a regular file`);
   try {
@@ -369,7 +371,7 @@ function readChunks(ctx: JobContext, j: Omit<ReadPackJob, 'kind'>): Buffer | { s
       let fd = fds.get(pi);
       if (fd === undefined) {
         try {
-          fd = openRegular(j.paths[pi]!);
+          fd = openRegular(j.paths[pi]!, ctx.exactPaths);
         } catch (err) {
           // Gone, or a link put in its place: changed since the scan. Anything else (out of descriptors, an I/O
           // error) is the site's own failure, not a change: reported as STALE it sent branches after phantom changes.
@@ -619,7 +621,7 @@ function readRanges(ctx: JobContext, ranges: ReadonlyArray<{ path: string; offse
       if (fd === undefined) {
         try {
           // A folder, FIFO or link in the file's place reads as no file at all (never EISDIR, never a blocked open).
-          fd = openRegular(r.path);
+          fd = openRegular(r.path, ctx.exactPaths);
         } catch {
           fd = -1;
         }

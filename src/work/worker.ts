@@ -1,5 +1,5 @@
 /** Worker thread entry: runs jobs from pool.ts and answers with their results or a typed error. */
-import { parentPort } from 'node:worker_threads';
+import { parentPort, workerData } from 'node:worker_threads';
 import { loadHasher } from '../chunk/hash.js';
 import { Compressor, Decompressor } from './zstd.js';
 import { runJob, Job, JobContext } from './tasks.js';
@@ -11,6 +11,7 @@ const ctx: JobContext = {
   hasher: await loadHasher(),
   compressor: new Compressor(),
   decompressor: new Decompressor(),
+  exactPaths: (workerData as { exactPaths?: boolean } | null)?.exactPaths === true,
 };
 
 parentPort!.on('message', (msg: { id: number; job: Job }) => {
