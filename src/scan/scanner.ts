@@ -737,7 +737,15 @@ async function refuseNonUtf8(absDir: string, relDir: string): Promise<void> {
  * reaches the puller as SNAPFERRY_E_IO naming the site, not as the DIR_NOT_WRITABLE a branch's own EACCES means.
  */
 function siteCannotRead(err: unknown): never {
+  throw siteReadError(err);
+}
+
+/**
+ * The error of a site's read of its own company: a permission error (which names a folder the process may not write
+ * when it is the branch's) is an I/O error of the site, said so with the remedy; any other as it is.
+ */
+export function siteReadError(err: unknown): SnapferryError {
   const e = toSnapferryError(err);
-  if (e.code !== ErrorCodes.DIR_NOT_WRITABLE) throw e;
-  throw new SnapferryError(ErrorCodes.IO, `the site cannot read its company: ${e.message} (give the user serve runs as read access)`, { cause: err });
+  if (e.code !== ErrorCodes.DIR_NOT_WRITABLE) return e;
+  return new SnapferryError(ErrorCodes.IO, `the site cannot read its company: ${e.message} (give the user serve runs as read access)`, { cause: err });
 }

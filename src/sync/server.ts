@@ -13,7 +13,7 @@ import os from 'node:os';
 import { WebSocketServer, WebSocket } from '../transport/ws.js';
 import { Channel } from '../transport/channel.js';
 import { accept, SecureSession } from './session.js';
-import { CompanyScanner, Generation } from '../scan/scanner.js';
+import { CompanyScanner, Generation, siteReadError } from '../scan/scanner.js';
 import { CompanyWatcher } from '../scan/watch.js';
 import { WorkerPool } from '../work/pool.js';
 import { layoutOf, Layout, chunkSources } from '../manifest/layout.js';
@@ -588,9 +588,11 @@ export class SnapferryServer {
             const c = company;
             const p = (msg[0] === MsgType.GET ? this.answerGet(session, c, g, msg, answers) : this.answerPatch(session, c, g, msg, answers))
               .catch((err) => {
-                failure ??= toSnapferryError(err);
+                // A company file the site may no longer read (made mode 000 since the scan) is the site's I/O error,
+                // not the branch's "folder not writable" (the code a permission error carries otherwise).
+                failure ??= siteReadError(err);
                 // The peer is told in any case; a fault of the site's own is worth its log too.
-                if (failure.code === ErrorCodes.INTERNAL) this.log(`answering ${printable(session.peerId)} failed: ${failure.message}`);
+                if (failure.code === ErrorCodes.INTERNAL || failure.code === ErrorCodes.IO) this.log(`answering ${printable(session.peerId)} failed: ${failure.message}`);
                 session.sendError(failure).finally(() => session.close());
               })
               .finally(() => inFlight--);
