@@ -400,7 +400,8 @@ export class SnapferryServer {
             this.stopMarkingStoreTmp = t.stop;
             this.sweptStoreFolders = t.removed;
           }
-          dir = path.join(this.storeTmp, c.name);
+          // Named as in --cache-dir: a company called "owner" would otherwise be the folder's owner file.
+          dir = path.join(this.storeTmp, `${c.name}.chunks`);
         }
         c.store = ChunkStore.open(dir, hasher);
       } catch (err) {

@@ -209,4 +209,17 @@ describe('chunk store at the site', () => {
     expect(own()).toHaveLength(0);
     expect([live, unowned, foreignLive, garbled].map((d) => fs.existsSync(d))).toEqual([true, true, true, true]);
   });
+
+  // BUG (server.ts openStores, found by a helper review): a company's store folder was named by the company alone, so a
+  // company called "owner" met the temp folder's owner file and was served without a store ("not kept: EEXIST").
+  it('a company named "owner" gets its store in the temp folder like any other', async () => {
+    const site = await startServe(['--secret', key, '--company', `owner=${company}`]);
+    try {
+      await waitFor(() => /stored owner/.test(site.stderr()), 30_000);
+      expect(site.stderr()).not.toMatch(/not kept/);
+      expect(site.stderr()).toMatch(/stored owner: generation 1, \d+ chunks/);
+    } finally {
+      await site.stop();
+    }
+  });
 });
