@@ -45,6 +45,7 @@ describe('the commit at its edges', () => {
   });
 
   const pull = (dest: string, env?: NodeJS.ProcessEnv, wrap?: string[]) => runCli(['pull', served.url, 'acme', dest, '--secret', key, '--json'], { env, wrap });
+  const repair = (dest: string) => runCli(['repair', dest, served.url, 'acme', '--secret', key]);
   /** A new branch folder's parent, and the path of DIR in it. */
   const branch = () => {
     const parent = path.join(tmp.dir, `b${n++}`);
@@ -193,7 +194,7 @@ describe('the commit at its edges', () => {
     expect(fs.existsSync(path.join(state, 'commit.json'))).toBe(false);
     // DIR is the new generation already: the commit was rolled forward.
     expectCopy(dest);
-    const r = await runCli(['repair', dest, served.url, 'acme', '--secret', key]);
+    const r = await repair(dest);
     expect(r.code, r.stderr).toBe(0);
     expect((await runCli(['verify', dest])).code).toBe(0);
     expectCopy(dest);
@@ -231,7 +232,7 @@ describe('the commit at its edges', () => {
     expect(v.code).toBe(2);
     expectOneLine(v.stderr);
     expect(v.stderr).toMatch(/malformed .*SNAPFERRY_E_STATE/);
-    r = await runCli(['repair', dest, served.url, 'acme', '--secret', key]);
+    r = await repair(dest);
     expect(r.code, r.stderr).toBe(0);
     expect((await runCli(['verify', dest])).code).toBe(0);
     expectCopy(dest);
@@ -248,7 +249,7 @@ describe('the commit at its edges', () => {
     expect(r.code).not.toBe(0);
     expectOneLine(r.stderr);
     expect(r.stderr).toMatch(/record of what .*acme holds is missing .*run repair/);
-    r = await runCli(['repair', dest, served.url, 'acme', '--secret', key]);
+    r = await repair(dest);
     expect(r.code, r.stderr).toBe(0);
     expectCopy(dest);
   });
