@@ -565,20 +565,19 @@ export function commit(
   // Not durable (pull --no-fsync): the records are written and renamed as always, which is what a kill -9 needs, but
   // not flushed. After the data were not, a flush here only waited for them: on ext4 (data=ordered) the first fsync
   // after a delta's 945 MB of base copies wrote them all out first (0.5-0.9 s of a 2.6 s first delta here).
-  const sync = durable;
-  writeFileDurable(paths.pendingManifest, encodedManifest, sync);
-  writeFileDurable(paths.pendingJson, JSON.stringify(record, null, 1), sync);
+  writeFileDurable(paths.pendingManifest, encodedManifest, durable);
+  writeFileDurable(paths.pendingJson, JSON.stringify(record, null, 1), durable);
   onPoint?.('before-intent');
   // DIR's identity goes with the intent: a folder made at DIR's path between the swap's renames is then not taken for
   // the generation being replaced.
   const intent: CommitIntent = { rootHash: record.rootHash, at: new Date().toISOString(), dir: identityOf(paths.dir) };
-  writeFileDurable(paths.commitJson, JSON.stringify(intent), sync);
+  writeFileDurable(paths.commitJson, JSON.stringify(intent), durable);
   onPoint?.('intent');
-  rollForward(paths, onPoint, keepSpare, sync);
+  rollForward(paths, onPoint, keepSpare, durable);
   // The new generation's inode/ctime record before the intent goes: a crash until then is rolled forward again and
   // the record written by recover(); after it, DIR is only ever trusted by its sizes and mtimes if the record is lost.
   recordStats();
-  clearIntent(paths, sync);
+  clearIntent(paths, durable);
 }
 
 /** The commit is over: its intent goes. */
