@@ -741,9 +741,9 @@ export function dropPrev(paths: StatePaths): void {
 
 /**
  * Removes one of the state folder's record files, whatever stands at its name (a folder put there by hand included):
- * a recovery that failed on it would fail again at every later command, and the commit it finishes with it.
+ * a recovery or a pull's plan that failed on it would fail again at every later command.
  */
-function removeRecord(p: string): void {
+export function removeRecord(p: string): void {
   fs.rmSync(p, { recursive: true, force: true });
 }
 

@@ -41,6 +41,7 @@ import {
   commit,
   writeStats,
   unchangedByStats,
+  removeRecord,
   removeTree,
   exists,
   syncFilesystem,
@@ -725,9 +726,7 @@ class PullRun {
       this.trustOwnLinks();
     } else {
       removeTree(p.next);
-      fs.rmSync(p.nextJournal, { force: true });
-      fs.rmSync(p.nextUnsynced, { force: true });
-      fs.rmSync(p.nextLinks, { force: true });
+      for (const f of [p.nextJournal, p.nextUnsynced, p.nextLinks]) removeRecord(f);
       fs.mkdirSync(p.next, { mode: 0o700 });
       writeFileDurable(p.nextJson, JSON.stringify({ rootHash: this.rootHash, bytes: encodedLength }), this.opts.durable !== false);
     }
