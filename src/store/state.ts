@@ -42,6 +42,11 @@ export interface AppliedRecord {
   bytes: number;
   /** Chunks of the generation (records written before it was kept lack it): an unchanged re-pull reuses them all. */
   chunks?: number;
+  /**
+   * The identity (identityOf) of the folder the commit put at DIR: a folder made at DIR's path since (the copy moved
+   * or deleted, and a folder of the user's made there) is not the copy. Records written before it was kept lack it.
+   */
+  folder?: string;
   /** HMAC-SHA256 of the fields above under a key derived from the site secret: tampering is detectable by holders of the secret. */
   mac?: string;
 }
@@ -637,15 +642,24 @@ interface CommitIntent {
 }
 
 /**
- * A path's inode number (as a string), or null where nothing is. Not its device: a disk's device number may change
- * across the reboot after a power cut (another loop or USB device), and DIR, never a mount point, is on its parent's.
+ * A path's identity: its inode number and, where the filesystem keeps one, its birth time (`INO.BTIME_NS`), or null
+ * where nothing is. The birth time because ext4 hands a deleted folder's inode number to the next folder made at once.
+ * Not its device: a disk's device number may change across the reboot after a power cut (another loop or USB device),
+ * and DIR, never a mount point, is on its parent's.
  */
 export function identityOf(p: string): string | null {
   try {
-    return String(fs.lstatSync(p, { bigint: true }).ino);
+    const st = fs.lstatSync(p, { bigint: true });
+    return st.birthtimeNs > 0n ? `${st.ino}.${st.birthtimeNs}` : String(st.ino);
   } catch {
     return null;
   }
+}
+
+/** Whether identities `recorded` and `now` (identityOf) name one folder; one recorded as a bare inode number (before birth times were kept, or without them) by its inode. */
+export function sameIdentity(recorded: string | null, now: string | null): boolean {
+  if (recorded === null || now === null) return recorded === now;
+  return recorded.includes('.') && now.includes('.') ? recorded === now : recorded.split('.')[0] === now.split('.')[0];
 }
 
 /** Whether what is at DIR now is the generation the declared commit replaces (not something made since). */
@@ -658,7 +672,7 @@ function isReplacedGeneration(paths: StatePaths): boolean {
   }
   // An intent that is no object (null) says no more than an unreadable one.
   if (typeof intent !== 'object' || intent === null) return true;
-  return intent.dir === undefined || intent.dir === identityOf(paths.dir);
+  return intent.dir === undefined || sameIdentity(intent.dir, identityOf(paths.dir));
 }
 
 function rollForward(paths: StatePaths, onPoint?: (p: string) => void, keepSpare = true, sync = true): void {
@@ -815,7 +829,8 @@ export function checkDirUsable(paths: StatePaths, adopt = false): void {
   }
   if (!st.isDirectory()) fail(ErrorCodes.DIR_FOREIGN, `${paths.dir} exists and is not a folder; refusing to replace it`);
   checkSwappable(paths);
-  if (adopt || exists(paths.appliedJson)) return;
+  if (adopt) return;
+  if (exists(paths.appliedJson)) return checkCommittedFolder(paths);
   if (fs.readdirSync(paths.dir).length > 0) {
     // The rest of the record is there: snapferry made DIR, and its record of what DIR holds is what was lost.
     if (exists(paths.appliedManifest) || exists(paths.appliedStats)) {
@@ -823,6 +838,27 @@ export function checkDirUsable(paths: StatePaths, adopt = false): void {
     }
     fail(ErrorCodes.DIR_FOREIGN, `${paths.dir} already exists and was not made by snapferry; refusing to overwrite it (choose a new or empty folder, or pull --adopt to replace it, reusing what matches)`);
   }
+}
+
+/**
+ * Refuses a DIR with files that is not the folder the last commit put there (its identity recorded with the
+ * generation): the copy was moved or deleted and another folder made at its path, which holds the user's files, not
+ * the generation the record describes. An empty one is taken (nothing in it to lose). A record that cannot be read
+ * is left to readApplied to report.
+ */
+export function checkCommittedFolder(paths: StatePaths): void {
+  let folder: unknown;
+  try {
+    folder = (JSON.parse(fs.readFileSync(paths.appliedJson, 'utf8')) as AppliedRecord | null)?.folder;
+  } catch {
+    return;
+  }
+  if (typeof folder !== 'string' || !exists(paths.dir) || sameIdentity(folder, identityOf(paths.dir))) return;
+  if (!fs.lstatSync(paths.dir).isDirectory() || fs.readdirSync(paths.dir).length === 0) return;
+  fail(
+    ErrorCodes.DIR_FOREIGN,
+    `${paths.dir} is not the folder snapferry put there (the copy was moved or deleted and this folder made since); refusing to overwrite it (move it away to pull anew, or pull --adopt to replace it, reusing what matches)`,
+  );
 }
 
 /**

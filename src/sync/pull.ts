@@ -53,6 +53,8 @@ import {
   asCommitted,
   diskSpace,
   identityOf,
+  sameIdentity,
+  checkCommittedFolder,
 } from '../store/state.js';
 import { MovedFiles } from './moves.js';
 import { Spare, dropKept, dropSpareFilesAsync, keepSpares } from '../store/spare.js';
@@ -204,6 +206,8 @@ export async function pull(opts: PullOptions): Promise<PullResult> {
     // which it must not replace either.
     if (opts.adopt || (opts.repair && fs.existsSync(paths.appliedManifest))) checkDirUsable(paths, true);
     else checkDirUsable(paths);
+    // A repair mends the folder snapferry committed, not one made at its path since (pull --adopt takes that over).
+    if (opts.repair && !opts.adopt) checkCommittedFolder(paths);
     checkSameCompany(paths, opts.company);
     // What DIR is now (its inode, null if absent): a folder put in its place while the pull runs is not replaced.
     const dirIdentity = identityOf(paths.dir);
@@ -483,6 +487,8 @@ class PullRun {
       files: this.m.entries.filter((e) => e.kind === 'file').length,
       bytes: this.bytesTotal,
       chunks: this.layout.total,
+      // next/ is the folder the commit renames to DIR.
+      folder: identityOf(this.paths.next) ?? undefined,
     };
     await this.spareDrop;
     // DIR as it is now, not only as it was when the pull began: a folder with files made at DIR while a seed ran is not
@@ -492,7 +498,7 @@ class PullRun {
     if (!this.opts.repair) checkDirUsable(this.paths, this.opts.adopt === true);
     // Nor is a folder with files put at DIR in place of the copy (moved away meanwhile) while a delta ran.
     const nowAtDir = identityOf(this.paths.dir);
-    if (!this.opts.repair && nowAtDir !== null && nowAtDir !== this.dirIdentity && fs.lstatSync(this.paths.dir).isDirectory() && fs.readdirSync(this.paths.dir).length > 0) {
+    if (!this.opts.repair && nowAtDir !== null && !sameIdentity(this.dirIdentity, nowAtDir) && fs.lstatSync(this.paths.dir).isDirectory() && fs.readdirSync(this.paths.dir).length > 0) {
       fail(ErrorCodes.DIR_FOREIGN, `${this.paths.dir} was replaced by another folder while the pull ran, not made by snapferry; refusing to overwrite it (move it away and pull again: what was fetched is kept)`);
     }
     const encoded = fs.readFileSync(manifestFile);

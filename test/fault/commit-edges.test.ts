@@ -233,6 +233,45 @@ describe('the commit at its edges', () => {
     for (const name of ['next.journal', 'next.unsynced', 'next.links']) expect(fs.existsSync(path.join(state, name))).toBe(false);
   });
 
+  // BUG (src/store/state.ts checkDirUsable, found by a helper review): a copy moved away and a folder of the user's
+  // made at its path was taken for the copy (its record was there): a plain pull or repair moved the user's files into
+  // spare/ (deleted at once with --no-spare, by the next delta otherwise). The record now names the folder committed.
+  it('a folder made where a copy was moved from is refused by pull and repair, kept whole; --adopt takes it over', async () => {
+    const { parent, dest } = branch();
+    let r = await pull(dest);
+    expect(r.code, r.stderr).toBe(0);
+    fs.renameSync(dest, path.join(parent, 'moved'));
+    fs.mkdirSync(dest);
+    fs.writeFileSync(path.join(dest, 'mine.txt'), 'the user\'s own file\n');
+    const fingerprints = () => [treeFingerprint(dest), treeFingerprint(path.join(parent, 'moved'))];
+    const before = fingerprints();
+    for (const run of [() => runCli(['pull', served.url, 'acme', dest, '--secret', key, '--no-spare']), () => repair(dest)]) {
+      r = await run();
+      expect(r.code, r.stderr).toBe(73);
+      expectOneLine(r.stderr);
+      expect(r.stderr).toMatch(/is not the folder snapferry put there .*pull --adopt.*SNAPFERRY_E_DIR_FOREIGN/);
+      const now = fingerprints();
+      for (const i of [0, 1]) expect(fingerprintDiff(before[i], now[i])).toEqual([]);
+    }
+    // The copy moved back is the copy again; an empty folder in its place is filled.
+    fs.rmSync(dest, { recursive: true });
+    fs.renameSync(path.join(parent, 'moved'), dest);
+    r = await pull(dest);
+    expect(r.code, r.stderr).toBe(0);
+    fs.rmSync(dest, { recursive: true });
+    fs.mkdirSync(dest);
+    r = await pull(dest);
+    expect(r.code, r.stderr).toBe(0);
+    expectCopy(dest);
+    fs.writeFileSync(path.join(dest, 'mine.txt'), 'the user\'s own file\n');
+    fs.renameSync(dest, path.join(parent, 'other'));
+    fs.mkdirSync(dest);
+    fs.renameSync(path.join(parent, 'other', 'mine.txt'), path.join(dest, 'mine.txt'));
+    r = await runCli(['pull', served.url, 'acme', dest, '--secret', key, '--adopt']);
+    expect(r.code, r.stderr).toBe(0);
+    expectCopy(dest);
+  });
+
   // BUG (src/store/state.ts readApplied and isReplacedGeneration, found by a helper review): a record or an intent
   // holding JSON that is no object (null) failed as an internal error, which repair does not mend.
   it('a record or an intent holding null is malformed, not an internal error; repair mends the record', async () => {
