@@ -306,6 +306,24 @@ export function removeTree(p: string): void {
   }
 }
 
+/**
+ * Refuses a state folder snapferry cannot have made, before anything in it is read or removed: snapferry makes it a
+ * folder of its own user's, mode 0700. A link (to a folder elsewhere, whose next/ and spare/ would be deleted), one
+ * owned by another user (in a shared folder, someone else's made for this DIR) or one open to other users (a folder of
+ * the user's that happens to bear the name) is someone else's.
+ */
+function checkStateFolder(state: string): void {
+  const st = fs.lstatSync(state);
+  const uid = process.geteuid?.();
+  let why: string | undefined;
+  if (st.isSymbolicLink()) why = 'is a symbolic link';
+  else if (!st.isDirectory()) why = 'is not a folder';
+  else if (uid !== undefined && st.uid !== uid) why = `belongs to another user (uid ${st.uid})`;
+  else if ((st.mode & 0o077) !== 0) why = `is open to other users (mode ${(st.mode & 0o777).toString(8)})`;
+  if (why === undefined) return;
+  fail(ErrorCodes.DIR_FOREIGN, `${state} ${why}: not a state folder snapferry made, where it keeps the copy's records; refusing to use it (move it away)`);
+}
+
 /** An exclusive lock on one DIR: a second process gets DIR_LOCKED (or waits, if asked). A dead holder's lock is taken over. */
 export class DirLock {
   private held = false;
@@ -320,7 +338,11 @@ export class DirLock {
       // Each try: a holder that made the folder removes it at release when it is empty.
       try {
         this.madeState = makeDirs(this.paths.state, 0o700) !== undefined;
+        if (!this.madeState) checkStateFolder(this.paths.state);
       } catch (err) {
+        if (err instanceof SnapferryError) throw err;
+        // Something not a folder at its name (a file, a link to one or to nothing): refused by name.
+        if ((err as NodeJS.ErrnoException).code === 'EEXIST') checkStateFolder(this.paths.state);
         if ((err as NodeJS.ErrnoException).code === 'ENOENT') fail(ErrorCodes.DIR_NOT_WRITABLE, `cannot make ${this.paths.state}: ${dirProblem(err)}`);
         throw toSnapferryError(err, `cannot make ${this.paths.state}`);
       }

@@ -272,6 +272,44 @@ describe('the commit at its edges', () => {
     expectCopy(dest);
   });
 
+  // BUG (src/store/state.ts DirLock.acquire, found by a helper review): a folder at the state folder's name that
+  // snapferry did not make was used as one: its next/ and spare/ (the user's files) deleted; a link to a folder
+  // elsewhere had records written and its spare/ deleted there. Each is now refused by name, nothing in it touched.
+  it('a state folder snapferry did not make (open to others, a link, another user\'s, a file) is refused, untouched', async () => {
+    const cases: Array<[string, (state: string, parent: string) => void, RegExp]> = [
+      ['a folder of the user\'s', (state) => {
+        for (const d of ['next', 'spare']) fs.mkdirSync(path.join(state, d), { recursive: true, mode: 0o755 });
+        fs.chmodSync(state, 0o755);
+        fs.writeFileSync(path.join(state, 'next', 'important.txt'), 'keep\n');
+        fs.writeFileSync(path.join(state, 'spare', 'notes.txt'), 'keep\n');
+      }, /is open to other users \(mode 755\)/],
+      ['a link to a folder elsewhere', (state, parent) => {
+        fs.mkdirSync(path.join(parent, 'elsewhere', 'spare'), { recursive: true, mode: 0o700 });
+        fs.chmodSync(path.join(parent, 'elsewhere'), 0o700);
+        fs.writeFileSync(path.join(parent, 'elsewhere', 'spare', 'x'), 'keep\n');
+        fs.symlinkSync(path.join(parent, 'elsewhere'), state);
+      }, /is a symbolic link/],
+      ['another user\'s folder', (state) => {
+        fs.mkdirSync(path.join(state, 'spare'), { recursive: true, mode: 0o700 });
+        fs.writeFileSync(path.join(state, 'spare', 'y'), 'keep\n');
+        fs.chownSync(state, 65534, 65534);
+      }, /belongs to another user \(uid 65534\)/],
+      ['a file', (state) => fs.writeFileSync(state, 'keep\n'), /is not a folder/],
+    ];
+    for (const [what, make, why] of cases) {
+      if (what === 'another user\'s folder' && process.geteuid?.() !== 0) continue;
+      const { parent, dest, state } = branch();
+      make(state, parent);
+      const before = treeFingerprint(parent);
+      const r = await pull(dest);
+      expect(r.code, `${what}: ${r.stderr}`).toBe(73);
+      expectOneLine(r.stderr);
+      expect(r.stderr).toMatch(why);
+      expect(r.stderr).toMatch(/not a state folder snapferry made.*SNAPFERRY_E_DIR_FOREIGN/);
+      expect(fingerprintDiff(before, treeFingerprint(parent)), what).toEqual([]);
+    }
+  });
+
   // BUG (src/store/state.ts readApplied and isReplacedGeneration, found by a helper review): a record or an intent
   // holding JSON that is no object (null) failed as an internal error, which repair does not mend.
   it('a record or an intent holding null is malformed, not an internal error; repair mends the record', async () => {

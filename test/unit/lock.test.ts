@@ -13,7 +13,8 @@ describe('DirLock', () => {
 
   function pathsWithLock(content: string, ageSeconds = 0): StatePaths {
     const paths = new StatePaths(path.join(tmp.dir, `d${n++}`, 'acme'));
-    fs.mkdirSync(paths.state, { recursive: true });
+    // Made as snapferry makes it (DirLock refuses a state folder open to other users).
+    fs.mkdirSync(paths.state, { recursive: true, mode: 0o700 });
     fs.writeFileSync(paths.lock, content);
     const t = Date.now() / 1000 - ageSeconds;
     fs.utimesSync(paths.lock, t, t);
