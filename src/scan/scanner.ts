@@ -535,6 +535,9 @@ export class CompanyScanner {
           fail(ErrorCodes.UNSAFE_TREE, `refused ${rel}: its modification time is beyond what snapferry carries (1677 to 2262); set it with touch`);
         }
         if (st.kind === 'dir') {
+          if (isCopyStateFolder(name, abs)) {
+            fail(ErrorCodes.UNSAFE_TREE, `refused ${rel}: the state folder of a snapferry copy (${name.slice(1, -STATE_SUFFIX.length)}) lies inside the company; a branch's copy must lie outside the folder it pulls from, or each generation holds the last (move the copy and its state folder elsewhere)`);
+          }
           subdirs.push(rel);
         } else if (st.kind === 'file') {
           // A sighting: a stamp ahead of this machine's clock waits from here (FutureStamps), not from its first read.
@@ -724,6 +727,18 @@ const MAX_TIME_NS = (1n << 63n) - 1n;
  * lists such a name with U+FFFD in place of the bad bytes, a name no call can open: left alone, the file would be
  * missing from every generation without a word. Called only when a listed name has U+FFFD in it (it may be genuine).
  */
+const STATE_SUFFIX = '.snapferry';
+
+/**
+ * Whether folder `name` at `abs` is a branch copy's state folder (`.NAME.snapferry` holding snapferry's lock or
+ * records): a copy pulled into the company it is pulled from. Served, every generation would carry the copy of the
+ * last one (and its lock), nesting without end as a follower pulls.
+ */
+function isCopyStateFolder(name: string, abs: string): boolean {
+  if (name.length <= STATE_SUFFIX.length + 1 || name[0] !== '.' || !name.endsWith(STATE_SUFFIX)) return false;
+  return ['lock', 'applied.json', 'next.json', 'commit.json'].some((f) => fs.existsSync(`${abs}/${f}`));
+}
+
 async function refuseNonUtf8(absDir: string, relDir: string): Promise<void> {
   for (const raw of await fs.promises.readdir(absDir, { encoding: 'buffer' })) {
     if (isUtf8(raw)) continue;

@@ -570,7 +570,10 @@ export class SnapferryServer {
               // The watcher's generation when it can vouch that nothing changed since; otherwise a scan (of what changed).
               gen = (await company.watcher?.settledGeneration()) ?? (await company.scanner.scan({ settleTimeoutMs: this.opts.settleTimeoutMs }));
             } catch (err) {
-              await session.sendError(toSnapferryError(err));
+              const e = toSnapferryError(err);
+              // What the site refuses to offer (a special file, a link out, a copy's state folder) is the site's to fix.
+              if (e.code === ErrorCodes.UNSAFE_TREE) this.log(`cannot offer ${company.name}: ${e.message}`);
+              await session.sendError(e);
               return;
             }
             this.fill(company, gen);
