@@ -121,6 +121,12 @@ function checkSyntheticCompany(dir: string, top: ReadonlySet<string>): void {
       `${path.resolve(dir)} is not a synthetic company made by mkcompany (${odd.length > 0 ? `it holds ${JSON.stringify(odd[0])}` : 'it has no Journal.log'}); mutate rewrites, deletes and renames files, so it refuses any other folder`,
     );
   }
+  // mkcompany makes files and folders only: a link would lead mutate's writes outside the folder.
+  const odder = fs.readdirSync(dir, { recursive: true, withFileTypes: true }).find((d) => !d.isFile() && !d.isDirectory());
+  if (odder) {
+    const rel = path.relative(dir, path.join(odder.parentPath ?? odder.path, odder.name));
+    fail(ErrorCodes.DIR_FOREIGN, `${path.resolve(dir)} is not a synthetic company made by mkcompany (it holds ${JSON.stringify(rel)}, which is not a plain file or folder); mutate refuses it`);
+  }
 }
 
 function printPull(r: PullResult, dir: string, json: boolean): void {

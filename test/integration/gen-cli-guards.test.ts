@@ -49,6 +49,22 @@ describe('mkcompany and mutate refuse folders they would destroy', () => {
     expect(JSON.parse(ok.stdout).deleted).toBeGreaterThan(0);
   }, 60_000);
 
+  // BUG (src/cli/main.ts checkSyntheticCompany, found by a helper review): only the top-level names were checked, so a
+  // company whose Journal.log and masters were links to a file and a folder outside had mutate append to the one and
+  // add 20 files to the other, exit 0.
+  it('mutate refuses a synthetic company holding links (its writes would go outside it)', async () => {
+    const syn = path.join(tmp.dir, 'syn');
+    const outside = path.join(tmp.dir, 'outside');
+    expect((await runCli(['mkcompany', syn, '1'], { timeoutMs: 30_000 })).code).toBe(0);
+    fs.mkdirSync(outside);
+    fs.writeFileSync(path.join(outside, 'journal.txt'), 'the user\'s journal\n');
+    fs.renameSync(path.join(syn, 'masters'), path.join(outside, 'masters'));
+    fs.symlinkSync(path.join(outside, 'masters'), path.join(syn, 'masters'));
+    fs.rmSync(path.join(syn, 'Journal.log'));
+    fs.symlinkSync(path.join(outside, 'journal.txt'), path.join(syn, 'Journal.log'));
+    await expectRefused(['mutate', syn, '7'], /not a synthetic company made by mkcompany \(it holds "(Journal\.log|masters)", which is not a plain file or folder\)/);
+  }, 60_000);
+
   it('mutate of a folder that is missing or a file: one line in words', async () => {
     await expectRefused(['mutate', path.join(tmp.dir, 'nowhere')], /no such file or folder/);
     fs.writeFileSync(path.join(tmp.dir, 'a-file'), 'x');
