@@ -457,7 +457,10 @@ export async function main(argv: string[]): Promise<number> {
     if (err instanceof ExitWith) return err.code;
     const ce = err as { code?: string; exitCode?: number };
     if (typeof ce.code === 'string' && ce.code.startsWith('commander.')) {
-      if (ce.code === 'commander.helpDisplayed' || ce.code === 'commander.version' || ce.code === 'commander.help') return 0;
+      if (ce.code === 'commander.helpDisplayed' || ce.code === 'commander.version') return 0;
+      // Help shown in place of a missing or unknown command (`snapferry`, `snapferry help nosuch`) is a usage error: a
+      // script that lost its arguments must not succeed. `snapferry help` itself exits 0.
+      if (ce.code === 'commander.help') return ce.exitCode ? 64 : 0;
       return 64; // commander already printed its one-line message
     }
     const e = toSnapferryError(err);

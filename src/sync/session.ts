@@ -100,12 +100,16 @@ export async function connect(url: string, opts: ConnectOptions): Promise<Secure
   const timeoutMs = opts.timeoutMs ?? 15_000;
   // URL.canParse too: ws would throw a bare "Invalid URL" for "ws://[::1".
   if (!isSiteUrl(url) || !URL.canParse(url)) fail(ErrorCodes.USAGE, `not a site URL: ${url} (expected ws://HOST:PORT)`);
+  // What ws would refuse with a bare message (a fragment), send in the clear (a user and password) or not reach (port 0).
+  const parsed = new URL(url);
+  const odd = url.includes('#') ? 'a fragment' : parsed.username || parsed.password ? 'a user name or password' : parsed.port === '0' ? 'port 0' : undefined;
+  if (odd) fail(ErrorCodes.USAGE, `not a site URL: ${url} holds ${odd} (expected ws://HOST:PORT)`);
   // Whether TCP got through: a site that took the connection and gave no upgrade is there (tried again), one that never
   // answered the connection is not (reported at once on first contact, as a refused one).
   let tcpConnected = false;
   // wss:// is TLS (a site behind a TLS-terminating proxy), as ws itself would connect: a plain socket there sent the
   // handshake in the clear, and a plain site took a wss:// URL as ws://.
-  const secure = new URL(url).protocol === 'wss:';
+  const secure = parsed.protocol === 'wss:';
   const createConnection = ((o: tls.ConnectionOptions & net.TcpNetConnectOpts) => {
     const socket = secure ? tls.connect({ ...o, servername: o.servername ?? (net.isIP(o.host ?? '') ? undefined : o.host) }) : net.connect(o);
     return socket.once('connect', () => (tcpConnected = true));

@@ -69,6 +69,26 @@ describe('CLI: bad secret files and company folders', () => {
     await expectRefused(['pull', 'ws://127.0.0.1:9', 'acme', '--secret', key], 64, /^snapferry: missing required argument 'dir'/, 'SNAPFERRY_E_USAGE');
   });
 
+  // BUG (src/cli/main.ts main, found by a helper review): `snapferry` with no command, and `snapferry help nosuch`,
+  // printed the help and exited 0: a script that lost its arguments succeeded.
+  it('no command, or help for an unknown one, is a usage error; help itself is not', async () => {
+    for (const args of [[], ['help', 'nosuch']]) {
+      const r = await runCli(args, { timeoutMs: 20_000 });
+      expect(r.code, args.join(' ')).toBe(64);
+      expect(r.stderr).toMatch(/Usage: snapferry/);
+    }
+    for (const args of [['help'], ['--help'], ['help', 'pull']]) expect((await runCli(args, { timeoutMs: 20_000 })).code, args.join(' ')).toBe(0);
+  });
+
+  // BUG (src/sync/session.ts connect, found by a helper review): a URL with a fragment failed as an internal error
+  // with ws's own message (exit 70); one with a user and password sent them in the clear; port 0 was tried.
+  it('a site URL with a fragment, a user and password, or port 0 is refused as such', async () => {
+    const dir = path.join(tmp.dir, 'never-made');
+    await expectRefused(['pull', 'ws://127.0.0.1:9#x', 'acme', dir, '--secret', key], 64, /not a site URL: .* holds a fragment/, 'SNAPFERRY_E_USAGE');
+    await expectRefused(['pull', 'ws://me:pw@127.0.0.1:9', 'acme', dir, '--secret', key], 64, /holds a user name or password/, 'SNAPFERRY_E_USAGE');
+    await expectRefused(['pull', 'ws://127.0.0.1:0', 'acme', dir, '--secret', key], 64, /holds port 0/, 'SNAPFERRY_E_USAGE');
+  });
+
   it('a secret file that is missing, a folder, empty or too short', async () => {
     const k = (n: string) => path.join(tmp.dir, n);
     await expectRefused(serve(k('none.key')), 77, /cannot read secret \S*none\.key: no such file or folder/, 'SNAPFERRY_E_SECRET');
