@@ -447,10 +447,25 @@ class ExitWith extends Error {
   }
 }
 
+/**
+ * Refuses to run from a folder that no longer exists (a shell left in a copy that a commit replaced, then dropped):
+ * relative paths cannot be resolved there, and Node's workers fail to start in it with a bare "uv_cwd" after the
+ * command has begun writing.
+ */
+function checkCwd(): void {
+  try {
+    process.cwd();
+  } catch {
+    const where = process.env.PWD ? ` (${printable(process.env.PWD)})` : '';
+    fail(ErrorCodes.USAGE, `the current folder${where} no longer exists (deleted, or replaced by a commit); cd to another folder and run the command again`);
+  }
+}
+
 /** Runs the CLI; maps errors to one line and an exit code. */
 export async function main(argv: string[]): Promise<number> {
   const program = buildProgram();
   try {
+    checkCwd();
     await program.parseAsync(argv);
     return 0;
   } catch (err) {

@@ -89,6 +89,21 @@ describe('CLI: bad secret files and company folders', () => {
     await expectRefused(['pull', 'ws://127.0.0.1:0', 'acme', dir, '--secret', key], 64, /holds port 0/, 'SNAPFERRY_E_USAGE');
   });
 
+  // BUG (src/cli/main.ts, found by a helper review): from a working folder since deleted (a shell left in a copy a
+  // commit replaced), a pull with an absolute DIR failed as an internal error ("worker thread failed: ... uv_cwd",
+  // exit 70) with next/ half made. Produced by a shell that enters a folder, removes it and execs the CLI.
+  it('a command run from a folder that no longer exists is refused before anything is written', async () => {
+    const gone = path.join(tmp.dir, 'gone');
+    fs.mkdirSync(gone);
+    const dir = path.join(tmp.dir, 'never-made');
+    const before = fs.readdirSync(tmp.dir).filter((n) => n !== 'gone').sort();
+    const r = await runCli(['pull', 'ws://127.0.0.1:9', 'acme', dir, '--secret', key], { wrap: ['sh', '-c', `cd '${gone}' && rmdir '${gone}' && exec "$@"`, 'sh'], timeoutMs: 20_000 });
+    expect(r.code, r.stderr).toBe(64);
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    expect(r.stderr).toMatch(/the current folder \(.*gone\) no longer exists .*cd to another folder.*SNAPFERRY_E_USAGE/);
+    expect(fs.readdirSync(tmp.dir).sort()).toEqual(before);
+  });
+
   it('a secret file that is missing, a folder, empty or too short', async () => {
     const k = (n: string) => path.join(tmp.dir, n);
     await expectRefused(serve(k('none.key')), 77, /cannot read secret \S*none\.key: no such file or folder/, 'SNAPFERRY_E_SECRET');
