@@ -487,8 +487,23 @@ export async function main(argv: string[]): Promise<number> {
 
 const invokedDirectly = process.argv[1] && path.resolve(process.argv[1]).replace(/\.ts$/, '.js') === new URL(import.meta.url).pathname.replace(/\.ts$/, '.js');
 if (invokedDirectly || process.argv[1]?.endsWith('snapferry')) {
+  // Output that could not be written (stdout a file on a full disk) fails the command: a script would read an empty
+  // result as success. A reader that closed the pipe (`| head`) wanted no more and is not a failure.
+  let outputError: Error | undefined;
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code !== 'EPIPE') outputError ??= err;
+  });
   // Exit explicitly once output is flushed: a failed start may leave handles (workers, sockets) that would keep us alive.
   main(process.argv).then((code) => {
-    process.stdout.write('', () => process.stderr.write('', () => process.exit(code)));
+    process.stdout.write('', () =>
+      setImmediate(() => {
+        if (outputError && code === 0) {
+          const e = toSnapferryError(outputError, 'cannot write the output');
+          process.stderr.write(`snapferry: ${e.message} [${e.code}]\n`);
+          code = e.exitCode;
+        }
+        process.stderr.write('', () => process.exit(code));
+      }),
+    );
   });
 }

@@ -104,6 +104,18 @@ describe('CLI: bad secret files and company folders', () => {
     expect(fs.readdirSync(tmp.dir).sort()).toEqual(before);
   });
 
+  // BUG (src/cli/main.ts, found by a helper review): output that could not be written (stdout a file on a full disk:
+  // /dev/full here) was lost without a word and the command exited 0, so a script read an empty result as success.
+  it('output that cannot be written fails the command; a reader that closed the pipe does not', async () => {
+    const full = await runCli(['keygen', path.join(tmp.dir, 'printed.key')], { wrap: ['sh', '-c', 'exec "$@" > /dev/full', 'sh'], timeoutMs: 20_000 });
+    expect(full.code, full.stderr).toBe(74);
+    expect(full.stderr.trim().split('\n')).toHaveLength(1);
+    expect(full.stderr).toMatch(/cannot write the output: disk full .*SNAPFERRY_E_DISK_FULL/);
+    const closed = await runCli(['--help'], { wrap: ['bash', '-c', '"$@" | true; exit ${PIPESTATUS[0]}', 'bash'], timeoutMs: 20_000 });
+    expect(closed.code, closed.stderr).toBe(0);
+    fs.rmSync(path.join(tmp.dir, 'printed.key'));
+  });
+
   it('a secret file that is missing, a folder, empty or too short', async () => {
     const k = (n: string) => path.join(tmp.dir, n);
     await expectRefused(serve(k('none.key')), 77, /cannot read secret \S*none\.key: no such file or folder/, 'SNAPFERRY_E_SECRET');
