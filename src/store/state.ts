@@ -346,15 +346,24 @@ export class DirLock {
         if ((err as NodeJS.ErrnoException).code === 'ENOENT') fail(ErrorCodes.DIR_NOT_WRITABLE, `cannot make ${this.paths.state}: ${dirProblem(err)}`);
         throw toSnapferryError(err, `cannot make ${this.paths.state}`);
       }
+      let fd: number | undefined;
       try {
-        const fd = fs.openSync(this.paths.lock, 'wx', 0o600);
+        fd = fs.openSync(this.paths.lock, 'wx', 0o600);
         // The pid and when this process started: a pid alone may name another program after a reboot or a wrap.
         fs.writeSync(fd, `${process.pid} ${startTimeOf(process.pid)}\n`);
         fs.closeSync(fd);
         this.held = true;
         return;
       } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw toSnapferryError(err, 'cannot lock');
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') {
+          // Made but not written (a full disk): left, it would read as a holder starting up to the next command.
+          if (fd !== undefined) {
+            fs.closeSync(fd);
+            this.held = true;
+            this.release();
+          }
+          throw toSnapferryError(err, 'cannot lock');
+        }
       }
       const holder = lockHolder(this.paths.lock);
       if (holder === 'stale') {

@@ -178,6 +178,29 @@ describe.skipIf(skipReason !== undefined)('disk full while pulling (real tmpfs)'
     expectSettled(m, dest, bigFp);
   });
 
+  // BUG (src/store/state.ts DirLock.acquire, found by a helper review): with the disk full, the lock file was made but
+  // its pid could not be written; left empty, it read as a holder starting up, and the next pull (space freed) was
+  // refused "in use by another snapferry process". Produced by filling a 1 MiB tmpfs before the pull.
+  it('a lock that cannot be written on a full disk is not left behind: the next pull, with room, is not refused', async () => {
+    const m = mount('m-lock', '1m');
+    const dest = path.join(m, 'acme');
+    const filler = path.join(m, 'filler.bin');
+    const fd = fs.openSync(filler, 'w');
+    try {
+      for (let i = 0; i < 64; i++) fs.writeSync(fd, Buffer.alloc(64 * 1024, 1));
+    } catch {
+      /* full */
+    } finally {
+      fs.closeSync(fd);
+    }
+    const r = await runCli(['pull', growSite.url, 'acme', dest, '--secret', key]);
+    expectDiskFull(r);
+    expect(fs.readdirSync(m)).toEqual(['filler.bin']);
+    fs.rmSync(filler);
+    const again = await runCli(['pull', growSite.url, 'acme', dest, '--secret', key]);
+    expect(again.stderr).not.toMatch(/in use/);
+  });
+
   // BUG (src/sync/pull.ts checkSpace, for a day): what an attempt at another generation left (prev/, kept to copy its
   // chunks from) was never given up for space: a seed killed before its commit, then a change at the site, and every
   // later pull failed DISK_FULL on a disk the new generation fits. Produced on a 14 MiB tmpfs with an 8 MiB company.
