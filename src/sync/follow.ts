@@ -3,6 +3,7 @@
  * announces a generation other than the one we hold as soon as it is settled, including changes made while the seed
  * ran, so nothing is missed and nothing is rescanned. A dropped link reconnects with capped backoff.
  */
+import fs from 'node:fs';
 import os from 'node:os';
 import { connect, SecureSession } from './session.js';
 import { pull, PullOptions, PullResult } from './pull.js';
@@ -49,12 +50,19 @@ function passing(e: SnapferryError, holding: boolean): boolean {
 /** How many times in a row a follower that never reached its site tries before it says so and ends. */
 const FIRST_CONTACT_TRIES = 4;
 
-/** Waits until the site holds a generation other than `have`. Resolves false if stopped. */
-async function waitForChange(opts: FollowOptions, have: string): Promise<boolean> {
+/** A wait that had its session up this long was a healthy link: its end (a drop, a change) starts the backoff anew. */
+const HEALTHY_MS = 2_000;
+
+/**
+ * Waits until the site holds a generation other than `have`. Resolves false if stopped. `link.since` is set when the
+ * site has taken the FOLLOW (Date.now()).
+ */
+async function waitForChange(opts: FollowOptions, have: string, link: { since: number }): Promise<boolean> {
   let session: SecureSession | undefined;
   try {
     session = await connect(opts.url, { secret: opts.secret, peerId: opts.peerId ?? os.hostname(), timeoutMs: opts.timeoutMs, signal: opts.signal });
     await session.sendJson(MsgType.FOLLOW, { company: opts.company, have });
+    link.since = Date.now();
     // A stop asked for while connecting: the abort event has fired already and would not fire again.
     if (opts.signal?.aborted) return false;
     const s = session;
@@ -135,6 +143,13 @@ export async function follow(opts: FollowOptions, onApplied: (r: PullResult) => 
   };
   let have: string | undefined;
   let first = true;
+  // Backoff is for attempts that fail in a row: one that follows a long healthy wait starts again at the shortest
+  // (doubled across isolated drops hours apart, every later drop kept the branch away 30 s).
+  const link = { since: 0 };
+  const afterWait = () => {
+    if (link.since > 0 && Date.now() - link.since >= HEALTHY_MS) backoff = 500;
+    link.since = 0;
+  };
   let prep: { stop: () => Promise<void> } | undefined;
   const stopPrep = async () => {
     await prep?.stop();
@@ -143,7 +158,8 @@ export async function follow(opts: FollowOptions, onApplied: (r: PullResult) => 
   try {
     while (!opts.signal?.aborted) {
       try {
-        if (have === undefined || (await waitForChange(opts, have))) {
+        if (have === undefined || (await waitForChange(opts, have, link))) {
+          afterWait();
           await stopPrep();
           if (opts.signal?.aborted) break;
           const r = await untilStopped(pull(pullOpts), opts.signal);
@@ -169,7 +185,10 @@ export async function follow(opts: FollowOptions, onApplied: (r: PullResult) => 
         unreachable = 0;
       } catch (err) {
         const e = toSnapferryError(err);
-        if (!passing(e, have !== undefined)) throw e;
+        afterWait();
+        // DIR holds a generation when this process applied one, or when it was started on a copy (a restarted
+        // follower meeting a nightly verify is to wait, not end).
+        if (!passing(e, have !== undefined || fs.existsSync(new StatePaths(opts.dir).appliedJson))) throw e;
         // A site never reached at all (a wrong address, most likely) is reported, as a one-shot pull does, after a few
         // tries (the network may come up a little after the follower).
         if (!reached && e.code === ErrorCodes.UNREACHABLE && ++unreachable >= FIRST_CONTACT_TRIES) throw e;

@@ -13,6 +13,7 @@ import { makeCompany } from '../../src/gen/company.js';
 // From dist/, as the CLI runs it: the worker threads are started from the built files.
 import { follow } from '../../dist/src/sync/follow.js';
 import { readSecret } from '../../src/cli/secret.js';
+import { FaultProxy, ProxyConn, Hook, sleep } from './netfault.js';
 
 describe('follow under trouble', () => {
   let tmp: ReturnType<typeof tempDir>;
@@ -73,6 +74,66 @@ describe('follow under trouble', () => {
       await served.stop();
     }
   });
+
+  // BUG (src/sync/follow.ts passing, found by a helper review): a follower started on a copy (restarted after a
+  // reboot, say) while another command held DIR ended with exit 75: only a generation this process had applied
+  // counted. Produced: DIR seeded by a one-shot pull, its lock naming a live process when the follower starts.
+  it('started on a copy whose DIR another command holds, waits for it instead of ending', async () => {
+    const { src, served, dest } = await site(2);
+    const seeded = await runCli(['pull', served.url, 'acme', dest, '--secret', key]);
+    expect(seeded.code, seeded.stderr).toBe(0);
+    const holder = spawn('sleep', ['30'], { stdio: 'ignore' });
+    const lock = path.join(path.dirname(dest), '.acme.snapferry', 'lock');
+    fs.writeFileSync(lock, `${holder.pid}\n`);
+    fs.writeFileSync(path.join(src, 'masters', 'while-locked.xml'), '<new/>\n');
+    const f = follower(served.url, dest);
+    try {
+      await waitFor(() => /in use by snapferry process/.test(f.err()) || f.child.exitCode !== null, 20_000);
+      expect(f.child.exitCode, f.err()).toBeNull();
+      holder.kill('SIGKILL');
+      await waitFor(() => f.lines().length >= 1, 30_000, 100);
+      expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
+    } finally {
+      holder.kill('SIGKILL');
+      await stop(f);
+      await served.stop();
+    }
+  });
+
+  // BUG (src/sync/follow.ts follow, found by a helper review): the backoff went back to its shortest only when a wait
+  // ended in a change; a wait ended by a dropped link doubled it however long the link had been healthy, so after six
+  // isolated drops every later one kept the branch away 30 s. Produced: a proxy between follower and site that cuts
+  // the follower's connection seven times, each after 2.5 s of healthy link, then a change.
+  it('a drop after a healthy wait is retried at once, however many drops came before', async () => {
+    const { src, served, dest } = await site(1);
+    const conns: ProxyConn[] = [];
+    const record: Hook = (_u, c) => {
+      if (!conns.includes(c)) conns.push(c);
+      return undefined;
+    };
+    const proxy = await new FaultProxy(Number(new URL(served.url).port), () => ({ c2s: record })).start();
+    const f = follower(proxy.url, dest, ['--no-spare']);
+    try {
+      await waitFor(() => f.lines().length >= 1, 20_000);
+      for (let i = 0; i < 7; i++) {
+        const seen = proxy.connections;
+        await waitFor(() => proxy.connections > seen || i === 0, 40_000, 50);
+        await sleep(2500);
+        conns.at(-1)!.cut();
+      }
+      const seen = proxy.connections;
+      await waitFor(() => proxy.connections > seen, 40_000, 50);
+      const t0 = Date.now();
+      fs.writeFileSync(path.join(src, 'masters', 'after-drops.xml'), '<new/>\n');
+      await waitFor(() => f.lines().length >= 2, 40_000, 50);
+      expect(Date.now() - t0, f.err()).toBeLessThan(10_000);
+      expect(f.err()).not.toMatch(/trying again in (4|8|16|30)\.0 s/);
+    } finally {
+      await stop(f);
+      await proxy.close();
+      await served.stop();
+    }
+  }, 120_000);
 
   // BUG (src/sync/follow.ts): a site that could not hold a file still past its settle timeout (a long posting run)
   // answered UNSTABLE_FILE, and the follower ended (exit 1) although the site itself says "try again when idle".
