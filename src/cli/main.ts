@@ -284,6 +284,13 @@ export function buildProgram(): Commander.Command {
         const stop = new AbortController();
         process.once('SIGINT', () => stop.abort());
         process.once('SIGTERM', () => stop.abort());
+        // The program reading the JSON lines went away (`--follow --json | shipper`, the shipper restarted): they would
+        // be lost from here on, so the follower ends as on SIGTERM (and a supervisor restarts the pair).
+        process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+          if (err.code !== 'EPIPE' || stop.signal.aborted) return;
+          process.stderr.write('the program reading the output went away; stopping\n');
+          stop.abort();
+        });
         const { follow } = await import('../sync/follow.js');
         const how = await follow({ ...options, signal: stop.signal }, (r) => {
           progress.end();

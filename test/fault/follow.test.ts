@@ -100,6 +100,26 @@ describe('follow under trouble', () => {
     }
   });
 
+  // BUG (src/cli/main.ts, found by a helper review): with `--follow --json | reader`, the reader gone, the next
+  // generation's line crashed the follower with an unhandled EPIPE stack trace (exit 1). Produced: the test closes its
+  // end of the follower's stdout after the first line, then changes the company.
+  it('ends cleanly when the reader of its JSON lines goes away', async () => {
+    const { src, served, dest } = await site(1);
+    const f = follower(served.url, dest, ['--no-spare']);
+    try {
+      await waitFor(() => f.lines().length >= 1, 20_000);
+      f.child.stdout!.destroy();
+      fs.writeFileSync(path.join(src, 'masters', 'unread.xml'), '<new/>\n');
+      await waitFor(() => f.child.exitCode !== null, 20_000, 50);
+      expect(f.child.exitCode, f.err()).toBe(0);
+      expect(f.err()).toMatch(/the program reading the output went away; stopping/);
+      expect(f.err()).not.toMatch(/EPIPE|throw/);
+    } finally {
+      await stop(f);
+      await served.stop();
+    }
+  });
+
   // BUG (src/sync/follow.ts follow, found by a helper review): the backoff went back to its shortest only when a wait
   // ended in a change; a wait ended by a dropped link doubled it however long the link had been healthy, so after six
   // isolated drops every later one kept the branch away 30 s. Produced: a proxy between follower and site that cuts
