@@ -261,6 +261,8 @@ export class CompanyScanner {
 
   /** Root hash of the generation the cache file was saved with (keeps the generation number across restarts). */
   private savedRoot = '';
+  /** Whether the company folder was a mount point at the first scan that found files in it (see doScan). */
+  private rootMounted?: boolean;
 
   /** Files invalidated while a scan runs: that scan may have looked them up in the cache already (see doScan). */
   private invalidatedMidScan?: Set<string>;
@@ -335,6 +337,12 @@ export class CompanyScanner {
       return fail(ErrorCodes.IO, `company folder ${this.root} cannot be read: ${(err as Error).message}`);
     }
     if (!rootStat.isDirectory()) fail(ErrorCodes.IO, `company folder ${this.root} is not a directory`);
+    const mounted = isMountPoint(this.root, rootStat);
+    if (this.rootMounted && !mounted) {
+      // The disk mounted at the company's path was unmounted (a NAS or USB disk gone): the mount point left bare is not
+      // the company, and offered as a generation every branch would apply it and lose its files.
+      fail(ErrorCodes.IO, `company folder ${this.root} is no longer on the filesystem it was on (its disk unmounted?); not offered until it is mounted again`);
+    }
     const invalidated = (this.invalidatedMidScan = new Set<string>());
     let listed = await this.walk();
     // A folder removed or renamed while the walk ran is walked again (twice at most): the generation is then the tree
@@ -476,6 +484,8 @@ export class CompanyScanner {
       }
     }
     this.last = { manifest, encoded, rootHash, generation: this.generationNo, absPath: absPathsOf(this.root, entries), scannedAt: started };
+    // Not from an empty first scan: a site started before its disk was mounted has the mount point's device until then.
+    if (this.rootMounted === undefined && entries.length > 0) this.rootMounted = mounted;
     return this.last;
   }
 
@@ -727,6 +737,15 @@ const MAX_TIME_NS = (1n << 63n) - 1n;
  * lists such a name with U+FFFD in place of the bad bytes, a name no call can open: left alone, the file would be
  * missing from every generation without a word. Called only when a listed name has U+FFFD in it (it may be genuine).
  */
+/** Whether folder `dir` (stat `st`) is a mount point: on another filesystem than its parent (or the root itself). */
+function isMountPoint(dir: string, st: fs.Stats): boolean {
+  try {
+    return fs.statSync(path.dirname(dir)).dev !== st.dev || path.dirname(dir) === dir;
+  } catch {
+    return false;
+  }
+}
+
 const STATE_SUFFIX = '.snapferry';
 
 /**
