@@ -134,8 +134,16 @@ export function toSnapferryError(err: unknown, context = ''): SnapferryError {
       return new SnapferryError(ErrorCodes.DISK_FULL, `${where}disk full (${e.path ?? 'no space left on device'})`, { cause: err });
     case 'EACCES':
     case 'EPERM':
-    case 'EROFS':
       return new SnapferryError(ErrorCodes.DIR_NOT_WRITABLE, `${where}permission denied: ${e.path ?? e.message}`, { cause: err });
+    case 'EROFS':
+      return new SnapferryError(ErrorCodes.DIR_NOT_WRITABLE, `${where}read-only filesystem: ${e.path ?? e.message}`, { cause: err });
+    // The common path faults in words (Node's own text reads "ENOTDIR: not a directory, mkdir '...'").
+    case 'ENOTDIR':
+      return new SnapferryError(ErrorCodes.IO, `${where}a part of the path is not a folder: ${shortenedPath(e.path ?? '?')}`, { cause: err });
+    case 'EEXIST':
+      return new SnapferryError(ErrorCodes.IO, `${where}something already stands at ${shortenedPath(e.path ?? '?')}`, { cause: err });
+    case 'ELOOP':
+      return new SnapferryError(ErrorCodes.IO, `${where}too many levels of symbolic links: ${shortenedPath(e.path ?? '?')}`, { cause: err });
     case 'ENAMETOOLONG': {
       // The path may be thousands of bytes (a deep company under a long DIR): its ends say which one it is. Or one name
       // in it is over 255 bytes (a DIR of 250 bytes: its state folder's name is 11 bytes longer).

@@ -116,6 +116,22 @@ describe('CLI: bad secret files and company folders', () => {
     fs.rmSync(path.join(tmp.dir, 'printed.key'));
   });
 
+  // BUG (src/util/errors.ts, found by a helper review): a path through a file, or a link leading nowhere where a
+  // folder is to be made, was reported in Node's words ("ENOTDIR: not a directory, mkdir '...'", "EEXIST: ...").
+  it('a path through a file, or a link to nothing where a folder is to be made: one line in words', async () => {
+    const file = path.join(tmp.dir, 'a-program');
+    fs.writeFileSync(file, '#!/bin/sh\n', { mode: 0o755 });
+    const link = path.join(tmp.dir, 'leads-nowhere');
+    fs.symlinkSync(path.join(tmp.dir, 'nothing-here'), link);
+    try {
+      await expectRefused(['pull', 'ws://127.0.0.1:9', 'acme', path.join(file, 'sub'), '--secret', key], 74, /a part of the path is not a folder/, 'SNAPFERRY_E_IO');
+      await expectRefused(['mkcompany', link, '1'], 74, /something already stands at .*leads-nowhere/, 'SNAPFERRY_E_IO');
+    } finally {
+      fs.rmSync(file);
+      fs.rmSync(link);
+    }
+  });
+
   it('a secret file that is missing, a folder, empty or too short', async () => {
     const k = (n: string) => path.join(tmp.dir, n);
     await expectRefused(serve(k('none.key')), 77, /cannot read secret \S*none\.key: no such file or folder/, 'SNAPFERRY_E_SECRET');
