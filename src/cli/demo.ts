@@ -38,8 +38,31 @@ function checkDemoDir(root: string): void {
 }
 
 export async function runDemo(o: DemoOptions): Promise<void> {
+  if (o.workdir) checkDemoDir(path.resolve(o.workdir));
   const root = o.workdir ? path.resolve(o.workdir) : fs.mkdtempSync(path.join(os.tmpdir(), 'snapferry-demo-'));
-  if (o.workdir) checkDemoDir(root);
+  // A temporary folder goes whatever ends the demo: a failure (a full disk while making the company), Ctrl-C.
+  const temporary = !o.keep && !o.workdir;
+  const removeRoot = () => {
+    if (temporary) fs.rmSync(root, { recursive: true, force: true });
+  };
+  const onSignal = (signal: NodeJS.Signals) => {
+    removeRoot();
+    process.exit(signal === 'SIGINT' ? 130 : 143);
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  try {
+    await demoIn(root, o);
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    removeRoot();
+  }
+  process.stdout.write(`${o.keep || o.workdir ? `kept ${root}` : 'done (the demo folders were removed; --keep keeps them)'}\n`);
+}
+
+/** The demo's steps in `root` (see runDemo). */
+async function demoIn(root: string, o: DemoOptions): Promise<void> {
   makeDirs(root);
   fs.writeFileSync(path.join(root, DEMO_MARK), 'made by snapferry demo: its head-office and branch folders are replaced by the next demo\n');
   const head = path.join(root, 'head-office', 'acme');
@@ -71,7 +94,5 @@ export async function runDemo(o: DemoOptions): Promise<void> {
     say(`6. again: ${summary(again, branch)}`);
   } finally {
     await server.close();
-    if (!o.keep && !o.workdir) fs.rmSync(root, { recursive: true, force: true });
   }
-  say(o.keep || o.workdir ? `kept ${root}` : 'done (the demo folders were removed; --keep keeps them)');
 }

@@ -8,7 +8,8 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import fs from 'node:fs';
 import path from 'node:path';
-import { tempDir, runCli, treeFingerprint, fingerprintDiff } from '../helpers.js';
+import { spawn, spawnSync } from 'node:child_process';
+import { tempDir, runCli, treeFingerprint, fingerprintDiff, CLI, waitFor, tmpfsUnavailable } from '../helpers.js';
 
 describe('mkcompany and mutate refuse folders they would destroy', () => {
   let tmp: ReturnType<typeof tempDir>;
@@ -99,6 +100,37 @@ describe('mkcompany and mutate refuse folders they would destroy', () => {
       const r = await runCli(['demo', '--size', '1', '--dir', own], { timeoutMs: 60_000 });
       expect(r.code, `run ${i}: ${r.stderr}`).toBe(0);
       expect(r.stdout).toMatch(/kept /);
+    }
+  }, 150_000);
+
+  // BUG (src/cli/demo.ts, found by a helper review): the demo's temporary folder (company and branch copy) stayed
+  // behind when the demo failed (a full disk while it made the company) or was stopped with Ctrl-C. Produced: the
+  // demo under its own TMPDIR, stopped with SIGINT once it serves; and, as root, a TMPDIR on a 3 MiB tmpfs.
+  it('demo removes its temporary folder when stopped or failed', async () => {
+    const own = path.join(tmp.dir, 'demo-tmp');
+    fs.mkdirSync(own);
+    const child = spawn(process.execPath, [CLI, 'demo', '--size', '16'], { env: { ...process.env, TMPDIR: own }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    try {
+      await waitFor(() => /2\. head office serves/.test(out) || child.exitCode !== null, 60_000);
+      child.kill('SIGINT');
+      expect(await exited).toBe(130);
+    } finally {
+      child.kill('SIGKILL');
+    }
+    expect(fs.readdirSync(own).filter((n) => n.startsWith('snapferry-demo-'))).toEqual([]);
+    if (tmpfsUnavailable()) return;
+    const small = path.join(tmp.dir, 'demo-small');
+    fs.mkdirSync(small);
+    expect(spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=3m', 'tmpfs', small]).status).toBe(0);
+    try {
+      const r = await runCli(['demo', '--size', '8'], { env: { TMPDIR: small }, timeoutMs: 60_000 });
+      expect(r.code, r.stderr).toBe(74);
+      expect(fs.readdirSync(small)).toEqual([]);
+    } finally {
+      spawnSync('umount', ['-l', small]);
     }
   }, 150_000);
 });
