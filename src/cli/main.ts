@@ -468,11 +468,21 @@ function checkCwd(): void {
   }
 }
 
+/**
+ * Refuses arguments that are not valid UTF-8 (a Latin-1 folder name from an old share): Node reads them with U+FFFD in
+ * place of the bytes, so a pull into `caf\xe9` would land in another folder, and `caf\xe8` in that same one.
+ */
+function checkUtf8(args: string[]): void {
+  const bad = args.find((a) => a.includes('\ufffd'));
+  if (bad !== undefined) fail(ErrorCodes.USAGE, `an argument is not valid UTF-8 (${printable(bad)}, as read); snapferry takes UTF-8 paths and names only: rename the folder, or give it through a link with a UTF-8 name`);
+}
+
 /** Runs the CLI; maps errors to one line and an exit code. */
 export async function main(argv: string[]): Promise<number> {
   const program = buildProgram();
   try {
     checkCwd();
+    checkUtf8(argv.slice(2));
     await program.parseAsync(argv);
     return 0;
   } catch (err) {

@@ -132,6 +132,17 @@ describe('CLI: bad secret files and company folders', () => {
     }
   });
 
+  // BUG (src/cli/main.ts, found by a helper review): an argument not in UTF-8 (a Latin-1 folder name) was read with
+  // U+FFFD in place of its bytes, so mkcompany or a pull made a folder of another name (and two such names one folder).
+  // Produced by a shell that appends the raw bytes "caf\xe9" to the command line.
+  it('an argument that is not valid UTF-8 is refused, nothing made', async () => {
+    const r = await runCli(['mkcompany'], { wrap: ['bash', '-c', `exec "$@" "$(printf '${tmp.dir}/caf\\351')" 1`, 'bash'], timeoutMs: 20_000 });
+    expect(r.code, r.stderr).toBe(64);
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    expect(r.stderr).toMatch(/an argument is not valid UTF-8 .*SNAPFERRY_E_USAGE/);
+    expect(fs.readdirSync(tmp.dir).filter((n) => n.startsWith('caf'))).toEqual([]);
+  });
+
   it('a secret file that is missing, a folder, empty or too short', async () => {
     const k = (n: string) => path.join(tmp.dir, n);
     await expectRefused(serve(k('none.key')), 77, /cannot read secret \S*none\.key: no such file or folder/, 'SNAPFERRY_E_SECRET');
