@@ -143,6 +143,18 @@ describe('CLI: bad secret files and company folders', () => {
     expect(fs.readdirSync(tmp.dir).filter((n) => n.startsWith('caf'))).toEqual([]);
   });
 
+  // BUG (src/cli/main.ts serve, found by a helper review): a --secret file inside a served company was served to
+  // every branch with the company's files.
+  it('a secret file inside a company folder is refused by serve', async () => {
+    const inside = path.join(company, 'site.key');
+    fs.copyFileSync(key, inside);
+    try {
+      await expectRefused(serve(inside), 64, /--secret .*site\.key is inside company acme's folder/, 'SNAPFERRY_E_USAGE');
+    } finally {
+      fs.rmSync(inside);
+    }
+  });
+
   it('a secret file that is missing, a folder, empty or too short', async () => {
     const k = (n: string) => path.join(tmp.dir, n);
     await expectRefused(serve(k('none.key')), 77, /cannot read secret \S*none\.key: no such file or folder/, 'SNAPFERRY_E_SECRET');
