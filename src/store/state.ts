@@ -324,6 +324,51 @@ function checkStateFolder(state: string): void {
   fail(ErrorCodes.DIR_FOREIGN, `${state} ${why}: not a state folder snapferry made, where it keeps the copy's records; refusing to use it (move it away)`);
 }
 
+/**
+ * Takes lock file `lock` for this process: undefined once taken, else who holds it (a live process's pid, or
+ * 'starting' for one made but not yet written). A dead holder's lock is taken over.
+ */
+export function tryLockFile(lock: string): number | 'starting' | undefined {
+  for (;;) {
+    let fd: number | undefined;
+    try {
+      fd = fs.openSync(lock, 'wx', 0o600);
+      // The pid and when this process started: a pid alone may name another program after a reboot or a wrap.
+      fs.writeSync(fd, `${process.pid} ${startTimeOf(process.pid)}\n`);
+      fs.closeSync(fd);
+      return undefined;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') {
+        // Made but not written (a full disk): left, it would read as a holder starting up to the next taker.
+        if (fd !== undefined) {
+          fs.closeSync(fd);
+          fs.rmSync(lock, { force: true });
+        }
+        throw toSnapferryError(err, 'cannot lock');
+      }
+    }
+    const holder = lockHolder(lock);
+    if (holder !== 'stale') return holder;
+    // Stale lock of a killed process: moved aside, then looked at again. Another taker may have replaced it with its
+    // own live lock between our read and our rename: that one is put back (link: never over a newer one).
+    const stale = `${lock}.stale.${process.pid}`;
+    try {
+      fs.renameSync(lock, stale);
+      if (lockHolder(stale) !== 'stale') {
+        try {
+          fs.linkSync(stale, lock);
+        } catch {
+          /* a newer lock is in place already */
+        }
+      }
+      // Recursive: a lock that is a folder (made by hand, or by another tool) is set aside the same way.
+      fs.rmSync(stale, { recursive: true, force: true });
+    } catch {
+      /* someone else moved it first; retry */
+    }
+  }
+}
+
 /** An exclusive lock on one DIR: a second process gets DIR_LOCKED (or waits, if asked). A dead holder's lock is taken over. */
 export class DirLock {
   private held = false;
@@ -346,45 +391,17 @@ export class DirLock {
         if ((err as NodeJS.ErrnoException).code === 'ENOENT') fail(ErrorCodes.DIR_NOT_WRITABLE, `cannot make ${this.paths.state}: ${dirProblem(err)}`);
         throw toSnapferryError(err, `cannot make ${this.paths.state}`);
       }
-      let fd: number | undefined;
+      let holder: number | 'starting' | undefined;
       try {
-        fd = fs.openSync(this.paths.lock, 'wx', 0o600);
-        // The pid and when this process started: a pid alone may name another program after a reboot or a wrap.
-        fs.writeSync(fd, `${process.pid} ${startTimeOf(process.pid)}\n`);
-        fs.closeSync(fd);
+        holder = tryLockFile(this.paths.lock);
+      } catch (err) {
+        // Nothing of this attempt stays beside DIR (tryLockFile removed its lock; the state folder, if it made it).
+        if (this.madeState) fs.rmSync(this.paths.state, { recursive: true, force: true });
+        throw err;
+      }
+      if (holder === undefined) {
         this.held = true;
         return;
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') {
-          // Made but not written (a full disk): left, it would read as a holder starting up to the next command.
-          if (fd !== undefined) {
-            fs.closeSync(fd);
-            this.held = true;
-            this.release();
-          }
-          throw toSnapferryError(err, 'cannot lock');
-        }
-      }
-      const holder = lockHolder(this.paths.lock);
-      if (holder === 'stale') {
-        // Stale lock of a killed process: moved aside, then looked at again. Another taker may have replaced it with
-        // its own live lock between our read and our rename: that one is put back (link: never over a newer one).
-        const stale = `${this.paths.lock}.stale.${process.pid}`;
-        try {
-          fs.renameSync(this.paths.lock, stale);
-          if (lockHolder(stale) !== 'stale') {
-            try {
-              fs.linkSync(stale, this.paths.lock);
-            } catch {
-              /* a newer lock is in place already */
-            }
-          }
-          // Recursive: a lock that is a folder (made by hand, or by another tool) is set aside the same way.
-          fs.rmSync(stale, { recursive: true, force: true });
-        } catch {
-          /* someone else moved it first; retry */
-        }
-        continue;
       }
       const who = holder === 'starting' ? 'another snapferry process (starting up)' : `snapferry process ${holder}`;
       if (Date.now() >= deadline) fail(ErrorCodes.DIR_LOCKED, `${this.paths.dir} is in use by ${who}`);

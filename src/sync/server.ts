@@ -43,6 +43,7 @@ import { ByteGate } from '../util/bytegate.js';
 import { makeDirs, dirProblem } from '../util/mkdirs.js';
 import { boundHeapGrowth } from './heap.js';
 import { ChunkStore, makeTempStoreFolder } from '../store/chunkstore.js';
+import { tryLockFile } from '../store/state.js';
 import { fillStore } from './storefill.js';
 import { PendingHandshakes } from './handshakes.js';
 import { loadHasher } from '../chunk/hash.js';
@@ -211,6 +212,8 @@ export class SnapferryServer {
   private readonly log: (line: string) => void;
   /** A temporary folder for chunk stores when no cache folder is given; removed by close(). */
   private storeTmp?: string;
+  /** The lock this site holds on its --cache-dir (removed at close). */
+  private cacheLock?: string;
   /** Stops marking storeTmp as in use (see makeTempStoreFolder). */
   private stopMarkingStoreTmp?: () => void;
   /** Set once close() began: background work it stops is not reported as failed. */
@@ -246,6 +249,14 @@ export class SnapferryServer {
       } catch (err) {
         fail(ErrorCodes.USAGE, `--cache-dir ${this.opts.cacheDir} cannot be made: ${dirProblem(err)}`);
       }
+      // One site per cache folder: two would append to the same stores and scan caches, and one's compaction drop
+      // segments the other still reads.
+      const lock = path.join(this.opts.cacheDir, 'serve.lock');
+      const holder = tryLockFile(lock);
+      if (holder !== undefined) {
+        fail(ErrorCodes.DIR_LOCKED, `--cache-dir ${this.opts.cacheDir} is in use by ${holder === 'starting' ? 'another snapferry serve (starting up)' : `snapferry serve process ${holder}`}; give each site its own`);
+      }
+      this.cacheLock = lock;
     }
     for (const [name, dir] of this.opts.companies) {
       if (!COMPANY_NAME.test(name)) fail(ErrorCodes.USAGE, `company name ${JSON.stringify(name)}: ${COMPANY_NAME_RULE}`);
@@ -355,6 +366,8 @@ export class SnapferryServer {
     await Promise.all([...this.companies.values()].map((c) => c.store?.close()));
     this.stopMarkingStoreTmp?.();
     if (this.storeTmp) fs.rmSync(this.storeTmp, { recursive: true, force: true });
+    if (this.cacheLock) fs.rmSync(this.cacheLock, { force: true });
+    this.cacheLock = undefined;
   }
 
   /**

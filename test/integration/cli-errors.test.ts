@@ -7,7 +7,7 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import fs from 'node:fs';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { tempDir, secretFile, runCli, tmpfsUnavailable } from '../helpers.js';
+import { tempDir, secretFile, runCli, startServe, tmpfsUnavailable } from '../helpers.js';
 
 describe('CLI: bad secret files and company folders', () => {
   let tmp: ReturnType<typeof tempDir>;
@@ -153,6 +153,22 @@ describe('CLI: bad secret files and company folders', () => {
     } finally {
       fs.rmSync(inside);
     }
+  });
+
+  // BUG (src/sync/server.ts start, found by a helper review): two sites could share one --cache-dir at once, both
+  // appending to its chunk stores and scan caches (one's compaction dropping segments the other reads).
+  it('a --cache-dir another serve holds is refused; free again once that one stops', async () => {
+    const cache = path.join(tmp.dir, 'shared-cache');
+    const first = await startServe(['--secret', key, '--company', `acme=${company}`, '--cache-dir', cache]);
+    try {
+      await expectRefused([...serve(key), '--cache-dir', cache], 75, /--cache-dir .*shared-cache is in use by snapferry serve process \d+; give each site its own/, 'SNAPFERRY_E_DIR_LOCKED');
+    } finally {
+      await first.stop();
+    }
+    expect(fs.existsSync(path.join(cache, 'serve.lock'))).toBe(false);
+    const second = await startServe(['--secret', key, '--company', `acme=${company}`, '--cache-dir', cache]);
+    await second.stop();
+    fs.rmSync(cache, { recursive: true });
   });
 
   it('a secret file that is missing, a folder, empty or too short', async () => {
