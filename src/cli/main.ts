@@ -155,7 +155,7 @@ function checkSyntheticCompany(dir: string, top: ReadonlySet<string>): void {
 
 function printPull(r: PullResult, dir: string, json: boolean): void {
   if (json) process.stdout.write(`${JSON.stringify(r)}\n`);
-  else process.stdout.write(`${summary(r, dir)}\n`);
+  else process.stdout.write(`${summary(r, printable(dir))}\n`);
 }
 
 /**
@@ -184,7 +184,7 @@ function cwdInsideDir(dir: string): { check: () => void } {
         return;
       }
       told = true;
-      process.stderr.write(`snapferry: this command ran inside ${real}, which the new generation replaced as a whole: a shell still there sees the replaced files; cd "${real}" again to see the new ones\n`);
+      process.stderr.write(`snapferry: this command ran inside ${printable(real)}, which the new generation replaced as a whole: a shell still there sees the replaced files; cd "${printable(real)}" again to see the new ones\n`);
     },
   };
 }
@@ -302,7 +302,7 @@ export function buildProgram(): Commander.Command {
         onPoint: faultPoint,
         log: (line) => {
           progress.end();
-          process.stderr.write(`${line}\n`);
+          process.stderr.write(`${printable(line)}\n`);
         },
       };
       if (o.follow) {
@@ -350,7 +350,7 @@ export function buildProgram(): Commander.Command {
       } catch (err) {
         const e = toSnapferryError(err);
         if (o.json) process.stdout.write(`${JSON.stringify({ intact: false, checked: false, error: { code: e.code, message: e.message } })}\n`);
-        process.stderr.write(`snapferry: could not check ${path.resolve(dir)}: ${e.message} [${e.code}]\n`);
+        process.stderr.write(`snapferry: ${printable(`could not check ${path.resolve(dir)}: ${e.message}`)} [${e.code}]\n`);
         process.exitCode = 2;
         throw new ExitWith(2);
       }
@@ -360,10 +360,10 @@ export function buildProgram(): Commander.Command {
         const lines = r.damaged.map((d) => `  ${printable(d.path)}: ${d.problem}${d.ranges ? ` at ${d.ranges.map(([a, b]) => `${a}-${b}`).join(', ')}` : ''}${d.expectedSize !== undefined ? ` (${d.actualSize} bytes, ${d.expectedSize} expected)` : ''}${d.expectedMode ? ` (${d.actualMode}, ${d.expectedMode} expected)` : ''}${d.actualKind ? ` (a ${d.actualKind} where a ${d.expectedKind} should be)` : ''}`);
         for (const u of r.unchecked) lines.push(`  ${printable(u.path)}: not checked (${u.reason})`);
         const head = r.intact
-          ? `${path.resolve(dir)} is intact: generation ${r.generation} of ${r.company}`
+          ? `${printable(path.resolve(dir))} is intact: generation ${r.generation} of ${r.company}`
           : r.damaged.length > 0
-            ? `${path.resolve(dir)} is damaged: ${r.damaged.length} problem(s) against generation ${r.generation} of ${r.company}`
-            : `${path.resolve(dir)}: no damage found against generation ${r.generation} of ${r.company}, but ${r.unchecked.length} entr${r.unchecked.length === 1 ? 'y' : 'ies'} could not be checked`;
+            ? `${printable(path.resolve(dir))} is damaged: ${r.damaged.length} problem(s) against generation ${r.generation} of ${r.company}`
+            : `${printable(path.resolve(dir))}: no damage found against generation ${r.generation} of ${r.company}, but ${r.unchecked.length} entr${r.unchecked.length === 1 ? 'y' : 'ies'} could not be checked`;
         process.stdout.write(`${head} (${o.deep ? `deep, ${formatBytes(r.bytesRead)} read` : 'metadata only'}, ${r.seconds.toFixed(2)} s)\n${lines.join('\n')}${lines.length ? '\n' : ''}`);
       }
       if (r.damaged.length > 0) throw new ExitWith(1);
@@ -399,13 +399,13 @@ export function buildProgram(): Commander.Command {
         onPoint: faultPoint,
         log: (line) => {
           progress.end();
-          process.stderr.write(`${line}\n`);
+          process.stderr.write(`${printable(line)}\n`);
         },
       }).finally(progress.end);
       if (o.json) process.stdout.write(`${JSON.stringify(r)}\n`);
       else {
         const what = r.unchanged ? 'nothing was damaged' : r.peerMovedOn ? 'the site had moved on: brought to its newest generation' : 'repaired';
-        process.stdout.write(`${what}. ${summary(r, absDir)}\n`);
+        process.stdout.write(`${what}. ${summary(r, printable(absDir))}\n`);
       }
       inside.check();
     });
@@ -521,7 +521,8 @@ export async function main(argv: string[]): Promise<number> {
       return 64; // commander already printed its one-line message
     }
     const e = toSnapferryError(err);
-    process.stderr.write(`snapferry: ${e.message} [${e.code}]\n`);
+    // One line whatever the message quotes (a DIR whose name holds a newline would forge a second).
+    process.stderr.write(`snapferry: ${printable(e.message)} [${e.code}]\n`);
     if (process.env.SNAPFERRY_DEBUG && e.cause) process.stderr.write(`${(e.cause as Error).stack ?? e.cause}\n`);
     return e.exitCode;
   }
@@ -541,7 +542,7 @@ if (invokedDirectly || process.argv[1]?.endsWith('snapferry')) {
       setImmediate(() => {
         if (outputError && code === 0) {
           const e = toSnapferryError(outputError, 'cannot write the output');
-          process.stderr.write(`snapferry: ${e.message} [${e.code}]\n`);
+          process.stderr.write(`snapferry: ${printable(e.message)} [${e.code}]\n`);
           code = e.exitCode;
         }
         process.stderr.write('', () => process.exit(code));

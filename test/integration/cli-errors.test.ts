@@ -171,6 +171,21 @@ describe('CLI: bad secret files and company folders', () => {
     fs.rmSync(cache, { recursive: true });
   });
 
+  // BUG (src/cli/main.ts, found by a helper review): a DIR whose name holds a newline was printed as it is, so a
+  // message (or a summary) forged a second line ("FAKE: intact") for whoever reads the output.
+  it('a folder name holding a newline cannot forge a second line of output', async () => {
+    const odd = path.join(tmp.dir, 'a\nFAKE: intact');
+    fs.mkdirSync(odd);
+    try {
+      const r = await runCli(['verify', odd], { timeoutMs: 20_000 });
+      expect(r.code).toBe(2);
+      expect(r.stderr.trim().split('\n'), r.stderr).toHaveLength(1);
+      expect(r.stdout).toBe('');
+    } finally {
+      fs.rmdirSync(odd);
+    }
+  });
+
   it('a secret file that is missing, a folder, empty or too short', async () => {
     const k = (n: string) => path.join(tmp.dir, n);
     await expectRefused(serve(k('none.key')), 77, /cannot read secret \S*none\.key: no such file or folder/, 'SNAPFERRY_E_SECRET');
