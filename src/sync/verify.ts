@@ -136,7 +136,14 @@ export async function verifyDir(dir: string, opts: VerifyOptions = {}): Promise<
   try {
     recover(paths);
     const applied = readApplied(paths);
-    if (!applied) throw new SnapferryError(ErrorCodes.STATE, `the record of what ${paths.dir} holds is missing; run repair to re-establish it from a peer`);
+    if (!applied) {
+      // No copy yet, only a seed's unfinished next/: nothing was lost, the seed is to be resumed. (Repair, which holds
+      // the lock, takes the missing record as its cue to establish it: it finishes the seed.)
+      if (!opts.locked && !fs.existsSync(paths.dir) && fs.existsSync(paths.nextJson)) {
+        throw new SnapferryError(ErrorCodes.NOT_A_COPY, `${paths.dir} holds no generation yet: its seed was interrupted; run pull again to resume it`);
+      }
+      throw new SnapferryError(ErrorCodes.STATE, `the record of what ${paths.dir} holds is missing; run repair to re-establish it from a peer`);
+    }
     let recordAuthenticated: boolean | null = null;
     if (opts.secret) {
       recordAuthenticated = recordAuthentic(applied.record, opts.secret);

@@ -310,6 +310,21 @@ describe('the commit at its edges', () => {
     }
   });
 
+  // BUG (src/sync/verify.ts, found by a helper review): verify of a DIR whose seed was cut short (no copy yet, only
+  // next/) said the copy's record was missing and sent the user to repair; the seed is to be resumed by pull.
+  it('verify of a DIR whose seed was cut short says so and sends to pull, which resumes it', async () => {
+    const { dest } = branch();
+    const killed = await pull(dest, { SNAPFERRY_FAULT_KILL_AT: 'planned' });
+    expect(killed.signal).toBe('SIGKILL');
+    const v = await runCli(['verify', dest]);
+    expect(v.code).toBe(2);
+    expectOneLine(v.stderr);
+    expect(v.stderr).toMatch(/holds no generation yet: its seed was interrupted; run pull again to resume it/);
+    const r = await pull(dest);
+    expect(r.code, r.stderr).toBe(0);
+    expectCopy(dest);
+  });
+
   // BUG (src/store/state.ts readApplied and isReplacedGeneration, found by a helper review): a record or an intent
   // holding JSON that is no object (null) failed as an internal error, which repair does not mend.
   it('a record or an intent holding null is malformed, not an internal error; repair mends the record', async () => {
