@@ -219,15 +219,29 @@ export async function pull(opts: PullOptions): Promise<PullResult> {
     // Failed attempts in a row without progress: an attempt that brought chunks starts the count again, so a link that
     // drops every few megabytes still finishes (the budget bounds a site or link that gets nowhere, not a long pull).
     // All attempts are bounded too: progress a new generation undoes each time must not retry for ever.
+    // What failed attempts at the generation the pull ends with fetched: the final attempt finds those chunks in next/
+    // and would count them reused, though this command fetched them (as bytesOnWire counts every attempt's bytes).
+    let earlier = { rootHash: '', fetched: 0, patched: 0, written: 0 };
     for (let attempt = 0, total = 0; ; attempt++, total++) {
       const run = new PullRun(opts, paths, started, dirIdentity);
       try {
         const r = await run.execute();
         r.bytesOnWire += wire;
+        if (earlier.rootHash === r.rootHash && !r.unchanged) {
+          r.chunksFetched += earlier.fetched;
+          r.chunksPatched += earlier.patched;
+          r.chunksReused = Math.max(0, r.chunksReused - earlier.fetched);
+          r.bytesWritten += earlier.written;
+        }
         return r;
       } catch (err) {
         const e = toSnapferryError(err);
         wire += run.wireBytes;
+        const c = run.counted;
+        if (c.rootHash !== earlier.rootHash) earlier = { rootHash: c.rootHash, fetched: 0, patched: 0, written: 0 };
+        earlier.fetched += c.fetched;
+        earlier.patched += c.patched;
+        earlier.written += c.written;
         everConnected ||= !run.neverConnected;
         if (e.code === ErrorCodes.STALE_SOURCE && attempt < retries + 20) {
           opts.log?.(`the company changed while it was sent (${e.message}); fetching the newer generation`);
@@ -293,6 +307,11 @@ class PullRun {
    */
   private get packBytes(): number {
     return this.opts.bwlimit ? Math.max(MIN_PACK_BYTES, Math.min(PACK_BYTES, Math.floor(this.opts.bwlimit / 2))) : PACK_BYTES;
+  }
+
+  /** What this attempt fetched and wrote, for the generation it pulled (rootHash '' before it knew). */
+  get counted(): { rootHash: string; fetched: number; patched: number; written: number } {
+    return { rootHash: this.rootHash ?? '', fetched: this.stats.fetched, patched: this.stats.patched, written: this.stats.written };
   }
 
   /** Whether this attempt received and wrote chunks from the site (what a retry need not fetch again). */

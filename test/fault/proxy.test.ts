@@ -151,6 +151,23 @@ describe('a faulty or hostile link between pull and serve', () => {
       expect(r.stderr).toMatch(/retrying in [\d.]+ s/);
     });
 
+    // BUG (src/sync/pull.ts pull, found by a helper review): after a dropped link, --json counted as fetched only
+    // the last attempt's chunks, and the earlier attempts' ones as reused (a seed "reusing" data it had just fetched),
+    // while bytesOnWire counted every attempt's bytes.
+    it('a seed cut and retried counts every chunk this command fetched as fetched', async () => {
+      const clean = await runCli(['pull', seedSite.url, 'acme', freshDest(), '--secret', key, '--json']);
+      expect(clean.code, clean.stderr).toBe(0);
+      const p = await proxy(seedSite, firstOnly({ s2c: afterBytes('s2c', 1 << 20, 'cut') }));
+      const dest = freshDest();
+      const r = await pullVia(p, dest);
+      expectExact(r, dest, seedFp);
+      const a = JSON.parse(clean.stdout);
+      const b = JSON.parse(r.stdout);
+      expect(b.chunksFetched).toBeGreaterThanOrEqual(a.chunksFetched);
+      expect(b.chunksReused).toBeLessThanOrEqual(a.chunksReused);
+      expect(b.bytesWritten).toBeGreaterThanOrEqual(a.bytesWritten);
+    });
+
     it('a stream truncated (FIN mid-frame) is retried and the copy is exact', async () => {
       const p = await proxy(seedSite, firstOnly({ s2c: afterBytes('s2c', 600_000, 'end') }));
       const dest = freshDest();
