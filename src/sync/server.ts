@@ -70,7 +70,8 @@ export interface ServeOptions {
   handshakeTimeoutMs?: number;
   /**
    * Authenticated sessions allowed at once (default 256); an upgrade beyond them is refused with 503. Connections that
-   * have not authenticated do not count: they have their own budget, `maxUnauthenticated`.
+   * have not authenticated do not count: they have their own budget, `maxUnauthenticated`; nor do followers waiting for
+   * a change (up to FOLLOWERS_PER_CONNECTION times as many), so that branches that follow never keep others out.
    */
   maxConnections?: number;
   /**
@@ -148,6 +149,9 @@ const ANSWER_GARBAGE_EVERY = 4 << 20;
  */
 const ANSWER_BUDGET_BYTES = 16 << 20;
 
+/** Followers waiting for a change allowed per `maxConnections` connection, beyond them (see SiteOptions.maxConnections). */
+const FOLLOWERS_PER_CONNECTION = 8;
+
 /** Ends of connections that never authenticated logged one by one per minute; the rest are counted (noteRefusal). */
 const REFUSALS_LOGGED_PER_MINUTE = 20;
 
@@ -201,6 +205,8 @@ export class SnapferryServer {
   private readonly sessions = new Set<Channel>();
   /** Sessions that completed the handshake: the ones `maxConnections` counts. */
   private readonly authenticated = new Set<Channel>();
+  /** Authenticated sessions that only wait for a change (FOLLOW): not counted against maxConnections. */
+  private readonly following = new Set<Channel>();
   /** TCP connections not authenticated yet (before the upgrade or in the handshake), by address, oldest first. */
   private readonly unauthenticated = new PendingHandshakes();
   /** Unauthenticated connections closed for newer ones since that was last logged, and when it was. */
@@ -281,7 +287,7 @@ export class SnapferryServer {
     // their budget (the oldest is closed first, below), so only this cap's margin is reached by them, never the cap:
     // authenticated sessions (at most maxConnections, plus handshakes admitted below the cap that complete once it is
     // reached, at most one budget), the budget, and a few spare for sessions still closing.
-    server.maxConnections = maxConnections + 2 * maxUnauthenticated + 16;
+    server.maxConnections = maxConnections * (1 + FOLLOWERS_PER_CONNECTION) + 2 * maxUnauthenticated + 16;
     // A puller never sends anything large (its biggest message is a GET of 32 KiB): a small cap keeps an
     // unauthenticated peer from making the site buffer megabytes.
     const wss = new WebSocketServer({
@@ -307,7 +313,7 @@ export class SnapferryServer {
       // First: a peer that resets the connection while we answer it would otherwise crash the site (ECONNRESET).
       socket.on('error', () => socket.destroy());
       // Only authenticated sessions fill the site; connections in their handshake are bounded by their own budget.
-      if (this.authenticated.size >= maxConnections) {
+      if (this.authenticated.size - this.following.size >= maxConnections) {
         // A peer that never closes its side must not keep the socket half-open (the server allows half-open sockets).
         const t = setTimeout(() => socket.destroy(), 2000);
         socket.once('close', () => clearTimeout(t));
@@ -514,6 +520,7 @@ export class SnapferryServer {
     channel.onClose = () => {
       this.sessions.delete(channel);
       this.authenticated.delete(channel);
+      this.following.delete(channel);
     };
     const remote = (ws as unknown as { _socket?: { remoteAddress?: string } })._socket?.remoteAddress ?? '?';
     let authenticated = false;
@@ -572,6 +579,8 @@ export class SnapferryServer {
         const msg = await session.recv(idle);
         switch (msg[0]) {
           case MsgType.OPEN: {
+            // A session that pulls counts as one whatever it followed before.
+            this.following.delete(session.channel);
             const open = decodeJson<OpenMsg>(msg);
             company = this.companies.get(textOf(open.company));
             if (!company) {
@@ -632,6 +641,8 @@ export class SnapferryServer {
               followScans.set(c, scanned);
             }
             follow = this.followerOf(c, session, textOf(f.have ?? ''), scanned);
+            // A waiting follower holds a socket and little else: counted apart, within its own bound.
+            if (this.following.size < (this.opts.maxConnections ?? 256) * FOLLOWERS_PER_CONNECTION) this.following.add(session.channel);
             break;
           }
           case MsgType.PING:
@@ -647,6 +658,7 @@ export class SnapferryServer {
     } finally {
       stopReading();
       follow?.();
+      this.following.delete(session.channel);
     }
   }
 

@@ -100,6 +100,27 @@ describe('follow under trouble', () => {
     }
   });
 
+  // BUG (src/sync/server.ts, found by a helper review): a follower waiting for a change held one of the site's
+  // --max-connections, so as many followers as slots kept every other branch out ("busy", exit 69) for as long as they
+  // followed. Produced: a site with --max-connections 1, one follower waiting, then a one-shot pull of a new branch.
+  it('a follower waiting for a change does not hold one of the site\'s --max-connections', async () => {
+    const { src, served, dest } = await site(1, ['--max-connections', '1']);
+    const f = follower(served.url, dest, ['--no-spare']);
+    try {
+      await waitFor(() => f.lines().length >= 1, 20_000);
+      await sleep(500); // the follower's wait is under way
+      const other = path.join(tmp.dir, `other${n}`, 'acme');
+      fs.mkdirSync(path.dirname(other));
+      const r = await runCli(['pull', served.url, 'acme', other, '--secret', key, '--retries', '0']);
+      expect(r.code, r.stderr).toBe(0);
+      expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(other))).toEqual([]);
+      expect(f.child.exitCode).toBeNull();
+    } finally {
+      await stop(f);
+      await served.stop();
+    }
+  });
+
   // BUG (src/cli/main.ts, found by a helper review): with `--follow --json | reader`, the reader gone, the next
   // generation's line crashed the follower with an unhandled EPIPE stack trace (exit 1). Produced: the test closes its
   // end of the follower's stdout after the first line, then changes the company.
