@@ -588,7 +588,12 @@ export function unchangedByStats(paths: StatePaths): AppliedRecord | undefined {
       const st = fs.lstatSync(entryPath(paths.dir, s.paths[i]!), { bigint: true });
       const kind = s.kinds[i];
       if (kind === 'd' ? !st.isDirectory() : kind === 's' ? !st.isSymbolicLink() : !st.isFile()) return undefined;
-      if (kind !== 'f') continue;
+      // A folder or link as committed too: a link made anew (to another target) is another inode, and a folder whose
+      // entries, mode or times were changed since has another ctime (an extra file in it, say).
+      if (kind !== 'f') {
+        if (inodeStamp(st) !== s.stats[i]) return undefined;
+        continue;
+      }
       if (!asCommitted(st, s.sizes[i]!, BigInt(s.mtimes[i]!), s.stats[i]!)) return undefined;
     }
     return record;

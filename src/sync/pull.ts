@@ -604,8 +604,9 @@ class PullRun {
     } catch {
       return false;
     }
-    if (e.kind === 'dir') return st.isDirectory();
-    if (e.kind === 'symlink') return st.isSymbolicLink();
+    // A folder with its mode and mtime (an entry added to it or removed since changes its mtime), a link with its target.
+    if (e.kind === 'dir') return st.isDirectory() && Number(st.mode & 0o7777n) === appliedMode(e.mode) && sameMtime(st.mtimeNs, e.mtimeNs);
+    if (e.kind === 'symlink') return st.isSymbolicLink() && readlinkOr(entryPath(this.paths.dir, e.path)) === e.target;
     return this.asApplied(st, idx);
   }
 
@@ -1967,4 +1968,13 @@ function* patchBatchesOf(from: Uint8Array, L: Layout, bases: Map<number, string>
     bytes += n;
   }
   if (runs.length) yield { runs, bytes };
+}
+
+/** A symbolic link's target, or undefined where it cannot be read. */
+function readlinkOr(p: string): string | undefined {
+  try {
+    return fs.readlinkSync(p);
+  } catch {
+    return undefined;
+  }
 }

@@ -120,6 +120,38 @@ describe('delta sync after the seed', () => {
     }
   });
 
+  // BUG (src/store/state.ts unchangedByStats, src/sync/pull.ts trusted; found by a helper review): a re-pull of an
+  // unchanged company said "unchanged" and kept what was changed at the branch beside files: a link re-pointed (out
+  // of the tree), an extra file, a folder's mode. Checked with and without the stats record (the quick and full checks).
+  it('a re-pull of an unchanged company puts back links, folders and extra entries changed at the branch', async () => {
+    const { src, dest, served } = await seeded('branch-edits', 2);
+    fs.symlinkSync('Company.900', path.join(src, 'ledger-link'));
+    const state = path.join(path.dirname(dest), '.acme.snapferry');
+    try {
+      let r = await runCli(['pull', served.url, 'acme', dest, '--secret', key, '--json']);
+      expect(r.code, r.stderr).toBe(0);
+      const want = treeFingerprint(src);
+      for (const dropStats of [false, true]) {
+        fs.rmSync(path.join(dest, 'ledger-link'));
+        fs.symlinkSync('../../outside', path.join(dest, 'ledger-link'));
+        fs.writeFileSync(path.join(dest, 'masters', 'extra.txt'), 'made at the branch\n');
+        fs.chmodSync(path.join(dest, 'reports'), 0o700);
+        if (dropStats) fs.rmSync(path.join(state, 'applied.stats'));
+        r = await runCli(['pull', served.url, 'acme', dest, '--secret', key, '--json']);
+        expect(r.code, r.stderr).toBe(0);
+        const j = JSON.parse(r.stdout);
+        expect(j.unchanged, `stats dropped: ${dropStats}`).toBe(false);
+        expect(j.chunksFetched).toBe(0);
+        expect(fingerprintDiff(want, treeFingerprint(dest)), `stats dropped: ${dropStats}`).toEqual([]);
+        expect((await runCli(['verify', dest])).code).toBe(0);
+      }
+      r = await runCli(['pull', served.url, 'acme', dest, '--secret', key, '--json']);
+      expect(JSON.parse(r.stdout).unchanged).toBe(true);
+    } finally {
+      await served.stop();
+    }
+  });
+
   it('a delta does not trust branch files edited by hand (size and mtime put back) as hard links or local sources', async () => {
     // Produced by rewriting a byte in every fifth file of the branch and setting each file's mtime back (to the
     // millisecond, as a user's tool would), then changing the site. The plan trusts the applied generation wholesale
