@@ -489,6 +489,19 @@ export function sameMtime(a: bigint, b: bigint): boolean {
   return d < 2000n && d > -2000n;
 }
 
+const SECOND_NS = 1_000_000_000n;
+
+/**
+ * Whether mtime `onDisk`, read back from a file snapferry set to `wanted`, is what the filesystem keeps of it: the same
+ * to the microsecond, or on a filesystem that keeps whole seconds (FAT, ext4 with 128-byte inodes, HFS+), `wanted`
+ * cut to its second (or FAT's two). Compared exactly, every file of such a branch looked changed at every pull.
+ */
+export function sameStoredMtime(onDisk: bigint, wanted: bigint): boolean {
+  if (sameMtime(onDisk, wanted)) return true;
+  const cut = wanted - onDisk;
+  return onDisk % SECOND_NS === 0n && cut > 0n && cut < 2n * SECOND_NS;
+}
+
 /** Bytewise UTF-8 order, the order entries are kept in. */
 export function comparePaths(a: string, b: string): number {
   // UTF-16 code units sort as UTF-8 bytes do, except surrogates against U+E000..U+FFFF: only then are bytes compared

@@ -24,7 +24,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
 import { createHmac, hkdfSync, timingSafeEqual } from 'node:crypto';
-import { decodeManifest, entryPath, Entry, Manifest, rootHashOf, sameMtime } from '../manifest/manifest.js';
+import { decodeManifest, entryPath, Entry, Manifest, rootHashOf, sameStoredMtime } from '../manifest/manifest.js';
 import { fail, ErrorCodes, SnapferryError, toSnapferryError } from '../util/errors.js';
 import { inodeStamp } from '../util/stamp.js';
 import { makeDirs, dirProblem } from '../util/mkdirs.js';
@@ -179,7 +179,7 @@ export class StatePaths {
  * check trusts instead of reading the file: the pull's plan, the unchanged re-pull, the spare and its preparation.
  */
 export function asCommitted(st: fs.BigIntStats, size: number, mtimeNs: bigint, stamp: string | null): boolean {
-  return st.isFile() && Number(st.size) === size && sameMtime(st.mtimeNs, mtimeNs) && (stamp === null || inodeStamp(st) === stamp);
+  return st.isFile() && Number(st.size) === size && sameStoredMtime(st.mtimeNs, mtimeNs) && (stamp === null || inodeStamp(st) === stamp);
 }
 
 /** Free and total bytes of the filesystem holding `dir`, or undefined where statfs cannot tell. */

@@ -16,7 +16,7 @@ import { WS_HEADER_MAX } from '../transport/channel.js';
 import type { WorkerPool } from '../work/pool.js';
 import { layoutOf, Layout } from '../manifest/layout.js';
 import { IdIndex, idWords } from '../manifest/idindex.js';
-import { appliedMode, decodeManifest, Entry, entryPath, Manifest, rootHashOf, sameContent, sameMtime, totalBytes } from '../manifest/manifest.js';
+import { appliedMode, decodeManifest, Entry, entryPath, Manifest, rootHashOf, sameContent, sameMtime, sameStoredMtime, totalBytes } from '../manifest/manifest.js';
 import {
   MsgType,
   decodeJson,
@@ -522,7 +522,7 @@ class PullRun {
     }
     const encoded = fs.readFileSync(manifestFile);
     if (rootHashOf(encoded) !== this.rootHash) fail(ErrorCodes.STATE, `the manifest kept in ${manifestFile} for the commit was changed`);
-    commit(this.paths, signRecord(record, this.opts.secret), encoded, this.opts.durable !== false, this.opts.onPoint, this.opts.spare !== false, () =>
+    commit(this.paths, signRecord(record, this.opts.secret), encoded, this.opts.durable !== false, this.opts.onPoint, this.opts.spare !== false && !this.opts.repair, () =>
       writeStats(this.paths, this.rootHash, this.m, this.finishedStats, this.opts.durable !== false),
     );
     this.opts.onPoint?.('committed');
@@ -605,7 +605,7 @@ class PullRun {
       return false;
     }
     // A folder with its mode and mtime (an entry added to it or removed since changes its mtime), a link with its target.
-    if (e.kind === 'dir') return st.isDirectory() && Number(st.mode & 0o7777n) === appliedMode(e.mode) && sameMtime(st.mtimeNs, e.mtimeNs);
+    if (e.kind === 'dir') return st.isDirectory() && Number(st.mode & 0o7777n) === appliedMode(e.mode) && sameStoredMtime(st.mtimeNs, e.mtimeNs);
     if (e.kind === 'symlink') return st.isSymbolicLink() && readlinkOr(entryPath(this.paths.dir, e.path)) === e.target;
     return this.asApplied(st, idx);
   }

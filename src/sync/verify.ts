@@ -9,7 +9,7 @@ import { StatePaths, readApplied, recover, recordAuthentic, DirLock, Applied } f
 import { loadHasher } from '../chunk/hash.js';
 import { FileHasher } from './filehash.js';
 import { mayRead } from '../util/open.js';
-import { Entry, comparePaths, appliedMode, entryPath, sameMtime } from '../manifest/manifest.js';
+import { Entry, comparePaths, appliedMode, entryPath, sameStoredMtime } from '../manifest/manifest.js';
 import { SnapferryError, ErrorCodes, fsProblem } from '../util/errors.js';
 
 /** Pieces (files, or up to 1 MiB of one) a deep walk may queue ahead of the reads. */
@@ -198,7 +198,7 @@ export async function verifyDir(dir: string, opts: VerifyOptions = {}): Promise<
       // leaves only its mtime changed, which repair puts back only if it is reported.
       if (e.kind === 'symlink') {
         if (fs.readlinkSync(abs) !== e.target) damaged.push({ path: e.path, problem: 'link-changed' });
-        else if (!sameMtime(st.mtimeNs, e.mtimeNs)) damaged.push({ path: e.path, problem: 'mtime-changed' });
+        else if (!sameStoredMtime(st.mtimeNs, e.mtimeNs)) damaged.push({ path: e.path, problem: 'mtime-changed' });
         continue;
       }
       const mode = Number(st.mode & 0o7777n);
@@ -206,7 +206,7 @@ export async function verifyDir(dir: string, opts: VerifyOptions = {}): Promise<
         damaged.push({ path: e.path, problem: 'mode-changed', expectedMode: appliedMode(e.mode).toString(8), actualMode: mode.toString(8) });
       }
       if (e.kind === 'dir') {
-        if (!sameMtime(st.mtimeNs, e.mtimeNs)) damaged.push({ path: e.path, problem: 'mtime-changed' });
+        if (!sameStoredMtime(st.mtimeNs, e.mtimeNs)) damaged.push({ path: e.path, problem: 'mtime-changed' });
         continue;
       }
       const size = Number(st.size);
@@ -215,7 +215,7 @@ export async function verifyDir(dir: string, opts: VerifyOptions = {}): Promise<
       if (size !== e.size) {
         sizeProblem = { path: e.path, problem: size < e.size ? 'truncated' : 'grown', expectedSize: e.size, actualSize: size };
         damaged.push(sizeProblem);
-      } else if (!sameMtime(st.mtimeNs, e.mtimeNs)) {
+      } else if (!sameStoredMtime(st.mtimeNs, e.mtimeNs)) {
         // In deep mode too: the copy promises the mtime, and repair mends only what verify reports.
         damaged.push({ path: e.path, problem: 'mtime-changed' });
       }
