@@ -894,19 +894,27 @@ export function checkDirUsable(paths: StatePaths, adopt = false): void {
 }
 
 /**
+ * Whether something other than the folder the last commit put at DIR stands there now (the record names that folder;
+ * one without the name, or unreadable, says nothing).
+ */
+export function folderReplaced(paths: StatePaths): boolean {
+  let folder: unknown;
+  try {
+    folder = (JSON.parse(fs.readFileSync(paths.appliedJson, 'utf8')) as AppliedRecord | null)?.folder;
+  } catch {
+    return false;
+  }
+  return typeof folder === 'string' && exists(paths.dir) && !sameIdentity(folder, identityOf(paths.dir));
+}
+
+/**
  * Refuses a DIR with files that is not the folder the last commit put there (its identity recorded with the
  * generation): the copy was moved or deleted and another folder made at its path, which holds the user's files, not
  * the generation the record describes. An empty one is taken (nothing in it to lose). A record that cannot be read
  * is left to readApplied to report.
  */
 export function checkCommittedFolder(paths: StatePaths): void {
-  let folder: unknown;
-  try {
-    folder = (JSON.parse(fs.readFileSync(paths.appliedJson, 'utf8')) as AppliedRecord | null)?.folder;
-  } catch {
-    return;
-  }
-  if (typeof folder !== 'string' || !exists(paths.dir) || sameIdentity(folder, identityOf(paths.dir))) return;
+  if (!folderReplaced(paths)) return;
   if (!fs.lstatSync(paths.dir).isDirectory() || fs.readdirSync(paths.dir).length === 0) return;
   fail(
     ErrorCodes.DIR_FOREIGN,

@@ -55,6 +55,7 @@ import {
   identityOf,
   sameIdentity,
   checkCommittedFolder,
+  folderReplaced,
 } from '../store/state.js';
 import { MovedFiles } from './moves.js';
 import { Spare, dropKept, dropSpareFilesAsync, keepSpares } from '../store/spare.js';
@@ -429,7 +430,10 @@ class PullRun {
     const timeout = this.opts.timeoutMs ?? 60_000;
     // The generation DIR holds is named from its record alone; while the site scans, DIR is checked against the stats
     // of that generation (enough when the site says it is unchanged: the manifest is then never decoded).
-    const have = this.opts.repair ? this.applied?.record.rootHash : recordSays(this.paths, 'rootHash');
+    // A folder adopted in place of the one the record describes (a backup restored where the copy was) is taken as a
+    // first adopt: its files are chunked and matched, not judged by a record of another folder.
+    const recordOfOther = this.opts.adopt === true && folderReplaced(this.paths);
+    const have = this.opts.repair ? this.applied?.record.rootHash : recordOfOther ? undefined : recordSays(this.paths, 'rootHash');
     await s.sendJson(MsgType.OPEN, { company: this.opts.company, have } satisfies OpenMsg);
     const intactRecord = have && !this.opts.repair ? unchangedByStats(this.paths) : undefined;
     this.progress('manifest');
@@ -443,7 +447,7 @@ class PullRun {
       await s.send(Buffer.from([MsgType.BYE]));
       return this.result(true, { files: intactRecord.files, bytes: intactRecord.bytes, chunks: intactRecord.chunks });
     }
-    if (!this.opts.repair) this.applied = readApplied(this.paths);
+    if (!this.opts.repair && !recordOfOther) this.applied = readApplied(this.paths);
     // The check against the stats a moment ago found every file of the applied generation as committed: the plan
     // trusts them without a second lstat of each (~90 ms for 2,626 files here, on the first delta's critical path).
     this.appliedIntact = intactRecord !== undefined && intactRecord.rootHash === this.applied?.record.rootHash;

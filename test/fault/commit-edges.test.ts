@@ -270,6 +270,16 @@ describe('the commit at its edges', () => {
     r = await runCli(['pull', served.url, 'acme', dest, '--secret', key, '--adopt']);
     expect(r.code, r.stderr).toBe(0);
     expectCopy(dest);
+    // A backup restored where the copy was (another folder, the same files): adopted, it reuses every chunk (it fetched
+    // them all while the old record was there: found by a helper review).
+    const backup = path.join(parent, 'backup');
+    fs.cpSync(dest, backup, { recursive: true, preserveTimestamps: true });
+    fs.rmSync(dest, { recursive: true });
+    fs.renameSync(backup, dest);
+    r = await runCli(['pull', served.url, 'acme', dest, '--secret', key, '--adopt', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout).chunksFetched).toBe(0);
+    expectCopy(dest);
   });
 
   // BUG (src/store/state.ts DirLock.acquire, found by a helper review): a folder at the state folder's name that
