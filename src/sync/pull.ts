@@ -747,6 +747,9 @@ class PullRun {
     let resumable = false;
     try {
       resumable = JSON.parse(fs.readFileSync(p.nextJson, 'utf8')).rootHash === this.rootHash && fs.existsSync(p.next);
+      // Only a tree the earlier attempt built: its folders real folders. A link in a folder's place (planted there)
+      // would lead the plan's links and writes outside DIR, and be committed as part of the generation.
+      resumable &&= fs.lstatSync(p.next).isDirectory() && this.m.entries.every((e) => e.kind !== 'dir' || !isNonFolder(entryPath(p.next, e.path)));
     } catch {
       resumable = false;
     }
@@ -1980,5 +1983,14 @@ function readlinkOr(p: string): string | undefined {
     return fs.readlinkSync(p);
   } catch {
     return undefined;
+  }
+}
+
+/** Whether something other than a folder stands at `p` (nothing there is not). */
+function isNonFolder(p: string): boolean {
+  try {
+    return !fs.lstatSync(p).isDirectory();
+  } catch {
+    return false;
   }
 }

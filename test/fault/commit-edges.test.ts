@@ -335,6 +335,29 @@ describe('the commit at its edges', () => {
     expectCopy(dest);
   });
 
+  // BUG (src/sync/pull.ts plan, found by a helper review): a next/ planted in the state folder for the site's
+  // generation, with a link to a folder outside where a folder of the company goes, was resumed: the plan made folders
+  // and hard links inside the outside folder, and the commit put the link in DIR, exit 0.
+  it('a next/ whose folder is a link to outside is not resumed: nothing is written there, DIR is the generation', async () => {
+    const { parent, dest, state } = branch();
+    let r = await pull(dest);
+    expect(r.code, r.stderr).toBe(0);
+    const outside = path.join(parent, 'outside');
+    fs.mkdirSync(outside);
+    fs.writeFileSync(path.join(outside, 'mine.txt'), 'keep\n');
+    const rootHash = JSON.parse(fs.readFileSync(path.join(state, 'applied.json'), 'utf8')).rootHash;
+    fs.rmSync(path.join(dest, 'Journal.log')); // damage, so that the pull is no unchanged one
+    fs.mkdirSync(path.join(state, 'next'), { mode: 0o700 });
+    fs.symlinkSync(outside, path.join(state, 'next', 'masters'));
+    fs.writeFileSync(path.join(state, 'next.json'), JSON.stringify({ rootHash, bytes: 1 }));
+    const before = treeFingerprint(outside);
+    r = await pull(dest);
+    expect(r.code, r.stderr).toBe(0);
+    expect(fingerprintDiff(before, treeFingerprint(outside))).toEqual([]);
+    expect(fs.lstatSync(path.join(dest, 'masters')).isDirectory()).toBe(true);
+    expectCopy(dest);
+  });
+
   // BUG (src/store/state.ts readApplied and isReplacedGeneration, found by a helper review): a record or an intent
   // holding JSON that is no object (null) failed as an internal error, which repair does not mend.
   it('a record or an intent holding null is malformed, not an internal error; repair mends the record', async () => {
