@@ -320,9 +320,23 @@ function checkStateFolder(state: string): void {
   else if (!st.isDirectory()) why = 'is not a folder';
   else if (uid !== undefined && st.uid !== uid) why = `belongs to another user (uid ${st.uid})`;
   else if ((st.mode & 0o077) !== 0) why = `is open to other users (mode ${(st.mode & 0o777).toString(8)})`;
-  if (why === undefined) return;
+  if (why === undefined) return checkRecordFiles(state);
   fail(ErrorCodes.DIR_FOREIGN, `${state} ${why}: not a state folder snapferry made, where it keeps the copy's records; refusing to use it (move it away)`);
 }
+
+/**
+ * Refuses record files that are no plain files (a FIFO, a device, a link), before anything reads them: a read of a
+ * FIFO waits for ever, and a link leads the read outside. Folders at their names are removed by the recovery.
+ */
+function checkRecordFiles(state: string): void {
+  for (const d of fs.readdirSync(state, { withFileTypes: true })) {
+    if (d.isFile() || d.isDirectory() || !RECORD_FILE.test(d.name)) continue;
+    fail(ErrorCodes.STATE, `${path.join(state, d.name)} is not a plain file (a FIFO, a device or a link made there): snapferry's records are plain files; remove it and run the command again`);
+  }
+}
+
+/** The names of the state folder's record files (StatePaths), the lock's included. */
+const RECORD_FILE = /^(lock|(applied|next|pending|spare|prev)\.(json|manifest|stats|journal|unsynced|links)|commit\.json|spare\.keep\.json)$/;
 
 /**
  * Takes lock file `lock` for this process: undefined once taken, else who holds it (a live process's pid, or

@@ -358,6 +358,30 @@ describe('the commit at its edges', () => {
     expectCopy(dest);
   });
 
+  // BUG (src/store/state.ts, found by a helper review): a FIFO made at the name of a record (the lock, applied.json)
+  // had verify and pull wait for ever on its read. Produced with mkfifo; each command is given 20 s.
+  it('a FIFO at the name of a record or the lock is refused by name, not waited on', async () => {
+    const { dest, state } = branch();
+    let r = await pull(dest);
+    expect(r.code, r.stderr).toBe(0);
+    for (const name of ['applied.json', 'lock']) {
+      const at = path.join(state, name);
+      const kept = `${at}.kept`;
+      if (fs.existsSync(at)) fs.renameSync(at, kept);
+      expect(spawnSync('mkfifo', [at]).status).toBe(0);
+      for (const args of [['verify', dest], ['pull', served.url, 'acme', dest, '--secret', key]]) {
+        r = await runCli(args, { timeoutMs: 20_000 });
+        expect(r.signal, `${args[0]} with a FIFO at ${name}: waited`).toBeNull();
+        expect(r.code).not.toBe(0);
+        expectOneLine(r.stderr);
+        expect(r.stderr).toMatch(/is not a plain file .*SNAPFERRY_E_STATE/);
+      }
+      fs.rmSync(at);
+      if (fs.existsSync(kept)) fs.renameSync(kept, at);
+    }
+    expect((await runCli(['verify', dest])).code).toBe(0);
+  });
+
   // BUG (src/store/state.ts readApplied and isReplacedGeneration, found by a helper review): a record or an intent
   // holding JSON that is no object (null) failed as an internal error, which repair does not mend.
   it('a record or an intent holding null is malformed, not an internal error; repair mends the record', async () => {
