@@ -340,11 +340,12 @@ export function buildProgram(): Commander.Command {
     .option('--deep', 'read every byte and check every chunk hash')
     .option('--json', 'print one JSON object')
     .option('--secret <file>', 'also check that the applied-generation record is authentic')
-    .action(async (dir: string, o: { deep?: boolean; json?: boolean; secret?: string }) => {
+    .option('--wait', 'wait for a pull of the same DIR (a follower applying a generation) to finish instead of exiting 2')
+    .action(async (dir: string, o: { deep?: boolean; json?: boolean; secret?: string; wait?: boolean }) => {
       let r: VerifyResult;
       try {
         const { verifyDir } = await import('../sync/verify.js');
-        const full = await verifyDir(dir, { deep: o.deep === true, secret: o.secret ? readSecret(o.secret) : undefined });
+        const full = await verifyDir(dir, { deep: o.deep === true, secret: o.secret ? readSecret(o.secret) : undefined, lockWaitMs: o.wait ? 24 * 3600_000 : 0 });
         const { good: _good, applied: _applied, ...rest } = full;
         r = rest;
       } catch (err) {

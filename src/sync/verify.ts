@@ -124,6 +124,8 @@ export interface VerifyOptions {
   secret?: Buffer;
   /** The caller already holds DIR's lock (repair). */
   locked?: boolean;
+  /** How long to wait for another command holding DIR's lock (a follower's pull) before refusing; 0 by default. */
+  lockWaitMs?: number;
 }
 
 /** Checks one DIR. Throws STATE when there is nothing trustworthy to check against. */
@@ -132,7 +134,7 @@ export async function verifyDir(dir: string, opts: VerifyOptions = {}): Promise<
   const paths = new StatePaths(dir);
   const lock = new DirLock(paths);
   if (!fs.existsSync(paths.state)) throw new SnapferryError(ErrorCodes.NOT_A_COPY, `${paths.dir} holds no generation applied by snapferry (no ${paths.state})`);
-  if (!opts.locked) await lock.acquire(0);
+  if (!opts.locked) await lock.acquire(opts.lockWaitMs ?? 0);
   try {
     recover(paths);
     const applied = readApplied(paths);

@@ -10,7 +10,7 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import fs from 'node:fs';
 import path from 'node:path';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, Served, NO_DAC_OVERRIDE, tmpfsUnavailable } from '../helpers.js';
 import { makeCompany, mutateCompany } from '../../src/gen/company.js';
@@ -380,6 +380,28 @@ describe('the commit at its edges', () => {
       if (fs.existsSync(kept)) fs.renameSync(kept, at);
     }
     expect((await runCli(['verify', dest])).code).toBe(0);
+  });
+
+  // verify --wait (a helper review: a nightly verify beside a follower exited 2 "in use" whenever a generation was
+  // being applied). Produced: DIR's lock naming a live process, freed after a second.
+  it('verify --wait waits for the command holding DIR; without it, verify says in use (exit 2)', async () => {
+    const { dest, state } = branch();
+    const r = await pull(dest);
+    expect(r.code, r.stderr).toBe(0);
+    const holder = spawn('sleep', ['30'], { stdio: 'ignore' });
+    try {
+      fs.writeFileSync(path.join(state, 'lock'), `${holder.pid}\n`);
+      const busy = await runCli(['verify', dest]);
+      expect(busy.code).toBe(2);
+      expect(busy.stderr).toMatch(/in use by snapferry process/);
+      const waiting = runCli(['verify', dest, '--wait'], { timeoutMs: 20_000 });
+      setTimeout(() => holder.kill('SIGKILL'), 1000);
+      const v = await waiting;
+      expect(v.code, v.stderr).toBe(0);
+      expect(v.stdout).toMatch(/is intact/);
+    } finally {
+      holder.kill('SIGKILL');
+    }
   });
 
   // BUG (src/store/state.ts readApplied and isReplacedGeneration, found by a helper review): a record or an intent
