@@ -594,6 +594,11 @@ interface StatsRecord {
 export function unchangedByStats(paths: StatePaths): AppliedRecord | undefined {
   try {
     const record = JSON.parse(fs.readFileSync(paths.appliedJson, 'utf8')) as AppliedRecord;
+    // The counts an unchanged pull reports come from here: only as the commit wrote them. And the manifest the record
+    // names must still hash to its root (a damaged one is for the full check to report, not for this one to ignore).
+    const count = (v: unknown) => Number.isSafeInteger(v) && (v as number) >= 0;
+    if (!count(record.files) || !count(record.bytes) || (record.chunks !== undefined && !count(record.chunks))) return undefined;
+    if (rootHashOf(fs.readFileSync(paths.appliedManifest)) !== record.rootHash) return undefined;
     const s = JSON.parse(fs.readFileSync(paths.appliedStats, 'utf8')) as StatsRecord;
     const n = s.stats?.length ?? 0;
     if (s.rootHash !== record.rootHash || !s.paths || !s.sizes || !s.mtimes || typeof s.kinds !== 'string') return undefined;

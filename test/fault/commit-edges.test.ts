@@ -404,6 +404,36 @@ describe('the commit at its edges', () => {
     }
   });
 
+  // BUG (src/store/state.ts unchangedByStats, found by a helper review): the quick check of an unchanged pull never
+  // read applied.manifest, so a damaged one went unnoticed (exit 0) while verify exited 2; and the counts it reported
+  // came from applied.json unchecked ("files":"x" was printed as such).
+  it('an unchanged pull notices a damaged manifest record, and reports counts only as committed', async () => {
+    const { dest, state } = branch();
+    let r = await pull(dest);
+    expect(r.code, r.stderr).toBe(0);
+    const seed = JSON.parse(r.stdout);
+    const appliedJson = path.join(state, 'applied.json');
+    const record = JSON.parse(fs.readFileSync(appliedJson, 'utf8'));
+    fs.writeFileSync(appliedJson, JSON.stringify({ ...record, files: 'x' }));
+    r = await pull(dest);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout)).toMatchObject({ unchanged: true, files: seed.files });
+    fs.writeFileSync(appliedJson, JSON.stringify(record));
+    const manifest = path.join(state, 'applied.manifest');
+    const bytes = fs.readFileSync(manifest);
+    bytes[bytes.length >> 1] ^= 0xff;
+    fs.writeFileSync(manifest, bytes);
+    r = await pull(dest);
+    expect(r.code).not.toBe(0);
+    expectOneLine(r.stderr);
+    expect(r.stderr).toMatch(/does not match its manifest.*SNAPFERRY_E_STATE/);
+    r = await repair(dest);
+    expect(r.code, r.stderr).toBe(0);
+    r = await pull(dest);
+    expect(JSON.parse(r.stdout).unchanged).toBe(true);
+    expectCopy(dest);
+  });
+
   // BUG (src/store/state.ts readApplied and isReplacedGeneration, found by a helper review): a record or an intent
   // holding JSON that is no object (null) failed as an internal error, which repair does not mend.
   it('a record or an intent holding null is malformed, not an internal error; repair mends the record', async () => {
