@@ -112,30 +112,6 @@ function checkNewCompanyDir(dir: string): void {
 }
 
 /** mutate rewrites pages, deletes and renames files: only in a synthetic company (mkcompany's), never any folder. */
-/**
- * Refuses a secret file at or inside a served company's folder: every branch would receive it with the company's
- * files, and it would go wherever their copies go (their backups, a disk carried to another office).
- */
-function refuseSecretInCompany(secretFile: string, companies: ReadonlyMap<string, string>): void {
-  let real: string;
-  try {
-    real = fs.realpathSync(secretFile);
-  } catch {
-    return; // readSecret said why already
-  }
-  for (const [name, dir] of companies) {
-    let company: string;
-    try {
-      company = fs.realpathSync(dir);
-    } catch {
-      continue; // refused by the site, by name
-    }
-    if (real.startsWith(company.endsWith(path.sep) ? company : company + path.sep)) {
-      fail(ErrorCodes.USAGE, `--secret ${secretFile} is inside company ${name}'s folder ${dir}: every branch would receive it with the company's files; keep it outside every company`);
-    }
-  }
-}
-
 function checkSyntheticCompany(dir: string, top: ReadonlySet<string>): void {
   const names = folderNames(dir, false)!;
   const odd = names.filter((n) => !top.has(n));
@@ -228,8 +204,10 @@ export function buildProgram(): Commander.Command {
       const { host, port } = parseListen(o.listen);
       const secret = readSecret(o.secret);
       const companies = parseCompanies(o.company);
-      refuseSecretInCompany(o.secret, companies);
-      const { SnapferryServer } = await import('../sync/server.js');
+      const { SnapferryServer, companyHolding } = await import('../sync/server.js');
+      // A secret inside a company would reach every branch with its files, and go wherever their copies go.
+      const holder = companyHolding(fs.realpathSync(o.secret), companies);
+      if (holder) fail(ErrorCodes.USAGE, `--secret ${o.secret} is inside company ${holder[0]}'s folder ${holder[1]}: every branch would receive it with the company's files; keep it outside every company`);
       const { NO_COMPRESSION } = await import('../work/tasks.js');
       const level = o.level === undefined ? undefined : o.level === 'none' ? NO_COMPRESSION : parseLevel(o.level);
       const server = new SnapferryServer({

@@ -732,11 +732,6 @@ function namesDigest(names: readonly string[]): string {
 /** The largest time (nanoseconds from the epoch, either way) a manifest holds: a signed 64-bit integer's range. */
 const MAX_TIME_NS = (1n << 63n) - 1n;
 
-/**
- * Refuses a folder holding a name that is not valid UTF-8 (a Latin-1 "B\xfcro.txt" from an old share, say). Node
- * lists such a name with U+FFFD in place of the bad bytes, a name no call can open: left alone, the file would be
- * missing from every generation without a word. Called only when a listed name has U+FFFD in it (it may be genuine).
- */
 /** Whether folder `dir` (stat `st`) is a mount point: on another filesystem than its parent (or the root itself). */
 function isMountPoint(dir: string, st: fs.Stats): boolean {
   try {
@@ -758,6 +753,11 @@ function isCopyStateFolder(name: string, abs: string): boolean {
   return ['lock', 'applied.json', 'next.json', 'commit.json'].some((f) => fs.existsSync(`${abs}/${f}`));
 }
 
+/**
+ * Refuses a folder holding a name that is not valid UTF-8 (a Latin-1 "B\xfcro.txt" from an old share, say). Node
+ * lists such a name with U+FFFD in place of the bad bytes, a name no call can open: left alone, the file would be
+ * missing from every generation without a word. Called only when a listed name has U+FFFD in it (it may be genuine).
+ */
 async function refuseNonUtf8(absDir: string, relDir: string): Promise<void> {
   for (const raw of await fs.promises.readdir(absDir, { encoding: 'buffer' })) {
     if (isUtf8(raw)) continue;

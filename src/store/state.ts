@@ -594,11 +594,9 @@ interface StatsRecord {
 export function unchangedByStats(paths: StatePaths): AppliedRecord | undefined {
   try {
     const record = JSON.parse(fs.readFileSync(paths.appliedJson, 'utf8')) as AppliedRecord;
-    // The counts an unchanged pull reports come from here: only as the commit wrote them. And the manifest the record
-    // names must still hash to its root (a damaged one is for the full check to report, not for this one to ignore).
+    // The counts an unchanged pull reports come from here: only as the commit wrote them.
     const count = (v: unknown) => Number.isSafeInteger(v) && (v as number) >= 0;
     if (!count(record.files) || !count(record.bytes) || (record.chunks !== undefined && !count(record.chunks))) return undefined;
-    if (rootHashOf(fs.readFileSync(paths.appliedManifest)) !== record.rootHash) return undefined;
     const s = JSON.parse(fs.readFileSync(paths.appliedStats, 'utf8')) as StatsRecord;
     const n = s.stats?.length ?? 0;
     if (s.rootHash !== record.rootHash || !s.paths || !s.sizes || !s.mtimes || typeof s.kinds !== 'string') return undefined;
@@ -618,6 +616,18 @@ export function unchangedByStats(paths: StatePaths): AppliedRecord | undefined {
     return record;
   } catch {
     return undefined;
+  }
+}
+
+/**
+ * Whether applied.manifest still hashes to `rootHash` (the record's): what an unchanged pull, which never decodes it,
+ * checks before it trusts the record (a damaged one is for readApplied to report, as a pull with a delta does).
+ */
+export function appliedManifestMatches(paths: StatePaths, rootHash: string): boolean {
+  try {
+    return rootHashOf(fs.readFileSync(paths.appliedManifest)) === rootHash;
+  } catch {
+    return false;
   }
 }
 

@@ -56,6 +56,7 @@ import {
   sameIdentity,
   checkCommittedFolder,
   folderReplaced,
+  appliedManifestMatches,
 } from '../store/state.js';
 import { MovedFiles } from './moves.js';
 import { Spare, dropKept, dropSpareFilesAsync, keepSpares } from '../store/spare.js';
@@ -443,7 +444,7 @@ class PullRun {
     if (typeof head.rootHash !== 'string' || !/^[0-9a-f]{64}$/.test(head.rootHash)) fail(ErrorCodes.PROTOCOL, 'malformed manifest header');
     this.rootHash = head.rootHash;
     this.generation = numberOf(head.generation) || 0;
-    if (head.unchanged && intactRecord?.rootHash === head.rootHash) {
+    if (head.unchanged && intactRecord?.rootHash === head.rootHash && appliedManifestMatches(this.paths, head.rootHash)) {
       await s.send(Buffer.from([MsgType.BYE]));
       return this.result(true, { files: intactRecord.files, bytes: intactRecord.bytes, chunks: intactRecord.chunks });
     }

@@ -388,18 +388,8 @@ export class SnapferryServer {
         ? { dir: os.tmpdir(), what: `the chunk store's temporary folder ${os.tmpdir()} (TMPDIR)`, fix: 'give serve a --cache-dir outside every company, or --no-store' }
         : undefined;
     if (!cache) return;
-    const real = realPathOf(cache.dir);
-    for (const [name, dir] of this.opts.companies) {
-      let company: string;
-      try {
-        company = fs.realpathSync(dir);
-      } catch {
-        continue; // refused below, by name
-      }
-      if (real === company || real.startsWith(company.endsWith(path.sep) ? company : company + path.sep)) {
-        fail(ErrorCodes.USAGE, `${cache.what} is inside company ${name}'s folder ${dir}: the site would serve its own cache; ${cache.fix}`);
-      }
-    }
+    const holder = companyHolding(realPathOf(cache.dir), this.opts.companies);
+    if (holder) fail(ErrorCodes.USAGE, `${cache.what} is inside company ${holder[0]}'s folder ${holder[1]}: the site would serve its own cache; ${cache.fix}`);
   }
 
   /**
@@ -893,6 +883,23 @@ function listenError(err: unknown, host: string, port: number): SnapferryError {
 }
 
 /** The real path `p` has or would have once made: its nearest existing ancestor's real path, then the rest as given. */
+/**
+ * The company (its name and folder as given) whose real folder is real path `real` or holds it; undefined for none. A
+ * folder that cannot be resolved holds nothing here: the site refuses it by name.
+ */
+export function companyHolding(real: string, companies: ReadonlyMap<string, string>): [name: string, dir: string] | undefined {
+  for (const [name, dir] of companies) {
+    let company: string;
+    try {
+      company = fs.realpathSync(dir);
+    } catch {
+      continue;
+    }
+    if (real === company || real.startsWith(company.endsWith(path.sep) ? company : company + path.sep)) return [name, dir];
+  }
+  return undefined;
+}
+
 function realPathOf(p: string): string {
   const abs = path.resolve(p);
   const rest: string[] = [];
