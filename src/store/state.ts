@@ -110,6 +110,8 @@ export class StatePaths {
   readonly dir: string;
   readonly state: string;
   readonly lock: string;
+  /** Held by a follower (`pull --follow`) for its whole run, so that a second one is refused (they would alternate). */
+  readonly followLock: string;
   readonly appliedJson: string;
   readonly appliedManifest: string;
   readonly appliedStats: string;
@@ -146,6 +148,7 @@ export class StatePaths {
     this.state = stateFolderOf(this.dir);
     const at = (name: string) => path.join(this.state, name);
     this.lock = at('lock');
+    this.followLock = at('follow.lock');
     this.appliedJson = at('applied.json');
     this.appliedManifest = at('applied.manifest');
     this.appliedStats = at('applied.stats');
@@ -336,7 +339,7 @@ function checkRecordFiles(state: string): void {
 }
 
 /** The names of the state folder's record files (StatePaths), the lock's included. */
-const RECORD_FILE = /^(lock|(applied|next|pending|spare|prev)\.(json|manifest|stats|journal|unsynced|links)|commit\.json|spare\.keep\.json)$/;
+const RECORD_FILE = /^((follow\.)?lock|(applied|next|pending|spare|prev)\.(json|manifest|stats|journal|unsynced|links)|commit\.json|spare\.keep\.json)$/;
 
 /**
  * Takes lock file `lock` for this process: undefined once taken, else who holds it (a live process's pid, or
@@ -381,6 +384,23 @@ export function tryLockFile(lock: string): number | 'starting' | undefined {
       /* someone else moved it first; retry */
     }
   }
+}
+
+/**
+ * Takes the follower's lock of DIR (`follow.lock` in its state folder) for the life of a `pull --follow`: a second
+ * follower of the same DIR is refused with DIR_LOCKED (two followers, of two sites, would replace each other's
+ * generation without end). Returns its release, or undefined while DIR has no state folder yet (the first pull makes
+ * it; ask again after it). Other commands (a pull, verify, repair) do not look at it: they take DIR's own lock.
+ */
+export function takeFollowLock(paths: StatePaths): (() => void) | undefined {
+  if (!fs.existsSync(paths.state)) return undefined;
+  checkStateFolder(paths.state);
+  const holder = tryLockFile(paths.followLock);
+  if (holder !== undefined) {
+    const who = holder === 'starting' ? 'another snapferry process (starting up)' : `snapferry process ${holder}`;
+    fail(ErrorCodes.DIR_LOCKED, `${paths.dir} is followed already by ${who}; one follower per folder`);
+  }
+  return () => fs.rmSync(paths.followLock, { force: true });
 }
 
 /** An exclusive lock on one DIR: a second process gets DIR_LOCKED (or waits, if asked). A dead holder's lock is taken over. */

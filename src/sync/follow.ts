@@ -9,7 +9,7 @@ import { connect, SecureSession } from './session.js';
 import { pull, PullOptions, PullResult } from './pull.js';
 import { MsgType, decodeJson } from '../protocol/messages.js';
 import { SnapferryError, ErrorCodes, toSnapferryError } from '../util/errors.js';
-import { StatePaths, DirLock } from '../store/state.js';
+import { StatePaths, DirLock, takeFollowLock } from '../store/state.js';
 import { prepareSpare } from '../store/spare.js';
 
 /** Options of follow: those of pull, plus a stop signal. */
@@ -155,6 +155,10 @@ export async function follow(opts: FollowOptions, onApplied: (r: PullResult) => 
     await prep?.stop();
     prep = undefined;
   };
+  // One follower per DIR, taken before the first pull where DIR is a copy already, else right after it.
+  const paths = new StatePaths(opts.dir);
+  let releaseFollow = takeFollowLock(paths);
+  let followTaken: unknown;
   try {
     while (!opts.signal?.aborted) {
       try {
@@ -174,6 +178,15 @@ export async function follow(opts: FollowOptions, onApplied: (r: PullResult) => 
           if (first || !r.unchanged) onApplied(r);
           first = false;
           have = r.rootHash;
+          if (!releaseFollow) {
+            // Another follower took DIR while this one seeded it: final, not a lock to wait out (see passing).
+            try {
+              releaseFollow = takeFollowLock(paths);
+            } catch (err) {
+              followTaken = err;
+              break;
+            }
+          }
           if (opts.spare !== false) prep = sparePrep(opts);
           if (nothing) {
             await sleep(backoff, opts.signal);
@@ -188,7 +201,7 @@ export async function follow(opts: FollowOptions, onApplied: (r: PullResult) => 
         afterWait();
         // DIR holds a generation when this process applied one, or when it was started on a copy (a restarted
         // follower meeting a nightly verify is to wait, not end).
-        if (!passing(e, have !== undefined || fs.existsSync(new StatePaths(opts.dir).appliedJson))) throw e;
+        if (!passing(e, have !== undefined || fs.existsSync(paths.appliedJson))) throw e;
         // A site never reached at all (a wrong address, most likely) is reported, as a one-shot pull does, after a few
         // tries (the network may come up a little after the follower).
         if (!reached && e.code === ErrorCodes.UNREACHABLE && ++unreachable >= FIRST_CONTACT_TRIES) throw e;
@@ -199,7 +212,9 @@ export async function follow(opts: FollowOptions, onApplied: (r: PullResult) => 
     }
   } finally {
     await stopPrep();
+    releaseFollow?.();
   }
+  if (followTaken) throw followTaken;
   return 'stopped';
 }
 
