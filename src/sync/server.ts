@@ -746,7 +746,10 @@ export class SnapferryServer {
       const packed = z.compress(raw, 3);
       const hdr = Buffer.from([MsgType.MANIFEST_PART, packed ? 1 : 0, 0, 0, 0, 0]);
       hdr.writeUInt32BE(raw.length, 2);
-      await session.send([hdr, packed ?? raw]);
+      const part = packed ?? raw;
+      // Within --bwlimit too: a large company's manifest is megabytes, sent at line speed before.
+      if (this.bucket && !(await this.bucket.take(part.length + hdr.length, session, () => session.channel.isClosed))) return;
+      await session.send([hdr, part]);
     }
   }
 
@@ -816,12 +819,12 @@ export class SnapferryServer {
   }
 
   /**
-   * Sends an answer within --bwlimit (`rated` bytes of it counted). A session gone while its answer was made takes no
-   * share of the rate: the bucket is one queue for every session.
+   * Sends an answer within --bwlimit (`rated` bytes of it counted). The cap is shared by the sessions in turn (see
+   * TokenBucket); a session gone while its answer was made or waited takes no share of it.
    */
   private async sendAnswer(session: SecureSession, parts: Buffer[], rated: number): Promise<void> {
     if (session.channel.isClosed) return;
-    await this.bucket?.take(rated);
+    if (this.bucket && !(await this.bucket.take(rated, session, () => session.channel.isClosed))) return;
     await session.send(parts);
   }
 
