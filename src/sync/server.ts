@@ -12,7 +12,7 @@ import path from 'node:path';
 import os from 'node:os';
 import { WebSocketServer, WebSocket } from '../transport/ws.js';
 import { Channel } from '../transport/channel.js';
-import { accept, SecureSession } from './session.js';
+import { accept, SecureSession, BUSY_HEADER } from './session.js';
 import { CompanyScanner, Generation, siteReadError } from '../scan/scanner.js';
 import { CompanyWatcher } from '../scan/watch.js';
 import { WorkerPool } from '../work/pool.js';
@@ -317,7 +317,7 @@ export class SnapferryServer {
         // A peer that never closes its side must not keep the socket half-open (the server allows half-open sockets).
         const t = setTimeout(() => socket.destroy(), 2000);
         socket.once('close', () => clearTimeout(t));
-        socket.end('HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n\r\n');
+        socket.end(`HTTP/1.1 503 Service Unavailable\r\n${BUSY_HEADER}: connections\r\nConnection: close\r\n\r\n`);
         return;
       }
       wss.handleUpgrade(req, socket, head, (ws) => this.onConnection(ws, socket as net.Socket));

@@ -19,6 +19,22 @@ export const MAX_MESSAGE = MAX_FRAME + 1024 - TAG_LEN;
 /** First byte of an unsealed pre-authentication error. */
 const PREAUTH_ERROR = 0xee;
 
+/** The header of the site's own 503 (all its connections taken), told apart from a proxy's 503 (its site down). */
+export const BUSY_HEADER = 'X-Snapferry-Busy';
+
+/**
+ * The error of an upgrade answered with `status` instead of 101. The site's own 503 is busy; a proxy's 502, 503 or 504
+ * means the site behind it is down or overloaded for now: tried again like a site that refuses connections (a
+ * follower behind nginx ended for good when its site restarted). Any other answer is not a snapferry site's.
+ */
+function upgradeRefused(url: string, status: number, ours: boolean): SnapferryError {
+  if (status === 503 && ours) return new SnapferryError(ErrorCodes.BUSY, `${url} is busy (too many connections); try again later`, { retryable: true });
+  if (status === 502 || status === 503 || status === 504) {
+    return new SnapferryError(ErrorCodes.UNREACHABLE, `cannot reach ${url}: it answered HTTP ${status} (a proxy whose site is down or overloaded)`, { retryable: true });
+  }
+  return new SnapferryError(ErrorCodes.PROTOCOL, `${url} is not a snapferry site (HTTP ${status})`);
+}
+
 /** A sealed session: send and receive typed messages. */
 export class SecureSession {
   constructor(
@@ -150,16 +166,15 @@ async function handshake(url: string, ws: WebSocket, channel: Channel, opts: Con
       ws.once('error', (err) => reject(err));
       // Aborted (channel.abort terminates the socket) before the upgrade: no 'error' comes.
       ws.once('close', () => reject(new SnapferryError(ErrorCodes.CONNECTION_LOST, `connection to ${url} closed during the upgrade`, { retryable: true })));
-      ws.once('unexpected-response', (_req, res) =>
-        reject(
-          res.statusCode === 503
-            ? new SnapferryError(ErrorCodes.BUSY, `${url} is busy (too many connections); try again later`, { retryable: true })
-            : new SnapferryError(ErrorCodes.PROTOCOL, `${url} is not a snapferry site (HTTP ${res.statusCode})`),
-        ),
-      );
+      ws.once('unexpected-response', (_req, res) => reject(upgradeRefused(url, res.statusCode ?? 0, res.headers[BUSY_HEADER.toLowerCase()] !== undefined)));
     });
   } catch (err) {
     channel.abort(toSnapferryError(err, `cannot reach ${url}`));
+    // Something answered, but not in HTTP (Node's parser codes are HPE_*): a service of another kind at that port.
+    if (/^HPE_/.test(String((err as NodeJS.ErrnoException).code))) {
+      const hint = /^ws:/i.test(url) ? '; a site behind a TLS proxy is wss://' : '';
+      throw new SnapferryError(ErrorCodes.PROTOCOL, `${url} is not a snapferry site (its answer is not HTTP${hint})`);
+    }
     const tlsProblem = /^wss:/i.test(url) ? tlsFailure(err) : undefined;
     if (tlsProblem) throw new SnapferryError(ErrorCodes.UNREACHABLE, `cannot reach ${url}: TLS failed (${tlsProblem}); a site with no TLS in front of it is ws://`);
     const e = toSnapferryError(err, `cannot reach ${url}`);
