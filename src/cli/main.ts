@@ -77,6 +77,12 @@ function phaseLogger(next: (p: PullProgress) => void): (p: PullProgress) => void
   };
 }
 
+/** A folder given to an option: "" (an unset variable, `--cache-dir "$CACHE"`) was taken as no option at all. */
+function nonEmpty(text: string, option: string): string {
+  if (text.trim() === '') fail(ErrorCodes.USAGE, `${option} takes a folder, not ${JSON.stringify(text)}`);
+  return text;
+}
+
 function parseLevel(text: string): number {
   const n = Number(text);
   // Digits only: Number() reads "" and " " as 0 (an empty --level "$LEVEL" became level 0 without a word), "0x3" as 3.
@@ -222,7 +228,7 @@ export function buildProgram(): Commander.Command {
         storeLevel: level,
         maxConnections: wholeNumber(o.maxConnections, '--max-connections', 1),
         settleTimeoutMs: wholeNumber(o.settleTimeout, '--settle-timeout', 0) * 1000,
-        cacheDir: o.cacheDir ? path.resolve(o.cacheDir) : undefined,
+        cacheDir: o.cacheDir === undefined ? undefined : path.resolve(nonEmpty(o.cacheDir, '--cache-dir')),
         log: (line) => process.stderr.write(`${new Date().toISOString()} ${line}\n`),
       });
       // The handlers come first: a signal sent the moment "listening on" is read (or while starting) must end the site

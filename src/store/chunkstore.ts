@@ -112,7 +112,10 @@ export interface CompactResult {
   bytesAfter: number;
   chunksBefore: number;
   chunksAfter: number;
-  /** Set when the compaction was not made: its copy of the live frames would have taken the disk's reserve (bytes). */
+  /**
+   * Set when the live frames could not be copied without taking the disk's reserve (bytes): the store dropped every
+   * frame instead (`compacted` true, nothing left), its disk back at once, to be filled again with the live chunks.
+   */
   reserveKept?: number;
 }
 
@@ -467,8 +470,12 @@ export class ChunkStore {
     // fill does (else it would write to ENOSPC, taking the space the company's own programs need, at every generation).
     const space = diskSpace(this.dir);
     if (space && space.free - liveBytes < diskReserve(space.total)) {
-      result.reserveKept = diskReserve(space.total);
-      return result;
+      // No room to copy first. Skipping left such a store stuck for good: its fills stop at the reserve, so dead frames
+      // (at least half of it) kept their disk for ever. All of it goes instead; the caller fills it again.
+      for (let s = 0; s < this.segNames.length; s++) if (this.segNames[s]) this.retire(s);
+      this.useSlots(slotArrays(1024), 0);
+      this.bytes = 0;
+      return { ...result, compacted: true, bytesAfter: 0, chunksAfter: 0, reserveKept: diskReserve(space.total) };
     }
     // Live frames in segment and offset order, so that neighbours are read with one call.
     const order = new Uint32Array(n).map((_, k) => k).filter((k) => live[k] === 1);

@@ -221,13 +221,19 @@ export function writeFileDurable(file: string, data: string | Uint8Array | ((wri
   const tmp = `${file}.tmp`;
   const fd = fs.openSync(tmp, 'w', 0o600);
   try {
-    if (typeof data === 'function') data((bytes) => writeAll(fd, bytes));
-    else fs.writeFileSync(fd, data);
-    if (sync) fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
+    try {
+      if (typeof data === 'function') data((bytes) => writeAll(fd, bytes));
+      else fs.writeFileSync(fd, data);
+      if (sync) fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+    fs.renameSync(tmp, file);
+  } catch (err) {
+    // A write cut short (a full disk) leaves no half-written temporary file behind.
+    fs.rmSync(tmp, { force: true });
+    throw err;
   }
-  fs.renameSync(tmp, file);
   if (sync) fsyncDir(path.dirname(file));
 }
 
@@ -453,6 +459,15 @@ export class DirLock {
     } catch {
       /* not empty (kept for a resume), or gone: nothing to do */
     }
+  }
+}
+
+/** Whether the lock file at `p` names this process (taken by tryLockFile here, and not since replaced). */
+export function lockOwnedHere(p: string): boolean {
+  try {
+    return Number.parseInt(fs.readFileSync(p, 'utf8'), 10) === process.pid;
+  } catch {
+    return false;
   }
 }
 

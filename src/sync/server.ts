@@ -43,7 +43,7 @@ import { ByteGate } from '../util/bytegate.js';
 import { makeDirs, dirProblem } from '../util/mkdirs.js';
 import { boundHeapGrowth } from './heap.js';
 import { ChunkStore, makeTempStoreFolder } from '../store/chunkstore.js';
-import { tryLockFile } from '../store/state.js';
+import { tryLockFile, lockOwnedHere } from '../store/state.js';
 import { fillStore } from './storefill.js';
 import { PendingHandshakes } from './handshakes.js';
 import { loadHasher } from '../chunk/hash.js';
@@ -372,7 +372,8 @@ export class SnapferryServer {
     await Promise.all([...this.companies.values()].map((c) => c.store?.close()));
     this.stopMarkingStoreTmp?.();
     if (this.storeTmp) fs.rmSync(this.storeTmp, { recursive: true, force: true });
-    if (this.cacheLock) fs.rmSync(this.cacheLock, { force: true });
+    // Only while it is still this site's: a cache folder removed while it ran may since hold another site's lock.
+    if (this.cacheLock && lockOwnedHere(this.cacheLock)) fs.rmSync(this.cacheLock, { force: true });
     this.cacheLock = undefined;
   }
 
@@ -444,11 +445,18 @@ export class SnapferryServer {
       // stays within about twice the company's compressed size however many generations pass.
       if (!current()) return;
       const k = await store.compact(idWords(layout.id), layout.total);
-      if (k.compacted) {
+      if (!k.compacted) return;
+      if (k.reserveKept !== undefined) {
+        this.log(`emptied ${c.name}'s chunk store (${k.chunksBefore} chunks, ${formatBytes(k.bytesBefore)}, half or more of no current generation): no room to compact it and keep ${formatBytes(k.reserveKept)} free on the disk of ${store.dir}; storing generation ${g.generation} again`);
+      } else {
         this.log(`compacted ${c.name}'s chunk store: ${k.chunksBefore} -> ${k.chunksAfter} chunks, ${formatBytes(k.bytesBefore)} -> ${formatBytes(k.bytesAfter)}`);
-        // The segments it deleted may include those the workers append to: their descriptors would hold the disk.
-        await this.pool.runOnEach({ kind: 'releaseSegment' });
-      } else if (k.reserveKept !== undefined) this.log(`compacting ${c.name}'s chunk store skipped to keep ${formatBytes(k.reserveKept)} free on the disk of ${store.dir} (it copies the live frames first)`);
+      }
+      // The segments it deleted may include those the workers append to: their descriptors would hold the disk.
+      await this.pool.runOnEach({ kind: 'releaseSegment' });
+      if (k.reserveKept !== undefined && current()) {
+        c.fillGeneration = undefined;
+        this.fill(c, g);
+      }
     };
     c.storeWork = (c.storeWork ?? Promise.resolve()).then(work).catch((err) => this.logFailure(`storing ${c.name} generation ${g.generation} failed (pulls compress on demand): ${toSnapferryError(err).message}`));
   }
@@ -792,17 +800,20 @@ export class SnapferryServer {
 
   /** Answers a checked GET: stored frames where the store has them all, else a pack read and compressed now. */
   private async sendPack(session: SecureSession, company: Company, gen: Generation, layout: Layout, req: GetMsg, n: number, bytes: number): Promise<void> {
-    // Stored frames are sent as they are: no reading of the company, no compression. A pack not wholly stored (yet),
-    // or larger stored than raw (incompressible data: a frame costs a few bytes more), is made as before.
+    // Stored frames are sent as they are: no reading of the company, no compression. Those of incompressible chunks
+    // are a few bytes larger than the chunks (a frame's header, 3 bytes a block): sent too, within 1/256 of the raw
+    // size (refused, such packs were read from the store, thrown away, then read and compressed again). A pack not
+    // wholly stored (yet) is made as before.
     const stored = await company.store?.readFrames(idWords(layout.id), layout.len, req.ranges);
-    if (stored && stored.length < bytes) {
+    if (stored && stored.length <= bytes + Math.ceil(bytes / 256)) {
       await this.sendAnswer(session, [encodeDataHeader(req.reqId, true, bytes), stored], stored.length);
       noteGarbage(stored.length * 2, ANSWER_GARBAGE_EVERY);
       return;
     }
     const shared = (company.readers.get(gen.rootHash) ?? 0) > 1;
     // Shared packs are compressed once for every branch: at one level for all (so they match), the best ratio.
-    const level = shared ? LEVEL_LADDER[0]! : this.levelFor(session);
+    // (The operator's --level holds for shared packs too: `none` or 19 had become 1 as soon as two branches pulled.)
+    const level = shared ? (this.opts.level ?? LEVEL_LADDER[0]!) : this.levelFor(session);
     const key = `${gen.rootHash}:${level}:${req.ranges.map(([s, e]) => `${s}-${e}`).join(',')}`;
     const read = () => {
       const gs = new Uint32Array(n);

@@ -361,7 +361,11 @@ describe.skipIf(skipReason !== undefined)('disk full while pulling (real tmpfs)'
     await reopened.close();
   });
 
-  it("the site's chunk store does not compact into its disk's reserve", async () => {
+  // BUG (src/store/chunkstore.ts compact, found by a helper review): with no room to copy its live frames first, the
+  // store skipped its compaction, and since its fills stop at the same reserve, it stayed so for good: its dead
+  // frames (half of it or more) kept their disk, and nothing new was stored. It now empties itself and is filled again.
+  // Produced on a 16 MiB tmpfs: two of a company's three files deleted once the disk is filled to its reserve.
+  it("the site's chunk store does not compact into its disk's reserve: with no room to, it empties and refills", async () => {
     const m = mount('s2', '16m');
     const co = path.join(tmp.dir, 'shrinking', 'acme');
     fs.mkdirSync(co, { recursive: true });
@@ -378,13 +382,22 @@ describe.skipIf(skipReason !== undefined)('disk full while pulling (real tmpfs)'
       fs.rmSync(path.join(co, 'b.dat'));
       let minFree = Infinity;
       const t0 = Date.now();
-      while (!/compact(ing|ed) acme/.test(site.stderr()) && Date.now() - t0 < 30_000) {
+      while (!/stored acme: generation 2/.test(site.stderr().split('emptied')[1] ?? '') && Date.now() - t0 < 30_000) {
         const f = fs.statfsSync(m);
         minFree = Math.min(minFree, f.bavail * f.bsize);
         await sleep(2);
       }
-      expect(site.stderr()).toMatch(/compacting acme's chunk store skipped to keep .* free/);
+      expect(site.stderr()).toMatch(/emptied acme's chunk store \(\d+ chunks, .*\): no room to compact it and keep .* free on the disk of .*; storing generation 2 again/);
       expect(minFree).toBeGreaterThanOrEqual(reserve);
+      // Filled again with the live chunks only (c.dat's, ~2 MiB of ledger text): a fraction of the 26 MiB's store.
+      const stored = /stored acme: generation 2, (\d+) chunks .*; store (\d+) chunks, (\d+) bytes/.exec(site.stderr().split('emptied')[1] ?? '');
+      expect(stored, site.stderr()).not.toBeNull();
+      expect(Number(stored![3])).toBeLessThan(2 * MiB);
+      const dest = path.join(tmp.dir, 'from-refilled', 'acme');
+      fs.mkdirSync(path.dirname(dest));
+      const ok = await runCli(['pull', site.url, 'acme', dest, '--secret', key]);
+      expect(ok.code, ok.stderr).toBe(0);
+      expect(fingerprintDiff(treeFingerprint(co), treeFingerprint(dest))).toEqual([]);
       fs.rmSync(path.join(m, 'filler'));
     } finally {
       await site.stop();

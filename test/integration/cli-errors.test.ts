@@ -171,6 +171,32 @@ describe('CLI: bad secret files and company folders', () => {
     fs.rmSync(cache, { recursive: true });
   });
 
+  // BUG (src/sync/server.ts close, found by a helper review): a site whose --cache-dir was removed while it ran (and
+  // since taken by a second site) deleted the second site's lock when it stopped, and a third site was let in beside
+  // the second. Produced: the folder removed under the first site, a second started on it, the first stopped.
+  it("a site stopping leaves a --cache-dir lock that is not its own", async () => {
+    const cache = path.join(tmp.dir, 'vanishing-cache');
+    const first = await startServe(['--secret', key, '--company', `acme=${company}`, '--cache-dir', cache]);
+    let second: Awaited<ReturnType<typeof startServe>> | undefined;
+    try {
+      fs.rmSync(cache, { recursive: true });
+      second = await startServe(['--secret', key, '--company', `acme=${company}`, '--cache-dir', cache]);
+      await first.stop();
+      expect(fs.existsSync(path.join(cache, 'serve.lock'))).toBe(true);
+      await expectRefused([...serve(key), '--cache-dir', cache], 75, /is in use by snapferry serve process \d+/, 'SNAPFERRY_E_DIR_LOCKED');
+    } finally {
+      await first.stop();
+      await second?.stop();
+      fs.rmSync(cache, { recursive: true, force: true });
+    }
+  });
+
+  // BUG (src/cli/main.ts, found by a helper review): --cache-dir "" (an unset variable) was taken for no --cache-dir at
+  // all: the site ran without its cache and said nothing, as --level "" was refused for.
+  it('an empty --cache-dir is refused', async () => {
+    await expectRefused([...serve(key), '--cache-dir', ''], 64, /--cache-dir takes a folder, not ""/, 'SNAPFERRY_E_USAGE');
+  });
+
   // BUG (src/cli/main.ts, found by a helper review): a DIR whose name holds a newline was printed as it is, so a
   // message (or a summary) forged a second line ("FAKE: intact") for whoever reads the output.
   it('a folder name holding a newline cannot forge a second line of output', async () => {
