@@ -43,7 +43,7 @@ import { ByteGate } from '../util/bytegate.js';
 import { makeDirs, dirProblem } from '../util/mkdirs.js';
 import { boundHeapGrowth } from './heap.js';
 import { ChunkStore, makeTempStoreFolder } from '../store/chunkstore.js';
-import { tryLockFile, lockOwnedHere } from '../store/state.js';
+import { tryLockFile, lockOwnedHere, diskSpace } from '../store/state.js';
 import { fillStore } from './storefill.js';
 import { PendingHandshakes } from './handshakes.js';
 import { loadHasher } from '../chunk/hash.js';
@@ -123,6 +123,11 @@ interface Company {
   store?: ChunkStore;
   /** The generation the store is being filled for, or was last filled for. */
   fillGeneration?: number;
+  /**
+   * When that fill was cut short (an error such as a full disk or its folder removed; or the reserve, with the disk's
+   * free bytes then): a later pull tries it again (see fill), or it would wait for the company's next change.
+   */
+  fillCut?: { at: number; free?: number };
   /** The store's fills and compactions, one at a time (a compaction deletes segments a fill could append to). */
   storeWork?: Promise<void>;
 }
@@ -132,6 +137,11 @@ interface Company {
  * loopback than -1: the puller then opens and writes 2.4x the bytes; `--level none` remains for the operator.)
  */
 const LEVEL_LADDER = [1, -1];
+
+/** A store fill cut short is tried again by a pull this long after (see SnapferryServer.fillAgain). */
+const FILL_RETRY_MS = 10_000;
+/** ... and, stopped at the disk's reserve, once this much more of the disk is free. */
+const FILL_RETRY_ROOM = 16 << 20;
 
 /**
  * Buffers of answers sent (read or stored packs and their sealed copies) collected every this many bytes on the site's
@@ -425,7 +435,9 @@ export class SnapferryServer {
    * "stored NAME: generation G ..." when done, so an operator (and the bench) sees when pulls are only reads.
    */
   private fill(c: Company, g: Generation): void {
-    if (!c.store || (c.fillGeneration !== undefined && c.fillGeneration >= g.generation)) return;
+    if (!c.store) return;
+    if (c.fillGeneration !== undefined && c.fillGeneration >= g.generation && !this.fillAgain(c, g)) return;
+    c.fillCut = undefined;
     c.fillGeneration = g.generation;
     const store = c.store;
     const current = () => c.fillGeneration === g.generation;
@@ -437,6 +449,7 @@ export class SnapferryServer {
       if (r.superseded) return;
       const secs = ((performance.now() - started) / 1000).toFixed(2);
       if (r.reserveKept !== undefined) {
+        c.fillCut = { at: Date.now(), free: diskSpace(store.dir)?.free ?? 0 };
         this.log(`storing ${c.name} generation ${g.generation} stopped to keep ${formatBytes(r.reserveKept)} free on the disk of ${store.dir} (${r.chunks} chunks stored; pulls compress the others on demand)`);
       } else {
         this.log(`stored ${c.name}: generation ${g.generation}, ${r.chunks} chunks (${r.bytes} bytes) compressed in ${secs} s${r.stale ? ` (${r.stale} chunks of files changed since the scan left to the next generation)` : ''}; store ${store.size} chunks, ${store.bytes} bytes`);
@@ -458,7 +471,22 @@ export class SnapferryServer {
         this.fill(c, g);
       }
     };
-    c.storeWork = (c.storeWork ?? Promise.resolve()).then(work).catch((err) => this.logFailure(`storing ${c.name} generation ${g.generation} failed (pulls compress on demand): ${toSnapferryError(err).message}`));
+    c.storeWork = (c.storeWork ?? Promise.resolve()).then(work).catch((err) => {
+      if (current()) c.fillCut = { at: Date.now() };
+      this.logFailure(`storing ${c.name} generation ${g.generation} failed (pulls compress on demand): ${toSnapferryError(err).message}`);
+    });
+  }
+
+  /**
+   * Whether a pull of generation `g`, whose fill was cut short, should try it again: FILL_RETRY_MS after it, and for a
+   * fill stopped at the disk's reserve only once the disk has FILL_RETRY_ROOM more free (not a log line a minute).
+   */
+  private fillAgain(c: Company, g: Generation): boolean {
+    const cut = c.fillCut;
+    if (!cut || c.fillGeneration !== g.generation || Date.now() - cut.at < FILL_RETRY_MS) return false;
+    if (cut.free === undefined) return true;
+    const free = diskSpace(c.store!.dir)?.free;
+    return free !== undefined && free >= cut.free + FILL_RETRY_ROOM;
   }
 
   /** Cache statistics (fan-out). */

@@ -10,6 +10,7 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import fs from 'node:fs';
 import path from 'node:path';
+import { randomBytes } from 'node:crypto';
 import { spawn, spawnSync } from 'node:child_process';
 import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, Served, CLI, CliResult, waitFor, tmpfsUnavailable } from '../helpers.js';
 import { makeCompany, mutateCompany } from '../../src/gen/company.js';
@@ -422,4 +423,58 @@ describe.skipIf(skipReason !== undefined)('disk full while pulling (real tmpfs)'
       await site.stop();
     }
   });
+  // BUG (src/sync/storefill.ts, found by a helper review): each company's fill counted only its own jobs against the
+  // disk's reserve, and a site fills all its companies at once: four of incompressible data took a shared --cache-dir
+  // past its reserve to ENOSPC ("storing ... failed: disk full"). Produced on a 48 MiB tmpfs, four companies of random
+  // bytes (96 MiB in all), the free space watched while they are stored.
+  it("the stores of several companies filled at once keep the disk's reserve between them", async () => {
+    const m = mount('s3', '48m');
+    const args = ['--secret', key, '--cache-dir', path.join(m, 'cache')];
+    for (const name of ['r1', 'r2', 'r3', 'r4']) {
+      const co = path.join(tmp.dir, 'random', name);
+      fs.mkdirSync(co, { recursive: true });
+      for (let f = 0; f < 6; f++) fs.writeFileSync(path.join(co, `f${f}.bin`), randomBytes(4 * MiB));
+      args.push('--company', `${name}=${co}`);
+    }
+    const st = fs.statfsSync(m);
+    const reserve = Math.floor((st.blocks * st.bsize) / 10);
+    const site = await startServe(args);
+    try {
+      let minFree = Infinity;
+      const t0 = Date.now();
+      const done = () => (site.stderr().match(/storing r\d generation 1 (stopped|failed)|stored r\d: generation 1/g) ?? []).length >= 4;
+      while (!done() && Date.now() - t0 < 30_000) {
+        const f = fs.statfsSync(m);
+        minFree = Math.min(minFree, f.bavail * f.bsize);
+        await sleep(2);
+      }
+      expect(done(), site.stderr()).toBe(true);
+      expect(site.stderr()).not.toMatch(/failed/);
+      expect(site.stderr()).toMatch(/stopped to keep/);
+      expect(minFree).toBeGreaterThanOrEqual(reserve);
+    } finally {
+      await site.stop();
+    }
+  });
+
+  // BUG (src/sync/server.ts fill, found by a helper review): a fill cut short (here at the disk's reserve) was never
+  // tried again for its generation: with the disk grown, every pull still compressed on demand until the company
+  // changed or the site restarted. Produced on an 8 MiB tmpfs --cache-dir grown to 64 MiB once the fill has stopped.
+  it('a store fill cut short is tried again by a later pull once the disk has room', async () => {
+    const m = mount('s4', '8m');
+    const site = await startServe(['--secret', key, '--company', `acme=${big}`, '--cache-dir', m]);
+    try {
+      await waitFor(() => /storing acme generation 1 stopped to keep/.test(site.stderr()), 30_000);
+      remount(m, '64m');
+      await sleep(10_500); // a fill is tried again 10 s after it was cut short, at the next pull
+      const dest = path.join(tmp.dir, 'retry-fill', 'acme');
+      fs.mkdirSync(path.dirname(dest));
+      const ok = await runCli(['pull', site.url, 'acme', dest, '--secret', key]);
+      expect(ok.code, ok.stderr).toBe(0);
+      await waitFor(() => /stored acme: generation 1/.test(site.stderr()), 30_000);
+      expect(fingerprintDiff(bigFp, treeFingerprint(dest))).toEqual([]);
+    } finally {
+      await site.stop();
+    }
+  }, 90_000);
 });
