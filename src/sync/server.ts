@@ -230,6 +230,8 @@ export class SnapferryServer {
   private storeTmp?: string;
   /** The lock this site holds on its --cache-dir (removed at close). */
   private cacheLock?: string;
+  /** --cache-dir, unless its disk was full at start (then the site runs as without it). */
+  private cacheDirInUse?: string;
   /** Stops marking storeTmp as in use (see makeTempStoreFolder). */
   private stopMarkingStoreTmp?: () => void;
   /** Set once close() began: background work it stops is not reported as failed. */
@@ -243,6 +245,7 @@ export class SnapferryServer {
     this.cache = new PackCache(opts.cacheBytes ?? 48 << 20);
     this.bucket = opts.bwlimit ? new TokenBucket(opts.bwlimit) : undefined;
     this.log = opts.log ?? (() => undefined);
+    this.cacheDirInUse = opts.cacheDir;
   }
 
   private get pool(): WorkerPool {
@@ -260,19 +263,32 @@ export class SnapferryServer {
   async start(): Promise<string> {
     this.refuseCacheInCompany();
     if (this.opts.cacheDir) {
+      // A full disk (the company's own programs filled it) must not keep the site from serving: its cache is only an
+      // accelerator. Served as without --cache-dir then (scan caches in memory, stores in the temporary folder).
+      const withoutCache = (err: unknown) => {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOSPC' && toSnapferryError(err).code !== ErrorCodes.DISK_FULL) return false;
+        this.log(`--cache-dir ${this.opts.cacheDir} not used: its disk is full; serving without it`);
+        this.cacheDirInUse = undefined;
+        return true;
+      };
       try {
         makeDirs(this.opts.cacheDir, 0o700);
       } catch (err) {
-        fail(ErrorCodes.USAGE, `--cache-dir ${this.opts.cacheDir} cannot be made: ${dirProblem(err)}`);
+        if (!withoutCache(err)) fail(ErrorCodes.USAGE, `--cache-dir ${this.opts.cacheDir} cannot be made: ${dirProblem(err)}`);
       }
       // One site per cache folder: two would append to the same stores and scan caches, and one's compaction drop
       // segments the other still reads.
       const lock = path.join(this.opts.cacheDir, 'serve.lock');
-      const holder = tryLockFile(lock);
+      let holder: number | 'starting' | undefined;
+      try {
+        if (this.cacheDirInUse) holder = tryLockFile(lock);
+      } catch (err) {
+        if (!withoutCache(err)) throw err;
+      }
       if (holder !== undefined) {
         fail(ErrorCodes.DIR_LOCKED, `--cache-dir ${this.opts.cacheDir} is in use by ${holder === 'starting' ? 'another snapferry serve (starting up)' : `snapferry serve process ${holder}`}; give each site its own`);
       }
-      this.cacheLock = lock;
+      if (this.cacheDirInUse) this.cacheLock = lock;
     }
     for (const [name, dir] of this.opts.companies) {
       if (!COMPANY_NAME.test(name)) fail(ErrorCodes.USAGE, `company name ${JSON.stringify(name)}: ${COMPANY_NAME_RULE}`);
@@ -283,7 +299,7 @@ export class SnapferryServer {
       } catch (err) {
         fail(ErrorCodes.USAGE, `company ${name}: folder ${dir} cannot be served (${fsProblem(err)})`);
       }
-      const cacheFile = this.opts.cacheDir ? path.join(this.opts.cacheDir, `${name}.scan`) : undefined;
+      const cacheFile = this.cacheDirInUse ? path.join(this.cacheDirInUse, `${name}.scan`) : undefined;
       this.companies.set(name, { name, scanner: new CompanyScanner(real, this.pool, this.opts.chunkParams, cacheFile), layouts: new WeakMap(), readers: new Map() });
     }
     if (this.opts.store !== false) await this.openStores();
@@ -412,7 +428,7 @@ export class SnapferryServer {
     for (const c of this.companies.values()) {
       try {
         let dir: string;
-        if (this.opts.cacheDir) dir = path.join(this.opts.cacheDir, `${c.name}.chunks`);
+        if (this.cacheDirInUse) dir = path.join(this.cacheDirInUse, `${c.name}.chunks`);
         else {
           if (!this.storeTmp) {
             const t = makeTempStoreFolder(os.tmpdir());

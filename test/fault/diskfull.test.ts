@@ -477,4 +477,34 @@ describe.skipIf(skipReason !== undefined)('disk full while pulling (real tmpfs)'
       await site.stop();
     }
   }, 90_000);
+  // BUG (src/sync/server.ts start, found by a helper review): a --cache-dir on a full disk (filled by the company's own
+  // programs) kept the site from starting at all ("cannot lock: disk full", exit 74): its branches lost their site for
+  // the sake of an accelerator. Produced on a 1 MiB tmpfs filled to the last byte, with and without the folder made.
+  it.each([['made', true], ['not made yet', false]])('a --cache-dir on a full disk (%s) is not used; the site serves without it', async (_what, made) => {
+    const m = mount(made ? 's5' : 's6', '1m');
+    const cache = path.join(m, 'cache');
+    if (made) fs.mkdirSync(cache);
+    const fd = fs.openSync(path.join(m, 'filler'), 'w');
+    try {
+      for (let i = 0; i < 64; i++) fs.writeSync(fd, Buffer.alloc(64 * 1024, 1));
+    } catch {
+      /* full */
+    } finally {
+      fs.closeSync(fd);
+    }
+    const site = await startServe(['--secret', key, '--company', `acme=${big}`, '--cache-dir', cache]);
+    try {
+      expect(site.stderr()).toMatch(/--cache-dir .*cache not used: its disk is full; serving without it/);
+      const dest = path.join(tmp.dir, `no-cache-${made}`, 'acme');
+      fs.mkdirSync(path.dirname(dest));
+      const ok = await runCli(['pull', site.url, 'acme', dest, '--secret', key]);
+      expect(ok.code, ok.stderr).toBe(0);
+      expect(fingerprintDiff(bigFp, treeFingerprint(dest))).toEqual([]);
+    } finally {
+      await site.stop();
+    }
+    // Nothing in it (a folder takes no data block on tmpfs: it may have been made).
+    expect(fs.readdirSync(m).filter((n) => n !== 'cache')).toEqual(['filler']);
+    if (fs.existsSync(cache)) expect(fs.readdirSync(cache)).toEqual([]);
+  }, 60_000);
 });
