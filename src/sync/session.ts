@@ -126,14 +126,16 @@ export async function connect(url: string, opts: ConnectOptions): Promise<Secure
   // wss:// is TLS (a site behind a TLS-terminating proxy), as ws itself would connect: a plain socket there sent the
   // handshake in the clear, and a plain site took a wss:// URL as ws://.
   const secure = parsed.protocol === 'wss:';
+  // Under TLS, the TCP socket is made here and kept: bytesOnWire counts what crossed the wire, not the plain text.
+  let tcp: net.Socket | undefined;
   const createConnection = ((o: tls.ConnectionOptions & net.TcpNetConnectOpts) => {
-    const socket = secure ? tls.connect({ ...o, servername: o.servername ?? (net.isIP(o.host ?? '') ? undefined : o.host) }) : net.connect(o);
-    return socket.once('connect', () => (tcpConnected = true));
+    tcp = net.connect(o).once('connect', () => (tcpConnected = true));
+    return secure ? tls.connect({ ...o, socket: tcp, servername: o.servername ?? (net.isIP(o.host ?? '') ? undefined : o.host) }) : tcp;
   }) as unknown as typeof net.createConnection;
   const ws = new WebSocket(url, { maxPayload: MAX_FRAME + 1024, perMessageDeflate: false, createConnection });
   // What the site sends beyond what was asked for waits in at most 16 MiB (and the socket): a site that floods a branch
   // busy planning (an --adopt chunking a large folder) once held 576 MiB of its frames there.
-  const channel = new Channel(ws, { pauseAtBytes: 16 << 20, readLimit: opts.readLimit });
+  const channel = new Channel(ws, { pauseAtBytes: 16 << 20, readLimit: opts.readLimit, tcpSocket: secure ? () => tcp : undefined });
   // A stop asked for while connecting ends the wait for the upgrade or a handshake reply, not only the next one.
   const onAbort = () => channel.abort(new SnapferryError(ErrorCodes.CONNECTION_LOST, 'stopped'));
   if (opts.signal?.aborted) onAbort();

@@ -33,6 +33,11 @@ export interface ChannelOptions {
    * wire: a window of requests' answers would come at the link's full speed).
    */
   readLimit?: TokenBucket;
+  /**
+   * The TCP socket under a TLS one (a wss:// site): byte counts are then of what crossed the wire, TLS records and
+   * handshake included (the TLS socket counts the plain text).
+   */
+  tcpSocket?: () => Socket | undefined;
 }
 
 /**
@@ -61,6 +66,7 @@ export class Channel {
   private readonly pauseAtBytes: number;
   private paused = false;
   private readonly readLimit?: TokenBucket;
+  private readonly tcpSocket?: () => Socket | undefined;
   /** Set while reads are held back for readLimit; the socket is read again when it fires (unless paused). */
   private holdTimer?: NodeJS.Timeout;
   private heldUntil = 0;
@@ -95,6 +101,7 @@ export class Channel {
     this.maxQueuedBytes = opts.maxQueuedBytes ?? Infinity;
     this.pauseAtBytes = opts.pauseAtBytes ?? Infinity;
     this.readLimit = opts.readLimit;
+    this.tcpSocket = opts.tcpSocket;
     ws.binaryType = 'nodebuffer';
     ws.on('message', (data: Buffer, isBinary: boolean) => {
       if (!isBinary) return this.abort(new SnapferryError(ErrorCodes.PROTOCOL, 'peer sent a text message'));
@@ -151,7 +158,7 @@ export class Channel {
 
   /** The raw TCP socket (for byte counts). */
   get socket(): Socket | undefined {
-    return (this.ws as unknown as { _socket?: Socket })._socket;
+    return this.tcpSocket?.() ?? (this.ws as unknown as { _socket?: Socket })._socket;
   }
 
   /**

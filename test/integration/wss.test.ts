@@ -69,6 +69,24 @@ describe.skipIf(!haveOpenssl)('wss:// site URLs (needs openssl for a test certif
     expect(fingerprintDiff(treeFingerprint(company), treeFingerprint(dest))).toEqual([]);
   });
 
+  // BUG (src/transport/channel.ts, found by a helper review): under wss:// bytesOnWire counted the TLS socket's plain
+  // text, byte for byte what ws:// counted: the TLS handshake (its certificate chain) and records were left out,
+  // though the field is "every byte the puller received". Produced: the same company pulled through the proxy and
+  // straight from the site.
+  it('counts what crossed the wire under TLS: the handshake and the records too', async () => {
+    const pull = async (url: string, name: string) => {
+      const dest = path.join(tmp.dir, name, 'acme');
+      fs.mkdirSync(path.dirname(dest));
+      const r = await runCli(['pull', url, 'acme', dest, '--secret', key, '--json'], { env: { NODE_EXTRA_CA_CERTS: cert }, timeoutMs: 30_000 });
+      expect(r.code, r.stderr).toBe(0);
+      return (JSON.parse(r.stdout) as { bytesOnWire: number }).bytesOnWire;
+    };
+    const plain = await pull(served.url, 'count-ws');
+    const overTls = await pull(`wss://127.0.0.1:${proxyPort}`, 'count-wss');
+    // The certificate alone is ~1 KB (RSA 2048), each record 22+ bytes more.
+    expect(overTls - plain).toBeGreaterThan(fs.readFileSync(cert).length / 2);
+  });
+
   it('does not fall back to plain text against a site that speaks no TLS', async () => {
     const dest = path.join(tmp.dir, 'plain', 'acme');
     fs.mkdirSync(path.dirname(dest));
