@@ -216,3 +216,27 @@ export function loadScanCache(file: string, root: string, params?: ChunkParams):
     return undefined;
   }
 }
+
+/** The generation counter kept beside a scan cache file (`NAME.scan` -> `NAME.generation`). */
+export function counterFileOf(cacheFile: string): string {
+  return cacheFile.replace(/\.scan$/, '') + '.generation';
+}
+
+/** The counter's generation and the root hash it numbered, or undefined if missing or not in its form. */
+export function readGenerationCounter(file: string): { generation: number; rootHash: string } | undefined {
+  try {
+    const m = /^(\d{1,15}) ([0-9a-f]{16,128})\n?$/.exec(fs.readFileSync(file, 'utf8'));
+    return m ? { generation: Number(m[1]), rootHash: m[2]! } : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Writes the counter; a failure (a full disk) is let go: the next generation writes it again. */
+export function writeGenerationCounter(file: string, generation: number, rootHash: string): void {
+  try {
+    writeFileDurable(file, `${generation} ${rootHash}\n`);
+  } catch {
+    /* see above */
+  }
+}

@@ -14,7 +14,7 @@ import { WorkerPool } from '../work/pool.js';
 import type { ChunkSegmentResult, ChunkFilesResult } from '../work/tasks.js';
 import { chunkSegmentsOf, joinChunkLists } from '../work/segments.js';
 import { fail, ErrorCodes, SnapferryError, toSnapferryError, shortenedPath } from '../util/errors.js';
-import { CachedFile, ScanCache, loadScanCache, saveScanCache } from './cachefile.js';
+import { CachedFile, ScanCache, loadScanCache, saveScanCache, counterFileOf, readGenerationCounter, writeGenerationCounter } from './cachefile.js';
 import { nextCapacity, widen } from '../util/columns.js';
 
 
@@ -256,6 +256,11 @@ export class CompanyScanner {
         this.savedRoot = saved.rootHash;
         this.params = saved.params;
       }
+      const counter = readGenerationCounter(counterFileOf(cacheFile));
+      if (counter && counter.generation > this.generationNo) {
+        this.generationNo = counter.generation;
+        this.savedRoot = counter.rootHash;
+      }
     }
   }
 
@@ -474,7 +479,12 @@ export class CompanyScanner {
     const encoded = encodeManifest(manifest);
     const rootHash = rootHashOf(encoded);
     const previous = this.last?.rootHash ?? this.savedRoot;
-    if (previous !== rootHash) this.generationNo++;
+    if (previous !== rootHash) {
+      this.generationNo++;
+      // Its own small file, written before the scan cache (which a full disk or a damaged file may lose): numbers go
+      // on from it, never back to 1, nor the same number to two trees.
+      if (this.cacheFile) writeGenerationCounter(counterFileOf(this.cacheFile), this.generationNo, rootHash);
+    }
     if (this.cacheFile && (previous !== rootHash || this.lastBytesRead > 0)) {
       try {
         saveScanCache(this.cacheFile, { root: this.root, params, generation: this.generationNo, rootHash, files: this.cache });
@@ -783,3 +793,4 @@ export function siteReadError(err: unknown): SnapferryError {
   if (e.code !== ErrorCodes.DIR_NOT_WRITABLE) return e;
   return new SnapferryError(ErrorCodes.IO, `the site cannot read its company: ${e.message} (give the user serve runs as read access)`, { cause: err });
 }
+
