@@ -29,7 +29,19 @@ export async function prefetch(ranges: Iterable<FileRange>, stop: () => boolean,
     for (let r = it.next(); !r.done && !stop(); r = it.next()) {
       const { path, offset, length } = r.value;
       let fh = fds.get(path);
-      if (!fh) fds.set(path, (fh = fs.promises.open(path, 'r').catch(() => undefined)));
+      if (fh) {
+        fds.delete(path); // most recently used last
+        fds.set(path, fh);
+      } else {
+        fds.set(path, (fh = fs.promises.open(path, 'r').catch(() => undefined)));
+        // At most MAX_OPEN at once: a delta of thousands of small files held a descriptor for each until the end
+        // (EMFILE). close() waits for reads under way; a lane that still reads through it skips that range.
+        if (fds.size > MAX_OPEN) {
+          const [oldPath, old] = fds.entries().next().value as [string, Promise<fs.promises.FileHandle | undefined>];
+          fds.delete(oldPath);
+          void old.then((h) => h?.close()).catch(() => undefined);
+        }
+      }
       const handle = await fh;
       if (!handle || length <= 0) continue;
       if (buf.length < length) buf = Buffer.allocUnsafe(length);
@@ -42,6 +54,9 @@ export async function prefetch(ranges: Iterable<FileRange>, stop: () => boolean,
     for (const fh of fds.values()) await (await fh)?.close().catch(() => undefined);
   }
 }
+
+/** Files prefetch keeps open at once (the least recently used is closed for one more). */
+const MAX_OPEN = 64;
 
 /** A read of this long or longer (of at most PROBE_BYTES) came from the disk, not from the page cache. */
 const CACHED_READ_NS = 50_000n;

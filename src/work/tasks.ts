@@ -247,39 +247,66 @@ function writeAll(fd: number, buf: Uint8Array, position: number): void {
 }
 
 /** Files a job writes into, opened (and created, owner-only until commit sets the mode) once per job. */
-class TargetFiles {
-  private fds = new Map<string, number>();
-  private directFds = new Map<string, number>();
-  get(path: string): number {
-    let fd = this.fds.get(path);
-    if (fd === undefined) {
-      try {
-        fd = fs.openSync(path, fs.constants.O_WRONLY | fs.constants.O_CREAT, 0o600);
-      } catch (err) {
-        // A file finished (made read-only) by an earlier, interrupted attempt: it is ours to write again.
-        if ((err as NodeJS.ErrnoException).code !== 'EACCES') throw err;
-        fs.chmodSync(path, 0o600);
-        fd = fs.openSync(path, fs.constants.O_WRONLY | fs.constants.O_CREAT, 0o600);
-      }
-      this.fds.set(path, fd);
+/**
+ * Descriptors a job keeps open, by key, at most OPEN_FILES_PER_JOB of them: the least recently used is closed when one
+ * more is needed. A pack of tiny files names thousands (512 KiB of 100-byte files), and holding all of them ran a
+ * site or a branch out of descriptors (EMFILE, on every pull of such a company). Chunks come in file order, so a file
+ * closed early is seldom opened again.
+ */
+class OpenFiles<K> {
+  private fds = new Map<K, number>();
+  /** The descriptor kept for `key`, made by `open` if there is none. */
+  get(key: K, open: () => number): number {
+    let fd = this.fds.get(key);
+    if (fd !== undefined) {
+      // Most recently used last (a Map keeps insertion order).
+      this.fds.delete(key);
+      this.fds.set(key, fd);
+      return fd;
     }
-    return fd;
-  }
-  /** A second descriptor of `path` (which get() opened) that bypasses the page cache; throws EINVAL where it cannot. */
-  direct(path: string): number {
-    let fd = this.directFds.get(path);
-    if (fd === undefined) {
-      this.get(path);
-      fd = fs.openSync(path, fs.constants.O_WRONLY | fs.constants.O_DIRECT);
-      this.directFds.set(path, fd);
+    fd = open();
+    if (this.fds.size >= OPEN_FILES_PER_JOB) {
+      const [oldKey, oldFd] = this.fds.entries().next().value as [K, number];
+      this.fds.delete(oldKey);
+      fs.closeSync(oldFd);
     }
+    this.fds.set(key, fd);
     return fd;
   }
   close(): void {
     for (const fd of this.fds.values()) fs.closeSync(fd);
-    for (const fd of this.directFds.values()) fs.closeSync(fd);
     this.fds.clear();
-    this.directFds.clear();
+  }
+}
+
+/** See OpenFiles: a few jobs run at once on each worker thread, in a process whose soft limit may be 1024. */
+const OPEN_FILES_PER_JOB = 32;
+
+class TargetFiles {
+  private fds = new OpenFiles<string>();
+  private directFds = new OpenFiles<string>();
+  get(path: string): number {
+    return this.fds.get(path, () => {
+      try {
+        return fs.openSync(path, fs.constants.O_WRONLY | fs.constants.O_CREAT, 0o600);
+      } catch (err) {
+        // A file finished (made read-only) by an earlier, interrupted attempt: it is ours to write again.
+        if ((err as NodeJS.ErrnoException).code !== 'EACCES') throw err;
+        fs.chmodSync(path, 0o600);
+        return fs.openSync(path, fs.constants.O_WRONLY | fs.constants.O_CREAT, 0o600);
+      }
+    });
+  }
+  /** A second descriptor of `path` (which get() opened) that bypasses the page cache; throws EINVAL where it cannot. */
+  direct(path: string): number {
+    return this.directFds.get(path, () => {
+      this.get(path);
+      return fs.openSync(path, fs.constants.O_WRONLY | fs.constants.O_DIRECT);
+    });
+  }
+  close(): void {
+    this.fds.close();
+    this.directFds.close();
   }
 }
 
@@ -363,24 +390,24 @@ const CHANGED_SINCE_SCAN = new Set(['ENOENT', 'ENOTDIR', 'ELOOP', 'ENXIO']);
 function readChunks(ctx: JobContext, j: Omit<ReadPackJob, 'kind'>): Buffer | { stale: string } {
   const rawLen = sumOf(j.lens);
   const raw = readBuffer(ctx, rawLen);
-  const fds = new Map<number, number>();
+  const fds = new OpenFiles<number>();
   try {
     let o = 0;
     for (let i = 0; i < j.lens.length; ) {
       const pi = j.pathIdx[i]!;
-      let fd = fds.get(pi);
-      if (fd === undefined) {
-        try {
-          fd = openRegular(j.paths[pi]!, ctx.exactPaths);
-        } catch (err) {
-          // Gone, or a link put in its place: changed since the scan. Anything else (out of descriptors, an I/O
-          // error) is the site's own failure, not a change: reported as STALE it sent branches after phantom changes.
-          if (!CHANGED_SINCE_SCAN.has((err as NodeJS.ErrnoException).code ?? '')) throw err;
-          return { stale: j.paths[pi]! };
-        }
-        // Gone, or no longer a regular file (a folder, FIFO or link put in its place): changed since the scan.
-        if (fd < 0) return { stale: j.paths[pi]! };
-        fds.set(pi, fd);
+      let fd: number;
+      try {
+        fd = fds.get(pi, () => {
+          const opened = openRegular(j.paths[pi]!, ctx.exactPaths);
+          // Gone, or no longer a regular file (a folder, FIFO or link put in its place): changed since the scan.
+          if (opened < 0) throw new Stale();
+          return opened;
+        });
+      } catch (err) {
+        // Gone, or a link put in its place: changed since the scan. Anything else (out of descriptors, an I/O
+        // error) is the site's own failure, not a change: reported as STALE it sent branches after phantom changes.
+        if (!(err instanceof Stale) && !CHANGED_SINCE_SCAN.has((err as NodeJS.ErrnoException).code ?? '')) throw err;
+        return { stale: j.paths[pi]! };
       }
       // Chunks that follow each other in one file are read with one call (a pack is mostly such runs).
       let end = i + 1;
@@ -398,10 +425,13 @@ function readChunks(ctx: JobContext, j: Omit<ReadPackJob, 'kind'>): Buffer | { s
       i = end;
     }
   } finally {
-    for (const fd of fds.values()) fs.closeSync(fd);
+    fds.close();
   }
   return raw;
 }
+
+/** A file found changed since the scan while opening it (see readChunks). */
+class Stale extends Error {}
 
 function readPack(ctx: JobContext, j: ReadPackJob): ReadPackResult {
   const raw = readChunks(ctx, j);
