@@ -353,7 +353,8 @@ async function prepareFiles(paths: StatePaths, signal: AbortSignal, spare: Spare
       const t = utimesArg(utimesSeconds(e.mtimeNs));
       fs.utimesSync(dst, t, t);
       // On disk before it is recorded: a copy a power cut emptied would otherwise still match its record.
-      const fh = await fs.promises.open(dst, 'r+');
+      // Read-only is enough to flush it (Linux), and the copy of a read-only file is read-only (r+ failed: EACCES).
+      const fh = await fs.promises.open(dst, 'r');
       try {
         await fh.sync();
       } finally {

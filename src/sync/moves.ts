@@ -13,7 +13,7 @@ export class MovedFiles {
 
   /**
    * @param olds the applied generation's entries
-   * @param usable the old files that may be linked (trusted as committed, readable), by path
+   * @param usable the old files that may be linked (trusted as committed), by path
    * @param news the new generation's entries, in manifest order
    */
   constructor(

@@ -290,6 +290,11 @@ type Partial = Map<string, { abs: string; size: number; chunks: Array<{ id: bigi
 interface LocalChunks {
   /** Trusted files of the applied generation: path -> entry index. */
   oldByPath: Map<string, number>;
+  /**
+   * Those of them the puller may not read back (the company's mode 000 or 0200, kept as it is, for a user without
+   * root's override): linked when unchanged (a link reads nothing), never a base nor a source of chunks (EACCES).
+   */
+  unreadable: Set<number>;
   /** Layout of the applied generation, if any. */
   oldLayout?: Layout;
   /** Where the id of chunk g (given as id words) is held locally, if anywhere. */
@@ -796,11 +801,15 @@ class PullRun {
         continue;
       }
       // A file moved at the site is linked from its old path, as an unchanged one is from its own.
-      const oi = local.oldByPath.get(e.path) ?? moves?.take(e);
-      const old = oi === undefined ? undefined : this.applied!.manifest.entries[oi]!;
+      const found = local.oldByPath.get(e.path) ?? moves?.take(e);
+      const foundEntry = found === undefined ? undefined : this.applied!.manifest.entries[found]!;
+      const linkable = foundEntry !== undefined && sameContent(foundEntry, e) && foundEntry.mode === e.mode && sameMtime(foundEntry.mtimeNs, e.mtimeNs);
+      // One the puller may not read serves only as a link (see LocalChunks.unreadable).
+      const oi = found !== undefined && (linkable || !local.unreadable.has(found)) ? found : undefined;
+      const old = oi === undefined ? undefined : foundEntry;
       const src = entryPath(p.dir, old?.path ?? e.path);
       const whole = old !== undefined && sameContent(old, e);
-      const wantLink = whole && old.mode === e.mode && sameMtime(old.mtimeNs, e.mtimeNs);
+      const wantLink = whole && linkable;
       const have = resumable ? this.reconcile(ei, dst, whole ? { src, link: wantLink } : undefined) : 'absent';
       if (whole) {
         const g0 = L.entryStart[ei]!;
@@ -1047,6 +1056,7 @@ class PullRun {
    */
   private localChunks(partial: Partial): LocalChunks {
     const oldByPath = new Map<string, number>();
+    const unreadable = new Set<number>();
     let oldLayout: Layout | undefined;
     let oldIndex: IdIndex | undefined;
     if (this.applied) {
@@ -1056,10 +1066,13 @@ class PullRun {
       for (let i = 0; i < olds.length; i++) {
         const oe = olds[i]!;
         if (oe.kind !== 'file' || !(this.appliedIntact || this.trusted(oe, i))) continue;
-        // A file the puller may not read back (the company's mode 000 or 0200, kept as it is, for a user without root's
-        // override) can be neither a base nor a source of chunks: it is fetched (it once failed every later pull, EACCES).
-        if ((oe.mode & 0o400) === 0 && !mayRead(entryPath(this.paths.dir, oe.path))) continue;
         oldByPath.set(oe.path, i);
+        // A file the puller may not read back can be neither a base nor a source of chunks (it once failed every later
+        // pull, EACCES); unchanged, it is still linked (before, it was fetched again at every delta).
+        if ((oe.mode & 0o400) === 0 && !mayRead(entryPath(this.paths.dir, oe.path))) {
+          unreadable.add(i);
+          continue;
+        }
         for (let k = oldLayout.entryStart[i]!; k < oldLayout.entryStart[i + 1]!; k++) oldIndex.add(k);
       }
     }
@@ -1078,6 +1091,7 @@ class PullRun {
     const olds = this.applied?.manifest.entries;
     return {
       oldByPath,
+      unreadable,
       oldLayout,
       find(words, g) {
         const k = oldIndex ? oldIndex.findIn(words, g) : -1;
