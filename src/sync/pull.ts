@@ -1372,9 +1372,12 @@ class PullRun {
     }
     // The source's mode may be read-only: the file is ours to patch until it is finished.
     await fs.promises.chmod(dst, 0o600);
+    // What the copy wrote is the old file's size, up to the new one's (an empty file grown to 5 MB counted 5 MB here
+    // and 5 MB again as the chunks written into it).
+    const copied = spare ? 0 : Math.min(e.size, (await fs.promises.stat(dst)).size);
     await fs.promises.truncate(dst, e.size);
     if (spare) this.stats.spares++;
-    else this.stats.written += e.size;
+    else this.stats.written += copied;
     this.journal([(J_BASED | (spare ? J_SPARE : 0) | ei) >>> 0]);
     this.bytesDone += this.creditOnBase.get(ei) ?? 0;
     this.creditOnBase.delete(ei);

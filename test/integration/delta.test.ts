@@ -196,6 +196,26 @@ describe('delta sync after the seed', () => {
     }
   });
 
+  // BUG (src/sync/pull.ts makeBase, found by a helper review): --json's bytesWritten counted a base copy at the new
+  // file's size, not the old one's copied: an empty file grown to 5 MB reported 10 MB written.
+  it('bytesWritten counts what a base copy wrote, not the new size again', async () => {
+    const { src, dest, served } = await seeded('grown', 2);
+    try {
+      fs.writeFileSync(path.join(src, 'grows.dat'), '');
+      const first = await runCli(['pull', served.url, 'acme', dest, '--secret', key, '--json']);
+      expect(first.code, first.stderr).toBe(0);
+      fs.writeFileSync(path.join(src, 'grows.dat'), randomBytes(5_000_000));
+      const r = await runCli(['pull', served.url, 'acme', dest, '--secret', key, '--json']);
+      expect(r.code, r.stderr).toBe(0);
+      const j = JSON.parse(r.stdout) as { bytesWritten: number };
+      expect(j.bytesWritten).toBeGreaterThanOrEqual(5_000_000);
+      expect(j.bytesWritten).toBeLessThan(5_500_000);
+      expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
+    } finally {
+      await served.stop();
+    }
+  });
+
   // BUG (src/sync/pull.ts plan): a file moved or renamed at the site was a new path to the plan, written again from
   // local chunks: archiving a year's ledger (mv into archive/) wrote the whole file at the branch.
   it('a file moved or renamed at the site is linked at the branch, not written again', async () => {
