@@ -105,6 +105,41 @@ const MAX_READ_HANDLES = 32;
 /** How long a deleted segment's open handle is kept for reads already under way. */
 const RETIRE_MS = 10_000;
 
+/**
+ * Bytes the store writers of this process (fills on the worker threads, compactions) may still write, by filesystem
+ * (st_dev): those of every company's store on one disk count against its reserve together (each counting only its own
+ * took a shared --cache-dir past the reserve, up to ENOSPC).
+ */
+const writingByDisk = new Map<number, number>();
+
+/** The filesystem of `dir` (st_dev), or -1 where it cannot be told (then all such stores count as one disk). */
+function deviceOf(dir: string): number {
+  try {
+    return fs.statSync(dir).dev;
+  } catch {
+    return -1;
+  }
+}
+
+/** Bytes store writers of this process may still write on the disk of `dir`. */
+export function pendingWrites(dir: string): number {
+  return writingByDisk.get(deviceOf(dir)) ?? 0;
+}
+
+/** Counts `bytes` about to be written on the disk of `dir` until the returned release is called (once). */
+export function claimWrites(dir: string, bytes: number): () => void {
+  const disk = deviceOf(dir);
+  writingByDisk.set(disk, (writingByDisk.get(disk) ?? 0) + bytes);
+  let released = false;
+  return () => {
+    if (released) return;
+    released = true;
+    const left = (writingByDisk.get(disk) ?? 0) - bytes;
+    if (left > 0) writingByDisk.set(disk, left);
+    else writingByDisk.delete(disk);
+  };
+}
+
 /** What compact() did. */
 export interface CompactResult {
   compacted: boolean;
@@ -469,7 +504,7 @@ export class ChunkStore {
     // The live frames are copied before anything is deleted: only when the copy leaves the disk its reserve, as the
     // fill does (else it would write to ENOSPC, taking the space the company's own programs need, at every generation).
     const space = diskSpace(this.dir);
-    if (space && space.free - liveBytes < diskReserve(space.total)) {
+    if (space && space.free - pendingWrites(this.dir) - liveBytes < diskReserve(space.total)) {
       // No room to copy first. Skipping left such a store stuck for good: its fills stop at the reserve, so dead frames
       // (at least half of it) kept their disk for ever. All of it goes instead; the caller fills it again.
       for (let s = 0; s < this.segNames.length; s++) if (this.segNames[s]) this.retire(s);
@@ -477,6 +512,17 @@ export class ChunkStore {
       this.bytes = 0;
       return { ...result, compacted: true, bytesAfter: 0, chunksAfter: 0, reserveKept: diskReserve(space.total) };
     }
+    // The copy counts against the reserve until it is written, for fills and compactions of other stores on this disk.
+    const release = claimWrites(this.dir, liveBytes);
+    try {
+      return await this.rewriteLive(live, n, result);
+    } finally {
+      release();
+    }
+  }
+
+  /** compact()'s copy of the `live` frames among the first `n` slots into new segments, and the switch to them. */
+  private async rewriteLive(live: Uint8Array, n: number, result: CompactResult): Promise<CompactResult> {
     // Live frames in segment and offset order, so that neighbours are read with one call.
     const order = new Uint32Array(n).map((_, k) => k).filter((k) => live[k] === 1);
     order.sort((x, y) => this.seg[x]! - this.seg[y]! || this.off[x]! - this.off[y]!);

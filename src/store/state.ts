@@ -406,7 +406,10 @@ export function takeFollowLock(paths: StatePaths): (() => void) | undefined {
     const who = holder === 'starting' ? 'another snapferry process (starting up)' : `snapferry process ${holder}`;
     fail(ErrorCodes.DIR_LOCKED, `${paths.dir} is followed already by ${who}; one follower per folder`);
   }
-  return () => fs.rmSync(paths.followLock, { force: true });
+  // Only while it is still this follower's (a state folder removed and made again meanwhile may hold another's).
+  return () => {
+    if (lockOwnedHere(paths.followLock)) fs.rmSync(paths.followLock, { force: true });
+  };
 }
 
 /** An exclusive lock on one DIR: a second process gets DIR_LOCKED (or waits, if asked). A dead holder's lock is taken over. */

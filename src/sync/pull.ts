@@ -370,7 +370,7 @@ class PullRun {
       phase,
       bytesDone: this.bytesDone,
       bytesTotal: this.bytesTotal,
-      bytesOnWire: this.session?.channel.bytesRead ?? this.wireBytes,
+      bytesOnWire: this.session?.channel.wireBytesRead ?? this.wireBytes,
       elapsedMs: performance.now() - this.started,
     });
   }
@@ -422,12 +422,12 @@ class PullRun {
       throw err;
     } finally {
       this.closeUnsynced();
-      this.wireBytes = this.session.channel.bytesRead;
+      this.wireBytes = this.session.channel.wireBytesRead;
       this.session.close();
       // bytesOnWire is every byte received, the site's answer to our close frame too: a pull that succeeded waits for
       // it (bounded; meanwhile the workers stop) before it takes the count.
       await Promise.all([this.pool?.close(), result ? this.session.channel.closedWithin(CLOSE_WAIT_MS) : undefined]);
-      if (result) result.bytesOnWire = this.wireBytes = this.session.channel.bytesRead;
+      if (result) result.bytesOnWire = this.wireBytes = this.session.channel.wireBytesRead;
     }
   }
 
@@ -550,7 +550,7 @@ class PullRun {
       rootHash: this.rootHash,
       files: counts?.files ?? this.m.entries.filter((e) => e.kind === 'file').length,
       bytes: counts?.bytes ?? this.bytesTotal,
-      bytesOnWire: this.session!.channel.bytesRead,
+      bytesOnWire: this.session!.channel.wireBytesRead,
       chunksFetched: this.stats.fetched,
       chunksPatched: this.stats.patched,
       chunksReused: counts ? (Number.isSafeInteger(counts.chunks) ? counts.chunks! : 0) : this.stats.reused,

@@ -12,7 +12,7 @@ import path from 'node:path';
 import os from 'node:os';
 import { WebSocketServer, WebSocket } from '../transport/ws.js';
 import { Channel } from '../transport/channel.js';
-import { accept, SecureSession, BUSY_HEADER } from './session.js';
+import { accept, SecureSession, BUSY_HEADER, MAX_MESSAGE } from './session.js';
 import { CompanyScanner, Generation, siteReadError } from '../scan/scanner.js';
 import { CompanyWatcher } from '../scan/watch.js';
 import { WorkerPool } from '../work/pool.js';
@@ -137,6 +137,9 @@ interface Company {
  * loopback than -1: the puller then opens and writes 2.4x the bytes; `--level none` remains for the operator.)
  */
 const LEVEL_LADDER = [1, -1];
+
+/** Room for an answer's header beside its stored frames: they must fit in one message with it. */
+const DATA_HEADER_ROOM = 64;
 
 /** A store fill cut short is tried again by a pull this long after (see SnapferryServer.fillAgain). */
 const FILL_RETRY_MS = 10_000;
@@ -430,6 +433,12 @@ export class SnapferryServer {
         let dir: string;
         if (this.cacheDirInUse) dir = path.join(this.cacheDirInUse, `${c.name}.chunks`);
         else {
+          // Checked here too: a --cache-dir given up for a full disk left the temporary folder unchecked (one inside a
+          // company would be served, each write a new generation).
+          if (this.opts.cacheDir && companyHolding(realPathOf(os.tmpdir()), this.opts.companies)) {
+            this.log(`chunk store for ${c.name} not kept: the temporary folder ${os.tmpdir()} is inside a company's folder`);
+            continue;
+          }
           if (!this.storeTmp) {
             const t = makeTempStoreFolder(os.tmpdir());
             this.storeTmp = t.dir;
@@ -849,7 +858,7 @@ export class SnapferryServer {
     // size (refused, such packs were read from the store, thrown away, then read and compressed again). A pack not
     // wholly stored (yet) is made as before.
     const stored = await company.store?.readFrames(idWords(layout.id), layout.len, req.ranges);
-    if (stored && stored.length <= bytes + Math.ceil(bytes / 256)) {
+    if (stored && stored.length <= bytes + Math.ceil(bytes / 256) && stored.length + DATA_HEADER_ROOM <= MAX_MESSAGE) {
       await this.sendAnswer(session, [encodeDataHeader(req.reqId, true, bytes), stored], stored.length);
       noteGarbage(stored.length * 2, ANSWER_GARBAGE_EVERY);
       return;

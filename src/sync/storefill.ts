@@ -7,18 +7,11 @@ import { chunkSources, type Layout } from '../manifest/layout.js';
 import { IdIndex, idWords } from '../manifest/idindex.js';
 import type { WorkerPool } from '../work/pool.js';
 import type { StoreChunksJob, StoreChunksResult } from '../work/tasks.js';
-import type { ChunkStore } from '../store/chunkstore.js';
-import fs from 'node:fs';
+import { type ChunkStore, claimWrites, pendingWrites } from '../store/chunkstore.js';
 import { diskReserve, diskSpace } from '../store/state.js';
 
 /** Raw bytes per storeChunks job: large enough for few messages, small enough to keep the workers' buffers small. */
 const JOB_BYTES = 2 << 20;
-
-/**
- * Bytes the jobs of every fill of this process may still write, by filesystem (st_dev): a site fills its companies'
- * stores at once, and each fill counting only its own jobs took one disk past its reserve, up to ENOSPC.
- */
-const writingByDisk = new Map<number, number>();
 
 /** What a fill did. */
 export interface FillResult {
@@ -70,13 +63,12 @@ export async function fillStore(
     for (const l of job.lens) raw += l;
     // Every job in flight, of any fill on this disk, may write its raw size (incompressible data), and then some.
     const space = diskSpace(store.dir);
-    const disk = deviceOf(store.dir);
     const writes = raw + (64 << 10);
-    if (space && space.free - (writingByDisk.get(disk) ?? 0) - writes < diskReserve(space.total)) {
+    if (space && space.free - pendingWrites(store.dir) - writes < diskReserve(space.total)) {
       result.reserveKept = diskReserve(space.total);
       break;
     }
-    writingByDisk.set(disk, (writingByDisk.get(disk) ?? 0) + writes);
+    const release = claimWrites(store.dir, writes);
     const p: Promise<void> = pool
       .run<StoreChunksResult>(job)
       .then(async (r) => {
@@ -91,9 +83,7 @@ export async function fillStore(
       .catch((err) => void (failure ??= err))
       .finally(() => {
         running.delete(p);
-        const left = (writingByDisk.get(disk) ?? 0) - writes;
-        if (left > 0) writingByDisk.set(disk, left);
-        else writingByDisk.delete(disk);
+        release();
       });
     running.add(p);
   }
@@ -121,11 +111,3 @@ export async function fillStore(
   }
 }
 
-/** The filesystem of `dir` (st_dev), or -1 where it cannot be told (then all such stores count as one disk). */
-function deviceOf(dir: string): number {
-  try {
-    return fs.statSync(dir).dev;
-  } catch {
-    return -1;
-  }
-}

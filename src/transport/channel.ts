@@ -156,9 +156,9 @@ export class Channel {
     this.holdTimer = setTimeout(check, ms);
   }
 
-  /** The raw TCP socket (for byte counts). */
+  /** The socket the WebSocket reads (under TLS, the TLS socket: its counts are of the plain text). */
   get socket(): Socket | undefined {
-    return this.tcpSocket?.() ?? (this.ws as unknown as { _socket?: Socket })._socket;
+    return (this.ws as unknown as { _socket?: Socket })._socket;
   }
 
   /**
@@ -176,9 +176,17 @@ export class Channel {
     return this.bytesRead - this.controlBytes;
   }
 
-  /** Bytes received on the socket so far. */
+  /** Bytes received on the socket so far (the WebSocket's own: under TLS the plain text, as controlBytes counts). */
   get bytesRead(): number {
     return this.socket?.bytesRead ?? 0;
+  }
+
+  /**
+   * Bytes that crossed the wire so far: under TLS those of the TCP socket beneath, its handshake and records included
+   * (bytesOnWire). Not for progress: pings' and PONGs' TLS overhead would count as data there.
+   */
+  get wireBytesRead(): number {
+    return (this.tcpSocket?.() ?? this.socket)?.bytesRead ?? 0;
   }
 
   /** Bytes written to the socket so far. */

@@ -507,4 +507,34 @@ describe.skipIf(skipReason !== undefined)('disk full while pulling (real tmpfs)'
     expect(fs.readdirSync(m).filter((n) => n !== 'cache')).toEqual(['filler']);
     if (fs.existsSync(cache)) expect(fs.readdirSync(cache)).toEqual([]);
   }, 60_000);
+  // BUG (src/sync/server.ts openStores, found by a review of the fix above): a --cache-dir given up for a full disk
+  // put the stores in the temporary folder unchecked: one inside a company (refused without --cache-dir) was then
+  // served, each store write a new generation. Produced: TMPDIR inside the company, the cache-dir's disk full.
+  it('a --cache-dir given up for a full disk does not put the store in a temporary folder inside a company', async () => {
+    const m = mount('s7', '1m');
+    const fd = fs.openSync(path.join(m, 'filler'), 'w');
+    try {
+      for (let i = 0; i < 64; i++) fs.writeSync(fd, Buffer.alloc(64 * 1024, 1));
+    } catch {
+      /* full */
+    } finally {
+      fs.closeSync(fd);
+    }
+    const co = path.join(tmp.dir, 'tmp-inside', 'acme');
+    await makeCompany(co, 2, 77);
+    fs.mkdirSync(path.join(co, 'tmp'));
+    const site = await startServe(['--secret', key, '--company', `acme=${co}`, '--cache-dir', path.join(m, 'cache')], 30_000, { ...process.env, TMPDIR: path.join(co, 'tmp') });
+    try {
+      await waitFor(() => /indexed acme: generation 1/.test(site.stderr()), 30_000);
+      expect(site.stderr()).toMatch(/chunk store for acme not kept: the temporary folder .*tmp is inside a company's folder/);
+      const dest = path.join(tmp.dir, 'tmp-inside-branch', 'acme');
+      fs.mkdirSync(path.dirname(dest));
+      const ok = await runCli(['pull', site.url, 'acme', dest, '--secret', key]);
+      expect(ok.code, ok.stderr).toBe(0);
+      expect(fs.readdirSync(path.join(co, 'tmp'))).toEqual([]);
+      expect(site.stderr()).not.toMatch(/generation 2/);
+    } finally {
+      await site.stop();
+    }
+  }, 60_000);
 });
