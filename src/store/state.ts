@@ -395,11 +395,13 @@ export function tryLockFile(lock: string): number | 'starting' | undefined {
 /**
  * Takes the follower's lock of DIR (`follow.lock` in its state folder) for the life of a `pull --follow`: a second
  * follower of the same DIR is refused with DIR_LOCKED (two followers, of two sites, would replace each other's
- * generation without end). Returns its release, or undefined while DIR has no state folder yet (the first pull makes
- * it; ask again after it). Other commands (a pull, verify, repair) do not look at it: they take DIR's own lock.
+ * generation without end). Returns its release, or undefined while DIR holds no generation yet (ask again after the
+ * first pull). Other commands (a pull, verify, repair) do not look at it: they take DIR's own lock.
  */
 export function takeFollowLock(paths: StatePaths): (() => void) | undefined {
-  if (!fs.existsSync(paths.state)) return undefined;
+  // Only in the state folder of a copy: one another command's first pull has just made (and removes if it fails
+  // before writing anything) is not the follower's to hold open.
+  if (!fs.existsSync(paths.appliedJson)) return undefined;
   checkStateFolder(paths.state);
   const holder = tryLockFile(paths.followLock);
   if (holder !== undefined) {
