@@ -80,6 +80,18 @@ describe.skipIf(skipReason !== undefined)('disk full while pulling (real tmpfs)'
     return m;
   }
 
+  /** Writes `file` until its (1 MiB) filesystem is full, to the last byte. */
+  function fillUp(file: string): void {
+    const fd = fs.openSync(file, 'w');
+    try {
+      for (let i = 0; i < 64; i++) fs.writeSync(fd, Buffer.alloc(64 * 1024, 1));
+    } catch {
+      /* full */
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+
   function remount(m: string, size: string): void {
     const r = spawnSync('mount', ['-o', `remount,size=${size}`, m], { encoding: 'utf8' });
     expect(r.status, r.stderr).toBe(0);
@@ -186,14 +198,7 @@ describe.skipIf(skipReason !== undefined)('disk full while pulling (real tmpfs)'
     const m = mount('m-lock', '1m');
     const dest = path.join(m, 'acme');
     const filler = path.join(m, 'filler.bin');
-    const fd = fs.openSync(filler, 'w');
-    try {
-      for (let i = 0; i < 64; i++) fs.writeSync(fd, Buffer.alloc(64 * 1024, 1));
-    } catch {
-      /* full */
-    } finally {
-      fs.closeSync(fd);
-    }
+    fillUp(filler);
     const r = await runCli(['pull', growSite.url, 'acme', dest, '--secret', key]);
     expectDiskFull(r);
     expect(fs.readdirSync(m)).toEqual(['filler.bin']);
@@ -484,14 +489,7 @@ describe.skipIf(skipReason !== undefined)('disk full while pulling (real tmpfs)'
     const m = mount(made ? 's5' : 's6', '1m');
     const cache = path.join(m, 'cache');
     if (made) fs.mkdirSync(cache);
-    const fd = fs.openSync(path.join(m, 'filler'), 'w');
-    try {
-      for (let i = 0; i < 64; i++) fs.writeSync(fd, Buffer.alloc(64 * 1024, 1));
-    } catch {
-      /* full */
-    } finally {
-      fs.closeSync(fd);
-    }
+    fillUp(path.join(m, 'filler'));
     const site = await startServe(['--secret', key, '--company', `acme=${big}`, '--cache-dir', cache]);
     try {
       expect(site.stderr()).toMatch(/--cache-dir .*cache not used: its disk is full; serving without it/);
@@ -512,14 +510,7 @@ describe.skipIf(skipReason !== undefined)('disk full while pulling (real tmpfs)'
   // served, each store write a new generation. Produced: TMPDIR inside the company, the cache-dir's disk full.
   it('a --cache-dir given up for a full disk does not put the store in a temporary folder inside a company', async () => {
     const m = mount('s7', '1m');
-    const fd = fs.openSync(path.join(m, 'filler'), 'w');
-    try {
-      for (let i = 0; i < 64; i++) fs.writeSync(fd, Buffer.alloc(64 * 1024, 1));
-    } catch {
-      /* full */
-    } finally {
-      fs.closeSync(fd);
-    }
+    fillUp(path.join(m, 'filler'));
     const co = path.join(tmp.dir, 'tmp-inside', 'acme');
     await makeCompany(co, 2, 77);
     fs.mkdirSync(path.join(co, 'tmp'));
