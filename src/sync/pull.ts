@@ -760,11 +760,31 @@ class PullRun {
       resumable = false;
     }
     this.life = cacheLifeOf(p.state);
+    // DIR's files an interrupted attempt linked are trusted by the stamps that link gave them, whatever generation that
+    // attempt was for (the record names DIR's generation): read before a next/ for another one is discarded, or every
+    // unchanged file failed its stamp and a 3-byte change after a cut-short delta fetched the whole company.
+    const linked = this.trustOwnLinks();
     if (resumable) {
       this.readJournal(hasher);
-      this.trustOwnLinks();
     } else {
+      // Removing next/ takes those links away again, which changes the files' ctime once more: those still as linked
+      // just before are stamped anew once it is gone.
+      const dirFile = (i: number) => entryPath(p.dir, this.applied!.manifest.entries[i]!.path);
+      const asLinked = [...linked].filter((i) => {
+        try {
+          return this.asApplied(fs.lstatSync(dirFile(i), { bigint: true }), i);
+        } catch {
+          return false;
+        }
+      });
       removeTree(p.next);
+      for (const i of asLinked) {
+        try {
+          this.applied!.stats[i] = inodeStamp(fs.lstatSync(dirFile(i), { bigint: true }));
+        } catch {
+          /* gone: fetched */
+        }
+      }
       for (const f of [p.nextJournal, p.nextUnsynced, p.nextLinks]) removeRecord(f);
       fs.mkdirSync(p.next, { mode: 0o700 });
       writeFileDurable(p.nextJson, JSON.stringify({ rootHash: this.rootHash, bytes: encodedLength }), this.opts.durable !== false);
@@ -1023,9 +1043,13 @@ class PullRun {
     fs.appendFileSync(this.paths.nextLinks, `\n${JSON.stringify({ applied: this.applied?.record.rootHash, stats })}\n`);
   }
 
-  /** Trusts DIR's files that an interrupted attempt hard-linked into next/ by the ctime that link gave them. */
-  private trustOwnLinks(): void {
-    if (!this.applied) return;
+  /**
+   * Trusts DIR's files that an interrupted attempt hard-linked into next/ by the ctime that link gave them; answers
+   * their indices in the applied manifest.
+   */
+  private trustOwnLinks(): Set<number> {
+    const trustedNow = new Set<number>();
+    if (!this.applied) return trustedNow;
     try {
       for (const line of fs.readFileSync(this.paths.nextLinks, 'utf8').split('\n')) {
         if (line.trim() === '') continue;
@@ -1039,12 +1063,16 @@ class PullRun {
         if (r.applied !== this.applied.record.rootHash || !r.stats) continue;
         for (const [oi, st] of Object.entries(r.stats)) {
           const i = Number(oi);
-          if (Number.isInteger(i) && i >= 0 && i < this.applied.stats.length && typeof st === 'string') this.applied.stats[i] = st;
+          if (Number.isInteger(i) && i >= 0 && i < this.applied.stats.length && typeof st === 'string') {
+            this.applied.stats[i] = st;
+            trustedNow.add(i);
+          }
         }
       }
     } catch {
       /* no record: files the interrupted attempt linked are fetched again */
     }
+    return trustedNow;
   }
 
   /** The spare files' deletion, running in the background until the commit. */

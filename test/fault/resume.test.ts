@@ -303,6 +303,26 @@ describe('resume and atomic commit under kill -9', () => {
     }
   });
 
+  // BUG (src/sync/pull.ts plan, found by a helper review): the record of the links was read only when next/ was
+  // resumed for the same generation. A change at the site after the kill made next/ another generation's: the record
+  // was deleted unread, and every file the killed attempt had linked (their ctime changed by the link) was fetched
+  // again: 1,290 chunks for a 3-byte change. Produced: a delta killed at 'links', then a second change at the site.
+  it('a delta killed after it hard-linked some files, then a change at the site: those files are not fetched again', async () => {
+    const { src, local, branches } = await twoBranchesOfAChange('kc', { company: 23, vouchers: 5, mutate: 6 });
+    try {
+      const [killed, straight] = branches;
+      await killAtLinks(local.url, killed);
+      fs.writeFileSync(path.join(src, 'vouchers', 'after-the-kill.txt'), 'zz\n');
+      const resumed = await runCli(['pull', local.url, 'acme', killed, '--secret', key, '--json']);
+      const plain = await runCli(['pull', local.url, 'acme', straight, '--secret', key, '--json']);
+      expect([resumed.code, plain.code], resumed.stderr + plain.stderr).toEqual([0, 0]);
+      expect(JSON.parse(resumed.stdout).chunksFetched, resumed.stdout + plain.stdout).toBeLessThanOrEqual(JSON.parse(plain.stdout).chunksFetched + 2);
+      expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(killed))).toEqual([]);
+    } finally {
+      await local.stop();
+    }
+  });
+
   it('a next.links record cut short (a power cut) costs its own batch only, not the batch a later attempt appends', async () => {
     // Produced by killing a delta at 'links', cutting the last bytes of its record (no line end left), then, on one
     // branch, resuming to the end; on another, resuming killed at 'links' again (its batch appended) and then to the
