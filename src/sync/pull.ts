@@ -1829,7 +1829,23 @@ class PullRun {
       const t = utimesArg(utimesSeconds(e.mtimeNs));
       fs.utimesSync(p, t, t);
     }
-    fs.chmodSync(this.paths.next, 0o777 & ~process.umask());
+    // The folder itself is the branch's, not the company's (its mode is not carried): a delta keeps what the
+    // operator gave DIR (a mode closed to others, a readers' group), a seed makes it as mkdir would. Before, each
+    // delta put DIR back to 0777 less the umask and the puller's group.
+    let dirStat: fs.Stats | undefined;
+    try {
+      dirStat = fs.statSync(this.paths.dir);
+    } catch {
+      /* a seed */
+    }
+    if (dirStat?.isDirectory()) {
+      try {
+        fs.chownSync(this.paths.next, -1, dirStat.gid);
+      } catch {
+        /* a group the puller is not in: its own */
+      }
+      fs.chmodSync(this.paths.next, dirStat.mode & 0o7777);
+    } else fs.chmodSync(this.paths.next, 0o777 & ~process.umask());
   }
 
   /** Entries of next/ that are hard links to the old generation. */

@@ -196,6 +196,27 @@ describe('delta sync after the seed', () => {
     }
   });
 
+  // BUG (src/sync/pull.ts commit, found by a helper review): every delta put DIR's own mode back to 0777 less the
+  // umask, and its group to the puller's: a copy the operator had closed to other users (0750, a readers' group) was
+  // opened again by the next generation. Produced: DIR chmod 2750 and given another group after the seed, a change.
+  it("a delta keeps DIR's own mode and group as the branch's operator set them", async () => {
+    const { src, dest, served } = await seeded('dirmode', 2);
+    try {
+      fs.chmodSync(dest, 0o2750);
+      fs.chownSync(dest, -1, 100); // "users" on Debian; any group other than the puller's
+      fs.writeFileSync(path.join(src, 'masters', 'dirmode.xml'), '<n/>\n');
+      const r = await runCli(['pull', served.url, 'acme', dest, '--secret', key, '--json']);
+      expect(r.code, r.stderr).toBe(0);
+      expect(JSON.parse(r.stdout).unchanged).toBe(false);
+      const st = fs.statSync(dest);
+      expect((st.mode & 0o7777).toString(8)).toBe('2750');
+      expect(st.gid).toBe(100);
+      expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
+    } finally {
+      await served.stop();
+    }
+  });
+
   // BUG (src/sync/pull.ts makeBase, found by a helper review): --json's bytesWritten counted a base copy at the new
   // file's size, not the old one's copied: an empty file grown to 5 MB reported 10 MB written.
   it('bytesWritten counts what a base copy wrote, not the new size again', async () => {
