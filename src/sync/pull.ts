@@ -1040,7 +1040,7 @@ class PullRun {
     }
     // One JSON line a batch (a file of one object, as written before batches, reads the same). Each starts with a
     // newline too: a record a power cut left without its end must not take the next one down with it.
-    fs.appendFileSync(this.paths.nextLinks, `\n${JSON.stringify({ applied: this.applied?.record.rootHash, stats })}\n`);
+    fs.appendFileSync(this.paths.nextLinks, `\n${JSON.stringify({ applied: this.applied?.record.rootHash, stats })}\n`, { mode: 0o600 });
   }
 
   /**
@@ -1253,7 +1253,7 @@ class PullRun {
     this.closeUnsynced();
     try {
       if (!this.life) return void fs.rmSync(p.nextUnsynced, { force: true });
-      fs.writeFileSync(p.nextUnsynced, this.life);
+      fs.writeFileSync(p.nextUnsynced, this.life, { mode: 0o600 });
       this.unsyncedFd = fs.openSync(p.nextUnsynced, 'a');
     } catch {
       // Only a speed-up for the next attempt: next.journal still records everything.
@@ -1311,7 +1311,7 @@ class PullRun {
     if (this.journalBuf.length === 0) return;
     const vals = this.journalBuf;
     this.journalBuf = [];
-    const append = () => fs.appendFileSync(this.paths.nextJournal, recordBytes(vals));
+    const append = () => fs.appendFileSync(this.paths.nextJournal, recordBytes(vals), { mode: 0o600 });
     if (this.opts.durable === false) return append();
     const checkpoint = syncFilesystemAsync(this.paths.next).then(append);
     if (force) return checkpoint;
