@@ -728,7 +728,9 @@ class PullRun {
       } catch {
         continue;
       }
-      if (!st.isFile()) continue;
+      // One the puller may not read (a company mode 000 or 0200 kept as it is) is fetched: chunking it failed the
+      // whole repair or adopt with EACCES, and with the record lost no way on but a chmod by hand.
+      if (!st.isFile() || ((st.mode & 0o400) === 0 && !mayRead(abs))) continue;
       files.push(
         Promise.all(chunkSegmentsOf(this.pool!, abs, st.size, this.m.params)).then((rs) => {
           const chunks: Array<{ id: bigint; offset: number }> = [];

@@ -7,7 +7,7 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import fs from 'node:fs';
 import path from 'node:path';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, waitFor, Served, NO_DAC_OVERRIDE, CLI } from '../helpers.js';
 
 const IS_ROOT = process.getuid?.() === 0;
@@ -106,5 +106,28 @@ describe.skipIf(!IS_ROOT)('files the branch may not read back (mode 000), as roo
       generation = JSON.parse(r.stdout).generation;
       expect(fingerprintDiff(treeFingerprint(company), treeFingerprint(dest)), `round ${round}`).toEqual([]);
     }
+  });
+  // BUG (src/sync/pull.ts partialSources, found by a helper review): a repair whose record was lost, and an adopt,
+  // chunk every file of DIR to reuse what matches: the first the puller may not read failed it with EACCES (exit 73,
+  // "permission denied"), for ever, with no way on but a chmod by hand. Produced: a seed, its record deleted, then a
+  // repair; and a copy of the folder adopted by a pull.
+  it('a repair without a record, and an adopt, fetch what they cannot read and reuse the rest', async () => {
+    const dest = path.join(tmp.dir, 'norecord', 'acme');
+    fs.mkdirSync(path.dirname(dest));
+    const run = (args: string[]) => runCli(args, { wrap: NO_DAC_OVERRIDE, timeoutMs: 60_000 });
+    const seed = await run(['pull', served.url, 'acme', dest, '--secret', key]);
+    expect(seed.code, seed.stderr).toBe(0);
+    const state = path.join(path.dirname(dest), '.acme.snapferry');
+    fs.rmSync(path.join(state, 'applied.manifest')); // the record damaged: repair re-chunks DIR
+    const repaired = await run(['repair', dest, served.url, 'acme', '--secret', key]);
+    expect(repaired.code, repaired.stderr).toBe(0);
+    expect(fingerprintDiff(treeFingerprint(company), treeFingerprint(dest))).toEqual([]);
+    const adopted = path.join(tmp.dir, 'adopted', 'acme');
+    fs.mkdirSync(path.dirname(adopted));
+    expect(spawnSync('cp', ['-a', dest, adopted]).status).toBe(0);
+    const r = await run(['pull', served.url, 'acme', adopted, '--secret', key, '--adopt', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout).chunksReused).toBeGreaterThan(0);
+    expect(fingerprintDiff(treeFingerprint(company), treeFingerprint(adopted))).toEqual([]);
   });
 });
