@@ -1004,6 +1004,15 @@ export function checkSwappable(paths: StatePaths): void {
   } catch {
     fail(ErrorCodes.DIR_NOT_WRITABLE, `cannot write ${paths.dir}: a commit moves it aside, which needs write permission on it`);
   }
+  // In a sticky folder (like /tmp) only its owner, DIR's owner or root may move DIR: another user's DIR there, even
+  // open to all, was fetched into whole and then failed at the commit, at every try.
+  const euid = process.geteuid?.();
+  if (euid === undefined || euid === 0) return;
+  const parent = path.dirname(paths.dir);
+  const ps = fs.statSync(parent);
+  if ((ps.mode & 0o1000) !== 0 && ps.uid !== euid && fs.lstatSync(paths.dir).uid !== euid) {
+    fail(ErrorCodes.DIR_NOT_WRITABLE, `cannot move ${paths.dir}: it is another user's, in ${parent}, a sticky folder (like /tmp) where only its owner may move it; give a folder of your own`);
+  }
 }
 
 /** Refuses a DIR that is a mount point or holds one (see checkSwappable): also checked by a recovery's swap. */

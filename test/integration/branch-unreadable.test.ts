@@ -130,4 +130,25 @@ describe.skipIf(!IS_ROOT)('files the branch may not read back (mode 000), as roo
     expect(JSON.parse(r.stdout).chunksReused).toBeGreaterThan(0);
     expect(fingerprintDiff(treeFingerprint(company), treeFingerprint(adopted))).toEqual([]);
   });
+  // BUG (src/store/state.ts checkSwappable, found by a helper review): another user's DIR, open to all, in a sticky
+  // folder (like /tmp) passed the check (it is writable) but cannot be moved by the puller: the whole company was
+  // fetched, then the commit failed, at every try. Produced: root's empty 0777 folder in a 1777 folder, pulled as
+  // user nobody.
+  it("another user's DIR in a sticky folder is refused before anything is fetched", async () => {
+    fs.chmodSync(tmp.dir, 0o711); // nobody may pass through the test's folder to the sticky one
+    const sticky = path.join(tmp.dir, 'sticky');
+    fs.mkdirSync(sticky);
+    fs.chmodSync(sticky, 0o1777);
+    const dest = path.join(sticky, 'acme');
+    fs.mkdirSync(dest);
+    fs.chmodSync(dest, 0o777);
+    const keyCopy = path.join(sticky, 'nobody.key');
+    fs.copyFileSync(key, keyCopy);
+    fs.chownSync(keyCopy, 65534, 65534);
+    const r = await runCli(['pull', served.url, 'acme', dest, '--secret', keyCopy, '--json'], { wrap: ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups'], timeoutMs: 60_000 });
+    expect(r.code, r.stderr).toBe(73);
+    expect(r.stderr).toMatch(/^snapferry: cannot move .*sticky\/acme: it is another user's, in .*sticky, a sticky folder \(like \/tmp\) where only its owner may move it; give a folder of your own \[SNAPFERRY_E_DIR_NOT_WRITABLE\]\n$/);
+    expect(r.stdout).toBe('');
+    expect(fs.readdirSync(sticky).sort()).toEqual(['acme', 'nobody.key']);
+  });
 });
