@@ -335,7 +335,7 @@ export function buildProgram(): Commander.Command {
       } catch (err) {
         const e = toSnapferryError(err);
         if (o.json) process.stdout.write(`${JSON.stringify({ intact: false, checked: false, error: { code: e.code, message: e.message } })}\n`);
-        process.stderr.write(`snapferry: ${printable(`could not check ${path.resolve(dir)}: ${e.message}`)} [${e.code}]\n`);
+        process.stderr.write(errorLine(`could not check ${path.resolve(dir)}: ${e.message}`, e.code));
         process.exitCode = 2;
         throw new ExitWith(2);
       }
@@ -487,6 +487,11 @@ function checkUtf8(args: string[]): void {
   if (bad !== undefined) fail(ErrorCodes.USAGE, `an argument is not valid UTF-8 (${printable(bad)}, as read); snapferry takes UTF-8 paths and names only: rename the folder, or give it through a link with a UTF-8 name`);
 }
 
+/** The one line a failure is told in; whatever the message quotes (a name holding a newline) cannot forge a second. */
+function errorLine(message: string, code: string): string {
+  return `snapferry: ${printable(message)} [${code}]\n`;
+}
+
 /** Runs the CLI; maps errors to one line and an exit code. */
 export async function main(argv: string[]): Promise<number> {
   const program = buildProgram();
@@ -506,8 +511,7 @@ export async function main(argv: string[]): Promise<number> {
       return 64; // commander already printed its one-line message
     }
     const e = toSnapferryError(err);
-    // One line whatever the message quotes (a DIR whose name holds a newline would forge a second).
-    process.stderr.write(`snapferry: ${printable(e.message)} [${e.code}]\n`);
+    process.stderr.write(errorLine(e.message, e.code));
     if (process.env.SNAPFERRY_DEBUG && e.cause) process.stderr.write(`${(e.cause as Error).stack ?? e.cause}\n`);
     return e.exitCode;
   }
@@ -527,7 +531,7 @@ if (invokedDirectly || process.argv[1]?.endsWith('snapferry')) {
       setImmediate(() => {
         if (outputError && code === 0) {
           const e = toSnapferryError(outputError, 'cannot write the output');
-          process.stderr.write(`snapferry: ${printable(e.message)} [${e.code}]\n`);
+          process.stderr.write(errorLine(e.message, e.code));
           code = e.exitCode;
         }
         process.stderr.write('', () => process.exit(code));

@@ -793,4 +793,3 @@ export function siteReadError(err: unknown): SnapferryError {
   if (e.code !== ErrorCodes.DIR_NOT_WRITABLE) return e;
   return new SnapferryError(ErrorCodes.IO, `the site cannot read its company: ${e.message} (give the user serve runs as read access)`, { cause: err });
 }
-

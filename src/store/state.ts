@@ -404,10 +404,7 @@ export function takeFollowLock(paths: StatePaths): (() => void) | undefined {
   if (!fs.existsSync(paths.appliedJson)) return undefined;
   checkStateFolder(paths.state);
   const holder = tryLockFile(paths.followLock);
-  if (holder !== undefined) {
-    const who = holder === 'starting' ? 'another snapferry process (starting up)' : `snapferry process ${holder}`;
-    fail(ErrorCodes.DIR_LOCKED, `${paths.dir} is followed already by ${who}; one follower per folder`);
-  }
+  if (holder !== undefined) fail(ErrorCodes.DIR_LOCKED, `${paths.dir} is followed already by ${holderName(holder)}; one follower per folder`);
   // Only while it is still this follower's (a state folder removed and made again meanwhile may hold another's).
   return () => {
     if (lockOwnedHere(paths.followLock)) fs.rmSync(paths.followLock, { force: true });
@@ -448,8 +445,7 @@ export class DirLock {
         this.held = true;
         return;
       }
-      const who = holder === 'starting' ? 'another snapferry process (starting up)' : `snapferry process ${holder}`;
-      if (Date.now() >= deadline) fail(ErrorCodes.DIR_LOCKED, `${this.paths.dir} is in use by ${who}`);
+      if (Date.now() >= deadline) fail(ErrorCodes.DIR_LOCKED, `${this.paths.dir} is in use by ${holderName(holder)}`);
       await new Promise((r) => setTimeout(r, 200));
     }
   }
@@ -465,6 +461,15 @@ export class DirLock {
       /* not empty (kept for a resume), or gone: nothing to do */
     }
   }
+}
+
+/**
+ * Who holds a lock, in words, from tryLockFile's answer: "snapferry process 123" (or "snapferry serve process 123" for
+ * `program` "serve"), or another one starting up.
+ */
+export function holderName(holder: number | 'starting', program?: string): string {
+  if (holder === 'starting') return `another snapferry ${program ?? 'process'} (starting up)`;
+  return `snapferry ${program ? `${program} ` : ''}process ${holder}`;
 }
 
 /** Whether the lock file at `p` names this process (taken by tryLockFile here, and not since replaced). */

@@ -825,12 +825,13 @@ class PullRun {
       // A file moved at the site is linked from its old path, as an unchanged one is from its own.
       const found = local.oldByPath.get(e.path) ?? moves?.take(e);
       const foundEntry = found === undefined ? undefined : this.applied!.manifest.entries[found]!;
-      const linkable = foundEntry !== undefined && sameContent(foundEntry, e) && foundEntry.mode === e.mode && sameMtime(foundEntry.mtimeNs, e.mtimeNs);
+      const sameBytes = foundEntry !== undefined && sameContent(foundEntry, e);
+      const linkable = sameBytes && foundEntry.mode === e.mode && sameMtime(foundEntry.mtimeNs, e.mtimeNs);
       // One the puller may not read serves only as a link (see LocalChunks.unreadable).
       const oi = found !== undefined && (linkable || !local.unreadable.has(found)) ? found : undefined;
       const old = oi === undefined ? undefined : foundEntry;
       const src = entryPath(p.dir, old?.path ?? e.path);
-      const whole = old !== undefined && sameContent(old, e);
+      const whole = old !== undefined && sameBytes;
       const wantLink = whole && linkable;
       const have = resumable ? this.reconcile(ei, dst, whole ? { src, link: wantLink } : undefined) : 'absent';
       if (whole) {

@@ -43,7 +43,7 @@ import { ByteGate } from '../util/bytegate.js';
 import { makeDirs, dirProblem } from '../util/mkdirs.js';
 import { boundHeapGrowth } from './heap.js';
 import { ChunkStore, makeTempStoreFolder } from '../store/chunkstore.js';
-import { tryLockFile, lockOwnedHere, diskSpace } from '../store/state.js';
+import { tryLockFile, lockOwnedHere, holderName, diskSpace } from '../store/state.js';
 import { fillStore } from './storefill.js';
 import { PendingHandshakes } from './handshakes.js';
 import { loadHasher } from '../chunk/hash.js';
@@ -289,7 +289,7 @@ export class SnapferryServer {
         if (!withoutCache(err)) throw err;
       }
       if (holder !== undefined) {
-        fail(ErrorCodes.DIR_LOCKED, `--cache-dir ${this.opts.cacheDir} is in use by ${holder === 'starting' ? 'another snapferry serve (starting up)' : `snapferry serve process ${holder}`}; give each site its own`);
+        fail(ErrorCodes.DIR_LOCKED, `--cache-dir ${this.opts.cacheDir} is in use by ${holderName(holder, 'serve')}; give each site its own`);
       }
       if (this.cacheDirInUse) this.cacheLock = lock;
     }
@@ -428,14 +428,15 @@ export class SnapferryServer {
    */
   private async openStores(): Promise<void> {
     const hasher = await loadHasher();
+    // Checked here too: a --cache-dir given up for a full disk left the temporary folder unchecked (one inside a
+    // company would be served, each write a new generation). Without --cache-dir, start() refused it already.
+    const tmpInCompany = !this.cacheDirInUse && this.opts.cacheDir !== undefined && companyHolding(realPathOf(os.tmpdir()), this.opts.companies) !== undefined;
     for (const c of this.companies.values()) {
       try {
         let dir: string;
         if (this.cacheDirInUse) dir = path.join(this.cacheDirInUse, `${c.name}.chunks`);
         else {
-          // Checked here too: a --cache-dir given up for a full disk left the temporary folder unchecked (one inside a
-          // company would be served, each write a new generation).
-          if (this.opts.cacheDir && companyHolding(realPathOf(os.tmpdir()), this.opts.companies)) {
+          if (tmpInCompany) {
             this.log(`chunk store for ${c.name} not kept: the temporary folder ${os.tmpdir()} is inside a company's folder`);
             continue;
           }
@@ -809,7 +810,7 @@ export class SnapferryServer {
       hdr.writeUInt32BE(raw.length, 2);
       const part = packed ?? raw;
       // Within --bwlimit too: a large company's manifest is megabytes, sent at line speed before.
-      if (this.bucket && !(await this.bucket.take(part.length + hdr.length, session, () => session.channel.isClosed))) return;
+      if (!(await this.withinRate(session, part.length + hdr.length))) return;
       await session.send([hdr, part]);
     }
   }
@@ -888,8 +889,16 @@ export class SnapferryServer {
    */
   private async sendAnswer(session: SecureSession, parts: Buffer[], rated: number): Promise<void> {
     if (session.channel.isClosed) return;
-    if (this.bucket && !(await this.bucket.take(rated, session, () => session.channel.isClosed))) return;
+    if (!(await this.withinRate(session, rated))) return;
     await session.send(parts);
+  }
+
+  /**
+   * Waits for `session`'s turn to send `bytes` within --bwlimit (at once without one); false if the session went away
+   * meanwhile (it then took nothing from the cap).
+   */
+  private async withinRate(session: SecureSession, bytes: number): Promise<boolean> {
+    return !this.bucket || this.bucket.take(bytes, session, () => session.channel.isClosed);
   }
 
   private async answerPatch(session: SecureSession, company: Company, gen: Generation, msg: Buffer, answers: ByteGate): Promise<void> {
@@ -949,7 +958,6 @@ function listenError(err: unknown, host: string, port: number): SnapferryError {
   }
 }
 
-/** The real path `p` has or would have once made: its nearest existing ancestor's real path, then the rest as given. */
 /**
  * The company (its name and folder as given) whose real folder is real path `real` or holds it; undefined for none. A
  * folder that cannot be resolved holds nothing here: the site refuses it by name.
@@ -967,6 +975,7 @@ export function companyHolding(real: string, companies: ReadonlyMap<string, stri
   return undefined;
 }
 
+/** The real path `p` has or would have once made: its nearest existing ancestor's real path, then the rest as given. */
 function realPathOf(p: string): string {
   const abs = path.resolve(p);
   const rest: string[] = [];

@@ -110,4 +110,3 @@ export async function fillStore(
     if (gs.length) yield make();
   }
 }
-

@@ -1,5 +1,6 @@
 /** Reading ahead into the page cache what worker jobs will soon read or partly overwrite. */
 import fs from 'node:fs';
+import { OpenFiles } from './openfiles.js';
 
 /** A byte range of a file. */
 export interface FileRange {
@@ -16,7 +17,8 @@ export interface FileRange {
  * it reports its own error). Resolves when every read has ended; never rejects.
  */
 export async function prefetch(ranges: Iterable<FileRange>, stop: () => boolean, concurrency = 16, opts: { probe?: number } = {}): Promise<void> {
-  const fds = new Map<string, Promise<fs.promises.FileHandle | undefined>>();
+  // close() waits for reads under way; a lane that still reads through one closed for another skips that range.
+  const fds = new OpenFiles<string, Promise<fs.promises.FileHandle | undefined>>(MAX_OPEN, (fh) => void fh.then((h) => h?.close()).catch(() => undefined));
   let it: Iterator<FileRange> = ranges[Symbol.iterator]();
   if (opts.probe) {
     const probed: FileRange[] = [];
@@ -28,21 +30,7 @@ export async function prefetch(ranges: Iterable<FileRange>, stop: () => boolean,
     let buf = Buffer.allocUnsafe(64 << 10);
     for (let r = it.next(); !r.done && !stop(); r = it.next()) {
       const { path, offset, length } = r.value;
-      let fh = fds.get(path);
-      if (fh) {
-        fds.delete(path); // most recently used last
-        fds.set(path, fh);
-      } else {
-        fds.set(path, (fh = fs.promises.open(path, 'r').catch(() => undefined)));
-        // At most MAX_OPEN at once: a delta of thousands of small files held a descriptor for each until the end
-        // (EMFILE). close() waits for reads under way; a lane that still reads through it skips that range.
-        if (fds.size > MAX_OPEN) {
-          const [oldPath, old] = fds.entries().next().value as [string, Promise<fs.promises.FileHandle | undefined>];
-          fds.delete(oldPath);
-          void old.then((h) => h?.close()).catch(() => undefined);
-        }
-      }
-      const handle = await fh;
+      const handle = await fds.get(path, () => fs.promises.open(path, 'r').catch(() => undefined));
       if (!handle || length <= 0) continue;
       if (buf.length < length) buf = Buffer.allocUnsafe(length);
       await handle.read(buf, 0, length, offset).catch(() => undefined);
@@ -51,11 +39,11 @@ export async function prefetch(ranges: Iterable<FileRange>, stop: () => boolean,
   try {
     await Promise.all(Array.from({ length: concurrency }, lane));
   } finally {
-    for (const fh of fds.values()) await (await fh)?.close().catch(() => undefined);
+    for (const fh of fds.takeAll()) await (await fh)?.close().catch(() => undefined);
   }
 }
 
-/** Files prefetch keeps open at once (the least recently used is closed for one more). */
+/** Files prefetch keeps open at once (see OpenFiles): a delta of thousands of small files held one for each (EMFILE). */
 const MAX_OPEN = 64;
 
 /** A read of this long or longer (of at most PROBE_BYTES) came from the disk, not from the page cache. */

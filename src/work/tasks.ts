@@ -15,6 +15,7 @@ import { inodeStamp, utimesArg } from '../util/stamp.js';
 import { joinChunkLists } from './segments.js';
 import { openRegular } from '../util/open.js';
 import { BLOCK, pageAligned } from '../util/copy.js';
+import { OpenFiles } from '../util/openfiles.js';
 
 /** A level meaning: send as they are (where CPU, not the link, is the bottleneck). */
 export const NO_COMPRESSION = -1000;
@@ -248,43 +249,17 @@ function writeAll(fd: number, buf: Uint8Array, position: number): void {
 
 /** Files a job writes into, opened (and created, owner-only until commit sets the mode) once per job. */
 /**
- * Descriptors a job keeps open, by key, at most OPEN_FILES_PER_JOB of them: the least recently used is closed when one
- * more is needed. A pack of tiny files names thousands (512 KiB of 100-byte files), and holding all of them ran a
- * site or a branch out of descriptors (EMFILE, on every pull of such a company). Chunks come in file order, so a file
- * closed early is seldom opened again.
+ * Files a job keeps open at once (see OpenFiles): a few jobs run at once on each worker thread, in a process whose
+ * soft limit may be 1024.
  */
-class OpenFiles<K> {
-  private fds = new Map<K, number>();
-  /** The descriptor kept for `key`, made by `open` if there is none. */
-  get(key: K, open: () => number): number {
-    let fd = this.fds.get(key);
-    if (fd !== undefined) {
-      // Most recently used last (a Map keeps insertion order).
-      this.fds.delete(key);
-      this.fds.set(key, fd);
-      return fd;
-    }
-    fd = open();
-    if (this.fds.size >= OPEN_FILES_PER_JOB) {
-      const [oldKey, oldFd] = this.fds.entries().next().value as [K, number];
-      this.fds.delete(oldKey);
-      fs.closeSync(oldFd);
-    }
-    this.fds.set(key, fd);
-    return fd;
-  }
-  close(): void {
-    for (const fd of this.fds.values()) fs.closeSync(fd);
-    this.fds.clear();
-  }
-}
-
-/** See OpenFiles: a few jobs run at once on each worker thread, in a process whose soft limit may be 1024. */
 const OPEN_FILES_PER_JOB = 32;
 
+/** OpenFiles of descriptors, for one job. */
+const jobFiles = <K>() => new OpenFiles<K, number>(OPEN_FILES_PER_JOB, fs.closeSync);
+
 class TargetFiles {
-  private fds = new OpenFiles<string>();
-  private directFds = new OpenFiles<string>();
+  private fds = jobFiles<string>();
+  private directFds = jobFiles<string>();
   get(path: string): number {
     return this.fds.get(path, () => {
       try {
@@ -390,7 +365,7 @@ const CHANGED_SINCE_SCAN = new Set(['ENOENT', 'ENOTDIR', 'ELOOP', 'ENXIO']);
 function readChunks(ctx: JobContext, j: Omit<ReadPackJob, 'kind'>): Buffer | { stale: string } {
   const rawLen = sumOf(j.lens);
   const raw = readBuffer(ctx, rawLen);
-  const fds = new OpenFiles<number>();
+  const fds = jobFiles<number>();
   try {
     let o = 0;
     for (let i = 0; i < j.lens.length; ) {
