@@ -454,7 +454,9 @@ export class DirLock {
     if (!this.held) return;
     this.held = false;
     try {
-      fs.rmSync(this.paths.lock, { force: true });
+      // Only while it is still this process's: a lock file removed meanwhile (with its state folder, by hand) lets
+      // another command take DIR, whose lock this release must leave.
+      if (lockOwnedHere(this.paths.lock)) fs.rmSync(this.paths.lock, { force: true });
       // A pull that failed before writing anything (site unreachable, wrong secret...) leaves nothing beside DIR.
       if (this.madeState) fs.rmdirSync(this.paths.state);
     } catch {

@@ -83,4 +83,24 @@ describe('DirLock', () => {
       other.kill('SIGKILL');
     }
   });
+  // BUG (DirLock.release, found by a helper review): the release removed DIR's lock whoever held it by then. A state
+  // folder removed by hand while a pull ran (or its lock file) lets a second command take DIR; the first one's end
+  // then removed the second's lock, and a third ran beside the second. Produced with a live process (sleep) whose
+  // lock replaces this one's while it is held.
+  it("release leaves a lock that is no longer this process's", async () => {
+    const other = spawn('sleep', ['30'], { stdio: 'ignore' });
+    try {
+      const paths = pathsWithLock('', 30);
+      const lock = new DirLock(paths);
+      await lock.acquire(0);
+      await new Promise((r) => setTimeout(r, 100));
+      const theirs = `${other.pid} ${startTimeOf(other.pid!)}\n`;
+      fs.writeFileSync(paths.lock, theirs);
+      lock.release();
+      expect(fs.readFileSync(paths.lock, 'utf8')).toBe(theirs);
+      await expect(new DirLock(paths).acquire(0)).rejects.toMatchObject({ code: 'SNAPFERRY_E_DIR_LOCKED' });
+    } finally {
+      other.kill('SIGKILL');
+    }
+  });
 });
