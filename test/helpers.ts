@@ -10,6 +10,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { expect } from 'vitest';
 import { SnapferryError } from '../src/util/errors.js';
+import { decodeJournal } from '../src/sync/journalfile.js';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 export const CLI = path.join(ROOT, 'dist', 'src', 'cli', 'main.js');
@@ -118,7 +119,9 @@ export function servedOnceListening(child: ChildProcess, what: string, timeoutMs
 export function journalRecords(file: string, skip = 0): Set<number> {
   const out = new Set<number>();
   const b = fs.existsSync(file) ? fs.readFileSync(file) : Buffer.alloc(0);
-  for (let i = skip; i + 4 <= b.length; i += 4) if (!(b.readUInt32LE(i) & 0x80000000)) out.add(b.readUInt32LE(i));
+  // next.journal is in checked batches (src/sync/journalfile.ts); next.unsynced is bare records after its header.
+  const records = skip === 0 ? decodeJournal(b) : Array.from({ length: Math.max(0, Math.floor((b.length - skip) / 4)) }, (_, i) => b.readUInt32LE(skip + i * 4));
+  for (const v of records) if (!(v & 0x80000000)) out.add(v);
   return out;
 }
 

@@ -75,6 +75,7 @@ import { loadHasher, type Hasher } from '../chunk/hash.js';
 import { openRegular, mayRead } from '../util/open.js';
 import { prefetch, type FileRange } from '../util/prefetch.js';
 import { makeDirs } from '../util/mkdirs.js';
+import { encodeJournalBatch, decodeJournal } from './journalfile.js';
 
 /** Progress of a pull, reported as it goes. */
 export interface PullProgress {
@@ -660,7 +661,7 @@ class PullRun {
     const byEntry = new Map<number, Array<{ id: bigint; offset: number }>>();
     // The unflushed journal only while its data can still be in the page cache (see cachelife.ts).
     const life = cacheLifeOf(p.state);
-    const records = life ? [recordsOf(p.prevJournal), recordsOf(p.prevUnsynced, life)] : [recordsOf(p.prevJournal)];
+    const records = life ? [recordsOf(p.prevJournal), unsyncedRecordsOf(p.prevUnsynced, life)] : [recordsOf(p.prevJournal)];
     for (const list of records) {
       for (const v of list) {
         if (v & J_BASED || v >= L.total) continue;
@@ -1177,7 +1178,7 @@ class PullRun {
     if (!this.life || !hasher) return;
     const L = this.layout;
     const check: number[] = [];
-    for (const v of recordsOf(this.paths.nextUnsynced, this.life)) if (!(v & J_BASED) && v < L.total && this.done[v] !== 1) check.push(v);
+    for (const v of unsyncedRecordsOf(this.paths.nextUnsynced, this.life)) if (!(v & J_BASED) && v < L.total && this.done[v] !== 1) check.push(v);
     // Usually none: an attempt that failed without a kill flushed all it had into next.journal.
     if (check.length === 0) return;
     if (this.opts.durable !== false) {
@@ -1242,16 +1243,16 @@ class PullRun {
   private settleJournal(resumed: boolean): void {
     const p = this.paths;
     if (resumed) {
-      // Written straight into the file's bytes (a large resumed seed has millions of records).
+      // In a typed array (a large resumed seed has millions of records).
       let n = this.based.size + this.spareBased.size;
       for (let g = 0; g < this.done.length; g++) n += this.done[g]!;
-      const b = Buffer.allocUnsafe(n * 4);
+      const records = new Uint32Array(n);
       let o = 0;
-      for (let g = 0; g < this.done.length; g++) if (this.done[g] === 1) o = b.writeUInt32LE(g, o);
-      for (const ei of this.based) o = b.writeUInt32LE((J_BASED | ei) >>> 0, o);
-      for (const ei of this.spareBased) o = b.writeUInt32LE((J_BASED | J_SPARE | ei) >>> 0, o);
+      for (let g = 0; g < this.done.length; g++) if (this.done[g] === 1) records[o++] = g;
+      for (const ei of this.based) records[o++] = (J_BASED | ei) >>> 0;
+      for (const ei of this.spareBased) records[o++] = (J_BASED | J_SPARE | ei) >>> 0;
       // A disk too full for this fails the pull here rather than at checkSpace (next.journal is left as it was).
-      writeFileDurable(p.nextJournal, b);
+      writeFileDurable(p.nextJournal, encodeJournalBatch(records));
     }
     this.closeUnsynced();
     try {
@@ -1314,7 +1315,7 @@ class PullRun {
     if (this.journalBuf.length === 0) return;
     const vals = this.journalBuf;
     this.journalBuf = [];
-    const append = () => fs.appendFileSync(this.paths.nextJournal, recordBytes(vals), { mode: 0o600 });
+    const append = () => fs.appendFileSync(this.paths.nextJournal, encodeJournalBatch(vals), { mode: 0o600 });
     if (this.opts.durable === false) return append();
     const checkpoint = syncFilesystemAsync(this.paths.next).then(append);
     if (force) return checkpoint;
@@ -1948,19 +1949,28 @@ function recordBytes(values: readonly number[]): Buffer {
   return b;
 }
 
+/** A journal file's records (journalfile.ts: those of its batches that check), none when it cannot be read. */
+function recordsOf(file: string): Uint32Array {
+  try {
+    return decodeJournal(fs.readFileSync(file));
+  } catch {
+    return new Uint32Array(0);
+  }
+}
+
 /**
- * A journal file's records, after `header` when one is given (none when the file does not begin with it, or cannot be
- * read); a record cut short by a kill is left out.
+ * next.unsynced's records (bare uint32s, each checked against its chunk before it counts) after `header`, none when
+ * the file does not begin with it or cannot be read; a record cut short by a kill is left out.
  */
-function recordsOf(file: string, header?: Buffer): Uint32Array {
+function unsyncedRecordsOf(file: string, header: Buffer): Uint32Array {
   let buf: Buffer;
   try {
     buf = fs.readFileSync(file);
   } catch {
     return new Uint32Array(0);
   }
-  const skip = header?.length ?? 0;
-  if (header && !buf.subarray(0, skip).equals(header)) return new Uint32Array(0);
+  const skip = header.length;
+  if (!buf.subarray(0, skip).equals(header)) return new Uint32Array(0);
   const n = Math.floor((buf.length - skip) / 4);
   const out = new Uint32Array(n);
   for (let i = 0; i < n; i++) out[i] = buf.readUInt32LE(skip + i * 4);

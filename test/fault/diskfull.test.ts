@@ -12,7 +12,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { spawn, spawnSync } from 'node:child_process';
-import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, Served, CLI, CliResult, waitFor, tmpfsUnavailable } from '../helpers.js';
+import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, Served, CLI, CliResult, waitFor, tmpfsUnavailable, journalRecords } from '../helpers.js';
 import { makeCompany, mutateCompany } from '../../src/gen/company.js';
 import { ChunkStore } from '../../src/store/chunkstore.js';
 import { idWords } from '../../src/manifest/idindex.js';
@@ -237,7 +237,7 @@ describe.skipIf(skipReason !== undefined)('disk full while pulling (real tmpfs)'
     expectDiskFull(r);
     expect(fs.existsSync(dest)).toBe(false);
     const journal = path.join(m, '.acme.snapferry', 'next.journal');
-    const journaled = fs.existsSync(journal) ? fs.statSync(journal).size / 4 : 0;
+    const journaled = journalRecords(journal).size;
     fs.rmSync(path.join(m, 'filler.bin'));
     const ok = await runCli(['pull', bigSite.url, 'acme', dest, '--secret', key, '--json']);
     expect(ok.code, ok.stderr).toBe(0);
@@ -275,7 +275,7 @@ describe.skipIf(skipReason !== undefined)('disk full while pulling (real tmpfs)'
     expect(filled, `the pull ended before the disk could be filled: ${r.stderr}`).toBe(true);
     expectDiskFull(r);
     expect(fingerprintDiff(oldFp, treeFingerprint(dest))).toEqual([]);
-    const journaled = fs.statSync(path.join(m, '.acme.snapferry', 'next.journal')).size / 4;
+    const journaled = journalRecords(path.join(m, '.acme.snapferry', 'next.journal')).size;
     fs.rmSync(path.join(m, 'filler.bin'));
     const ok = await runCli(['pull', growSite.url, 'acme', dest, '--secret', key, '--json']);
     expect(ok.code, ok.stderr).toBe(0);
