@@ -1012,16 +1012,19 @@ class PullRun {
     // version, which this attempt does): a copy or a spare put in its place now would bury them under older bytes
     // while the journal still counts them done. The file goes on from what it holds.
     if (this.done.length && this.done.subarray(g0, g1).includes(1)) return undefined;
+    const inOld = StartChunks.bytesHeld(fromOld.again(), L, words, g0, g1);
     const sf = this.opts.spare !== false && !this.opts.repair ? spareOf()?.usable(e.path) : undefined;
     if (sf) {
       const fromSpare = StartChunks.ofEntry(sf.entry);
-      const inOld = StartChunks.bytesHeld(fromOld.again(), L, words, g0, g1);
       if (StartChunks.bytesHeld(fromSpare.again(), L, words, g0, g1) >= inOld - e.size / 2) {
         fs.renameSync(sf.abs, dst);
         this.bases.add({ ei, from: sf.abs, spare: true, bytes: 0 });
         return fromSpare;
       }
     }
+    // A file rewritten whole (a database rebuilt, a file replaced): a copy of DIR's version would be written over
+    // again, its disk space asked for twice; the few chunks it still holds are copied from it one by one instead.
+    if (inOld < e.size / 16) return undefined;
     this.bases.add({ ei, from: src, spare: false, bytes: e.size });
     return fromOld;
   }
@@ -1394,7 +1397,7 @@ class PullRun {
     // A spare is already in place (plan moved it); a copy is made now. A reflink where the filesystem has them (btrfs,
     // XFS: no bytes copied; only the chunks written later take new blocks), else a copy written to the disk directly
     // except for the pages the chunks will be written into (copyAround).
-    if (!spare) await copyAround(from, dst, this.rewrittenOf(ei), this.opts.durable !== false);
+    if (!spare) await copyAround(from, dst, this.rewrittenOf(ei), this.opts.durable !== false, e.size);
     // DIR's file (the applied entry of its path the plan trusted) was trusted by its stats when the pull began, and the
     // plan counts the copy's chunks as held without reading them: a write to it since (or during the copy) changed its
     // ctime, and the copy cannot be trusted.

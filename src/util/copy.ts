@@ -47,8 +47,12 @@ function takeAligned(): Buffer {
  * through the cache, so that writing a chunk never has to read its edge pages back from the disk (which made an
  * all-direct copy slower than a plain one). A reflink is made instead where the filesystem has them (no bytes to copy
  * at all), and copyWhole (with `writeBack`) where it has no direct I/O.
+ *
+ * Only the first `limit` bytes are copied (the new version's size): a file that shrank from 100 MB to 10 MB took the
+ * whole 100 MB, beyond what the pull had checked was free, and filled the disk at every attempt. A reflink copies no
+ * bytes and is cut afterwards (the caller truncates).
  */
-export async function copyAround(src: string, dst: string, rewritten: ArrayLike<number>, writeBack: boolean): Promise<void> {
+export async function copyAround(src: string, dst: string, rewritten: ArrayLike<number>, writeBack: boolean, limit = Infinity): Promise<void> {
   await fs.promises.rm(dst, { force: true });
   try {
     await fs.promises.copyFile(src, dst, fs.constants.COPYFILE_FICLONE_FORCE | fs.constants.COPYFILE_EXCL);
@@ -70,7 +74,7 @@ export async function copyAround(src: string, dst: string, rewritten: ArrayLike<
     open.push(direct);
     const viaCache = await fs.promises.open(dst, fs.constants.O_WRONLY);
     open.push(viaCache);
-    const size = (await from.stat()).size;
+    const size = Math.min((await from.stat()).size, limit);
     const spans = cachedSpans(rewritten, size);
     const tail = Math.floor(size / BLOCK) * BLOCK;
     for (let pos = 0; pos < size; pos += WINDOW) {
@@ -94,10 +98,32 @@ export async function copyAround(src: string, dst: string, rewritten: ArrayLike<
     // EINVAL: no direct I/O on this filesystem (at open, or at the first write): the plain copy.
     if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
     await Promise.all(open.splice(0).map((fh) => fh.close()));
-    return copyWhole(src, dst, writeBack);
+    if ((await fs.promises.stat(src)).size <= limit) return copyWhole(src, dst, writeBack);
+    return await copyPrefix(src, dst, limit, buf);
   } finally {
     await Promise.all(open.map((fh) => fh.close()));
     alignedFree.push(buf);
+  }
+}
+
+/** Copies the first `limit` bytes of `src` to a new file `dst` through the page cache (no direct I/O there). */
+async function copyPrefix(src: string, dst: string, limit: number, buf: Buffer): Promise<void> {
+  await fs.promises.rm(dst, { force: true });
+  const from = await fs.promises.open(src, 'r');
+  try {
+    const to = await fs.promises.open(dst, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
+    try {
+      for (let pos = 0; pos < limit; ) {
+        const { bytesRead } = await from.read(buf, 0, Math.min(buf.length, limit - pos), pos);
+        if (bytesRead === 0) throw new SnapferryError(ErrorCodes.STATE, `${src} shrank while it was copied`, { retryable: true });
+        await writeFull(to, buf, 0, bytesRead, pos);
+        pos += bytesRead;
+      }
+    } finally {
+      await to.close();
+    }
+  } finally {
+    await from.close();
   }
 }
 

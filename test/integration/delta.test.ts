@@ -237,6 +237,28 @@ describe('delta sync after the seed', () => {
     }
   });
 
+  // BUG (src/sync/pull.ts startOf, found by a helper review): a file rewritten whole (a database rebuilt, a file
+  // replaced) still got a base copy of DIR's version, every byte of which was then written over: twice the file's
+  // bytes written, and twice its size asked for in free space. Produced by replacing a 6 MB file with other bytes.
+  it('a file rewritten whole is written once, not copied first and then written over', async () => {
+    const { src, dest, served } = await seeded('rewritten', 2);
+    try {
+      const size = 6_000_000;
+      fs.writeFileSync(path.join(src, 'rebuilt.db'), randomBytes(size));
+      const first = await runCli(['pull', served.url, 'acme', dest, '--secret', key, '--json']);
+      expect(first.code, first.stderr).toBe(0);
+      fs.writeFileSync(path.join(src, 'rebuilt.db'), randomBytes(size));
+      const r = await runCli(['pull', served.url, 'acme', dest, '--secret', key, '--json']);
+      expect(r.code, r.stderr).toBe(0);
+      const j = JSON.parse(r.stdout) as { bytesWritten: number };
+      expect(j.bytesWritten).toBeGreaterThanOrEqual(size);
+      expect(j.bytesWritten).toBeLessThan(size * 1.1);
+      expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
+    } finally {
+      await served.stop();
+    }
+  });
+
   // BUG (src/sync/pull.ts plan): a file moved or renamed at the site was a new path to the plan, written again from
   // local chunks: archiving a year's ledger (mv into archive/) wrote the whole file at the branch.
   it('a file moved or renamed at the site is linked at the branch, not written again', async () => {

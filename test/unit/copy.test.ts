@@ -96,6 +96,33 @@ describe('copyAround', () => {
   });
 });
 
+describe('copyAround up to a limit', () => {
+  const tmp = tempDir();
+  afterAll(() => tmp.cleanup());
+  // /dev/shm is tmpfs, which has no direct I/O: the copy through the page cache.
+  const shm = fs.existsSync('/dev/shm') && fs.statSync('/dev/shm').isDirectory() ? fs.mkdtempSync('/dev/shm/sf-copy-') : undefined;
+  afterAll(() => shm && fs.rmSync(shm, { recursive: true, force: true }));
+
+  // BUG (src/util/copy.ts, found by a helper review): a delta's base copy of a file that shrank copied the old file
+  // whole before cutting it to the new size: a 100 MB file cut to 10 MB took 100 MB where the pull had checked that 10
+  // were free, filled the disk, and did so again at every attempt.
+  it.each([0, 1, 4096, 5000, (4 << 20) + 3])('copies only the first %i bytes of a longer file', async (limit) => {
+    for (const dir of [tmp.dir, shm]) {
+      if (!dir) continue;
+      for (const writeBack of [true, false]) {
+        const src = path.join(dir, `big-${limit}-${writeBack}`);
+        const dst = path.join(dir, `cut-${limit}-${writeBack}`);
+        const data = crypto.randomBytes((9 << 20) + 99);
+        fs.writeFileSync(src, data);
+        await copyAround(src, dst, limit > 0 ? [0, 1] : [], writeBack, limit);
+        expect(fs.statSync(dst).size, dir).toBe(limit);
+        expect(fs.readFileSync(dst).equals(data.subarray(0, limit))).toBe(true);
+        fs.rmSync(src);
+      }
+    }
+  });
+});
+
 describe('cachedSpans', () => {
   it('widens each rewritten range to whole pages, merges what then touches, and adds a partial last page', () => {
     expect(cachedSpans([], 8192)).toEqual([]);
