@@ -47,11 +47,46 @@ describe.skipIf(!HAS_STRACE)('which files a pull flushes', () => {
     await mutateCompany(src, 6);
     // The site may not have indexed the change at once: both pulls below must be deltas (checked by their records).
     await new Promise((r) => setTimeout(r, 1500));
-    const records = ['next.json.tmp', 'pending.manifest.tmp', 'pending.json.tmp', 'commit.json.tmp', 'applied.stats.tmp', '.acme.snapferry', 'durable'];
+    const records = ['pending.manifest.tmp', 'pending.json.tmp', 'commit.json.tmp', 'applied.stats.tmp', '.acme.snapferry', 'durable'];
     const durable = flushedBy(path.join(tmp.dir, 'durable', 'acme'), []);
     for (const f of records) expect(durable, `durable pull flushed ${durable.join(', ')}`).toContain(f);
+    // next.json is not (0.1-0.2 s at the start of every pull, found by a helper review): the first checkpoint's flush
+    // comes before any record that depends on it, and one lost only has next/ discarded.
+    expect(durable).not.toContain('next.json.tmp');
     const quick = flushedBy(path.join(tmp.dir, 'nofsync', 'acme'), ['--no-fsync']);
     // Nothing at all: not the records, nor the state folder, nor DIR's parent after the swap.
     expect(quick).toEqual([]);
+  });
+
+  // BUG (src/sync/pull.ts plan, found by a helper review with a power cut emulated on ext4): a spare moved into next/
+  // was written into before the move was durable. Its blocks, overwritten in place, are not ordered after the
+  // rename: a power cut could leave the file at its spare place with this attempt's bytes under the stats its record
+  // vouches for, and a later delta trusted it. Seen by strace: the move, then a flush of the folders, then the opens
+  // that write into the file.
+  it('a spare moved into next/ is flushed there before anything is written into it', async () => {
+    const dest = path.join(tmp.dir, 'spare', 'acme');
+    fs.mkdirSync(path.dirname(dest));
+    expect((await runCli(['pull', served.url, 'acme', dest, '--secret', key])).code).toBe(0);
+    const rewrite = () => {
+      const fd = fs.openSync(path.join(src, 'Company.900'), 'r+');
+      fs.writeSync(fd, Buffer.alloc(4096, Math.floor(Math.random() * 255)), 0, 4096, 8192);
+      fs.closeSync(fd);
+    };
+    rewrite();
+    await new Promise((r) => setTimeout(r, 1500));
+    expect((await runCli(['pull', served.url, 'acme', dest, '--secret', key])).code).toBe(0);
+    rewrite();
+    await new Promise((r) => setTimeout(r, 1500));
+    const log = path.join(tmp.dir, 'strace-spare.log');
+    const r = spawnSync('strace', ['-f', '-y', '-e', 'trace=rename,renameat,renameat2,fsync,openat', '-o', log, process.execPath, CLI, 'pull', served.url, 'acme', dest, '--secret', key], { encoding: 'utf8', timeout: 60_000 });
+    expect(r.status, r.stderr).toBe(0);
+    const lines = fs.readFileSync(log, 'utf8').split('\n');
+    const moved = lines.findIndex((l) => /rename(at2?)?\(.*spare\/Company\.900".*next\/Company\.900"/.test(l));
+    expect(moved, 'the delta used the spare').toBeGreaterThanOrEqual(0);
+    const opened = lines.findIndex((l, i) => i > moved && /openat\(.*next\/Company\.900".*O_WRONLY|openat\(.*next\/Company\.900".*O_RDWR/.test(l));
+    const flushed = lines.findIndex((l, i) => i > moved && /fsync\(\d+<[^>]*\/next>\) = 0/.test(l));
+    expect(opened, 'the delta wrote into the moved spare').toBeGreaterThan(moved);
+    expect(flushed, 'next/ flushed after the move').toBeGreaterThan(moved);
+    expect(flushed).toBeLessThan(opened);
   });
 });
