@@ -16,6 +16,8 @@ interface Pending {
 interface Slot {
   worker: Worker;
   busy: number;
+  /** Resolves once the worker has loaded its modules (or exited). */
+  ready: Promise<void>;
 }
 
 /** Collects the ArrayBuffers of a message that can be moved rather than copied (never a shared Buffer pool slab). */
@@ -52,8 +54,11 @@ export class WorkerPool {
         workerData: { exactPaths: opts.exactPaths === true },
       });
       worker.unref();
-      const slot: Slot = { worker, busy: 0 };
-      worker.on('message', (msg: { id: number; ok: boolean; value?: unknown; code?: ErrorCode; message?: string }) => {
+      let loaded!: () => void;
+      const slot: Slot = { worker, busy: 0, ready: new Promise<void>((r) => (loaded = r)) };
+      worker.once('exit', () => loaded());
+      worker.on('message', (msg: { id: number; ok: boolean; value?: unknown; code?: ErrorCode; message?: string; ready?: boolean }) => {
+        if (msg.ready) return loaded();
         slot.busy--;
         const p = this.pending.get(msg.id);
         if (!p) return;
@@ -103,7 +108,15 @@ export class WorkerPool {
   /** Stops the workers; pending jobs fail. */
   async close(): Promise<void> {
     this.closed = true;
-    await Promise.all(this.slots.map((s) => s.worker.terminate()));
+    // Not while a worker still imports its modules: terminating it then leaks the descriptor of the file being read
+    // (a follower's pool per pull: 133 after 235 generations). Referenced meanwhile: the workers are unreferenced, and
+    // a process with nothing else to wait for would end in the middle of this close.
+    await Promise.all(
+      this.slots.map((s) => {
+        s.worker.ref();
+        return s.ready.then(() => s.worker.terminate());
+      }),
+    );
     for (const p of this.pending.values()) p.reject(new SnapferryError(ErrorCodes.INTERNAL, 'worker pool closed'));
     this.pending.clear();
   }

@@ -14,6 +14,9 @@ const ctx: JobContext = {
   exactPaths: (workerData as { exactPaths?: boolean } | null)?.exactPaths === true,
 };
 
+// Loaded: a terminate() from now on cannot cut an import's file read short (a leaked descriptor each time).
+parentPort!.postMessage({ ready: true });
+
 parentPort!.on('message', (msg: { id: number; job: Job }) => {
   try {
     const value = runJob(ctx, msg.job);
