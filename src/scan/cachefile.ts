@@ -10,6 +10,7 @@ import { Writer, Reader, ChunkArrays } from '../manifest/manifest.js';
 import { idWords } from '../manifest/idindex.js';
 import { type ChunkParams, sameChunkParams, validateChunkParams } from '../chunk/chunker.js';
 import { writeFileDurable } from '../store/state.js';
+import { bootId } from '../store/cachelife.js';
 import { nextCapacity, widen } from '../util/columns.js';
 
 /** One cached file. */
@@ -128,7 +129,7 @@ export interface ScanCacheData {
  * one off): trusted, it gave a file a chunk list that does not add up to its size, which every branch refuses as
  * hostile data, and the site never read the file again (its stats still matched).
  */
-const MAGIC = Buffer.from('SFC2');
+const MAGIC = Buffer.from('SFC3');
 const DIGEST_BYTES = 32;
 
 /** Writes the cache atomically. */
@@ -143,6 +144,7 @@ export function saveScanCache(file: string, d: ScanCacheData): void {
     const w = new Writer(SAVE_BUFFER, write);
     w.bytes(MAGIC);
     w.str(d.root);
+    w.str(bootId() ?? '');
     w.varint(d.params.minSize);
     w.varint(d.params.avgSize);
     w.varint(d.params.maxSize);
@@ -188,10 +190,17 @@ export function loadScanCache(file: string, root: string, params?: ChunkParams):
     const r = new Reader(body);
     if (!Buffer.from(r.bytes(4)).equals(MAGIC)) return undefined;
     const savedRoot = r.str(4096);
+    const savedBoot = r.str(128);
     const p = { minSize: r.varint(), avgSize: r.varint(), maxSize: r.varint() };
     if (savedRoot !== root || !(params ? sameChunkParams(p, params) : validateChunkParams(p))) return undefined;
     const generation = r.varint();
     const rootHash = r.str(128);
+    // Saved before a reboot (a power cut, perhaps): no file is trusted by its stats. An application's page written
+    // and fdatasync'd just before a power cut is on the disk while its new mtime and ctime may not be (they wait for
+    // the filesystem's next journal commit): the file then holds other bytes under the very stats the cache saved,
+    // and its old chunks were served for good. Every file is read once again; numbering goes on.
+    const boot = bootId();
+    if (!boot || savedBoot !== boot) return { root, params: p, generation, rootHash, files: new ScanCache() };
     const n = r.varint();
     const files = new ScanCache();
     const arrays = new ChunkArrays();

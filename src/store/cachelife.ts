@@ -48,15 +48,23 @@ export function mountIdOf(dir: string, mountinfo: string): string | undefined {
   return best?.id;
 }
 
+/** The kernel's boot id (changed by every reboot), or undefined where it cannot be read (not Linux, no /proc). */
+export function bootId(): string | undefined {
+  try {
+    return fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim() || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /**
  * A 28-byte name of the page cache life `dir`'s unflushed writes belong to (see the module's comment); undefined where
  * it cannot be told (not Linux, no /proc), and then nothing unflushed may be trusted after a restart.
  */
 export function cacheLifeOf(dir: string): Buffer | undefined {
-  let boot: string;
+  const boot = bootId();
   let mountinfo: string;
   try {
-    boot = fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
     mountinfo = fs.readFileSync('/proc/self/mountinfo', 'utf8');
   } catch {
     return undefined;
