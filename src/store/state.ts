@@ -263,17 +263,23 @@ export function fsyncDir(dir: string): void {
  * disk) or cannot be made; a `sync` too old for -f flushes every filesystem instead.
  */
 export function syncFilesystem(p: string): void {
-  const r = spawnSync('sync', ['-f', p], { stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' });
+  const r = spawnSync(SYNC, ['-f', p], { stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' });
   if (r.status === 0) return;
-  if (!r.error && tooOldForF(r.stderr) && spawnSync('sync', [], { stdio: 'ignore' }).status === 0) return;
+  if (!r.error && tooOldForF(r.stderr) && spawnSync(SYNC, [], { stdio: 'ignore' }).status === 0) return;
   throw flushFailed(r.error, r.stderr);
 }
+
+/**
+ * coreutils' sync by its own path where it is at one: another program named sync earlier on PATH (a script, a tool's
+ * helper) that took -f and did nothing would defeat every flush without a word.
+ */
+const SYNC = ['/usr/bin/sync', '/bin/sync'].find((p) => fs.existsSync(p)) ?? 'sync';
 
 /** syncFilesystem without blocking the event loop: the transfer goes on while the disk catches up. */
 export function syncFilesystemAsync(p: string): Promise<void> {
   const run = (args: string[]) =>
     new Promise<{ status: number | null; error?: Error; stderr: string }>((resolve) => {
-      const child = spawn('sync', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+      const child = spawn(SYNC, args, { stdio: ['ignore', 'ignore', 'pipe'] });
       let stderr = '';
       child.stderr.on('data', (d: Buffer) => (stderr += d.toString('utf8').slice(0, 4096)));
       child.on('error', (error) => resolve({ status: null, error, stderr }));

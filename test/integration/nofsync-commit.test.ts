@@ -89,4 +89,18 @@ describe.skipIf(!HAS_STRACE)('which files a pull flushes', () => {
     expect(flushed, 'next/ flushed after the move').toBeGreaterThan(moved);
     expect(flushed).toBeLessThan(opened);
   });
+  // BUG (src/store/state.ts syncFilesystem, found by a helper review): the flushes ran whatever `sync` came first on
+  // PATH; one that took -f and did nothing (a script, another tool's helper) defeated every flush without a word.
+  // Produced with such a script first on the pull's PATH, which leaves a mark when it runs.
+  it("flushes with coreutils' sync, not another program named sync earlier on PATH", async () => {
+    const bin = path.join(tmp.dir, 'fake-bin');
+    const mark = path.join(tmp.dir, 'fake-sync-ran');
+    fs.mkdirSync(bin);
+    fs.writeFileSync(path.join(bin, 'sync'), `#!/bin/sh\necho "$@" >> ${mark}\nexit 0\n`, { mode: 0o755 });
+    const dest = path.join(tmp.dir, 'fake-sync', 'acme');
+    fs.mkdirSync(path.dirname(dest));
+    const r = await runCli(['pull', served.url, 'acme', dest, '--secret', key], { env: { PATH: `${bin}:${process.env.PATH}` } });
+    expect(r.code, r.stderr).toBe(0);
+    expect(fs.existsSync(mark), 'the script on PATH flushed').toBe(false);
+  });
 });
