@@ -94,6 +94,11 @@ export class Spare {
     }
   }
 
+  /** The chunk parameters of the spare generation's record. */
+  get params(): Manifest['params'] {
+    return this.manifest.params;
+  }
+
   /** What the spare generation held at `relPath`, if it was a file. */
   entry(relPath: string): Entry | undefined {
     const i = this.byPath.get(relPath);
@@ -227,18 +232,22 @@ export function keepSpares(paths: StatePaths, spare: Spare | undefined, linked: 
   const prior = keptFor(paths, rootHash);
   if (prior.size === 0) dropKept(paths);
   if (!spare) return prior.size;
-  const files: Record<string, string> = Object.fromEntries(prior);
+  const files: Record<string, KeptFile> = Object.fromEntries(prior);
   let kept = prior.size;
   for (const e of linked) {
     if (e.size < PREPARE_MIN_FILE) continue;
     const sf = spare.usable(e.path);
-    // Only a spare that is what the generation has, bytes and mtime: prepareSpare records it under e's entry (one with
-    // an older mtime, a file touched at the site, was recorded so and never usable, its slot taken for good).
-    if (!sf || !sameContent(sf.entry, e) || !sameMtime(sf.entry.mtimeNs, e.mtimeNs)) continue;
+    if (!sf) continue;
     const to = entryPath(paths.spareKeep, e.path);
     makeDirs(path.dirname(to), 0o700);
     fs.renameSync(sf.abs, to);
-    files[e.path] = inodeStamp(fs.lstatSync(to, { bigint: true }));
+    const stamp = inodeStamp(fs.lstatSync(to, { bigint: true }));
+    // Kept whatever version it holds: one a generation behind (the file changed in the generation this one follows)
+    // is as good a base for the next delta as a copy, which prepareSpare made instead (the whole file again, for a
+    // one-page change: 16 MB written for a 100-byte generation). It is recorded with its own entry, unless it is the
+    // generation's bytes and mtime (then e's).
+    const exact = sameContent(sf.entry, e) && sameMtime(sf.entry.mtimeNs, e.mtimeNs);
+    files[e.path] = exact ? stamp : { stamp, entry: encodeManifest({ params: spare.params, entries: [sf.entry] }).toString('base64') };
     kept++;
   }
   if (kept > prior.size) fs.writeFileSync(paths.spareKeepJson, JSON.stringify({ rootHash, files }), { mode: 0o600 });
@@ -251,29 +260,42 @@ export function dropKept(paths: StatePaths): void {
   removeTree(paths.spareKeep);
 }
 
-/** The files keepSpares kept for the generation `rootHash` (path -> inode stamp), empty when it kept none for it. */
-function keptFor(paths: StatePaths, rootHash: string): Map<string, string> {
+/**
+ * A kept spare in spare.keep.json: its inode stamp alone when it holds the generation's version of its path, else with
+ * the entry of the version it holds (a one-entry manifest, base64).
+ */
+type KeptFile = string | { stamp: string; entry: string };
+
+/** The files keepSpares kept for the generation `rootHash` (by path), empty when it kept none for it. */
+function keptFor(paths: StatePaths, rootHash: string): Map<string, KeptFile> {
   try {
-    const k = JSON.parse(fs.readFileSync(paths.spareKeepJson, 'utf8')) as { rootHash?: string; files?: Record<string, string> };
+    const k = JSON.parse(fs.readFileSync(paths.spareKeepJson, 'utf8')) as { rootHash?: string; files?: Record<string, unknown> };
     if (k.rootHash !== rootHash || typeof k.files !== 'object' || k.files === null) return new Map();
-    return new Map(Object.entries(k.files).filter(([, v]) => typeof v === 'string'));
+    const isKept = (v: unknown): v is KeptFile =>
+      typeof v === 'string' || (typeof v === 'object' && v !== null && typeof (v as { stamp?: unknown }).stamp === 'string' && typeof (v as { entry?: unknown }).entry === 'string');
+    return new Map(Object.entries(k.files).filter((kv): kv is [string, KeptFile] => isKept(kv[1])));
   } catch {
     return new Map();
   }
 }
 
-/** Takes the kept spare of `e` into `dst` if it is there as kept (nothing touched it since). */
-function takeKept(paths: StatePaths, kept: Map<string, string>, e: Entry, dst: string): boolean {
-  const stamp = kept.get(e.path);
-  if (stamp === undefined) return false;
+/**
+ * Takes the kept spare of `e` into `dst` if it is there as kept (nothing touched it since); returns the entry of the
+ * version it holds (e itself, or the older one it was kept with), undefined when it is not taken.
+ */
+function takeKept(paths: StatePaths, kept: Map<string, KeptFile>, e: Entry, dst: string): Entry | undefined {
+  const k = kept.get(e.path);
+  if (k === undefined) return undefined;
   const abs = entryPath(paths.spareKeep, e.path);
   try {
+    const holds = typeof k === 'string' ? e : decodeManifest(Buffer.from(k.entry, 'base64')).entries[0];
+    if (!holds || holds.kind !== 'file' || holds.path !== e.path) return undefined;
     const st = fs.lstatSync(abs, { bigint: true });
-    if (!st.isFile() || st.nlink !== 1n || inodeStamp(st) !== stamp || Number(st.size) !== e.size) return false;
+    if (!st.isFile() || st.nlink !== 1n || inodeStamp(st) !== (typeof k === 'string' ? k : k.stamp) || Number(st.size) !== holds.size) return undefined;
     fs.renameSync(abs, dst);
-    return true;
+    return holds;
   } catch {
-    return false;
+    return undefined;
   }
 }
 
@@ -308,7 +330,7 @@ export async function prepareSpare(paths: StatePaths, signal: AbortSignal): Prom
 }
 
 /** prepareSpare's work, once it knows there is work to do. */
-async function prepareFiles(paths: StatePaths, signal: AbortSignal, spare: Spare | undefined, applied: Applied, kept: Map<string, string>): Promise<number> {
+async function prepareFiles(paths: StatePaths, signal: AbortSignal, spare: Spare | undefined, applied: Applied, kept: Map<string, KeptFile>): Promise<number> {
   const added: Array<{ slot: number; entry: Entry; stat: string }> = [];
   const prep = paths.sparePrep;
   removeTree(prep);
@@ -328,13 +350,20 @@ async function prepareFiles(paths: StatePaths, signal: AbortSignal, spare: Spare
       const dst = entryPath(prep, e.path);
       if (kept.has(e.path)) {
         makeDirs(path.dirname(dst), 0o700);
-        if (takeKept(paths, kept, e, dst)) {
-          // Its bytes are the generation's (kept as such by the pull that linked this file), on disk already.
-          if (spare) added.push({ slot: slot!, entry: e, stat: '' });
-          else stats[i] = inodeStamp(fs.lstatSync(dst, { bigint: true }));
+        const holds = takeKept(paths, kept, e, dst);
+        // Its bytes are those of the version it was kept with (the pull that linked this file checked them), on disk
+        // already. A first preparation's record is DIR's generation: only a spare of that very version fits there.
+        if (holds && spare) {
+          added.push({ slot: slot!, entry: holds, stat: '' });
           prepared++;
           continue;
         }
+        if (holds === e) {
+          stats[i] = inodeStamp(fs.lstatSync(dst, { bigint: true }));
+          prepared++;
+          continue;
+        }
+        if (holds) fs.rmSync(dst, { force: true });
       }
       if (e.size > budget) continue;
       const src = entryPath(paths.dir, e.path);
