@@ -229,7 +229,9 @@ export function buildProgram(): Commander.Command {
         maxConnections: wholeNumber(o.maxConnections, '--max-connections', 1),
         settleTimeoutMs: wholeNumber(o.settleTimeout, '--settle-timeout', 0) * 1000,
         cacheDir: o.cacheDir === undefined ? undefined : path.resolve(nonEmpty(o.cacheDir, '--cache-dir')),
-        log: (line) => process.stderr.write(`${new Date().toISOString()} ${line}\n`),
+        // Company file names reach these lines: their control characters shown as spaces (a name holding ESC[2J
+        // cleared the operator's screen), as in pull's.
+        log: (line) => process.stderr.write(`${new Date().toISOString()} ${printable(line)}\n`),
       });
       // The handlers come first: a signal sent the moment "listening on" is read (or while starting) must end the site
       // cleanly, not kill it with its temporary store folder left behind.
@@ -238,13 +240,13 @@ export function buildProgram(): Commander.Command {
         stopAsked = true;
       };
       const stop = () => onStop();
-      process.once('SIGINT', stop);
-      process.once('SIGTERM', stop);
+      // SIGHUP too (the terminal closed, an ssh session dropped): killed by it, the site left its temporary store.
+      for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.once(sig, stop);
       const url = await server.start();
       if (!stopAsked) process.stdout.write(`listening on ${url}\n`);
       await new Promise<void>((resolve) => {
         onStop = () => {
-          process.stderr.write('shutting down\n');
+          process.stderr.write(`${new Date().toISOString()} shutting down\n`);
           server.close().then(resolve, resolve);
         };
         if (stopAsked) onStop();
@@ -291,8 +293,7 @@ export function buildProgram(): Commander.Command {
       };
       if (o.follow) {
         const stop = new AbortController();
-        process.once('SIGINT', () => stop.abort());
-        process.once('SIGTERM', () => stop.abort());
+        for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.once(sig, () => stop.abort());
         // The program reading the JSON lines went away (`--follow --json | shipper`, the shipper restarted): they would
         // be lost from here on, so the follower ends as on SIGTERM (and a supervisor restarts the pair).
         process.stdout.on('error', (err: NodeJS.ErrnoException) => {
@@ -525,6 +526,10 @@ if (invokedDirectly || process.argv[1]?.endsWith('snapferry')) {
   process.stdout.on('error', (err: NodeJS.ErrnoException) => {
     if (err.code !== 'EPIPE') outputError ??= err;
   });
+  // Messages that cannot be written (stderr a closed pipe, `serve 2>&1 | tee` with tee gone, or a full disk) are lost:
+  // there is nowhere left to say so. Unhandled, the error ended every command with a stack trace and exit 1 (a site
+  // went down at its next log line, its store left behind).
+  process.stderr.on('error', () => undefined);
   // Exit explicitly once output is flushed: a failed start may leave handles (workers, sockets) that would keep us alive.
   main(process.argv).then((code) => {
     process.stdout.write('', () =>

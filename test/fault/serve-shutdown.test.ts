@@ -64,6 +64,9 @@ describe('serve ended by a signal while it indexes and stores', () => {
     ['while indexing', /listening on/, 100, 'SIGINT'],
     ['right after indexing (storing)', /indexed acme/, 0, 'SIGTERM'],
     ['while storing', /indexed acme/, 30, 'SIGINT'],
+    // BUG (src/cli/main.ts, found by a helper review): SIGHUP (a terminal closed, an ssh session dropped) killed the
+    // site outright, its temporary store left behind.
+    ['while storing', /indexed acme/, 30, 'SIGHUP'],
   ];
   for (const [what, when, delayMs, signal, tries = 1] of points) {
     it(`${signal} ${what}: exit 0, no failure said, no store folder left`, async () => {
@@ -74,8 +77,33 @@ describe('serve ended by a signal while it indexes and stores', () => {
       expect(r.code, r.stderr).toBe(0);
       expect(r.sentAt, 'the signal was sent').not.toBe('');
       const after = r.stderr.split('\n').filter(Boolean);
-      expect(after.filter((l) => !/ (indexed|stored) acme: generation 1,|^shutting down$/.test(l)), r.stderr).toEqual([]);
+      expect(after.filter((l) => !/ (indexed|stored) acme: generation 1,| shutting down$/.test(l)), r.stderr).toEqual([]);
       expect(fs.readdirSync(tmpdir)).toEqual([]);
     };
   }
+  // BUG (src/cli/main.ts, found by a helper review): a log line that could not be written (stderr a pipe whose reader
+  // went away: `serve 2>&1 | tee site.log`, tee restarted) ended the site with a stack trace and exit 1 at its next
+  // line, every branch cut off and its temporary store left behind. Produced by closing the pipe's reading end at
+  // once: the site indexes (and logs) meanwhile, then serves a stop signal cleanly.
+  it('a closed stderr loses the log lines and nothing else: the site serves, then stops cleanly', async () => {
+    const child = spawn(process.execPath, [CLI, 'serve', '--listen', '127.0.0.1:0', '--secret', key, '--company', `acme=${company}`], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, TMPDIR: tmpdir },
+    });
+    child.stderr.destroy();
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    const ended = new Promise<number | null>((r) => child.on('close', (code) => r(code)));
+    const kill = setTimeout(() => child.kill('SIGKILL'), 30_000);
+    const deadline = Date.now() + 20_000;
+    while (!/listening on/.test(out) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    // Long enough for the indexing and storing lines to be written into the closed pipe.
+    await new Promise((r) => setTimeout(r, 3000));
+    child.kill('SIGTERM');
+    const code = await ended;
+    clearTimeout(kill);
+    expect(out).toMatch(/listening on/);
+    expect(code).toBe(0);
+    expect(fs.readdirSync(tmpdir)).toEqual([]);
+  });
 });

@@ -212,6 +212,25 @@ describe('CLI: bad secret files and company folders', () => {
     }
   });
 
+  // BUG (src/cli/main.ts serve, found by a helper review): the site's log printed company file names as they are: a
+  // name holding ESC[2J cleared the operator's screen, one holding CR rewrote its line. Produced with a link of such
+  // a name whose target leaves the tree (refused by name when the site indexes).
+  it("the site's log shows control characters in company file names as spaces", async () => {
+    const odd = path.join(tmp.dir, 'odd-names', 'acme');
+    fs.mkdirSync(odd, { recursive: true });
+    fs.writeFileSync(path.join(odd, 'ok.txt'), 'ok\n');
+    fs.symlinkSync('/etc/passwd', path.join(odd, 'lnk\x1b[2J\rX'));
+    const site = await startServe(['--secret', key, '--company', `acme=${odd}`]);
+    try {
+      const deadline = Date.now() + 20_000;
+      while (!/lnk/.test(site.stderr()) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      expect(site.stderr()).toMatch(/lnk \[2J X/);
+      expect(site.stderr()).not.toMatch(/[\x00-\x08\x0b-\x1f\x7f]/);
+    } finally {
+      await site.stop();
+    }
+  });
+
   it('a secret file that is missing, a folder, empty or too short', async () => {
     const k = (n: string) => path.join(tmp.dir, n);
     await expectRefused(serve(k('none.key')), 77, /cannot read secret \S*none\.key: no such file or folder/, 'SNAPFERRY_E_SECRET');
