@@ -55,6 +55,11 @@ export class PendingHandshakes {
     return true;
   }
 
+  /** Ends every connection held (the site is stopping). */
+  destroyAll(): void {
+    for (const set of [...this.byAddress.values()]) for (const socket of [...set]) socket.destroy();
+  }
+
   /** Removes and returns the oldest connection of the address that holds the most (undefined when none is held). */
   takeForEviction(): net.Socket | undefined {
     let most: Set<net.Socket> | undefined;

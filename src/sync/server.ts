@@ -168,6 +168,9 @@ const FOLLOWERS_PER_CONNECTION = 8;
 /** Ends of connections that never authenticated logged one by one per minute; the rest are counted (noteRefusal). */
 const REFUSALS_LOGGED_PER_MINUTE = 20;
 
+/** How long a stopping site waits for its sessions to answer their close frames before it cuts them. */
+const CLOSE_GRACE_MS = 5000;
+
 /** A bounded cache of compressed packs, keyed by generation and chunk ranges, shared by concurrent sessions. */
 class PackCache {
   private map = new Map<string, { promise: Promise<ReadPackResult>; size: number }>();
@@ -395,8 +398,19 @@ export class SnapferryServer {
     for (const c of this.companies.values()) c.watcher?.stop();
     for (const ch of this.sessions) ch.close(1001, 'site shutting down');
     this.wss?.close();
-    await new Promise<void>((r) => (this.http ? this.http.close(() => r()) : r()));
+    const closed = new Promise<void>((r) => (this.http ? this.http.close(() => r()) : r()));
+    // Connections that are no session yet end now: once close has begun Node no longer times out a request still
+    // arriving, and a peer trickling header bytes (or a branch that lost power mid-upgrade) held the stop for minutes.
     this.http?.closeAllConnections?.();
+    this.unauthenticated.destroyAll();
+    // Sessions have a few seconds to answer their close frame; then they are cut (a branch that had stopped reading
+    // held the stop for ws's 30 s).
+    const cut = setTimeout(() => {
+      for (const ch of this.sessions) ch.abort(new SnapferryError(ErrorCodes.CONNECTION_LOST, 'site shutting down'));
+      this.http?.closeAllConnections?.();
+    }, CLOSE_GRACE_MS);
+    await closed;
+    clearTimeout(cut);
     await this.poolInstance?.close();
     await Promise.all([...this.companies.values()].map((c) => c.store?.close()));
     this.stopMarkingStoreTmp?.();
