@@ -281,8 +281,9 @@ export function syncFilesystemAsync(p: string): Promise<void> {
     new Promise<{ status: number | null; error?: Error; stderr: string }>((resolve) => {
       const child = spawn(SYNC, args, { stdio: ['ignore', 'ignore', 'pipe'] });
       let stderr = '';
-      child.stderr.on('data', (d: Buffer) => (stderr += d.toString('utf8').slice(0, 4096)));
+      // The error handler first, and no stderr when the pipe could not be made (EMFILE): either threw before.
       child.on('error', (error) => resolve({ status: null, error, stderr }));
+      child.stderr?.on('data', (d: Buffer) => (stderr += d.toString('utf8').slice(0, 4096)));
       child.on('close', (status) => resolve({ status, stderr }));
     });
   return run(['-f', p]).then(async (r) => {

@@ -152,6 +152,11 @@ export function toSnapferryError(err: unknown, context = ''): SnapferryError {
       const what = longest > 255 ? `a name of ${longest} bytes in it, at most 255` : `${Buffer.byteLength(p)} bytes`;
       return new SnapferryError(ErrorCodes.IO, `${where}path too long for this system (${what}): ${shortenedPath(p || '?')}`, { cause: err });
     }
+    case 'EMFILE':
+    case 'ENFILE':
+      // What to do about it, in the line: a service or container with a low descriptor limit (a pull keeps up to 32
+      // files open per job, and Node's own modules and workers need theirs).
+      return new SnapferryError(ErrorCodes.IO, `${where}too many open files${e.path ? ` (at ${shortenedPath(e.path)})` : ''}: raise this process's limit (ulimit -n, LimitNOFILE=)`, { cause: err });
     case 'EADDRINUSE':
       return new SnapferryError(ErrorCodes.PORT_IN_USE, `${where}address already in use`, { cause: err });
     case 'ECONNREFUSED':

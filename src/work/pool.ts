@@ -56,7 +56,12 @@ export class WorkerPool {
       worker.unref();
       let loaded!: () => void;
       const slot: Slot = { worker, busy: 0, ready: new Promise<void>((r) => (loaded = r)) };
-      worker.once('exit', () => loaded());
+      worker.once('exit', (code) => {
+        loaded();
+        // A worker that ends while the pool is open (killed by an out-of-memory limit, or one that could not load its
+        // modules: EMFILE) would be given jobs that nobody answers, and its caller would wait for ever.
+        if (!this.closed) this.broken(new SnapferryError(ErrorCodes.INTERNAL, `a worker thread ended (exit code ${code})`));
+      });
       worker.on('message', (msg: { id: number; ok: boolean; value?: unknown; code?: ErrorCode; message?: string; ready?: boolean }) => {
         if (msg.ready) return loaded();
         slot.busy--;
@@ -66,12 +71,14 @@ export class WorkerPool {
         if (msg.ok) p.resolve(msg.value);
         else p.reject(new SnapferryError(msg.code ?? ErrorCodes.INTERNAL, msg.message ?? 'worker job failed'));
       });
-      worker.on('error', (err) => {
+      worker.on('error', (err: NodeJS.ErrnoException) => {
         // A worker that dies takes its jobs with it: fail them all rather than hang.
-        for (const [id, p] of this.pending) {
-          p.reject(new SnapferryError(ErrorCodes.INTERNAL, `worker thread failed: ${err.message}`));
-          this.pending.delete(id);
-        }
+        const emfile = err.code === 'EMFILE' || /EMFILE/.test(err.message);
+        this.broken(
+          emfile
+            ? new SnapferryError(ErrorCodes.IO, 'too many open files: a worker thread could not start (raise the limit: ulimit -n)')
+            : new SnapferryError(ErrorCodes.INTERNAL, `worker thread failed: ${err.message}`),
+        );
       });
       this.slots.push(slot);
     }
@@ -89,6 +96,7 @@ export class WorkerPool {
    */
   run<T>(job: Job, transfer = true, affinity?: number): Promise<T> {
     if (this.closed) return Promise.reject(new SnapferryError(ErrorCodes.INTERNAL, 'worker pool closed'));
+    if (this.failure) return Promise.reject(this.failure);
     let slot = this.slots[0]!;
     if (affinity !== undefined) slot = this.slots[affinity % this.slots.length]!;
     else for (const s of this.slots) if (s.busy < slot.busy) slot = s;
@@ -99,6 +107,14 @@ export class WorkerPool {
       slot.worker.postMessage({ id, job }, transfer ? transferables(job) : []);
     });
   }
+
+  /** The first worker's death: every pending job fails with it, and every later one at once. */
+  private broken(err: SnapferryError): void {
+    this.failure ??= err;
+    for (const p of this.pending.values()) p.reject(this.failure);
+    this.pending.clear();
+  }
+  private failure?: SnapferryError;
 
   /** Runs a job once on every worker (per-thread state: see ReleaseSegmentJob). */
   runOnEach<T>(job: Job): Promise<T[]> {

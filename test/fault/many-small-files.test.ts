@@ -44,9 +44,30 @@ describe.skipIf(!havePrlimit)('many small files under a low limit of open files 
         fs.closeSync(fd);
       }
       await pull();
-      expect(served.stderr()).not.toMatch(/EMFILE|failed/);
+      expect(served.stderr()).not.toMatch(/EMFILE|too many open files|failed/);
     } finally {
       await served.stop();
     }
   }, 120_000);
+  // BUG (src/util/errors.ts, src/work/pool.ts, found by a helper review): a limit too low for a pull at all ended it
+  // with Node's own words ("EMFILE: too many open files, open '…/dist/src/util/copy.js'"), or, when a worker thread
+  // could not load, not at all (the pull waited for that worker for ever). Produced with `prlimit --nofile=30`.
+  it('a limit too low for a pull at all is said in one line that names the limit, exit 74', async () => {
+    const key = secretFile(tmp.dir);
+    const company = path.join(tmp.dir, 'site-low', 'acme');
+    fs.mkdirSync(company, { recursive: true });
+    for (let i = 0; i < 20; i++) fs.writeFileSync(path.join(company, `f${i}.dat`), randomBytes(70_000));
+    const served = await startServe(['--secret', key, '--company', `acme=${company}`]);
+    try {
+      const dest = path.join(tmp.dir, 'branch-low', 'acme');
+      fs.mkdirSync(path.dirname(dest));
+      const r = await runCli(['pull', served.url, 'acme', dest, '--secret', key], { wrap: ['prlimit', '--nofile=30:30', '--'], timeoutMs: 60_000 });
+      expect(r.code, r.stderr).toBe(74);
+      expect(r.stderr.trim().split('\n')).toHaveLength(1);
+      expect(r.stderr).toMatch(/too many open files.*raise this process's limit \(ulimit -n/);
+      expect(fs.existsSync(dest)).toBe(false);
+    } finally {
+      await served.stop();
+    }
+  }, 90_000);
 });

@@ -39,4 +39,30 @@ describe('WorkerPool', () => {
     const { before, after } = JSON.parse(r.stdout) as { before: number; after: number };
     expect(after - before, `${before} descriptors before, ${after} after`).toBeLessThanOrEqual(1);
   }, 60_000);
+  // BUG (src/work/pool.ts, found by a helper review): a worker thread that died while the pool was open (one that
+  // could not load its modules under a low `ulimit -n`, or one over its memory limit) stayed in the pool and was
+  // given jobs nobody answered: a pull hung in "transfer" for good, without a word. Produced by ending one of the
+  // pool's real worker threads, then asking the pool for work.
+  it('a worker that dies fails the jobs given to the pool, at once and with a reason, instead of hanging', () => {
+    const pool = pathToFileURL(path.join(path.dirname(CLI), '..', 'work', 'pool.js')).href;
+    const script = `
+      const { WorkerPool } = await import(${JSON.stringify(pool)});
+      const p = new WorkerPool(2);
+      const w = p.slots[0].worker;
+      await new Promise((r) => { w.once('exit', r); w.terminate(); });
+      const t = setTimeout(() => { console.log('hung'); process.exit(3); }, 10000);
+      const got = await Promise.allSettled([0, 1, 2].map((i) => p.run({ kind: 'releaseSegment' }, false, i)));
+      clearTimeout(t);
+      console.log(JSON.stringify(got.map((g) => g.status === 'rejected' ? g.reason.message : 'ok')));
+      await p.close();
+    `;
+    const tmp = tempDir('sf-pool-');
+    const file = path.join(tmp.dir, 'dead.mjs');
+    fs.writeFileSync(file, script);
+    const r = spawnSync(process.execPath, [file], { encoding: 'utf8', timeout: 60_000 });
+    tmp.cleanup();
+    expect(r.status, r.stdout + r.stderr).toBe(0);
+    const outcomes = JSON.parse(r.stdout) as string[];
+    for (const o of outcomes) expect(o).toMatch(/worker thread ended/);
+  }, 60_000);
 });
