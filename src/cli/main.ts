@@ -30,6 +30,12 @@ function parseListen(text: string): { host: string; port: number } {
   return { host: m[1] ?? m[2]!, port };
 }
 
+/** A company NAME as a pull or repair gives it: refused here, before any connection, when no site could serve it. */
+function companyName(name: string): string {
+  if (!COMPANY_NAME.test(name)) fail(ErrorCodes.USAGE, `company name ${JSON.stringify(name)}: ${COMPANY_NAME_RULE}`);
+  return name;
+}
+
 function parseCompanies(list: string[]): Map<string, string> {
   const out = new Map<string, string>();
   for (const item of list) {
@@ -275,7 +281,7 @@ export function buildProgram(): Commander.Command {
       const progress = progressLine(!o.json && process.stderr.isTTY === true);
       const options: PullOptions = {
         url,
-        company: name,
+        company: companyName(name),
         dir,
         secret,
         bwlimit: o.bwlimit !== undefined ? parseRate(o.bwlimit) : undefined, // "" is a rate given wrong, not none
@@ -376,7 +382,7 @@ export function buildProgram(): Commander.Command {
       const { pull } = await import('../sync/pull.js');
       const r = await pull({
         url,
-        company: name,
+        company: companyName(name),
         dir,
         secret,
         repair: true,

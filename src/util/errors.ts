@@ -35,13 +35,17 @@ export const ErrorCodes = {
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
 
-/** Exit codes by error code; anything unlisted exits 1. Kept apart from verify's 0/1/2 contract. */
+/**
+ * Exit codes by error code (sysexits.h); anything unlisted exits 1, which no code is left to (verify's 1 means
+ * damaged: its 0/1/2 contract is kept apart).
+ */
 const EXIT_CODES: Partial<Record<ErrorCode, number>> = {
   SNAPFERRY_E_USAGE: 64,
   SNAPFERRY_E_AUTH: 77,
   SNAPFERRY_E_SECRET: 77,
   SNAPFERRY_E_UNREACHABLE: 69,
-  SNAPFERRY_E_UNKNOWN_COMPANY: 69,
+  // Not 69: a script that tries again while the site is out of reach must not try a wrong name for ever.
+  SNAPFERRY_E_UNKNOWN_COMPANY: 67,
   SNAPFERRY_E_BUSY: 69,
   SNAPFERRY_E_CONNECTION_LOST: 69,
   SNAPFERRY_E_TIMEOUT: 69,
@@ -50,6 +54,11 @@ const EXIT_CODES: Partial<Record<ErrorCode, number>> = {
   SNAPFERRY_E_DIR_NOT_WRITABLE: 73,
   SNAPFERRY_E_NOT_A_COPY: 73,
   SNAPFERRY_E_DIR_LOCKED: 75,
+  // Try again later (EX_TEMPFAIL): a file at the site that would not hold still, a source that changed under a pull.
+  SNAPFERRY_E_UNSTABLE_FILE: 75,
+  SNAPFERRY_E_STALE_SOURCE: 75,
+  SNAPFERRY_E_EXISTS: 73,
+  SNAPFERRY_E_STATE: 74,
   SNAPFERRY_E_DISK_FULL: 74,
   SNAPFERRY_E_IO: 74,
   SNAPFERRY_E_PROTOCOL: 76,

@@ -214,6 +214,32 @@ describe('follow under trouble', () => {
     }
   }, 120_000);
 
+  // BUG (src/util/errors.ts, found by a helper review): a one-shot pull from a site that could not hold a file still
+  // exited 1, the code verify gives a damaged copy, though the site says "try again when it is idle": now 75
+  // (EX_TEMPFAIL), as for a folder in use. Produced: appends every 20 ms (bounded: 10 s) against --settle-timeout 1.
+  it('a one-shot pull from a site that cannot hold a file still exits 75, try again later', async () => {
+    const { src, served, dest } = await site(4, ['--settle-timeout', '1']);
+    let writing = true;
+    const writer = (async () => {
+      const until = Date.now() + 10_000;
+      for (let i = 0; writing && Date.now() < until; i++) {
+        fs.appendFileSync(path.join(src, 'Journal.log'), `VCH-${i}|posting run\n`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    })();
+    try {
+      await new Promise((r) => setTimeout(r, 300));
+      const r = await runCli(['pull', served.url, 'acme', dest, '--secret', key]);
+      expect(r.stderr).toMatch(/Journal\.log kept changing .*SNAPFERRY_E_UNSTABLE_FILE/);
+      expect(r.code).toBe(75);
+      expect(fs.existsSync(dest)).toBe(false);
+    } finally {
+      writing = false;
+      await writer;
+      await served.stop();
+    }
+  });
+
   // BUG (src/sync/follow.ts): a site that could not hold a file still past its settle timeout (a long posting run)
   // answered UNSTABLE_FILE, and the follower ended (exit 1) although the site itself says "try again when idle".
   // Produced: bursts of appends to the journal against a site with --settle-timeout 1.
