@@ -42,20 +42,24 @@ export async function runDemo(o: DemoOptions): Promise<void> {
   const root = o.workdir ? path.resolve(o.workdir) : fs.mkdtempSync(path.join(os.tmpdir(), 'snapferry-demo-'));
   // A temporary folder goes whatever ends the demo: a failure (a full disk while making the company), Ctrl-C.
   const temporary = !o.keep && !o.workdir;
+  // Retried: a signal can come while the pull's workers still make files in the branch's next/ (ENOTEMPTY).
   const removeRoot = () => {
-    if (temporary) fs.rmSync(root, { recursive: true, force: true });
+    if (temporary) fs.rmSync(root, { recursive: true, force: true, maxRetries: 10, retryDelay: 20 });
   };
   const onSignal = (signal: NodeJS.Signals) => {
-    removeRoot();
-    process.exit(signal === 'SIGINT' ? 130 : 143);
+    try {
+      removeRoot();
+    } catch {
+      /* nothing more to do on the way out */
+    }
+    process.exit(128 + (os.constants.signals[signal] ?? 15));
   };
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
+  const signals = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
+  for (const sig of signals) process.once(sig, onSignal);
   try {
     await demoIn(root, o);
   } finally {
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
+    for (const sig of signals) process.off(sig, onSignal);
     removeRoot();
   }
   process.stdout.write(`${o.keep || o.workdir ? `kept ${root}` : 'done (the demo folders were removed; --keep keeps them)'}\n`);
@@ -70,12 +74,15 @@ async function demoIn(root: string, o: DemoOptions): Promise<void> {
   const say = (s: string) => process.stdout.write(`${s}\n`);
   fs.rmSync(path.join(root, 'head-office'), { recursive: true, force: true });
   fs.rmSync(path.join(root, 'branch'), { recursive: true, force: true });
+  // The site's chunk store in the demo's folder, not a temporary one of its own: removed with it however the demo ends.
+  const cacheDir = path.join(root, 'site-cache');
+  fs.rmSync(cacheDir, { recursive: true, force: true });
   makeDirs(path.dirname(branch));
   say(`snapferry demo in ${root}`);
   const made = await makeCompany(head, o.sizeMiB, 1);
   say(`1. made a sample company "acme": ${made.files} files, ${formatBytes(made.bytes)} in ${head}`);
   const secret = randomBytes(32);
-  const server = new SnapferryServer({ host: '127.0.0.1', port: 0, secretFor: () => secret, companies: new Map([['acme', head]]) });
+  const server = new SnapferryServer({ host: '127.0.0.1', port: 0, secretFor: () => secret, companies: new Map([['acme', head]]), cacheDir });
   const url = await server.start();
   say(`2. head office serves it on ${url} (mutual authentication, AES-256-GCM sealed frames)`);
   try {
