@@ -1,6 +1,6 @@
 /** The terminal's progress line: what it says of rate and ETA (a pure function of the reports). */
 import { describe, it, expect } from 'vitest';
-import { progressText } from '../../src/cli/progress.js';
+import { progressText, duration, redraw } from '../../src/cli/progress.js';
 
 describe('progressText', () => {
   // Found in review: the rate was the bytes done over the whole pull's time, and a delta's plan credits at once every
@@ -18,5 +18,15 @@ describe('progressText', () => {
     const p = { phase: 'transfer' as const, bytesDone: 5, bytesTotal: 10, bytesOnWire: 0, elapsedMs: 300 };
     expect(progressText(p, undefined)).toMatch(/ETA -$/);
     expect(progressText({ ...p, phase: 'plan' }, undefined)).toBe('plan...');
+  });
+  // Found by a helper review: the ETA was raw seconds ("ETA 8122765 s"); the line ignored the terminal's width (each
+  // redraw of a wrapped line left a stale one, 18 for a 2.5 s pull on 40 columns) and sent ESC[K to TERM=dumb.
+  it('gives the ETA in hours and minutes, fits the line to the terminal, and clears without ESC[K on a dumb one', () => {
+    expect([duration(9), duration(59), duration(185), duration(3600 + 7 * 60 + 30), duration(8_122_765)]).toEqual(['9 s', '59 s', '3m05s', '1h07m', '2256h19m']);
+    const text = 'x'.repeat(82);
+    expect(redraw(text, 40, false, 0)).toBe(`\r\x1b[K${'x'.repeat(39)}`);
+    expect(redraw(text, undefined, false, 0)).toBe(`\r\x1b[K${text}`);
+    expect(redraw('abc', 80, true, 6)).toBe('\rabc   ');
+    expect(redraw('abc', 80, true, 6)).not.toContain('\x1b');
   });
 });
