@@ -530,14 +530,23 @@ export function startTimeOf(pid: number): string {
   }
 }
 
-/** Whether a process with this pid runs (one of another user's counts as running). */
+/**
+ * Whether a process with this pid runs (one of another user's counts as running). A zombie does not: a pull killed
+ * with kill -9 and not yet reaped by its parent (a script that has not waited for it) held DIR for that long.
+ */
 export function isAlive(pid: number): boolean {
   if (pid === process.pid) return true;
   try {
     process.kill(pid, 0);
-    return true;
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch (err) {
+    // Gone since (ENOENT), or no /proc to tell: then it counts as running, as kill said.
+    return (err as NodeJS.ErrnoException).code !== 'ENOENT';
   }
 }
 

@@ -103,4 +103,21 @@ describe('DirLock', () => {
       other.kill('SIGKILL');
     }
   });
+  // BUG (src/store/state.ts isAlive, found by a helper review): a pull killed with kill -9 and not yet reaped by its
+  // parent (a zombie) still held DIR: the next pull, started at once, was refused as "in use". Produced with a child
+  // of `sleep 5` that exits at once and is never waited for (`sh -c 'sleep 0 & exec sleep 5'`).
+  it("a zombie's lock (killed, not yet reaped) is taken over", async () => {
+    const parent = spawn('sh', ['-c', 'sleep 0 & echo $!; exec sleep 5'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    try {
+      const pid = Number(await new Promise<string>((r) => parent.stdout!.once('data', (d) => r(String(d).trim()))));
+      await new Promise((r) => setTimeout(r, 300));
+      expect(fs.readFileSync(`/proc/${pid}/stat`, 'utf8')).toMatch(/\) Z /);
+      const paths = pathsWithLock(`${pid} ${startTimeOf(pid)}\n`);
+      const lock = new DirLock(paths);
+      await lock.acquire(0);
+      lock.release();
+    } finally {
+      parent.kill('SIGKILL');
+    }
+  });
 });
