@@ -1745,6 +1745,7 @@ class PullRun {
     // The decrypted frame is moved to the worker whole when it owns its memory, copied otherwise.
     const owns = msg.byteOffset === 0 && msg.byteLength === msg.buffer.byteLength;
     const { entries, ...targets } = this.targetsOf(firsts);
+    const fresh = Uint8Array.from(entries, (ei) => (this.baseless(ei) ? 1 : 0));
     const job: WritePackJob = {
       kind: 'writePack',
       payload: owns ? msg : Buffer.from(data.payload),
@@ -1755,8 +1756,9 @@ class PullRun {
       ids,
       ...targets,
       ...this.finishesOf({ entries, tPath: targets.tPath }),
+      fresh,
       // Around the page cache only for a pull that flushes before its commit (see WritePackJob.direct).
-      direct: this.opts.durable !== false ? Uint8Array.from(entries, (ei) => (this.baseless(ei) ? 1 : 0)) : undefined,
+      direct: this.opts.durable !== false ? fresh : undefined,
     };
     const r = await this.pool!.run<WritePackResult>(job, true, L.entry[firsts[0]!]!);
     r.finished?.forEach((st, pi) => st && this.finishedStats.set(entries[pi]!, st));

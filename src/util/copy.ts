@@ -1,6 +1,7 @@
 /** Whole-file copies made the cheapest way the filesystem allows. */
 import fs from 'node:fs';
 import { SnapferryError, ErrorCodes } from './errors.js';
+import { allZero } from './zeros.js';
 
 /**
  * Copies `src` to `dst`: a reflink where the filesystem has them (btrfs, XFS), else an in-kernel copy. Whatever is at
@@ -83,6 +84,9 @@ export async function copyAround(src: string, dst: string, rewritten: ArrayLike<
       const n = Math.min(want, await readBlocks(reader, buf, Math.ceil(want / BLOCK) * BLOCK, pos));
       // Never a copy with a hole where the source ended early (the pull checks the source's stats after the copy too).
       if (n < want) throw new SnapferryError(ErrorCodes.STATE, `${src} shrank while it was copied`, { retryable: true });
+      // A window of zeros (a hole of a sparse file, preallocated pages) is left a hole of the new file: a sparse
+      // database was copied dense, its whole apparent size asked of the branch's disk at every first delta.
+      if (allZero(buf.subarray(0, n))) continue;
       // The whole window goes direct (one large write: many small ones between the rewritten spans cost more than
       // all of it), then the spans that chunks will be written into are written again through the cache, whole
       // pages, so that they are in it without a read (the direct write dropped whatever the cache held there).
@@ -94,6 +98,8 @@ export async function copyAround(src: string, dst: string, rewritten: ArrayLike<
         await writeFull(viaCache, buf, s - pos, e - s, s);
       }
     }
+    // Its size, whatever windows of zeros at its end were left out (nothing else writes it yet).
+    await viaCache.truncate(size);
   } catch (err) {
     // EINVAL: no direct I/O on this filesystem (at open, or at the first write): the plain copy.
     if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;

@@ -16,6 +16,7 @@ import { joinChunkLists } from './segments.js';
 import { openRegular } from '../util/open.js';
 import { BLOCK, pageAligned } from '../util/copy.js';
 import { OpenFiles } from '../util/openfiles.js';
+import { allZero } from '../util/zeros.js';
 
 /** A level meaning: send as they are (where CPU, not the link, is the bottleneck). */
 export const NO_COMPRESSION = -1000;
@@ -114,6 +115,13 @@ export interface WritePackJob {
    * there the page cache is the fast way whenever it has pages to spare, and the data need not reach the disk soon.
    */
   direct?: Uint8Array;
+  /**
+   * Per path: 1 where the file has no base (a new file in next/, every byte of it written by chunks): a run of zeros
+   * (64 KiB or more) is then left a hole, not written, as the site's sparse files and preallocated zero pages are (a
+   * 6 GiB file holding 42 MB took 6 GiB of the branch's disk). Elsewhere zeros are written: a base holds other bytes
+   * there.
+   */
+  fresh?: Uint8Array;
 }
 export interface WritePackResult {
   written: number;
@@ -515,7 +523,11 @@ function writePack(ctx: JobContext, j: WritePackJob): WritePackResult {
         len += j.lens[j.tItem[u]!]!;
         u++;
       }
-      writeRun(ctx, files, j.paths[pi]!, raw.subarray(rawStart, rawStart + len), fileStart, j.direct?.[pi] === 1);
+      const run = raw.subarray(rawStart, rawStart + len);
+      // Only its last byte, which makes the file that long (a write never shrinks a file, as a truncate racing with
+      // another thread's copy into it could).
+      if (j.fresh?.[pi] === 1 && len >= HOLE_MIN && allZero(run)) writeAll(files.get(j.paths[pi]!), run.subarray(len - 1), fileStart + len - 1);
+      else writeRun(ctx, files, j.paths[pi]!, run, fileStart, j.direct?.[pi] === 1);
       written += len;
       t = u;
     }
@@ -524,6 +536,9 @@ function writePack(ctx: JobContext, j: WritePackJob): WritePackResult {
     files.close();
   }
 }
+
+/** Runs of zeros at least this long are left holes in a file without a base (WritePackJob.fresh). */
+const HOLE_MIN = 64 << 10;
 
 /** Final mode and mtime of the completed files among `paths`, through their open descriptors; their inode:ctime. */
 function finishOpen(files: TargetFiles, paths: string[], modes: Int32Array, mtimes: Float64Array): string[] {

@@ -1,0 +1,61 @@
+/**
+ * Sparse files and preallocated zeros at the site (a database grown by a hole, pages set aside as zeros): the branch
+ * holds the same bytes without taking disk blocks for the zeros, at the seed and through a delta's base copy. Found by
+ * a helper review: a 6 GiB file holding 42 MB took 6.1 GiB of the branch's disk, 12.3 GB once a delta had run.
+ * Produced with real files (truncate, then data written at a few places) and the CLI as child processes.
+ */
+import { describe, it, expect, afterAll } from 'vitest';
+import fs from 'node:fs';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff } from '../helpers.js';
+
+const MiB = 1 << 20;
+
+describe('sparse files', () => {
+  const tmp = tempDir('sf-sparse-');
+  afterAll(() => tmp.cleanup());
+
+  /** Disk bytes a file takes (its allocated blocks). */
+  const allocated = (p: string) => fs.statSync(p).blocks * 512;
+
+  it('arrive with their holes, at the seed and through a delta, with the same bytes', async () => {
+    const key = secretFile(tmp.dir);
+    const src = path.join(tmp.dir, 'site', 'acme');
+    fs.mkdirSync(src, { recursive: true });
+    const db = path.join(src, 'ledger.db');
+    // 64 MiB apparent, 3 MiB of data: at the start, in the middle, and the last bytes.
+    fs.writeFileSync(db, '');
+    fs.truncateSync(db, 64 * MiB);
+    const fd = fs.openSync(db, 'r+');
+    fs.writeSync(fd, randomBytes(MiB), 0, MiB, 0);
+    fs.writeSync(fd, randomBytes(MiB), 0, MiB, 30 * MiB + 12345);
+    fs.writeSync(fd, randomBytes(MiB), 0, MiB, 63 * MiB);
+    fs.closeSync(fd);
+    fs.writeFileSync(path.join(src, 'small.txt'), 'not sparse\n');
+    const site = await startServe(['--secret', key, '--company', `acme=${src}`]);
+    try {
+      const dest = path.join(tmp.dir, 'branch', 'acme');
+      fs.mkdirSync(path.dirname(dest));
+      for (const durable of [true, false]) {
+        const seed = await runCli(['pull', site.url, 'acme', dest, '--secret', key, ...(durable ? [] : ['--no-fsync'])]);
+        expect(seed.code, seed.stderr).toBe(0);
+        expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
+        expect(allocated(path.join(dest, 'ledger.db')), `seed (durable ${durable})`).toBeLessThan(16 * MiB);
+        // A page rewritten: a first delta copies the file (no spare yet) and writes the page into the copy.
+        const w = fs.openSync(db, 'r+');
+        fs.writeSync(w, randomBytes(4096), 0, 4096, 8192);
+        fs.closeSync(w);
+        const delta = await runCli(['pull', site.url, 'acme', dest, '--secret', key, '--no-spare', ...(durable ? [] : ['--no-fsync'])]);
+        expect(delta.code, delta.stderr).toBe(0);
+        expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
+        expect(allocated(path.join(dest, 'ledger.db')), `delta (durable ${durable})`).toBeLessThan(16 * MiB);
+        fs.rmSync(path.dirname(dest), { recursive: true });
+        fs.rmSync(path.join(tmp.dir, 'branch'), { recursive: true, force: true });
+        fs.mkdirSync(path.dirname(dest));
+      }
+    } finally {
+      await site.stop();
+    }
+  }, 120_000);
+});
