@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto';
 import { Writer, Reader, ChunkArrays } from '../manifest/manifest.js';
 import { idWords } from '../manifest/idindex.js';
 import { type ChunkParams, sameChunkParams, validateChunkParams } from '../chunk/chunker.js';
-import { writeFileDurable } from '../store/state.js';
+import { writeFileDurableAsync } from '../store/state.js';
 import { bootId } from '../store/cachelife.js';
 import { nextCapacity, widen } from '../util/columns.js';
 
@@ -133,9 +133,10 @@ const MAGIC = Buffer.from('SFC3');
 const DIGEST_BYTES = 32;
 
 /** Writes the cache atomically. */
-export function saveScanCache(file: string, d: ScanCacheData): void {
+export function saveScanCache(file: string, d: ScanCacheData): Promise<void> {
   // Written through a bounded buffer: an image of the whole file (one id per chunk) would be as large as the cache.
-  writeFileDurable(file, (sink) => {
+  // All of it at once (the cache may change once this returns), flushed off the event loop.
+  return writeFileDurableAsync(file, (sink) => {
     const digest = createHash('sha256');
     const write = (bytes: Uint8Array) => {
       digest.update(bytes);
@@ -242,9 +243,9 @@ export function readGenerationCounter(file: string): { generation: number; rootH
 }
 
 /** Writes the counter; a failure (a full disk) is let go: the next generation writes it again. */
-export function writeGenerationCounter(file: string, generation: number, rootHash: string): void {
+export async function writeGenerationCounter(file: string, generation: number, rootHash: string): Promise<void> {
   try {
-    writeFileDurable(file, `${generation} ${rootHash}\n`);
+    await writeFileDurableAsync(file, `${generation} ${rootHash}\n`);
   } catch {
     /* see above */
   }

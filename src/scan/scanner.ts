@@ -483,11 +483,12 @@ export class CompanyScanner {
       this.generationNo++;
       // Its own small file, written before the scan cache (which a full disk or a damaged file may lose): numbers go
       // on from it, never back to 1, nor the same number to two trees.
-      if (this.cacheFile) writeGenerationCounter(counterFileOf(this.cacheFile), this.generationNo, rootHash);
+      // Flushed off the event loop (both writes): the site serves its branches meanwhile.
+      if (this.cacheFile) await writeGenerationCounter(counterFileOf(this.cacheFile), this.generationNo, rootHash);
     }
     if (this.cacheFile && (previous !== rootHash || this.lastBytesRead > 0)) {
       try {
-        saveScanCache(this.cacheFile, { root: this.root, params, generation: this.generationNo, rootHash, files: this.cache });
+        await saveScanCache(this.cacheFile, { root: this.root, params, generation: this.generationNo, rootHash, files: this.cache });
         this.savedRoot = rootHash;
       } catch {
         /* a cache that cannot be written only costs a re-read after a restart */

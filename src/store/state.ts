@@ -237,6 +237,39 @@ export function writeFileDurable(file: string, data: string | Uint8Array | ((wri
   if (sync) fsyncDir(path.dirname(file));
 }
 
+/**
+ * writeFileDurable with its flushes on libuv's pool, not the calling thread: the contents are written at once, before
+ * this returns (so `data` is read now), then flushed, renamed and the folder flushed while the event loop serves on (a
+ * site's main thread stood still for 165 ms in one fsync, every branch's transfer with it). Callers serialize writes of
+ * one file.
+ */
+export async function writeFileDurableAsync(file: string, data: string | Uint8Array | ((write: (bytes: Uint8Array) => void) => void)): Promise<void> {
+  const tmp = `${file}.tmp`;
+  const fd = fs.openSync(tmp, 'w', 0o600);
+  try {
+    try {
+      if (typeof data === 'function') data((bytes) => writeAll(fd, bytes));
+      else writeAll(fd, typeof data === 'string' ? Buffer.from(data) : data);
+      await new Promise<void>((resolve, reject) => fs.fsync(fd, (err) => (err ? reject(err) : resolve())));
+    } finally {
+      fs.closeSync(fd);
+    }
+    await fs.promises.rename(tmp, file);
+  } catch (err) {
+    fs.rmSync(tmp, { force: true });
+    throw err;
+  }
+  let dir: fs.promises.FileHandle | undefined;
+  try {
+    dir = await fs.promises.open(path.dirname(file), 'r');
+    await dir.sync();
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EIO') throw toSnapferryError(err, 'flushing a folder to disk');
+  } finally {
+    await dir?.close();
+  }
+}
+
 /** Writes all of bytes at fd's position. */
 function writeAll(fd: number, bytes: Uint8Array): void {
   for (let at = 0; at < bytes.length; ) at += fs.writeSync(fd, bytes, at, bytes.length - at);

@@ -31,7 +31,7 @@ afterEach(() => {
 });
 
 describe('ScanCache (the scan cache in columns)', () => {
-  it('gives back what was set, exactly, past the first growth of its columns', () => {
+  it('gives back what was set, exactly, past the first growth of its columns', async () => {
     const c = new ScanCache();
     const n = 3000; // the columns start at 1024 rows and double
     for (let k = 0; k < n; k++) c.set(`d${k % 7}/f${k}`, file(k));
@@ -47,7 +47,7 @@ describe('ScanCache (the scan cache in columns)', () => {
     expect(cached(c, 'd0/missing')).toBeUndefined();
   });
 
-  it('keeps the chunk arrays it was given (shared with the manifest entry, not copied)', () => {
+  it('keeps the chunk arrays it was given (shared with the manifest entry, not copied)', async () => {
     const c = new ScanCache();
     const f = file(3);
     c.set('a', f);
@@ -58,7 +58,7 @@ describe('ScanCache (the scan cache in columns)', () => {
     expect(cached(c, 'a')!.lens![0]).toBe(7);
   });
 
-  it('replaces a path set twice and forgets a deleted one', () => {
+  it('replaces a path set twice and forgets a deleted one', async () => {
     const c = new ScanCache();
     c.set('a', file(1));
     c.set('b', file(2));
@@ -70,13 +70,13 @@ describe('ScanCache (the scan cache in columns)', () => {
     expect([...c.entries()].map(([p]) => p)).toEqual(['a']);
   });
 
-  it('survives the cache file (serve --cache-dir) exactly, and a file for another folder is ignored', () => {
+  it('survives the cache file (serve --cache-dir) exactly, and a file for another folder is ignored', async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sf-scancache-'));
     dirs.push(dir);
     const c = new ScanCache();
     for (let k = 0; k < 1500; k++) c.set(`f${k}`, file(k));
     const at = path.join(dir, 'cache');
-    saveScanCache(at, { root: '/co', params: DEFAULT_CHUNK_PARAMS, generation: 7, rootHash: 'ab'.repeat(32), files: c });
+    await saveScanCache(at, { root: '/co', params: DEFAULT_CHUNK_PARAMS, generation: 7, rootHash: 'ab'.repeat(32), files: c });
     const back = loadScanCache(at, '/co', DEFAULT_CHUNK_PARAMS)!;
     expect(back.generation).toBe(7);
     expect(back.files.size).toBe(1500);
@@ -87,35 +87,35 @@ describe('ScanCache (the scan cache in columns)', () => {
     expect(loadScanCache(at, '/other', DEFAULT_CHUNK_PARAMS)).toBeUndefined();
   });
 
-  it('is loaded with the parameters it was saved with when none are asked for (a site choosing them by size), else only with the same', () => {
+  it('is loaded with the parameters it was saved with when none are asked for (a site choosing them by size), else only with the same', async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sf-scancache-'));
     dirs.push(dir);
     const c = new ScanCache();
     c.set('f', file(1));
     const at = path.join(dir, 'cache');
-    saveScanCache(at, { root: '/co', params: CHUNK_LEVELS[1]!, generation: 3, rootHash: 'ab'.repeat(32), files: c });
+    await saveScanCache(at, { root: '/co', params: CHUNK_LEVELS[1]!, generation: 3, rootHash: 'ab'.repeat(32), files: c });
     expect(loadScanCache(at, '/co', DEFAULT_CHUNK_PARAMS)).toBeUndefined();
     expect(loadScanCache(at, '/co', CHUNK_LEVELS[1])!.files.size).toBe(1);
     const any = loadScanCache(at, '/co')!;
     expect(any.params).toEqual(CHUNK_LEVELS[1]);
     expect(any.generation).toBe(3);
     // Parameters no scanner could have used (min above avg) are not taken.
-    saveScanCache(at, { root: '/co', params: { minSize: 64 << 10, avgSize: 16 << 10, maxSize: 1 << 20 }, generation: 4, rootHash: 'ab'.repeat(32), files: c });
+    await saveScanCache(at, { root: '/co', params: { minSize: 64 << 10, avgSize: 16 << 10, maxSize: 1 << 20 }, generation: 4, rootHash: 'ab'.repeat(32), files: c });
     expect(loadScanCache(at, '/co')).toBeUndefined();
   });
 
-  it('is written through a bounded buffer: a cache file of many writes comes back exactly, and replaces the old one', () => {
+  it('is written through a bounded buffer: a cache file of many writes comes back exactly, and replaces the old one', async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sf-scancache-'));
     dirs.push(dir);
     const at = path.join(dir, 'cache');
-    saveScanCache(at, { root: '/co', params: DEFAULT_CHUNK_PARAMS, generation: 1, rootHash: 'cd'.repeat(32), files: new ScanCache() });
+    await saveScanCache(at, { root: '/co', params: DEFAULT_CHUNK_PARAMS, generation: 1, rootHash: 'cd'.repeat(32), files: new ScanCache() });
     const c = new ScanCache();
     // 40,000 chunks of 9-12 bytes each: about 440 kB, past the 256 KiB the writer holds between writes.
     for (let k = 0; k < 200; k++) {
       const f = file(k);
       c.set(`f${k}`, { ...f, lens: new Uint32Array(200).fill(4096), ids: BigUint64Array.from({ length: 200 }, (_, i) => BigInt(k * 1000 + i) << 40n) });
     }
-    saveScanCache(at, { root: '/co', params: DEFAULT_CHUNK_PARAMS, generation: 2, rootHash: 'ab'.repeat(32), files: c });
+    await saveScanCache(at, { root: '/co', params: DEFAULT_CHUNK_PARAMS, generation: 2, rootHash: 'ab'.repeat(32), files: c });
     expect(fs.statSync(at).size).toBeGreaterThan(256 << 10);
     expect(fs.existsSync(`${at}.tmp`)).toBe(false);
     const back = loadScanCache(at, '/co', DEFAULT_CHUNK_PARAMS)!;
@@ -126,13 +126,13 @@ describe('ScanCache (the scan cache in columns)', () => {
   // fdatasync'd just before a power cut is on the disk while its new mtime and ctime may not be; the restarted site
   // trusted the file by the very stats its cache had saved and served its old chunks for good (verify --deep said
   // intact). Produced by a cache file saved under another boot: the boot id in its bytes replaced, its seal remade.
-  it('a cache saved before a reboot keeps its numbering but vouches for no file', () => {
+  it('a cache saved before a reboot keeps its numbering but vouches for no file', async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sf-scancache-'));
     dirs.push(dir);
     const c = new ScanCache();
     c.set('f', file(1));
     const at = path.join(dir, 'cache');
-    saveScanCache(at, { root: '/co', params: DEFAULT_CHUNK_PARAMS, generation: 9, rootHash: 'ab'.repeat(32), files: c });
+    await saveScanCache(at, { root: '/co', params: DEFAULT_CHUNK_PARAMS, generation: 9, rootHash: 'ab'.repeat(32), files: c });
     expect(loadScanCache(at, '/co', DEFAULT_CHUNK_PARAMS)!.files.size).toBe(1);
     const boot = fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
     const body = fs.readFileSync(at).subarray(0, -32);
