@@ -465,6 +465,8 @@ export class DirLock {
       // Each try: a holder that made the folder removes it at release when it is empty.
       try {
         this.madeState = makeDirs(this.paths.state, 0o700) !== undefined;
+        // 0700 whatever the umask (under 0277 the folder came without its owner's write, and every pull failed to lock).
+        if (this.madeState) fs.chmodSync(this.paths.state, 0o700);
         if (!this.madeState) checkStateFolder(this.paths.state);
       } catch (err) {
         if (err instanceof SnapferryError) throw err;
