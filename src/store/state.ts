@@ -304,9 +304,10 @@ export function syncFilesystem(p: string): void {
 
 /**
  * coreutils' sync by its own path where it is at one: another program named sync earlier on PATH (a script, a tool's
- * helper) that took -f and did nothing would defeat every flush without a word.
+ * helper) that took -f and did nothing would defeat every flush without a word. SNAPFERRY_FAULT_SYNC names another
+ * program instead, for the fault suite alone (one that fails as a disk's write-back error makes sync fail).
  */
-const SYNC = ['/usr/bin/sync', '/bin/sync'].find((p) => fs.existsSync(p)) ?? 'sync';
+const SYNC = process.env.SNAPFERRY_FAULT_SYNC || (['/usr/bin/sync', '/bin/sync'].find((p) => fs.existsSync(p)) ?? 'sync');
 
 /** syncFilesystem without blocking the event loop: the transfer goes on while the disk catches up. */
 export function syncFilesystemAsync(p: string): Promise<void> {
