@@ -113,13 +113,13 @@ export function servedOnceListening(child: ChildProcess, what: string, timeoutMs
 }
 
 /**
- * The chunk occurrences a puller's journal file records as verified (next.journal, or next.unsynced after its
+ * The chunk occurrences a puller's journal file records as verified (next.verified, or next.unsynced after its
  * `skip`-byte header), bases left out; none when the file is missing.
  */
 export function journalRecords(file: string, skip = 0): Set<number> {
   const out = new Set<number>();
   const b = fs.existsSync(file) ? fs.readFileSync(file) : Buffer.alloc(0);
-  // next.journal is in checked batches (src/sync/journalfile.ts); next.unsynced is bare records after its header.
+  // next.verified is in checked batches (src/sync/journalfile.ts); next.unsynced is bare records after its header.
   const records = skip === 0 ? decodeJournal(b) : Array.from({ length: Math.max(0, Math.floor((b.length - skip) / 4)) }, (_, i) => b.readUInt32LE(skip + i * 4));
   for (const v of records) if (!(v & 0x80000000)) out.add(v);
   return out;

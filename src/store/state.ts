@@ -7,7 +7,7 @@
  *   applied.manifest that generation's manifest (its SHA-256 must equal the recorded root hash)
  *   applied.stats    inode and ctime of each file as committed (so unchanged files are trusted without reading)
  *   next/            the next generation being built; next.json names its root hash
- *   next.journal     what of next/ is verified, as of the last flush to disk (a power cut loses none of it)
+ *   next.verified    what of next/ is verified, as of the last flush to disk (a power cut loses none of it)
  *   next.unsynced    the same, written as soon as the data is, under a header naming the page cache's life
  *                    (store/cachelife.ts): a resume after kill -9 in that life, once it has hashed those chunks
  *                    again, re-fetches nothing verified
@@ -143,6 +143,13 @@ export class StatePaths {
   readonly prevManifest: string;
   readonly prevJournal: string;
   readonly prevUnsynced: string;
+  /**
+   * The journals of snapferry before their records were batches that check themselves (next.journal, prev.journal):
+   * never read (their bare records are what a power cut can forge), removed where the journals are. Named apart so
+   * that such a version, run again on this folder, finds none of ours: it read each batch's count as a verified
+   * chunk and committed wrong bytes.
+   */
+  readonly legacyJournals: readonly string[];
   constructor(dir: string) {
     this.dir = followDirLink(path.resolve(dir));
     this.state = stateFolderOf(this.dir);
@@ -154,7 +161,7 @@ export class StatePaths {
     this.appliedStats = at('applied.stats');
     this.next = at('next');
     this.nextJson = at('next.json');
-    this.nextJournal = at('next.journal');
+    this.nextJournal = at('next.verified');
     this.nextUnsynced = at('next.unsynced');
     this.nextLinks = at('next.links');
     this.nextManifest = at('next.manifest');
@@ -171,7 +178,8 @@ export class StatePaths {
     this.spareDrop = at('spare.drop');
     this.prev = at('prev');
     this.prevManifest = at('prev.manifest');
-    this.prevJournal = at('prev.journal');
+    this.prevJournal = at('prev.verified');
+    this.legacyJournals = [at('next.journal'), at('prev.journal')];
     this.prevUnsynced = at('prev.unsynced');
   }
 }
@@ -386,7 +394,7 @@ function checkRecordFiles(state: string): void {
 }
 
 /** The names of the state folder's record files (StatePaths), the lock's included. */
-const RECORD_FILE = /^((follow\.)?lock|(applied|next|pending|spare|prev)\.(json|manifest|stats|journal|unsynced|links)|commit\.json|spare\.keep\.json)$/;
+const RECORD_FILE = /^((follow\.)?lock|(applied|next|pending|spare|prev)\.(json|manifest|stats|verified|journal|unsynced|links)|commit\.json|spare\.keep\.json)$/;
 
 /**
  * Takes lock file `lock` for this process: undefined once taken, else who holds it (a live process's pid, or
@@ -931,7 +939,7 @@ function rollForward(paths: StatePaths, onPoint?: (p: string) => void, keepSpare
 /** Removes what an attempt at another generation left (prev/ and its records: StatePaths.prev). */
 export function dropPrev(paths: StatePaths): void {
   discardTree(paths, paths.prev);
-  for (const f of [paths.prevManifest, paths.prevJournal, paths.prevUnsynced]) removeRecord(f);
+  for (const f of [paths.prevManifest, paths.prevJournal, paths.prevUnsynced, ...paths.legacyJournals]) removeRecord(f);
 }
 
 /**

@@ -1,5 +1,5 @@
 /**
- * The codec of a pull's next.journal: batches of uint32 records (little-endian), each batch behind an 8-byte header,
+ * The codec of a pull's next.verified: batches of uint32 records (little-endian), each batch behind an 8-byte header,
  * its record count and the first 4 bytes of the records' SHA-256. Pure: no I/O.
  *
  * Why batches that check themselves: records are appended without an fsync of their own (the data they vouch for is

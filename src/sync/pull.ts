@@ -794,7 +794,7 @@ class PullRun {
           /* gone: fetched */
         }
       }
-      for (const f of [p.nextJournal, p.nextUnsynced, p.nextLinks]) removeRecord(f);
+      for (const f of [p.nextJournal, p.nextUnsynced, p.nextLinks, ...p.legacyJournals]) removeRecord(f);
       fs.mkdirSync(p.next, { mode: 0o700 });
       // Not flushed (0.1-0.2 s here, on ext4 waiting for every dirty byte): the first checkpoint's flush comes before any
       // record that depends on it, and a next.json lost or cut by a power cut only has next/ discarded.
@@ -1181,7 +1181,7 @@ class PullRun {
   }
 
   /**
-   * Reads what an interrupted attempt recorded as verified in next/: next.journal (flushed data, as of its last
+   * Reads what an interrupted attempt recorded as verified in next/: next.verified (flushed data, as of its last
    * checkpoint), then next.unsynced (records written as the data was, up to the kill) when it was written under this
    * page cache life. Those chunks are read back and hashed first: a disk pulled and put back can come back under a
    * reused mount id without the writes it had not flushed. Bases named only there are not trusted (a base cannot be
@@ -1193,7 +1193,7 @@ class PullRun {
     const L = this.layout;
     const check: number[] = [];
     for (const v of unsyncedRecordsOf(this.paths.nextUnsynced, this.life)) if (!(v & J_BASED) && v < L.total && this.done[v] !== 1) check.push(v);
-    // Usually none: an attempt that failed without a kill flushed all it had into next.journal.
+    // Usually none: an attempt that failed without a kill flushed all it had into next.verified.
     if (check.length === 0) return;
     if (this.opts.durable !== false) {
       // Flushed now, as the journal's data is at each checkpoint; a flush that fails leaves them to be fetched again.
@@ -1248,10 +1248,10 @@ class PullRun {
   }
 
   /**
-   * After the plan: next.journal is rewritten from what the plan kept of an interrupted attempt's records (the plan
+   * After the plan: next.verified is rewritten from what the plan kept of an interrupted attempt's records (the plan
    * drops those of files it removes, and they must not come back at a later resume, nor those only next.unsynced
    * held be lost by a power cut), and next.unsynced starts empty under this attempt's page cache life. Records are
-   * written to it as soon as their data is, so that a kill -9 costs no verified chunk (next.journal alone, appended
+   * written to it as soon as their data is, so that a kill -9 costs no verified chunk (next.verified alone, appended
    * once a second after a flush, would cost up to that second's). Not kept where the life cannot be named.
    */
   private settleJournal(resumed: boolean): void {
@@ -1265,7 +1265,7 @@ class PullRun {
       for (let g = 0; g < this.done.length; g++) if (this.done[g] === 1) records[o++] = g;
       for (const ei of this.based) records[o++] = (J_BASED | ei) >>> 0;
       for (const ei of this.spareBased) records[o++] = (J_BASED | J_SPARE | ei) >>> 0;
-      // A disk too full for this fails the pull here rather than at checkSpace (next.journal is left as it was).
+      // A disk too full for this fails the pull here rather than at checkSpace (next.verified is left as it was).
       writeFileDurable(p.nextJournal, encodeJournalBatch(records));
     }
     this.closeUnsynced();
@@ -1274,7 +1274,7 @@ class PullRun {
       fs.writeFileSync(p.nextUnsynced, this.life, { mode: 0o600 });
       this.unsyncedFd = fs.openSync(p.nextUnsynced, 'a');
     } catch {
-      // Only a speed-up for the next attempt: next.journal still records everything.
+      // Only a speed-up for the next attempt: next.verified still records everything.
       this.dropUnsynced();
     }
   }
@@ -1299,7 +1299,7 @@ class PullRun {
     }
   }
 
-  /** Records occurrences (or bases) whose data is written in next/: in next.unsynced now, in next.journal at the next checkpoint. */
+  /** Records occurrences (or bases) whose data is written in next/: in next.unsynced now, in next.verified at the next checkpoint. */
   private journal(values: number[]): void {
     for (const v of values) this.journalBuf.push(v);
     if (this.unsyncedFd === undefined || values.length === 0) return;

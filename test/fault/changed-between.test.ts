@@ -14,11 +14,11 @@ import { decodeManifest } from '../../src/manifest/manifest.js';
 import { layoutOf } from '../../src/manifest/layout.js';
 import { FaultProxy, afterBytes } from './netfault.js';
 
-/** Ids of the chunks an interrupted attempt recorded as verified (its next.journal, by its next.manifest). */
+/** Ids of the chunks an interrupted attempt recorded as verified (its next.verified, by its next.manifest). */
 function verifiedIds(state: string): Set<bigint> {
   const L = layoutOf(decodeManifest(fs.readFileSync(path.join(state, 'next.manifest'))));
   const ids = new Set<bigint>();
-  for (const g of journalRecords(path.join(state, 'next.journal'))) if (g < L.total) ids.add(L.id[g]!);
+  for (const g of journalRecords(path.join(state, 'next.verified'))) if (g < L.total) ids.add(L.id[g]!);
   return ids;
 }
 
@@ -48,7 +48,7 @@ describe('the company changed between two attempts of a pull', () => {
       const cut = await runCli(['pull', proxy.url, 'acme', dest, '--secret', key, '--retries', '0']);
       expect(cut.code).not.toBe(0);
       const state = path.join(tmp.dir, 'branch', '.acme.snapferry');
-      const verified = journalRecords(path.join(state, 'next.journal')).size;
+      const verified = journalRecords(path.join(state, 'next.verified')).size;
       expect(verified, 'the first attempt verified some chunks').toBeGreaterThan(20);
       const ids = verifiedIds(state);
       await mutateCompany(src, 72);

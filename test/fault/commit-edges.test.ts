@@ -218,7 +218,7 @@ describe('the commit at its edges', () => {
     expectCopy(dest);
   });
 
-  // BUG (src/sync/pull.ts plan, found on a reread): the pull's own plan removed next.journal, next.unsynced and
+  // BUG (src/sync/pull.ts plan, found on a reread): the pull's own plan removed next.verified, next.unsynced and
   // next.links with a plain rm, so a folder standing at one of those names (made by hand here, no commit intent)
   // failed every later pull with a raw EISDIR; the recovery already removed them whatever stood there.
   it('a pull plans over folders standing at the names of the next generation\'s record files', async () => {
@@ -226,11 +226,11 @@ describe('the commit at its edges', () => {
     let r = await pull(dest);
     expect(r.code, r.stderr).toBe(0);
     await mutateCompany(src, 74);
-    for (const name of ['next.journal', 'next.unsynced', 'next.links']) fs.mkdirSync(path.join(state, name, 'x'), { recursive: true });
+    for (const name of ['next.verified', 'next.unsynced', 'next.links']) fs.mkdirSync(path.join(state, name, 'x'), { recursive: true });
     r = await pull(dest);
     expect(r.code, r.stderr).toBe(0);
     expectCopy(dest);
-    for (const name of ['next.journal', 'next.unsynced', 'next.links']) expect(fs.existsSync(path.join(state, name))).toBe(false);
+    for (const name of ['next.verified', 'next.unsynced', 'next.links']) expect(fs.existsSync(path.join(state, name))).toBe(false);
   });
 
   // BUG (src/store/state.ts checkDirUsable, found by a helper review): a copy moved away and a folder of the user's

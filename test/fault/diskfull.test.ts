@@ -123,7 +123,7 @@ describe.skipIf(skipReason !== undefined)('disk full while pulling (real tmpfs)'
    */
   async function pullAndFill(m: string, url: string, dest: string, afterBytes: number, bwlimit: string): Promise<{ r: CliResult; filled: boolean }> {
     const start = used(m);
-    const journal = path.join(m, '.acme.snapferry', 'next.journal');
+    const journal = path.join(m, '.acme.snapferry', 'next.verified');
     const journaled = () => fs.existsSync(journal) && fs.statSync(journal).size >= 40;
     const child = spawn(process.execPath, [CLI, 'pull', url, 'acme', dest, '--secret', key, '--bwlimit', bwlimit], { stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
@@ -236,7 +236,7 @@ describe.skipIf(skipReason !== undefined)('disk full while pulling (real tmpfs)'
     expect(filled, `the pull ended before the disk could be filled: ${r.stderr}`).toBe(true);
     expectDiskFull(r);
     expect(fs.existsSync(dest)).toBe(false);
-    const journal = path.join(m, '.acme.snapferry', 'next.journal');
+    const journal = path.join(m, '.acme.snapferry', 'next.verified');
     const journaled = journalRecords(journal).size;
     fs.rmSync(path.join(m, 'filler.bin'));
     const ok = await runCli(['pull', bigSite.url, 'acme', dest, '--secret', key, '--json']);
@@ -275,7 +275,7 @@ describe.skipIf(skipReason !== undefined)('disk full while pulling (real tmpfs)'
     expect(filled, `the pull ended before the disk could be filled: ${r.stderr}`).toBe(true);
     expectDiskFull(r);
     expect(fingerprintDiff(oldFp, treeFingerprint(dest))).toEqual([]);
-    const journaled = journalRecords(path.join(m, '.acme.snapferry', 'next.journal')).size;
+    const journaled = journalRecords(path.join(m, '.acme.snapferry', 'next.verified')).size;
     fs.rmSync(path.join(m, 'filler.bin'));
     const ok = await runCli(['pull', growSite.url, 'acme', dest, '--secret', key, '--json']);
     expect(ok.code, ok.stderr).toBe(0);

@@ -276,7 +276,7 @@ describe('a hostile site cannot escape DIR, plant data or exhaust the puller', (
     // Nothing outside DIR changed: the only new things under the temp root are DIR and its state folder beside it.
     expect(listTree(tmp.dir, mine)).toEqual(before);
     const state = path.join(branch, '.acme.snapferry');
-    if (fs.existsSync(state)) for (const name of fs.readdirSync(state)) expect(['next', 'next.json', 'next.journal', 'next.unsynced', 'next.links', 'next.manifest', 'applied.json', 'applied.manifest', 'applied.stats']).toContain(name);
+    if (fs.existsSync(state)) for (const name of fs.readdirSync(state)) expect(['next', 'next.json', 'next.verified', 'next.unsynced', 'next.links', 'next.manifest', 'applied.json', 'applied.manifest', 'applied.stats']).toContain(name);
     expect(fs.readFileSync(path.join(tmp.dir, 'outside-sentinel.txt'), 'utf8')).toBe('must stay\n');
     expect(fs.readFileSync(path.join(branch, 'sentinel.txt'), 'utf8')).toBe('beside DIR\n');
     return out;

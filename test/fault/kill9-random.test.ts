@@ -45,9 +45,9 @@ function snapshot(state: string): StateSnapshot {
   const manifest = read('applied.manifest');
   const commit = read('commit.json');
   const next = read('next.json');
-  // What the killed pull recorded as verified: next.journal (flushed) and next.unsynced (written as soon as the data
+  // What the killed pull recorded as verified: next.verified (flushed) and next.unsynced (written as soon as the data
   // is, after its 28-byte header naming the page cache's life, which a kill -9 leaves as it was).
-  const journal = new Set([...journalRecords(path.join(state, 'next.journal')), ...journalRecords(path.join(state, 'next.unsynced'), 28)]);
+  const journal = new Set([...journalRecords(path.join(state, 'next.verified')), ...journalRecords(path.join(state, 'next.unsynced'), 28)]);
   return {
     names,
     appliedRoot: applied ? JSON.parse(applied.toString()).rootHash : undefined,

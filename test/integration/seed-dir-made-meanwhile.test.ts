@@ -79,7 +79,7 @@ describe('a folder put at DIR in place of the copy while a delta runs', () => {
     child.stderr.on('data', (d) => (err += d));
     const kill = setTimeout(() => child.kill('SIGKILL'), 60_000);
     const ended = new Promise<number | null>((r) => child.on('close', (c) => r(c)));
-    await waitFor(() => fs.existsSync(path.join(branch, '.acme.snapferry', 'next.journal')), 20_000, 20);
+    await waitFor(() => fs.existsSync(path.join(branch, '.acme.snapferry', 'next.verified')), 20_000, 20);
     fs.renameSync(dest, path.join(branch, 'acme.moved'));
     fs.mkdirSync(dest);
     fs.writeFileSync(path.join(dest, 'mine.txt'), 'the user\'s own\n');

@@ -1,4 +1,4 @@
-/** next.journal's codec (src/sync/journalfile.ts): batches that check themselves, and what a power cut leaves after them. */
+/** next.verified's codec (src/sync/journalfile.ts): batches that check themselves, and what a power cut leaves after them. */
 import { describe, it, expect } from 'vitest';
 import { encodeJournalBatch, decodeJournal, BATCH_HEADER } from '../../src/sync/journalfile.js';
 
