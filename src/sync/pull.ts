@@ -496,10 +496,6 @@ class PullRun {
     // Records of an interrupted attempt that were never flushed are checked against their chunks' ids (readJournal).
     const hasher = fs.existsSync(this.paths.nextUnsynced) ? await loadHasher() : undefined;
     const resumed = this.plan(encodedLength, await this.partialSources(), hasher);
-    // The spares' moves made durable before chunks are written into them: else a power cut could leave a spare at its
-    // old place holding this attempt's bytes, under the stats its record vouches for (its blocks written in place
-    // are not ordered after the rename), and a later delta would trust it as the generation it was.
-    if (this.opts.durable !== false) for (const d of this.spareMoves) fsyncDir(d);
     this.settleJournal(resumed);
     // next/ has its folders, links and symlinks now, and no file data yet.
     this.opts.onPoint?.('planned');
@@ -872,6 +868,7 @@ class PullRun {
       if (e.size === 0 && absent(dst)) fs.closeSync(fs.openSync(dst, 'w', 0o600));
       const fromOld = old && e.size > 0 ? new StartChunks(ol!.offset, ol!.len, oldWords, ol!.entryStart[oi!]!, ol!.entryStart[oi! + 1]!) : undefined;
       const start = e.size > 0 ? this.startOf(ei, dst, src, fromOld, spareOf, words) : undefined;
+      if (start) this.withBase.add(ei);
       // The chunks a base copy is still to bring count as done when it lands (makeBase), not now: progress and its
       // ETA would otherwise credit a delta's largest work, the copies, before it begins.
       const copyLater = start !== undefined && start === fromOld && !this.based.has(ei);
@@ -920,6 +917,11 @@ class PullRun {
     if (this.opts.keepSpares && this.opts.spare !== false && exists(p.spare)) {
       keepSpares(p, spareOf(), [...this.linked].map((ei) => this.m.entries[ei]!), this.rootHash);
     }
+    // The spares' moves made durable before chunks are written into them: else a power cut could leave a spare at its
+    // old place holding this attempt's bytes, under the stats its record vouches for (its blocks written in place
+    // are not ordered after the rename), and a later delta would trust it as the generation it was. Here, while the
+    // folders they left are still at their paths (the rest of the spare goes next).
+    if (this.opts.durable !== false) for (const d of this.spareMoves) fsyncDir(d);
     this.spareDrop = dropSpareFilesAsync(p);
     return resumable;
   }
@@ -1024,7 +1026,9 @@ class PullRun {
     const sf = this.opts.spare !== false && !this.opts.repair ? spareOf()?.usable(e.path) : undefined;
     if (sf) {
       const fromSpare = StartChunks.ofEntry(sf.entry);
-      if (StartChunks.bytesHeld(fromSpare.again(), L, words, g0, g1) >= inOld - e.size / 2) {
+      const inSpare = StartChunks.bytesHeld(fromSpare.again(), L, words, g0, g1);
+      // Not one that holds (almost) nothing of the new version: every byte of it would be written over.
+      if (inSpare >= e.size / 16 && inSpare >= inOld - e.size / 2) {
         fs.renameSync(sf.abs, dst);
         this.spareMoves.add(path.dirname(dst)).add(path.dirname(sf.abs));
         this.bases.add({ ei, from: sf.abs, spare: true, bytes: 0 });
@@ -1152,6 +1156,8 @@ class PullRun {
 
   /** The changed files' base copies: queued by the plan, started by transfer() once checkSpace has passed. */
   private readonly bases = new BaseCopies((step) => this.makeBase(step));
+  /** Entries whose file in next/ starts from a base (a copy, a spare, an interrupted attempt's): never 'fresh'. */
+  private readonly withBase = new Set<number>();
   /** The folders spares were moved out of and into by the plan (flushed before anything is written into them). */
   private readonly spareMoves = new Set<string>();
   /** Per global chunk index: where it comes from (From). */
@@ -1745,7 +1751,7 @@ class PullRun {
     // The decrypted frame is moved to the worker whole when it owns its memory, copied otherwise.
     const owns = msg.byteOffset === 0 && msg.byteLength === msg.buffer.byteLength;
     const { entries, ...targets } = this.targetsOf(firsts);
-    const fresh = Uint8Array.from(entries, (ei) => (this.baseless(ei) ? 1 : 0));
+    const fresh = Uint8Array.from(entries, (ei) => (this.baseless(ei) && !this.withBase.has(ei) ? 1 : 0));
     const job: WritePackJob = {
       kind: 'writePack',
       payload: owns ? msg : Buffer.from(data.payload),
