@@ -396,7 +396,9 @@ export class SnapferryServer {
     this.closing = true;
     this.sayUnsaidRefusals();
     for (const c of this.companies.values()) c.watcher?.stop();
-    for (const ch of this.sessions) ch.close(1001, 'site shutting down');
+    // A copy: a session leaves the set as soon as its close frame is sent, and those are the ones cut below.
+    const open = [...this.sessions];
+    for (const ch of open) ch.close(1001, 'site shutting down');
     this.wss?.close();
     const closed = new Promise<void>((r) => (this.http ? this.http.close(() => r()) : r()));
     // Connections that are no session yet end now: once close has begun Node no longer times out a request still
@@ -406,7 +408,7 @@ export class SnapferryServer {
     // Sessions have a few seconds to answer their close frame; then they are cut (a branch that had stopped reading
     // held the stop for ws's 30 s).
     const cut = setTimeout(() => {
-      for (const ch of this.sessions) ch.abort(new SnapferryError(ErrorCodes.CONNECTION_LOST, 'site shutting down'));
+      for (const ch of open) ch.abort(new SnapferryError(ErrorCodes.CONNECTION_LOST, 'site shutting down'));
       this.http?.closeAllConnections?.();
     }, CLOSE_GRACE_MS);
     await closed;
