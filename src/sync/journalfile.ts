@@ -38,7 +38,9 @@ export function decodeJournal(buf: Uint8Array): Uint32Array {
   for (let o = 0; o + BATCH_HEADER <= b.length; ) {
     const n = b.readUInt32LE(o);
     const end = o + BATCH_HEADER + n * 4;
-    if (n === 0 || end > b.length) break;
+    // A batch of no records is one (a resumed attempt with nothing verified yet writes one); only its check tells it
+    // from the zeros a power cut leaves, which never check.
+    if (end > b.length) break;
     const records = b.subarray(o + BATCH_HEADER, end);
     if (!checkOf(records).equals(b.subarray(o + 4, o + 8))) break;
     const part = new Uint32Array(n);
