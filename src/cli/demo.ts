@@ -42,31 +42,46 @@ export async function runDemo(o: DemoOptions): Promise<void> {
   const root = o.workdir ? path.resolve(o.workdir) : fs.mkdtempSync(path.join(os.tmpdir(), 'snapferry-demo-'));
   // A temporary folder goes whatever ends the demo: a failure (a full disk while making the company), Ctrl-C.
   const temporary = !o.keep && !o.workdir;
-  // Retried: a signal can come while the pull's workers still make files in the branch's next/ (ENOTEMPTY).
   const removeRoot = () => {
     if (temporary) fs.rmSync(root, { recursive: true, force: true, maxRetries: 10, retryDelay: 20 });
   };
+  // A signal stops the site (the pull under way then ends: it does not retry) and the demo between its steps; the
+  // folder is removed once nothing writes into it any more (removed at once, it met the pull's workers still making
+  // files: ENOTEMPTY, a stack trace, the folder left). Later signals are let go until then.
+  const stop: DemoStop = {};
   const onSignal = (signal: NodeJS.Signals) => {
-    try {
-      removeRoot();
-    } catch {
-      /* nothing more to do on the way out */
-    }
-    process.exit(128 + (os.constants.signals[signal] ?? 15));
+    if (stop.signal) return;
+    stop.signal = signal;
+    stop.stopSite?.();
   };
   const signals = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
-  for (const sig of signals) process.once(sig, onSignal);
+  for (const sig of signals) process.on(sig, onSignal);
   try {
-    await demoIn(root, o);
+    await demoIn(root, o, stop);
+  } catch (err) {
+    if (!stop.signal) throw err;
   } finally {
-    for (const sig of signals) process.off(sig, onSignal);
-    removeRoot();
+    try {
+      removeRoot();
+    } finally {
+      for (const sig of signals) process.off(sig, onSignal);
+    }
   }
+  if (stop.signal) process.exit(128 + (os.constants.signals[stop.signal] ?? 15));
   process.stdout.write(`${o.keep || o.workdir ? `kept ${root}` : 'done (the demo folders were removed; --keep keeps them)'}\n`);
 }
 
-/** The demo's steps in `root` (see runDemo). */
-async function demoIn(root: string, o: DemoOptions): Promise<void> {
+/** How a signal reaches the demo's steps: the signal once one came, and how to stop the site once it serves. */
+interface DemoStop {
+  signal?: NodeJS.Signals;
+  stopSite?: () => void;
+}
+
+/** The demo's steps in `root` (see runDemo); ends early (throws) once `stop` has a signal. */
+async function demoIn(root: string, o: DemoOptions, stop: DemoStop): Promise<void> {
+  const going = () => {
+    if (stop.signal) fail(ErrorCodes.CONNECTION_LOST, 'stopped');
+  };
   makeDirs(root);
   fs.writeFileSync(path.join(root, DEMO_MARK), 'made by snapferry demo: its head-office and branch folders are replaced by the next demo\n');
   const head = path.join(root, 'head-office', 'acme');
@@ -80,26 +95,36 @@ async function demoIn(root: string, o: DemoOptions): Promise<void> {
   makeDirs(path.dirname(branch));
   say(`snapferry demo in ${root}`);
   const made = await makeCompany(head, o.sizeMiB, 1);
+  going();
   say(`1. made a sample company "acme": ${made.files} files, ${formatBytes(made.bytes)} in ${head}`);
   const secret = randomBytes(32);
   const server = new SnapferryServer({ host: '127.0.0.1', port: 0, secretFor: () => secret, companies: new Map([['acme', head]]), cacheDir });
-  const url = await server.start();
-  say(`2. head office serves it on ${url} (mutual authentication, AES-256-GCM sealed frames)`);
+  let closing: Promise<void> | undefined;
+  const closeSite = () => (closing ??= server.close());
+  stop.stopSite = () => void closeSite();
   try {
+    const url = await server.start();
+    going();
+    say(`2. head office serves it on ${url} (mutual authentication, AES-256-GCM sealed frames)`);
     const p1 = progressLine(process.stderr.isTTY === true);
-    const seed = await pull({ url, company: 'acme', dir: branch, secret, onProgress: p1.update });
+    // No retries: a signal closes the site, and the pull under way must end then, not try again.
+    const seed = await pull({ url, company: 'acme', dir: branch, secret, onProgress: p1.update, retries: 0 });
     p1.end();
+    going();
     say(`3. seed:  ${summary(seed, branch)}`);
     const m = await mutateCompany(head, 2);
+    going();
     say(`4. a working day at the head office: ${formatBytes(m.bytesChanged)} of 4 KiB pages rewritten, an append to Journal.log, a 64 KiB insert, ${m.deleted.length} files deleted, ${m.added.length} added, ${m.renamed.length} renamed`);
     const p2 = progressLine(process.stderr.isTTY === true);
-    const delta = await pull({ url, company: 'acme', dir: branch, secret, onProgress: p2.update });
+    const delta = await pull({ url, company: 'acme', dir: branch, secret, onProgress: p2.update, retries: 0 });
     p2.end();
+    going();
     say(`5. delta: ${summary(delta, branch)}`);
     say(`   the delta moved ${((100 * delta.bytesOnWire) / Math.max(1, seed.bytesOnWire)).toFixed(1)}% of the seed's bytes on the wire.`);
-    const again = await pull({ url, company: 'acme', dir: branch, secret });
+    const again = await pull({ url, company: 'acme', dir: branch, secret, retries: 0 });
     say(`6. again: ${summary(again, branch)}`);
   } finally {
-    await server.close();
+    stop.stopSite = undefined;
+    await closeSite();
   }
 }
