@@ -130,6 +130,8 @@ export interface ScanCacheData {
  * hostile data, and the site never read the file again (its stats still matched).
  */
 const MAGIC = Buffer.from('SFC3');
+/** The cache's form before it held the boot id. */
+const LEGACY_MAGIC = Buffer.from('SFC2');
 const DIGEST_BYTES = 32;
 
 /** Writes the cache atomically. */
@@ -189,9 +191,13 @@ export function loadScanCache(file: string, root: string, params?: ChunkParams):
     const body = buf.subarray(0, buf.length - DIGEST_BYTES);
     if (!createHash('sha256').update(body).digest().equals(buf.subarray(buf.length - DIGEST_BYTES))) return undefined;
     const r = new Reader(body);
-    if (!Buffer.from(r.bytes(4)).equals(MAGIC)) return undefined;
+    const magic = Buffer.from(r.bytes(4));
+    // A cache of the version before (no boot id) is read for its chunk size and numbering, trusting no file: dropped
+    // whole, an upgraded site chose the default chunk size again, and every chunk of a large company was new.
+    const legacy = magic.equals(LEGACY_MAGIC);
+    if (!legacy && !magic.equals(MAGIC)) return undefined;
     const savedRoot = r.str(4096);
-    const savedBoot = r.str(128);
+    const savedBoot = legacy ? '' : r.str(128);
     const p = { minSize: r.varint(), avgSize: r.varint(), maxSize: r.varint() };
     if (savedRoot !== root || !(params ? sameChunkParams(p, params) : validateChunkParams(p))) return undefined;
     const generation = r.varint();

@@ -146,4 +146,26 @@ describe('ScanCache (the scan cache in columns)', () => {
     expect(back.rootHash).toBe('ab'.repeat(32));
     expect(back.files.size).toBe(0);
   });
+  // BUG (src/scan/cachefile.ts, found by a helper review of upgrades): a cache of the form before (SFC2, no boot id)
+  // was dropped whole: the upgraded site chose the default chunk size again (16 KiB where the company had 64 KiB),
+  // every chunk was new, and every branch patched every file. Produced from a cache of today's form with its boot id
+  // taken out and the old magic put in, its seal remade.
+  it('a cache of the form before keeps its chunk size and numbering but vouches for no file', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sf-scancache-'));
+    dirs.push(dir);
+    const c = new ScanCache();
+    c.set('f', file(1));
+    const at = path.join(dir, 'cache');
+    await saveScanCache(at, { root: '/co', params: CHUNK_LEVELS[1]!, generation: 12, rootHash: 'cd'.repeat(32), files: c });
+    const boot = fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+    const body = fs.readFileSync(at).subarray(0, -32);
+    const b = body.indexOf(boot);
+    expect(body[b - 1]).toBe(boot.length);
+    const old = Buffer.concat([Buffer.from('SFC2'), body.subarray(4, b - 1), body.subarray(b + boot.length)]);
+    fs.writeFileSync(at, Buffer.concat([old, createHash('sha256').update(old).digest()]));
+    const back = loadScanCache(at, '/co')!;
+    expect(back.params).toEqual(CHUNK_LEVELS[1]);
+    expect(back.generation).toBe(12);
+    expect(back.files.size).toBe(0);
+  });
 });
