@@ -141,7 +141,9 @@ export async function connect(url: string, opts: ConnectOptions): Promise<Secure
   if (opts.signal?.aborted) onAbort();
   opts.signal?.addEventListener('abort', onAbort);
   try {
-    return await handshake(url, ws, channel, opts, timeoutMs, () => tcpConnected);
+    // Messages name the port a URL without one stands for ("cannot reach ws://host" never said it tried port 80).
+    const shown = parsed.port ? url : `${url} (port ${secure ? 443 : 80})`;
+    return await handshake(shown, ws, channel, opts, timeoutMs, () => tcpConnected);
   } finally {
     opts.signal?.removeEventListener('abort', onAbort);
   }

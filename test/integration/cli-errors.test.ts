@@ -89,6 +89,14 @@ describe('CLI: bad secret files and company folders', () => {
     await expectRefused(['pull', 'ws://127.0.0.1:0', 'acme', dir, '--secret', key], 64, /holds port 0/, 'SNAPFERRY_E_USAGE');
   });
 
+  // Found by a helper review: `ws://127.0.0.1` (no port) tried port 80 and said only "cannot reach ws://127.0.0.1".
+  it('a site URL without a port names the port it stands for in the message', async () => {
+    const r = await runCli(['pull', 'ws://127.0.0.1', 'acme', path.join(tmp.dir, 'no-port'), '--secret', key, '--retries', '0'], { timeoutMs: 30_000 });
+    expect(r.code).not.toBe(0);
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    expect(r.stderr).toContain('ws://127.0.0.1 (port 80)');
+  });
+
   // BUG (src/cli/main.ts, found by a helper review): from a working folder since deleted (a shell left in a copy a
   // commit replaced), a pull with an absolute DIR failed as an internal error ("worker thread failed: ... uv_cwd",
   // exit 70) with next/ half made. Produced by a shell that enters a folder, removes it and execs the CLI.
