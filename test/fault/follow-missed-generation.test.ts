@@ -74,7 +74,9 @@ describe('a follower back while a file will not hold still', () => {
       fs.writeFileSync(ledger, ledgerBytes);
       fs.utimesSync(ledger, 1_700_000_000, 1_700_000_000);
       await waitFor(() => lines().length >= 2, 30_000, 100);
-      expect(lines()[1]!.generation).toBe(2);
+      // 2, or a later number when the posting run held still long enough (on a loaded machine its 20 ms timer slips
+      // past the 100 ms a file must be quiet) for a scan to index it as it was then: what counts is the tree applied.
+      expect(lines()[1]!.generation).toBeGreaterThanOrEqual(2);
       expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
     } catch (e) {
       throw new Error(`${(e as Error).message}\nfollower stderr:\n${err}\nsite stderr:\n${site.stderr()}`);
