@@ -868,7 +868,9 @@ class PullRun {
       if (e.size === 0 && absent(dst)) fs.closeSync(fs.openSync(dst, 'w', 0o600));
       const fromOld = old && e.size > 0 ? new StartChunks(ol!.offset, ol!.len, oldWords, ol!.entryStart[oi!]!, ol!.entryStart[oi! + 1]!) : undefined;
       const start = e.size > 0 ? this.startOf(ei, dst, src, fromOld, spareOf, words) : undefined;
-      if (start) this.withBase.add(ei);
+      // A file an interrupted attempt left in next/ (its base copy journaled, or chunks written) has old bytes too,
+      // even where this plan takes no base for it (DIR's version since untrusted: a chmod, a touch).
+      if (start || have === 'file') this.withBase.add(ei);
       // The chunks a base copy is still to bring count as done when it lands (makeBase), not now: progress and its
       // ETA would otherwise credit a delta's largest work, the copies, before it begins.
       const copyLater = start !== undefined && start === fromOld && !this.based.has(ei);
@@ -1335,7 +1337,11 @@ class PullRun {
     if (this.journalBuf.length === 0) return;
     const vals = this.journalBuf;
     this.journalBuf = [];
-    const append = () => fs.appendFileSync(this.paths.nextJournal, encodeJournalBatch(vals), { mode: 0o600 });
+    const append = () => {
+      fs.appendFileSync(this.paths.nextJournal, encodeJournalBatch(vals), { mode: 0o600 });
+      // For the fault suite: the point where a base copy is on record and its file's chunks may not be written yet.
+      if (this.opts.onPoint && vals.some((v) => (v & J_BASED) !== 0)) this.opts.onPoint('based');
+    };
     if (this.opts.durable === false) return append();
     const checkpoint = syncFilesystemAsync(this.paths.next).then(append);
     if (force) return checkpoint;

@@ -451,6 +451,52 @@ describe('resume and atomic commit under kill -9', () => {
     }
   });
 
+  // BUG (src/sync/pull.ts plan, found by a review of the sparse-file change): a file an interrupted attempt left in
+  // next/ as its base copy (on record), whose DIR version was no longer trusted at the resume (a chmod), was taken
+  // for one written anew: its runs of zeros were left as holes over the copy's old bytes (exit 0; verify --deep found
+  // them). Produced: a delta that zeroes big.db's last 512 KiB, from a site capped at 2K/s (a.db's new bytes come
+  // first), killed once its base copies are on record (SNAPFERRY_FAULT_KILL_AT=based), big.db chmod'ed at the branch,
+  // the pull resumed from a site without the cap.
+  it("a resumed file with its base copy on record gets its zeros written, whatever DIR's version is now", async () => {
+    const src = path.join(tmp.dir, 'src-zeros-on-base', 'acme');
+    fs.mkdirSync(src, { recursive: true });
+    const block = 64 << 10;
+    const aDb = randomBytes(32 * block);
+    const bigDb = randomBytes(32 * block);
+    fs.writeFileSync(path.join(src, 'a.db'), aDb);
+    fs.writeFileSync(path.join(src, 'big.db'), bigDb);
+    const dest = path.join(tmp.dir, 'd-zeros-on-base', 'acme');
+    fs.mkdirSync(path.dirname(dest));
+    const state = path.join(path.dirname(dest), '.acme.snapferry');
+    const site = await startServe(['--secret', key, '--company', `acme=${src}`]);
+    try {
+      expect((await runCli(['pull', site.url, 'acme', dest, '--secret', key])).code).toBe(0);
+    } finally {
+      await site.stop();
+    }
+    // a.db (first in order): 1.5 MiB of new random bytes, slow from a site capped at 2K/s; big.db: its last 512 KiB
+    // zeroed, which come after a.db's chunks.
+    fs.writeFileSync(path.join(src, 'a.db'), Buffer.concat([aDb.subarray(0, 8 * block), randomBytes(24 * block)]));
+    fs.writeFileSync(path.join(src, 'big.db'), Buffer.concat([bigDb.subarray(0, 24 * block), Buffer.alloc(8 * block)]));
+    const slow = await startServe(['--secret', key, '--company', `acme=${src}`, '--bwlimit', '2K']);
+    try {
+      const killed = await runCli(['pull', slow.url, 'acme', dest, '--secret', key, '--no-spare'], { env: { SNAPFERRY_FAULT_KILL_AT: 'based' } });
+      expect(killed.signal, killed.stderr).toBe('SIGKILL');
+    } finally {
+      await slow.stop();
+    }
+    expect(fs.existsSync(path.join(state, 'next', 'big.db'))).toBe(true);
+    fs.chmodSync(path.join(dest, 'big.db'), 0o640);
+    const again = await startServe(['--secret', key, '--company', `acme=${src}`]);
+    try {
+      const r = await runCli(['pull', again.url, 'acme', dest, '--secret', key, '--no-spare']);
+      expect(r.code, r.stderr).toBe(0);
+      expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
+    } finally {
+      await again.stop();
+    }
+  });
+
   // BUG (src/store/state.ts StatePaths, found by a helper review of upgrades): the checked journal kept the name of
   // the bare one before it (next.journal); an older snapferry run again on the folder read each batch's count as a
   // verified chunk and committed the base copy's old bytes there (exit 0; 3 of 4 runs). Ours is next.verified now, and
