@@ -1444,10 +1444,14 @@ class PullRun {
   /** Per changed file with a base copy still to make: the bytes of its chunks the copy brings (see makeBase). */
   private readonly creditOnBase = new Map<number, number>();
 
-  /** Whether every byte of entry `ei`'s file is still to be written (no base copy, spare or earlier attempt holds any). */
+  /**
+   * Whether entry `ei`'s file in next/ is written anew: no base copy, spare or earlier attempt's file under it, and
+   * every byte of it still to be written.
+   */
   private baseless(ei: number): boolean {
     // Per entry: 0 not yet known, 1 baseless, 2 not (a byte each: a seed asks for every file).
     const known = (this.baselessOf ??= new Uint8Array(this.m.entries.length));
+    if (known[ei] === 0 && this.withBase.has(ei)) known[ei] = 2;
     if (known[ei] === 0) {
       const L = this.layout;
       let g = L.entryStart[ei]!;
@@ -1757,7 +1761,7 @@ class PullRun {
     // The decrypted frame is moved to the worker whole when it owns its memory, copied otherwise.
     const owns = msg.byteOffset === 0 && msg.byteLength === msg.buffer.byteLength;
     const { entries, ...targets } = this.targetsOf(firsts);
-    const fresh = Uint8Array.from(entries, (ei) => (this.baseless(ei) && !this.withBase.has(ei) ? 1 : 0));
+    const fresh = Uint8Array.from(entries, (ei) => (this.baseless(ei) ? 1 : 0));
     const job: WritePackJob = {
       kind: 'writePack',
       payload: owns ? msg : Buffer.from(data.payload),
@@ -1770,7 +1774,7 @@ class PullRun {
       ...this.finishesOf({ entries, tPath: targets.tPath }),
       fresh,
       // Around the page cache only for a pull that flushes before its commit (see WritePackJob.direct).
-      direct: this.opts.durable !== false ? fresh : undefined,
+      direct: this.opts.durable !== false,
     };
     const r = await this.pool!.run<WritePackResult>(job, true, L.entry[firsts[0]!]!);
     r.finished?.forEach((st, pi) => st && this.finishedStats.set(entries[pi]!, st));

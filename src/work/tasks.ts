@@ -109,19 +109,19 @@ export interface WritePackJob {
   finishModes?: Int32Array;
   finishMtimes?: Float64Array;
   /**
-   * Per path: 1 where the file has no base (every byte of it comes from chunks), so its long runs are written to the
-   * disk directly (see writeRun); 0 where chunks are written into a base copy, whose pages they touch are in the page
-   * cache already. Absent (all through the cache) for a pull that does not flush before its commit (`--no-fsync`):
-   * there the page cache is the fast way whenever it has pages to spare, and the data need not reach the disk soon.
-   */
-  direct?: Uint8Array;
-  /**
    * Per path: 1 where the file has no base (a new file in next/, every byte of it written by chunks): a run of zeros
    * (64 KiB or more) is then left a hole, not written, as the site's sparse files and preallocated zero pages are (a
-   * 6 GiB file holding 42 MB took 6 GiB of the branch's disk). Elsewhere zeros are written: a base holds other bytes
-   * there.
+   * 6 GiB file holding 42 MB took 6 GiB of the branch's disk), and, with `direct`, its long runs are written to the
+   * disk directly (see writeRun). 0 where chunks are written into a base (zeros too: the base holds other bytes there),
+   * whose pages they touch are in the page cache already.
    */
   fresh?: Uint8Array;
+  /**
+   * The pull flushes before its commit: `fresh` files' long runs go around the page cache. Not for one that does not
+   * (`--no-fsync`): there the page cache is the fast way whenever it has pages to spare, and the data need not reach
+   * the disk soon.
+   */
+  direct?: boolean;
 }
 export interface WritePackResult {
   written: number;
@@ -527,7 +527,7 @@ function writePack(ctx: JobContext, j: WritePackJob): WritePackResult {
       // Only its last byte, which makes the file that long (a write never shrinks a file, as a truncate racing with
       // another thread's copy into it could).
       if (j.fresh?.[pi] === 1 && len >= HOLE_MIN && allZero(run)) writeAll(files.get(j.paths[pi]!), run.subarray(len - 1), fileStart + len - 1);
-      else writeRun(ctx, files, j.paths[pi]!, run, fileStart, j.direct?.[pi] === 1);
+      else writeRun(ctx, files, j.paths[pi]!, run, fileStart, j.direct === true && j.fresh?.[pi] === 1);
       written += len;
       t = u;
     }

@@ -252,7 +252,8 @@ describe('readPack and writePack', () => {
         tItem: Uint32Array.from(idx, (_, k) => k),
         tPath: new Uint32Array(idx.length),
         tOffset: Float64Array.from(idx, (i) => c.offsets[i]!),
-        direct: Uint8Array.of(direct),
+        fresh: Uint8Array.of(direct),
+        direct: true,
       };
     };
     // The middle first (a hole before it), then the end, then the start through the page cache only.
