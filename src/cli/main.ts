@@ -41,8 +41,7 @@ function parseCompanies(list: string[]): Map<string, string> {
   for (const item of list) {
     const eq = item.indexOf('=');
     if (eq <= 0 || eq === item.length - 1) fail(ErrorCodes.USAGE, `--company takes NAME=DIR, not ${JSON.stringify(item)}`);
-    const name = item.slice(0, eq);
-    if (!COMPANY_NAME.test(name)) fail(ErrorCodes.USAGE, `company name ${JSON.stringify(name)}: ${COMPANY_NAME_RULE}`);
+    const name = companyName(item.slice(0, eq));
     if (out.has(name)) fail(ErrorCodes.USAGE, `company ${name} named twice`);
     out.set(name, path.resolve(item.slice(eq + 1)));
   }

@@ -230,8 +230,7 @@ export function writeFileDurable(file: string, data: string | Uint8Array | ((wri
   const fd = fs.openSync(tmp, 'w', 0o600);
   try {
     try {
-      if (typeof data === 'function') data((bytes) => writeAll(fd, bytes));
-      else fs.writeFileSync(fd, data);
+      writeContents(fd, data);
       if (sync) fs.fsyncSync(fd);
     } finally {
       fs.closeSync(fd);
@@ -256,8 +255,7 @@ export async function writeFileDurableAsync(file: string, data: string | Uint8Ar
   const fd = fs.openSync(tmp, 'w', 0o600);
   try {
     try {
-      if (typeof data === 'function') data((bytes) => writeAll(fd, bytes));
-      else writeAll(fd, typeof data === 'string' ? Buffer.from(data) : data);
+      writeContents(fd, data);
       await new Promise<void>((resolve, reject) => fs.fsync(fd, (err) => (err ? reject(err) : resolve())));
     } finally {
       fs.closeSync(fd);
@@ -276,6 +274,12 @@ export async function writeFileDurableAsync(file: string, data: string | Uint8Ar
   } finally {
     await dir?.close();
   }
+}
+
+/** Writes a durable write's contents at fd: bytes, a string, or a function that writes them piece by piece. */
+function writeContents(fd: number, data: string | Uint8Array | ((write: (bytes: Uint8Array) => void) => void)): void {
+  if (typeof data === 'function') data((bytes) => writeAll(fd, bytes));
+  else fs.writeFileSync(fd, data);
 }
 
 /** Writes all of bytes at fd's position. */
@@ -567,11 +571,19 @@ function lockHolder(p: string): number | 'starting' | 'stale' {
  */
 export function startTimeOf(pid: number): string {
   try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? '';
+    return procStatFields(pid)[19] ?? '';
   } catch {
     return '';
   }
+}
+
+/**
+ * The fields of /proc/PID/stat after the process's name (field 3, its state, first): the name in field 2 may hold
+ * spaces and parentheses, so they are counted from after its last ')'. Throws where the file cannot be read.
+ */
+function procStatFields(pid: number): string[] {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
 }
 
 /**
@@ -586,8 +598,7 @@ export function isAlive(pid: number): boolean {
     return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
   try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+    return procStatFields(pid)[0] !== 'Z';
   } catch (err) {
     // Gone since (ENOENT), or no /proc to tell: then it counts as running, as kill said.
     return (err as NodeJS.ErrnoException).code !== 'ENOENT';

@@ -182,14 +182,14 @@ async function handshake(url: string, ws: WebSocket, channel: Channel, opts: Con
     const tlsProblem = /^wss:/i.test(url) ? tlsFailure(err) : undefined;
     if (tlsProblem) throw new SnapferryError(ErrorCodes.UNREACHABLE, `cannot reach ${url}: TLS failed (${tlsProblem}); a site with no TLS in front of it is ws://`);
     const e = toSnapferryError(err, `cannot reach ${url}`);
+    // Said once: the message may already name the site ("cannot reach ws://…: cannot reach ws://…: …" before).
+    const said = e.message.startsWith(`cannot reach ${url}`) ? e.message : `cannot reach ${url}: ${e.message}`;
     // A TLS port closes a plain upgrade without a word (a TLS-terminating proxy, or a TLS site): a reset there is
     // still tried again (an overloaded site resets too), but says what else it may be.
     if (e.code === ErrorCodes.CONNECTION_LOST && /^ws:/i.test(url) && tcpConnected()) {
-      throw new SnapferryError(e.code, `${e.message.startsWith(`cannot reach ${url}`) ? e.message : `cannot reach ${url}: ${e.message}`} during the upgrade (a site behind a TLS proxy is wss://)`, { retryable: true, cause: err });
+      throw new SnapferryError(e.code, `${said} during the upgrade (a site behind a TLS proxy is wss://)`, { retryable: true, cause: err });
     }
     if (e.code === ErrorCodes.INTERNAL || e.code === ErrorCodes.IO) {
-      // Said once: the message may already name the site ("cannot reach ws://…: cannot reach ws://…: …" before).
-      const said = e.message.startsWith(`cannot reach ${url}`) ? e.message : `cannot reach ${url}: ${e.message}`;
       throw new SnapferryError(ErrorCodes.UNREACHABLE, said, { retryable: true });
     }
     throw e;

@@ -5,7 +5,7 @@
  */
 import { Worker } from 'node:worker_threads';
 import os from 'node:os';
-import { SnapferryError, ErrorCodes, ErrorCode } from '../util/errors.js';
+import { SnapferryError, ErrorCodes, ErrorCode, toSnapferryError } from '../util/errors.js';
 import type { Job } from './tasks.js';
 
 interface Pending {
@@ -73,10 +73,11 @@ export class WorkerPool {
       });
       worker.on('error', (err: NodeJS.ErrnoException) => {
         // A worker that dies takes its jobs with it: fail them all rather than hang.
+        // Out of descriptors (its code, or only its message, says so) is told as everywhere else (toSnapferryError).
         const emfile = err.code === 'EMFILE' || /EMFILE/.test(err.message);
         this.broken(
           emfile
-            ? new SnapferryError(ErrorCodes.IO, 'too many open files: a worker thread could not start (raise the limit: ulimit -n)')
+            ? toSnapferryError({ code: 'EMFILE', path: err.path } as NodeJS.ErrnoException, 'a worker thread could not start')
             : new SnapferryError(ErrorCodes.INTERNAL, `worker thread failed: ${err.message}`),
         );
       });
