@@ -58,6 +58,29 @@ describe('serve ended by a signal while it indexes and stores', () => {
     });
   }
 
+  /**
+   * A serve child on 127.0.0.1:0 with its own TMPDIR (stderr discarded, or closed at once with `closeStderr`), killed
+   * after `killAfterMs` at the latest; `listening()` waits (up to 20 s) for its "listening on" line and answers its URL.
+   */
+  function siteChild(killAfterMs: number, closeStderr = false) {
+    const child = spawn(process.execPath, [CLI, 'serve', '--listen', '127.0.0.1:0', '--secret', key, '--company', `acme=${company}`], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, TMPDIR: tmpdir },
+    });
+    if (closeStderr) child.stderr.destroy();
+    else child.stderr.resume();
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    const ended = new Promise<number | null>((r) => child.on('close', (code) => r(code)));
+    const kill = setTimeout(() => child.kill('SIGKILL'), killAfterMs);
+    const listening = async (): Promise<string> => {
+      const deadline = Date.now() + 20_000;
+      while (!/listening on/.test(out) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      return /listening on (ws:\/\/\S+)/.exec(out)?.[1] ?? '';
+    };
+    return { child, ended, listening, out: () => out, clear: () => clearTimeout(kill) };
+  }
+
   const points: Array<[string, RegExp, number, NodeJS.Signals, number?]> = [
     // The moment the line is read: before, the handlers were installed only after the line was written, and a signal
     // in between killed the site outright (no exit code, its temporary store folder left behind).
@@ -87,23 +110,14 @@ describe('serve ended by a signal while it indexes and stores', () => {
   // line, every branch cut off and its temporary store left behind. Produced by closing the pipe's reading end at
   // once: the site indexes (and logs) meanwhile, then serves a stop signal cleanly.
   it('a closed stderr loses the log lines and nothing else: the site serves, then stops cleanly', async () => {
-    const child = spawn(process.execPath, [CLI, 'serve', '--listen', '127.0.0.1:0', '--secret', key, '--company', `acme=${company}`], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, TMPDIR: tmpdir },
-    });
-    child.stderr.destroy();
-    let out = '';
-    child.stdout.on('data', (d) => (out += d));
-    const ended = new Promise<number | null>((r) => child.on('close', (code) => r(code)));
-    const kill = setTimeout(() => child.kill('SIGKILL'), 30_000);
-    const deadline = Date.now() + 20_000;
-    while (!/listening on/.test(out) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    const { child, ended, listening, out, clear } = siteChild(30_000, true);
+    await listening();
     // Long enough for the indexing and storing lines to be written into the closed pipe.
     await new Promise((r) => setTimeout(r, 3000));
     child.kill('SIGTERM');
     const code = await ended;
-    clearTimeout(kill);
-    expect(out).toMatch(/listening on/);
+    clear();
+    expect(out()).toMatch(/listening on/);
     expect(code).toBe(0);
     expect(fs.readdirSync(tmpdir)).toEqual([]);
   });
@@ -112,18 +126,8 @@ describe('serve ended by a signal while it indexes and stores', () => {
   // line every second held a SIGTERM'd site up for as long as it went on (195 s measured), its store left behind when
   // a supervisor then killed it. Produced with such a peer (bounded: 40 lines), the stop timed from the signal.
   it('a stop is not held up by a peer trickling an upgrade request', async () => {
-    const child = spawn(process.execPath, [CLI, 'serve', '--listen', '127.0.0.1:0', '--secret', key, '--company', `acme=${company}`], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, TMPDIR: tmpdir },
-    });
-    let out = '';
-    child.stdout.on('data', (d) => (out += d));
-    child.stderr.resume();
-    const ended = new Promise<number | null>((r) => child.on('close', (code) => r(code)));
-    const kill = setTimeout(() => child.kill('SIGKILL'), 60_000);
-    const deadline = Date.now() + 20_000;
-    while (!/listening on/.test(out) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-    const port = Number(/127\.0\.0\.1:(\d+)/.exec(out)![1]);
+    const { child, ended, listening, clear } = siteChild(60_000);
+    const port = Number(/127\.0\.0\.1:(\d+)/.exec(await listening())![1]);
     const peer = net.connect(port, '127.0.0.1');
     peer.on('error', () => undefined);
     await new Promise((r) => peer.once('connect', r));
@@ -136,7 +140,7 @@ describe('serve ended by a signal while it indexes and stores', () => {
     const code = await ended;
     const tookMs = Date.now() - sent;
     clearInterval(trickle);
-    clearTimeout(kill);
+    clear();
     peer.destroy();
     expect(code).toBe(0);
     expect(tookMs).toBeLessThan(15_000);
@@ -147,22 +151,13 @@ describe('serve ended by a signal while it indexes and stores', () => {
   // follower that had stopped reading (SIGSTOP, a hung machine) still held the stop for ws's 30 s. Produced with a
   // real follower stopped once it has applied its first generation.
   it('a stop is not held up by a follower that stopped reading', async () => {
-    const child = spawn(process.execPath, [CLI, 'serve', '--listen', '127.0.0.1:0', '--secret', key, '--company', `acme=${company}`], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, TMPDIR: tmpdir },
-    });
-    let out = '';
-    child.stdout.on('data', (d) => (out += d));
-    child.stderr.resume();
-    const ended = new Promise<number | null>((r) => child.on('close', (code) => r(code)));
-    const kill = setTimeout(() => child.kill('SIGKILL'), 90_000);
+    const { child, ended, listening, clear } = siteChild(90_000);
     const dest = path.join(tmp.dir, 'stopped-follower', 'acme');
     fs.mkdirSync(path.dirname(dest));
     let follower: ReturnType<typeof spawn> | undefined;
     try {
-      const deadline = Date.now() + 20_000;
-      while (!/listening on/.test(out) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-      const url = /listening on (ws:\/\/\S+)/.exec(out)![1]!;
+      const url = await listening();
+      expect(url).toMatch(/^ws:/);
       follower = spawn(process.execPath, [CLI, 'pull', url, 'acme', dest, '--secret', key, '--follow', '--json'], { stdio: ['ignore', 'pipe', 'ignore'] });
       let lines = '';
       follower.stdout!.on('data', (d) => (lines += d));
@@ -177,7 +172,7 @@ describe('serve ended by a signal while it indexes and stores', () => {
       expect(Date.now() - sent).toBeLessThan(15_000);
       expect(fs.readdirSync(tmpdir)).toEqual([]);
     } finally {
-      clearTimeout(kill);
+      clear();
       follower?.kill('SIGCONT');
       follower?.kill('SIGKILL');
     }
