@@ -30,12 +30,34 @@ describe.skipIf(!HAS_STRACE)('which files a pull flushes', () => {
     tmp.cleanup();
   });
 
+  /**
+   * The flushes in an strace -f -y log that succeeded: the line where each completed and what it flushed. With other
+   * threads making calls meanwhile, strace splits a call into "fsync(N<path> <unfinished ...>" and, later on the same
+   * thread, "<... fsync resumed>) = 0": read as whole lines alone, such a flush went unseen.
+   */
+  const completedFlushes = (lines: string[]): Array<{ at: number; path: string }> => {
+    const out: Array<{ at: number; path: string }> = [];
+    const open = new Map<string, string>();
+    lines.forEach((l, at) => {
+      const pid = l.split(' ')[0]!;
+      // strace pads the result to a column: any run of spaces before "= 0".
+      const call = /f(?:data)?sync\(\d+<([^>]*)>(\)\s+= 0| <unfinished)/.exec(l);
+      if (call && call[2] !== ' <unfinished') out.push({ at, path: call[1]! });
+      else if (call) open.set(pid, call[1]!);
+      else if (/<\.\.\. f(?:data)?sync resumed>\)\s+= 0/.test(l) && open.has(pid)) {
+        out.push({ at, path: open.get(pid)! });
+        open.delete(pid);
+      }
+    });
+    return out;
+  };
+
   /** A pull under strace; the names of the files and folders it flushed. */
   const flushedBy = (dest: string, extra: string[]): string[] => {
     const log = path.join(tmp.dir, `strace-${path.basename(path.dirname(dest))}-${extra.length}.log`);
     const r = spawnSync('strace', ['-f', '-y', '-e', 'trace=fsync,fdatasync', '-o', log, process.execPath, CLI, 'pull', served.url, 'acme', dest, '--secret', key, ...extra], { encoding: 'utf8', timeout: 60_000 });
     expect(r.status, r.stderr).toBe(0);
-    return [...fs.readFileSync(log, 'utf8').matchAll(/f(?:data)?sync\(\d+<([^>]*)>\) = 0/g)].map((m) => path.basename(m[1]!));
+    return completedFlushes(fs.readFileSync(log, 'utf8').split('\n')).map((f) => path.basename(f.path));
   };
 
   it('flushes the commit records and folders by default, and nothing with --no-fsync', async () => {
@@ -84,7 +106,7 @@ describe.skipIf(!HAS_STRACE)('which files a pull flushes', () => {
     const moved = lines.findIndex((l) => /rename(at2?)?\(.*spare\/Company\.900".*next\/Company\.900"/.test(l));
     expect(moved, 'the delta used the spare').toBeGreaterThanOrEqual(0);
     const opened = lines.findIndex((l, i) => i > moved && /openat\(.*next\/Company\.900".*O_WRONLY|openat\(.*next\/Company\.900".*O_RDWR/.test(l));
-    const flushed = lines.findIndex((l, i) => i > moved && /fsync\(\d+<[^>]*\/next>\) = 0/.test(l));
+    const flushed = completedFlushes(lines).find((f) => f.at > moved && f.path.endsWith('/next'))?.at ?? -1;
     expect(opened, 'the delta wrote into the moved spare').toBeGreaterThan(moved);
     expect(flushed, 'next/ flushed after the move').toBeGreaterThan(moved);
     expect(flushed).toBeLessThan(opened);
