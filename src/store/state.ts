@@ -29,6 +29,7 @@ import { fail, ErrorCodes, SnapferryError, toSnapferryError } from '../util/erro
 import { inodeStamp } from '../util/stamp.js';
 import { makeDirs, dirProblem } from '../util/mkdirs.js';
 import { mountsAtOrUnder } from '../util/mounts.js';
+import { exchangePaths } from '../util/exchange.js';
 
 /** The record of an applied generation. */
 export interface AppliedRecord {
@@ -751,10 +752,10 @@ export function appliedManifestMatches(paths: StatePaths, rootHash: string): boo
 
 /**
  * Commits next/ as DIR's new generation. Order: the new record is written aside (pending.*), commit.json makes the
- * intent durable, then DIR is swapped with next/ by two renames, then the record replaces the old one, the replaced
- * tree becomes the spare generation (with `keepSpare`; store/spare.ts) or is deleted, the inode/ctime record of DIR is
- * written (`recordStats`), and last commit.json goes. A crash at any point before commit.json
- * leaves the old generation; after it, `recover` rolls forward to the new one.
+ * intent durable, then DIR is swapped with next/ in one step (exchangePaths; two renames where that cannot be had),
+ * then the record replaces the old one, the replaced tree becomes the spare generation (with `keepSpare`;
+ * store/spare.ts) or is deleted, the inode/ctime record of DIR is written (`recordStats`), and last commit.json goes.
+ * A crash at any point before commit.json leaves the old generation; after it, `recover` rolls forward to the new one.
  */
 export function commit(
   paths: StatePaths,
@@ -775,7 +776,7 @@ export function commit(
   onPoint?.('before-intent');
   // DIR's identity goes with the intent: a folder made at DIR's path between the swap's renames is then not taken for
   // the generation being replaced.
-  const intent: CommitIntent = { rootHash: record.rootHash, at: new Date().toISOString(), dir: identityOf(paths.dir) };
+  const intent: CommitIntent = { rootHash: record.rootHash, at: new Date().toISOString(), dir: identityOf(paths.dir), next: identityOf(paths.next) };
   writeFileDurable(paths.commitJson, JSON.stringify(intent), durable);
   onPoint?.('intent');
   rollForward(paths, onPoint, keepSpare, durable);
@@ -839,6 +840,8 @@ interface CommitIntent {
   at: string;
   /** Absent in intents written before it was recorded: DIR is then taken for the generation being replaced. */
   dir?: string | null;
+  /** next/'s identity: found at DIR, it says the swap was made in one step (exchangePaths) and next/ holds the old generation. */
+  next?: string | null;
 }
 
 /**
@@ -862,22 +865,35 @@ export function sameIdentity(recorded: string | null, now: string | null): boole
   return recorded.includes('.') && now.includes('.') ? recorded === now : recorded.split('.')[0] === now.split('.')[0];
 }
 
+/** The declared commit's intent; null where it cannot be read or is no object (then it says nothing of identities). */
+function readIntent(paths: StatePaths): CommitIntent | null {
+  try {
+    const intent = JSON.parse(fs.readFileSync(paths.commitJson, 'utf8')) as unknown;
+    return typeof intent === 'object' && intent !== null ? (intent as CommitIntent) : null;
+  } catch {
+    return null;
+  }
+}
+
 /** Whether what is at DIR now is the generation the declared commit replaces (not something made since). */
 function isReplacedGeneration(paths: StatePaths): boolean {
-  let intent: CommitIntent | null;
-  try {
-    intent = JSON.parse(fs.readFileSync(paths.commitJson, 'utf8')) as CommitIntent | null;
-  } catch {
-    return true;
-  }
-  // An intent that is no object (null) says no more than an unreadable one.
-  if (typeof intent !== 'object' || intent === null) return true;
-  return intent.dir === undefined || sameIdentity(intent.dir, identityOf(paths.dir));
+  const intent = readIntent(paths);
+  return intent?.dir === undefined || sameIdentity(intent.dir, identityOf(paths.dir));
+}
+
+/** Whether the declared commit's one-step swap was made: DIR is the tree that was next/ (next/ holds the old one). */
+function isExchanged(paths: StatePaths): boolean {
+  const intent = readIntent(paths);
+  return typeof intent?.next === 'string' && sameIdentity(intent.next, identityOf(paths.dir));
 }
 
 function rollForward(paths: StatePaths, onPoint?: (p: string) => void, keepSpare = true, sync = true): void {
   const hasNext = exists(paths.next);
-  if (hasNext) {
+  if (hasNext && exists(paths.dir) && isExchanged(paths)) {
+    // Cut short after the one-step swap: DIR is the new generation already; the old one waits in next/.
+    discardTree(paths, paths.old);
+    fs.renameSync(paths.next, paths.old);
+  } else if (hasNext) {
     if (exists(paths.dir) && !isReplacedGeneration(paths)) {
       // Made at DIR's path after the commit moved the old generation aside (or, for a seed, after it was declared):
       // not snapferry's to replace, unless it is an empty folder.
@@ -891,17 +907,26 @@ function rollForward(paths: StatePaths, onPoint?: (p: string) => void, keepSpare
       // A recovery's swap too: a mount made inside DIR since the intent would go with the old generation.
       checkNoMounts(paths);
       discardTree(paths, paths.old);
-      try {
-        fs.renameSync(paths.dir, paths.old);
-      } catch (err) {
-        // Nothing has moved: DIR is still the old generation. The intent goes with the failure, or every later
-        // command would fail on it again (the next pull resumes from next/ and commits anew).
-        clearIntent(paths, sync);
-        throw err;
-      }
-      onPoint?.('swap');
     }
-    fs.renameSync(paths.next, paths.dir);
+    if (exists(paths.dir) && exchangePaths(paths.next, paths.dir)) {
+      // DIR was never absent. A crash from here on finds DIR with next/'s identity (isExchanged).
+      onPoint?.('exchanged');
+      fs.renameSync(paths.next, paths.old);
+    } else {
+      // Two renames where one step cannot be had: DIR is absent between them, and a crash there is rolled forward.
+      if (exists(paths.dir)) {
+        try {
+          fs.renameSync(paths.dir, paths.old);
+        } catch (err) {
+          // Nothing has moved: DIR is still the old generation. The intent goes with the failure, or every later
+          // command would fail on it again (the next pull resumes from next/ and commits anew).
+          clearIntent(paths, sync);
+          throw err;
+        }
+        onPoint?.('swap');
+      }
+      fs.renameSync(paths.next, paths.dir);
+    }
     onPoint?.('swapped');
     if (sync) fsyncDir(path.dirname(paths.dir));
   }

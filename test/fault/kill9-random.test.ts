@@ -23,7 +23,7 @@ import { prng, sleep, errorCodeOf } from './netfault.js';
 
 const SEED = Number(process.env.SNAPFERRY_FAULT_SEED ?? 0x5eed_2026);
 const TRIALS = Math.max(20, Number(process.env.SNAPFERRY_FAULT_TRIALS ?? 22));
-const COMMIT_POINTS = ['plan', 'commit', 'before-intent', 'intent', 'swap', 'swapped', 'spare-kept', 'committed'];
+const COMMIT_POINTS = ['plan', 'commit', 'before-intent', 'intent', 'exchanged', 'swapped', 'spare-kept', 'committed'];
 const STATE_NAMES = /^(lock|lock\.stale\.\d+|applied\.json|applied\.manifest|applied\.stats|next|next\.json|next\.verified|next\.unsynced|next\.links|next\.manifest|spare|spare\.manifest|spare\.stats|spare\.drop|commit\.json|old|pending\.json|pending\.manifest|[a-z.]+\.tmp)$/;
 
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
