@@ -504,6 +504,13 @@ export async function main(argv: string[]): Promise<number> {
   try {
     checkCwd();
     checkUtf8(argv.slice(2));
+    // No command (a script that lost its arguments), or help for one that does not exist: one line like every other
+    // usage error, naming the commands, rather than the whole help.
+    const [first, second] = argv.slice(2);
+    const commands = program.commands.map((c) => c.name()).filter((n) => n !== 'help');
+    if (first === undefined || (first === 'help' && second !== undefined && !commands.includes(second))) {
+      fail(ErrorCodes.USAGE, `${first === undefined ? 'no command given' : `unknown command ${JSON.stringify(second)}`}: one of ${commands.join(', ')} (snapferry --help says more)`);
+    }
     await program.parseAsync(argv);
     return 0;
   } catch (err) {
@@ -511,8 +518,7 @@ export async function main(argv: string[]): Promise<number> {
     const ce = err as { code?: string; exitCode?: number };
     if (typeof ce.code === 'string' && ce.code.startsWith('commander.')) {
       if (ce.code === 'commander.helpDisplayed' || ce.code === 'commander.version') return 0;
-      // Help shown in place of a missing or unknown command (`snapferry`, `snapferry help nosuch`) is a usage error: a
-      // script that lost its arguments must not succeed. `snapferry help` itself exits 0.
+      // Help shown in place of a command commander could not run is a usage error. `snapferry help` itself exits 0.
       if (ce.code === 'commander.help') return ce.exitCode ? 64 : 0;
       return 64; // commander already printed its one-line message
     }
