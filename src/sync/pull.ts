@@ -1177,6 +1177,8 @@ class PullRun {
     for (let g = 0; g < this.from.length; g++) if (this.from[g] !== From.NONE) toWrite += this.layout.len[g]!;
     for (const b of this.bases.steps) if (!b.spare) toWrite += this.m.entries[b.ei]!.size;
     const free = () => diskSpace(this.paths.state)?.free ?? Infinity;
+    // Sparse files take less than their size: counted again, only when space looks short, without the holes.
+    if (toWrite > free()) toWrite -= await this.holeBytes();
     // Unused spare files are being deleted: when space is short, what they free counts.
     if (toWrite > free()) await this.spareDrop;
     // So does what an attempt at another generation left (prev/): its chunks planned as copies are fetched instead
@@ -1186,6 +1188,34 @@ class PullRun {
     if (toWrite > left) {
       fail(ErrorCodes.DISK_FULL, `disk full: this generation needs ${toWrite} more bytes beside ${this.paths.dir}, ${left} are free`);
     }
+  }
+
+  /**
+   * Of checkSpace's count, the bytes that take no disk blocks: a new file's fetched chunks that are zeros of a whole
+   * maximal chunk (the pack writer leaves a run of zeros of 64 KiB or more a hole, and a run of zeros makes maximal
+   * chunks), and what a base copy skips (copyAround does not write the zero windows of its source: its unallocated
+   * blocks are counted here). Holes left by local copies are not counted (those write their zeros).
+   */
+  private async holeBytes(): Promise<number> {
+    const L = this.layout;
+    const max = this.m.params.maxSize;
+    let zeroId: bigint | undefined;
+    let bytes = 0;
+    for (let g = 0; g < L.total; g++) {
+      if (L.len[g] !== max || (this.from[g] !== From.GET && this.from[g] !== From.DUP)) continue;
+      zeroId ??= (await loadHasher()).h64(new Uint8Array(max));
+      if (L.id[g] === zeroId && this.baseless(L.entry[g]!)) bytes += max;
+    }
+    for (const b of this.bases.steps) {
+      if (b.spare) continue;
+      try {
+        const st = fs.statSync(b.from);
+        bytes += Math.max(0, Math.min(this.m.entries[b.ei]!.size, st.size) - st.blocks * 512);
+      } catch {
+        /* gone: its copy fails on its own */
+      }
+    }
+    return bytes;
   }
 
   /**
@@ -1761,7 +1791,7 @@ class PullRun {
     // The decrypted frame is moved to the worker whole when it owns its memory, copied otherwise.
     const owns = msg.byteOffset === 0 && msg.byteLength === msg.buffer.byteLength;
     const { entries, ...targets } = this.targetsOf(firsts);
-    const fresh = Uint8Array.from(entries, (ei) => (this.baseless(ei) ? 1 : 0));
+    const fresh = Float64Array.from(entries, (ei) => (this.baseless(ei) ? this.m.entries[ei]!.size : -1));
     const job: WritePackJob = {
       kind: 'writePack',
       payload: owns ? msg : Buffer.from(data.payload),

@@ -84,14 +84,15 @@ export async function copyAround(src: string, dst: string, rewritten: ArrayLike<
       const n = Math.min(want, await readBlocks(reader, buf, Math.ceil(want / BLOCK) * BLOCK, pos));
       // Never a copy with a hole where the source ended early (the pull checks the source's stats after the copy too).
       if (n < want) throw new SnapferryError(ErrorCodes.STATE, `${src} shrank while it was copied`, { retryable: true });
-      // A window of zeros (a hole of a sparse file, preallocated pages) is left a hole of the new file: a sparse
-      // database was copied dense, its whole apparent size asked of the branch's disk at every first delta.
+      // Runs of zeros (holes of a sparse file, preallocated pages) are left holes of the new file: a sparse database
+      // was copied dense, its whole apparent size asked of the branch's disk at every first delta. The rest goes
+      // direct in as few writes as that allows (one for a window without such runs: many small writes between the
+      // rewritten spans cost more than all of it), then the spans that chunks will be written into are written again
+      // through the cache, whole pages, so that they are in it without a read (the direct write dropped whatever the
+      // cache held there).
       if (allZero(buf.subarray(0, n))) continue;
-      // The whole window goes direct (one large write: many small ones between the rewritten spans cost more than
-      // all of it), then the spans that chunks will be written into are written again through the cache, whole
-      // pages, so that they are in it without a read (the direct write dropped whatever the cache held there).
       const directEnd = Math.min(pos + n, tail);
-      if (directEnd > pos) await writeFull(direct, buf, 0, directEnd - pos, pos);
+      for (const [a, b] of nonZeroExtents(buf, directEnd - pos)) await writeFull(direct, buf, a, b - a, pos + a);
       for (let i = firstEndingAfter(spans, pos); i < spans.length && spans[i]! < pos + n; i += 2) {
         const s = Math.max(spans[i]!, pos);
         const e = Math.min(spans[i + 1]!, pos + n);
@@ -110,6 +111,25 @@ export async function copyAround(src: string, dst: string, rewritten: ArrayLike<
     await Promise.all(open.map((fh) => fh.close()));
     alignedFree.push(buf);
   }
+}
+
+/** What copyAround leaves a hole: a block of this many zeros, at this alignment in the file (a multiple of BLOCK). */
+const ZERO_BLOCK = 64 << 10;
+
+/**
+ * The [start, end) extents of buf's first `length` bytes (whole BLOCKs, as direct writes must be) that are not made of
+ * ZERO_BLOCKs of zeros: one extent for data without such blocks.
+ */
+export function nonZeroExtents(buf: Uint8Array, length: number): Array<[number, number]> {
+  const out: Array<[number, number]> = [];
+  for (let at = 0; at < length; at += ZERO_BLOCK) {
+    const end = Math.min(at + ZERO_BLOCK, length);
+    if (end - at === ZERO_BLOCK && allZero(buf.subarray(at, end))) continue;
+    const last = out[out.length - 1];
+    if (last && last[1] === at) last[1] = end;
+    else out.push([at, end]);
+  }
+  return out;
 }
 
 /** Copies the first `limit` bytes of `src` to a new file `dst` through the page cache (no direct I/O there). */

@@ -109,13 +109,13 @@ export interface WritePackJob {
   finishModes?: Int32Array;
   finishMtimes?: Float64Array;
   /**
-   * Per path: 1 where the file has no base (a new file in next/, every byte of it written by chunks): a run of zeros
-   * (64 KiB or more) is then left a hole, not written, as the site's sparse files and preallocated zero pages are (a
-   * 6 GiB file holding 42 MB took 6 GiB of the branch's disk), and, with `direct`, its long runs are written to the
-   * disk directly (see writeRun). 0 where chunks are written into a base (zeros too: the base holds other bytes there),
-   * whose pages they touch are in the page cache already.
+   * Per path: the file's final size where it has no base (a new file in next/, every byte of it written by chunks): a
+   * run of zeros (64 KiB or more) is then left a hole, not written, as the site's sparse files and preallocated zero
+   * pages are (a 6 GiB file holding 42 MB took 6 GiB of the branch's disk), and, with `direct`, its long runs are
+   * written to the disk directly (see writeRun). -1 where chunks are written into a base (zeros too: the base holds
+   * other bytes there), whose pages they touch are in the page cache already.
    */
-  fresh?: Uint8Array;
+  fresh?: Float64Array;
   /**
    * The pull flushes before its commit: `fresh` files' long runs go around the page cache. Not for one that does not
    * (`--no-fsync`): there the page cache is the fast way whenever it has pages to spare, and the data need not reach
@@ -524,10 +524,13 @@ function writePack(ctx: JobContext, j: WritePackJob): WritePackResult {
         u++;
       }
       const run = raw.subarray(rawStart, rawStart + len);
-      // Only its last byte, which makes the file that long (a write never shrinks a file, as a truncate racing with
-      // another thread's copy into it could).
-      if (j.fresh?.[pi] === 1 && len >= HOLE_MIN && allZero(run)) writeAll(files.get(j.paths[pi]!), run.subarray(len - 1), fileStart + len - 1);
-      else writeRun(ctx, files, j.paths[pi]!, run, fileStart, j.direct === true && j.fresh?.[pi] === 1);
+      const fresh = (j.fresh?.[pi] ?? -1) >= 0;
+      if (fresh && len >= HOLE_MIN && allZero(run)) {
+        // Nothing written, but for the file's last byte where the run ends it: that makes the file its full length
+        // (a write never shrinks a file, as a truncate racing with another thread's copy into it could). Writing the
+        // last byte of every run took a block per 64 KiB of zeros (1/16 of them).
+        if (fileStart + len === j.fresh![pi]) writeAll(files.get(j.paths[pi]!), run.subarray(len - 1), fileStart + len - 1);
+      } else writeRun(ctx, files, j.paths[pi]!, run, fileStart, j.direct === true && fresh);
       written += len;
       t = u;
     }

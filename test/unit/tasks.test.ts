@@ -252,7 +252,7 @@ describe('readPack and writePack', () => {
         tItem: Uint32Array.from(idx, (_, k) => k),
         tPath: new Uint32Array(idx.length),
         tOffset: Float64Array.from(idx, (i) => c.offsets[i]!),
-        fresh: Uint8Array.of(direct),
+        fresh: Float64Array.of(direct ? data.length : -1),
         direct: true,
       };
     };
