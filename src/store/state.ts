@@ -887,12 +887,41 @@ function isExchanged(paths: StatePaths): boolean {
   return typeof intent?.next === 'string' && sameIdentity(intent.next, identityOf(paths.dir));
 }
 
+/**
+ * Whether next/ holds the generation the declared commit replaces (the one-step swap was made): next/ has the identity
+ * DIR had when the intent was written; with no readable intent, the identity the last commit's record gives DIR's
+ * folder. Then next/ must never be put at DIR: it is the old generation, not the new one.
+ */
+function nextIsReplaced(paths: StatePaths): boolean {
+  const id = identityOf(paths.next);
+  const intent = readIntent(paths);
+  if (intent) return typeof intent.dir === 'string' && sameIdentity(intent.dir, id);
+  try {
+    const folder = (JSON.parse(fs.readFileSync(paths.appliedJson, 'utf8')) as AppliedRecord | null)?.folder;
+    return typeof folder === 'string' && sameIdentity(folder, id);
+  } catch {
+    return false;
+  }
+}
+
 function rollForward(paths: StatePaths, onPoint?: (p: string) => void, keepSpare = true, sync = true): void {
   const hasNext = exists(paths.next);
-  if (hasNext && exists(paths.dir) && isExchanged(paths)) {
+  const replacedInNext = hasNext && nextIsReplaced(paths);
+  if (replacedInNext && exists(paths.dir) && (isExchanged(paths) || readIntent(paths) === null)) {
     // Cut short after the one-step swap: DIR is the new generation already; the old one waits in next/.
     discardTree(paths, paths.old);
     fs.renameSync(paths.next, paths.old);
+    if (sync) fsyncDir(path.dirname(paths.dir));
+  } else if (replacedInNext) {
+    // The swap was made, and the new generation was moved away from DIR since (or replaced): the commit cannot be
+    // finished. The generation it replaced (next/) goes back where DIR was, with its own record: never the new record.
+    if (exists(paths.dir)) {
+      fail(ErrorCodes.DIR_FOREIGN, `${paths.dir} is not the generation snapferry put there, and the generation it replaced waits in ${paths.next}; move ${paths.dir} away and run the command again (the previous generation is then put back)`);
+    }
+    fs.renameSync(paths.next, paths.dir);
+    if (sync) fsyncDir(path.dirname(paths.dir));
+    fs.rmSync(paths.pendingJson, { force: true });
+    fs.rmSync(paths.pendingManifest, { force: true });
   } else if (hasNext) {
     if (exists(paths.dir) && !isReplacedGeneration(paths)) {
       // Made at DIR's path after the commit moved the old generation aside (or, for a seed, after it was declared):

@@ -125,6 +125,40 @@ describe('the commit at its edges', () => {
     expect(fs.existsSync(path.join(disk2, '.acme.snapferry', 'spare'))).toBe(true);
   });
 
+  // BUG (src/store/state.ts rollForward, found by a helper review of the one-step swap): between the exchange and the
+  // rename of next/ to old/, next/ holds the generation being replaced. When DIR then no longer had next/'s identity
+  // (the user moved it away, as the refusal advised) or the intent could not be read (emptied by a power cut under
+  // --no-fsync), recovery put next/ (the old tree) at DIR under the new generation's record: verify "damaged", and
+  // every later pull refused. Produced by a kill at "exchanged", then a move of DIR or an emptied commit.json.
+  it('killed right after the one-step swap, DIR moved away: the old generation comes back with its own record', async () => {
+    const { parent, dest } = branch();
+    expect((await pull(dest)).code).toBe(0);
+    const oldGen = treeFingerprint(dest);
+    await mutateCompany(src, 47);
+    expect((await pull(dest, { SNAPFERRY_FAULT_KILL_AT: 'exchanged' })).signal).toBe('SIGKILL');
+    fs.renameSync(dest, path.join(parent, 'moved'));
+    // verify finishes (here: undoes) the cut commit first, then checks DIR against its record.
+    const v = await runCli(['verify', dest]);
+    expect(v.code, v.stdout + v.stderr).toBe(0);
+    expect(fingerprintDiff(oldGen, treeFingerprint(dest))).toEqual([]);
+    expectCopy(path.join(parent, 'moved'));
+    const r = await pull(dest);
+    expect(r.code, r.stderr).toBe(0);
+    expectCopy(dest);
+  });
+
+  it('killed right after the one-step swap, the intent emptied: the commit completes with DIR the new generation', async () => {
+    const { dest, state } = branch();
+    await seededThenKilled(dest, 48, 'exchanged');
+    fs.writeFileSync(path.join(state, 'commit.json'), '');
+    const v = await runCli(['verify', dest]);
+    expect(v.code, v.stdout + v.stderr).toBe(0);
+    expectCopy(dest);
+    const r = await pull(dest);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout).chunksFetched).toBe(0);
+  });
+
   // The same through two links (a review found the first fix followed one hop only).
   it('DIR a link to a link to the folder, killed between the two renames: the next pull through the first finishes it', async () => {
     const { parent, dest } = branch();
