@@ -30,7 +30,7 @@ import {
   ManifestMsg,
   OpenMsg,
 } from '../protocol/messages.js';
-import type { WritePackJob, WritePackResult, CopyRangesJob, CopyRangesResult, ApplyPatchResult, FinishFilesJob, FinishFilesResult } from '../work/tasks.js';
+import type { Holes, WritePackJob, WritePackResult, CopyRangesJob, CopyRangesResult, ApplyPatchResult, FinishFilesJob, FinishFilesResult } from '../work/tasks.js';
 import {
   StatePaths,
   DirLock,
@@ -871,6 +871,9 @@ class PullRun {
       // A file an interrupted attempt left in next/ (its base copy journaled, or chunks written) has old bytes too,
       // even where this plan takes no base for it (DIR's version since untrusted: a chmod, a touch).
       if (start || have === 'file') this.withBase.add(ei);
+      // Past its size, a file an interrupted attempt left holds nothing yet: its runs of zeros there are left holes
+      // (written out, a sparse file's resumed seed asked for its whole size and was refused on a disk that fits it).
+      if (have === 'file') this.holesFromOf.set(ei, fs.lstatSync(dst).size);
       // The chunks a base copy is still to bring count as done when it lands (makeBase), not now: progress and its
       // ETA would otherwise credit a delta's largest work, the copies, before it begins.
       const copyLater = start !== undefined && start === fromOld && !this.based.has(ei);
@@ -1158,7 +1161,7 @@ class PullRun {
 
   /** The changed files' base copies: queued by the plan, started by transfer() once checkSpace has passed. */
   private readonly bases = new BaseCopies((step) => this.makeBase(step));
-  /** Entries whose file in next/ starts from a base (a copy, a spare, an interrupted attempt's): never 'fresh'. */
+  /** Entries whose file in next/ starts from a base (a copy, a spare, an interrupted attempt's): never baseless. */
   private readonly withBase = new Set<number>();
   /** The folders spares were moved out of and into by the plan (flushed before anything is written into them). */
   private readonly spareMoves = new Set<string>();
@@ -1191,29 +1194,37 @@ class PullRun {
   }
 
   /**
-   * Of checkSpace's count, the bytes that take no disk blocks: a new file's fetched chunks that are zeros of a whole
-   * maximal chunk (the pack writer leaves a run of zeros of 64 KiB or more a hole, and a run of zeros makes maximal
-   * chunks), and what a base copy skips (copyAround does not write the zero windows of its source: its unallocated
-   * blocks are counted here). Holes left by local copies are not counted (those write their zeros).
+   * Of checkSpace's count, the bytes that take no disk blocks: chunks that are zeros of a whole maximal chunk where the
+   * file holds nothing yet (writePack and copyRanges leave a run of zeros of 64 KiB or more a hole, and a run of zeros
+   * makes maximal chunks: Holes), and what a base copy skips (copyAround does not write the zero blocks of its source:
+   * its unallocated blocks are counted here).
    */
   private async holeBytes(): Promise<number> {
     const L = this.layout;
-    const max = this.m.params.maxSize;
-    let zeroId: bigint | undefined;
     let bytes = 0;
-    for (let g = 0; g < L.total; g++) {
-      if (L.len[g] !== max || (this.from[g] !== From.GET && this.from[g] !== From.DUP)) continue;
-      zeroId ??= (await loadHasher()).h64(new Uint8Array(max));
-      if (L.id[g] === zeroId && this.baseless(L.entry[g]!)) bytes += max;
-    }
+    // Bases are made after this check: where their holes will begin comes from their sources now (makeBase's rule).
+    const baseFrom = new Map<number, number>();
     for (const b of this.bases.steps) {
-      if (b.spare) continue;
+      const size = this.m.entries[b.ei]!.size;
       try {
-        const st = fs.statSync(b.from);
-        bytes += Math.max(0, Math.min(this.m.entries[b.ei]!.size, st.size) - st.blocks * 512);
+        const st = fs.statSync(b.spare ? entryPath(this.paths.next, this.m.entries[b.ei]!.path) : b.from);
+        const held = Math.min(size, st.size);
+        baseFrom.set(b.ei, held);
+        // A copy writes no more than its source held (counted at the new size), and none of the source's holes.
+        if (!b.spare) bytes += size - held + Math.max(0, held - st.blocks * 512);
       } catch {
         /* gone: its copy fails on its own */
       }
+    }
+    const max = this.m.params.maxSize;
+    let zeroId: bigint | undefined;
+    for (let g = 0; g < L.total; g++) {
+      if (L.len[g] !== max || this.from[g] === From.NONE || this.from[g] === From.PATCH) continue;
+      zeroId ??= (await loadHasher()).h64(new Uint8Array(max));
+      if (L.id[g] !== zeroId) continue;
+      const ei = L.entry[g]!;
+      const from = baseFrom.get(ei) ?? this.holesFrom(ei);
+      if (from >= 0 && L.offset[g]! >= from) bytes += max;
     }
     return bytes;
   }
@@ -1451,6 +1462,7 @@ class PullRun {
     // XFS: no bytes copied; only the chunks written later take new blocks), else a copy written to the disk directly
     // except for the pages the chunks will be written into (copyAround).
     if (!spare) await copyAround(from, dst, this.rewrittenOf(ei), this.opts.durable !== false, e.size);
+    const had = (await fs.promises.stat(dst)).size;
     // DIR's file (the applied entry of its path the plan trusted) was trusted by its stats when the pull began, and the
     // plan counts the copy's chunks as held without reading them: a write to it since (or during the copy) changed its
     // ctime, and the copy cannot be trusted.
@@ -1462,8 +1474,10 @@ class PullRun {
     await fs.promises.chmod(dst, 0o600);
     // What the copy wrote is the old file's size, up to the new one's (an empty file grown to 5 MB counted 5 MB here
     // and 5 MB again as the chunks written into it).
-    const copied = spare ? 0 : Math.min(e.size, (await fs.promises.stat(dst)).size);
+    const copied = spare ? 0 : Math.min(e.size, had);
     await fs.promises.truncate(dst, e.size);
+    // Past what the copy or the spare held, the file holds nothing: zeros the file grew by are left holes there.
+    this.holesFromOf.set(ei, Math.min(e.size, had));
     if (spare) this.stats.spares++;
     else this.stats.written += copied;
     this.journal([(J_BASED | (spare ? J_SPARE : 0) | ei) >>> 0]);
@@ -1471,6 +1485,22 @@ class PullRun {
     this.creditOnBase.delete(ei);
     this.progress('transfer');
   }
+  /** Entries with a base or an earlier attempt's file: the offset past which the file in next/ holds nothing yet. */
+  private readonly holesFromOf = new Map<number, number>();
+
+  /** Where entry ei's file in next/ may keep runs of zeros as holes (Holes.from): 0 for a new file, -1 where unknown. */
+  private holesFrom(ei: number): number {
+    return this.baseless(ei) ? 0 : (this.holesFromOf.get(ei) ?? -1);
+  }
+
+  /** The Holes of a job's target paths, one entry index per path. */
+  private holesOf(entries: ArrayLike<number>): Holes {
+    return {
+      from: Float64Array.from(entries, (ei) => this.holesFrom(ei)),
+      size: Float64Array.from(entries, (ei) => this.m.entries[ei]!.size),
+    };
+  }
+
   /** Per changed file with a base copy still to make: the bytes of its chunks the copy brings (see makeBase). */
   private readonly creditOnBase = new Map<number, number>();
 
@@ -1739,6 +1769,7 @@ class PullRun {
         dstIdx: new Uint32Array(n),
         dstOffsets: new Float64Array(n),
       };
+      const dstEntries = new Uint32Array(n);
       for (let k = 0; k < n; k++) {
         const g = pairs[i + 2 * k]!;
         const src = this.local!.source(pairs[i + 2 * k + 1]!);
@@ -1754,7 +1785,9 @@ class PullRun {
         job.ids[k] = L.id[g]!;
         job.dstIdx[k] = job.dstPaths.push(this.targetPath(g)) - 1;
         job.dstOffsets[k] = L.offset[g]!;
+        dstEntries[k] = L.entry[g]!;
       }
+      job.holes = this.holesOf(dstEntries);
       const r = await this.pool!.run<CopyRangesResult>(job);
       const failed = new Set(r.failed);
       const ok: number[] = [];
@@ -1791,7 +1824,7 @@ class PullRun {
     // The decrypted frame is moved to the worker whole when it owns its memory, copied otherwise.
     const owns = msg.byteOffset === 0 && msg.byteLength === msg.buffer.byteLength;
     const { entries, ...targets } = this.targetsOf(firsts);
-    const fresh = Float64Array.from(entries, (ei) => (this.baseless(ei) ? this.m.entries[ei]!.size : -1));
+
     const job: WritePackJob = {
       kind: 'writePack',
       payload: owns ? msg : Buffer.from(data.payload),
@@ -1802,7 +1835,7 @@ class PullRun {
       ids,
       ...targets,
       ...this.finishesOf({ entries, tPath: targets.tPath }),
-      fresh,
+      holes: this.holesOf(entries),
       // Around the page cache only for a pull that flushes before its commit (see WritePackJob.direct).
       direct: this.opts.durable !== false,
     };

@@ -3,23 +3,6 @@ import fs from 'node:fs';
 import { SnapferryError, ErrorCodes } from './errors.js';
 import { allZero } from './zeros.js';
 
-/**
- * Copies `src` to `dst`: a reflink where the filesystem has them (btrfs, XFS), else an in-kernel copy. Whatever is at
- * `dst` (left by an interrupted attempt) is removed first: it may be read-only to this user, or a hard link through
- * which a copy would write into another file.
- *
- * `writeBack` says when the copy's data should start going to disk. true: at once, as part of the copy (libuv
- * truncates the destination to zero first, and ext4 then treats the copy as a rewrite and writes the whole file back in
- * close(): auto_da_alloc). false: whenever the kernel likes, by making the copy as a new file (COPYFILE_EXCL, which
- * libuv does not truncate). Measured on a 945 MB delta base here: the copies take 0.17-0.67 s instead of 0.52-1.09 s
- * without write-back, but a caller that syncs before committing then waits for all of it at once (first deltas
- * 1.34-1.73 s against 1.15-1.44 s): only a caller that does not sync gains.
- */
-export async function copyWhole(src: string, dst: string, writeBack: boolean): Promise<void> {
-  await fs.promises.rm(dst, { force: true });
-  await fs.promises.copyFile(src, dst, fs.constants.COPYFILE_FICLONE | (writeBack ? 0 : fs.constants.COPYFILE_EXCL));
-}
-
 /** The unit of direct I/O: a page, which is also a multiple of every disk's logical block. */
 export const BLOCK = 4096;
 /** Bytes moved per read and direct write. */
@@ -47,7 +30,7 @@ function takeAligned(): Buffer {
  * into new cache pages took 1.7-2.2 s; written directly they never take cache pages. The pages chunks touch do go
  * through the cache, so that writing a chunk never has to read its edge pages back from the disk (which made an
  * all-direct copy slower than a plain one). A reflink is made instead where the filesystem has them (no bytes to copy
- * at all), and copyWhole (with `writeBack`) where it has no direct I/O.
+ * at all), and copySparse where it has no direct I/O.
  *
  * Only the first `limit` bytes are copied (the new version's size): a file that shrank from 100 MB to 10 MB took the
  * whole 100 MB, beyond what the pull had checked was free, and filled the disk at every attempt. A reflink copies no
@@ -105,8 +88,7 @@ export async function copyAround(src: string, dst: string, rewritten: ArrayLike<
     // EINVAL: no direct I/O on this filesystem (at open, or at the first write): the plain copy.
     if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
     await Promise.all(open.splice(0).map((fh) => fh.close()));
-    if ((await fs.promises.stat(src)).size <= limit) return copyWhole(src, dst, writeBack);
-    return await copyPrefix(src, dst, limit, buf);
+    return await copySparse(src, dst, limit, buf);
   } finally {
     await Promise.all(open.map((fh) => fh.close()));
     alignedFree.push(buf);
@@ -132,19 +114,27 @@ export function nonZeroExtents(buf: Uint8Array, length: number): Array<[number, 
   return out;
 }
 
-/** Copies the first `limit` bytes of `src` to a new file `dst` through the page cache (no direct I/O there). */
-async function copyPrefix(src: string, dst: string, limit: number, buf: Buffer): Promise<void> {
+/**
+ * Copies `src` (its first `limit` bytes at most) to a new file `dst` through the page cache, where there is no direct
+ * I/O: 64 KiB blocks of zeros left holes, as copyAround leaves them (the kernel's copy fills a sparse file's holes on
+ * some filesystems, after the pull's space check had counted them as free).
+ */
+export async function copySparse(src: string, dst: string, limit = Infinity, buf: Buffer = Buffer.allocUnsafe(WINDOW)): Promise<void> {
   await fs.promises.rm(dst, { force: true });
   const from = await fs.promises.open(src, 'r');
   try {
     const to = await fs.promises.open(dst, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
     try {
-      for (let pos = 0; pos < limit; ) {
-        const { bytesRead } = await from.read(buf, 0, Math.min(buf.length, limit - pos), pos);
+      const size = Math.min(limit, (await from.stat()).size);
+      // Zeros left out anywhere read back as zeros (the file is new); whole windows read keep the blocks at 64 KiB offsets.
+      for (let pos = 0; pos < size; ) {
+        const want = Math.min(buf.length, size - pos);
+        const { bytesRead } = await from.read(buf, 0, want, pos);
         if (bytesRead === 0) throw new SnapferryError(ErrorCodes.STATE, `${src} shrank while it was copied`, { retryable: true });
-        await writeFull(to, buf, 0, bytesRead, pos);
+        for (const [a, b] of nonZeroExtents(buf, bytesRead)) await writeFull(to, buf, a, b - a, pos + a);
         pos += bytesRead;
       }
+      await to.truncate(size);
     } finally {
       await to.close();
     }

@@ -108,18 +108,12 @@ export interface WritePackJob {
    */
   finishModes?: Int32Array;
   finishMtimes?: Float64Array;
+  /** Per path: where runs of zeros may be left holes (Holes). A new file's long runs are also written directly (writeRun). */
+  holes?: Holes;
   /**
-   * Per path: the file's final size where it has no base (a new file in next/, every byte of it written by chunks): a
-   * run of zeros (64 KiB or more) is then left a hole, not written, as the site's sparse files and preallocated zero
-   * pages are (a 6 GiB file holding 42 MB took 6 GiB of the branch's disk), and, with `direct`, its long runs are
-   * written to the disk directly (see writeRun). -1 where chunks are written into a base (zeros too: the base holds
-   * other bytes there), whose pages they touch are in the page cache already.
-   */
-  fresh?: Float64Array;
-  /**
-   * The pull flushes before its commit: `fresh` files' long runs go around the page cache. Not for one that does not
-   * (`--no-fsync`): there the page cache is the fast way whenever it has pages to spare, and the data need not reach
-   * the disk soon.
+   * The pull flushes before its commit: new files' long runs (Holes.from 0) go around the page cache. Not for one that
+   * does not (`--no-fsync`): there the page cache is the fast way whenever it has pages to spare, and the data need not
+   * reach the disk soon.
    */
   direct?: boolean;
 }
@@ -130,6 +124,24 @@ export interface WritePackResult {
 }
 
 /** Copy verified local byte ranges into place (reuse of chunks the puller already holds). */
+/**
+ * Where a file in next/ may keep runs of zeros (64 KiB or more) as holes, not written, as the site's sparse files and
+ * preallocated zero pages are (a 6 GiB file holding 42 MB took 6 GiB of the branch's disk). Per path: `from`, the offset
+ * from which the file holds nothing yet (0 for a new file; a base copy's copied length; an interrupted attempt's file's
+ * size), -1 where no such offset is known (zeros are written: the file may hold other bytes anywhere); and `size`, its
+ * final size (the run that ends the file writes its last byte, which gives the file its length).
+ */
+export interface Holes {
+  from: Float64Array;
+  size: Float64Array;
+}
+
+/** Whether a run of `data` at `offset` of path `pi` is left a hole (nothing written, or only the file's last byte). */
+function leaveHole(holes: Holes | undefined, pi: number, offset: number, data: Uint8Array): boolean {
+  const from = holes?.from[pi] ?? -1;
+  return from >= 0 && offset >= from && data.length >= HOLE_MIN && allZero(data);
+}
+
 export interface CopyRangesJob {
   kind: 'copyRanges';
   srcPaths: string[];
@@ -141,6 +153,8 @@ export interface CopyRangesJob {
   dstPaths: string[];
   dstIdx: Uint32Array;
   dstOffsets: Float64Array;
+  /** Per destination path (dstPaths): where zeros may be left holes (see WritePackJob.holes). */
+  holes?: Holes;
 }
 export interface CopyRangesResult {
   /** Indices of ranges whose source no longer held the expected bytes (to be fetched instead). */
@@ -524,13 +538,8 @@ function writePack(ctx: JobContext, j: WritePackJob): WritePackResult {
         u++;
       }
       const run = raw.subarray(rawStart, rawStart + len);
-      const fresh = (j.fresh?.[pi] ?? -1) >= 0;
-      if (fresh && len >= HOLE_MIN && allZero(run)) {
-        // Nothing written, but for the file's last byte where the run ends it: that makes the file its full length
-        // (a write never shrinks a file, as a truncate racing with another thread's copy into it could). Writing the
-        // last byte of every run took a block per 64 KiB of zeros (1/16 of them).
-        if (fileStart + len === j.fresh![pi]) writeAll(files.get(j.paths[pi]!), run.subarray(len - 1), fileStart + len - 1);
-      } else writeRun(ctx, files, j.paths[pi]!, run, fileStart, j.direct === true && fresh);
+      if (leaveHole(j.holes, pi, fileStart, run)) writeHole(files, j.paths[pi]!, run, fileStart, j.holes!.size[pi]!);
+      else writeRun(ctx, files, j.paths[pi]!, run, fileStart, j.direct === true && j.holes?.from[pi] === 0);
       written += len;
       t = u;
     }
@@ -540,8 +549,17 @@ function writePack(ctx: JobContext, j: WritePackJob): WritePackResult {
   }
 }
 
-/** Runs of zeros at least this long are left holes in a file without a base (WritePackJob.fresh). */
+/** Runs of zeros at least this long are left holes where a file holds nothing yet (Holes). */
 const HOLE_MIN = 64 << 10;
+
+/**
+ * A run of zeros left a hole: nothing written, but for the file's last byte where the run ends it, which makes the file
+ * its full length (a write never shrinks a file, as a truncate racing with another thread's copy into it could).
+ * Writing the last byte of every run took a block per 64 KiB of zeros (1/16 of them).
+ */
+function writeHole(files: TargetFiles, p: string, zeros: Uint8Array, offset: number, size: number): void {
+  if (offset + zeros.length === size) writeAll(files.get(p), zeros.subarray(zeros.length - 1), offset + zeros.length - 1);
+}
 
 /** Final mode and mtime of the completed files among `paths`, through their open descriptors; their inode:ctime. */
 function finishOpen(files: TargetFiles, paths: string[], modes: Int32Array, mtimes: Float64Array): string[] {
@@ -580,7 +598,9 @@ function copyRanges(ctx: JobContext, j: CopyRangesJob): CopyRangesResult {
         failed.push(i);
         continue;
       }
-      writeAll(files.get(j.dstPaths[j.dstIdx[i]!]!), part, j.dstOffsets[i]!);
+      const di = j.dstIdx[i]!;
+      if (leaveHole(j.holes, di, j.dstOffsets[i]!, part)) writeHole(files, j.dstPaths[di]!, part, j.dstOffsets[i]!, j.holes!.size[di]!);
+      else writeAll(files.get(j.dstPaths[di]!), part, j.dstOffsets[i]!);
     }
   } finally {
     for (const fd of fds.values()) if (fd >= 0) fs.closeSync(fd);

@@ -125,6 +125,19 @@ describe('sparse files', () => {
       fs.writeSync(w, randomBytes(4096), 0, 4096, 100 * MiB);
       fs.closeSync(w);
       await pull();
+      // Found by a helper review: once the branch held a chunk of zeros, a delta copied it locally into every new
+      // file's runs of zeros, written out: a new 150 MiB file holding 1 MiB was refused on this disk ("disk full"), and
+      // a file grown by zeros had them written. Now both keep their holes.
+      const other = path.join(src, 'other.db');
+      fs.writeFileSync(other, randomBytes(MiB));
+      fs.truncateSync(other, 150 * MiB);
+      fs.truncateSync(db, 320 * MiB);
+      const r = await runCli(['pull', site.url, 'acme', dest, '--secret', key, '--no-spare', '--json']);
+      expect(r.code, r.stderr).toBe(0);
+      expect(fingerprintDiff(treeFingerprint(src), treeFingerprint(dest))).toEqual([]);
+      expect(JSON.parse(r.stdout).chunksReused).toBeGreaterThan(2000);
+      expect(allocated(path.join(dest, 'other.db'))).toBeLessThan(4 * MiB);
+      expect(allocated(path.join(dest, 'ledger.db'))).toBeLessThan(12 * MiB);
     } finally {
       await site.stop();
       spawnSync('umount', [disk]);

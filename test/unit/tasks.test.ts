@@ -252,7 +252,7 @@ describe('readPack and writePack', () => {
         tItem: Uint32Array.from(idx, (_, k) => k),
         tPath: new Uint32Array(idx.length),
         tOffset: Float64Array.from(idx, (i) => c.offsets[i]!),
-        fresh: Float64Array.of(direct ? data.length : -1),
+        holes: { from: Float64Array.of(direct ? 0 : -1), size: Float64Array.of(data.length) },
         direct: true,
       };
     };
