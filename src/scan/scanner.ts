@@ -82,20 +82,29 @@ function coarseTimes(st: StatB): boolean {
 }
 
 /**
- * When a scanner first saw each stamp that lay ahead of its clock: on a file server whose clock runs ahead (a company
- * folder on a NAS), a file's times cannot tell how long ago it changed, so its quiet time counts from when this
- * scanner first saw it as it is (at most that long after the change). Only such stamps are kept (the files changed
- * within the clocks' difference), by path; one not met again in a scan is forgotten at its end.
+ * How old, by this machine's clock, a stamp in whole seconds may look and still be dated from when it was first seen:
+ * this clock may run ahead of the file server's (a company folder on a NAS), and then a stamp whose second is still
+ * going on there looks seconds old here. An hour covers a clock set by hand; a file changed within it costs one wait
+ * of a tick after it is first seen.
  */
-export class FutureStamps {
+const RECENT_MS = 3_600_000;
+
+/**
+ * When a scanner first saw each stamp that its own clock cannot date: one ahead of it (a file server's clock that runs
+ * ahead, or this clock stepped back), or one in whole seconds that looks recent (RECENT_MS). Such a file's quiet time
+ * counts from when this scanner first saw it as it is (at most that long after the change), on the monotonic clock
+ * (performance.now()), which no step of the wall clock moves. Only such stamps are kept (the files changed lately),
+ * by path; one not met again in a scan is forgotten at its end.
+ */
+export class StampSightings {
   private readonly seen = new Map<string, { stamp: string; at: number }>();
   private readonly met = new Set<string>();
 
-  /** When `rel` was first seen with the stamp of `st` (now, if it is new or changed). */
-  firstSeen(rel: string, st: StatB, now: number): number {
+  /** When (monotonic ms) `rel` was first seen with the stamp of `st` (`at`, if it is new or changed). */
+  firstSeen(rel: string, st: StatB, at: number): number {
     const stamp = `${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
     let s = this.seen.get(rel);
-    if (s?.stamp !== stamp) this.seen.set(rel, (s = { stamp, at: now }));
+    if (s?.stamp !== stamp) this.seen.set(rel, (s = { stamp, at }));
     this.met.add(rel);
     return s.at;
   }
@@ -115,16 +124,17 @@ export class FutureStamps {
 /**
  * Milliseconds until a file has been quiet long enough to be read (0 when it has): QUIET_MS after its last change,
  * plus a whole tick on a filesystem that keeps whole seconds. The last change is the later of mtime and ctime: a copy
- * that puts an older mtime back (`cp -p`, tar) is told only by its ctime. A time ahead of this machine's clock
- * (another machine's) counts from when the stamp was first seen (FutureStamps). `now`: the moment asked about (a
- * read's start, for whether that read can be trusted).
+ * that puts an older mtime back (`cp -p`, tar) is told only by its ctime. A stamp this clock cannot date (see
+ * StampSightings) counts from when it was first seen, or from its own time if that is later. `at`: the moment asked
+ * about, in monotonic ms (a read's start, for whether that read can be trusted; now by default).
  */
-export function quietInMs(st: StatB, rel: string, future: FutureStamps, now = Date.now()): number {
+export function quietInMs(st: StatB, rel: string, sightings: StampSightings, at = performance.now()): number {
   const changed = st.ctimeNs > st.mtimeNs ? st.ctimeNs : st.mtimeNs;
-  let since = Number(changed / 1_000_000n);
-  if (since > now) since = future.firstSeen(rel, st, now);
-  const age = now - since;
-  const wait = QUIET_MS + (coarseTimes(st) ? COARSE_TICK_MS : 0);
+  const coarse = coarseTimes(st);
+  let age = Date.now() - (performance.now() - at) - Number(changed / 1_000_000n);
+  if (age < 0) age = at - sightings.firstSeen(rel, st, at);
+  else if (coarse && age < RECENT_MS) age = Math.min(age, at - sightings.firstSeen(rel, st, at));
+  const wait = QUIET_MS + (coarse ? COARSE_TICK_MS : 0);
   return age < wait ? wait - age : 0;
 }
 
@@ -226,8 +236,8 @@ export class CompanyScanner {
   /** Bytes read by the last scan (0 when everything came from the cache). */
   lastBytesRead = 0;
 
-  /** Stamps seen ahead of this machine's clock, and when (quietInMs). */
-  private readonly future = new FutureStamps();
+  /** Stamps this machine's clock cannot date, and when they were first seen (quietInMs). */
+  private readonly sightings = new StampSightings();
 
   /** Chunk parameters of the last scan (or of the saved cache). */
   private params: ChunkParams;
@@ -322,7 +332,7 @@ export class CompanyScanner {
       .finally(() => {
         this.running = undefined;
         this.invalidatedMidScan = undefined;
-        this.future.endScan();
+        this.sightings.endScan();
       });
     return this.running;
   }
@@ -561,8 +571,8 @@ export class CompanyScanner {
           }
           subdirs.push(rel);
         } else if (st.kind === 'file') {
-          // A sighting: a stamp ahead of this machine's clock waits from here (FutureStamps), not from its first read.
-          quietInMs(st, rel, this.future);
+          // A sighting: a stamp this machine's clock cannot date waits from here (StampSightings), not from its first read.
+          quietInMs(st, rel, this.sightings);
         } else if (target !== undefined) {
           const resolved = path.resolve(path.dirname(abs), target);
           // Absolute, even into the company: at a branch it would lead to the site's path, not into the copy.
@@ -602,7 +612,7 @@ export class CompanyScanner {
 
   /** Written too recently to be read, or to trust a read of that began at `at` (see quietInMs). */
   private justWritten(st: StatB, rel: string, at?: number): boolean {
-    return quietInMs(st, rel, this.future, at) > 0;
+    return quietInMs(st, rel, this.sightings, at) > 0;
   }
 
   /**
@@ -610,7 +620,7 @@ export class CompanyScanner {
    * was read goes through chunkFile (re-read until it holds still, within the settle budget), one gone goes in `gone`.
    */
   private async chunkSmallFiles(batch: SmallFile[], params: ChunkParams, settleTimeoutMs: number, into: ScanCache, gone: Set<Entry>): Promise<void> {
-    const readAt = Date.now();
+    const readAt = performance.now();
     const r = await this.pool.run<ChunkFilesResult>({
       kind: 'chunkFiles',
       paths: batch.map((f) => f.abs),
@@ -654,12 +664,12 @@ export class CompanyScanner {
     // (a large company's first index) must not fail a file that was written once, briefly, just before its turn.
     let changingSince: number | undefined;
     const failIfUnsettled = () => {
-      if (Date.now() - (changingSince ??= Date.now()) > settleTimeoutMs) {
+      if (performance.now() - (changingSince ??= performance.now()) > settleTimeoutMs) {
         fail(ErrorCodes.UNSTABLE_FILE, `${rel} kept changing for ${Math.round(settleTimeoutMs / 1000)} s while it was read; generation delayed, try again when it is idle`);
       }
     };
     for (let attempt = 0; ; attempt++) {
-      const quietIn = quietInMs(before, rel, this.future);
+      const quietIn = quietInMs(before, rel, this.sightings);
       if (quietIn > 0) {
         // Written a moment ago: wait until it has been quiet long enough before reading it at all.
         failIfUnsettled();
@@ -678,7 +688,7 @@ export class CompanyScanner {
       const size = Number(before.size);
       let results: ChunkSegmentResult[] | undefined;
       let readError: unknown;
-      const readAt = Date.now();
+      const readAt = performance.now();
       try {
         results = await Promise.all(chunkSegmentsOf(this.pool, abs, size, params));
       } catch (err) {

@@ -55,7 +55,7 @@ export class CompanyWatcher extends EventEmitter {
   private stopped = false;
   private lastScanMs = 0;
   private lastSweepMs = 0;
-  private lastScanAt = 0;
+  private lastScanAt = -Infinity;
   /** Root hash of the generation last announced ('generation' event). */
   private announced?: string;
   /**
@@ -199,10 +199,10 @@ export class CompanyWatcher extends EventEmitter {
   }
 
   private async poll(): Promise<void> {
-    if (!this.allWatched || Date.now() - this.lastScanAt > 600_000) return this.scanNow();
-    const t0 = Date.now();
+    if (!this.allWatched || performance.now() - this.lastScanAt > 600_000) return this.scanNow();
+    const t0 = performance.now();
     const same = await this.scanner.filesUnchanged();
-    this.lastSweepMs = Date.now() - t0;
+    this.lastSweepMs = performance.now() - t0;
     if (!same) this.changed();
   }
 
@@ -211,7 +211,7 @@ export class CompanyWatcher extends EventEmitter {
   private changed(): void {
     if (this.stopped) return;
     this.eventSeq++;
-    const now = Date.now();
+    const now = performance.now();
     if (!this.settleTimer) this.firstEventAt = now;
     clearTimeout(this.settleTimer);
     const settle = this.opts.settleMs ?? 300;
@@ -233,12 +233,12 @@ export class CompanyWatcher extends EventEmitter {
       // A scan of our own that begins after the events counted in seq: joining one a pull started earlier could
       // vouch for a tree read before those events.
       await this.scanner.idle();
-      const t0 = Date.now();
+      const t0 = performance.now();
       const seq = this.eventSeq;
       const prior = this.scanner.current?.rootHash;
       const g: Generation = await this.scanner.scan({ settleTimeoutMs: this.opts.settleTimeoutMs });
-      this.lastScanMs = Date.now() - t0;
-      this.lastScanAt = Date.now();
+      this.lastScanMs = performance.now() - t0;
+      this.lastScanAt = performance.now();
       this.cleanSeq = seq;
       this.watchDirs(g);
       // Announced when it differs from what this watcher last announced (a pull's own scan may have found the change

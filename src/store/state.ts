@@ -541,8 +541,8 @@ export function lockOwnedHere(p: string): boolean {
 
 /**
  * Who holds the lock file at `p`: a live process's pid; 'starting' for a file still without a pid (made by a taker
- * that has not written it yet: it is created empty, then written), unless that is older than a few seconds (its maker
- * was killed in between); else 'stale' (a dead process's, or gone).
+ * that has not written it yet: it is created empty, then written), unless its stamp is more than a few seconds from now
+ * (its maker was killed in between); else 'stale' (a dead process's, or gone).
  */
 function lockHolder(p: string): number | 'starting' | 'stale' {
   let text: string;
@@ -563,7 +563,8 @@ function lockHolder(p: string): number | 'starting' | 'stale' {
     const now = started ? startTimeOf(pid) : '';
     return now !== '' && now !== started ? 'stale' : pid;
   }
-  return text === '' && ageMs < 5000 ? 'starting' : 'stale';
+  // Either way: a stamp far ahead of this clock (the clock stepped back since) must not keep it 'starting' for good.
+  return text === '' && Math.abs(ageMs) < 5000 ? 'starting' : 'stale';
 }
 
 /**

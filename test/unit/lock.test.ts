@@ -38,6 +38,15 @@ describe('DirLock', () => {
     lock.release();
   });
 
+  it('an empty lock file stamped an hour ahead (its maker killed, then the clock stepped back) is taken over', async () => {
+    // Produced by stamping the empty file 3600 s in the future: it is no newer than a few seconds in either direction.
+    const paths = pathsWithLock('', -3600);
+    const lock = new DirLock(paths);
+    await lock.acquire(0);
+    expect(fs.readFileSync(paths.lock, 'utf8').trim()).toBe(`${process.pid} ${startTimeOf(process.pid)}`);
+    lock.release();
+  });
+
   it("a dead process's lock is taken over; a live one's is not", async () => {
     const dead = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { encoding: 'utf8' });
     const paths = pathsWithLock(`${dead.stdout}\n`);

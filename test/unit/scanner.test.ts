@@ -2,7 +2,7 @@
  * CompanyScanner's rescans: what they keep from the generation before (no new object per unchanged file) and what
  * they make new (the changed files). Over real files in a temp folder and a real worker pool (the built modules).
  */
-import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { describe, it, expect, beforeAll, afterAll, vi } from 'vitest';
 import fs from 'node:fs';
 import crypto from 'node:crypto';
 import path from 'node:path';
@@ -208,7 +208,7 @@ describe('CompanyScanner rescans', () => {
     const fresh = await new CompanyScanner(root, pool).scan();
     const idsOf = (g: typeof g1) => Buffer.from(g.manifest.entries.find((e) => e.path === 'Company.900')!.ids!.buffer).toString('hex');
     expect(idsOf(g1)).toBe(idsOf(fresh));
-    const stampsKept = () => (scanner as unknown as { future: { size: number } }).future.size;
+    const stampsKept = () => (scanner as unknown as { sightings: { size: number } }).sightings.size;
     expect(stampsKept()).toBe(1);
     // Read once it held still: the next scan trusts it from the cache (its stamp, met by the walk, is kept), and once
     // the file is gone its stamp goes too.
@@ -220,8 +220,8 @@ describe('CompanyScanner rescans', () => {
   }, 30_000);
 
   it('quietInMs: a stamp ahead of the clock waits from when it was first seen, again when it changes, and is forgotten when not met', async () => {
-    const { quietInMs, FutureStamps } = await built<typeof import('../../src/scan/scanner.js')>('scan/scanner.js');
-    const future = new FutureStamps();
+    const { quietInMs, StampSightings } = await built<typeof import('../../src/scan/scanner.js')>('scan/scanner.js');
+    const future = new StampSightings();
     const hourAhead = BigInt(Date.now() + 3_600_000) * 1_000_000n + 123_456n;
     const st = { kind: 'file' as const, mode: 0o644, size: 10n, mtimeNs: hourAhead, ctimeNs: hourAhead, ino: 7n };
     expect(quietInMs(st, 'a', future)).toBeGreaterThan(90);
@@ -238,5 +238,43 @@ describe('CompanyScanner rescans', () => {
     expect(future.size).toBe(2);
     future.endScan();
     expect(future.size).toBe(0);
+  });
+
+  it('quietInMs: a whole-second stamp a few seconds old by this clock waits a tick from when it was first seen', async () => {
+    // Produced as a company on a file server whose clock runs 5 s behind this one: a stamp whose second is still going
+    // on there looks 5 s old here, and a same-size rewrite within that second would leave it as it is.
+    const { quietInMs, StampSightings } = await built<typeof import('../../src/scan/scanner.js')>('scan/scanner.js');
+    const sightings = new StampSightings();
+    const fiveSecondsAgo = (BigInt(Date.now() - 5000) / 1000n) * 1_000_000_000n;
+    const st = { kind: 'file' as const, mode: 0o644, size: 10n, mtimeNs: fiveSecondsAgo, ctimeNs: fiveSecondsAgo, ino: 7n };
+    expect(quietInMs(st, 'a', sightings)).toBeGreaterThan(2000);
+    // The same stamp seen again later counts from that first sighting, not from now.
+    await new Promise((r) => setTimeout(r, 300));
+    const left = quietInMs(st, 'a', sightings);
+    expect(left).toBeGreaterThan(1500);
+    expect(left).toBeLessThan(1900);
+    // A finer stamp that old is dated by its own time; a whole-second one over an hour old too.
+    expect(quietInMs({ ...st, mtimeNs: fiveSecondsAgo + 1234n, ctimeNs: fiveSecondsAgo + 1234n }, 'b', sightings)).toBe(0);
+    const twoHoursAgo = (BigInt(Date.now() - 7_200_000) / 1000n) * 1_000_000_000n;
+    expect(quietInMs({ ...st, mtimeNs: twoHoursAgo, ctimeNs: twoHoursAgo }, 'c', sightings)).toBe(0);
+    expect(sightings.size).toBe(1);
+  });
+
+  it('quietInMs: a stamp ahead of the clock is not waited for an hour when the clock steps back an hour', async () => {
+    // Produced by stepping Date.now back after the first sighting (an NTP correction): the wait counts on the
+    // monotonic clock from that sighting.
+    const { quietInMs, StampSightings } = await built<typeof import('../../src/scan/scanner.js')>('scan/scanner.js');
+    const sightings = new StampSightings();
+    const ahead = BigInt(Date.now() + 60_000) * 1_000_000n + 123_456n;
+    const st = { kind: 'file' as const, mode: 0o644, size: 10n, mtimeNs: ahead, ctimeNs: ahead, ino: 7n };
+    expect(quietInMs(st, 'a', sightings)).toBeGreaterThan(90);
+    await new Promise((r) => setTimeout(r, 110));
+    const realNow = Date.now.bind(Date);
+    vi.spyOn(Date, 'now').mockImplementation(() => realNow() - 3_600_000);
+    try {
+      expect(quietInMs(st, 'a', sightings)).toBe(0);
+    } finally {
+      vi.restoreAllMocks();
+    }
   });
 });

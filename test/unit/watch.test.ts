@@ -2,7 +2,7 @@
  * The watcher's word on a generation (scan/watch.ts): a pull may skip its scan only while every folder is watched and
  * nothing changed since the last scan began. Real files in a temp folder, a real worker pool, real inotify watches.
  */
-import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { describe, it, expect, beforeAll, afterAll, vi } from 'vitest';
 import fs from 'node:fs';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -107,6 +107,42 @@ describe('CompanyWatcher.settledGeneration', () => {
       watcher.stop();
     }
   });
+
+  it('a stream of changes delays a scan by maxDelayMs at most, even after the wall clock steps back an hour', async () => {
+    // Produced by stepping Date.now back (the clock an NTP correction or an admin moves) while files keep coming: the
+    // delay is measured on the monotonic clock, so the step cannot stretch it to an hour.
+    const root = path.join(tmp.dir, 'churn');
+    fs.mkdirSync(root);
+    fs.writeFileSync(path.join(root, 'first.xml'), '0\n');
+    const scanner = new CompanyScanner(root, pool);
+    const watcher = new CompanyWatcher(scanner, { settleMs: 300, maxDelayMs: 600 });
+    const heard: number[] = [];
+    watcher.on('generation', () => heard.push(performance.now()));
+    watcher.start();
+    const realNow = Date.now.bind(Date);
+    try {
+      await waitFor(() => heard.length > 0, 10_000);
+      heard.length = 0;
+      const t0 = performance.now();
+      let stepped = false;
+      // 25 new files, one each 100 ms (2.5 s in all): each event comes within the settle time of the last.
+      for (let i = 0; i < 25; i++) {
+        fs.writeFileSync(path.join(root, `v${i}.xml`), `${i}\n`);
+        if (i === 0) {
+          await new Promise((r) => setTimeout(r, 20)); // the first event is taken at the true time
+          vi.spyOn(Date, 'now').mockImplementation(() => realNow() - 3_600_000);
+          stepped = true;
+        }
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      expect(stepped).toBe(true);
+      expect(heard.length, 'a generation was announced while the files kept coming').toBeGreaterThan(0);
+      expect(heard[0]! - t0).toBeLessThan(2000);
+    } finally {
+      vi.restoreAllMocks();
+      watcher.stop();
+    }
+  }, 30_000);
 
   it('watches a folder again once it is removed or moved away and made anew at its path', async () => {
     const root = path.join(tmp.dir, 'remade');
