@@ -51,7 +51,7 @@ function parseCompanies(list: string[]): Map<string, string> {
 
 /**
  * Fault injection for the fault suite: SNAPFERRY_FAULT_KILL_AT=<point> makes the process SIGKILL itself at that named
- * point of a pull (plan, links, planned, based, commit, before-intent, intent, exchanged, swap, swapped, committed; swap only where the swap is two renames), exactly as a power
+ * point of a pull (plan, links, planned, base-copied, based, commit, before-intent, intent, exchanged, swap, swapped, committed; swap only where the swap is two renames), exactly as a power
  * cut or kill -9;
  * SNAPFERRY_FAULT_STOP_AT=<point> stops it there (SIGSTOP) for a test to change something before it goes on.
  */

@@ -1478,6 +1478,7 @@ class PullRun {
     await fs.promises.truncate(dst, e.size);
     // Past what the copy or the spare held, the file holds nothing: zeros the file grew by are left holes there.
     this.holesFromOf.set(ei, Math.min(e.size, had));
+    this.opts.onPoint?.('base-copied');
     if (spare) this.stats.spares++;
     else this.stats.written += copied;
     this.journal([(J_BASED | (spare ? J_SPARE : 0) | ei) >>> 0]);
