@@ -1825,7 +1825,6 @@ class PullRun {
     // The decrypted frame is moved to the worker whole when it owns its memory, copied otherwise.
     const owns = msg.byteOffset === 0 && msg.byteLength === msg.buffer.byteLength;
     const { entries, ...targets } = this.targetsOf(firsts);
-
     const job: WritePackJob = {
       kind: 'writePack',
       payload: owns ? msg : Buffer.from(data.payload),

@@ -123,7 +123,6 @@ export interface WritePackResult {
   finished?: string[];
 }
 
-/** Copy verified local byte ranges into place (reuse of chunks the puller already holds). */
 /**
  * Where a file in next/ may keep runs of zeros (64 KiB or more) as holes, not written, as the site's sparse files and
  * preallocated zero pages are (a 6 GiB file holding 42 MB took 6 GiB of the branch's disk). Per path: `from`, the offset
@@ -142,6 +141,7 @@ function leaveHole(holes: Holes | undefined, pi: number, offset: number, data: U
   return from >= 0 && offset >= from && data.length >= HOLE_MIN && allZero(data);
 }
 
+/** Copy verified local byte ranges into place (reuse of chunks the puller already holds). */
 export interface CopyRangesJob {
   kind: 'copyRanges';
   srcPaths: string[];
