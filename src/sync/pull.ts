@@ -1716,10 +1716,10 @@ class PullRun {
     // 3. Chunks the puller already holds elsewhere (into files whose base copies are done).
     await this.copyLocal();
     // 4. Packs from the site for the rest.
-    for (const pack of packsOf(this.from, L, this.packBytes)) {
+    for (const pack of lanePacksOf(this.from, L, this.packBytes, this.pool!.size)) {
       if (failure || this.readerError) break;
       await gate.take(pack.bytes);
-      track(this.getPack(pack.firsts).finally(() => gate.give(pack.bytes)));
+      track(this.getPack(pack.firsts, pack.lane).finally(() => gate.give(pack.bytes)));
     }
     await Promise.all(tasks);
     if (failure) throw failure;
@@ -1809,7 +1809,8 @@ class PullRun {
     this.local = undefined;
   }
 
-  private async getPack(firsts: number[]): Promise<void> {
+  /** Fetches one pack and has worker `lane` verify it and write it (see lanePacksOf). */
+  private async getPack(firsts: number[], lane: number): Promise<void> {
     const L = this.layout;
     const ranges: Array<[number, number]> = [];
     for (const g of firsts) {
@@ -1839,7 +1840,7 @@ class PullRun {
       // Around the page cache only for a pull that flushes before its commit (see WritePackJob.direct).
       direct: this.opts.durable !== false,
     };
-    const r = await this.pool!.run<WritePackResult>(job, true, L.entry[firsts[0]!]!);
+    const r = await this.pool!.run<WritePackResult>(job, true, lane);
     r.finished?.forEach((st, pi) => st && this.finishedStats.set(entries[pi]!, st));
     this.stats.written += r.written;
     this.stats.fetched += firsts.length;
@@ -2086,14 +2087,50 @@ function recordSays(paths: StatePaths, field: 'rootHash' | 'company'): string | 
 }
 
 /**
- * Groups the chunks planned as GET, in chunk order, into packs of about packBytes raw; deterministic, so concurrent
- * branches ask alike. Lazy: only the pack being sent exists.
+ * The chunks planned as GET in packs, in one lane per worker thread: all of a file's packs in one lane, files dealt to
+ * the lanes largest first to the lightest, and the lanes taking turns (the one with the fewest bytes asked so far
+ * first). Why: a write takes the file's inode lock, so one thread writes a file at a time (two spin on the lock), and
+ * with packs in plain chunk order the window was in one large file at a time: one worker did 80 % of a seed while the
+ * other waited, on a machine where a new page costs ~2 s/GiB to write (see bench/pagecache.ts). Deterministic, so
+ * concurrent branches ask alike. Lazy: only the pack being sent exists.
  */
-function* packsOf(from: Uint8Array, L: Layout, packBytes: number): Generator<{ firsts: number[]; bytes: number }> {
+export function* lanePacksOf(from: Uint8Array, L: Layout, packBytes: number, lanes: number): Generator<{ firsts: number[]; bytes: number; lane: number }> {
+  const bytesOf = new Float64Array(L.entryStart.length - 1);
+  for (let g = 0; g < from.length; g++) if (from[g] === From.GET) bytesOf[L.entry[g]!] += L.len[g]!;
+  const load = new Float64Array(lanes);
+  const entriesOf: number[][] = Array.from({ length: lanes }, () => []);
+  const bySize = [...bytesOf.keys()].filter((ei) => bytesOf[ei]! > 0).sort((a, b) => bytesOf[b]! - bytesOf[a]! || a - b);
+  for (const ei of bySize) {
+    let k = 0;
+    for (let i = 1; i < lanes; i++) if (load[i]! < load[k]!) k = i;
+    entriesOf[k]!.push(ei);
+    load[k] += bytesOf[ei]!;
+  }
+  const packs = entriesOf.map((es) => packsOf(from, L, packBytes, chunksOfEntries(L, es.sort((a, b) => a - b))));
+  const next = packs.map((p) => p.next());
+  const asked = new Float64Array(lanes);
+  for (;;) {
+    let k = -1;
+    for (let i = 0; i < lanes; i++) if (!next[i]!.done && (k < 0 || asked[i]! < asked[k]!)) k = i;
+    if (k < 0) return;
+    const pack = next[k]!.value as { firsts: number[]; bytes: number };
+    asked[k] += pack.bytes;
+    yield { ...pack, lane: k };
+    next[k] = packs[k]!.next();
+  }
+}
+
+/** The chunk indexes of entries `es` (ascending), in order. */
+function* chunksOfEntries(L: Layout, es: number[]): Generator<number> {
+  for (const ei of es) for (let g = L.entryStart[ei]!; g < L.entryStart[ei + 1]!; g++) yield g;
+}
+
+/** Groups the chunks `gs` (ascending) planned as GET into packs of about packBytes raw. */
+function* packsOf(from: Uint8Array, L: Layout, packBytes: number, gs: Iterable<number>): Generator<{ firsts: number[]; bytes: number }> {
   let cur: number[] = [];
   let bytes = 0;
   let ranges = 0;
-  for (let g = 0; g < from.length; g++) {
+  for (const g of gs) {
     if (from[g] !== From.GET) continue;
     const len = L.len[g]!;
     const prev = cur[cur.length - 1];
