@@ -2092,7 +2092,8 @@ function recordSays(paths: StatePaths, field: 'rootHash' | 'company'): string | 
  * first). Why: a write takes the file's inode lock, so one thread writes a file at a time (two spin on the lock), and
  * with packs in plain chunk order the window was in one large file at a time: one worker did 80 % of a seed while the
  * other waited, on a machine where a new page costs ~2 s/GiB to write (see bench/pagecache.ts). Deterministic, so
- * concurrent branches ask alike. Lazy: only the pack being sent exists.
+ * concurrent branches with as many workers ask alike (the site's shared cache of packs it compresses on demand).
+ * Lazy: only the pack being sent exists.
  */
 export function* lanePacksOf(from: Uint8Array, L: Layout, packBytes: number, lanes: number): Generator<{ firsts: number[]; bytes: number; lane: number }> {
   const bytesOf = new Float64Array(L.entryStart.length - 1);
