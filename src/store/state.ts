@@ -474,7 +474,8 @@ export class DirLock {
 
   /** Takes the lock, waiting up to waitMs for a live holder to finish. */
   async acquire(waitMs = 0): Promise<void> {
-    const deadline = Date.now() + waitMs;
+    // On the monotonic clock: a wall clock stepped back an hour would have made a wait of seconds an hour long.
+    const deadline = performance.now() + waitMs;
     for (;;) {
       // Each try: a holder that made the folder removes it at release when it is empty.
       try {
@@ -501,7 +502,7 @@ export class DirLock {
         this.held = true;
         return;
       }
-      if (Date.now() >= deadline) fail(ErrorCodes.DIR_LOCKED, `${this.paths.dir} is in use by ${holderName(holder)}`);
+      if (performance.now() >= deadline) fail(ErrorCodes.DIR_LOCKED, `${this.paths.dir} is in use by ${holderName(holder)}`);
       await new Promise((r) => setTimeout(r, 200));
     }
   }

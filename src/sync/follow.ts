@@ -55,14 +55,14 @@ const HEALTHY_MS = 2_000;
 
 /**
  * Waits until the site holds a generation other than `have`. Resolves false if stopped. `link.since` is set when the
- * site has taken the FOLLOW (Date.now()).
+ * site has taken the FOLLOW (performance.now(): a step of the wall clock does not make a link look healthy or not).
  */
 async function waitForChange(opts: FollowOptions, have: string, link: { since: number }): Promise<boolean> {
   let session: SecureSession | undefined;
   try {
     session = await connect(opts.url, { secret: opts.secret, peerId: opts.peerId ?? os.hostname(), timeoutMs: opts.timeoutMs, signal: opts.signal });
     await session.sendJson(MsgType.FOLLOW, { company: opts.company, have });
-    link.since = Date.now();
+    link.since = performance.now();
     // A stop asked for while connecting: the abort event has fired already and would not fire again.
     if (opts.signal?.aborted) return false;
     const s = session;
@@ -147,7 +147,7 @@ export async function follow(opts: FollowOptions, onApplied: (r: PullResult) => 
   // (doubled across isolated drops hours apart, every later drop kept the branch away 30 s).
   const link = { since: 0 };
   const afterWait = () => {
-    if (link.since > 0 && Date.now() - link.since >= HEALTHY_MS) backoff = 500;
+    if (link.since > 0 && performance.now() - link.since >= HEALTHY_MS) backoff = 500;
     link.since = 0;
   };
   let prep: { stop: () => Promise<void> } | undefined;

@@ -227,7 +227,7 @@ export class SnapferryServer {
   private readonly unauthenticated = new PendingHandshakes();
   /** Unauthenticated connections closed for newer ones since that was last logged, and when it was. */
   private evicted = 0;
-  private evictedLoggedAt = 0;
+  private evictedLoggedAt = -Infinity;
   private poolInstance?: WorkerPool;
   private readonly cache: PackCache;
   private readonly bucket?: TokenBucket;
@@ -491,7 +491,7 @@ export class SnapferryServer {
       if (r.superseded) return;
       const secs = ((performance.now() - started) / 1000).toFixed(2);
       if (r.reserveKept !== undefined) {
-        c.fillCut = { at: Date.now(), free: diskSpace(store.dir)?.free ?? 0 };
+        c.fillCut = { at: performance.now(), free: diskSpace(store.dir)?.free ?? 0 };
         this.log(`storing ${c.name} generation ${g.generation} stopped to keep ${formatBytes(r.reserveKept)} free on the disk of ${store.dir} (${r.chunks} chunks stored; pulls compress the others on demand)`);
       } else {
         this.log(`stored ${c.name}: generation ${g.generation}, ${r.chunks} chunks (${r.bytes} bytes) compressed in ${secs} s${r.stale ? ` (${r.stale} chunks of files changed since the scan left to the next generation)` : ''}; store ${store.size} chunks, ${store.bytes} bytes`);
@@ -514,7 +514,7 @@ export class SnapferryServer {
       }
     };
     c.storeWork = (c.storeWork ?? Promise.resolve()).then(work).catch((err) => {
-      if (current()) c.fillCut = { at: Date.now() };
+      if (current()) c.fillCut = { at: performance.now() };
       this.logFailure(`storing ${c.name} generation ${g.generation} failed (pulls compress on demand): ${toSnapferryError(err).message}`);
     });
   }
@@ -525,7 +525,7 @@ export class SnapferryServer {
    */
   private fillAgain(c: Company, g: Generation): boolean {
     const cut = c.fillCut;
-    if (!cut || c.fillGeneration !== g.generation || Date.now() - cut.at < FILL_RETRY_MS) return false;
+    if (!cut || c.fillGeneration !== g.generation || performance.now() - cut.at < FILL_RETRY_MS) return false;
     if (cut.free === undefined) return true;
     const free = diskSpace(c.store!.dir)?.free;
     return free !== undefined && free >= cut.free + FILL_RETRY_ROOM;
@@ -539,7 +539,7 @@ export class SnapferryServer {
   /** Logs closing unauthenticated connections for newer ones: the first at once, then at most once a minute. */
   private noteEvicted(budget: number): void {
     this.evicted++;
-    const now = Date.now();
+    const now = performance.now();
     if (now - this.evictedLoggedAt < 60_000) return;
     this.log(`closed ${this.evicted} connection(s) that had not authenticated, the oldest of the address holding the most, to make room for newer ones (${budget} at once)`);
     this.evicted = 0;
@@ -553,10 +553,13 @@ export class SnapferryServer {
    */
   private noteRefusal(line: string): void {
     const r = this.refusals;
-    const now = Date.now();
+    // The minute on the monotonic clock (a wall clock stepped back an hour held the count back an hour); its start on
+    // the wall clock only to be said.
+    const now = performance.now();
     if (now - r.since >= 60_000) {
       this.sayUnsaidRefusals();
       r.since = now;
+      r.sinceWall = Date.now();
       r.logged = 0;
     }
     if (r.logged < REFUSALS_LOGGED_PER_MINUTE) {
@@ -574,11 +577,11 @@ export class SnapferryServer {
     clearTimeout(r.timer);
     r.timer = undefined;
     if (r.unsaid === 0) return;
-    this.log(`${r.unsaid} more connection(s) that did not authenticate were refused or ended since ${new Date(r.since).toISOString()} (${REFUSALS_LOGGED_PER_MINUTE} a minute are logged one by one)`);
+    this.log(`${r.unsaid} more connection(s) that did not authenticate were refused or ended since ${new Date(r.sinceWall).toISOString()} (${REFUSALS_LOGGED_PER_MINUTE} a minute are logged one by one)`);
     r.unsaid = 0;
   }
 
-  private readonly refusals: { since: number; logged: number; unsaid: number; timer?: NodeJS.Timeout } = { since: 0, logged: 0, unsaid: 0 };
+  private readonly refusals: { since: number; sinceWall: number; logged: number; unsaid: number; timer?: NodeJS.Timeout } = { since: -Infinity, sinceWall: 0, logged: 0, unsaid: 0 };
 
   private onConnection(ws: WebSocket, socket: net.Socket): void {
     // A peer that stops reading ends its session after the idle timeout, and one that sends without waiting for

@@ -258,8 +258,9 @@ function peerPreauthError(msg: Buffer): SnapferryError {
 /** Server side: runs the handshake on a fresh channel within timeoutMs. */
 export async function accept(channel: Channel, secretFor: (peerId: string) => Buffer | undefined, timeoutMs: number): Promise<SecureSession> {
   const hs = new ServerHandshake(secretFor);
-  const deadline = Date.now() + timeoutMs;
-  const left = () => Math.max(1, deadline - Date.now());
+  // On the monotonic clock: a step of the wall clock neither stretches nor cuts the handshake's time.
+  const deadline = performance.now() + timeoutMs;
+  const left = () => Math.max(1, deadline - performance.now());
   const preauthError = async (err: SnapferryError) => {
     if (err.code === ErrorCodes.VERSION || err.code === ErrorCodes.PROTOCOL || err.code === ErrorCodes.AUTH) {
       const body = Buffer.from(JSON.stringify({ code: err.code, message: err.message }));

@@ -1,5 +1,5 @@
 /** DIR's lock (store/state.ts DirLock) against lock files left in each state a process can leave them: real files in a temp folder, real processes. */
-import { describe, it, expect, afterAll } from 'vitest';
+import { describe, it, expect, afterAll, vi } from 'vitest';
 import fs from 'node:fs';
 import path from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
@@ -59,6 +59,22 @@ describe('DirLock', () => {
     const live = pathsWithLock(`${process.pid}\n`);
     await expect(new DirLock(live).acquire(0)).rejects.toMatchObject({ code: 'SNAPFERRY_E_DIR_LOCKED' });
   });
+
+  // BUG (DirLock.acquire): its wait for a live holder ran to a wall-clock deadline; the clock stepped back an hour after
+  // the first try (NTP, a VM restored) made a wait of a second an hour long. Produced here by Date.now stepping back.
+  it('a wait for a live holder ends on time when the wall clock steps back meanwhile', async () => {
+    const live = pathsWithLock(`${process.pid}\n`);
+    const realNow = Date.now.bind(Date);
+    let calls = 0;
+    const stepped = vi.spyOn(Date, 'now').mockImplementation(() => (++calls > 1 ? realNow() - 3_600_000 : realNow()));
+    try {
+      const t0 = performance.now();
+      await expect(new DirLock(live).acquire(1000)).rejects.toMatchObject({ code: 'SNAPFERRY_E_DIR_LOCKED' });
+      expect(performance.now() - t0).toBeLessThan(5000);
+    } finally {
+      stepped.mockRestore();
+    }
+  }, 15_000);
 
   // BUG (DirLock.acquire, found by a helper review): a lock that is a folder was taken over but left in the state
   // folder as lock.stale.PID (removed without `recursive`).
