@@ -2087,27 +2087,30 @@ function recordSays(paths: StatePaths, field: 'rootHash' | 'company'): string | 
 }
 
 /**
- * The chunks planned as GET in packs, in one lane per worker thread: all of a file's packs in one lane, files dealt to
- * the lanes largest first to the lightest, and the lanes taking turns (the one with the fewest bytes asked so far
- * first). Why: a write takes the file's inode lock, so one thread writes a file at a time (two spin on the lock), and
- * with packs in plain chunk order the window was in one large file at a time: one worker did 80 % of a seed while the
- * other waited, on a machine where a new page costs ~2 s/GiB to write (see bench/pagecache.ts). Deterministic, so
- * concurrent branches with as many workers ask alike (the site's shared cache of packs it compresses on demand).
+ * The packs of packsOf, in one lane per worker thread: a pack goes to the lane of the file its first chunk is in, files
+ * are dealt to the lanes largest first to the lightest, and the lanes take turns (the one with the fewest bytes asked
+ * so far first). Why: a write takes the file's inode lock, so one thread should write a file (two spin on the lock),
+ * and with packs in plain chunk order the window was in one large file at a time: one worker did 80 % of a seed while
+ * the other waited, on a machine where a new page costs ~2 s/GiB to write (see bench/pagecache.ts). Only the order
+ * and the worker depend on the lanes, not the packs: concurrent branches ask alike whatever their number of cores (the
+ * site's shared cache of packs it compresses on demand; cut per lane, a branch with one worker and one with two shared
+ * 12 % fewer). A file that begins inside another file's pack has that pack written by the other's worker.
  * Lazy: only the pack being sent exists.
  */
 export function* lanePacksOf(from: Uint8Array, L: Layout, packBytes: number, lanes: number): Generator<{ firsts: number[]; bytes: number; lane: number }> {
   const bytesOf = new Float64Array(L.entryStart.length - 1);
   for (let g = 0; g < from.length; g++) if (from[g] === From.GET) bytesOf[L.entry[g]!] += L.len[g]!;
   const load = new Float64Array(lanes);
-  const entriesOf: number[][] = Array.from({ length: lanes }, () => []);
+  const laneOf = new Uint16Array(bytesOf.length);
   const bySize = [...bytesOf.keys()].filter((ei) => bytesOf[ei]! > 0).sort((a, b) => bytesOf[b]! - bytesOf[a]! || a - b);
   for (const ei of bySize) {
     let k = 0;
     for (let i = 1; i < lanes; i++) if (load[i]! < load[k]!) k = i;
-    entriesOf[k]!.push(ei);
+    laneOf[ei] = k;
     load[k] += bytesOf[ei]!;
   }
-  const packs = entriesOf.map((es) => packsOf(from, L, packBytes, chunksOfEntries(L, es.sort((a, b) => a - b))));
+  // Each lane walks the one sequence of packs and keeps its own.
+  const packs = Array.from({ length: lanes }, (_, k) => packsOfLane(packsOf(from, L, packBytes), (p) => laneOf[L.entry[p.firsts[0]!]!] === k));
   const next = packs.map((p) => p.next());
   const asked = new Float64Array(lanes);
   for (;;) {
@@ -2121,17 +2124,20 @@ export function* lanePacksOf(from: Uint8Array, L: Layout, packBytes: number, lan
   }
 }
 
-/** The chunk indexes of entries `es` (ascending), in order. */
-function* chunksOfEntries(L: Layout, es: number[]): Generator<number> {
-  for (const ei of es) for (let g = L.entryStart[ei]!; g < L.entryStart[ei + 1]!; g++) yield g;
+/** The packs of `all` that are the lane's. */
+function* packsOfLane<P>(all: Iterable<P>, mine: (p: P) => boolean): Generator<P> {
+  for (const p of all) if (mine(p)) yield p;
 }
 
-/** Groups the chunks `gs` (ascending) planned as GET into packs of about packBytes raw. */
-function* packsOf(from: Uint8Array, L: Layout, packBytes: number, gs: Iterable<number>): Generator<{ firsts: number[]; bytes: number }> {
+/**
+ * Groups the chunks planned as GET, in chunk order, into packs of about packBytes raw; deterministic, so concurrent
+ * branches ask alike.
+ */
+function* packsOf(from: Uint8Array, L: Layout, packBytes: number): Generator<{ firsts: number[]; bytes: number }> {
   let cur: number[] = [];
   let bytes = 0;
   let ranges = 0;
-  for (const g of gs) {
+  for (let g = 0; g < from.length; g++) {
     if (from[g] !== From.GET) continue;
     const len = L.len[g]!;
     const prev = cur[cur.length - 1];
