@@ -19,20 +19,23 @@ describe('sparse files', () => {
 
   /** Disk bytes a file takes (its allocated blocks). */
   const allocated = (p: string) => fs.statSync(p).blocks * 512;
+  /** A site's company holding one sparse ledger.db of `size` apparent bytes, with 1 MiB of random data at each offset. */
+  const sparseCompany = (site: string, size: number, dataAt: number[]) => {
+    const src = path.join(tmp.dir, site, 'acme');
+    fs.mkdirSync(src, { recursive: true });
+    const db = path.join(src, 'ledger.db');
+    fs.writeFileSync(db, '');
+    fs.truncateSync(db, size);
+    const fd = fs.openSync(db, 'r+');
+    for (const at of dataAt) fs.writeSync(fd, randomBytes(MiB), 0, MiB, at);
+    fs.closeSync(fd);
+    return { src, db };
+  };
 
   it('arrive with their holes, at the seed and through a delta, with the same bytes', async () => {
     const key = secretFile(tmp.dir);
-    const src = path.join(tmp.dir, 'site', 'acme');
-    fs.mkdirSync(src, { recursive: true });
-    const db = path.join(src, 'ledger.db');
     // 64 MiB apparent, 3 MiB of data: at the start, in the middle, and the last bytes.
-    fs.writeFileSync(db, '');
-    fs.truncateSync(db, 64 * MiB);
-    const fd = fs.openSync(db, 'r+');
-    fs.writeSync(fd, randomBytes(MiB), 0, MiB, 0);
-    fs.writeSync(fd, randomBytes(MiB), 0, MiB, 30 * MiB + 12345);
-    fs.writeSync(fd, randomBytes(MiB), 0, MiB, 63 * MiB);
-    fs.closeSync(fd);
+    const { src, db } = sparseCompany('site', 64 * MiB, [0, 30 * MiB + 12345, 63 * MiB]);
     fs.writeFileSync(path.join(src, 'small.txt'), 'not sparse\n');
     const site = await startServe(['--secret', key, '--company', `acme=${src}`]);
     try {
@@ -96,15 +99,7 @@ describe('sparse files', () => {
   const noTmpfs = tmpfsUnavailable();
   it.skipIf(noTmpfs !== undefined)('a sparse file larger than the free space, but not its data, is pulled (seed and delta)', async () => {
     const key = secretFile(tmp.dir);
-    const src = path.join(tmp.dir, 'site-small-disk', 'acme');
-    fs.mkdirSync(src, { recursive: true });
-    const db = path.join(src, 'ledger.db');
-    fs.writeFileSync(db, '');
-    fs.truncateSync(db, 256 * MiB);
-    const fd = fs.openSync(db, 'r+');
-    fs.writeSync(fd, randomBytes(MiB), 0, MiB, 0);
-    fs.writeSync(fd, randomBytes(MiB), 0, MiB, 200 * MiB);
-    fs.closeSync(fd);
+    const { src, db } = sparseCompany('site-small-disk', 256 * MiB, [0, 200 * MiB]);
     const disk = path.join(tmp.dir, 'small-disk');
     fs.mkdirSync(disk);
     const m = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=48m,mode=0755', 'tmpfs', disk], { encoding: 'utf8' });
