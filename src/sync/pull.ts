@@ -2095,7 +2095,7 @@ function recordSays(paths: StatePaths, field: 'rootHash' | 'company'): string | 
  * and the worker depend on the lanes, not the packs: concurrent branches ask alike whatever their number of cores (the
  * site's shared cache of packs it compresses on demand; cut per lane, a branch with one worker and one with two shared
  * 12 % fewer). A file that begins inside another file's pack has that pack written by the other's worker.
- * Lazy: only the pack being sent exists.
+ * Lazy: only each lane's next pack exists.
  */
 export function* lanePacksOf(from: Uint8Array, L: Layout, packBytes: number, lanes: number): Generator<{ firsts: number[]; bytes: number; lane: number }> {
   const bytesOf = new Float64Array(L.entryStart.length - 1);
@@ -2109,7 +2109,9 @@ export function* lanePacksOf(from: Uint8Array, L: Layout, packBytes: number, lan
     laneOf[ei] = k;
     load[k] += bytesOf[ei]!;
   }
-  // Each lane walks the one sequence of packs and keeps its own.
+  // Each lane walks the one sequence of packs and keeps its own: one walk feeding a queue per lane would hold the
+  // packs of one lane (a 483 MB ledger's) while the other caught up; cutting them again per lane costs a pass over
+  // the plan per worker.
   const packs = Array.from({ length: lanes }, (_, k) => packsOfLane(packsOf(from, L, packBytes), (p) => laneOf[L.entry[p.firsts[0]!]!] === k));
   const next = packs.map((p) => p.next());
   const asked = new Float64Array(lanes);
