@@ -220,3 +220,12 @@ export function tmpfsUnavailable(): string | undefined {
     fs.rmSync(probe, { recursive: true, force: true });
   }
 }
+
+/** A child process rewriting random 4 KiB pages of `file` in place every 3 ms, for at most 30 s. */
+export function pageWriter(file: string): ChildProcess {
+  return spawn(
+    process.execPath,
+    ['-e', `const fs=require('fs'),c=require('crypto');const fd=fs.openSync(${JSON.stringify(file)},'r+');const n=fs.fstatSync(fd).size>>12;const end=Date.now()+30000;const t=setInterval(()=>{fs.writeSync(fd,c.randomBytes(4096),0,4096,c.randomInt(n)*4096);if(Date.now()>end)clearInterval(t)},3)`],
+    { stdio: 'ignore' },
+  );
+}

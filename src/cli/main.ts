@@ -208,7 +208,7 @@ export function buildProgram(): Commander.Command {
     .option('--bwlimit <rate>', 'cap on bytes per second sent, e.g. 8M')
     .option('--level <n>', 'zstd level for chunk data, or "none" (default: adapted to the link: 1, -1 or none)')
     .option('--max-connections <n>', 'connections at once', '256')
-    .option('--settle-timeout <seconds>', 'how long a file that keeps changing may delay a generation', '30')
+    .option('--settle-timeout <seconds>', 'how long a file that keeps changing may delay a generation before it is held back as it last was', '30')
     .option('--cache-dir <dir>', 'keep the scan cache and the chunk stores here, so a restarted site re-reads only what changed')
     .option('--no-store', 'compress chunks as pulls ask for them instead of once, when indexed (saves the disk a store takes: about a third of the company)')
     .action(async (o: { listen: string; secret: string; company: string[]; bwlimit?: string; level?: string; maxConnections: string; settleTimeout: string; cacheDir?: string; store: boolean }) => {

@@ -1,6 +1,7 @@
 /** Live progress on a terminal (stderr) and the one-paragraph summary of a pull. */
 import type { PullProgress, PullResult } from '../sync/pull.js';
 import { formatBytes } from '../util/rate.js';
+import { heldBackText } from '../protocol/messages.js';
 
 /** Where the transfer phase of the pull being shown began: its bytes done and elapsed time then. */
 export interface TransferStart {
@@ -71,14 +72,15 @@ export function progressLine(enabled: boolean): { update: (p: PullProgress) => v
 
 /** The human summary of a pull. */
 export function summary(r: PullResult, dir: string): string {
+  const held = r.heldBack ? ` ${heldBackText(r.heldBack.names, r.heldBack.count)}.` : '';
   if (r.unchanged) {
-    return `${dir} already holds generation ${r.generation} of ${r.company} (${r.files} files, ${formatBytes(r.bytes)}); nothing to transfer. ${formatBytes(r.bytesOnWire)} on the wire in ${r.seconds.toFixed(2)} s.`;
+    return `${dir} already holds generation ${r.generation} of ${r.company} (${r.files} files, ${formatBytes(r.bytes)}); nothing to transfer. ${formatBytes(r.bytesOnWire)} on the wire in ${r.seconds.toFixed(2)} s.${held}`;
   }
   const rate = r.seconds > 0 ? r.bytes / r.seconds : 0;
   return (
     `${dir} now holds generation ${r.generation} of ${r.company}: ${r.files} files, ${formatBytes(r.bytes)} ` +
     `(root ${r.rootHash.slice(0, 16)}). ${r.chunksFetched} chunks fetched (${r.chunksPatched} as block patches), ` +
     `${r.chunksReused} reused from local data; ${formatBytes(r.bytesOnWire)} on the wire in ${r.seconds.toFixed(2)} s ` +
-    `(${formatBytes(rate)}/s of company data).`
+    `(${formatBytes(rate)}/s of company data).${held}`
   );
 }

@@ -46,6 +46,36 @@ export interface ManifestMsg {
   encodedSize: number;
   /** Number of MANIFEST_PART messages that follow. */
   parts: number;
+  /**
+   * Files the site held back (they kept changing past its settle budget): in this generation as they were in the last
+   * one, or not yet if new. At most MAX_HELD_NAMES; heldBackCount says how many in all.
+   */
+  heldBack?: string[];
+  heldBackCount?: number;
+}
+
+/** Names of held-back files a manifest header carries at most (the rest are counted). */
+export const MAX_HELD_NAMES = 20;
+
+/** Held-back files in words (site log, pull summary): `names` the first of `count`. */
+export function heldBackText(names: readonly string[], count = names.length): string {
+  const more = count > names.length ? ` and ${count - names.length} more` : '';
+  return `${count} file${count === 1 ? '' : 's'} held back, kept changing at the site (each as the generation before had it, or not yet if new): ${names.join(', ')}${more}`;
+}
+
+/**
+ * The held-back names of a manifest header from a site, checked (a hostile site's header gets no further than this):
+ * undefined when there are none.
+ */
+export function heldBackOf(head: { heldBack?: unknown; heldBackCount?: unknown }): { names: string[]; count: number } | undefined {
+  if (head.heldBack === undefined) return undefined;
+  const names = head.heldBack;
+  const count = head.heldBackCount;
+  if (!Array.isArray(names) || names.length === 0 || names.length > MAX_HELD_NAMES || !names.every((n) => typeof n === 'string' && n.length > 0 && n.length <= 4096)) {
+    fail(ErrorCodes.PROTOCOL, 'malformed held-back list in the manifest header');
+  }
+  if (typeof count !== 'number' || !Number.isSafeInteger(count) || count < names.length) fail(ErrorCodes.PROTOCOL, 'malformed held-back count in the manifest header');
+  return { names: names as string[], count };
 }
 
 export interface ErrorMsg {

@@ -27,6 +27,11 @@ export interface Generation {
   /** Absolute path of entry `ei` (made when asked: 100,000 kept strings cost a site ~9 MB). */
   absPath: (ei: number) => string;
   scannedAt: number;
+  /**
+   * Files that kept changing past the settle budget in the scan that made (or confirmed) this generation: each is in
+   * it as the last generation had it (its last quiet state), or, new since then, not yet. Empty when none was.
+   */
+  heldBack?: readonly string[];
 }
 
 /** Options of a scan. */
@@ -140,6 +145,22 @@ export function quietInMs(st: StatB, rel: string, sightings: StampSightings, at 
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/**
+ * How long a file held back stays known as one that will not hold still: a scan within this time gives it a short
+ * budget (HELD_BUDGET_MS) instead of the whole settle budget, so a log written without pause costs each scan (a
+ * follower's, every pull's) half a second, not the settle timeout each time.
+ */
+const HELD_MEMORY_MS = 5 * 60_000;
+const HELD_BUDGET_MS = 500;
+
+/** What a scan does with a file that kept changing past its settle budget (see CompanyScanner.holdBack). */
+interface SettleRule {
+  /** The budget of `rel`, in ms from when it is first seen changing in this scan. */
+  budgetOf(rel: string): number;
+  /** Its entry as the last generation had it (`e` filled from it), undefined to leave it out; or throws UNSTABLE_FILE. */
+  holdBack(rel: string, e: Entry): CachedFile | undefined;
+}
+
 /** Files up to this size are chunked in batches (a file this small is at most one segment). */
 const SMALL_FILE = 1 << 20;
 
@@ -239,6 +260,14 @@ export class CompanyScanner {
   /** Stamps this machine's clock cannot date, and when they were first seen (quietInMs). */
   private readonly sightings = new StampSightings();
 
+  /** Files held back by a scan (they kept changing), and when (monotonic ms): see HELD_MEMORY_MS. */
+  private readonly heldAt = new Map<string, number>();
+  /**
+   * Whether the cache loaded from the cache file is that of the generation the counter names (a cache file lost or
+   * older than the counter is not): only then can a scan after a restart tell a new file from one a branch may hold.
+   */
+  private loadedCacheVouches = false;
+
   /** Chunk parameters of the last scan (or of the saved cache). */
   private params: ChunkParams;
   /** Chooses them at each scan from the company's size; undefined when the caller fixed them. */
@@ -271,6 +300,7 @@ export class CompanyScanner {
         this.generationNo = counter.generation;
         this.savedRoot = counter.rootHash;
       }
+      this.loadedCacheVouches = saved !== undefined && saved.generation === this.generationNo;
     }
   }
 
@@ -381,6 +411,19 @@ export class CompanyScanner {
     }
     let entries: Entry[] = [];
     const nextCache = new ScanCache();
+    const held: string[] = [];
+    const settle: SettleRule = {
+      budgetOf: (rel) => {
+        const at = this.heldAt.get(rel);
+        return at !== undefined && performance.now() - at < HELD_MEMORY_MS ? Math.min(settleTimeoutMs, HELD_BUDGET_MS) : settleTimeoutMs;
+      },
+      holdBack: (rel, e) => {
+        const kept = this.holdBack(rel, e, cache, settleTimeoutMs);
+        held.push(rel);
+        this.heldAt.set(rel, performance.now());
+        return kept;
+      },
+    };
     /** Files listed by the walk but gone (or no longer regular files) when read: not part of this generation. */
     const gone = new Set<Entry>();
     const jobs: Array<Promise<void>> = [];
@@ -398,7 +441,7 @@ export class CompanyScanner {
       while (inFlight >= inFlightLimit) await new Promise<void>((r) => (wake = r));
       inFlight++;
       jobs.push(
-        this.chunkSmallFiles(batch, params, settleTimeoutMs, nextCache, gone)
+        this.chunkSmallFiles(batch, params, settle, nextCache, gone)
           .catch((err) => void (firstError ??= err))
           .finally(() => {
             inFlight--;
@@ -455,7 +498,7 @@ export class CompanyScanner {
         while (inFlight >= inFlightLimit) await new Promise<void>((r) => (wake = r));
         inFlight++;
         jobs.push(
-          this.chunkFile(abs, rel, st, e, params, settleTimeoutMs)
+          this.chunkFile(abs, rel, st, e, params, settle)
             .then((c) => void (c ? nextCache.set(rel, c) : gone.add(e)))
             .catch((err) => void (firstError ??= err))
             .finally(() => {
@@ -475,8 +518,12 @@ export class CompanyScanner {
     this.params = params;
     // Nothing read and every entry as before: the same generation, without checking, encoding and hashing it again
     // (an unchanged company's pull costs the site one walk of the tree).
+    // A file held back before and not now (read whole and quiet, unchanged, or gone) is no longer a busy one.
+    const heldNow = new Set(held);
+    for (const rel of this.heldAt.keys()) if (!heldNow.has(rel)) this.heldAt.delete(rel);
+    const heldBack = held.length > 0 ? held.sort(comparePaths) : undefined;
     if (this.lastBytesRead === 0 && this.last && sameEntries(this.last.manifest.entries, entries)) {
-      this.last = { ...this.last, scannedAt: started };
+      this.last = { ...this.last, scannedAt: started, heldBack };
       return this.last;
     }
     const manifest: Manifest = { params, entries };
@@ -504,7 +551,7 @@ export class CompanyScanner {
         /* a cache that cannot be written only costs a re-read after a restart */
       }
     }
-    this.last = { manifest, encoded, rootHash, generation: this.generationNo, absPath: absPathsOf(this.root, entries), scannedAt: started };
+    this.last = { manifest, encoded, rootHash, generation: this.generationNo, absPath: absPathsOf(this.root, entries), scannedAt: started, heldBack };
     // Not from an empty first scan: a site started before its disk was mounted has the mount point's device until then.
     if (this.rootMounted === undefined && entries.length > 0) this.rootMounted = mounted;
     return this.last;
@@ -610,6 +657,36 @@ export class CompanyScanner {
     return false;
   }
 
+  /**
+   * A file kept changing past its settle budget. A generation must not wait for it (a log appended without pause would
+   * hold back every other change of the company), nor hold a torn copy of it: it keeps the state the last generation
+   * had, the last one read whole and quiet (`e` takes that state's size, time, mode and chunks; the cache keeps that
+   * state's stats, so the next scan reads it again). A file new since then is left out, as if not made yet. Refused
+   * (UNSTABLE_FILE, the generation delayed) where that state is not known for sure: `cache` is not the one that vouches
+   * for the last generation (the chunk size changed), or its row was dropped (a read found the file changed and its
+   * chunks no longer servable: see CompanyServer's STALE answer), or a restarted site's cache file was not that of its
+   * last generation. Each file's own bytes are whole; across files a scan never was one instant (it reads file after
+   * file), and a held-back file is one more of its files read at another moment.
+   */
+  private holdBack(rel: string, e: Entry, cache: ScanCache, settleTimeoutMs: number): CachedFile | undefined {
+    const refuse = () =>
+      fail(ErrorCodes.UNSTABLE_FILE, `${rel} kept changing for ${Math.round(settleTimeoutMs / 1000)} s while it was read; generation delayed, try again when it is idle`);
+    if (cache !== this.cache) return refuse();
+    const row = cache.rowOf(rel);
+    const before = this.last ? lastEntryOf(this.last, rel) : undefined;
+    if (row === undefined) {
+      if (before?.kind === 'file' || (!this.last && this.generationNo > 0 && !this.loadedCacheVouches)) return refuse();
+      return undefined;
+    }
+    const kept = cache.at(row);
+    e.size = kept.size;
+    e.mtimeNs = kept.mtimeNs;
+    if (before?.kind === 'file') e.mode = before.mode;
+    e.lens = kept.lens;
+    e.ids = kept.ids;
+    return kept;
+  }
+
   /** Written too recently to be read, or to trust a read of that began at `at` (see quietInMs). */
   private justWritten(st: StatB, rel: string, at?: number): boolean {
     return quietInMs(st, rel, this.sightings, at) > 0;
@@ -619,7 +696,7 @@ export class CompanyScanner {
    * Chunks a batch of small files in one job. Each file's stat is checked again afterwards; one that changed while it
    * was read goes through chunkFile (re-read until it holds still, within the settle budget), one gone goes in `gone`.
    */
-  private async chunkSmallFiles(batch: SmallFile[], params: ChunkParams, settleTimeoutMs: number, into: ScanCache, gone: Set<Entry>): Promise<void> {
+  private async chunkSmallFiles(batch: SmallFile[], params: ChunkParams, settle: SettleRule, into: ScanCache, gone: Set<Entry>): Promise<void> {
     const readAt = performance.now();
     const r = await this.pool.run<ChunkFilesResult>({
       kind: 'chunkFiles',
@@ -648,31 +725,29 @@ export class CompanyScanner {
       } else if (!after || after.kind !== 'file') {
         gone.add(f.e); // deleted, renamed away or replaced since the walk listed it: as if gone during the walk
       } else {
-        retry.push(this.chunkFile(f.abs, f.rel, after, f.e, params, settleTimeoutMs).then((c) => void (c ? into.set(f.rel, c) : gone.add(f.e))));
+        retry.push(this.chunkFile(f.abs, f.rel, after, f.e, params, settle).then((c) => void (c ? into.set(f.rel, c) : gone.add(f.e))));
       }
     });
     await Promise.all(retry);
   }
 
   /**
-   * Chunks one file, re-reading it while it changes under us, within the settle budget. Undefined when the file is gone
-   * or no longer a regular file: it is then left out of this generation, like a file deleted during the walk.
+   * Chunks one file, re-reading it while it changes under us, within the settle budget; past it, the file is held back
+   * (SettleRule.holdBack). Undefined when the file is gone or no longer a regular file, or held back being new: it is
+   * then left out of this generation, like a file deleted during the walk.
    */
-  private async chunkFile(abs: string, rel: string, st0: StatB, e: Entry, params: ChunkParams, settleTimeoutMs: number): Promise<CachedFile | undefined> {
+  private async chunkFile(abs: string, rel: string, st0: StatB, e: Entry, params: ChunkParams, settle: SettleRule): Promise<CachedFile | undefined> {
     let before = st0;
     // The settle budget counts from when this file was first seen changing, not from the scan's start: a long scan
     // (a large company's first index) must not fail a file that was written once, briefly, just before its turn.
     let changingSince: number | undefined;
-    const failIfUnsettled = () => {
-      if (performance.now() - (changingSince ??= performance.now()) > settleTimeoutMs) {
-        fail(ErrorCodes.UNSTABLE_FILE, `${rel} kept changing for ${Math.round(settleTimeoutMs / 1000)} s while it was read; generation delayed, try again when it is idle`);
-      }
-    };
+    const budget = settle.budgetOf(rel);
+    const unsettled = () => performance.now() - (changingSince ??= performance.now()) > budget;
     for (let attempt = 0; ; attempt++) {
       const quietIn = quietInMs(before, rel, this.sightings);
       if (quietIn > 0) {
         // Written a moment ago: wait until it has been quiet long enough before reading it at all.
-        failIfUnsettled();
+        if (unsettled()) return settle.holdBack(rel, e);
         await sleep(quietIn + 2);
         let again: StatB;
         try {
@@ -717,12 +792,27 @@ export class CompanyScanner {
         e.ids = ids;
         return { size, mtimeNs: before.mtimeNs, ctimeNs: before.ctimeNs, ino: before.ino, lens, ids };
       }
-      failIfUnsettled();
+      if (unsettled()) return settle.holdBack(rel, e);
       // Back off a little more each time so that an application mid-write can finish.
       await sleep(Math.min(1000, 50 * 2 ** attempt));
       before = after;
     }
   }
+}
+
+/** The entry at `rel` in generation `g`, if any (its entries are in manifest order). */
+function lastEntryOf(g: Generation, rel: string): Entry | undefined {
+  const entries = g.manifest.entries;
+  let lo = 0;
+  let hi = entries.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    const c = comparePaths(entries[mid]!.path, rel);
+    if (c === 0) return entries[mid];
+    if (c < 0) lo = mid + 1;
+    else hi = mid;
+  }
+  return undefined;
 }
 
 /** Whether the folders above `abs` (a path made from the company's real path) are still folders, no link among them. */

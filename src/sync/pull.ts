@@ -29,6 +29,7 @@ import {
   encodePatchGet,
   ManifestMsg,
   OpenMsg,
+  heldBackOf,
 } from '../protocol/messages.js';
 import type { Holes, WritePackJob, WritePackResult, CopyRangesJob, CopyRangesResult, ApplyPatchResult, FinishFilesJob, FinishFilesResult } from '../work/tasks.js';
 import {
@@ -159,6 +160,11 @@ export interface PullResult {
   peerMovedOn?: boolean;
   /** Repair only: what the deep check found before repairing. */
   damagedBefore?: number;
+  /**
+   * Files the site held back because they kept changing (each as the generation before had it, or not yet if new):
+   * the first names (MAX_HELD_NAMES) and how many in all. Absent when none was.
+   */
+  heldBack?: { names: string[]; count: number };
   seconds: number;
 }
 
@@ -334,6 +340,8 @@ class PullRun {
   private layout!: Layout;
   private rootHash = '';
   private generation = 0;
+  /** What the site's manifest header said it held back (see PullResult.heldBack). */
+  private heldBack?: { names: string[]; count: number };
   private applied?: Applied;
   /** Whether unchangedByStats found DIR holding the applied generation as committed at this pull's start. */
   private appliedIntact = false;
@@ -452,6 +460,7 @@ class PullRun {
     if (typeof head.rootHash !== 'string' || !/^[0-9a-f]{64}$/.test(head.rootHash)) fail(ErrorCodes.PROTOCOL, 'malformed manifest header');
     this.rootHash = head.rootHash;
     this.generation = numberOf(head.generation) || 0;
+    this.heldBack = heldBackOf(head);
     if (head.unchanged && intactRecord?.rootHash === head.rootHash && appliedManifestMatches(this.paths, head.rootHash)) {
       await s.send(Buffer.from([MsgType.BYE]));
       return this.result(true, { files: intactRecord.files, bytes: intactRecord.bytes, chunks: intactRecord.chunks });
@@ -563,6 +572,7 @@ class PullRun {
       ...(this.opts.repair
         ? { peerMovedOn: this.applied !== undefined && this.applied.record.rootHash !== this.rootHash, damagedBefore: this.damagedBefore }
         : {}),
+      ...(this.heldBack ? { heldBack: { names: this.heldBack.names.map((n) => printable(n)), count: this.heldBack.count } } : {}),
       seconds: Math.round(performance.now() - this.started) / 1000,
     };
   }

@@ -32,6 +32,8 @@ import {
   ManifestMsg,
   GetMsg,
   PatchGetMsg,
+  MAX_HELD_NAMES,
+  heldBackText,
 } from '../protocol/messages.js';
 import type { ReadPackJob, ReadPackResult, MakePatchJob, MakePatchResult } from '../work/tasks.js';
 import { Compressor } from '../work/zstd.js';
@@ -819,7 +821,9 @@ export class SnapferryServer {
       encodedSize: gen.encoded.length,
       parts,
       unchanged,
+      ...(gen.heldBack ? { heldBack: gen.heldBack.slice(0, MAX_HELD_NAMES), heldBackCount: gen.heldBack.length } : {}),
     };
+    if (gen.heldBack) this.log(`${name}: generation ${gen.generation} sent with ${heldBackText(gen.heldBack)}`);
     await session.sendJson(MsgType.MANIFEST, head);
     const z = new Compressor();
     for (let i = 0; i < parts; i++) {

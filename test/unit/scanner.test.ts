@@ -127,6 +127,98 @@ describe('CompanyScanner rescans', () => {
     expect(await scanner.filesUnchanged()).toBe(false);
   });
 
+  // Before: a file that kept changing past the settle budget failed the scan (UNSTABLE_FILE), so one log appended
+  // without pause held back every other change of its company. Produced: appends every 10 ms from a timer (bounded by
+  // the test's finally) against settle budgets of 300 ms to 1.5 s.
+  describe('a file that will not hold still', () => {
+    const busyWriter = (file: string) => {
+      fs.appendFileSync(file, 'VCH|posting\n');
+      const t = setInterval(() => fs.appendFileSync(file, 'VCH|posting\n'), 10);
+      return () => clearInterval(t);
+    };
+    const company = (name: string) => {
+      const root = path.join(tmp.dir, name);
+      fs.mkdirSync(root);
+      const old = new Date(Date.now() - 60_000);
+      for (const [f, body] of [['Company.900', crypto.randomBytes(200_000)], ['Journal.log', Buffer.from('VCH|1\n'.repeat(1000))]] as const) {
+        fs.writeFileSync(path.join(root, f), body);
+        fs.utimesSync(path.join(root, f), old, old);
+      }
+      return root;
+    };
+    const entryOf = (g: { manifest: { entries: Array<{ path: string; size?: number }> } }, p: string) => g.manifest.entries.find((e) => e.path === p);
+
+    it('is held back as the last generation had it, and named; the other changes go on; a later scan gives it a short budget', async () => {
+      const root = company('held');
+      const scanner = new CompanyScanner(root, pool);
+      const g1 = await scanner.scan();
+      expect(g1.heldBack).toBeUndefined();
+      const stop = busyWriter(path.join(root, 'Journal.log'));
+      try {
+        fs.writeFileSync(path.join(root, 'voucher.xml'), '<v n="1"/>\n');
+        const t0 = performance.now();
+        const g2 = await scanner.scan({ settleTimeoutMs: 1500 });
+        expect(performance.now() - t0).toBeGreaterThanOrEqual(1500);
+        expect(g2.heldBack).toEqual(['Journal.log']);
+        expect(g2.generation).toBe(g1.generation + 1);
+        expect(entryOf(g2, 'Journal.log')).toEqual(entryOf(g1, 'Journal.log'));
+        expect(entryOf(g2, 'voucher.xml')).toBeDefined();
+        // Held back moments ago: this scan does not wait the whole budget for it again (HELD_BUDGET_MS, 500 ms).
+        const t1 = performance.now();
+        const g3 = await scanner.scan({ settleTimeoutMs: 1500 });
+        expect(performance.now() - t1).toBeLessThan(1400);
+        expect([g3.rootHash, g3.heldBack]).toEqual([g2.rootHash, ['Journal.log']]);
+      } finally {
+        stop();
+      }
+      // Quiet again: read whole, no longer held back.
+      await new Promise((r) => setTimeout(r, 150));
+      const g4 = await scanner.scan({ settleTimeoutMs: 1500 });
+      expect(g4.heldBack).toBeUndefined();
+      expect(entryOf(g4, 'Journal.log')!.size).toBe(fs.statSync(path.join(root, 'Journal.log')).size);
+    });
+
+    it('is left out while new (no branch can hold it), and refused where its last state is not known for sure', async () => {
+      const root = company('held-new');
+      const scanner = new CompanyScanner(root, pool);
+      const g1 = await scanner.scan();
+      const fresh = path.join(root, 'today.log');
+      fs.writeFileSync(fresh, 'start\n');
+      let stop = busyWriter(fresh);
+      try {
+        const g2 = await scanner.scan({ settleTimeoutMs: 300 });
+        expect([g2.rootHash, g2.heldBack]).toEqual([g1.rootHash, ['today.log']]);
+      } finally {
+        stop();
+      }
+      // A read that found the journal's chunks no longer in it (the site's STALE answer) drops its cache row: the
+      // state the last generation had is then no longer known to be sendable, and a busy journal fails the scan.
+      scanner.invalidate('Journal.log');
+      stop = busyWriter(path.join(root, 'Journal.log'));
+      try {
+        await expect(scanner.scan({ settleTimeoutMs: 300 })).rejects.toMatchObject({ code: 'SNAPFERRY_E_UNSTABLE_FILE', message: expect.stringMatching(/^Journal\.log kept changing/) });
+      } finally {
+        stop();
+      }
+    });
+
+    it('after a restart: held back from the cache file that vouches for the last generation, refused without it', async () => {
+      const root = company('held-restart');
+      const cacheFile = path.join(tmp.dir, 'held-restart.scan');
+      const g1 = await new CompanyScanner(root, pool, undefined, cacheFile).scan();
+      const stop = busyWriter(path.join(root, 'Journal.log'));
+      try {
+        const g2 = await new CompanyScanner(root, pool, undefined, cacheFile).scan({ settleTimeoutMs: 300 });
+        expect([g2.rootHash, g2.generation, g2.heldBack]).toEqual([g1.rootHash, g1.generation, ['Journal.log']]);
+        // The cache file lost (its generation counter kept): a branch may hold the journal, so it is not left out.
+        fs.rmSync(cacheFile);
+        await expect(new CompanyScanner(root, pool, undefined, cacheFile).scan({ settleTimeoutMs: 300 })).rejects.toMatchObject({ code: 'SNAPFERRY_E_UNSTABLE_FILE' });
+      } finally {
+        stop();
+      }
+    });
+  });
+
   it('a file written once just before its turn in a scan longer than the settle budget is read once quiet, not refused', async () => {
     const root = path.join(tmp.dir, 'slowwalk');
     fs.mkdirSync(path.join(root, 'vouchers'), { recursive: true });
