@@ -23,6 +23,9 @@ import {
   encodePatchGet,
   decodePatchGet,
   encodePatchHeader,
+  heldBackOf,
+  heldBackText,
+  MAX_HELD_NAMES,
   decodePatch,
 } from '../../src/protocol/messages.js';
 import { SnapferryError, ErrorCodes } from '../../src/util/errors.js';
@@ -544,5 +547,26 @@ describe('PATCH_GET / PATCH', () => {
     expectCode(() => decodePatch(encodePatchHeader(1, false, 0, Array.from({ length: MAX_PATCH_RUNS + 1 }, () => new Uint8Array(0)))), PROTOCOL);
     expectCode(() => decodePatch(encodePatchHeader(1, true, MAX_GET_BYTES + 1, [new Uint8Array(1)])), PROTOCOL);
     expect(decodePatch(encodePatchHeader(1, true, MAX_GET_BYTES, [new Uint8Array(1)])).rawLen).toBe(MAX_GET_BYTES);
+  });
+});
+
+describe('held-back names in a manifest header', () => {
+  it('takes a well-formed list, and refuses what a hostile site could send instead', () => {
+    expect(heldBackOf({})).toBeUndefined();
+    expect(heldBackOf({ heldBack: ['Journal.log'], heldBackCount: 3 })).toEqual({ names: ['Journal.log'], count: 3 });
+    expect(heldBackText(['a.log', 'b.log'], 3)).toMatch(/^3 files held back, .*: a\.log, b\.log and 1 more$/);
+    for (const head of [
+      { heldBack: 'Journal.log', heldBackCount: 1 },
+      { heldBack: [], heldBackCount: 0 },
+      { heldBack: [7], heldBackCount: 1 },
+      { heldBack: [''], heldBackCount: 1 },
+      { heldBack: ['x'.repeat(4097)], heldBackCount: 1 },
+      { heldBack: Array.from({ length: MAX_HELD_NAMES + 1 }, (_, i) => `f${i}`), heldBackCount: MAX_HELD_NAMES + 1 },
+      { heldBack: ['a', 'b'], heldBackCount: 1 },
+      { heldBack: ['a'] },
+      { heldBack: ['a'], heldBackCount: 1.5 },
+    ]) {
+      expectCode(() => heldBackOf(head), 'SNAPFERRY_E_PROTOCOL');
+    }
   });
 });
