@@ -157,8 +157,11 @@ const HELD_BUDGET_MS = 500;
 interface SettleRule {
   /** The budget of `rel`, in ms from when it is first seen changing in this scan. */
   budgetOf(rel: string): number;
-  /** Its entry as the last generation had it (`e` filled from it), undefined to leave it out; or throws UNSTABLE_FILE. */
-  holdBack(rel: string, e: Entry): CachedFile | undefined;
+  /**
+   * Its entry as the last generation had it (`e` filled from it), undefined to leave it out; or throws UNSTABLE_FILE.
+   * `budgetMs`: the budget it was given, for the message.
+   */
+  holdBack(rel: string, e: Entry, budgetMs: number): CachedFile | undefined;
 }
 
 /** Files up to this size are chunked in batches (a file this small is at most one segment). */
@@ -413,12 +416,15 @@ export class CompanyScanner {
     const nextCache = new ScanCache();
     const held: string[] = [];
     const settle: SettleRule = {
+      // The short budget only where holding back can succeed: where the file can only be refused, it has the whole
+      // budget to settle in (a file written in bursts is then read in a pause, not refused after half a second).
       budgetOf: (rel) => {
         const at = this.heldAt.get(rel);
-        return at !== undefined && performance.now() - at < HELD_MEMORY_MS ? Math.min(settleTimeoutMs, HELD_BUDGET_MS) : settleTimeoutMs;
+        const recent = at !== undefined && performance.now() - at < HELD_MEMORY_MS && this.holdingOf(rel, cache) !== 'refuse';
+        return recent ? Math.min(settleTimeoutMs, HELD_BUDGET_MS) : settleTimeoutMs;
       },
-      holdBack: (rel, e) => {
-        const kept = this.holdBack(rel, e, cache, settleTimeoutMs);
+      holdBack: (rel, e, budgetMs) => {
+        const kept = this.holdBack(rel, e, cache, budgetMs);
         held.push(rel);
         this.heldAt.set(rel, performance.now());
         return kept;
@@ -661,30 +667,42 @@ export class CompanyScanner {
    * A file kept changing past its settle budget. A generation must not wait for it (a log appended without pause would
    * hold back every other change of the company), nor hold a torn copy of it: it keeps the state the last generation
    * had, the last one read whole and quiet (`e` takes that state's size, time, mode and chunks; the cache keeps that
-   * state's stats, so the next scan reads it again). A file new since then is left out, as if not made yet. Refused
-   * (UNSTABLE_FILE, the generation delayed) where that state is not known for sure: `cache` is not the one that vouches
-   * for the last generation (the chunk size changed), or its row was dropped (a read found the file changed and its
-   * chunks no longer servable: see CompanyServer's STALE answer), or a restarted site's cache file was not that of its
-   * last generation. Each file's own bytes are whole; across files a scan never was one instant (it reads file after
-   * file), and a held-back file is one more of its files read at another moment.
+   * state's stats, so the next scan reads it again), or, new since then, is left out as if not made yet. Refused
+   * (UNSTABLE_FILE, the generation delayed) where that state is not known for sure (holdingOf). Each file's own bytes
+   * are whole; across files a scan never was one instant (it reads file after file), and a held-back file is one more
+   * of its files read at another moment.
    */
-  private holdBack(rel: string, e: Entry, cache: ScanCache, settleTimeoutMs: number): CachedFile | undefined {
-    const refuse = () =>
-      fail(ErrorCodes.UNSTABLE_FILE, `${rel} kept changing for ${Math.round(settleTimeoutMs / 1000)} s while it was read; generation delayed, try again when it is idle`);
-    if (cache !== this.cache) return refuse();
-    const row = cache.rowOf(rel);
-    const before = this.last ? lastEntryOf(this.last, rel) : undefined;
-    if (row === undefined) {
-      if (before?.kind === 'file' || (!this.last && this.generationNo > 0 && !this.loadedCacheVouches)) return refuse();
-      return undefined;
+  private holdBack(rel: string, e: Entry, cache: ScanCache, budgetMs: number): CachedFile | undefined {
+    const holding = this.holdingOf(rel, cache);
+    if (holding === 'refuse') {
+      const budget = budgetMs >= 1000 ? `${Math.round(budgetMs / 1000)} s` : `${budgetMs} ms`;
+      return fail(ErrorCodes.UNSTABLE_FILE, `${rel} kept changing for ${budget} while it was read; generation delayed, try again when it is idle`);
     }
-    const kept = cache.at(row);
+    if (holding === 'omit') return undefined;
+    const kept = cache.at(cache.rowOf(rel)!);
     e.size = kept.size;
     e.mtimeNs = kept.mtimeNs;
+    const before = this.last ? lastEntryOf(this.last, rel) : undefined;
     if (before?.kind === 'file') e.mode = before.mode;
     e.lens = kept.lens;
     e.ids = kept.ids;
     return kept;
+  }
+
+  /**
+   * What holding back `rel` would do in a scan with `cache`: keep its last state, where the cache vouches for the last
+   * generation (the one this site made, or the one its cache file was saved with and its counter names) and has its
+   * row; leave it out, where this site made the last generation and it had no file there; else refuse. Refused, so:
+   * the chunk size changed (`cache` is a new one); its row was dropped (a read found its chunks gone: the server's STALE
+   * answer); a cache file older than the counter, or emptied by a reboot; and any file without a row in the first scan
+   * after a start, which cannot tell a new file from one whose row a read dropped, or one a site started without
+   * `--cache-dir` never saw (a branch may hold it: left out, the branch would delete it).
+   */
+  private holdingOf(rel: string, cache: ScanCache): 'keep' | 'omit' | 'refuse' {
+    if (cache !== this.cache || (!this.last && !this.loadedCacheVouches)) return 'refuse';
+    if (cache.rowOf(rel) !== undefined) return 'keep';
+    if (!this.last || lastEntryOf(this.last, rel)?.kind === 'file') return 'refuse';
+    return 'omit';
   }
 
   /** Written too recently to be read, or to trust a read of that began at `at` (see quietInMs). */
@@ -747,7 +765,7 @@ export class CompanyScanner {
       const quietIn = quietInMs(before, rel, this.sightings);
       if (quietIn > 0) {
         // Written a moment ago: wait until it has been quiet long enough before reading it at all.
-        if (unsettled()) return settle.holdBack(rel, e);
+        if (unsettled()) return settle.holdBack(rel, e, budget);
         await sleep(quietIn + 2);
         let again: StatB;
         try {
@@ -792,7 +810,7 @@ export class CompanyScanner {
         e.ids = ids;
         return { size, mtimeNs: before.mtimeNs, ctimeNs: before.ctimeNs, ino: before.ino, lens, ids };
       }
-      if (unsettled()) return settle.holdBack(rel, e);
+      if (unsettled()) return settle.holdBack(rel, e, budget);
       // Back off a little more each time so that an application mid-write can finish.
       await sleep(Math.min(1000, 50 * 2 ** attempt));
       before = after;

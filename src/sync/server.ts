@@ -823,7 +823,7 @@ export class SnapferryServer {
       unchanged,
       ...(gen.heldBack ? { heldBack: gen.heldBack.slice(0, MAX_HELD_NAMES), heldBackCount: gen.heldBack.length } : {}),
     };
-    if (gen.heldBack) this.log(`${name}: generation ${gen.generation} sent with ${heldBackText(gen.heldBack)}`);
+    if (gen.heldBack) this.log(`${name}: generation ${gen.generation} sent with ${heldBackText(gen.heldBack.slice(0, MAX_HELD_NAMES), gen.heldBack.length)}`);
     await session.sendJson(MsgType.MANIFEST, head);
     const z = new Compressor();
     for (let i = 0; i < parts; i++) {

@@ -213,8 +213,65 @@ describe('CompanyScanner rescans', () => {
         // The cache file lost (its generation counter kept): a branch may hold the journal, so it is not left out.
         fs.rmSync(cacheFile);
         await expect(new CompanyScanner(root, pool, undefined, cacheFile).scan({ settleTimeoutMs: 300 })).rejects.toMatchObject({ code: 'SNAPFERRY_E_UNSTABLE_FILE' });
+        // Nor by a site started without a cache file (found by a review: its counter starts at 0, so it took every
+        // busy file for a new one, and the branch deleted its journal).
+        await expect(new CompanyScanner(root, pool).scan({ settleTimeoutMs: 300 })).rejects.toMatchObject({ code: 'SNAPFERRY_E_UNSTABLE_FILE' });
       } finally {
         stop();
+      }
+    });
+
+    // Found by a review: a read that found the journal's chunks gone (STALE) while a scan ran dropped its row after
+    // that scan had put the journal in its generation, and the cache was saved so; a restarted site then took the
+    // busy journal for a new file and left it out. Produced: invalidate() between a scan's start and its end.
+    it('after a restart: a file whose row a read dropped is refused, not left out', async () => {
+      const root = company('held-restart-stale');
+      const cacheFile = path.join(tmp.dir, 'held-restart-stale.scan');
+      const scanner = new CompanyScanner(root, pool, undefined, cacheFile);
+      await scanner.scan();
+      fs.writeFileSync(path.join(root, 'other.txt'), 'x');
+      const g2 = scanner.scan();
+      scanner.invalidate('Journal.log');
+      expect((await g2).manifest.entries.some((e) => e.path === 'Journal.log')).toBe(true);
+      const stop = busyWriter(path.join(root, 'Journal.log'));
+      try {
+        await expect(new CompanyScanner(root, pool, undefined, cacheFile).scan({ settleTimeoutMs: 300 })).rejects.toMatchObject({ code: 'SNAPFERRY_E_UNSTABLE_FILE' });
+      } finally {
+        stop();
+      }
+    });
+
+    // Found by a review: the short budget of a file held back lately applied where it could only be refused (its row
+    // dropped by a STALE read), so a file written in bursts was refused after half a second where the whole budget
+    // would have read it in a pause. Produced: bursts of 0.8 s with 0.4 s pauses (bounded: 5 bursts) against a 5 s budget.
+    it('a file that can only be refused has the whole budget, even when it was held back lately', async () => {
+      const root = company('held-bursts');
+      const scanner = new CompanyScanner(root, pool);
+      await scanner.scan();
+      const journal = path.join(root, 'Journal.log');
+      let stop = busyWriter(journal);
+      try {
+        expect((await scanner.scan({ settleTimeoutMs: 300 })).heldBack).toEqual(['Journal.log']);
+      } finally {
+        stop();
+      }
+      scanner.invalidate('Journal.log');
+      let bursting = true;
+      const bursts = (async () => {
+        for (let b = 0; b < 5 && bursting; b++) {
+          stop = busyWriter(journal);
+          await new Promise((r) => setTimeout(r, 800));
+          stop();
+          await new Promise((r) => setTimeout(r, 400));
+        }
+      })();
+      try {
+        const g = await scanner.scan({ settleTimeoutMs: 5000 });
+        expect(g.heldBack).toBeUndefined();
+        expect(g.manifest.entries.find((e) => e.path === 'Journal.log')).toBeDefined();
+      } finally {
+        bursting = false;
+        await bursts;
       }
     });
   });
