@@ -29,7 +29,7 @@ export interface Generation {
   scannedAt: number;
   /**
    * Files that kept changing past the settle budget in the scan that made (or confirmed) this generation: each is in
-   * it as the last generation had it (its last quiet state), or, new since then, not yet. Empty when none was.
+   * it as the last generation had it (its last quiet state), or, new since then, not yet. Undefined when none was.
    */
   heldBack?: readonly string[];
 }
@@ -525,12 +525,12 @@ export class CompanyScanner {
     for (const rel of invalidated) nextCache.delete(rel);
     this.cache = nextCache;
     this.params = params;
-    // Nothing read and every entry as before: the same generation, without checking, encoding and hashing it again
-    // (an unchanged company's pull costs the site one walk of the tree).
     // A file held back before and not now (read whole and quiet, unchanged, or gone) is no longer a busy one.
     const heldNow = new Set(held);
     for (const rel of this.heldAt.keys()) if (!heldNow.has(rel)) this.heldAt.delete(rel);
     const heldBack = held.length > 0 ? held.sort(comparePaths) : undefined;
+    // Nothing read and every entry as before: the same generation, without checking, encoding and hashing it again
+    // (an unchanged company's pull costs the site one walk of the tree).
     if (this.lastBytesRead === 0 && this.last && sameEntries(this.last.manifest.entries, entries)) {
       this.last = { ...this.last, scannedAt: started, heldBack };
       return this.last;
