@@ -946,13 +946,21 @@ export class SnapferryServer {
         sigs: r.sigs,
       };
     });
-    await this.withinBudget(session, answers, bytes, () => this.sendPatch(session, company, req, runs));
+    await this.withinBudget(session, answers, bytes, () => this.sendPatch(session, company, layout, req, runs));
   }
 
   /** Answers a checked PATCH_GET. */
-  private async sendPatch(session: SecureSession, company: Company, req: PatchGetMsg, runs: MakePatchJob['runs']): Promise<void> {
-    const result = await this.pool.run<MakePatchResult>({ kind: 'makePatch', runs, blockSize: req.blockSize, level: this.levelFor(session) });
-    if ('stale' in result) return this.answerStale(session, company, req.reqId, result.stale);
+  private async sendPatch(session: SecureSession, company: Company, layout: Layout, req: PatchGetMsg, runs: MakePatchJob['runs']): Promise<void> {
+    const job: MakePatchJob = { kind: 'makePatch', runs, blockSize: req.blockSize, level: this.levelFor(session) };
+    // Not moved to the worker: the runs go again with stored frames if the files no longer hold their chunks.
+    let result = await this.pool.run<MakePatchResult>(job, false);
+    if ('stale' in result) {
+      // A file held back (it kept changing) is offered as it last was: its chunks may be gone from it and still be in
+      // the store. Made from there, the patch is sent as a pack of them would be (sendPack); else the file changed.
+      const stored = await company.store?.readFrames(idWords(layout.id), layout.len, req.runs.map((r) => [r.chunk, r.chunk + r.count] as const));
+      if (stored) result = await this.pool.run<MakePatchResult>({ ...job, stored });
+      if ('stale' in result) return this.answerStale(session, company, req.reqId, result.stale);
+    }
     const payload = Buffer.from(result.payload.buffer, result.payload.byteOffset, result.payload.byteLength);
     const header = encodePatchHeader(req.reqId, result.compressed, result.rawLen, result.bitmaps);
     await this.sendAnswer(session, [header, payload], payload.length + header.length);

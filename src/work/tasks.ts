@@ -182,6 +182,11 @@ export interface MakePatchJob {
   runs: Array<PatchRun & { sigs: Uint32Array }>;
   blockSize: number;
   level: number;
+  /**
+   * The runs' chunks as the site's chunk store holds them (their frames, concatenated in run order), instead of read
+   * from the files: the state of a file held back, whose bytes may be gone from it (see CompanyServer.sendPatch).
+   */
+  stored?: Uint8Array;
 }
 export type MakePatchResult = { bitmaps: Uint8Array[]; payload: Buffer; compressed: boolean; rawLen: number } | { stale: string };
 
@@ -696,7 +701,8 @@ function blockSigs(ctx: JobContext, j: BlockSigsJob): Uint32Array[] {
 function makePatch(ctx: JobContext, j: MakePatchJob): MakePatchResult {
   const bitmaps: Uint8Array[] = [];
   const parts: Uint8Array[] = [];
-  const read = readRanges(ctx, j.runs.map((run) => ({ path: run.path, offset: run.offset, length: sumOf(run.lens) })));
+  const ranges = j.runs.map((run) => ({ path: run.path, offset: run.offset, length: sumOf(run.lens) }));
+  const read = j.stored ? storedRanges(ctx, j.stored, ranges) : readRanges(ctx, ranges);
   for (let r = 0; r < j.runs.length; r++) {
     const run = j.runs[r]!;
     const bytes = read.bytes[r]!;
@@ -722,6 +728,27 @@ function makePatch(ctx: JobContext, j: MakePatchJob): MakePatchResult {
   return packed
     ? { bitmaps, payload: packed, compressed: true, rawLen: raw.length }
     : { bitmaps, payload: raw, compressed: false, rawLen: raw.length };
+}
+
+/** What readRanges answers, from stored frames (decompressed whole) instead of the files: each range's bytes in turn. */
+function storedRanges(ctx: JobContext, frames: Uint8Array, ranges: ReadonlyArray<{ length: number }>): { bytes: Buffer[]; got: number[] } {
+  const total = ranges.reduce((n, r) => n + r.length, 0);
+  let raw: Buffer;
+  try {
+    raw = ctx.decompressor.decompress(frames, total);
+  } catch {
+    raw = Buffer.alloc(0);
+  }
+  const bytes: Buffer[] = [];
+  const got: number[] = [];
+  let o = 0;
+  for (const r of ranges) {
+    bytes.push(raw.subarray(o, o + r.length));
+    // A store that answered short is answered STALE, as a file that shrank is (the chunks' hashes are checked too).
+    got.push(Math.max(0, Math.min(r.length, raw.length - o)));
+    o += r.length;
+  }
+  return { bytes, got };
 }
 
 function applyPatch(ctx: JobContext, j: ApplyPatchJob): ApplyPatchResult {

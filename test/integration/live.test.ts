@@ -118,6 +118,41 @@ describe('live data at the serving site', () => {
       await served.stop();
     }
   });
+
+  // Found by a review: a branch that holds an older version of the held ledger asks for block patches, which the site
+  // made from the file alone: its last state's chunks gone from it, the site answered STALE, dropped its row, and the
+  // pull exited 75, though the chunk store held them. Produced: three pages of the ledger changed once (generation 2,
+  // stored), then random pages rewritten every 3 ms (bounded: 30 s) while a branch at generation 1 pulls.
+  it('a branch with an older version of a held ledger is patched to its last state from the chunk store', async () => {
+    const src = path.join(tmp.dir, 'src3', 'acme');
+    await makeCompany(src, 4, 43);
+    const ledger = path.join(src, 'Ledger.dat');
+    fs.writeFileSync(ledger, prng(1 << 20, 8));
+    const { key, served } = await indexedSite(src);
+    let pages: ReturnType<typeof pageWriter> | undefined;
+    try {
+      const dest = path.join(tmp.dir, 'b3', 'acme');
+      fs.mkdirSync(path.dirname(dest));
+      const seed = await runCli(['pull', served.url, 'acme', dest, '--secret', key]);
+      expect(seed.code, seed.stderr).toBe(0);
+      const fd = fs.openSync(ledger, 'r+');
+      for (const at of [100, 500, 900]) fs.writeSync(fd, prng(4096, at), 0, 4096, at * 1024);
+      fs.closeSync(fd);
+      const second = fs.readFileSync(ledger);
+      await waitFor(() => /stored acme: generation 2/.test(served.stderr()), 30_000);
+      pages = pageWriter(ledger);
+      await new Promise((r) => setTimeout(r, 300));
+      const busy = await runCli(['pull', served.url, 'acme', dest, '--secret', key, '--retries', '0', '--json']);
+      expect(busy.code, busy.stderr).toBe(0);
+      const r = JSON.parse(busy.stdout) as { heldBack?: unknown; chunksPatched: number; generation: number };
+      expect([r.heldBack, r.generation]).toEqual([{ names: ['Ledger.dat'], count: 1 }, 2]);
+      expect(r.chunksPatched).toBeGreaterThan(0);
+      expect(fs.readFileSync(path.join(dest, 'Ledger.dat')).equals(second)).toBe(true);
+    } finally {
+      pages?.kill('SIGKILL');
+      await served.stop();
+    }
+  });
 });
 
 describe('company files changed under the site between its scan and its reads', () => {

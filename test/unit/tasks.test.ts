@@ -19,7 +19,7 @@ import {
   type WritePackJob,
   type ApplyPatchJob,
 } from '../../src/work/tasks.js';
-import { Compressor, Decompressor, scratchSize } from '../../src/work/zstd.js';
+import { Compressor, Decompressor, scratchSize, compressBound } from '../../src/work/zstd.js';
 import { loadHasher } from '../../src/chunk/hash.js';
 import { chunkLengths, DEFAULT_CHUNK_PARAMS, type ChunkParams } from '../../src/chunk/chunker.js';
 import { SnapferryError, ErrorCodes } from '../../src/util/errors.js';
@@ -920,5 +920,29 @@ describe('blockSigs + makePatch + applyPatch', () => {
     expectWritten(p, run, t, 0);
     // a missing base: every signature is 0
     expect(Array.from(sigsOf(path.join(dir, 'nope')))).toEqual(new Array(8).fill(0));
+  });
+
+  // A held-back file's last state may be gone from it and still be in the site's chunk store (CompanyServer.sendPatch).
+  it('makes the patch from stored frames when given them, whatever the file holds; frames that do not decompress are stale', () => {
+    const p = pair(71);
+    const run = runOf(p, RUN3);
+    const sigs = sigsOf(p.base);
+    // The file at the site no longer holds the new bytes: the base's are there.
+    const job = { kind: 'makePatch' as const, runs: [{ path: p.base, offset: OFF, lens: run.lens, ids: run.ids, sigs }], blockSize: BS, level: 3 };
+    expect(runJob(ctx, { ...job, runs: [{ ...job.runs[0]!, lens: run.lens.slice(), ids: run.ids.slice(), sigs: sigs.slice() }] })).toEqual({ stale: p.base });
+    // Frames of each chunk, concatenated (as the store sends a pack).
+    const z = new Compressor();
+    const frames = Buffer.concat(
+      RUN3.map((_, i) => {
+        const out = Buffer.alloc(compressBound(run.lens[i]!));
+        return out.subarray(0, z.compressInto(out, p.newData.subarray(run.starts[i]!, run.starts[i]! + run.lens[i]!), 1));
+      }),
+    );
+    const mp = runJob(ctx, { ...job, stored: frames }) as Exclude<MakePatchResult, { stale: string }>;
+    expect(mp.bitmaps.map((b) => Array.from(b))).toEqual([[0b0000_0100]]);
+    const t = [targetPath(), targetPath(), targetPath()];
+    expect(runJob(ctx, patchJob(p, run, mp, t))).toEqual({ failed: [], written: LEN });
+    for (let i = 0; i < 3; i++) expectWritten(p, run, t, i);
+    expect(runJob(ctx, { ...job, stored: frames.subarray(0, frames.length - 9) })).toEqual({ stale: p.base });
   });
 });
