@@ -502,6 +502,20 @@ export function sameStoredMtime(onDisk: bigint, wanted: bigint): boolean {
   return onDisk % SECOND_NS === 0n && cut > 0n && cut < 2n * SECOND_NS;
 }
 
+/** The index of the entry at `path` among `entries` (in comparePaths order, as a manifest keeps them), or -1. */
+export function indexOfPath(entries: ReadonlyArray<{ path: string }>, path: string): number {
+  let lo = 0;
+  let hi = entries.length - 1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >>> 1;
+    const c = comparePaths(entries[mid]!.path, path);
+    if (c === 0) return mid;
+    if (c < 0) lo = mid + 1;
+    else hi = mid - 1;
+  }
+  return -1;
+}
+
 /** Bytewise UTF-8 order, the order entries are kept in. */
 export function comparePaths(a: string, b: string): number {
   // UTF-16 code units sort as UTF-8 bytes do, except surrogates against U+E000..U+FFFF: only then are bytes compared

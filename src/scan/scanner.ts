@@ -9,7 +9,7 @@ import { isUtf8 } from 'node:buffer';
 import { createHash } from 'node:crypto';
 import path from 'node:path';
 import { ChunkParams, ChunkPolicy, DEFAULT_CHUNK_PARAMS, chunkParamsFor, sameChunkParams } from '../chunk/chunker.js';
-import { Entry, Manifest, PackedEntry, encodeManifest, entryPath, rootHashOf, comparePaths, checkTree } from '../manifest/manifest.js';
+import { Entry, Manifest, PackedEntry, encodeManifest, entryPath, rootHashOf, comparePaths, checkTree, indexOfPath } from '../manifest/manifest.js';
 import { WorkerPool } from '../work/pool.js';
 import type { ChunkSegmentResult, ChunkFilesResult } from '../work/tasks.js';
 import { chunkSegmentsOf, joinChunkLists } from '../work/segments.js';
@@ -821,19 +821,9 @@ export class CompanyScanner {
   }
 }
 
-/** The entry at `rel` in generation `g`, if any (its entries are in manifest order). */
+/** The entry at `rel` in generation `g`, if any. */
 function lastEntryOf(g: Generation, rel: string): Entry | undefined {
-  const entries = g.manifest.entries;
-  let lo = 0;
-  let hi = entries.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >>> 1;
-    const c = comparePaths(entries[mid]!.path, rel);
-    if (c === 0) return entries[mid];
-    if (c < 0) lo = mid + 1;
-    else hi = mid;
-  }
-  return undefined;
+  return g.manifest.entries[indexOfPath(g.manifest.entries, rel)];
 }
 
 /** Whether the folders above `abs` (a path made from the company's real path) are still folders, no link among them. */

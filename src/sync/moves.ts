@@ -4,7 +4,7 @@
  * path as it does an unchanged file, instead of writing it again from local chunks (a year's ledger moved into
  * archive/ was a whole copy at the branch, and rsync sends it whole).
  */
-import { Entry, comparePaths, sameContent, sameMtime } from '../manifest/manifest.js';
+import { Entry, indexOfPath, sameContent, sameMtime } from '../manifest/manifest.js';
 
 /** Finds, for a new file with no old version at its path, the old file it was moved from. */
 export class MovedFiles {
@@ -50,17 +50,8 @@ export class MovedFiles {
     return this.bySize;
   }
 
-  /** Whether the new generation has an entry at `p` (binary search: entries are in comparePaths order). */
+  /** Whether the new generation has an entry at `p`. */
   private has(p: string): boolean {
-    let lo = 0;
-    let hi = this.news.length - 1;
-    while (lo <= hi) {
-      const mid = (lo + hi) >>> 1;
-      const c = comparePaths(this.news[mid]!.path, p);
-      if (c === 0) return true;
-      if (c < 0) lo = mid + 1;
-      else hi = mid - 1;
-    }
-    return false;
+    return indexOfPath(this.news, p) >= 0;
   }
 }

@@ -821,9 +821,12 @@ export class SnapferryServer {
       encodedSize: gen.encoded.length,
       parts,
       unchanged,
-      ...(gen.heldBack ? { heldBack: gen.heldBack.slice(0, MAX_HELD_NAMES), heldBackCount: gen.heldBack.length } : {}),
     };
-    if (gen.heldBack) this.log(`${name}: generation ${gen.generation} sent with ${heldBackText(gen.heldBack.slice(0, MAX_HELD_NAMES), gen.heldBack.length)}`);
+    if (gen.heldBack) {
+      head.heldBack = gen.heldBack.slice(0, MAX_HELD_NAMES);
+      head.heldBackCount = gen.heldBack.length;
+      this.log(`${name}: generation ${gen.generation} sent with ${heldBackText(head.heldBack, head.heldBackCount)}`);
+    }
     await session.sendJson(MsgType.MANIFEST, head);
     const z = new Compressor();
     for (let i = 0; i < parts; i++) {

@@ -703,6 +703,8 @@ function makePatch(ctx: JobContext, j: MakePatchJob): MakePatchResult {
   const parts: Uint8Array[] = [];
   const ranges = j.runs.map((run) => ({ path: run.path, offset: run.offset, length: sumOf(run.lens) }));
   const read = j.stored ? storedRanges(ctx, j.stored, ranges) : readRanges(ctx, ranges);
+  // Frames that do not hold the chunks: as a file that changed (each chunk's hash is checked below too).
+  if (!read) return { stale: j.runs[0]!.path };
   for (let r = 0; r < j.runs.length; r++) {
     const run = j.runs[r]!;
     const bytes = read.bytes[r]!;
@@ -730,25 +732,21 @@ function makePatch(ctx: JobContext, j: MakePatchJob): MakePatchResult {
     : { bitmaps, payload: raw, compressed: false, rawLen: raw.length };
 }
 
-/** What readRanges answers, from stored frames (decompressed whole) instead of the files: each range's bytes in turn. */
-function storedRanges(ctx: JobContext, frames: Uint8Array, ranges: ReadonlyArray<{ length: number }>): { bytes: Buffer[]; got: number[] } {
-  const total = ranges.reduce((n, r) => n + r.length, 0);
+/**
+ * What readRanges answers, from stored frames (decompressed whole: exactly the ranges' bytes, or a decompression
+ * error) instead of the files: each range's bytes in turn. Undefined when the frames do not hold those bytes.
+ */
+function storedRanges(ctx: JobContext, frames: Uint8Array, ranges: ReadonlyArray<{ length: number }>): { bytes: Buffer[]; got: number[] } | undefined {
   let raw: Buffer;
   try {
-    raw = ctx.decompressor.decompress(frames, total);
+    raw = ctx.decompressor.decompress(frames, ranges.reduce((n, r) => n + r.length, 0));
   } catch {
-    raw = Buffer.alloc(0);
+    return undefined;
   }
   const bytes: Buffer[] = [];
-  const got: number[] = [];
   let o = 0;
-  for (const r of ranges) {
-    bytes.push(raw.subarray(o, o + r.length));
-    // A store that answered short is answered STALE, as a file that shrank is (the chunks' hashes are checked too).
-    got.push(Math.max(0, Math.min(r.length, raw.length - o)));
-    o += r.length;
-  }
-  return { bytes, got };
+  for (const r of ranges) bytes.push(raw.subarray(o, (o += r.length)));
+  return { bytes, got: ranges.map((r) => r.length) };
 }
 
 function applyPatch(ctx: JobContext, j: ApplyPatchJob): ApplyPatchResult {
