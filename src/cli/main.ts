@@ -3,6 +3,8 @@
  * The snapferry command line. Every failure is printed as one line, `snapferry: <message> [SNAPFERRY_E_...]`, with an
  * exit code per error code (see util/errors.ts).
  */
+// First: V8's settings apply to code compiled after them (see v8flags.ts).
+import './v8flags.js';
 import { createRequire } from 'node:module';
 import type * as Commander from 'commander';
 import path from 'node:path';
