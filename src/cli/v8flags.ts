@@ -6,7 +6,7 @@
  * need. An interrupt budget 8x the default (V8 11's 67,584) leaves functions run a few times to the baseline tiers and
  * still optimizes the hot loops (chunk writes, manifest decoding, the per-block work). By hand, five alternated pairs of
  * second deltas: 1.20-1.55 s against 1.34-1.88 s (medians 1.30 and 1.42 s), user CPU 1.05-1.21 s against 1.37-2.01 s
- * (docs/RESULTS.md, seventy-fifth run). V8's flags are the process's: the worker threads started later share them.
+ * (docs/RESULTS.md, seventy-sixth run). V8's flags are the process's: the worker threads started later share them.
  */
 import v8 from 'node:v8';
 
