@@ -3,6 +3,7 @@
  * prebuilt binaries: Node's fs has no binding for it, and a native addon of our own would need a compiler on every
  * machine). With it, a commit swaps DIR and next/ in one step, so DIR is never absent, not even for an instant.
  */
+import fs from 'node:fs';
 import { createRequire } from 'node:module';
 
 /** renameat2's flag: swap the two names (both must exist). */
@@ -23,6 +24,7 @@ function renameat2(): typeof bound {
     const koffi = createRequire(import.meta.url)('koffi') as {
       load(name: string): { func(signature: string): Renameat2 };
     };
+    process.once('exit', quietStdioFlush);
     for (const name of ['libc.so.6', 'libc.so']) {
       try {
         bound = koffi.load(name).func('int renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned int flags)');
@@ -35,6 +37,27 @@ function renameat2(): typeof bound {
     /* koffi has no binary for this machine */
   }
   return bound;
+}
+
+/**
+ * koffi's library flushes its own stdout and stderr writers when the process ends, with fsync(): where stdout is a
+ * file (`pull --json > out.json`, a scheduled job's log), that waited for every byte the pull left dirty, 0.45 s after
+ * a first delta here, even with --no-fsync. Everything Node wrote to a file is written by then (it writes files
+ * synchronously), so such a descriptor is put on /dev/null instead, whose fsync fails with EINVAL, which koffi takes
+ * quietly (closed, it printed "Failed to sync"). Closing a descriptor and opening a file gives the file that number,
+ * the lowest free one. Run last: the listener is added when koffi is loaded, at the first commit, after any other.
+ */
+function quietStdioFlush(): void {
+  for (const fd of [1, 2]) {
+    try {
+      if (!fs.fstatSync(fd).isFile()) continue;
+      fs.closeSync(fd);
+      const now = fs.openSync('/dev/null', 'w');
+      if (now !== fd) fs.closeSync(now);
+    } catch {
+      /* nothing to flush there */
+    }
+  }
 }
 
 /**
