@@ -2,7 +2,8 @@
 # Installs what `npm run bench` needs besides Node, from Debian packages, if missing:
 #   rsync (peer), zstd + openssl + netcat-openbsd (tar pipeline peer), iproute2 (ip netns, tc: shaped link),
 #   time (/usr/bin/time, CPU/RSS of external peers); and what the tests use: e2fsprogs (mkfs.ext4: a filesystem with
-#   whole-second timestamps on a loop image), strace (which files a pull flushes).
+#   whole-second timestamps on a loop image), xfsprogs (mkfs.xfs: a filesystem with reflinks on a loop image),
+#   util-linux-extra (fincore: which pages of a file are cached), strace (which files a pull flushes).
 # Idempotent; silent when everything is present. Needs root (or sudo) only when something is missing.
 set -euo pipefail
 
@@ -16,6 +17,8 @@ declare -A NEED=(
   [tc]=iproute2
   [/usr/bin/time]=time
   [mkfs.ext4]=e2fsprogs
+  [mkfs.xfs]=xfsprogs
+  [fincore]=util-linux-extra
   [strace]=strace
 )
 
