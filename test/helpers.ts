@@ -229,3 +229,49 @@ export function pageWriter(file: string): ChildProcess {
     { stdio: 'ignore' },
   );
 }
+
+/** Why a test cannot make and loop-mount a filesystem image with `mkfs` (from Debian package `pkg`); undefined if it can. */
+export function loopMountUnavailable(mkfs: string, pkg: string): string | undefined {
+  if (process.platform !== 'linux') return 'loop mounts need Linux';
+  if (process.getuid?.() !== 0) return 'a loop mount needs root';
+  const made = spawnSync(mkfs, ['-V'], { encoding: 'utf8' });
+  if (made.error) return `${mkfs} not found (${pkg}): ${made.error.message}`;
+  if (!fs.existsSync('/dev/loop-control')) return 'no loop devices here (/dev/loop-control)';
+  return undefined;
+}
+
+/** Makes a sparse image of `bytes` at `image`, formats it with `mkfs ...args`, and loop-mounts it at a new folder `mnt`. */
+export function mountNewImage(image: string, bytes: number, mkfs: string, args: string[], mnt: string): void {
+  fs.writeFileSync(image, '');
+  fs.truncateSync(image, bytes);
+  const mk = spawnSync(mkfs, [...args, image], { encoding: 'utf8' });
+  expect(mk.status, mk.stderr).toBe(0);
+  fs.mkdirSync(mnt);
+  const r = spawnSync('mount', ['-o', 'loop', image, mnt], { encoding: 'utf8' });
+  expect(r.status, r.stderr).toBe(0);
+}
+
+/** Unmounts `mnt`, lazily if it is busy. */
+export function unmountImage(mnt: string): void {
+  const r = spawnSync('umount', [mnt]);
+  if (r.status !== 0) spawnSync('umount', ['-l', mnt]);
+}
+
+/**
+ * Writes random chunks into `file` at `rewritten` (flat [start, end) pairs), as a puller's workers do (through the page
+ * cache), and returns what the file then holds: `old` with those chunks in it.
+ */
+export function writeChunks(file: string, old: Buffer, rewritten: number[]): Buffer {
+  const expected = Buffer.from(old);
+  const fd = fs.openSync(file, 'r+');
+  try {
+    for (let k = 0; k < rewritten.length; k += 2) {
+      const chunk = randomBytes(rewritten[k + 1]! - rewritten[k]!);
+      chunk.copy(expected, rewritten[k]!);
+      fs.writeSync(fd, chunk, 0, chunk.length, rewritten[k]!);
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+  return expected;
+}

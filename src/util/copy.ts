@@ -106,19 +106,18 @@ export async function copyAround(src: string, dst: string, rewritten: ArrayLike<
  */
 async function cacheSpans(src: string, dst: string, rewritten: ArrayLike<number>, limit: number): Promise<void> {
   const from = await fs.promises.open(src, 'r');
+  const buf = takeAligned();
   try {
     const to = await fs.promises.open(dst, fs.constants.O_WRONLY);
     try {
       const size = Math.min((await from.stat()).size, limit);
       const spans = cachedSpans(rewritten, size);
-      let buf = Buffer.allocUnsafe(1 << 16);
       for (let i = 0; i < spans.length; i += 2) {
         // Spans past the source's end hold nothing to keep (the chunks fill them, or the caller's truncate does).
         const s = spans[i]!;
         const e = Math.min(spans[i + 1]!, size);
         for (let pos = s; pos < e; ) {
           const want = Math.min(e - pos, WINDOW);
-          if (buf.length < want) buf = Buffer.allocUnsafe(want);
           const { bytesRead } = await from.read(buf, 0, want, pos);
           if (bytesRead === 0) break;
           await writeFull(to, buf, 0, bytesRead, pos);
@@ -129,6 +128,7 @@ async function cacheSpans(src: string, dst: string, rewritten: ArrayLike<number>
       await to.close();
     }
   } finally {
+    alignedFree.push(buf);
     await from.close();
   }
 }

@@ -12,22 +12,13 @@ import crypto from 'node:crypto';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { pathToFileURL } from 'node:url';
-import { tempDir, ROOT } from '../helpers.js';
+import { tempDir, ROOT, loopMountUnavailable, mountNewImage, unmountImage } from '../helpers.js';
 import type { CompanyScanner as Scanner, Generation } from '../../src/scan/scanner.js';
 import type { WorkerPool as Pool } from '../../src/work/pool.js';
 
 const built = async <T>(rel: string): Promise<T> => (await import(pathToFileURL(path.join(ROOT, 'dist', 'src', rel)).href)) as T;
 
-function cannotMount(): string | undefined {
-  if (process.platform !== 'linux') return 'loop mounts need Linux';
-  if (process.getuid?.() !== 0) return 'a loop mount needs root';
-  const mkfs = spawnSync('mkfs.ext4', ['-V'], { encoding: 'utf8' });
-  if (mkfs.error) return `mkfs.ext4 not found (e2fsprogs): ${mkfs.error.message}`;
-  if (!fs.existsSync('/dev/loop-control')) return 'no loop devices here (/dev/loop-control)';
-  return undefined;
-}
-
-const skipReason = cannotMount();
+const skipReason = loopMountUnavailable('mkfs.ext4', 'e2fsprogs');
 if (skipReason) console.warn(`coarsetimes.test.ts skipped: ${skipReason}`);
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -48,15 +39,8 @@ describe.skipIf(skipReason !== undefined)('a company on a filesystem with whole-
 
   beforeAll(async () => {
     tmp = tempDir();
-    const image = path.join(tmp.dir, 'coarse.img');
-    fs.writeFileSync(image, '');
-    fs.truncateSync(image, 32 << 20);
-    const mk = spawnSync('mkfs.ext4', ['-q', '-F', '-I', '128', image], { encoding: 'utf8' });
-    expect(mk.status, mk.stderr).toBe(0);
     mnt = path.join(tmp.dir, 'mnt');
-    fs.mkdirSync(mnt);
-    const r = spawnSync('mount', ['-o', 'loop', image, mnt], { encoding: 'utf8' });
-    expect(r.status, r.stderr).toBe(0);
+    mountNewImage(path.join(tmp.dir, 'coarse.img'), 32 << 20, 'mkfs.ext4', ['-q', '-F', '-I', '128'], mnt);
     mounted = true;
     ({ CompanyScanner } = await built<{ CompanyScanner: typeof Scanner }>('scan/scanner.js'));
     const { WorkerPool } = await built<{ WorkerPool: typeof Pool }>('work/pool.js');
@@ -65,10 +49,7 @@ describe.skipIf(skipReason !== undefined)('a company on a filesystem with whole-
 
   afterAll(async () => {
     await pool?.close();
-    if (mounted) {
-      const r = spawnSync('umount', [mnt]);
-      if (r.status !== 0) spawnSync('umount', ['-l', mnt]);
-    }
+    if (mounted) unmountImage(mnt);
     tmp.cleanup();
   });
 

@@ -10,18 +10,15 @@ import fs from 'node:fs';
 import path from 'node:path';
 import crypto from 'node:crypto';
 import { spawnSync } from 'node:child_process';
-import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff } from '../helpers.js';
+import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, loopMountUnavailable, mountNewImage, unmountImage, writeChunks } from '../helpers.js';
 import { cachedSpans, copyAround } from '../../src/util/copy.js';
 
 const MiB = 1 << 20;
 
 function cannotMount(): string | undefined {
-  if (process.platform !== 'linux') return 'loop mounts need Linux';
-  if (process.getuid?.() !== 0) return 'a loop mount needs root';
-  const mkfs = spawnSync('mkfs.xfs', ['-V'], { encoding: 'utf8' });
-  if (mkfs.error) return `mkfs.xfs not found (xfsprogs): ${mkfs.error.message}`;
+  const reason = loopMountUnavailable('mkfs.xfs', 'xfsprogs');
+  if (reason) return reason;
   if (spawnSync('fincore', ['--version']).error) return 'fincore not found (util-linux)';
-  if (!fs.existsSync('/dev/loop-control')) return 'no loop devices here (/dev/loop-control)';
   if (!fs.readFileSync('/proc/filesystems', 'utf8').split('\n').some((l) => l.trim() === 'xfs')) return 'this kernel has no XFS';
   return undefined;
 }
@@ -48,24 +45,14 @@ describe.skipIf(skipReason !== undefined)('a branch on XFS with reflinks (a loop
 
   beforeAll(() => {
     tmp = tempDir('sf-reflink-');
-    const image = path.join(tmp.dir, 'xfs.img');
-    fs.writeFileSync(image, '');
-    // XFS needs more than 300 MB; the image is sparse and holds little.
-    fs.truncateSync(image, 400 * MiB);
-    const mk = spawnSync('mkfs.xfs', ['-q', '-m', 'reflink=1', image], { encoding: 'utf8' });
-    expect(mk.status, mk.stderr).toBe(0);
     mnt = path.join(tmp.dir, 'mnt');
-    fs.mkdirSync(mnt);
-    const r = spawnSync('mount', ['-o', 'loop', image, mnt], { encoding: 'utf8' });
-    expect(r.status, r.stderr).toBe(0);
+    // XFS needs more than 300 MB; the image is sparse and holds little.
+    mountNewImage(path.join(tmp.dir, 'xfs.img'), 400 * MiB, 'mkfs.xfs', ['-q', '-m', 'reflink=1'], mnt);
     mounted = true;
   });
 
   afterAll(() => {
-    if (mounted) {
-      const r = spawnSync('umount', [mnt]);
-      if (r.status !== 0) spawnSync('umount', ['-l', mnt]);
-    }
+    if (mounted) unmountImage(mnt);
     tmp?.cleanup();
   });
 
@@ -88,14 +75,7 @@ describe.skipIf(skipReason !== undefined)('a branch on XFS with reflinks (a loop
     for (let k = 0; k < spans.length; k += 2) spanBytes += spans[k + 1]! - spans[k]!;
     expect(residentBytes(dst)).toBeGreaterThanOrEqual(spanBytes);
     expect(fs.readFileSync(dst).equals(old)).toBe(true);
-    const expected = Buffer.from(old);
-    const fd = fs.openSync(dst, 'r+');
-    for (let k = 0; k < rewritten.length; k += 2) {
-      const chunk = crypto.randomBytes(rewritten[k + 1]! - rewritten[k]!);
-      chunk.copy(expected, rewritten[k]!);
-      fs.writeSync(fd, chunk, 0, chunk.length, rewritten[k]!);
-    }
-    fs.closeSync(fd);
+    const expected = writeChunks(dst, old, rewritten);
     spawnSync('sync');
     expect(fs.readFileSync(dst).equals(expected)).toBe(true);
     expect(fs.readFileSync(src).equals(old)).toBe(true);

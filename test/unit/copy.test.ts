@@ -3,7 +3,7 @@ import { describe, it, expect, afterAll } from 'vitest';
 import fs from 'node:fs';
 import path from 'node:path';
 import crypto from 'node:crypto';
-import { tempDir } from '../helpers.js';
+import { tempDir, writeChunks } from '../helpers.js';
 import { cachedSpans, copyAround, copySparse, nonZeroExtents } from '../../src/util/copy.js';
 
 /** The two copies with one signature: copyAround with no rewritten ranges, and its fallback without direct I/O. */
@@ -71,14 +71,7 @@ describe('copyAround', () => {
     await copyAround(src, dst, rewritten, true);
     expect(fs.readFileSync(dst).equals(old)).toBe(true);
     // The puller then writes the chunks (through the page cache, as its workers do).
-    const expected = Buffer.from(old);
-    const fd = fs.openSync(dst, 'r+');
-    for (let k = 0; k < rewritten.length; k += 2) {
-      const chunk = crypto.randomBytes(rewritten[k + 1]! - rewritten[k]!);
-      chunk.copy(expected, rewritten[k]!);
-      fs.writeSync(fd, chunk, 0, chunk.length, rewritten[k]!);
-    }
-    fs.closeSync(fd);
+    const expected = writeChunks(dst, old, rewritten);
     expect(fs.readFileSync(dst).equals(expected)).toBe(true);
   });
 
