@@ -520,7 +520,8 @@ describe('hostile clients against a real site', () => {
         await reopen;
         expect(r.code, r.stderr).toBe(0);
         expect(fingerprintDiff(want, treeFingerprint(dest))).toEqual([]);
-        expect(took).toBeLessThan(8000);
+        // Below the 10 s handshake deadline it guards against, with room for a loaded machine's CLI start.
+        expect(took).toBeLessThan(9500);
         // No newcomer was refused, and the site kept no more of them than the budget: it closed the oldest.
         expect(refusedBefore).toBe(0);
         expect(openBefore).toBeLessThanOrEqual(BUDGET);
