@@ -136,7 +136,9 @@ describe('DirLock', () => {
     const parent = spawn('sh', ['-c', 'sleep 0 & echo $!; exec sleep 5'], { stdio: ['ignore', 'pipe', 'ignore'] });
     try {
       const pid = Number(await new Promise<string>((r) => parent.stdout!.once('data', (d) => r(String(d).trim()))));
-      await new Promise((r) => setTimeout(r, 300));
+      // Until `sleep 0` has exited (polled, up to 5 s: a loaded machine may take longer than any fixed wait).
+      const deadline = Date.now() + 5000;
+      while (!/\) Z /.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8')) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
       expect(fs.readFileSync(`/proc/${pid}/stat`, 'utf8')).toMatch(/\) Z /);
       const paths = pathsWithLock(`${pid} ${startTimeOf(pid)}\n`);
       const lock = new DirLock(paths);
