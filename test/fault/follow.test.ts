@@ -432,9 +432,10 @@ describe('follow under trouble', () => {
       await new Promise((r) => setTimeout(r, 300));
       const t0 = Date.now();
       f.child.kill('SIGINT');
-      const code = await Promise.race([f.exited, new Promise<string>((r) => setTimeout(() => r('still running'), 5000))]);
+      // Before: 14 s (the upgrade's timeout). 8 s allowed: clear of the bug, and of a loaded runner's slow exits.
+      const code = await Promise.race([f.exited, new Promise<string>((r) => setTimeout(() => r('still running'), 10_000))]);
       expect(code, f.err()).toBe(0);
-      expect(Date.now() - t0).toBeLessThan(3000);
+      expect(Date.now() - t0).toBeLessThan(8000);
     } finally {
       await stop(f);
       for (const sock of held) sock.destroy();

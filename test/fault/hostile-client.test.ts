@@ -809,7 +809,8 @@ describe('hostile clients against a real site', () => {
         }
         await sleep(500);
         const growth = rssMiB(pid) - before;
-        expect(growth, `the site grew by ${growth.toFixed(0)} MiB`).toBeLessThan(32);
+        // Before: 75 MiB. 48 leaves room for the GC's own swings between two readings.
+        expect(growth, `the site grew by ${growth.toFixed(0)} MiB`).toBeLessThan(48);
         expect(site.stderr()).toMatch(/session from 127\.0\.0\.1 ended: peer sent \d+ messages \(\d+ bytes\) without waiting for answers/);
       } finally {
         s.channel.ws.terminate();
@@ -845,7 +846,7 @@ describe('hostile clients against a real site', () => {
       await sleep(1000); // scans they started, if any, run on
       // Only a sanity bound: 5000 stale listeners cost a few MiB, within the noise; the count of CHANGED tells them apart.
       const growth = rssMiB(pid) - rss0;
-      expect(growth, `the site grew by ${growth.toFixed(1)} MiB`).toBeLessThan(24);
+      expect(growth, `the site grew by ${growth.toFixed(1)} MiB`).toBeLessThan(40);
       // A real follower: seeds, then hears of the next generation.
       follower = spawn(process.execPath, [CLI, 'pull', site.url, NAME, dest, '--secret', keyFile, '--follow', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
       let out = '';

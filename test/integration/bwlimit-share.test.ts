@@ -59,7 +59,8 @@ describe('serve --bwlimit shares its cap between branches', () => {
     await new Promise((r) => killed.once('exit', r));
     const after = await pull('after-kill');
     const alone = await pull('alone');
-    // Before: the killed branch's ~1.5 MB went first, ~1.7x a lone pull's time.
-    expect(after.seconds / alone.seconds).toBeLessThan(1.35);
+    // Before: the killed branch's ~1.5 MB went first, ~1.7x a lone pull's time. 1.5, not tighter: a loaded runner's
+    // noise in one 4 s pull is a tenth of it either way.
+    expect(after.seconds / alone.seconds).toBeLessThan(1.5);
   }, 90_000);
 });
