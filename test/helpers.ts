@@ -221,13 +221,31 @@ export function tmpfsUnavailable(): string | undefined {
   }
 }
 
-/** A child process rewriting random 4 KiB pages of `file` in place every 3 ms, for at most 30 s. */
-export function pageWriter(file: string): ChildProcess {
+/**
+ * A child process rewriting random 4 KiB pages of `file` in place every 3 ms, for at most 30 s. Its times (ms since the
+ * epoch, a line per write) are appended to `log`, outside the company: a loaded runner can pause the writer itself for
+ * long enough that the site finds the file quiet, which `longestPause` tells from the bug a test is for.
+ */
+export function pageWriter(file: string, log: string): ChildProcess {
   return spawn(
     process.execPath,
-    ['-e', `const fs=require('fs'),c=require('crypto');const fd=fs.openSync(${JSON.stringify(file)},'r+');const n=fs.fstatSync(fd).size>>12;const end=Date.now()+30000;const t=setInterval(()=>{fs.writeSync(fd,c.randomBytes(4096),0,4096,c.randomInt(n)*4096);if(Date.now()>end)clearInterval(t)},3)`],
+    ['-e', `const fs=require('fs'),c=require('crypto');const fd=fs.openSync(${JSON.stringify(file)},'r+');const lg=fs.openSync(${JSON.stringify(log)},'a');const n=fs.fstatSync(fd).size>>12;const end=Date.now()+30000;const t=setInterval(()=>{fs.writeSync(fd,c.randomBytes(4096),0,4096,c.randomInt(n)*4096);fs.writeSync(lg,Date.now()+'\\n');if(Date.now()>end)clearInterval(t)},3)`],
     { stdio: 'ignore' },
   );
+}
+
+/** The times a `pageWriter` logged to `log`. */
+export function loggedTimes(log: string): number[] {
+  return fs.existsSync(log) ? fs.readFileSync(log, 'utf8').split('\n').filter(Boolean).map(Number) : [];
+}
+
+/**
+ * The longest pause (ms) between a writer's successive times (ascending, ms) from a second before `since` until now:
+ * a writer stopped at this moment has paused since its last time.
+ */
+export function longestPause(times: number[], since: number): number {
+  const from = [...times.filter((t) => t >= since - 1000), Date.now()];
+  return Math.max(0, ...from.slice(1).map((t, i) => t - from[i]!));
 }
 
 /** Why a test cannot make and loop-mount a filesystem image with `mkfs` (from Debian package `pkg`); undefined if it can. */
