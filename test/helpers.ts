@@ -3,6 +3,7 @@
  * Tests run against dist/ (npm test builds first), so what they exercise is what users run.
  */
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { spawn, spawnSync, ChildProcess } from 'node:child_process';
@@ -58,6 +59,31 @@ export function runCli(args: string[], opts: { timeoutMs?: number; env?: NodeJS.
  * writes anything: a permission fault is produced only without them); nothing otherwise.
  */
 export const NO_DAC_OVERRIDE: string[] = process.getuid?.() === 0 ? ['setpriv', '--bounding-set=-dac_override,-dac_read_search'] : [];
+
+/**
+ * A port of 127.0.0.1 that is free now and lies below the kernel's ephemeral range, for a test that stops a site and
+ * starts it again on the same address (or needs an address where nothing listens): a port from `listen(0)` is one the
+ * kernel also hands out as the local end of any new connection, so another test running meanwhile could take it.
+ */
+export async function quietPort(): Promise<number> {
+  let low = 32768;
+  try {
+    low = Number(fs.readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]) || low;
+  } catch {
+    /* not Linux: the usual start of the range */
+  }
+  const from = Math.min(20000, low - 2000);
+  for (let i = 0; i < 50; i++) {
+    const port = from + Math.floor(Math.random() * (low - from));
+    const free = await new Promise<boolean>((resolve) => {
+      const s = net.createServer();
+      s.once('error', () => resolve(false));
+      s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)));
+    });
+    if (free) return port;
+  }
+  throw new Error(`no free port between ${from} and ${low}`);
+}
 
 /** A `snapferry serve` child process, resolved once it prints its URL. */
 export interface Served {

@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import net from 'node:net';
 import { spawn, ChildProcess } from 'node:child_process';
-import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, CLI, waitFor, pageWriter, loggedTimes, longestPause, Served } from '../helpers.js';
+import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, CLI, waitFor, pageWriter, loggedTimes, longestPause, quietPort, Served } from '../helpers.js';
 import { makeCompany } from '../../src/gen/company.js';
 import { QUIET_MS } from '../../src/scan/scanner.js';
 // From dist/, as the CLI runs it: the worker threads are started from the built files.
@@ -279,13 +279,8 @@ describe('follow under trouble', () => {
   // BUG (src/sync/follow.ts): the give-up test compared the capped backoff with its cap, so it never held: a follower
   // given a wrong address retried for ever where a one-shot pull says "site unreachable" at once.
   it('given an address where nothing listens, says so after a few tries and exits 69', async () => {
-    const port = await new Promise<number>((resolve) => {
-      const s = net.createServer();
-      s.listen(0, '127.0.0.1', () => {
-        const p = (s.address() as net.AddressInfo).port;
-        s.close(() => resolve(p));
-      });
-    });
+    // Below the ephemeral range: no other test's site or connection takes it meanwhile (see quietPort).
+    const port = await quietPort();
     const dest = path.join(tmp.dir, 'nowhere', 'acme');
     fs.mkdirSync(path.dirname(dest));
     const r = await runCli(['pull', `ws://127.0.0.1:${port}`, 'acme', dest, '--secret', key, '--follow'], { timeoutMs: 30_000 });
@@ -300,8 +295,9 @@ describe('follow under trouble', () => {
   // later (4 s here with --retries 1): each later pull, never connected itself, failed at once. Produced: the site
   // killed once the seed has begun, and brought back on the same address after the follower's 4th try.
   it('a site lost in the middle of the seed is waited for: the follower keeps trying and finishes the seed once it is back', async () => {
-    const { src, served, dest } = await site(16, ['--bwlimit', '1M']);
-    const port = new URL(served.url).port;
+    // A port no other test's connection can take while the site is down (see quietPort).
+    const port = await quietPort();
+    const { src, served, dest } = await site(16, ['--bwlimit', '1M', '--listen', `127.0.0.1:${port}`]);
     const f = follower(served.url, dest, ['--retries', '1']);
     let again: ChildProcess | undefined;
     try {
@@ -329,8 +325,8 @@ describe('follow under trouble', () => {
   // that answers 502 when the site refuses it, the site killed under a follower and brought back on its port once the
   // follower has met a 502, then a change.
   it('a follower behind a proxy outlives its site restarting (HTTP 502 meanwhile)', async () => {
-    const { src, served, dest } = await site(2);
-    const port = Number(new URL(served.url).port);
+    const port = await quietPort();
+    const { src, served, dest } = await site(2, ['--listen', `127.0.0.1:${port}`]);
     const proxy = net.createServer((c) => {
       const up = net.connect(port, '127.0.0.1');
       let joined = false;

@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, Served, CLI, waitFor } from '../helpers.js';
+import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, Served, CLI, waitFor, quietPort } from '../helpers.js';
 import { makeCompany, mutateCompany } from '../../src/gen/company.js';
 
 describe('delta sync after the seed', () => {
@@ -49,10 +49,10 @@ describe('delta sync after the seed', () => {
     expect(delta.bytesWritten, `${delta.bytesWritten} B written for a ${size} B file`).toBeLessThan(size / 8);
   }
 
-  async function seeded(name: string, mib: number): Promise<{ src: string; dest: string; served: Served; seed: Record<string, number> }> {
+  async function seeded(name: string, mib: number, extra: string[] = []): Promise<{ src: string; dest: string; served: Served; seed: Record<string, number> }> {
     const src = path.join(tmp.dir, `${name}-src`, 'acme');
     await makeCompany(src, mib, 21);
-    const served = await startServe(['--secret', key, '--company', `acme=${src}`]);
+    const served = await startServe(['--secret', key, '--company', `acme=${src}`, ...extra]);
     const dest = path.join(tmp.dir, `${name}-dst`, 'acme');
     fs.mkdirSync(path.dirname(dest));
     const r = await runCli(['pull', served.url, 'acme', dest, '--secret', key, '--json']);
@@ -426,8 +426,9 @@ describe('delta sync after the seed', () => {
   });
 
   it('--follow applies each new generation, prints one JSON line per generation, and survives a site restart', async () => {
-    const { src, dest, served } = await seeded('follow', 4);
-    const port = new URL(served.url).port;
+    // A port no other test's connection can take while the site is down (see quietPort).
+    const port = await quietPort();
+    const { src, dest, served } = await seeded('follow', 4, ['--listen', `127.0.0.1:${port}`]);
     const child = spawn(process.execPath, [CLI, 'pull', served.url, 'acme', dest, '--secret', key, '--follow', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     child.stdout.on('data', (d) => (out += d));
