@@ -492,6 +492,8 @@ describe.skipIf(skipReason !== undefined)('disk full while pulling (real tmpfs)'
     fillUp(path.join(m, 'filler'));
     const site = await startServe(['--secret', key, '--company', `acme=${big}`, '--cache-dir', cache]);
     try {
+      // Logged before "listening on", but on stderr, a pipe this process may read after stdout's: waited for, bounded.
+      await waitFor(() => /cache not used/.test(site.stderr()), 10_000).catch(() => undefined);
       expect(site.stderr()).toMatch(/--cache-dir .*cache not used: its disk is full; serving without it/);
       const dest = path.join(tmp.dir, `no-cache-${made}`, 'acme');
       fs.mkdirSync(path.dirname(dest));

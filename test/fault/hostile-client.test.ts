@@ -277,6 +277,8 @@ describe('hostile clients against a real site', () => {
     });
 
     it('the site logged the refusals and still serves', async () => {
+      // The site's line may reach this process after the refused pull's exit (another pipe): waited for, bounded.
+      await waitFor(() => /refused 127\.0\.0\.1: authentication failed/.test(served.stderr()), 10_000).catch(() => undefined);
       expect(served.stderr()).toMatch(/refused 127\.0\.0\.1: authentication failed/);
       await realPull();
     });
