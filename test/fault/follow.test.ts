@@ -41,7 +41,8 @@ describe('follow under trouble', () => {
     let err = '';
     child.stdout!.on('data', (d) => (out += d));
     child.stderr!.on('data', (d) => (err += d));
-    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    // 'close', not 'exit': its last lines on stdout and stderr are read by then (asserted after it).
+    const exited = new Promise<number | null>((r) => child.once('close', (code) => r(code)));
     return { child, lines: () => out.split('\n').filter(Boolean), err: () => err, exited };
   }
 

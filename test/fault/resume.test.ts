@@ -220,7 +220,7 @@ describe('resume and atomic commit under kill -9', () => {
       const child = spawn(process.execPath, [CLI, 'pull', local.url, 'acme', dest, '--secret', key, '--bwlimit', '64k'], { stdio: ['ignore', 'ignore', 'pipe'] });
       let stderr = '';
       child.stderr!.on('data', (d) => (stderr += d));
-      const exited = new Promise<number | null>((r) => child.once('exit', r));
+      const exited = new Promise<number | null>((r) => child.once('close', r));
       await waitFor(() => fs.existsSync(kept) && fs.statSync(kept).size > 100, 30_000);
       const b = fs.readFileSync(kept);
       b[b.length - 2] ^= 1;
@@ -253,7 +253,7 @@ describe('resume and atomic commit under kill -9', () => {
       const child = spawn(process.execPath, [CLI, 'pull', local.url, 'acme', dest, '--secret', key, '--retries', '0'], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, SNAPFERRY_FAULT_STOP_AT: 'planned' } });
       let stderr = '';
       child.stderr!.on('data', (d) => (stderr += d));
-      const exited = new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
+      const exited = new Promise<number | null>((r) => child.once('close', (c) => r(c)));
       await waitFor(() => /^\d+ \(.*\) T /.test(fs.readFileSync(`/proc/${child.pid}/stat`, 'utf8')), 30_000);
       const f = path.join(dest, big);
       const st = fs.statSync(f);

@@ -118,7 +118,7 @@ describe('mkcompany and mutate refuse folders they would destroy', () => {
       let err = '';
       child.stdout.on('data', (d) => (out += d));
       child.stderr.on('data', (d) => (err += d));
-      const exited = new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
+      const exited = new Promise<number | null>((r) => child.once('close', (c) => r(c)));
       try {
         await waitFor(() => /2\. head office serves/.test(out) || child.exitCode !== null, 60_000);
         await new Promise((r) => setTimeout(r, afterMs));
