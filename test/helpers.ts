@@ -123,7 +123,8 @@ export function servedOnceListening(child: ChildProcess, what: string, timeoutMs
           new Promise<void>((r) => {
             if (child.exitCode !== null || child.signalCode !== null) return r();
             const kill = setTimeout(() => child.kill('SIGKILL'), 5000);
-            child.once('exit', () => {
+            // 'close', not 'exit': what the site wrote as it stopped is read by then (both streams are consumed above).
+            child.once('close', () => {
               clearTimeout(kill);
               r();
             });

@@ -104,7 +104,8 @@ describe('deltas built on the spare generation', () => {
       // The held file was copied whole; the other three big files and the journal were rewritten.
       expect(j.spareFiles).toBe(BIG.length);
       reader.stdin!.write('hash\n');
-      await new Promise((r) => reader.once('exit', r));
+      // 'close', not 'exit': the hash it printed is read by then.
+      await new Promise((r) => reader.once('close', r));
       expect(out.trim().split('\n')[1]).toBe(before);
     } finally {
       reader.kill('SIGKILL');
