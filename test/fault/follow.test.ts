@@ -172,6 +172,7 @@ describe('follow under trouble', () => {
       f.child.stdout!.destroy();
       fs.writeFileSync(path.join(src, 'masters', 'unread.xml'), '<new/>\n');
       await waitFor(() => f.child.exitCode !== null, 20_000, 50);
+      await f.exited; // 'close': its last line on stderr is read by then
       expect(f.child.exitCode, f.err()).toBe(0);
       expect(f.err()).toMatch(/the program reading the output went away; stopping/);
       expect(f.err()).not.toMatch(/EPIPE|throw/);
