@@ -61,28 +61,35 @@ export function runCli(args: string[], opts: { timeoutMs?: number; env?: NodeJS.
 export const NO_DAC_OVERRIDE: string[] = process.getuid?.() === 0 ? ['setpriv', '--bounding-set=-dac_override,-dac_read_search'] : [];
 
 /**
- * A port of 127.0.0.1 that is free now and lies below the kernel's ephemeral range, for a test that stops a site and
+ * A port of 127.0.0.1 that is free now and lies outside the kernel's ephemeral range, for a test that stops a site and
  * starts it again on the same address (or needs an address where nothing listens): a port from `listen(0)` is one the
  * kernel also hands out as the local end of any new connection, so another test running meanwhile could take it.
  */
 export async function quietPort(): Promise<number> {
-  let low = 32768;
+  let [low, high] = [32768, 60999];
   try {
-    low = Number(fs.readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]) || low;
+    [low, high] = fs.readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/).map(Number) as [number, number];
   } catch {
-    /* not Linux: the usual start of the range */
+    /* not Linux: the usual range */
   }
-  const from = Math.min(20000, low - 2000);
-  for (let i = 0; i < 50; i++) {
-    const port = from + Math.floor(Math.random() * (low - from));
-    const free = await new Promise<boolean>((resolve) => {
+  // Below the range where it leaves room, else above it; a range that spans every port leaves only listen(0)'s.
+  const [from, to] = low >= 12_000 ? [low - 10_000, low] : high <= 64_535 ? [high + 1, 65_536] : [0, 0];
+  const listening = (port: number) =>
+    new Promise<number | undefined>((resolve) => {
       const s = net.createServer();
-      s.once('error', () => resolve(false));
-      s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)));
+      s.once('error', () => resolve(undefined));
+      s.listen(port, '127.0.0.1', () => {
+        const p = (s.address() as net.AddressInfo).port;
+        s.close(() => resolve(p));
+      });
     });
-    if (free) return port;
+  for (let i = 0; i < 50 && to > from; i++) {
+    const port = await listening(from + Math.floor(Math.random() * (to - from)));
+    if (port !== undefined) return port;
   }
-  throw new Error(`no free port between ${from} and ${low}`);
+  const any = await listening(0);
+  if (any === undefined) throw new Error('no free port on 127.0.0.1');
+  return any;
 }
 
 /** A `snapferry serve` child process, resolved once it prints its URL. */
