@@ -201,6 +201,16 @@ export function fingerprintDiff(a: Map<string, string>, b: Map<string, string>):
 }
 
 /** Waits for a condition, bounded in time. */
+/**
+ * Asserts that a child's output as read so far (`read`) matches `re`, once it does or after `timeoutMs`: a line the
+ * child wrote just before an event this process learns of through another pipe (a pull's exit, "listening on" on
+ * stdout) may not be read yet.
+ */
+export async function expectOutput(read: () => string, re: RegExp, timeoutMs = 10_000): Promise<void> {
+  await waitFor(() => re.test(read()), timeoutMs).catch(() => undefined);
+  expect(read()).toMatch(re);
+}
+
 export async function waitFor(cond: () => boolean, timeoutMs: number, stepMs = 50): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!cond()) {
@@ -258,7 +268,7 @@ export function tmpfsUnavailable(): string | undefined {
 /**
  * A child process rewriting random 4 KiB pages of `file` in place every 3 ms, for at most 30 s. Its times (ms since the
  * epoch, a line per write) are appended to `log`, outside the company: a loaded runner can pause the writer itself for
- * long enough that the site finds the file quiet, which `longestPause` tells from the bug a test is for.
+ * long enough that the site finds the file quiet, which `expectWriterPaused` tells from the bug a test is for.
  */
 export function pageWriter(file: string, log: string): ChildProcess {
   return spawn(
@@ -274,12 +284,14 @@ export function loggedTimes(log: string): number[] {
 }
 
 /**
- * The longest pause (ms) between a writer's successive times (ascending, ms) from a second before `since` until now:
- * a writer stopped at this moment has paused since its last time.
+ * Asserts that a writer paused for `quietMs` or more between its successive `times` (ascending, ms) from a second
+ * before `since` until now (a writer stopped at this moment has paused since its last time). A file written without
+ * pause that a site found quiet is then a loaded runner's doing, not the bug a test is for; otherwise it is the bug.
  */
-export function longestPause(times: number[], since: number): number {
+export function expectWriterPaused(times: number[], since: number, quietMs: number, what: string): void {
   const from = [...times.filter((t) => t >= since - 1000), Date.now()];
-  return Math.max(0, ...from.slice(1).map((t, i) => t - from[i]!));
+  const longest = Math.max(0, ...from.slice(1).map((t, i) => t - from[i]!));
+  expect(longest, `${what} was read as quiet while its writer never paused that long`).toBeGreaterThanOrEqual(quietMs);
 }
 
 /** Why a test cannot make and loop-mount a filesystem image with `mkfs` (from Debian package `pkg`); undefined if it can. */

@@ -12,7 +12,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { spawn, spawnSync } from 'node:child_process';
-import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, Served, CLI, CliResult, waitFor, tmpfsUnavailable, journalRecords } from '../helpers.js';
+import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, Served, CLI, CliResult, waitFor, expectOutput, tmpfsUnavailable, journalRecords } from '../helpers.js';
 import { makeCompany, mutateCompany } from '../../src/gen/company.js';
 import { ChunkStore } from '../../src/store/chunkstore.js';
 import { idWords } from '../../src/manifest/idindex.js';
@@ -492,9 +492,8 @@ describe.skipIf(skipReason !== undefined)('disk full while pulling (real tmpfs)'
     fillUp(path.join(m, 'filler'));
     const site = await startServe(['--secret', key, '--company', `acme=${big}`, '--cache-dir', cache]);
     try {
-      // Logged before "listening on", but on stderr, a pipe this process may read after stdout's: waited for, bounded.
-      await waitFor(() => /cache not used/.test(site.stderr()), 10_000).catch(() => undefined);
-      expect(site.stderr()).toMatch(/--cache-dir .*cache not used: its disk is full; serving without it/);
+      // Logged before "listening on", but on stderr, a pipe this process may read after stdout's.
+      await expectOutput(site.stderr, /--cache-dir .*cache not used: its disk is full; serving without it/);
       const dest = path.join(tmp.dir, `no-cache-${made}`, 'acme');
       fs.mkdirSync(path.dirname(dest));
       const ok = await runCli(['pull', site.url, 'acme', dest, '--secret', key]);
