@@ -19,7 +19,7 @@ export interface FillResult {
   chunks: number;
   /** Their raw bytes. */
   bytes: number;
-  /** Chunks skipped because their file changed since the scan (the next generation stores them). */
+  /** Chunks left out because their file changed since the scan (the next generation stores them, if it still has them). */
   stale: number;
   /** Whether the fill stopped early because `current()` said the generation was superseded. */
   superseded: boolean;
@@ -72,13 +72,12 @@ export async function fillStore(
     const p: Promise<void> = pool
       .run<StoreChunksResult>(job)
       .then(async (r) => {
-        if ('stale' in r) {
-          result.stale += ids.length;
-          return;
-        }
-        await store.add(r.segment, ids, lens, r.offsets, r.clens, r.checks);
-        result.chunks += ids.length;
-        result.bytes += raw;
+        const kept = storedOnly(ids, lens, r);
+        result.stale += ids.length - kept.ids.length;
+        if (!kept.ids.length) return;
+        await store.add(r.segment, kept.ids, kept.lens, kept.offsets, kept.clens, kept.checks);
+        result.chunks += kept.ids.length;
+        for (const l of kept.lens) result.bytes += l;
       })
       .catch((err) => void (failure ??= err))
       .finally(() => {
@@ -109,4 +108,17 @@ export async function fillStore(
     }
     if (gs.length) yield make();
   }
+}
+
+/** The chunks of a storeChunks job that were stored (a file changed since the scan leaves its chunks out: clens 0). */
+function storedOnly(ids: BigUint64Array, lens: Uint32Array, r: StoreChunksResult): Pick<StoreChunksResult, 'offsets' | 'clens' | 'checks'> & { ids: BigUint64Array; lens: Uint32Array } {
+  const keep: number[] = [];
+  for (let i = 0; i < ids.length; i++) if (r.clens[i] !== 0) keep.push(i);
+  if (keep.length === ids.length) return { ids, lens, offsets: r.offsets, clens: r.clens, checks: r.checks };
+  const pick = <T extends Uint32Array | BigUint64Array>(a: T): T => {
+    const out = new (a.constructor as new (n: number) => T)(keep.length);
+    keep.forEach((i, k) => (out[k] = a[i]!));
+    return out;
+  };
+  return { ids: pick(ids), lens: pick(lens), offsets: pick(r.offsets), clens: pick(r.clens), checks: pick(r.checks) };
 }

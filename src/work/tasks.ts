@@ -80,8 +80,12 @@ export interface ReleaseSegmentJob {
   kind: 'releaseSegment';
 }
 
-/** Where each chunk's frame went: segment file name (in segDir), offset, length and xxh32 of the frame. */
-export type StoreChunksResult = { segment: string; offsets: Uint32Array; clens: Uint32Array; checks: Uint32Array } | { stale: string };
+/**
+ * Where each chunk's frame went: segment file name (in segDir), offset, length and xxh32 of the frame. A chunk whose
+ * file changed since the scan was not stored: its length is 0 (no zstd frame is empty), and so is every chunk's, with
+ * no segment named, when none was stored.
+ */
+export type StoreChunksResult = { segment: string; offsets: Uint32Array; clens: Uint32Array; checks: Uint32Array };
 
 /** Segment files grow to this size, then the thread starts a new one. */
 export const SEGMENT_LIMIT = 256 << 20;
@@ -388,8 +392,12 @@ function chunkFiles(ctx: JobContext, j: ChunkFilesJob): ChunkFilesResult {
 /** Errors opening a listed file that mean it changed since the scan (gone, or a link, folder or socket in its place). */
 const CHANGED_SINCE_SCAN = new Set(['ENOENT', 'ENOTDIR', 'ELOOP', 'ENXIO']);
 
-/** Reads the chunks of a readPack or storeChunks job into the thread's read buffer, each checked against its id. */
-function readChunks(ctx: JobContext, j: Omit<ReadPackJob, 'kind'>): Buffer | { stale: string } {
+/**
+ * Reads the chunks of a readPack or storeChunks job into the thread's read buffer, each checked against its id.
+ * A file changed since the scan ends the job with `{ stale }`, unless `skipped` is given (one byte per chunk): its
+ * chunks that cannot be had are then marked 1 there, their place in the buffer left as it was, and the rest are read.
+ */
+function readChunks(ctx: JobContext, j: Omit<ReadPackJob, 'kind'>, skipped?: Uint8Array): Buffer | { stale: string } {
   const rawLen = sumOf(j.lens);
   const raw = readBuffer(ctx, rawLen);
   const fds = jobFiles<number>();
@@ -397,30 +405,33 @@ function readChunks(ctx: JobContext, j: Omit<ReadPackJob, 'kind'>): Buffer | { s
     let o = 0;
     for (let i = 0; i < j.lens.length; ) {
       const pi = j.pathIdx[i]!;
-      let fd: number;
-      try {
-        fd = fds.get(pi, () => {
-          const opened = openRegular(j.paths[pi]!, ctx.exactPaths);
-          // Gone, or no longer a regular file (a folder, FIFO or link put in its place): changed since the scan.
-          if (opened < 0) throw new Stale();
-          return opened;
-        });
-      } catch (err) {
-        // Gone, or a link put in its place: changed since the scan. Anything else (out of descriptors, an I/O
-        // error) is the site's own failure, not a change: reported as STALE it sent branches after phantom changes.
-        if (!(err instanceof Stale) && !CHANGED_SINCE_SCAN.has((err as NodeJS.ErrnoException).code ?? '')) throw err;
-        return { stale: j.paths[pi]! };
-      }
       // Chunks that follow each other in one file are read with one call (a pack is mostly such runs).
       let end = i + 1;
       let runLen = j.lens[i]!;
       while (end < j.lens.length && j.pathIdx[end] === pi && j.offsets[end] === j.offsets[i]! + runLen) runLen += j.lens[end++]!;
       const run = raw.subarray(o, o + runLen);
-      if (readExactly(fd, run, j.offsets[i]!) !== runLen) return { stale: j.paths[pi]! };
+      let whole = false;
+      try {
+        const fd = fds.get(pi, () => {
+          const opened = openRegular(j.paths[pi]!, ctx.exactPaths);
+          // Gone, or no longer a regular file (a folder, FIFO or link put in its place): changed since the scan.
+          if (opened < 0) throw new Stale();
+          return opened;
+        });
+        whole = readExactly(fd, run, j.offsets[i]!) === runLen;
+      } catch (err) {
+        // Gone, or a link put in its place: changed since the scan. Anything else (out of descriptors, an I/O
+        // error) is the site's own failure, not a change: reported as STALE it sent branches after phantom changes.
+        if (!(err instanceof Stale) && !CHANGED_SINCE_SCAN.has((err as NodeJS.ErrnoException).code ?? '')) throw err;
+      }
+      if (!whole && !skipped) return { stale: j.paths[pi]! };
       // The company is live: a chunk whose bytes no longer match the scan means the file changed since. Never send it.
       let c = 0;
       for (let k = i; k < end; k++) {
-        if (ctx.hasher.h64(run.subarray(c, c + j.lens[k]!)) !== j.ids[k]) return { stale: j.paths[pi]! };
+        if (!whole || ctx.hasher.h64(run.subarray(c, c + j.lens[k]!)) !== j.ids[k]) {
+          if (!skipped) return { stale: j.paths[pi]! };
+          skipped[k] = 1;
+        }
         c += j.lens[k]!;
       }
       o += runLen;
@@ -477,25 +488,33 @@ function releaseSegment(ctx: JobContext): boolean {
 }
 
 function storeChunks(ctx: JobContext, j: StoreChunksJob): StoreChunksResult {
-  const raw = readChunks(ctx, j);
-  if (!Buffer.isBuffer(raw)) return raw;
+  const n = j.lens.length;
+  // One file changed since the scan leaves its own chunks out, not the job's: a job spans many small files, and a
+  // file that keeps changing would otherwise keep up to a job's worth of other files' chunks out of the store at every
+  // generation (each then compressed again for every pull that asks for it).
+  const skipped = new Uint8Array(n);
+  const raw = readChunks(ctx, j, skipped) as Buffer;
+  const offsets = new Uint32Array(n);
+  const clens = new Uint32Array(n);
+  const checks = new Uint32Array(n);
   let bound = 0;
-  for (let i = 0; i < j.lens.length; i++) bound += compressBound(j.lens[i]!);
+  for (let i = 0; i < n; i++) if (!skipped[i]) bound += compressBound(j.lens[i]!);
+  if (bound === 0) return { segment: '', offsets, clens, checks };
   if (!ctx.storeBuffer || ctx.storeBuffer.length < bound) ctx.storeBuffer = Buffer.allocUnsafe(scratchSize(bound));
   const out = ctx.storeBuffer;
   const seg = segmentOf(ctx, j.segDir);
-  const offsets = new Uint32Array(j.lens.length);
-  const clens = new Uint32Array(j.lens.length);
-  const checks = new Uint32Array(j.lens.length);
   let r = 0;
   let o = 0;
-  for (let i = 0; i < j.lens.length; i++) {
-    const n = ctx.compressor.compressInto(out.subarray(o), raw.subarray(r, r + j.lens[i]!), j.level);
-    offsets[i] = seg.size + o;
-    clens[i] = n;
-    checks[i] = ctx.hasher.h32(out.subarray(o, o + n));
-    r += j.lens[i]!;
-    o += n;
+  for (let i = 0; i < n; i++) {
+    const len = j.lens[i]!;
+    if (!skipped[i]) {
+      const c = ctx.compressor.compressInto(out.subarray(o), raw.subarray(r, r + len), j.level);
+      offsets[i] = seg.size + o;
+      clens[i] = c;
+      checks[i] = ctx.hasher.h32(out.subarray(o, o + c));
+      o += c;
+    }
+    r += len;
   }
   try {
     writeAll(seg.fd, out.subarray(0, o), seg.size);

@@ -18,6 +18,8 @@ import {
   type ApplyPatchResult,
   type WritePackJob,
   type ApplyPatchJob,
+  type StoreChunksJob,
+  type StoreChunksResult,
 } from '../../src/work/tasks.js';
 import { Compressor, Decompressor, scratchSize, compressBound } from '../../src/work/zstd.js';
 import { loadHasher } from '../../src/chunk/hash.js';
@@ -466,6 +468,64 @@ describe('storeChunks and readPack against what they meet', () => {
         expect('stale' in (r as object)).toBe(false);
       }
       for (const d of dirs) expect(fs.readdirSync(d).filter((n) => n.endsWith('.seg'))).toHaveLength(1);
+    } finally {
+      for (const seg of own.segments?.values() ?? []) fs.closeSync(seg.fd);
+    }
+  });
+
+  // BUG (src/work/tasks.ts storeChunks): one file changed since the scan made the whole job answer STALE, so a store
+  // fill left out up to 2 MiB of other files' chunks with it, at every generation while that file kept changing (its
+  // held-back version's chunks are asked for again each time), and each pull compressed them again. Produced here
+  // with three files in one job: one rewritten in its middle after the scan, one deleted, one untouched.
+  it('storeChunks stores the chunks that still match, and leaves out only those of files changed since the scan', () => {
+    const datas = [textish(200_000, 61), textish(200_000, 62), textish(200_000, 63)];
+    const ps = datas.map((d) => writeTmp(d));
+    const packs = ps.map((p, i) => wholeFilePack(p, datas[i]!, 1));
+    const job: StoreChunksJob = {
+      kind: 'storeChunks',
+      paths: ps,
+      pathIdx: Uint32Array.from(packs.flatMap((pk, i) => Array.from(pk.pathIdx, () => i))),
+      offsets: Float64Array.from(packs.flatMap((pk) => Array.from(pk.offsets))),
+      lens: Uint32Array.from(packs.flatMap((pk) => Array.from(pk.lens))),
+      ids: BigUint64Array.from(packs.flatMap((pk) => Array.from(pk.ids))),
+      level: 1,
+      segDir: fs.mkdtempSync(path.join(dir, 'segS-')),
+    };
+    const changedAt = 100_000;
+    const changed = Buffer.from(datas[0]!);
+    changed.fill(0x41, changedAt, changedAt + 10);
+    fs.writeFileSync(ps[0]!, changed);
+    fs.rmSync(ps[2]!);
+    // readPack still answers STALE: a branch must never get a chunk of a file that changed.
+    expect(runJob(ctx, { ...job, kind: 'readPack', lens: job.lens.slice(), ids: job.ids.slice() })).toEqual({ stale: ps[0] });
+    const own: JobContext = { hasher: ctx.hasher, compressor: new Compressor(), decompressor: new Decompressor() };
+    try {
+      const r = runJob(own, { ...job, lens: job.lens.slice(), ids: job.ids.slice() }) as StoreChunksResult;
+      const seg = fs.readFileSync(path.join(job.segDir, r.segment));
+      let raw = 0;
+      const left: number[] = [];
+      for (let i = 0; i < job.lens.length; i++) {
+        const file = job.pathIdx[i]!;
+        const start = job.offsets[i]!;
+        const hit = file === 2 || (file === 0 && start < changedAt + 10 && start + job.lens[i]! > changedAt);
+        if (hit) {
+          left.push(i);
+          expect(r.clens[i]).toBe(0);
+        } else {
+          expect(r.clens[i]).toBeGreaterThan(0);
+          const frame = seg.subarray(r.offsets[i]!, r.offsets[i]! + r.clens[i]!);
+          expect(own.decompressor.decompress(frame, job.lens[i]!).equals(datas[file]!.subarray(start, start + job.lens[i]!))).toBe(true);
+          raw += job.lens[i]!;
+        }
+      }
+      // Only the chunk holding the rewritten bytes and the deleted file's chunks are left out.
+      expect(left.filter((i) => job.pathIdx[i] === 0)).toHaveLength(1);
+      expect(left.length).toBe(1 + packs[2]!.lens.length);
+      expect(raw).toBe(400_000 - job.lens[left[0]!]!);
+      // A job whose every file changed stores nothing and names no segment.
+      const none = runJob(own, { ...job, paths: [ps[2]!, ps[2]!, ps[2]!], lens: job.lens.slice(), ids: job.ids.slice() }) as StoreChunksResult;
+      expect(none.segment).toBe('');
+      expect(Array.from(none.clens).every((c) => c === 0)).toBe(true);
     } finally {
       for (const seg of own.segments?.values() ?? []) fs.closeSync(seg.fd);
     }
