@@ -9,6 +9,7 @@ import type { WorkerPool } from '../work/pool.js';
 import type { StoreChunksJob, StoreChunksResult } from '../work/tasks.js';
 import { type ChunkStore, claimWrites, pendingWrites } from '../store/chunkstore.js';
 import { diskReserve, diskSpace } from '../store/state.js';
+import { selectRows } from '../util/columns.js';
 
 /** Raw bytes per storeChunks job: large enough for few messages, small enough to keep the workers' buffers small. */
 const JOB_BYTES = 2 << 20;
@@ -115,10 +116,5 @@ function storedOnly(ids: BigUint64Array, lens: Uint32Array, r: StoreChunksResult
   const keep: number[] = [];
   for (let i = 0; i < ids.length; i++) if (r.clens[i] !== 0) keep.push(i);
   if (keep.length === ids.length) return { ids, lens, offsets: r.offsets, clens: r.clens, checks: r.checks };
-  const pick = <T extends Uint32Array | BigUint64Array>(a: T): T => {
-    const out = new (a.constructor as new (n: number) => T)(keep.length);
-    keep.forEach((i, k) => (out[k] = a[i]!));
-    return out;
-  };
-  return { ids: pick(ids), lens: pick(lens), offsets: pick(r.offsets), clens: pick(r.clens), checks: pick(r.checks) };
+  return { ids: selectRows(ids, keep), lens: selectRows(lens, keep), offsets: selectRows(r.offsets, keep), clens: selectRows(r.clens, keep), checks: selectRows(r.checks, keep) };
 }

@@ -9,6 +9,13 @@ export function widen<T extends Column>(column: T, rows: number): T {
   return out;
 }
 
+/** A new column holding `column`'s rows at the indices in `rows`, in that order. */
+export function selectRows<T extends Column>(column: T, rows: readonly number[]): T {
+  const out = new (column.constructor as new (n: number) => T)(rows.length);
+  rows.forEach((r, k) => (out[k] = column[r]!));
+  return out;
+}
+
 /** The next capacity for columns holding `rows` rows: doubling, from 1024. */
 export function nextCapacity(rows: number): number {
   return Math.max(1024, rows * 2);
