@@ -8,13 +8,15 @@ import os from 'node:os';
 import path from 'node:path';
 import { spawn, spawnSync, ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { expect } from 'vitest';
 import { SnapferryError } from '../src/util/errors.js';
 import { decodeJournal } from '../src/sync/journalfile.js';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 export const CLI = path.join(ROOT, 'dist', 'src', 'cli', 'main.js');
+/** A module of the build (`rel` under dist/src), for tests that drive the built code as the CLI runs it. */
+export const built = async <T>(rel: string): Promise<T> => (await import(pathToFileURL(path.join(ROOT, 'dist', 'src', rel)).href)) as T;
 
 /** A fresh temp folder, removed by the returned cleanup. */
 export function tempDir(prefix = 'sf-test-'): { dir: string; cleanup: () => void } {

@@ -11,12 +11,9 @@ import fs from 'node:fs';
 import crypto from 'node:crypto';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { pathToFileURL } from 'node:url';
-import { tempDir, ROOT, loopMountUnavailable, mountNewImage, unmountImage } from '../helpers.js';
+import { tempDir, loopMountUnavailable, mountNewImage, unmountImage, built } from '../helpers.js';
 import type { CompanyScanner as Scanner, Generation } from '../../src/scan/scanner.js';
 import type { WorkerPool as Pool } from '../../src/work/pool.js';
-
-const built = async <T>(rel: string): Promise<T> => (await import(pathToFileURL(path.join(ROOT, 'dist', 'src', rel)).href)) as T;
 
 const skipReason = loopMountUnavailable('mkfs.ext4', 'e2fsprogs');
 if (skipReason) console.warn(`coarsetimes.test.ts skipped: ${skipReason}`);

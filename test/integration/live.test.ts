@@ -7,8 +7,7 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import fs from 'node:fs';
 import path from 'node:path';
 import { spawn, execFileSync } from 'node:child_process';
-import { pathToFileURL } from 'node:url';
-import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, waitFor, prng, pageWriter, loggedTimes, expectWriterPaused, ROOT } from '../helpers.js';
+import { tempDir, secretFile, runCli, startServe, treeFingerprint, fingerprintDiff, waitFor, prng, pageWriter, loggedTimes, expectWriterPaused, built } from '../helpers.js';
 import { makeCompany } from '../../src/gen/company.js';
 import { QUIET_MS } from '../../src/scan/scanner.js';
 import type { CompanyScanner as Scanner, Generation } from '../../src/scan/scanner.js';
@@ -17,7 +16,6 @@ import type * as Layout from '../../src/manifest/layout.js';
 import type { Job, ReadPackResult, MakePatchResult } from '../../src/work/tasks.js';
 
 /** From dist/ (npm test builds first): the pool starts its workers from the built worker.js. */
-const built = async <T>(rel: string): Promise<T> => (await import(pathToFileURL(path.join(ROOT, 'dist', 'src', rel)).href)) as T;
 
 /**
  * Settles p within ms, or answers 'hung': then opens each FIFO for writing (at most 5 s) until p settles, so that a

@@ -6,12 +6,9 @@ import { describe, it, expect, beforeAll, afterAll, vi } from 'vitest';
 import fs from 'node:fs';
 import crypto from 'node:crypto';
 import path from 'node:path';
-import { pathToFileURL } from 'node:url';
-import { tempDir, ROOT } from '../helpers.js';
+import { tempDir, built } from '../helpers.js';
 import type { CompanyScanner as Scanner } from '../../src/scan/scanner.js';
 import type { WorkerPool as Pool } from '../../src/work/pool.js';
-
-const built = async <T>(rel: string): Promise<T> => (await import(pathToFileURL(path.join(ROOT, 'dist', 'src', rel)).href)) as T;
 
 describe('CompanyScanner rescans', () => {
   let tmp: ReturnType<typeof tempDir>;

@@ -5,8 +5,7 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import fs from 'node:fs';
 import path from 'node:path';
-import { pathToFileURL } from 'node:url';
-import { tempDir, ROOT, prng } from '../helpers.js';
+import { tempDir, prng, built } from '../helpers.js';
 import type { CompanyScanner as Scanner } from '../../src/scan/scanner.js';
 import type { WorkerPool as Pool } from '../../src/work/pool.js';
 import type { ChunkStore as Store } from '../../src/store/chunkstore.js';
@@ -14,8 +13,6 @@ import type { fillStore as Fill } from '../../src/sync/storefill.js';
 import type { layoutOf as LayoutOf } from '../../src/manifest/layout.js';
 import type { idWords as IdWords } from '../../src/manifest/idindex.js';
 import type { loadHasher as LoadHasher } from '../../src/chunk/hash.js';
-
-const built = async <T>(rel: string): Promise<T> => (await import(pathToFileURL(path.join(ROOT, 'dist', 'src', rel)).href)) as T;
 
 describe('fillStore', () => {
   let tmp: ReturnType<typeof tempDir>;

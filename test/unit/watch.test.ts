@@ -5,10 +5,9 @@
 import { describe, it, expect, beforeAll, afterAll, vi } from 'vitest';
 import fs from 'node:fs';
 import path from 'node:path';
-import { pathToFileURL } from 'node:url';
 import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
-import { tempDir, waitFor, ROOT } from '../helpers.js';
+import { tempDir, waitFor, built } from '../helpers.js';
 import type { CompanyScanner as Scanner, Generation } from '../../src/scan/scanner.js';
 import type { CompanyWatcher as Watcher } from '../../src/scan/watch.js';
 import type { WorkerPool as Pool } from '../../src/work/pool.js';
@@ -16,7 +15,6 @@ import type * as Layout from '../../src/manifest/layout.js';
 import type { Job, ReadPackResult } from '../../src/work/tasks.js';
 
 /** From dist/ (npm test builds first): the pool starts its workers from the built worker.js. */
-const built = async <T>(rel: string): Promise<T> => (await import(pathToFileURL(path.join(ROOT, 'dist', 'src', rel)).href)) as T;
 
 describe('CompanyWatcher.settledGeneration', () => {
   let tmp: ReturnType<typeof tempDir>;
